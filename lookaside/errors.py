@@ -1,0 +1,47 @@
+"""One exception hierarchy for the whole project.
+
+The service maps these to 4xx answers in one place; training and the CLI print them. Each message
+names what is wrong and, where there is one, the fix or the valid choices.
+"""
+
+from __future__ import annotations
+
+
+class LookasideError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class ConfigError(LookasideError, ValueError):
+    """A configuration (backbone, adapter, features, training) is invalid."""
+
+
+class BadAudio(LookasideError, ValueError):
+    """Uploaded or loaded audio cannot be used.
+
+    Attributes:
+        reason: a short machine-readable code: ``empty``, ``truncated``, ``not_audio``,
+            ``too_long``, ``too_short``, ``bad_values`` or ``unsupported``.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class WeightLoadError(LookasideError):
+    """Backbone weights could not be found, read or converted."""
+
+
+class InvalidCheckpoint(LookasideError, ValueError):
+    """An adapter checkpoint is malformed: schema, tensors, checksum or values."""
+
+
+class IncompatibleBackbone(InvalidCheckpoint):
+    """An adapter checkpoint was made for another backbone than the one loaded."""
+
+
+class AdapterNotFound(LookasideError, KeyError):
+    """A request names an adapter (or version) that is not loaded."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable.
+        return str(self.args[0]) if self.args else ""
