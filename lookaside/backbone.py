@@ -1,0 +1,416 @@
+"""The frozen Vision Transformer shared by every adapter, with explicit adapter sites.
+
+The model is the ViT of Dosovitskiy et al. (2021) in the shape of timm's
+``models/vision_transformer.py`` (same state-dict keys, so timm and AST weights load after a pure
+key conversion, see :mod:`lookaside.backbone_convert`), applied to a 1-channel log-mel spectrogram
+as in AST (Gong et al., 2021): patches cut from the (frequency x time) image give a token grid
+``(F, T)`` that every adapter site is told about.
+
+Adapter sites are written out in :meth:`Block.forward`, not installed as hooks. Each site asks the
+batch's :class:`~lookaside.adapters.base.RowRoute` for a contribution; the route knows which adapter
+every row uses, so one pass serves a batch whose rows use different adapters. With ``route=None``
+the forward is the plain ViT. Token layout: ``[prefix (CLS[, DIST]) | prompts | grid F*T]``, the
+grid in row-major order (time varies fastest), matching timm's ``flatten(2)`` of the patch conv.
+
+The backbone is frozen by construction: parameters never require grad and ``train()`` is a no-op,
+so dropout-free eval behaviour holds wherever the module is placed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import Tensor, nn
+
+from lookaside.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lookaside.adapters.base import RowRoute
+
+SitePosition = Literal["tokens", "attn.qkv", "attn.parallel", "attn.post", "ffn.parallel", "ffn.post"]
+"""Where an adapter can act inside a block.
+
+- ``tokens``: rewrites the prompt tokens before the block (deep prompt tuning).
+- ``attn.qkv``: adds to the qkv projection of the normed input (LoRA on q and v).
+- ``attn.parallel`` / ``ffn.parallel``: adds ``f(h)`` to the sub-layer output, ``h`` the sub-layer
+  input (after its LayerNorm): Houlsby/Pfeiffer parallel adapters, LoAA, MoA, Convpass, AAT MLP.
+- ``attn.post`` / ``ffn.post``: adds ``f(y)`` to the sub-layer output ``y`` (an adapter after the
+  sub-layer with its own shortcut: AAT's spatial adapter).
+"""
+
+SITE_POSITIONS: tuple[SitePosition, ...] = (
+    "tokens",
+    "attn.qkv",
+    "attn.parallel",
+    "attn.post",
+    "ffn.parallel",
+    "ffn.post",
+)
+
+
+class BackboneConfig(BaseModel):
+    """Shape of a ViT backbone. Hashable, JSON-serialisable, part of the backbone fingerprint."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = "vit_base_patch16"
+    """Human-readable architecture name (recorded in adapter checkpoints)."""
+    embed_dim: int = Field(768, gt=0)
+    """Token width D."""
+    depth: int = Field(12, gt=0)
+    """Number of transformer blocks."""
+    num_heads: int = Field(12, gt=0)
+    """Attention heads per block; must divide embed_dim."""
+    mlp_ratio: float = Field(4.0, gt=0)
+    """FFN hidden width as a multiple of embed_dim."""
+    patch_size: int = Field(16, gt=0)
+    """Square patch side in spectrogram bins/frames."""
+    patch_stride: tuple[int, int] = (16, 16)
+    """(frequency, time) stride of the patch conv; (10, 10) is AST's overlapping layout."""
+    in_chans: int = Field(1, gt=0)
+    """Input channels of the patch conv (1 for spectrograms)."""
+    num_mel_bins: int = Field(128, gt=0)
+    """Spectrogram height the position embedding was built for."""
+    num_frames: int = Field(1024, gt=0)
+    """Spectrogram width (frames) the stored position embedding was built for."""
+    distilled: bool = False
+    """DeiT/AST-style second prefix token (distillation token)."""
+    qkv_bias: bool = True
+    """Bias on the qkv projection."""
+    norm_eps: float = Field(1e-6, gt=0)
+    """LayerNorm epsilon (timm 1e-6, AST 1e-12)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> BackboneConfig:
+        if self.embed_dim % self.num_heads:
+            raise ConfigError(
+                f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}"
+            )
+        if min(self.patch_stride) <= 0:
+            raise ConfigError(f"patch_stride must be positive, got {self.patch_stride}")
+        if self.num_mel_bins < self.patch_size or self.num_frames < self.patch_size:
+            raise ConfigError("the spectrogram must be at least one patch in each direction")
+        return self
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """CLS, plus DIST when distilled."""
+        return 2 if self.distilled else 1
+
+    @property
+    def mlp_hidden(self) -> int:
+        """Hidden width of each block's FFN."""
+        return int(self.embed_dim * self.mlp_ratio)
+
+    def grid_for(self, num_mel_bins: int, num_frames: int) -> tuple[int, int]:
+        """Token grid (F, T) produced by a spectrogram of the given size."""
+        if num_mel_bins < self.patch_size or num_frames < self.patch_size:
+            raise ConfigError(
+                f"spectrogram {num_mel_bins}x{num_frames} is smaller than one "
+                f"{self.patch_size}x{self.patch_size} patch"
+            )
+        sf, st = self.patch_stride
+        return (num_mel_bins - self.patch_size) // sf + 1, (num_frames - self.patch_size) // st + 1
+
+    @property
+    def source_grid(self) -> tuple[int, int]:
+        """The grid the stored position embedding covers."""
+        return self.grid_for(self.num_mel_bins, self.num_frames)
+
+    @property
+    def grid_is_tiled(self) -> bool:
+        """True when patches do not overlap, so tokens sit on a true time-frequency grid."""
+        return self.patch_stride == (self.patch_size, self.patch_size)
+
+
+class TokenLayout(BaseModel):
+    """Where the tokens of one forward pass sit; handed to every adapter site."""
+
+    model_config = ConfigDict(frozen=True)
+
+    num_prefix: int
+    """Special tokens first in the sequence (CLS[, DIST])."""
+    num_prompts: int
+    """Prompt tokens after the prefix (0 unless the batch uses prompt tuning)."""
+    grid: tuple[int, int]
+    """(F, T): frequency rows and time columns of the patch tokens that follow."""
+
+    @property
+    def num_special(self) -> int:
+        """Tokens with no grid position (prefix and prompts)."""
+        return self.num_prefix + self.num_prompts
+
+    @property
+    def num_tokens(self) -> int:
+        """Sequence length."""
+        return self.num_special + self.grid[0] * self.grid[1]
+
+
+def resample_pos_embed(
+    posemb: Tensor,
+    new_grid: tuple[int, int],
+    old_grid: tuple[int, int],
+    num_prefix_tokens: int,
+    mode: str = "bicubic",
+) -> Tensor:
+    """Resample a ``[1, prefix + H*W, D]`` position embedding to another patch grid.
+
+    Prefix-token embeddings are kept as they are; the grid part is interpolated in 2-D (the
+    reference code of the papers skipped a mismatched embedding entirely, leaving the model with no
+    positional information: NOTES §8).
+    """
+    if posemb.shape[1] != num_prefix_tokens + old_grid[0] * old_grid[1]:
+        raise ConfigError(
+            f"position embedding has {posemb.shape[1]} tokens, expected "
+            f"{num_prefix_tokens} + {old_grid[0]}x{old_grid[1]}"
+        )
+    if tuple(new_grid) == tuple(old_grid):
+        return posemb
+    prefix, grid = posemb[:, :num_prefix_tokens], posemb[:, num_prefix_tokens:]
+    dim = grid.shape[-1]
+    image = grid.float().reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2)
+    image = F.interpolate(image, size=new_grid, mode=mode, align_corners=False)
+    grid = image.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim).to(posemb.dtype)
+    return torch.cat([prefix, grid], dim=1)
+
+
+class PatchEmbed(nn.Module):
+    """Spectrogram ``[B, frames, mel]`` -> patch tokens ``[B, F*T, D]`` (timm key ``proj``)."""
+
+    def __init__(self, cfg: BackboneConfig) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(
+            cfg.in_chans, cfg.embed_dim, kernel_size=cfg.patch_size, stride=cfg.patch_stride
+        )
+
+    def forward(self, spec: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        # AST layout: (B, frames, mel) -> image (B, 1, mel, frames); height = frequency.
+        image = spec.transpose(1, 2).unsqueeze(1)
+        tokens = self.proj(image)
+        grid = (tokens.shape[2], tokens.shape[3])
+        return tokens.flatten(2).transpose(1, 2), grid
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through ``scaled_dot_product_attention`` (timm keys)."""
+
+    def __init__(self, cfg: BackboneConfig) -> None:
+        super().__init__()
+        self.num_heads = cfg.num_heads
+        self.qkv = nn.Linear(cfg.embed_dim, cfg.embed_dim * 3, bias=cfg.qkv_bias)
+        self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
+
+    def forward(self, h: Tensor, qkv_delta: Tensor | None = None) -> Tensor:
+        B, L, D = h.shape
+        qkv = self.qkv(h)
+        if qkv_delta is not None:
+            qkv = qkv + qkv_delta
+        q, k, v = qkv.view(B, L, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(B, L, D))
+
+
+class Mlp(nn.Module):
+    """Two-layer GELU FFN (timm keys ``fc1``/``fc2``)."""
+
+    def __init__(self, cfg: BackboneConfig) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.embed_dim, cfg.mlp_hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(cfg.mlp_hidden, cfg.embed_dim)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(h)))
+
+
+def _add(y: Tensor, delta: Tensor | None) -> Tensor:
+    return y if delta is None else y + delta
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with the adapter sites written out in the forward."""
+
+    def __init__(self, cfg: BackboneConfig, index: int) -> None:
+        super().__init__()
+        self.index = index
+        self.norm1 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        self.mlp = Mlp(cfg)
+
+    def forward(self, x: Tensor, route: RowRoute | None, layout: TokenLayout) -> Tensor:
+        if route is None:
+            x = x + self.attn(self.norm1(x))
+            return x + self.mlp(self.norm2(x))
+
+        def site(position: SitePosition, inp: Tensor) -> Tensor | None:
+            return route.apply(self.index, position, inp, layout)
+
+        if layout.num_prompts:
+            x = route.write_prompts(self.index, x, layout)
+        h = self.norm1(x)
+        y = self.attn(h, qkv_delta=site("attn.qkv", h))
+        y = _add(y, site("attn.parallel", h))
+        y = _add(y, site("attn.post", y))
+        x = x + y
+        h = self.norm2(x)
+        y = self.mlp(h)
+        y = _add(y, site("ffn.parallel", h))
+        y = _add(y, site("ffn.post", y))
+        return x + y
+
+
+class VisionTransformer(nn.Module):
+    """Frozen ViT over spectrograms; see the module docstring for layout and sites."""
+
+    def __init__(self, cfg: BackboneConfig, source: str = "random") -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.source = source
+        """Where the weights came from (``timm:<name>``, ``hf:<repo>``, a file, or random)."""
+        D = cfg.embed_dim
+        self.patch_embed = PatchEmbed(cfg)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.distilled else None
+        fg, tg = cfg.source_grid
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_prefix_tokens + fg * tg, D))
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.depth))
+        self.norm = nn.LayerNorm(D, eps=cfg.norm_eps)
+        self._init_random(seed=0)
+        self._pos_cache: dict[tuple[int, int, torch.device, torch.dtype], Tensor] = {}
+        self._fingerprint: str | None = None
+        self.requires_grad_(False)
+        super().train(False)
+
+    # -- frozen by construction -------------------------------------------------------------
+    def train(self, mode: bool = True) -> VisionTransformer:
+        """The backbone stays in eval mode whatever its parent module does."""
+        return super().train(False)
+
+    def _init_random(self, seed: int) -> None:
+        """Deterministic random weights (tests, demos); real use loads pretrained weights."""
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if name.endswith(".bias"):
+                    p.zero_()
+                elif "norm" in name:
+                    p.fill_(1.0)
+                else:
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+
+    def load_weights(self, state_dict: dict[str, Tensor]) -> None:
+        """Load a state dict in our (timm) key layout, strictly; invalidates derived caches."""
+        missing, unexpected = self.load_state_dict(state_dict, strict=False)
+        if missing or unexpected:
+            raise ConfigError(
+                f"backbone weights do not match the config: missing {sorted(missing)}, "
+                f"unexpected {sorted(unexpected)}"
+            )
+        self._pos_cache.clear()
+        self._fingerprint = None
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        # .to()/.cuda()/.half() create new tensors: derived caches must follow.
+        self._pos_cache = {}
+        return super()._apply(fn, recurse)
+
+    # -- identity ---------------------------------------------------------------------------
+    def fingerprint(self) -> str:
+        """Stable hash of config + weights; adapter checkpoints record it to refuse a mismatch."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            digest.update(json.dumps(self.cfg.model_dump(), sort_keys=True).encode())
+            for name, tensor in sorted(self.state_dict().items()):
+                digest.update(name.encode())
+                t = tensor.detach().to("cpu", torch.float32).contiguous()
+                digest.update(str(tuple(t.shape)).encode())
+                digest.update(t.numpy().tobytes())
+            self._fingerprint = digest.hexdigest()[:16]
+        return self._fingerprint
+
+    @property
+    def num_params(self) -> int:
+        """Parameter count (the denominator of an adapter's parameter percentage)."""
+        return sum(p.numel() for p in self.parameters())
+
+    # -- forward ----------------------------------------------------------------------------
+    def pos_embed_for(self, grid: tuple[int, int], device: torch.device, dtype: torch.dtype) -> Tensor:
+        """Position embedding resampled to ``grid``, cached per grid (the weights are frozen)."""
+        key = (grid[0], grid[1], device, dtype)
+        cached = self._pos_cache.get(key)
+        if cached is None:
+            with torch.no_grad():
+                cached = resample_pos_embed(
+                    self.pos_embed, grid, self.cfg.source_grid, self.cfg.num_prefix_tokens
+                ).to(device=device, dtype=dtype)
+            self._pos_cache[key] = cached
+        return cached
+
+    def embed(self, spec: Tensor, num_prompts: int = 0) -> tuple[Tensor, TokenLayout]:
+        """Patch-embed a ``[B, frames, mel]`` spectrogram and add prefix tokens and positions."""
+        if spec.dim() != 3 or spec.shape[2] < self.cfg.patch_size:
+            raise ConfigError(f"expected a [batch, frames, mel] spectrogram, got {tuple(spec.shape)}")
+        tokens, grid = self.patch_embed(spec)
+        B = tokens.shape[0]
+        prefix = [self.cls_token.expand(B, -1, -1)]
+        if self.dist_token is not None:
+            prefix.append(self.dist_token.expand(B, -1, -1))
+        x = torch.cat([*prefix, tokens], dim=1)
+        x = x + self.pos_embed_for(grid, x.device, x.dtype)
+        if num_prompts:
+            n = self.cfg.num_prefix_tokens
+            blank = x.new_zeros(B, num_prompts, x.shape[2])
+            x = torch.cat([x[:, :n], blank, x[:, n:]], dim=1)
+        layout = TokenLayout(
+            num_prefix=self.cfg.num_prefix_tokens, num_prompts=num_prompts, grid=grid
+        )
+        return x, layout
+
+    def forward_features(
+        self, spec: Tensor, route: RowRoute | None = None
+    ) -> tuple[Tensor, TokenLayout]:
+        """Tokens after the final norm, ``[B, L, D]``, and their layout.
+
+        Args:
+            spec: normalised fbank, ``[batch, frames, mel]``.
+            route: per-row adapter routing for this batch; ``None`` runs the bare backbone.
+        """
+        if route is not None and route.batch_size != spec.shape[0]:
+            raise ConfigError(
+                f"route is for {route.batch_size} rows but the batch has {spec.shape[0]}"
+            )
+        num_prompts = route.num_prompts if route is not None else 0
+        x, layout = self.embed(spec, num_prompts)
+        for block in self.blocks:
+            x = block(x, route, layout)
+        return self.norm(x), layout
+
+    def forward(self, spec: Tensor, route: RowRoute | None = None) -> Tensor:
+        """AST-style pooled embedding (mean of the prefix tokens), ``[B, D]``."""
+        x, layout = self.forward_features(spec, route)
+        return x[:, : layout.num_prefix].mean(dim=1)
+
+    def named_blocks(self) -> Iterator[tuple[int, Block]]:
+        """Blocks with their index (adapters are built per block)."""
+        for i, block in enumerate(self.blocks):
+            assert isinstance(block, Block)
+            yield i, block
+
+
+def grid_tokens(num_frames: int, cfg: BackboneConfig, num_mel_bins: int = 128) -> int:
+    """Number of patch tokens for a clip of ``num_frames`` frames (e.g. 512 -> 256 for ViT-B/16)."""
+    f, t = cfg.grid_for(num_mel_bins, num_frames)
+    return f * t
+
+
+def param_ratio(trainable: int, backbone_params: int) -> float:
+    """Trainable parameters as a percentage of the backbone's."""
+    return 100.0 * trainable / backbone_params if backbone_params else math.nan

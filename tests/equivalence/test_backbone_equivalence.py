@@ -1,0 +1,114 @@
+"""Our ViT against the reference implementations on shared random weights (fp32, <= 1e-4)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from timm.models.deit import VisionTransformerDistilled
+from timm.models.vision_transformer import VisionTransformer as TimmViT
+from transformers import ASTConfig, ASTModel
+
+from lookaside.backbones import from_ast_state_dict, from_timm_model
+
+TOL = 1e-4
+
+
+def _randomise(model: torch.nn.Module, seed: int) -> None:
+    """Random values everywhere (zero-initialised tokens/biases would hide key mix-ups)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+
+
+@pytest.mark.parametrize("distilled", [False, True], ids=["vit", "deit_distilled"])
+def test_timm_vit_matches(distilled: bool) -> None:
+    # vit_base_patch16_224 / deit_base_distilled_patch16_384 shapes, shrunk for CI.
+    kwargs = {
+        "img_size": (32, 64),
+        "patch_size": 16,
+        "embed_dim": 64,
+        "depth": 2,
+        "num_heads": 4,
+        "num_classes": 5,
+    }
+    ref = (VisionTransformerDistilled if distilled else TimmViT)(**kwargs).eval()
+    _randomise(ref, seed=1)
+    ours = from_timm_model(ref, "vit_test")
+    assert ours.cfg.distilled is distilled
+    spec = torch.randn(3, 64, 32)  # [batch, frames, mel]
+    image = spec.transpose(1, 2).unsqueeze(1).expand(-1, 3, -1, -1)  # grey image on R, G, B
+    with torch.no_grad():
+        expected = ref.forward_features(image)
+        got, layout = ours.forward_features(spec)
+    assert layout.grid == (2, 4)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("stride", [16, 10])
+def test_hf_ast_matches(stride: int) -> None:
+    cfg = ASTConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=256,
+        patch_size=16,
+        frequency_stride=stride,
+        time_stride=stride,
+        max_length=96,
+        num_mel_bins=48,
+    )
+    ref = ASTModel(cfg).eval()
+    _randomise(ref, seed=2)
+    ours = from_ast_state_dict(ref.state_dict(), cfg.to_dict(), "hf:test/ast")
+    assert ours.cfg.patch_stride == (stride, stride)
+    spec = torch.randn(2, 96, 48)
+    with torch.no_grad():
+        expected = ref(spec)
+        got, _ = ours.forward_features(spec)
+        pooled = ours(spec)
+    torch.testing.assert_close(got, expected.last_hidden_state, atol=TOL, rtol=0)
+    torch.testing.assert_close(pooled, expected.pooler_output, atol=TOL, rtol=0)
+
+
+def _to_hub_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers-5 AST keys -> the layout of the published hub checkpoints."""
+    renames = {
+        "attention.q_proj": "attention.attention.query",
+        "attention.k_proj": "attention.attention.key",
+        "attention.v_proj": "attention.attention.value",
+        "attention.o_proj": "attention.output.dense",
+        "mlp.fc1": "intermediate.dense",
+        "mlp.fc2": "output.dense",
+    }
+    out = {}
+    for key, value in state.items():
+        new = key
+        if key.startswith("layers."):
+            new = "encoder.layer." + key.removeprefix("layers.")
+            for a, b in renames.items():
+                new = new.replace(f".{a}.", f".{b}.")
+        out["audio_spectrogram_transformer." + new] = value
+    return out
+
+
+def test_hub_layout_ast_checkpoint_loads_the_same() -> None:
+    cfg = ASTConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_length=64,
+        num_mel_bins=32,
+    )
+    ref = ASTModel(cfg).eval()
+    _randomise(ref, seed=3)
+    hub = _to_hub_layout(ref.state_dict())
+    assert "audio_spectrogram_transformer.encoder.layer.0.attention.attention.query.weight" in hub
+    ours = from_ast_state_dict(hub, cfg.to_dict(), "hf:test/ast")
+    spec = torch.randn(2, 64, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            ours.forward_features(spec)[0], ref(spec).last_hidden_state, atol=TOL, rtol=0
+        )
