@@ -1,0 +1,146 @@
+"""Batched per-row adapter kernels, each with a plain-PyTorch reference beside it.
+
+Every op takes weights stacked over slots (``[S, ...]``) and a :class:`SlotIndex` saying which slot
+each row uses. Three execution paths give the same numbers (tests compare them):
+
+- uniform: all rows use one slot -> the slot's weights are indexed once, a plain batched matmul;
+- gathered: rows use different slots -> per-row weights gathered, one ``baddbmm``;
+- reference: a Python loop over rows with ``F.linear``/``F.conv2d`` (tests only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lookaside.backbone import TokenLayout
+
+
+@dataclass(frozen=True)
+class SlotIndex:
+    """Which stacked slot each row of a group uses.
+
+    Attributes:
+        slots: ``[n]`` int64 slot per row, on the compute device.
+        uniform: the slot when every row uses the same one (lets kernels skip the gather).
+    """
+
+    slots: Tensor
+    uniform: int | None
+
+    @staticmethod
+    def of(slots: list[int], device: torch.device) -> SlotIndex:
+        """Build from a Python list (one host->device copy per batch and group)."""
+        uniform = slots[0] if slots and all(s == slots[0] for s in slots) else None
+        return SlotIndex(torch.tensor(slots, dtype=torch.long, device=device), uniform)
+
+    def take(self, stacked: Tensor) -> Tensor:
+        """``stacked[slot]`` (uniform: one slot, no batch dim) or ``stacked[slots]`` (per row)."""
+        return stacked[self.uniform] if self.uniform is not None else stacked[self.slots]
+
+
+def rows_linear(x: Tensor, weight: Tensor, bias: Tensor | None, index: SlotIndex) -> Tensor:
+    """Per-row affine map.
+
+    Semantics: ``out[i] = x[i] @ weight[slot[i]] + bias[slot[i]]``.
+
+    Args:
+        x: ``[n, L, Din]``.
+        weight: ``[S, Din, Dout]`` (input-major, so the gathered copy feeds ``bmm`` directly).
+        bias: ``[S, Dout]`` or None.
+        index: slot per row.
+    """
+    w = index.take(weight)
+    if index.uniform is not None:
+        out = x @ w
+        return out if bias is None else out + bias[index.uniform]
+    if bias is None:
+        return torch.bmm(x, w)
+    return torch.baddbmm(bias[index.slots].unsqueeze(1), x, w)
+
+
+def rows_linear_reference(
+    x: Tensor, weight: Tensor, bias: Tensor | None, slots: list[int]
+) -> Tensor:
+    """Reference for :func:`rows_linear`: one ``F.linear`` per row."""
+    rows = [
+        F.linear(x[i], weight[s].T, None if bias is None else bias[s]) for i, s in enumerate(slots)
+    ]
+    return torch.stack(rows)
+
+
+def grid_unfold(x: Tensor, layout: TokenLayout, kernel: tuple[int, int]) -> Tensor:
+    """Gather each token's grid neighbours so a conv becomes a linear map.
+
+    Semantics: for a ``(kh, kw)`` kernel (odd sides), patch token at grid position ``(f, t)`` gets
+    ``concat_{i<kh, j<kw} x[f + i - kh//2, t + j - kw//2]`` (zero outside the grid): tap-major,
+    channel-minor, exactly the receptive field of ``F.conv2d(..., padding=(kh//2, kw//2))``. Special
+    tokens (CLS, DIST, prompts) have no grid position: each is treated as a 1x1 grid with zero
+    padding, so only the centre tap sees it (as Convpass does for its CLS token).
+
+    Args:
+        x: ``[n, L, C]`` with ``L = layout.num_tokens``.
+        layout: where the grid starts and its shape.
+        kernel: ``(kh, kw)``; ``(1, 3)`` looks along time, ``(3, 1)`` along frequency.
+
+    Returns:
+        ``[n, L, kh * kw * C]``.
+    """
+    kh, kw = kernel
+    if kh % 2 == 0 or kw % 2 == 0:
+        raise ValueError(f"kernel sides must be odd, got {kernel}")
+    if kernel == (1, 1):
+        return x
+    n, _, C = x.shape
+    s = layout.num_special
+    fg, tg = layout.grid
+    special, grid = x[:, :s], x[:, s:]
+    image = grid.reshape(n, fg, tg, C)
+    padded = F.pad(image, (0, 0, kw // 2, kw // 2, kh // 2, kh // 2))
+    taps = [padded[:, i : i + fg, j : j + tg] for i in range(kh) for j in range(kw)]
+    grid_out = torch.cat(taps, dim=-1).reshape(n, fg * tg, kh * kw * C)
+    centre = (kh // 2) * kw + kw // 2
+    special_out = special.new_zeros(n, s, kh * kw * C)
+    special_out[..., centre * C : (centre + 1) * C] = special
+    return torch.cat([special_out, grid_out], dim=1)
+
+
+def unfolded_to_conv(weight: Tensor, kernel: tuple[int, int]) -> Tensor:
+    """``[kh*kw*Cin, Cout]`` unfolded weight -> ``[Cout, Cin, kh, kw]`` conv weight."""
+    kh, kw = kernel
+    taps_in, cout = weight.shape
+    cin = taps_in // (kh * kw)
+    return weight.reshape(kh, kw, cin, cout).permute(3, 2, 0, 1).contiguous()
+
+
+def grid_conv_reference(
+    x: Tensor, layout: TokenLayout, weight: Tensor, bias: Tensor | None, kernel: tuple[int, int]
+) -> Tensor:
+    """Reference for ``rows_linear(grid_unfold(x), ...)`` on one row set with one weight.
+
+    Runs ``F.conv2d`` on the patch grid and, for each special token, on a 1x1 image.
+
+    Args:
+        x: ``[n, L, Cin]``; weight: unfolded ``[kh*kw*Cin, Cout]``; bias ``[Cout]``.
+    """
+    kh, kw = kernel
+    conv_w = unfolded_to_conv(weight, kernel)
+    n, _, C = x.shape
+    s = layout.num_special
+    fg, tg = layout.grid
+    image = x[:, s:].reshape(n, fg, tg, C).permute(0, 3, 1, 2)
+    grid = F.conv2d(image, conv_w, bias, padding=(kh // 2, kw // 2))
+    grid = grid.permute(0, 2, 3, 1).reshape(n, fg * tg, -1)
+    special = x[:, :s].reshape(n * s, C, 1, 1)
+    special = F.conv2d(special, conv_w, bias, padding=(kh // 2, kw // 2)).reshape(n, s, -1)
+    return torch.cat([special, grid], dim=1)
+
+
+def rows_gather(stacked: Tensor, index: SlotIndex, n: int) -> Tensor:
+    """Per-row copy of slot tensors: ``[n, *stacked.shape[1:]]`` (broadcast view when uniform)."""
+    if index.uniform is not None:
+        return stacked[index.uniform].unsqueeze(0).expand(n, *stacked.shape[1:])
+    return stacked[index.slots]

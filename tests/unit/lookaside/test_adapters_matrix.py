@@ -1,0 +1,308 @@
+"""The mixed-batch oracle, for every registered method and for random mixes.
+
+Each row of a batch that mixes adapters must equal that row run alone with its adapter, rows with
+no adapter must equal the bare backbone, and every site must match a plain-PyTorch transcription
+of its paper's equation.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lookaside.adapters import ADAPTERS, HeadConfig
+from lookaside.adapters.bank import AdapterBank
+from lookaside.adapters.base import AdapterStack, StackedSite
+from lookaside.adapters.bottleneck import BottleneckSite
+from lookaside.adapters.convpass import CONV_KERNEL, ConvpassSite
+from lookaside.adapters.lora import LoraQVSite
+from lookaside.adapters.moa import DenseMoaSite, SoftMoaSite
+from lookaside.adapters.ops import SlotIndex, grid_conv_reference
+from lookaside.adapters.prompt import PromptSite
+from lookaside.backbone import TokenLayout, VisionTransformer
+from lookaside.model import MultiAdapterModel
+
+TOL = 1e-5
+FRAMES = 64  # 8 x 4 grid on the tiny backbone: fast, but still a real 2-D grid
+METHODS = list(ADAPTERS)
+
+# Small but non-default configs so shapes differ from defaults.
+CONFIGS: dict[str, list[dict[str, object]]] = {
+    "linear": [{}],
+    "bottleneck": [{"rank": 6}, {"rank": 4, "sites": ["attn"]}],
+    "lora": [{"rank": 4, "alpha": 8.0}, {"rank": 2}],
+    "convpass": [{"rank": 4}, {"rank": 3, "sites": ["ffn"]}],
+    "loaa": [{"rank": 5, "kernels": "attn:T,ffn:F"}, {"rank": 3, "kernels": "attn:F"}],
+    "dense_moa": [{"num_experts": 3, "rank": 2}, {"num_experts": 2, "rank": 1, "sites": ["attn", "ffn"]}],
+    "soft_moa": [
+        {"num_experts": 3, "rank": 2, "slots_per_expert": 2},
+        {"num_experts": 4, "rank": 1, "sites": ["attn", "ffn"]},
+    ],
+    "aat": [{"rank": 6}, {"rank": 4, "layers": [1, 3]}],
+    "prompt": [{"num_tokens": 3}, {"num_tokens": 2, "layers": [0, 2]}],
+}
+
+
+def test_every_registered_method_is_in_the_matrix() -> None:
+    assert set(CONFIGS) == set(ADAPTERS)
+
+
+def randomise(bank: AdapterBank, adapter_id: str, seed: int) -> None:
+    """Non-trivial weights everywhere (zero-initialised up projections would hide bugs)."""
+    gen = torch.Generator().manual_seed(seed)
+    stack = bank.stack_of(adapter_id)
+    slot = bank.entries[adapter_id].slot
+    with torch.no_grad():
+        if stack is not None:
+            for _, site in stack.named_sites():
+                for p in site.parameters(recurse=False):
+                    p[slot].copy_(torch.randn(p.shape[1:], generator=gen) * 0.2)
+        for p in bank.head(adapter_id).parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+
+
+def make_model(backbone: VisionTransformer, adapters: dict[str, tuple[str, dict[str, object]]], slots: int = 2) -> MultiAdapterModel:
+    bank = AdapterBank(backbone.cfg, slots_per_stack=slots)
+    for i, (adapter_id, (method, cfg)) in enumerate(adapters.items()):
+        bank.add(adapter_id, method, cfg, HeadConfig(num_classes=3 + i % 3, pool="cls" if i % 2 else "mean"))
+        randomise(bank, adapter_id, seed=100 + i)
+    return MultiAdapterModel(backbone, bank)
+
+
+def run_alone(model: MultiAdapterModel, spec: Tensor, ids: list[str | None]) -> list[Tensor | None]:
+    return [model(spec[i : i + 1], [a])[0] for i, a in enumerate(ids)]
+
+
+def assert_rows_equal(got: list[Tensor | None], expected: list[Tensor | None]) -> None:
+    for g, e in zip(got, expected, strict=True):
+        if e is None:
+            assert g is None
+        else:
+            assert g is not None
+            torch.testing.assert_close(g, e, atol=TOL, rtol=TOL)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_mixed_batch_rows_equal_rows_alone(method: str, tiny_backbone: VisionTransformer) -> None:
+    cfg_a, cfg_b = (CONFIGS[method] * 2)[:2]
+    # Two adapters of one config share a stack (gathered path); a third config gets its own stack;
+    # None rows use the bare backbone.
+    model = make_model(
+        tiny_backbone, {"a": (method, cfg_a), "a2": (method, cfg_a), "b": (method, cfg_b)}
+    )
+    ids: list[str | None] = ["a", "b", None, "a2", "a", "b", "a2"]
+    spec = torch.randn(len(ids), FRAMES, 128)
+    with torch.no_grad():
+        assert_rows_equal(model(spec, ids), run_alone(model, spec, ids))
+        # Uniform batch (no gather) equals rows alone as well.
+        assert_rows_equal(model(spec[:3], ["a", "a", "a"]), run_alone(model, spec[:3], ["a"] * 3))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_adapter_actually_changes_the_output(method: str, tiny_backbone: VisionTransformer) -> None:
+    """Different weights in the same stack give different logits (routing is not ignored)."""
+    model = make_model(tiny_backbone, {"a": (method, CONFIGS[method][0]), "a2": (method, CONFIGS[method][0])})
+    spec = torch.randn(1, FRAMES, 128).expand(2, -1, -1)
+    with torch.no_grad():
+        tokens_a, _ = tiny_backbone.forward_features(spec[:1], model.bank.route(["a"]))
+        tokens_a2, _ = tiny_backbone.forward_features(spec[:1], model.bank.route(["a2"]))
+        bare, _ = tiny_backbone.forward_features(spec[:1])
+    if method != "linear":
+        assert not torch.allclose(tokens_a, tokens_a2, atol=1e-4)
+        grid = bare.shape[1] - 1  # compare patch tokens: prompt tuning adds tokens
+        assert not torch.allclose(tokens_a[:, -grid:], bare[:, -grid:], atol=1e-4)
+
+
+def test_random_mixes_of_methods_and_ranks(tiny_backbone: VisionTransformer) -> None:
+    rng = random.Random(7)
+    adapters = {}
+    for method, cfgs in CONFIGS.items():
+        for j, cfg in enumerate(cfgs):
+            adapters[f"{method}-{j}"] = (method, cfg)
+    model = make_model(tiny_backbone, adapters, slots=1)  # forces stacks to grow
+    choices: list[str | None] = [*adapters, None]
+    for batch_size in (1, 5, 12):
+        ids = [rng.choice(choices) for _ in range(batch_size)]
+        spec = torch.randn(batch_size, FRAMES, 128)
+        with torch.no_grad():
+            assert_rows_equal(model(spec, ids), run_alone(model, spec, ids))
+
+
+def test_skewed_batch(tiny_backbone: VisionTransformer) -> None:
+    """1 row of one adapter, 15 of another (NOTES §8: test heavily skewed batches)."""
+    model = make_model(tiny_backbone, {"x": ("loaa", CONFIGS["loaa"][0]), "y": ("soft_moa", CONFIGS["soft_moa"][0])})
+    ids: list[str | None] = ["y"] * 7 + ["x"] + ["y"] * 8
+    spec = torch.randn(len(ids), FRAMES, 128)
+    with torch.no_grad():
+        assert_rows_equal(model(spec, ids), run_alone(model, spec, ids))
+
+
+def test_rows_without_adapter_equal_bare_backbone(tiny_backbone: VisionTransformer) -> None:
+    model = make_model(tiny_backbone, {"a": ("loaa", CONFIGS["loaa"][0])})
+    spec = torch.randn(3, FRAMES, 128)
+    with torch.no_grad():
+        mixed, _ = tiny_backbone.forward_features(spec, model.bank.route([None, "a", None]))
+        bare, _ = tiny_backbone.forward_features(spec)
+    torch.testing.assert_close(mixed[[0, 2]], bare[[0, 2]], atol=TOL, rtol=TOL)
+    assert not torch.allclose(mixed[1], bare[1], atol=1e-4)
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in {"linear", "prompt"}])
+def test_fresh_adapter_leaves_backbone_unchanged(method: str, tiny_backbone: VisionTransformer) -> None:
+    """Zero-initialised output projections survive construction (NOTES §8: no re-init)."""
+    bank = AdapterBank(tiny_backbone.cfg)
+    bank.add("fresh", method, CONFIGS[method][0], HeadConfig(num_classes=2), seed=3)
+    spec = torch.randn(2, FRAMES, 128)
+    with torch.no_grad():
+        adapted, _ = tiny_backbone.forward_features(spec, bank.route(["fresh", "fresh"]))
+        bare, _ = tiny_backbone.forward_features(spec)
+    torch.testing.assert_close(adapted, bare, atol=1e-6, rtol=0)
+    # ... but the fresh adapter is not all zeros (it can learn: gradients are non-zero).
+    stack = bank.stack_of("fresh")
+    assert stack is not None
+    assert any(t.abs().sum() > 0 for t in stack.slot_tensors(0).values())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_gradients_reach_only_adapter_and_head(method: str, tiny_backbone: VisionTransformer) -> None:
+    bank = AdapterBank(tiny_backbone.cfg, slots_per_stack=1, trainable=True)
+    bank.add("t", method, CONFIGS[method][0], HeadConfig(num_classes=3), seed=1)
+    model = MultiAdapterModel(tiny_backbone, bank)
+    model.train()
+    assert not tiny_backbone.training  # frozen by construction
+    spec = torch.randn(2, FRAMES, 128)
+    loss = F.cross_entropy(model.logits(spec, "t"), torch.tensor([0, 2]))
+    loss.backward()
+    assert all(p.grad is None and not p.requires_grad for p in tiny_backbone.parameters())
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable and all(p.grad is not None for p in trainable)
+    assert any(p.grad.abs().sum() > 0 for p in bank.heads.parameters() if p.grad is not None)
+    if method != "linear":
+        stack = bank.stack_of("t")
+        assert stack is not None
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in stack.parameters())
+
+
+def test_backbone_is_never_copied(tiny_backbone: VisionTransformer) -> None:
+    ptrs = {n: p.data_ptr() for n, p in tiny_backbone.named_parameters()}
+    model = make_model(tiny_backbone, {f"m{i}": (m, CONFIGS[m][0]) for i, m in enumerate(METHODS)})
+    for name, p in model.backbone.named_parameters():
+        assert p.data_ptr() == ptrs[name]
+    backbone_ptrs = set(ptrs.values())
+    assert not backbone_ptrs & {p.data_ptr() for p in model.bank.parameters()}
+
+
+def test_remove_frees_slot_and_reuses_it(tiny_backbone: VisionTransformer) -> None:
+    model = make_model(tiny_backbone, {"a": ("loaa", CONFIGS["loaa"][0]), "b": ("loaa", CONFIGS["loaa"][0])})
+    bank = model.bank
+    slot_a = bank.entries["a"].slot
+    bank.remove("a")
+    stack = bank.stack_of("b")
+    assert stack is not None
+    assert all(t.abs().sum() == 0 for t in stack.slot_tensors(slot_a).values())
+    bank.add("c", "loaa", CONFIGS["loaa"][0], HeadConfig(num_classes=2))
+    assert bank.entries["c"].slot == slot_a
+    bank.remove("b")
+    bank.remove("c")
+    assert len(bank.stacks) == 0 and len(bank.heads) == 0
+
+
+# -- each site against a plain transcription of its paper's equation --------------------------
+
+def _bottleneck_ref(site: StackedSite, t: dict[str, Tensor], x: Tensor, layout: TokenLayout) -> Tensor:
+    assert isinstance(site, BottleneckSite)
+    h = F.gelu(grid_conv_reference(x[None], layout, t["down"], t["down_bias"], site.kernel))
+    return grid_conv_reference(h, layout, t["up"], t["up_bias"], site.kernel)[0] * site.scale
+
+
+def _convpass_ref(site: StackedSite, t: dict[str, Tensor], x: Tensor, layout: TokenLayout) -> Tensor:
+    assert isinstance(site, ConvpassSite)
+    h = F.gelu(x @ t["down"] + t["down_bias"])
+    h = F.gelu(grid_conv_reference(h[None], layout, t["conv"], t["conv_bias"], CONV_KERNEL)[0])
+    return (h @ t["up"] + t["up_bias"]) * site.scale
+
+
+def _lora_ref(site: StackedSite, t: dict[str, Tensor], x: Tensor, layout: TokenLayout) -> Tensor:
+    assert isinstance(site, LoraQVSite)
+    dq = x @ t["q_a"] @ t["q_b"] * site.scaling
+    dv = x @ t["v_a"] @ t["v_b"] * site.scaling
+    return torch.cat([dq, torch.zeros_like(dq), dv], dim=-1)
+
+
+def _expert(t: dict[str, Tensor], e: int, x: Tensor) -> Tensor:
+    return F.gelu(x @ t["down"][e] + t["down_bias"][e]) @ t["up"][e] + t["up_bias"][e]
+
+
+def _dense_moa_ref(site: StackedSite, t: dict[str, Tensor], x: Tensor, layout: TokenLayout) -> Tensor:
+    g = torch.softmax(x @ t["router"], dim=-1)  # Eq. 1, per token
+    return sum(g[:, e : e + 1] * _expert(t, e, x) for e in range(g.shape[1]))  # type: ignore[return-value]
+
+
+def _soft_moa_ref(site: StackedSite, t: dict[str, Tensor], x: Tensor, layout: TokenLayout) -> Tensor:
+    assert isinstance(site, SoftMoaSite)
+    logits = x @ t["router"]
+    dispatch = torch.softmax(logits, dim=0)  # Eq. 3: columns, over tokens
+    combine = torch.softmax(logits, dim=1)  # Eq. 4: rows, over slots
+    slots = dispatch.T @ x
+    outs = [_expert(t, j // site.slots_per_expert, slots[j]) for j in range(slots.shape[0])]
+    return combine @ torch.stack(outs)
+
+
+def _prompt_ref(site: StackedSite, t: dict[str, Tensor], x: Tensor, layout: TokenLayout) -> Tensor:
+    return t["prompts"]
+
+
+REFERENCES: dict[type, Callable[[StackedSite, dict[str, Tensor], Tensor, TokenLayout], Tensor]] = {
+    BottleneckSite: _bottleneck_ref,
+    ConvpassSite: _convpass_ref,
+    LoraQVSite: _lora_ref,
+    DenseMoaSite: _dense_moa_ref,
+    SoftMoaSite: _soft_moa_ref,
+    PromptSite: _prompt_ref,
+}
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "linear"])
+def test_sites_match_paper_equations(method: str, tiny_deit: VisionTransformer) -> None:
+    cfg = tiny_deit.cfg
+    stack = AdapterStack(ADAPTERS[method], ADAPTERS[method].parse_config(CONFIGS[method][0]), cfg, 3)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in stack.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    layout = TokenLayout(num_prefix=2, num_prompts=stack.num_prompts, grid=(4, 3))
+    slots = [2, 0, 2, 1]
+    x = torch.randn(len(slots), layout.num_tokens, cfg.embed_dim)
+    index = SlotIndex.of(slots, x.device)
+    for _, site in stack.named_sites():
+        ref = REFERENCES[type(site)]
+        got = site(x, index, layout)
+        for i, s in enumerate(slots):
+            expected = ref(site, site.slot_tensors(s), x[i], layout)
+            torch.testing.assert_close(got[i], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_moa_single_site_is_added_once(tiny_backbone: VisionTransformer) -> None:
+    """A Pfeiffer MoA has one site per block and the block adds it exactly once (NOTES §8)."""
+    model = make_model(tiny_backbone, {"m": ("soft_moa", {"num_experts": 2, "rank": 2})})
+    stack = model.bank.stack_of("m")
+    assert stack is not None
+    assert [name.split(".", 2)[2] for name, _ in stack.named_sites()] == ["attn_parallel"] * 4
+    spec = torch.randn(1, FRAMES, 128)
+    route = model.bank.route(["m"])
+    with torch.no_grad():
+        x, layout = tiny_backbone.embed(spec)
+        for i, block in tiny_backbone.named_blocks():
+            h = block.norm1(x)
+            site = stack.site(i, "attn.parallel")
+            assert site is not None
+            x = x + block.attn(h) + site(h, SlotIndex.of([0], x.device), layout)
+            x = x + block.mlp(block.norm2(x))
+        expected = tiny_backbone.norm(x)
+        got, _ = tiny_backbone.forward_features(spec, route)
+    torch.testing.assert_close(got, expected, atol=TOL, rtol=TOL)
