@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -207,11 +207,11 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.embed_dim, cfg.embed_dim * 3, bias=cfg.qkv_bias)
         self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
 
-    def forward(self, h: Tensor, qkv_delta: Tensor | None = None) -> Tensor:
+    def forward(self, h: Tensor, adapt_qkv: Callable[[Tensor], Tensor] | None = None) -> Tensor:
         B, L, D = h.shape
         qkv = self.qkv(h)
-        if qkv_delta is not None:
-            qkv = qkv + qkv_delta
+        if adapt_qkv is not None:
+            qkv = adapt_qkv(qkv)
         q, k, v = qkv.view(B, L, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(B, L, D))
@@ -230,10 +230,6 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(h)))
 
 
-def _add(y: Tensor, delta: Tensor | None) -> Tensor:
-    return y if delta is None else y + delta
-
-
 class Block(nn.Module):
     """Pre-norm transformer block with the adapter sites written out in the forward."""
 
@@ -250,20 +246,21 @@ class Block(nn.Module):
             x = x + self.attn(self.norm1(x))
             return x + self.mlp(self.norm2(x))
 
-        def site(position: SitePosition, inp: Tensor) -> Tensor | None:
-            return route.apply(self.index, position, inp, layout)
+        def site(position: SitePosition, inp: Tensor, out: Tensor) -> Tensor:
+            # out + each row's own adapter contribution at this site
+            return route.add_to(self.index, position, inp, out, layout)
 
         if layout.num_prompts:
             x = route.write_prompts(self.index, x, layout)
         h = self.norm1(x)
-        y = self.attn(h, qkv_delta=site("attn.qkv", h))
-        y = _add(y, site("attn.parallel", h))
-        y = _add(y, site("attn.post", y))
+        y = self.attn(h, adapt_qkv=lambda qkv: site("attn.qkv", h, qkv))
+        y = site("attn.parallel", h, y)
+        y = site("attn.post", y, y)
         x = x + y
         h = self.norm2(x)
         y = self.mlp(h)
-        y = _add(y, site("ffn.parallel", h))
-        y = _add(y, site("ffn.post", y))
+        y = site("ffn.parallel", h, y)
+        y = site("ffn.post", y, y)
         return x + y
 
 

@@ -284,26 +284,29 @@ class RowRoute:
     groups: list[RouteGroup] = field(default_factory=list)
     num_prompts: int = 0
 
-    def apply(
-        self, layer: int, position: SitePosition, x: Tensor, layout: TokenLayout
-    ) -> Tensor | None:
-        """Sum of every group's contribution at one site (None when no row has one).
+    def add_to(
+        self, layer: int, position: SitePosition, x: Tensor, out: Tensor, layout: TokenLayout
+    ) -> Tensor:
+        """``out`` plus every row's own contribution at one site (``out`` itself if none).
 
-        Semantics: ``out[i] = site_{stack(i)}(x[i], slot(i))`` for rows whose adapter has this
-        site, zero for the other rows.
+        Semantics: ``result[i] = out[i] + site_{stack(i)}(x[i], slot(i))`` for rows whose adapter
+        has this site, ``out[i]`` for the others.
+
+        Without autograd the contributions are accumulated into ``out`` in place (one scatter per
+        group, no full-batch temporaries); with autograd a fresh tensor is returned, because the
+        site may have saved ``out`` itself for the backward pass (``attn.post``: ``x is out``).
         """
-        out: Tensor | None = None
+        inplace = not torch.is_grad_enabled()
         for g in self.groups:
             site = g.stack.site(layer, position)
             if site is None:
                 continue
             if g.rows is None:
-                out = site(x, g.index, layout)
-                continue
-            delta = site(x.index_select(0, g.rows), g.index, layout)
-            if out is None:
-                out = x.new_zeros(*x.shape[:-1], delta.shape[-1])
-            out = out.index_add(0, g.rows, delta)
+                delta = site(x, g.index, layout)
+                out = out.add_(delta) if inplace else out + delta
+            else:
+                delta = site(x.index_select(0, g.rows), g.index, layout)
+                out = out.index_add_(0, g.rows, delta) if inplace else out.index_add(0, g.rows, delta)
         return out
 
     def write_prompts(self, layer: int, x: Tensor, layout: TokenLayout) -> Tensor:

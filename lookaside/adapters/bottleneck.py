@@ -18,7 +18,7 @@ from pydantic import Field, field_validator
 from torch import Tensor
 
 from lookaside.adapters.base import AdapterConfig, AdapterMethod, StackedSite, SubLayer
-from lookaside.adapters.ops import SlotIndex, grid_unfold, rows_linear
+from lookaside.adapters.ops import SlotIndex, grid_conv
 from lookaside.backbone import BackboneConfig, SitePosition, TokenLayout
 
 
@@ -56,9 +56,8 @@ class BottleneckSite(StackedSite):
             self.down[index].copy_(init)
 
     def forward(self, x: Tensor, index: SlotIndex, layout: TokenLayout) -> Tensor:
-        h = rows_linear(grid_unfold(x, layout, self.kernel), self.down, self.down_bias, index)
-        h = F.gelu(h)
-        out = rows_linear(grid_unfold(h, layout, self.kernel), self.up, self.up_bias, index)
+        h = F.gelu(grid_conv(x, self.down, self.down_bias, index, layout, self.kernel))
+        out = grid_conv(h, self.up, self.up_bias, index, layout, self.kernel)
         return out * self.scale if self.scale != 1.0 else out
 
 

@@ -17,7 +17,7 @@ from pydantic import Field, field_validator
 from torch import Tensor
 
 from lookaside.adapters.base import AdapterConfig, AdapterMethod, StackedSite, SubLayer
-from lookaside.adapters.ops import SlotIndex, grid_unfold, rows_linear
+from lookaside.adapters.ops import SlotIndex, grid_conv, rows_linear
 from lookaside.backbone import BackboneConfig, SitePosition, TokenLayout
 from lookaside.errors import ConfigError
 
@@ -70,7 +70,7 @@ class ConvpassSite(StackedSite):
 
     def forward(self, x: Tensor, index: SlotIndex, layout: TokenLayout) -> Tensor:
         h = F.gelu(rows_linear(x, self.down, self.down_bias, index))
-        h = F.gelu(rows_linear(grid_unfold(h, layout, CONV_KERNEL), self.conv, self.conv_bias, index))
+        h = F.gelu(grid_conv(h, self.conv, self.conv_bias, index, layout, CONV_KERNEL))
         out = rows_linear(h, self.up, self.up_bias, index)
         return out * self.scale if self.scale != 1.0 else out
 

@@ -108,6 +108,53 @@ def grid_unfold(x: Tensor, layout: TokenLayout, kernel: tuple[int, int]) -> Tens
     return torch.cat([special_out, grid_out], dim=1)
 
 
+def grid_conv(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    index: SlotIndex,
+    layout: TokenLayout,
+    kernel: tuple[int, int],
+) -> Tensor:
+    """Per-row convolution over the token grid with stacked unfolded weights.
+
+    Semantics: ``rows_linear(grid_unfold(x, layout, kernel), weight, bias, index)``, i.e. a
+    ``(kh, kw)`` conv with zero padding on the grid and the centre tap for special tokens.
+
+    When channels shrink (``Cin > Cout``, LoAA's down projection) the taps are applied to the
+    projected output instead: ``x`` is read once into ``[n, L, taps*Cout]`` and the shifted slices
+    are summed, which avoids materialising a ``taps``-times wider copy of the ``Cin``-wide input.
+
+    Args:
+        x: ``[n, L, Cin]``; weight: ``[S, taps*Cin, Cout]`` tap-major; bias: ``[S, Cout]``.
+    """
+    kh, kw = kernel
+    taps = kh * kw
+    cout = weight.shape[-1]
+    cin = weight.shape[-2] // taps
+    if taps == 1 or cin <= cout:
+        return rows_linear(grid_unfold(x, layout, kernel), weight, bias, index)
+    # [S, taps*Cin, Cout] -> [S, Cin, taps*Cout]: project once, shift the narrow outputs.
+    per_tap = weight.reshape(-1, taps, cin, cout).permute(0, 2, 1, 3).reshape(-1, cin, taps * cout)
+    y = rows_linear(x, per_tap, None, index)
+    n, L, _ = y.shape
+    s = layout.num_special
+    fg, tg = layout.grid
+    centre = (kh // 2) * kw + kw // 2
+    special = y[:, :s, centre * cout : (centre + 1) * cout]
+    grid = y[:, s:].reshape(n, fg, tg, taps, cout)
+    padded = F.pad(grid, (0, 0, 0, 0, kw // 2, kw // 2, kh // 2, kh // 2))
+    out = padded[:, 0:fg, 0:tg, 0]
+    for tap in range(1, taps):
+        i, j = divmod(tap, kw)
+        out = out + padded[:, i : i + fg, j : j + tg, tap]
+    result = torch.cat([special, out.reshape(n, fg * tg, cout)], dim=1)
+    if bias is None:
+        return result
+    b = bias[index.uniform] if index.uniform is not None else bias[index.slots].unsqueeze(1)
+    return result + b
+
+
 def unfolded_to_conv(weight: Tensor, kernel: tuple[int, int]) -> Tensor:
     """``[kh*kw*Cin, Cout]`` unfolded weight -> ``[Cout, Cin, kh, kw]`` conv weight."""
     kh, kw = kernel

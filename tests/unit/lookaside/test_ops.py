@@ -7,6 +7,7 @@ import torch
 
 from lookaside.adapters.ops import (
     SlotIndex,
+    grid_conv,
     grid_conv_reference,
     grid_unfold,
     rows_linear,
@@ -57,3 +58,21 @@ def test_time_kernel_mixes_only_along_time() -> None:
     expected = torch.zeros(3, 4)
     expected[0:3, 2] = 1.0
     torch.testing.assert_close(freq, expected)
+
+
+@pytest.mark.parametrize("kernel", [(1, 3), (3, 1), (3, 3)])
+@pytest.mark.parametrize(("cin", "cout"), [(12, 3), (3, 12)])
+@pytest.mark.parametrize("slots", [[1, 1, 1], [0, 2, 1]])
+def test_grid_conv_matches_conv2d_per_row(
+    kernel: tuple[int, int], cin: int, cout: int, slots: list[int]
+) -> None:
+    """Both execution orders (shift-then-project, project-then-shift) equal F.conv2d."""
+    layout = TokenLayout(num_prefix=2, num_prompts=1, grid=(3, 5))
+    taps = kernel[0] * kernel[1]
+    x = torch.randn(len(slots), layout.num_tokens, cin)
+    w = torch.randn(3, taps * cin, cout)
+    b = torch.randn(3, cout)
+    got = grid_conv(x, w, b, SlotIndex.of(slots, x.device), layout, kernel)
+    for i, s in enumerate(slots):
+        expected = grid_conv_reference(x[i : i + 1], layout, w[s], b[s], kernel)[0]
+        torch.testing.assert_close(got[i], expected, atol=1e-5, rtol=1e-5)

@@ -1,0 +1,251 @@
+"""Reproducible speed/memory benchmarks (printed, never asserted in tests).
+
+    python -m benchmarks.run                       # both suites, defaults below
+    python -m benchmarks.run --suite backbone --batches 1 8 32
+    python -m benchmarks.run --suite adapters --iters 10 --json out.json
+
+Suites:
+- ``backbone``: ViT-B/16 on 256 tokens (a 5 s clip, 512 frames) at each batch size, clips/s in
+  fp32 and bf16 autocast, and peak memory (CUDA: allocator peak; CPU: peak RSS growth sampled
+  during the timed runs).
+- ``adapters``: batch 8, fp32 and bf16, backbone-only clips/s and the ratio to it with (a) one
+  LoAA 2 % adapter for the whole batch, (b) 8 adapters of 8 different methods, (c) 8 adapters of
+  the same method. All variants run interleaved in one process so drift hits them alike; each
+  number is the median over ``--iters`` timed runs after warm-up.
+
+Weights are random (speed does not depend on their values); shapes are the real ViT-B/16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+
+import torch
+
+from lookaside.adapters import HeadConfig
+from lookaside.adapters.bank import AdapterBank
+from lookaside.backbone import VisionTransformer
+from lookaside.backbones import PRESETS, build_random
+from lookaside.model import MultiAdapterModel
+
+FRAMES = 512  # 5 s at 10 ms hop -> 8 x 32 = 256 tokens on ViT-B/16
+MEL = 128
+
+# (b): one adapter of each of eight methods, at the papers' sizes.
+MIXED = [
+    ("linear", {}),
+    ("bottleneck", {"rank": 108, "sites": ["attn", "ffn"]}),
+    ("lora", {"rank": 8}),
+    ("convpass", {"rank": 8}),
+    ("loaa", {"rank": 36, "kernels": "attn:T"}),
+    ("dense_moa", {"num_experts": 14, "rank": 1}),
+    ("soft_moa", {"num_experts": 14, "rank": 1}),
+    ("aat", {"rank": 64}),
+]
+LOAA_2PCT = ("loaa", {"rank": 36, "kernels": "attn:T"})
+
+
+@dataclass
+class Result:
+    """One measured configuration."""
+
+    suite: str
+    name: str
+    batch: int
+    dtype: str
+    clips_per_s: float
+    peak_mem_mb: float
+    ratio: float | None = None
+
+
+class _RssSampler:
+    """Peak resident-set growth of this process while active (CPU peak memory)."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
+
+    def __enter__(self) -> _RssSampler:
+        self.base = self._rss()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss() - self.base)
+            time.sleep(0.002)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def _precision(device: torch.device, dtype: str) -> Iterator[None]:
+    if dtype == "bf16":
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            yield
+    else:
+        yield
+
+
+def _time(fn: Callable[[], object], device: torch.device, iters: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _measure(
+    fn: Callable[[], object], device: torch.device, iters: int, warmup: int
+) -> tuple[list[float], float]:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        times = _time(fn, device, iters, warmup)
+        return times, (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    with _RssSampler() as sampler:
+        times = _time(fn, device, iters, warmup)
+    return times, sampler.peak / 2**20
+
+
+def _backbone(device: torch.device) -> VisionTransformer:
+    return build_random(PRESETS["vit_base_patch16"]).to(device)
+
+
+def suite_backbone(
+    device: torch.device, batches: list[int], dtypes: list[str], iters: int, warmup: int
+) -> list[Result]:
+    """Backbone-only throughput and peak memory per batch size and precision."""
+    backbone = _backbone(device)
+    results = []
+    for dtype in dtypes:
+        for batch in batches:
+            spec = torch.randn(batch, FRAMES, MEL, device=device)
+
+            def run(spec: torch.Tensor = spec, dtype: str = dtype) -> object:
+                with torch.inference_mode(), _precision(device, dtype):
+                    return backbone(spec)
+
+            times, mem = _measure(run, device, iters, warmup)
+            r = Result("backbone", "vit_b16_256tok", batch, dtype, batch / statistics.median(times), mem)
+            print(f"{r.name:>16} batch {batch:>3} {dtype:>4}: {r.clips_per_s:8.2f} clips/s, "
+                  f"peak +{mem:7.1f} MiB", flush=True)
+            results.append(r)
+    return results
+
+
+def _adapter_model(device: torch.device) -> MultiAdapterModel:
+    backbone = _backbone(device)
+    bank = AdapterBank(backbone.cfg, slots_per_stack=8, device=device)
+    head = HeadConfig(num_classes=50)
+    method, cfg = LOAA_2PCT
+    for i in range(8):  # (a) uses loaa0 alone; (c) uses loaa0..loaa7 (one stack, 8 slots)
+        bank.add(f"loaa{i}", method, cfg, head, seed=i)
+    for i, (method, cfg) in enumerate(MIXED):
+        bank.add(f"mixed{i}-{method}", method, cfg, head, seed=100 + i)
+    _nonzero(bank)
+    return MultiAdapterModel(backbone, bank)
+
+
+def _nonzero(bank: AdapterBank) -> None:
+    """Zero-initialised up projections would let a lazy kernel skip work: fill everything."""
+    with torch.no_grad():
+        for p in bank.parameters():
+            p.normal_(0, 0.02)
+
+
+def suite_adapters(
+    device: torch.device, dtypes: list[str], iters: int, warmup: int, batch: int = 8
+) -> list[Result]:
+    """Adapter overhead as ratios to backbone-only throughput, batch 8."""
+    model = _adapter_model(device)
+    ids = {
+        "backbone_only": None,
+        "a_one_loaa_2pct": ["loaa0"] * batch,
+        "b_8_mixed_methods": [f"mixed{i % 8}-{MIXED[i % 8][0]}" for i in range(batch)],
+        "c_8_same_method": [f"loaa{i % 8}" for i in range(batch)],
+    }
+    results = []
+    for dtype in dtypes:
+        spec = torch.randn(batch, FRAMES, MEL, device=device)
+        runs: dict[str, Callable[[], object]] = {}
+        for name, row_ids in ids.items():
+
+            def run(row_ids: list[str] | None = row_ids, dtype: str = dtype) -> object:
+                with torch.inference_mode(), _precision(device, dtype):
+                    if row_ids is None:
+                        return model.backbone.forward_features(spec)
+                    return model(spec, row_ids)
+
+            runs[name] = run
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        mems: dict[str, float] = dict.fromkeys(runs, 0.0)
+        for name, fn in runs.items():  # warm every variant first
+            _time(fn, device, 0, warmup)
+        for _ in range(iters):  # interleave: one timed run of each variant per round
+            for name, fn in runs.items():
+                t, mem = _measure(fn, device, 1, 0)
+                times[name] += t
+                mems[name] = max(mems[name], mem)
+        base = batch / statistics.median(times["backbone_only"])
+        for name in runs:
+            cps = batch / statistics.median(times[name])
+            r = Result("adapters", name, batch, dtype, cps, mems[name], cps / base)
+            print(f"{name:>18} batch {batch} {dtype:>4}: {cps:8.2f} clips/s  ratio {r.ratio:.3f}",
+                  flush=True)
+            results.append(r)
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", choices=["backbone", "adapters", "all"], default="all")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--dtypes", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
+    parser.add_argument("--iters", type=int, default=5, help="timed runs per configuration")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}", flush=True)
+    results: list[Result] = []
+    if args.suite in ("backbone", "all"):
+        results += suite_backbone(device, args.batches, args.dtypes, args.iters, args.warmup)
+    if args.suite in ("adapters", "all"):
+        results += suite_adapters(device, args.dtypes, args.iters, args.warmup)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([asdict(r) for r in results], f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
