@@ -26,7 +26,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.run
 
 params: setup
-	$(BIN)/python -m lookaside.param_table
+	$(BIN)/python -m lookaside.param_table --write README.md
 
 demo: setup
 	$(BIN)/python -m lookaside.demo

@@ -1,0 +1,108 @@
+"""The method / config / parameter-% table of the README, generated so it stays true.
+
+    python -m lookaside.param_table            # print the markdown table
+    python -m lookaside.param_table --write README.md   # replace the table between the markers
+
+Counts are for ViT-B/16 on 128 x 512 spectrograms (the ESC-50 setting); percentages are of the
+backbone's own parameters, adapter sites only (the head is listed apart: it depends on the task).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+from typing import Any
+
+from lookaside.adapters import ADAPTERS, HeadConfig
+from lookaside.adapters.bank import HEAD_PREFIX, AdapterBank
+from lookaside.backbone import BackboneConfig, VisionTransformer
+from lookaside.backbones import PRESETS
+
+# The papers' configurations (LoAA Table 2, MoA Table 1, AAT, baselines).
+PAPER_CONFIGS: list[tuple[str, dict[str, Any], str]] = [
+    ("linear", {}, "linear probe"),
+    ("bottleneck", {"rank": 24, "sites": ["attn"]}, "Pfeiffer, MoA paper's single adapter"),
+    ("bottleneck", {"rank": 108, "sites": ["attn", "ffn"]}, "Houlsby, LoAA paper's parallel adapter"),
+    ("lora", {"rank": 8, "alpha": 8.0}, "q and v"),
+    ("convpass", {"rank": 8}, "attn + ffn"),
+    ("loaa", {"rank": 36, "kernels": "attn:T"}, "LoAA Attn(T)"),
+    ("loaa", {"rank": 36, "kernels": "ffn:F"}, "LoAA FFN(F)"),
+    ("loaa", {"rank": 36, "kernels": "attn:T,ffn:F"}, "LoAA Attn(T) FFN(F)"),
+    ("loaa", {"rank": 72, "kernels": "attn:T,ffn:F"}, "LoAA Attn(T) FFN(F)"),
+    ("dense_moa", {"num_experts": 14, "rank": 1}, "Dense-MoA, Pfeiffer"),
+    ("soft_moa", {"num_experts": 14, "rank": 1, "slots_per_expert": 1}, "Soft-MoA, Pfeiffer"),
+    ("aat", {"rank": 64}, "spatial + MLP adapter"),
+    ("prompt", {"num_tokens": 10}, "deep prompt tuning"),
+]
+START, END = "<!-- params:start -->", "<!-- params:end -->"
+
+
+def backbone_params(cfg: BackboneConfig) -> int:
+    """Parameter count of a backbone of this shape."""
+    return VisionTransformer(cfg).num_params
+
+
+def table(cfg: BackboneConfig | None = None, num_classes: int = 50) -> str:
+    """Markdown table of every paper configuration."""
+    cfg = cfg or PRESETS["vit_base_patch16"]
+    total = backbone_params(cfg)
+    bank = AdapterBank(cfg)
+    head = HeadConfig(num_classes=num_classes)
+    lines = [
+        f"ViT-B/16 backbone: {total / 1e6:.2f}M parameters (1-channel patch embedding, 256 tokens).",
+        "",
+        "| method | config | note | adapter params | % of backbone | + head (50 classes) |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for method, config, note in PAPER_CONFIGS:
+        parsed = ADAPTERS[method].parse_config(config)
+        shapes = bank.expected_shapes(method, parsed, head)
+        sites = sum(_numel(s) for k, s in shapes.items() if not k.startswith(HEAD_PREFIX))
+        heads = sum(_numel(s) for k, s in shapes.items() if k.startswith(HEAD_PREFIX))
+        shown = parsed.model_dump(exclude_defaults=False, exclude={"layers"})
+        cfg_text = ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items() if k != "variant")
+        lines.append(
+            f"| {method} | {cfg_text or '-'} | {note} | {sites / 1e6:.3f}M | "
+            f"{100 * sites / total:.2f} % | {heads / 1e3:.1f}K |"
+        )
+    return "\n".join(lines)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, dict):
+        return ",".join(f"{k}:{v}" for k, v in sorted(value.items()))
+    if isinstance(value, list | tuple):
+        return "+".join(str(v) for v in value)
+    return str(value)
+
+
+def write(readme: Path, text: str) -> None:
+    """Replace the block between the markers in ``readme``."""
+    content = readme.read_text()
+    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
+    if not pattern.search(content):
+        raise SystemExit(f"{readme} has no {START} ... {END} block")
+    readme.write_text(pattern.sub(f"{START}\n{text}\n{END}", content))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--write", type=Path, help="README to update in place")
+    args = parser.parse_args()
+    text = table()
+    if args.write:
+        write(args.write, text)
+    else:
+        print(text)  # noqa: T201 (a CLI printing its result)
+
+
+if __name__ == "__main__":
+    main()

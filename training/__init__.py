@@ -1,0 +1,1 @@
+"""Adapter training. Depends on :mod:`lookaside`, never on :mod:`service`."""
