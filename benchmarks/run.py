@@ -152,9 +152,14 @@ def suite_backbone(
                     return backbone(spec)
 
             times, mem = _measure(run, device, iters, warmup)
-            r = Result("backbone", "vit_b16_256tok", batch, dtype, batch / statistics.median(times), mem)
-            print(f"{r.name:>16} batch {batch:>3} {dtype:>4}: {r.clips_per_s:8.2f} clips/s, "
-                  f"peak +{mem:7.1f} MiB", flush=True)
+            r = Result(
+                "backbone", "vit_b16_256tok", batch, dtype, batch / statistics.median(times), mem
+            )
+            print(
+                f"{r.name:>16} batch {batch:>3} {dtype:>4}: {r.clips_per_s:8.2f} clips/s, "
+                f"peak +{mem:7.1f} MiB",
+                flush=True,
+            )
             results.append(r)
     return results
 
@@ -196,7 +201,9 @@ def suite_adapters(
         runs: dict[str, Callable[[], object]] = {}
         for name, row_ids in ids.items():
 
-            def run(row_ids: list[str] | None = row_ids, dtype: str = dtype) -> object:
+            def run(
+                row_ids: list[str] | None = row_ids, dtype: str = dtype, spec: torch.Tensor = spec
+            ) -> object:
                 with torch.inference_mode(), _precision(device, dtype):
                     if row_ids is None:
                         return model.backbone.forward_features(spec)
@@ -205,7 +212,7 @@ def suite_adapters(
             runs[name] = run
         times: dict[str, list[float]] = {name: [] for name in runs}
         mems: dict[str, float] = dict.fromkeys(runs, 0.0)
-        for name, fn in runs.items():  # warm every variant first
+        for fn in runs.values():  # warm every variant first
             _time(fn, device, 0, warmup)
         for _ in range(iters):  # interleave: one timed run of each variant per round
             for name, fn in runs.items():
@@ -216,14 +223,18 @@ def suite_adapters(
         for name in runs:
             cps = batch / statistics.median(times[name])
             r = Result("adapters", name, batch, dtype, cps, mems[name], cps / base)
-            print(f"{name:>18} batch {batch} {dtype:>4}: {cps:8.2f} clips/s  ratio {r.ratio:.3f}",
-                  flush=True)
+            print(
+                f"{name:>18} batch {batch} {dtype:>4}: {cps:8.2f} clips/s  ratio {r.ratio:.3f}",
+                flush=True,
+            )
             results.append(r)
     return results
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--suite", choices=["backbone", "adapters", "all"], default="all")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
@@ -236,7 +247,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}", flush=True)
+    print(
+        f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}", flush=True
+    )
     results: list[Result] = []
     if args.suite in ("backbone", "all"):
         results += suite_backbone(device, args.batches, args.dtypes, args.iters, args.warmup)

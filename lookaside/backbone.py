@@ -34,7 +34,9 @@ from lookaside.errors import ConfigError
 if TYPE_CHECKING:
     from lookaside.adapters.base import RowRoute
 
-SitePosition = Literal["tokens", "attn.qkv", "attn.parallel", "attn.post", "ffn.parallel", "ffn.post"]
+SitePosition = Literal[
+    "tokens", "attn.qkv", "attn.parallel", "attn.post", "ffn.parallel", "ffn.post"
+]
 """Where an adapter can act inside a block.
 
 - ``tokens``: rewrites the prompt tokens before the block (deep prompt tuning).
@@ -314,10 +316,10 @@ class VisionTransformer(nn.Module):
         self._pos_cache.clear()
         self._fingerprint = None
 
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> VisionTransformer:
         # .to()/.cuda()/.half() create new tensors: derived caches must follow.
         self._pos_cache = {}
-        return super()._apply(fn, recurse)
+        return super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
 
     # -- identity ---------------------------------------------------------------------------
     def fingerprint(self) -> str:
@@ -339,7 +341,9 @@ class VisionTransformer(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     # -- forward ----------------------------------------------------------------------------
-    def pos_embed_for(self, grid: tuple[int, int], device: torch.device, dtype: torch.dtype) -> Tensor:
+    def pos_embed_for(
+        self, grid: tuple[int, int], device: torch.device, dtype: torch.dtype
+    ) -> Tensor:
         """Position embedding resampled to ``grid``, cached per grid (the weights are frozen)."""
         key = (grid[0], grid[1], device, dtype)
         cached = self._pos_cache.get(key)
@@ -354,7 +358,9 @@ class VisionTransformer(nn.Module):
     def embed(self, spec: Tensor, num_prompts: int = 0) -> tuple[Tensor, TokenLayout]:
         """Patch-embed a ``[B, frames, mel]`` spectrogram and add prefix tokens and positions."""
         if spec.dim() != 3 or spec.shape[2] < self.cfg.patch_size:
-            raise ConfigError(f"expected a [batch, frames, mel] spectrogram, got {tuple(spec.shape)}")
+            raise ConfigError(
+                f"expected a [batch, frames, mel] spectrogram, got {tuple(spec.shape)}"
+            )
         tokens, grid = self.patch_embed(spec)
         B = tokens.shape[0]
         prefix = [self.cls_token.expand(B, -1, -1)]

@@ -65,8 +65,13 @@ def adapt_input_conv(weight: Tensor, in_chans: int) -> Tensor:
     raise WeightLoadError(f"cannot adapt a {source}-channel patch kernel to {in_chans} channels")
 
 
-def checkpoint_filter_fn(state_dict: Mapping[str, Tensor], cfg: BackboneConfig) -> dict[str, Tensor]:
-    """timm-keyed ViT/DeiT state dict -> our keys for ``cfg`` (heads dropped, input conv adapted)."""
+def checkpoint_filter_fn(
+    state_dict: Mapping[str, Tensor], cfg: BackboneConfig
+) -> dict[str, Tensor]:
+    """timm-keyed ViT/DeiT state dict -> our keys for ``cfg``.
+
+    Heads are dropped and the input conv adapted to ``cfg.in_chans``.
+    """
     out: dict[str, Tensor] = {}
     for key, value in state_dict.items():
         if _DROPPED.match(key):
@@ -81,7 +86,8 @@ def convert_ast_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor
     """Hugging Face AST keys -> our timm keys.
 
     Two layouts exist: the hub checkpoints' (``encoder.layer.N.attention.attention.query``, as in
-    ``MIT/ast-finetuned-audioset-10-10-0.4593``) and transformers 5's (``layers.N.attention.q_proj``).
+    ``MIT/ast-finetuned-audioset-10-10-0.4593``) and transformers 5's
+    (``layers.N.attention.q_proj``).
     HF keeps q, k and v apart; timm concatenates them into one ``qkv`` projection in that order.
     """
     sd = {k.removeprefix("audio_spectrogram_transformer."): v for k, v in state_dict.items()}
@@ -148,17 +154,27 @@ def timm_config(model: torch.nn.Module, name: str) -> BackboneConfig:
         raise WeightLoadError(f"timm model {name!r} is not a ViT (no patch_embed/blocks)")
     block = blocks[0]
     unsupported = {
-        "layer scale": not isinstance(getattr(block, "ls1", torch.nn.Identity()), torch.nn.Identity),
+        "layer scale": not isinstance(
+            getattr(block, "ls1", torch.nn.Identity()), torch.nn.Identity
+        ),
         "register tokens": getattr(model, "num_reg_tokens", 0) > 0,
-        "q/k norm": not isinstance(getattr(block.attn, "q_norm", torch.nn.Identity()), torch.nn.Identity),
+        "q/k norm": not isinstance(
+            getattr(block.attn, "q_norm", torch.nn.Identity()), torch.nn.Identity
+        ),
         "no_embed_class": bool(getattr(model, "no_embed_class", False)),
         "patch norm": not isinstance(getattr(pe, "norm", torch.nn.Identity()), torch.nn.Identity),
-        "pre-norm": not isinstance(getattr(model, "norm_pre", torch.nn.Identity()), torch.nn.Identity),
-        "fc_norm": not isinstance(getattr(model, "fc_norm", torch.nn.Identity()), torch.nn.Identity),
+        "pre-norm": not isinstance(
+            getattr(model, "norm_pre", torch.nn.Identity()), torch.nn.Identity
+        ),
+        "fc_norm": not isinstance(
+            getattr(model, "fc_norm", torch.nn.Identity()), torch.nn.Identity
+        ),
     }
     bad = [k for k, v in unsupported.items() if v]
     if bad:
-        raise WeightLoadError(f"timm model {name!r} uses {', '.join(bad)}, which Lookaside's ViT lacks")
+        raise WeightLoadError(
+            f"timm model {name!r} uses {', '.join(bad)}, which Lookaside's ViT lacks"
+        )
     img_h, img_w = pe.img_size
     patch = pe.patch_size[0]
     stride = tuple(pe.proj.stride)
@@ -176,5 +192,5 @@ def timm_config(model: torch.nn.Module, name: str) -> BackboneConfig:
         num_frames=int(img_w),
         distilled=getattr(model, "dist_token", None) is not None,
         qkv_bias=block.attn.qkv.bias is not None,
-        norm_eps=float(model.norm.eps),  # type: ignore[union-attr]
+        norm_eps=float(getattr(model.norm, "eps", 1e-6)),
     )

@@ -4,7 +4,8 @@ Sources:
 - ``timm:<model name>``: through timm (from the Hugging Face hub when online, from its cache
   otherwise), e.g. ``timm:vit_base_patch16_224.augreg_in21k`` (AV-PEA) or
   ``timm:deit_base_distilled_patch16_384`` (AST's ImageNet initialisation).
-- ``hf:<repo id>``: a Hugging Face AST checkpoint, e.g. ``hf:MIT/ast-finetuned-audioset-10-10-0.4593``.
+- ``hf:<repo id>``: a Hugging Face AST checkpoint, e.g.
+  ``hf:MIT/ast-finetuned-audioset-10-10-0.4593``.
 - ``file:<path>`` (or a bare path ending in ``.safetensors``): a local safetensors file in our
   key layout (written by :func:`save_backbone`) or in the Hugging Face AST layout.
 - ``random:<preset>``: a preset from :data:`PRESETS` with deterministic random weights, for tests

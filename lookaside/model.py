@@ -39,7 +39,11 @@ class MultiAdapterModel(nn.Module):
         out: list[Tensor | None] = [None] * len(adapter_ids)
         for rows in self.bank.partition(adapter_ids):
             ids = [adapter_ids[r] for r in rows]
-            sub = spec if len(rows) == len(adapter_ids) else spec[torch.tensor(rows, device=spec.device)]
+            sub = (
+                spec
+                if len(rows) == len(adapter_ids)
+                else spec[torch.tensor(rows, device=spec.device)]
+            )
             tokens, layout = self.backbone.forward_features(sub, self.bank.route(ids))
             for row, logits in zip(rows, self.bank.classify(tokens, layout, ids), strict=True):
                 out[row] = logits
@@ -51,4 +55,4 @@ class MultiAdapterModel(nn.Module):
             spec, self.bank.route([adapter_id] * spec.shape[0])
         )
         head: nn.Module = self.bank.head(adapter_id)
-        return head(tokens, layout)  # type: ignore[no-any-return]
+        return head(tokens, layout)

@@ -23,7 +23,11 @@ from lookaside.backbones import PRESETS
 PAPER_CONFIGS: list[tuple[str, dict[str, Any], str]] = [
     ("linear", {}, "linear probe"),
     ("bottleneck", {"rank": 24, "sites": ["attn"]}, "Pfeiffer, MoA paper's single adapter"),
-    ("bottleneck", {"rank": 108, "sites": ["attn", "ffn"]}, "Houlsby, LoAA paper's parallel adapter"),
+    (
+        "bottleneck",
+        {"rank": 108, "sites": ["attn", "ffn"]},
+        "Houlsby, LoAA paper's parallel adapter",
+    ),
     ("lora", {"rank": 8, "alpha": 8.0}, "q and v"),
     ("convpass", {"rank": 8}, "attn + ffn"),
     ("loaa", {"rank": 36, "kernels": "attn:T"}, "LoAA Attn(T)"),
@@ -50,7 +54,8 @@ def table(cfg: BackboneConfig | None = None, num_classes: int = 50) -> str:
     bank = AdapterBank(cfg)
     head = HeadConfig(num_classes=num_classes)
     lines = [
-        f"ViT-B/16 backbone: {total / 1e6:.2f}M parameters (1-channel patch embedding, 256 tokens).",
+        f"ViT-B/16 backbone: {total / 1e6:.2f}M parameters "
+        "(1-channel patch embedding, 256 tokens).",
         "",
         "| method | config | note | adapter params | % of backbone | + head (50 classes) |",
         "|---|---|---|---:|---:|---:|",
@@ -94,7 +99,9 @@ def write(readme: Path, text: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--write", type=Path, help="README to update in place")
     args = parser.parse_args()
     text = table()

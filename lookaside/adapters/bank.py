@@ -110,7 +110,9 @@ class AdapterBank(nn.Module):
                 stack.load_slot(slot, tensors)
         if tensors is not None:
             head_state = {
-                k.removeprefix(HEAD_PREFIX): v for k, v in tensors.items() if k.startswith(HEAD_PREFIX)
+                k.removeprefix(HEAD_PREFIX): v
+                for k, v in tensors.items()
+                if k.startswith(HEAD_PREFIX)
             }
             head_module.load_state_dict(head_state)
         head_module.to(device=self.device, dtype=self.dtype).requires_grad_(self.trainable)
@@ -129,7 +131,9 @@ class AdapterBank(nn.Module):
             assert isinstance(stack, AdapterStack)
             stack.clear_slot(entry.slot)
             self._free[entry.stack_key].append(entry.slot)
-            if not any(e.stack_key == entry.stack_key for k, e in self.entries.items() if k != adapter_id):
+            if not any(
+                e.stack_key == entry.stack_key for k, e in self.entries.items() if k != adapter_id
+            ):
                 del self.stacks[entry.stack_key]  # last user gone: free the whole stack
                 del self._free[entry.stack_key]
         del self.heads[entry.head_key]
@@ -155,7 +159,12 @@ class AdapterBank(nn.Module):
         entry = self._entry(adapter_id)
         stack = self.stack_of(adapter_id)
         out = stack.slot_tensors(entry.slot) if stack is not None else {}
-        out.update({HEAD_PREFIX + k: v.detach().clone() for k, v in self.head(adapter_id).state_dict().items()})
+        out.update(
+            {
+                HEAD_PREFIX + k: v.detach().clone()
+                for k, v in self.head(adapter_id).state_dict().items()
+            }
+        )
         return out
 
     def expected_shapes(
@@ -168,7 +177,9 @@ class AdapterBank(nn.Module):
         if self._stack_key(method, cfg) is not None:
             shapes.update(AdapterStack(spec, cfg, self.backbone_cfg, 1).slot_shapes())
         head_module = AdapterHead(head, self.backbone_cfg.embed_dim)
-        shapes.update({HEAD_PREFIX + k: tuple(v.shape) for k, v in head_module.state_dict().items()})
+        shapes.update(
+            {HEAD_PREFIX + k: tuple(v.shape) for k, v in head_module.state_dict().items()}
+        )
         return shapes
 
     def num_adapter_params(self, adapter_id: str) -> int:
@@ -194,7 +205,9 @@ class AdapterBank(nn.Module):
         rows_of: dict[str, tuple[list[int], list[int]]] = {}
         prompts = {self.num_prompts_of(a) for a in adapter_ids}
         if len(prompts) > 1:
-            raise ConfigError("rows need different prompt lengths: split the batch with partition()")
+            raise ConfigError(
+                "rows need different prompt lengths: split the batch with partition()"
+            )
         for row, adapter_id in enumerate(adapter_ids):
             if adapter_id is None:
                 continue
@@ -235,7 +248,9 @@ class AdapterBank(nn.Module):
             return self.entries[adapter_id]
         except KeyError:
             loaded = ", ".join(sorted(self.entries)) or "none"
-            raise AdapterNotFound(f"adapter {adapter_id!r} is not loaded; loaded: {loaded}") from None
+            raise AdapterNotFound(
+                f"adapter {adapter_id!r} is not loaded; loaded: {loaded}"
+            ) from None
 
     @staticmethod
     def _stack_key(method: str, cfg: AdapterConfig) -> str | None:
@@ -247,9 +262,9 @@ class AdapterBank(nn.Module):
 
     def _stack(self, key: str, spec: AdapterMethod, cfg: AdapterConfig) -> AdapterStack:
         if key not in self.stacks:
-            stack = AdapterStack(spec, cfg, self.backbone_cfg, self.slots_per_stack)
-            stack.to(device=self.device, dtype=self.dtype).requires_grad_(self.trainable)
-            self.stacks[key] = stack
+            new = AdapterStack(spec, cfg, self.backbone_cfg, self.slots_per_stack)
+            new.to(device=self.device, dtype=self.dtype).requires_grad_(self.trainable)
+            self.stacks[key] = new
             self._free[key] = list(range(self.slots_per_stack))
         stack = self.stacks[key]
         assert isinstance(stack, AdapterStack)

@@ -55,7 +55,8 @@ class HeadConfig(BaseModel):
     num_classes: int = Field(gt=0)
     """Output logits."""
     pool: Literal["cls", "mean"] = "cls"
-    """``cls``: mean of the prefix tokens (CLS, or CLS and DIST as in AST); ``mean``: patch tokens."""
+    """``cls``: mean of the prefix tokens (CLS, or CLS and DIST as AST does); ``mean``: of the
+    patch tokens."""
     multi_label: bool = False
     """Sigmoid per class (multi-label) instead of a softmax over classes."""
 
@@ -120,9 +121,7 @@ class StackedSite(nn.Module):
 
     def slot_tensors(self, index: int) -> dict[str, Tensor]:
         """Detached copies of one slot's tensors (what a checkpoint stores)."""
-        return {
-            name: p[index].detach().clone() for name, p in self.named_parameters(recurse=False)
-        }
+        return {name: p[index].detach().clone() for name, p in self.named_parameters(recurse=False)}
 
     def slot_shapes(self) -> dict[str, tuple[int, ...]]:
         """Expected shape of each tensor of one slot."""
@@ -184,17 +183,14 @@ class AdapterStack(nn.Module):
         self.num_slots = num_slots
         self.num_prompts = config.num_prompts()
         self.blocks = nn.ModuleDict()
+        self._lookup: dict[tuple[int, SitePosition], StackedSite] = {}
         for i in config.block_indices(backbone_cfg.depth):
             sites = method.make_sites(config, backbone_cfg, num_slots)
             unknown = set(sites) - set(SITE_POSITIONS)
             if unknown:
                 raise ConfigError(f"method {method.name!r} names unknown sites {sorted(unknown)}")
             self.blocks[str(i)] = nn.ModuleDict({_key(p): s for p, s in sites.items()})
-        self._lookup: dict[tuple[int, str], StackedSite] = {
-            (int(i), _position(k)): site  # type: ignore[misc]
-            for i, sites in self.blocks.items()
-            for k, site in sites.items()  # type: ignore[union-attr, operator]
-        }
+            self._lookup.update({(i, p): s for p, s in sites.items()})
 
     def site(self, layer: int, position: SitePosition) -> StackedSite | None:
         """This stack's site at (block, position), if it has one."""
@@ -203,7 +199,7 @@ class AdapterStack(nn.Module):
     def named_sites(self) -> list[tuple[str, StackedSite]]:
         """``blocks.<i>.<position>`` -> site, in a stable order."""
         return [
-            (f"blocks.{layer}.{_key(pos)}", site)  # type: ignore[arg-type]
+            (f"blocks.{layer}.{_key(pos)}", site)
             for (layer, pos), site in sorted(self._lookup.items())
         ]
 
@@ -258,10 +254,6 @@ def _key(position: SitePosition) -> str:
     return position.replace(".", "_")
 
 
-def _position(key: str) -> str:
-    return key.replace("_", ".", 1)
-
-
 @dataclass
 class RouteGroup:
     """Rows of a batch that use slots of one stack."""
@@ -306,7 +298,9 @@ class RowRoute:
                 out = out.add_(delta) if inplace else out + delta
             else:
                 delta = site(x.index_select(0, g.rows), g.index, layout)
-                out = out.index_add_(0, g.rows, delta) if inplace else out.index_add(0, g.rows, delta)
+                out = (
+                    out.index_add_(0, g.rows, delta) if inplace else out.index_add(0, g.rows, delta)
+                )
         return out
 
     def write_prompts(self, layer: int, x: Tensor, layout: TokenLayout) -> Tensor:

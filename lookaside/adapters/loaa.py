@@ -66,7 +66,8 @@ def _make_sites(
     if not backbone.grid_is_tiled and any(k != "L" for k in config.kernels.values()):
         raise ConfigError(
             f"LoAA needs tokens on a grid, but backbone {backbone.name!r} uses overlapping patches "
-            f"(stride {backbone.patch_stride}, patch {backbone.patch_size}); use stride = patch size"
+            f"(stride {backbone.patch_stride}, patch {backbone.patch_size}); "
+            "use stride = patch size"
         )
     return {
         f"{sub}.parallel": BottleneckSite(  # type: ignore[misc]

@@ -38,7 +38,10 @@ CONFIGS: dict[str, list[dict[str, object]]] = {
     "lora": [{"rank": 4, "alpha": 8.0}, {"rank": 2}],
     "convpass": [{"rank": 4}, {"rank": 3, "sites": ["ffn"]}],
     "loaa": [{"rank": 5, "kernels": "attn:T,ffn:F"}, {"rank": 3, "kernels": "attn:F"}],
-    "dense_moa": [{"num_experts": 3, "rank": 2}, {"num_experts": 2, "rank": 1, "sites": ["attn", "ffn"]}],
+    "dense_moa": [
+        {"num_experts": 3, "rank": 2},
+        {"num_experts": 2, "rank": 1, "sites": ["attn", "ffn"]},
+    ],
     "soft_moa": [
         {"num_experts": 3, "rank": 2, "slots_per_expert": 2},
         {"num_experts": 4, "rank": 1, "sites": ["attn", "ffn"]},
@@ -66,10 +69,17 @@ def randomise(bank: AdapterBank, adapter_id: str, seed: int) -> None:
             p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
 
 
-def make_model(backbone: VisionTransformer, adapters: dict[str, tuple[str, dict[str, object]]], slots: int = 2) -> MultiAdapterModel:
+def make_model(
+    backbone: VisionTransformer, adapters: dict[str, tuple[str, dict[str, object]]], slots: int = 2
+) -> MultiAdapterModel:
     bank = AdapterBank(backbone.cfg, slots_per_stack=slots)
     for i, (adapter_id, (method, cfg)) in enumerate(adapters.items()):
-        bank.add(adapter_id, method, cfg, HeadConfig(num_classes=3 + i % 3, pool="cls" if i % 2 else "mean"))
+        bank.add(
+            adapter_id,
+            method,
+            cfg,
+            HeadConfig(num_classes=3 + i % 3, pool="cls" if i % 2 else "mean"),
+        )
         randomise(bank, adapter_id, seed=100 + i)
     return MultiAdapterModel(backbone, bank)
 
@@ -106,7 +116,9 @@ def test_mixed_batch_rows_equal_rows_alone(method: str, tiny_backbone: VisionTra
 @pytest.mark.parametrize("method", METHODS)
 def test_adapter_actually_changes_the_output(method: str, tiny_backbone: VisionTransformer) -> None:
     """Different weights in the same stack give different logits (routing is not ignored)."""
-    model = make_model(tiny_backbone, {"a": (method, CONFIGS[method][0]), "a2": (method, CONFIGS[method][0])})
+    model = make_model(
+        tiny_backbone, {"a": (method, CONFIGS[method][0]), "a2": (method, CONFIGS[method][0])}
+    )
     spec = torch.randn(1, FRAMES, 128).expand(2, -1, -1)
     with torch.no_grad():
         tokens_a, _ = tiny_backbone.forward_features(spec[:1], model.bank.route(["a"]))
@@ -135,7 +147,10 @@ def test_random_mixes_of_methods_and_ranks(tiny_backbone: VisionTransformer) -> 
 
 def test_skewed_batch(tiny_backbone: VisionTransformer) -> None:
     """1 row of one adapter, 15 of another (NOTES §8: test heavily skewed batches)."""
-    model = make_model(tiny_backbone, {"x": ("loaa", CONFIGS["loaa"][0]), "y": ("soft_moa", CONFIGS["soft_moa"][0])})
+    model = make_model(
+        tiny_backbone,
+        {"x": ("loaa", CONFIGS["loaa"][0]), "y": ("soft_moa", CONFIGS["soft_moa"][0])},
+    )
     ids: list[str | None] = ["y"] * 7 + ["x"] + ["y"] * 8
     spec = torch.randn(len(ids), FRAMES, 128)
     with torch.no_grad():
@@ -153,7 +168,9 @@ def test_rows_without_adapter_equal_bare_backbone(tiny_backbone: VisionTransform
 
 
 @pytest.mark.parametrize("method", [m for m in METHODS if m not in {"linear", "prompt"}])
-def test_fresh_adapter_leaves_backbone_unchanged(method: str, tiny_backbone: VisionTransformer) -> None:
+def test_fresh_adapter_leaves_backbone_unchanged(
+    method: str, tiny_backbone: VisionTransformer
+) -> None:
     """Zero-initialised output projections survive construction (NOTES §8: no re-init)."""
     bank = AdapterBank(tiny_backbone.cfg)
     bank.add("fresh", method, CONFIGS[method][0], HeadConfig(num_classes=2), seed=3)
@@ -169,7 +186,9 @@ def test_fresh_adapter_leaves_backbone_unchanged(method: str, tiny_backbone: Vis
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_gradients_reach_only_adapter_and_head(method: str, tiny_backbone: VisionTransformer) -> None:
+def test_gradients_reach_only_adapter_and_head(
+    method: str, tiny_backbone: VisionTransformer
+) -> None:
     bank = AdapterBank(tiny_backbone.cfg, slots_per_stack=1, trainable=True)
     bank.add("t", method, CONFIGS[method][0], HeadConfig(num_classes=3), seed=1)
     model = MultiAdapterModel(tiny_backbone, bank)
@@ -180,7 +199,8 @@ def test_gradients_reach_only_adapter_and_head(method: str, tiny_backbone: Visio
     loss.backward()
     assert all(p.grad is None and not p.requires_grad for p in tiny_backbone.parameters())
     trainable = [p for p in model.parameters() if p.requires_grad]
-    assert trainable and all(p.grad is not None for p in trainable)
+    assert trainable
+    assert all(p.grad is not None for p in trainable)
     assert any(p.grad.abs().sum() > 0 for p in bank.heads.parameters() if p.grad is not None)
     if method != "linear":
         stack = bank.stack_of("t")
@@ -198,7 +218,9 @@ def test_backbone_is_never_copied(tiny_backbone: VisionTransformer) -> None:
 
 
 def test_remove_frees_slot_and_reuses_it(tiny_backbone: VisionTransformer) -> None:
-    model = make_model(tiny_backbone, {"a": ("loaa", CONFIGS["loaa"][0]), "b": ("loaa", CONFIGS["loaa"][0])})
+    model = make_model(
+        tiny_backbone, {"a": ("loaa", CONFIGS["loaa"][0]), "b": ("loaa", CONFIGS["loaa"][0])}
+    )
     bank = model.bank
     slot_a = bank.entries["a"].slot
     bank.remove("a")
@@ -209,18 +231,24 @@ def test_remove_frees_slot_and_reuses_it(tiny_backbone: VisionTransformer) -> No
     assert bank.entries["c"].slot == slot_a
     bank.remove("b")
     bank.remove("c")
-    assert len(bank.stacks) == 0 and len(bank.heads) == 0
+    assert len(bank.stacks) == 0
+    assert len(bank.heads) == 0
 
 
 # -- each site against a plain transcription of its paper's equation --------------------------
 
-def _bottleneck_ref(site: StackedSite, t: dict[str, Tensor], x: Tensor, layout: TokenLayout) -> Tensor:
+
+def _bottleneck_ref(
+    site: StackedSite, t: dict[str, Tensor], x: Tensor, layout: TokenLayout
+) -> Tensor:
     assert isinstance(site, BottleneckSite)
     h = F.gelu(grid_conv_reference(x[None], layout, t["down"], t["down_bias"], site.kernel))
     return grid_conv_reference(h, layout, t["up"], t["up_bias"], site.kernel)[0] * site.scale
 
 
-def _convpass_ref(site: StackedSite, t: dict[str, Tensor], x: Tensor, layout: TokenLayout) -> Tensor:
+def _convpass_ref(
+    site: StackedSite, t: dict[str, Tensor], x: Tensor, layout: TokenLayout
+) -> Tensor:
     assert isinstance(site, ConvpassSite)
     h = F.gelu(x @ t["down"] + t["down_bias"])
     h = F.gelu(grid_conv_reference(h[None], layout, t["conv"], t["conv_bias"], CONV_KERNEL)[0])
@@ -238,12 +266,16 @@ def _expert(t: dict[str, Tensor], e: int, x: Tensor) -> Tensor:
     return F.gelu(x @ t["down"][e] + t["down_bias"][e]) @ t["up"][e] + t["up_bias"][e]
 
 
-def _dense_moa_ref(site: StackedSite, t: dict[str, Tensor], x: Tensor, layout: TokenLayout) -> Tensor:
+def _dense_moa_ref(
+    site: StackedSite, t: dict[str, Tensor], x: Tensor, layout: TokenLayout
+) -> Tensor:
     g = torch.softmax(x @ t["router"], dim=-1)  # Eq. 1, per token
     return sum(g[:, e : e + 1] * _expert(t, e, x) for e in range(g.shape[1]))  # type: ignore[return-value]
 
 
-def _soft_moa_ref(site: StackedSite, t: dict[str, Tensor], x: Tensor, layout: TokenLayout) -> Tensor:
+def _soft_moa_ref(
+    site: StackedSite, t: dict[str, Tensor], x: Tensor, layout: TokenLayout
+) -> Tensor:
     assert isinstance(site, SoftMoaSite)
     logits = x @ t["router"]
     dispatch = torch.softmax(logits, dim=0)  # Eq. 3: columns, over tokens
@@ -270,7 +302,9 @@ REFERENCES: dict[type, Callable[[StackedSite, dict[str, Tensor], Tensor, TokenLa
 @pytest.mark.parametrize("method", [m for m in METHODS if m != "linear"])
 def test_sites_match_paper_equations(method: str, tiny_deit: VisionTransformer) -> None:
     cfg = tiny_deit.cfg
-    stack = AdapterStack(ADAPTERS[method], ADAPTERS[method].parse_config(CONFIGS[method][0]), cfg, 3)
+    stack = AdapterStack(
+        ADAPTERS[method], ADAPTERS[method].parse_config(CONFIGS[method][0]), cfg, 3
+    )
     gen = torch.Generator().manual_seed(5)
     with torch.no_grad():
         for p in stack.parameters():

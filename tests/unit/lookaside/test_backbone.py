@@ -99,8 +99,14 @@ def test_save_and_load_file_round_trip(tmp_path: Path, tiny_deit: VisionTransfor
 def test_load_ast_file_needs_its_config(tmp_path: Path) -> None:
     from transformers import ASTConfig, ASTModel
 
-    cfg = ASTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                    intermediate_size=64, max_length=64, num_mel_bins=32)
+    cfg = ASTConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_length=64,
+        num_mel_bins=32,
+    )
     ref = ASTModel(cfg)
     path = tmp_path / "model.safetensors"
     save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(path))
@@ -108,7 +114,8 @@ def test_load_ast_file_needs_its_config(tmp_path: Path) -> None:
         load_backbone(f"file:{path}")
     (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
     loaded = load_backbone(f"file:{path}")
-    assert loaded.cfg.distilled and loaded.cfg.embed_dim == 32
+    assert loaded.cfg.distilled
+    assert loaded.cfg.embed_dim == 32
 
 
 @pytest.mark.parametrize(
@@ -126,7 +133,9 @@ def test_load_backbone_errors_name_the_fix(source: str, error: type, match: str)
 
 
 def test_timm_architectures_we_do_not_reproduce_are_refused() -> None:
-    model = TimmViT(img_size=32, patch_size=16, embed_dim=32, depth=1, num_heads=2, init_values=1e-5)
+    model = TimmViT(
+        img_size=32, patch_size=16, embed_dim=32, depth=1, num_heads=2, init_values=1e-5
+    )
     with pytest.raises(WeightLoadError, match="layer scale"):
         timm_config(model, "vit_with_layerscale")
 
