@@ -108,7 +108,7 @@ def main() -> None:
     if args.write:
         write(args.write, text)
     else:
-        print(text)  # noqa: T201 (a CLI printing its result)
+        print(text)
 
 
 if __name__ == "__main__":

@@ -99,9 +99,16 @@ class AdapterBank(nn.Module):
         cfg = spec.parse_config(config)
         stack_key = self._stack_key(method, cfg)
         head_module = AdapterHead(head, self.backbone_cfg.embed_dim)
+        new_stack = stack_key is not None and stack_key not in self.stacks
         stack = self._stack(stack_key, spec, cfg) if stack_key is not None else None
         if tensors is not None:
-            self._check_tensors(stack, head_module, tensors)
+            try:
+                self._check_tensors(stack, head_module, tensors)
+            except InvalidCheckpoint:
+                if new_stack and stack_key is not None:  # a rejected adapter leaves nothing behind
+                    del self.stacks[stack_key]
+                    del self._free[stack_key]
+                raise
         slot = self._take_slot(stack_key) if stack is not None and stack_key is not None else -1
         if stack is not None:
             if tensors is None:
@@ -295,7 +302,9 @@ class AdapterBank(nn.Module):
             problems.append(f"unexpected tensors {extra[:5]}{' ...' if len(extra) > 5 else ''}")
         for name in sorted(set(expected) & set(tensors)):
             got = tuple(tensors[name].shape)
-            if got != expected[name]:
+            if not tensors[name].is_floating_point():
+                problems.append(f"{name} has dtype {tensors[name].dtype}, expected floating point")
+            elif got != expected[name]:
                 problems.append(f"{name} has shape {got}, expected {expected[name]}")
             elif not torch.isfinite(tensors[name]).all():
                 problems.append(f"{name} contains NaN or Inf")

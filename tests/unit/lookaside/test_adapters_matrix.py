@@ -8,6 +8,7 @@ of its paper's equation.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable
 
 import pytest
@@ -25,6 +26,7 @@ from lookaside.adapters.moa import DenseMoaSite, SoftMoaSite
 from lookaside.adapters.ops import SlotIndex, grid_conv_reference
 from lookaside.adapters.prompt import PromptSite
 from lookaside.backbone import TokenLayout, VisionTransformer
+from lookaside.errors import InvalidCheckpoint
 from lookaside.model import MultiAdapterModel
 
 TOL = 1e-5
@@ -340,3 +342,27 @@ def test_moa_single_site_is_added_once(tiny_backbone: VisionTransformer) -> None
         expected = tiny_backbone.norm(x)
         got, _ = tiny_backbone.forward_features(spec, route)
     torch.testing.assert_close(got, expected, atol=TOL, rtol=TOL)
+
+
+@pytest.mark.parametrize("problem", ["shape", "dtype", "nan", "missing"])
+def test_rejected_adapter_leaves_nothing_behind(
+    problem: str, tiny_backbone: VisionTransformer
+) -> None:
+    """Validation happens before publishing; a bad adapter neither loads nor leaks a stack."""
+    donor = make_model(tiny_backbone, {"good": ("loaa", CONFIGS["loaa"][0])}).bank
+    tensors = donor.adapter_tensors("good")
+    name = next(k for k in tensors if k.endswith("down"))
+    if problem == "shape":
+        tensors[name] = tensors[name][:-1]
+    elif problem == "dtype":
+        tensors[name] = tensors[name].to(torch.int32)
+    elif problem == "nan":
+        tensors[name][0, 0] = float("nan")
+    else:
+        del tensors[name]
+    bank = AdapterBank(tiny_backbone.cfg)
+    with pytest.raises(InvalidCheckpoint, match=re.escape(name)):
+        bank.add("bad", "loaa", CONFIGS["loaa"][0], HeadConfig(num_classes=3), tensors)
+    assert "bad" not in bank
+    assert len(bank.stacks) == 0
+    assert len(bank.heads) == 0
