@@ -107,8 +107,7 @@ def train(
     bank = AdapterBank(backbone.cfg, slots_per_stack=1, device=x.device, trainable=True)
     bank.add(task.name, task.method, task.config, HeadConfig(num_classes=len(task.labels)))
     model = MultiAdapterModel(backbone, bank)
-    params = [p for p in bank.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=2e-3, weight_decay=1e-4)
+    optimizer = torch.optim.AdamW(bank.trainable_parameters(task.name), lr=2e-3, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(0)
     # disable=None: a progress bar on a terminal, quiet in logs and CI.
     bar = tqdm(range(steps), desc=f"train {task.name} ({task.method})", leave=False, disable=None)

@@ -110,25 +110,54 @@ class AdapterBank(nn.Module):
                     del self._free[stack_key]
                 raise
         slot = self._take_slot(stack_key) if stack is not None and stack_key is not None else -1
-        if stack is not None:
-            if tensors is None:
-                stack.init_slot(slot, seed)
-            else:
-                stack.load_slot(slot, tensors)
-        if tensors is not None:
-            head_state = {
-                k.removeprefix(HEAD_PREFIX): v
-                for k, v in tensors.items()
-                if k.startswith(HEAD_PREFIX)
-            }
-            head_module.load_state_dict(head_state)
         head_module.to(device=self.device, dtype=self.dtype).requires_grad_(self.trainable)
+        if tensors is None:
+            if stack is not None:
+                stack.init_slot(slot, seed)
+        else:
+            on_device = self._to_device(tensors)
+            if stack is not None:
+                stack.load_slot(slot, on_device)
+            head_module.load_state_dict(
+                {
+                    k.removeprefix(HEAD_PREFIX): v
+                    for k, v in on_device.items()
+                    if k.startswith(HEAD_PREFIX)
+                }
+            )
         head_key = f"h{self._head_counter}"
         self._head_counter += 1
         self.heads[head_key] = head_module
         entry = BankEntry(method, cfg, stack_key, slot, head_key)
         self.entries[adapter_id] = entry
         return entry
+
+    def _to_device(self, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """One packed host->device copy per adapter, not one per tensor (dozens per adapter).
+
+        The tensors are flattened into one buffer (pinned on CUDA so the copy is asynchronous),
+        moved once, and split into views on the device; slots then copy device-to-device.
+        """
+        names = sorted(tensors)
+        if all(tensors[n].device == self.device for n in names):
+            return dict(tensors)
+        flat = [tensors[n].detach().reshape(-1).to("cpu", self.dtype) for n in names]
+        packed = torch.cat(flat)
+        if self.device.type == "cuda":
+            packed = packed.pin_memory()
+        moved = packed.to(self.device, non_blocking=True)
+        views = torch.split(moved, [t.numel() for t in flat])
+        return {n: v.view(tensors[n].shape) for n, v in zip(names, views, strict=True)}
+
+    def trainable_parameters(self, adapter_id: str) -> list[nn.Parameter]:
+        """Parameters an optimizer should update for one adapter: its stack and its head.
+
+        With one adapter per bank (training) this is the whole stack; the backbone never appears.
+        """
+        stack = self.stack_of(adapter_id)
+        params = list(stack.parameters()) if stack is not None else []
+        params += list(self.head(adapter_id).parameters())
+        return [p for p in params if p.requires_grad]
 
     def remove(self, adapter_id: str) -> None:
         """Unload an adapter: zero its slot, drop its head (device memory is released)."""

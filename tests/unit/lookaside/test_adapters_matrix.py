@@ -366,3 +366,75 @@ def test_rejected_adapter_leaves_nothing_behind(
     assert "bad" not in bank
     assert len(bank.stacks) == 0
     assert len(bank.heads) == 0
+
+
+# -- faults of the papers' reference code (NOTES §8), each with the test that catches it ------
+
+
+def test_convpass_uses_its_convolution(tiny_backbone: VisionTransformer) -> None:
+    """The reference code computed the conv and then used its input; changing the conv's
+    off-centre taps must change the output."""
+    model = make_model(tiny_backbone, {"c": ("convpass", CONFIGS["convpass"][0])})
+    spec = torch.randn(1, FRAMES, 128)
+    with torch.no_grad():
+        before = model(spec, ["c"])[0]
+        stack = model.bank.stack_of("c")
+        assert stack is not None
+        site = stack.site(0, "attn.parallel")
+        assert isinstance(site, ConvpassSite)
+        rank = site.conv.shape[2]
+        site.conv[0, : rank * 4] += 0.5  # taps (0,0)..(1,0): neighbours, not the centre
+        after = model(spec, ["c"])[0]
+    assert before is not None
+    assert after is not None
+    assert not torch.allclose(before, after, atol=1e-4)
+
+
+def test_head_layernorm_output_is_used(tiny_backbone: VisionTransformer) -> None:
+    """A LayerNorm whose output was discarded: the head's norm weights must matter."""
+    model = make_model(tiny_backbone, {"a": ("linear", {})})
+    spec = torch.randn(2, FRAMES, 128)
+    with torch.no_grad():
+        before = model.logits(spec, "a")
+        model.bank.head("a").norm.weight.mul_(3.0)
+        after = model.logits(spec, "a")
+    assert not torch.allclose(before, after, atol=1e-4)
+
+
+def test_lora_initialisation_follows_the_paper(tiny_backbone: VisionTransformer) -> None:
+    """A random, B zero (the public AST code had them reversed)."""
+    bank = AdapterBank(tiny_backbone.cfg)
+    bank.add("l", "lora", {"rank": 4}, HeadConfig(num_classes=2), seed=0)
+    tensors = bank.adapter_tensors("l")
+    for block in range(tiny_backbone.cfg.depth):
+        for proj in ("q", "v"):
+            assert tensors[f"blocks.{block}.attn_qkv.{proj}_a"].abs().sum() > 0
+            assert tensors[f"blocks.{block}.attn_qkv.{proj}_b"].abs().sum() == 0
+
+
+def test_exported_tensors_are_copies(tiny_backbone: VisionTransformer) -> None:
+    """Best-model selection kept references to live weights; exports must be snapshots."""
+    model = make_model(tiny_backbone, {"a": ("loaa", CONFIGS["loaa"][0])})
+    snapshot = model.bank.adapter_tensors("a")
+    frozen = {k: v.clone() for k, v in snapshot.items()}
+    with torch.no_grad():
+        for p in model.bank.parameters():
+            p.add_(1.0)
+    for name, tensor in snapshot.items():
+        torch.testing.assert_close(tensor, frozen[name])
+
+
+def test_add_remove_cycles_keep_memory_flat(tiny_backbone: VisionTransformer) -> None:
+    """Unload frees everything: repeated upload/delete does not grow the bank."""
+    bank = AdapterBank(tiny_backbone.cfg, slots_per_stack=2)
+    bank.add("resident", "loaa", CONFIGS["loaa"][0], HeadConfig(num_classes=3))
+    baseline = sum(p.numel() for p in bank.parameters())
+    donor = make_model(tiny_backbone, {"x": ("soft_moa", CONFIGS["soft_moa"][0])}).bank
+    tensors = donor.adapter_tensors("x")
+    for i in range(30):
+        bank.add(f"x{i}", "soft_moa", CONFIGS["soft_moa"][0], HeadConfig(num_classes=3), tensors)
+        bank.add(f"y{i}", "loaa", CONFIGS["loaa"][0], HeadConfig(num_classes=3))
+        bank.remove(f"x{i}")
+        bank.remove(f"y{i}")
+    assert sum(p.numel() for p in bank.parameters()) == baseline
+    assert bank.ids() == ["resident"]
