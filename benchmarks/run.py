@@ -8,6 +8,7 @@ Suites:
 - ``backbone``: ViT-B/16 on 256 tokens (a 5 s clip, 512 frames) at each batch size, clips/s in
   fp32 and bf16 autocast, and peak memory (CUDA: allocator peak; CPU: peak RSS growth sampled
   during the timed runs).
+- ``bank``: milliseconds to add one adapter as the bank fills (must stay flat), and to remove.
 - ``adapters``: batch 8, fp32 and bf16, backbone-only clips/s and the ratio to it with (a) one
   LoAA 2 % adapter for the whole batch, (b) 8 adapters of 8 different methods, (c) 8 adapters of
   the same method. All variants run interleaved in one process so drift hits them alike; each
@@ -36,6 +37,7 @@ from lookaside.backbones import PRESETS, build_random
 from lookaside.model import MultiAdapterModel
 
 FRAMES = 512  # 5 s at 10 ms hop -> 8 x 32 = 256 tokens on ViT-B/16
+DEFAULT_PRESET = "vit_base_patch16"
 MEL = 128
 
 # (b): one adapter of each of eight methods, at the papers' sizes.
@@ -60,8 +62,9 @@ class Result:
     name: str
     batch: int
     dtype: str
-    clips_per_s: float
-    peak_mem_mb: float
+    value: float
+    unit: str
+    peak_mem_mb: float = 0.0
     ratio: float | None = None
 
 
@@ -133,15 +136,20 @@ def _measure(
     return times, sampler.peak / 2**20
 
 
-def _backbone(device: torch.device) -> VisionTransformer:
-    return build_random(PRESETS["vit_base_patch16"]).to(device)
+def _backbone(device: torch.device, preset: str) -> VisionTransformer:
+    return build_random(PRESETS[preset]).to(device)
 
 
 def suite_backbone(
-    device: torch.device, batches: list[int], dtypes: list[str], iters: int, warmup: int
+    device: torch.device,
+    batches: list[int],
+    dtypes: list[str],
+    iters: int,
+    warmup: int,
+    preset: str = DEFAULT_PRESET,
 ) -> list[Result]:
     """Backbone-only throughput and peak memory per batch size and precision."""
-    backbone = _backbone(device)
+    backbone = _backbone(device, preset)
     results = []
     for dtype in dtypes:
         for batch in batches:
@@ -152,11 +160,10 @@ def suite_backbone(
                     return backbone(spec)
 
             times, mem = _measure(run, device, iters, warmup)
-            r = Result(
-                "backbone", "vit_b16_256tok", batch, dtype, batch / statistics.median(times), mem
-            )
+            cps = batch / statistics.median(times)
+            r = Result("backbone", "vit_b16_256tok", batch, dtype, cps, "clips/s", mem)
             print(
-                f"{r.name:>16} batch {batch:>3} {dtype:>4}: {r.clips_per_s:8.2f} clips/s, "
+                f"{r.name:>16} batch {batch:>3} {dtype:>4}: {r.value:8.2f} clips/s, "
                 f"peak +{mem:7.1f} MiB",
                 flush=True,
             )
@@ -164,8 +171,8 @@ def suite_backbone(
     return results
 
 
-def _adapter_model(device: torch.device) -> MultiAdapterModel:
-    backbone = _backbone(device)
+def _adapter_model(device: torch.device, preset: str) -> MultiAdapterModel:
+    backbone = _backbone(device, preset)
     bank = AdapterBank(backbone.cfg, slots_per_stack=8, device=device)
     head = HeadConfig(num_classes=50)
     method, cfg = LOAA_2PCT
@@ -185,10 +192,15 @@ def _nonzero(bank: AdapterBank) -> None:
 
 
 def suite_adapters(
-    device: torch.device, dtypes: list[str], iters: int, warmup: int, batch: int = 8
+    device: torch.device,
+    dtypes: list[str],
+    iters: int,
+    warmup: int,
+    preset: str = DEFAULT_PRESET,
+    batch: int = 8,
 ) -> list[Result]:
     """Adapter overhead as ratios to backbone-only throughput, batch 8."""
-    model = _adapter_model(device)
+    model = _adapter_model(device, preset)
     ids = {
         "backbone_only": None,
         "a_one_loaa_2pct": ["loaa0"] * batch,
@@ -222,7 +234,7 @@ def suite_adapters(
         base = batch / statistics.median(times["backbone_only"])
         for name in runs:
             cps = batch / statistics.median(times[name])
-            r = Result("adapters", name, batch, dtype, cps, mems[name], cps / base)
+            r = Result("adapters", name, batch, dtype, cps, "clips/s", mems[name], cps / base)
             print(
                 f"{name:>18} batch {batch} {dtype:>4}: {cps:8.2f} clips/s  ratio {r.ratio:.3f}",
                 flush=True,
@@ -231,11 +243,48 @@ def suite_adapters(
     return results
 
 
+def suite_bank(device: torch.device, preset: str = DEFAULT_PRESET, count: int = 48) -> list[Result]:
+    """Cost of loading adapters into the bank as it fills (it must not grow with the count).
+
+    Each add validates and copies one ViT-B LoAA 2 % adapter (about 2M values) from host tensors
+    into a free slot; stacks start with 8 slots and double when full (the spikes).
+    """
+    backbone_cfg = PRESETS[preset]
+    donor = AdapterBank(backbone_cfg, slots_per_stack=1)
+    method, cfg = LOAA_2PCT
+    donor.add("donor", method, cfg, HeadConfig(num_classes=50))
+    tensors = donor.adapter_tensors("donor")
+    bank = AdapterBank(backbone_cfg, slots_per_stack=8, device=device)
+    times = []
+    for i in range(count):
+        start = time.perf_counter()
+        bank.add(f"a{i}", method, cfg, HeadConfig(num_classes=50), tensors)
+        _sync(device)
+        times.append(1000 * (time.perf_counter() - start))
+    first, last = statistics.median(times[:8]), statistics.median(times[-8:])
+    print(
+        f"bank add (LoAA 2 %): first 8 median {first:.2f} ms, last 8 median {last:.2f} ms, "
+        f"max {max(times):.2f} ms over {count} adds",
+        flush=True,
+    )
+    start = time.perf_counter()
+    for i in range(count):
+        bank.remove(f"a{i}")
+    _sync(device)
+    remove_ms = 1000 * (time.perf_counter() - start) / count
+    print(f"bank remove: {remove_ms:.2f} ms each", flush=True)
+    return [
+        Result("bank", "add_first8", 1, "fp32", first, "ms"),
+        Result("bank", "add_last8", 1, "fp32", last, "ms"),
+        Result("bank", "remove", 1, "fp32", remove_ms, "ms"),
+    ]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--suite", choices=["backbone", "adapters", "all"], default="all")
+    parser.add_argument("--suite", choices=["backbone", "adapters", "bank", "all"], default="all")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--dtypes", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
@@ -243,6 +292,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument(
+        "--preset", default=DEFAULT_PRESET, choices=list(PRESETS), help="backbone shape"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -252,9 +304,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     results: list[Result] = []
     if args.suite in ("backbone", "all"):
-        results += suite_backbone(device, args.batches, args.dtypes, args.iters, args.warmup)
+        results += suite_backbone(
+            device, args.batches, args.dtypes, args.iters, args.warmup, args.preset
+        )
     if args.suite in ("adapters", "all"):
-        results += suite_adapters(device, args.dtypes, args.iters, args.warmup)
+        results += suite_adapters(device, args.dtypes, args.iters, args.warmup, args.preset)
+    if args.suite in ("bank", "all"):
+        results += suite_bank(device, args.preset)
     if args.json:
         with open(args.json, "w") as f:
             json.dump([asdict(r) for r in results], f, indent=2)

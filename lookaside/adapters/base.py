@@ -293,11 +293,12 @@ class RowRoute:
             site = g.stack.site(layer, position)
             if site is None:
                 continue
+            # Under autocast a site may return float32 (softmax, reductions) into a bf16 stream.
             if g.rows is None:
-                delta = site(x, g.index, layout)
+                delta = site(x, g.index, layout).to(out.dtype)
                 out = out.add_(delta) if inplace else out + delta
             else:
-                delta = site(x.index_select(0, g.rows), g.index, layout)
+                delta = site(x.index_select(0, g.rows), g.index, layout).to(out.dtype)
                 out = (
                     out.index_add_(0, g.rows, delta) if inplace else out.index_add(0, g.rows, delta)
                 )

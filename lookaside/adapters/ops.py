@@ -134,9 +134,12 @@ def grid_conv(
     cin = weight.shape[-2] // taps
     if taps == 1 or cin <= cout:
         return rows_linear(grid_unfold(x, layout, kernel), weight, bias, index)
-    # [S, taps*Cin, Cout] -> [S, Cin, taps*Cout]: project once, shift the narrow outputs.
-    per_tap = weight.reshape(-1, taps, cin, cout).permute(0, 2, 1, 3).reshape(-1, cin, taps * cout)
-    y = rows_linear(x, per_tap, None, index)
+    # Gather first (only the slots in use), then [taps*Cin, Cout] -> [Cin, taps*Cout]:
+    # project once, shift the narrow outputs.
+    w = index.take(weight)
+    lead = w.shape[:-2]
+    per_tap = w.reshape(*lead, taps, cin, cout).transpose(-3, -2).reshape(*lead, cin, taps * cout)
+    y = x @ per_tap if index.uniform is not None else torch.bmm(x, per_tap)
     n, L, _ = y.shape
     s = layout.num_special
     fg, tg = layout.grid
