@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from lookaside.adapters.ops import SlotIndex
@@ -23,6 +23,16 @@ from lookaside.backbone import SITE_POSITIONS, BackboneConfig, SitePosition, Tok
 from lookaside.errors import ConfigError
 
 SubLayer = Literal["attn", "ffn"]
+
+
+def _unique_sublayers(v: tuple[SubLayer, ...]) -> tuple[SubLayer, ...]:
+    if not v or len(set(v)) != len(v):
+        raise ValueError("sites must name 'attn' and/or 'ffn', each once")
+    return v
+
+
+SubLayers = Annotated[tuple[SubLayer, ...], AfterValidator(_unique_sublayers)]
+"""Sub-layers an adapter runs beside: ``("attn",)`` (Pfeiffer), ``("attn", "ffn")`` (Houlsby)."""
 
 
 class AdapterConfig(BaseModel):

@@ -14,10 +14,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import Tensor
 
-from lookaside.adapters.base import AdapterConfig, AdapterMethod, StackedSite, SubLayer
+from lookaside.adapters.base import AdapterConfig, AdapterMethod, StackedSite, SubLayers
 from lookaside.adapters.ops import SlotIndex, grid_conv
 from lookaside.backbone import BackboneConfig, SitePosition, TokenLayout
 
@@ -66,17 +66,10 @@ class BottleneckConfig(AdapterConfig):
 
     rank: int = Field(64, gt=0)
     """Bottleneck width r."""
-    sites: tuple[SubLayer, ...] = ("attn", "ffn")
+    sites: SubLayers = ("attn", "ffn")
     """Sub-layers the adapter runs beside: ``("attn",)`` Pfeiffer, ``("attn", "ffn")`` Houlsby."""
     scale: float = 1.0
     """Output scale s."""
-
-    @field_validator("sites")
-    @classmethod
-    def _unique_sites(cls, v: tuple[SubLayer, ...]) -> tuple[SubLayer, ...]:
-        if not v or len(set(v)) != len(v):
-            raise ValueError("sites must name 'attn' and/or 'ffn', each once")
-        return v
 
 
 def _make_sites(

@@ -13,10 +13,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import Tensor
 
-from lookaside.adapters.base import AdapterConfig, AdapterMethod, StackedSite, SubLayer
+from lookaside.adapters.base import AdapterConfig, AdapterMethod, StackedSite, SubLayers
 from lookaside.adapters.ops import SlotIndex, grid_conv, rows_linear
 from lookaside.backbone import BackboneConfig, SitePosition, TokenLayout
 from lookaside.errors import ConfigError
@@ -29,17 +29,10 @@ class ConvpassConfig(AdapterConfig):
 
     rank: int = Field(8, gt=0)
     """Channels of the bottleneck and of the 3x3 conv (the paper uses 8)."""
-    sites: tuple[SubLayer, ...] = ("attn", "ffn")
+    sites: SubLayers = ("attn", "ffn")
     """Sub-layers the bypass runs beside."""
     scale: float = 1.0
     """Output scale s."""
-
-    @field_validator("sites")
-    @classmethod
-    def _unique_sites(cls, v: tuple[SubLayer, ...]) -> tuple[SubLayer, ...]:
-        if not v or len(set(v)) != len(v):
-            raise ValueError("sites must name 'attn' and/or 'ffn', each once")
-        return v
 
 
 class ConvpassSite(StackedSite):

@@ -21,10 +21,10 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import Tensor
 
-from lookaside.adapters.base import AdapterConfig, AdapterMethod, StackedSite, SubLayer
+from lookaside.adapters.base import AdapterConfig, AdapterMethod, StackedSite, SubLayers
 from lookaside.adapters.ops import SlotIndex, rows_gather, rows_linear
 from lookaside.backbone import BackboneConfig, SitePosition, TokenLayout
 
@@ -38,15 +38,8 @@ class MoaConfig(AdapterConfig):
     """Bottleneck width r of each expert."""
     slots_per_expert: int = Field(1, gt=0)
     """Soft-MoA slots p per expert (ignored by Dense-MoA)."""
-    sites: tuple[SubLayer, ...] = ("attn",)
+    sites: SubLayers = ("attn",)
     """``("attn",)`` Pfeiffer, ``("attn", "ffn")`` Houlsby."""
-
-    @field_validator("sites")
-    @classmethod
-    def _unique_sites(cls, v: tuple[SubLayer, ...]) -> tuple[SubLayer, ...]:
-        if not v or len(set(v)) != len(v):
-            raise ValueError("sites must name 'attn' and/or 'ffn', each once")
-        return v
 
 
 class DenseMoaConfig(MoaConfig):

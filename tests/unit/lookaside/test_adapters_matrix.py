@@ -28,6 +28,7 @@ from lookaside.adapters.prompt import PromptSite
 from lookaside.backbone import TokenLayout, VisionTransformer
 from lookaside.errors import InvalidCheckpoint
 from lookaside.model import MultiAdapterModel
+from tests.support import randomise
 
 TOL = 1e-5
 FRAMES = 64  # 8 x 4 grid on the tiny backbone: fast, but still a real 2-D grid
@@ -55,20 +56,6 @@ CONFIGS: dict[str, list[dict[str, object]]] = {
 
 def test_every_registered_method_is_in_the_matrix() -> None:
     assert set(CONFIGS) == set(ADAPTERS)
-
-
-def randomise(bank: AdapterBank, adapter_id: str, seed: int) -> None:
-    """Non-trivial weights everywhere (zero-initialised up projections would hide bugs)."""
-    gen = torch.Generator().manual_seed(seed)
-    stack = bank.stack_of(adapter_id)
-    slot = bank.entries[adapter_id].slot
-    with torch.no_grad():
-        if stack is not None:
-            for _, site in stack.named_sites():
-                for p in site.parameters(recurse=False):
-                    p[slot].copy_(torch.randn(p.shape[1:], generator=gen) * 0.2)
-        for p in bank.head(adapter_id).parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
 
 
 def make_model(
@@ -438,3 +425,37 @@ def test_add_remove_cycles_keep_memory_flat(tiny_backbone: VisionTransformer) ->
         bank.remove(f"y{i}")
     assert sum(p.numel() for p in bank.parameters()) == baseline
     assert bank.ids() == ["resident"]
+
+
+@pytest.mark.parametrize(
+    ("method", "config", "match"),
+    [
+        ("bottleneck", {"sites": ["attn", "attn"]}, "each once"),
+        ("moa_typo", {}, "choose one of"),
+        ("loaa", {"kernels": "attn=T"}, "attn:T,ffn:F"),
+        ("loaa", {"kernels": {"attn": "X"}}, "'T', 'F' or 'L'"),
+        ("lora", {"rank": 0}, "greater than 0"),
+        ("soft_moa", {"unknown_field": 1}, "Extra inputs"),
+    ],
+)
+def test_bad_configs_are_refused_with_a_reason(
+    method: str, config: dict[str, object], match: str, tiny_backbone: VisionTransformer
+) -> None:
+    bank = AdapterBank(tiny_backbone.cfg)
+    with pytest.raises(ValueError, match=match):
+        bank.add("x", method, config, HeadConfig(num_classes=2))
+    assert len(bank.stacks) == 0
+
+
+def test_layers_outside_the_backbone_are_refused(tiny_backbone: VisionTransformer) -> None:
+    with pytest.raises(ValueError, match=r"layers \[7\] do not exist"):
+        AdapterBank(tiny_backbone.cfg).add("x", "aat", {"layers": [7]}, HeadConfig(num_classes=2))
+
+
+def test_grid_methods_refuse_overlapping_patches() -> None:
+    from lookaside.backbones import PRESETS
+
+    bank = AdapterBank(PRESETS["ast_base_stride10"])
+    with pytest.raises(ValueError, match="stride = patch size"):
+        bank.add("x", "loaa", {}, HeadConfig(num_classes=2))
+    bank.add("ok", "bottleneck", {}, HeadConfig(num_classes=2))  # no grid needed

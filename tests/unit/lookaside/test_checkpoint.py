@@ -33,6 +33,7 @@ from lookaside.checkpoint import (
 from lookaside.errors import ConfigError, IncompatibleBackbone, InvalidCheckpoint
 from lookaside.features import FeatureConfig
 from lookaside.model import MultiAdapterModel
+from tests.support import randomise
 
 FRAMES = 64
 LABELS = ["dog", "rain", "siren"]
@@ -47,20 +48,6 @@ CONFIGS: dict[str, dict[str, object]] = {
     "aat": {"rank": 4, "layers": [1, 3]},
     "prompt": {"num_tokens": 3, "layers": [0, 2]},
 }
-
-
-def randomise(bank: AdapterBank, adapter_id: str, seed: int) -> None:
-    """Non-zero values in every tensor of one adapter (fresh up-projections are zero)."""
-    gen = torch.Generator().manual_seed(seed)
-    stack = bank.stack_of(adapter_id)
-    slot = bank.entries[adapter_id].slot
-    with torch.no_grad():
-        if stack is not None:
-            for _, site in stack.named_sites():
-                for p in site.parameters(recurse=False):
-                    p[slot].copy_(torch.randn(p.shape[1:], generator=gen) * 0.2)
-        for p in bank.head(adapter_id).parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
 
 
 def make_checkpoint(
