@@ -1,21 +1,26 @@
-"""Audio in, normalised log-mel fbank out: the AST recipe (Gong et al., 2021), shared by training
-and serving so the two cannot drift.
+"""Audio in, normalised log-mel fbank out: the AST recipe, shared by training and serving so the
+two cannot drift.
 
-Pipeline: bytes -> :func:`decode_audio` (soundfile for WAV/FLAC/Ogg, PyAV/FFmpeg for MP3, AAC, M4A
-and the audio track of videos) -> :func:`to_mono_16k` (channel mean, torchaudio resampling) ->
-:func:`fbank` (Kaldi-compatible 128-bin log-mel, 25 ms Hanning window, 10 ms hop) ->
-:func:`normalise` ``(x - mean) / (2 * std)`` with AudioSet statistics by default -> fixed-length
-windows (:func:`pad_or_crop`, :func:`sliding_windows`). Zero padding is applied before
-normalisation, as in AST and transformers' ``ASTFeatureExtractor``.
+Recipe (Gong et al., "AST: Audio Spectrogram Transformer", Interspeech 2021, §2.1 and its
+reference code; NOTES.md §2): 16 kHz mono -> subtract the waveform mean -> Kaldi-compatible fbank
+(``torchaudio.compliance.kaldi.fbank``: 25 ms Hanning window, 10 ms hop, 128 mel bins, no dither,
+no energy) -> zero-pad or crop to the task's frame count -> ``(x - mean) / (2 * std)`` with the
+AudioSet statistics. Zero padding comes before normalisation, as in AST and transformers'
+``ASTFeatureExtractor`` (the reference our tests compare against).
 
-Training helpers (:class:`SpecAugment`, :func:`mixup`) work on the same ``[frames, mel]`` tensors.
+Pipeline: bytes -> :func:`decode_audio` (soundfile for WAV/FLAC/Ogg, PyAV/FFmpeg for MP3, AAC,
+M4A and the audio track of videos) -> :func:`to_mono_16k` -> :func:`fbank` -> :func:`pad_or_crop`
+or :func:`sliding_windows` -> :func:`normalise`; :func:`extract` and :func:`extract_windows` run
+it from a waveform. Training helpers (:class:`SpecAugment`, :func:`mixup`) work on the same
+``[frames, mel]`` tensors.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import struct
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import soundfile as sf
@@ -26,46 +31,53 @@ from torch import Tensor, nn
 
 from lookaside.errors import BadAudio, ConfigError
 
+if TYPE_CHECKING:
+    import av
+
 SAMPLE_RATE = 16_000
 FRAME_SHIFT_MS = 10.0
-WINDOW_MS = 25.0
+FRAME_LENGTH_MS = 25.0
 AUDIOSET_MEAN = -4.2677393
 AUDIOSET_STD = 4.5689974
-_SUPPORTED = "upload WAV, FLAC, Ogg/Opus, MP3 or AAC/M4A audio (or a video with a sound track)"
+SUPPORTED = (
+    "upload WAV, FLAC, Ogg (Vorbis/Opus), MP3 or AAC/M4A audio, or a video with a sound track"
+)
+_MAX_CHANNELS = 64  # more "channels" than this is a [samples, channels] array passed transposed
 
 
 class FeatureConfig(BaseModel):
-    """How an adapter's inputs are featurised; stored in its checkpoint."""
+    """How an adapter's inputs are featurised. Stored in its checkpoint, so serving reproduces
+    training exactly; invalid values raise pydantic's ``ValidationError`` (a ``ValueError``)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     sample_rate: int = Field(SAMPLE_RATE, gt=0)
-    """Rate the waveform is resampled to before the fbank."""
+    """Rate (Hz) the waveform is resampled to before the fbank; AST uses 16 kHz."""
     num_mel_bins: int = Field(128, gt=0)
-    """Mel bins (spectrogram height)."""
+    """Mel bins, i.e. the spectrogram's height (AST: 128)."""
     target_frames: int = Field(1024, gt=0)
-    """Frames per window (10 ms each): ESC-50 512, Speech Commands 128, AudioSet 1024."""
-    mean: float = AUDIOSET_MEAN
-    """Normalisation mean of the log-mel values."""
-    std: float = Field(AUDIOSET_STD, gt=0)
-    """Normalisation standard deviation (features are divided by 2 * std, as in AST)."""
+    """Frames (10 ms each) per window: ESC-50 512, Speech Commands 128, AudioSet 1024."""
+    mean: float = Field(AUDIOSET_MEAN, allow_inf_nan=False)
+    """Mean of the log-mel values used for normalisation (AudioSet statistics by default)."""
+    std: float = Field(AUDIOSET_STD, gt=0, allow_inf_nan=False)
+    """Standard deviation for normalisation; features are divided by ``2 * std`` as in AST."""
     window_hop_frames: int | None = Field(None, gt=0)
-    """Hop between sliding windows over long clips; None means non-overlapping windows."""
-    max_seconds: float = Field(600.0, gt=0)
-    """Longest input accepted."""
+    """Hop between sliding windows over long clips; None means ``target_frames`` (no overlap)."""
+    max_seconds: float = Field(600.0, gt=0, allow_inf_nan=False)
+    """Longest input accepted, so one upload cannot exhaust memory."""
 
     @model_validator(mode="after")
-    def _check(self) -> FeatureConfig:
+    def _hop_covers_the_clip(self) -> FeatureConfig:
         if self.window_hop_frames is not None and self.window_hop_frames > self.target_frames:
-            raise ConfigError(
-                f"window_hop_frames {self.window_hop_frames} exceeds target_frames "
-                f"{self.target_frames}: windows would skip audio"
+            raise ValueError(
+                f"window_hop_frames ({self.window_hop_frames}) exceeds target_frames "
+                f"({self.target_frames}), so windows would skip audio; use a hop <= target_frames"
             )
         return self
 
     @property
     def hop_frames(self) -> int:
-        """Effective hop between windows."""
+        """Effective hop between sliding windows, in frames."""
         return self.window_hop_frames or self.target_frames
 
     @property
@@ -75,61 +87,91 @@ class FeatureConfig(BaseModel):
 
 
 class Windows(NamedTuple):
-    """Fixed-length windows over one clip."""
+    """Fixed-length windows over one clip, so long audio is classified piece by piece."""
 
     features: Tensor
     """``[num_windows, frames, mel]``."""
     start_seconds: Tensor
-    """``[num_windows]`` start time of each window."""
+    """``[num_windows]`` float64 start time of each window in the clip."""
 
 
 # -- waveform ---------------------------------------------------------------------------------
-def to_mono_16k(wave: Tensor, sample_rate: int, target_rate: int = SAMPLE_RATE) -> Tensor:
-    """``[N]`` or ``[C, N]`` audio of any rate and dtype -> float32 mono at ``target_rate``.
+def _as_float(wave: Tensor) -> Tensor:
+    """Float32 in [-1, 1]: integer PCM is scaled by its full range, as soundfile does."""
+    if wave.dtype == torch.bool or wave.is_complex():
+        raise BadAudio("unsupported", f"audio samples must be real numbers, not {wave.dtype}")
+    if wave.dtype == torch.uint8:  # 8-bit PCM is offset binary: 128 is silence
+        return (wave.to(torch.float32) - 128.0) / 128.0
+    if not wave.is_floating_point():
+        return wave.to(torch.float32) / float(-torch.iinfo(wave.dtype).min)
+    return wave.to(torch.float32)
 
-    Integer PCM is scaled to [-1, 1); channels are averaged.
+
+def to_mono_16k(wave: Tensor, sample_rate: int, target_rate: int = SAMPLE_RATE) -> Tensor:
+    """``[N]`` or ``[C, N]`` audio of any rate and dtype -> float32 mono ``[M]`` at ``target_rate``.
+
+    Channels are averaged (AST's recipe is mono); integer PCM is scaled to [-1, 1).
     """
+    if sample_rate <= 0 or target_rate <= 0:
+        raise ConfigError(f"sample rates must be positive, got {sample_rate} -> {target_rate}")
     if wave.dim() == 1:
         wave = wave.unsqueeze(0)
     if wave.dim() != 2:
         raise BadAudio(
             "unsupported", f"expected [samples] or [channels, samples], got {tuple(wave.shape)}"
         )
-    if not wave.is_floating_point():
-        info = torch.iinfo(wave.dtype)
-        wave = wave.to(torch.float32) / float(-info.min)
-    mono = wave.to(torch.float32).mean(dim=0)
+    if wave.shape[0] > _MAX_CHANNELS:
+        raise BadAudio(
+            "unsupported",
+            f"{wave.shape[0]} channels is implausible: pass [channels, samples], "
+            f"not [samples, channels] (transpose it)",
+        )
+    mono = _as_float(wave).mean(dim=0)
     if sample_rate != target_rate:
         mono = torchaudio.functional.resample(mono, sample_rate, target_rate)
-    return mono
+    return mono.contiguous()
 
 
 def _check_values(wave: Tensor, sample_rate: int, max_seconds: float) -> None:
     if wave.numel() == 0:
-        raise BadAudio("empty", f"the audio has no samples; {_SUPPORTED}")
-    if not torch.isfinite(wave).all():
-        raise BadAudio("bad_values", "the audio contains NaN or infinite samples")
-    seconds = wave.shape[-1] / sample_rate
-    if seconds > max_seconds:
+        raise BadAudio("empty", f"the audio has no samples; {SUPPORTED}")
+    if wave.is_floating_point() and not bool(torch.isfinite(wave).all()):
         raise BadAudio(
-            "too_long", f"the audio lasts {seconds:.1f} s; the limit is {max_seconds:g} s"
+            "bad_values",
+            "the audio contains NaN or infinite samples; re-export it as PCM WAV or FLAC",
         )
+    if wave.shape[-1] / sample_rate > max_seconds:
+        raise _too_long(wave.shape[-1] / sample_rate, max_seconds)
 
 
 # -- fbank ------------------------------------------------------------------------------------
 def fbank(wave16k: Tensor, num_mel_bins: int = 128, sample_rate: int = SAMPLE_RATE) -> Tensor:
-    """Kaldi-compatible log-mel fbank ``[frames, mel]`` of a mono waveform (AST's settings)."""
-    if wave16k.shape[-1] < int(sample_rate * WINDOW_MS / 1000):
+    """Kaldi-compatible log-mel fbank ``[frames, mel]`` of a mono waveform, with AST's settings.
+
+    The waveform mean is subtracted first, as AST does; transformers' ``ASTFeatureExtractor``
+    skips that step, which gives the same result because Kaldi also removes each frame's DC offset.
+    Frames follow Kaldi's ``snip_edges``: ``1 + (N - 400) // 160`` at 16 kHz.
+    """
+    if wave16k.dim() == 2 and wave16k.shape[0] == 1:
+        wave16k = wave16k[0]
+    if wave16k.dim() != 1:
+        raise BadAudio(
+            "unsupported",
+            f"fbank takes mono [samples], got {tuple(wave16k.shape)}; call to_mono_16k first",
+        )
+    window = int(sample_rate * FRAME_LENGTH_MS / 1000)
+    if wave16k.shape[0] < window:
         raise BadAudio(
             "too_short",
-            f"the audio is shorter than one {WINDOW_MS:g} ms analysis window",
+            f"the audio has {wave16k.shape[0]} samples, fewer than one {FRAME_LENGTH_MS:g} ms "
+            f"analysis window ({window}); upload at least {FRAME_LENGTH_MS:g} ms of audio",
         )
-    wave = wave16k.reshape(1, -1).to(torch.float32)
-    wave = wave - wave.mean()
+    wave = _as_float(wave16k)
+    wave = (wave - wave.mean()).unsqueeze(0)
     return torchaudio.compliance.kaldi.fbank(
         wave,
         htk_compat=True,
-        sample_frequency=sample_rate,
+        sample_frequency=float(sample_rate),
         use_energy=False,
         window_type="hanning",
         num_mel_bins=num_mel_bins,
@@ -139,12 +181,14 @@ def fbank(wave16k: Tensor, num_mel_bins: int = 128, sample_rate: int = SAMPLE_RA
 
 
 def normalise(fb: Tensor, mean: float = AUDIOSET_MEAN, std: float = AUDIOSET_STD) -> Tensor:
-    """AST normalisation ``(fb - mean) / (2 * std)``."""
+    """AST normalisation ``(fb - mean) / (2 * std)``: roughly zero mean, 0.5 std on AudioSet."""
     return (fb - mean) / (2 * std)
 
 
 def pad_or_crop(fb: Tensor, frames: int) -> Tensor:
-    """Zero-pad at the end or crop to ``frames`` rows."""
+    """Zero-pad at the end or crop the end so ``fb`` has exactly ``frames`` rows (AST's rule)."""
+    if frames <= 0:
+        raise ConfigError(f"frames must be positive, got {frames}")
     n = fb.shape[0]
     if n >= frames:
         return fb[:frames]
@@ -152,15 +196,19 @@ def pad_or_crop(fb: Tensor, frames: int) -> Tensor:
 
 
 def sliding_windows(fb: Tensor, frames: int, hop: int) -> Windows:
-    """Windows of ``frames`` rows every ``hop`` rows covering the whole clip (last one padded)."""
-    if hop <= 0 or frames <= 0:
-        raise ConfigError("frames and hop must be positive")
+    """Windows of ``frames`` rows every ``hop`` rows, covering the whole clip.
+
+    The last window is zero-padded at the end; a clip shorter than one window gives one padded
+    window. ``hop <= frames`` so no audio is skipped.
+    """
+    if frames <= 0 or not 0 < hop <= frames:
+        raise ConfigError(f"need 0 < hop <= frames, got frames={frames}, hop={hop}")
     n = fb.shape[0]
-    starts = [0] if n <= frames else list(range(0, n - frames + hop, hop))
-    starts = [s for s in starts if s < n] or [0]
-    windows = torch.stack([pad_or_crop(fb[s : s + frames], frames) for s in starts])
-    start_seconds = torch.tensor(starts, dtype=torch.float32) * (FRAME_SHIFT_MS / 1000.0)
-    return Windows(windows, start_seconds)
+    count = 1 if n <= frames else math.ceil((n - frames) / hop) + 1
+    padded = pad_or_crop(fb, (count - 1) * hop + frames)
+    features = padded.unfold(0, frames, hop).transpose(1, 2).contiguous()  # [W, frames, mel]
+    start_seconds = torch.arange(count, dtype=torch.float64) * (hop * FRAME_SHIFT_MS / 1000.0)
+    return Windows(features, start_seconds)
 
 
 def _fbank_of(wave: Tensor, sample_rate: int, cfg: FeatureConfig) -> Tensor:
@@ -170,22 +218,38 @@ def _fbank_of(wave: Tensor, sample_rate: int, cfg: FeatureConfig) -> Tensor:
 
 
 def extract(wave: Tensor, sample_rate: int, cfg: FeatureConfig) -> Tensor:
-    """One normalised window ``[target_frames, mel]`` (padded or cropped at the end)."""
+    """One normalised window ``[target_frames, mel]`` of a clip (end padded or cropped).
+
+    Args:
+        wave: ``[N]`` or ``[C, N]`` audio, float or integer PCM, any rate.
+        sample_rate: rate of ``wave`` in Hz.
+        cfg: the adapter's feature settings.
+    """
     padded = pad_or_crop(_fbank_of(wave, sample_rate, cfg), cfg.target_frames)
     return normalise(padded, cfg.mean, cfg.std)
 
 
 def extract_windows(wave: Tensor, sample_rate: int, cfg: FeatureConfig) -> Windows:
-    """All normalised windows of a clip, ``cfg.hop_frames`` apart."""
+    """All normalised windows of a clip, ``cfg.hop_frames`` apart, for clips longer than one."""
     windows = sliding_windows(_fbank_of(wave, sample_rate, cfg), cfg.target_frames, cfg.hop_frames)
     return Windows(normalise(windows.features, cfg.mean, cfg.std), windows.start_seconds)
 
 
 # -- training helpers -------------------------------------------------------------------------
 class SpecAugment(nn.Module):
-    """Frequency and time masking (Park et al., 2019) on ``[frames, mel]`` or ``[B, frames, mel]``.
+    """Frequency and time masking (Park et al., 2019; AST trains with it) on ``[frames, mel]`` or
+    ``[B, frames, mel]``, each example with its own masks. Identity in eval mode.
 
-    Identity in eval mode. Masks are filled with 0, which is the normalised mean region.
+    Masks are the torchaudio ``FrequencyMasking``/``TimeMasking`` draws (width uniform in
+    ``[0, width)``, position uniform), applied through the function both transforms call so a
+    width larger than the input is capped at its length instead of piling masks onto its start.
+
+    Args:
+        freq_mask: largest frequency mask, in mel bins (AST: 48).
+        time_mask: largest time mask, in frames (AST: 192 for AudioSet, 96 for ESC-50).
+        num_freq_masks: frequency masks per example.
+        num_time_masks: time masks per example.
+        mask_value: value written into masks; 0 is the mean of normalised features.
     """
 
     def __init__(
@@ -194,159 +258,289 @@ class SpecAugment(nn.Module):
         time_mask: int = 192,
         num_freq_masks: int = 1,
         num_time_masks: int = 1,
+        mask_value: float = 0.0,
     ) -> None:
         super().__init__()
-        self.freq = torchaudio.transforms.FrequencyMasking(freq_mask, iid_masks=True)
-        self.time = torchaudio.transforms.TimeMasking(time_mask, iid_masks=True)
+        if min(freq_mask, time_mask, num_freq_masks, num_time_masks) < 0:
+            raise ConfigError("SpecAugment mask widths and counts must be >= 0")
+        self.freq_mask = freq_mask
+        self.time_mask = time_mask
         self.num_freq_masks = num_freq_masks
         self.num_time_masks = num_time_masks
+        self.mask_value = mask_value
 
     def forward(self, spec: Tensor) -> Tensor:
         if not self.training:
             return spec
-        single = spec.dim() == 2
-        # torchaudio masks (..., freq, time) with iid masks per item of a 3-D+ batch.
-        x = (spec.unsqueeze(0) if single else spec).transpose(-1, -2).unsqueeze(1)
-        for _ in range(self.num_freq_masks):
-            x = self.freq(x)
-        for _ in range(self.num_time_masks):
-            x = self.time(x)
-        out = x.squeeze(1).transpose(-1, -2)
-        return out.squeeze(0) if single else out
+        if spec.dim() not in (2, 3):
+            raise ConfigError(
+                f"SpecAugment takes [frames, mel] or [B, frames, mel], got {spec.dim()}-D"
+            )
+        dtype = spec.dtype
+        # torchaudio masks (..., freq, time); float32 so mask positions above 256 are exact.
+        x = (spec if spec.dim() == 3 else spec.unsqueeze(0)).transpose(1, 2).float()
+        masks = [(1, self.freq_mask)] * self.num_freq_masks + [(2, self.time_mask)] * (
+            self.num_time_masks
+        )
+        for axis, width in masks:
+            x = torchaudio.functional.mask_along_axis_iid(
+                x, min(width, x.shape[axis]), self.mask_value, axis
+            )
+        out = x.transpose(1, 2).to(dtype)
+        return out if spec.dim() == 3 else out.squeeze(0)
+
+    def extra_repr(self) -> str:
+        return (
+            f"freq_mask={self.freq_mask}x{self.num_freq_masks}, "
+            f"time_mask={self.time_mask}x{self.num_time_masks}, mask_value={self.mask_value}"
+        )
 
 
 def mixup(
-    x: Tensor, y: Tensor, alpha: float, generator: torch.Generator | None = None
+    x: Tensor, y_onehot: Tensor, alpha: float, generator: torch.Generator | None = None
 ) -> tuple[Tensor, Tensor, float]:
-    """Mix each example with a random partner: ``lam * a + (1 - lam) * b`` for inputs and targets.
+    """Mix each example with a random partner (Zhang et al., 2018; used by AST).
+
+    Returns ``(lam * x + (1 - lam) * x[perm], lam * y + (1 - lam) * y[perm], lam)`` with
+    ``lam ~ Beta(alpha, alpha)`` and ``perm`` a random permutation of the batch.
 
     Args:
-        x: ``[B, ...]`` inputs; y: ``[B, classes]`` one-hot or soft targets.
-        alpha: Beta(alpha, alpha) parameter; ``alpha <= 0`` returns the inputs unchanged.
+        x: ``[B, ...]`` inputs.
+        y_onehot: ``[B, classes]`` one-hot or soft targets, mixed with the same ``lam`` and pairs.
+        alpha: Beta parameter; ``alpha <= 0`` returns the inputs unchanged with ``lam = 1``.
+        generator: makes the draw reproducible; the global torch RNG when None.
     """
+    if x.shape[0] != y_onehot.shape[0]:
+        raise ValueError(f"batch sizes differ: x {x.shape[0]}, y_onehot {y_onehot.shape[0]}")
     if alpha <= 0:
-        return x, y, 1.0
-    # torch's Beta takes no generator: seed numpy's from it so runs stay reproducible.
+        return x, y_onehot, 1.0
+    # torch's Beta takes no generator: seed numpy's from it so one generator drives the whole draw.
     seed = int(torch.randint(0, 2**31 - 1, (), generator=generator))
     lam = float(np.random.default_rng(seed).beta(alpha, alpha))
-    perm = torch.randperm(x.shape[0], generator=generator, device="cpu").to(x.device)
-    return lam * x + (1 - lam) * x[perm], lam * y + (1 - lam) * y[perm], lam
+    perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
+    x_mixed = lam * x + (1 - lam) * x[perm]
+    y_mixed = lam * y_onehot + (1 - lam) * y_onehot[perm.to(y_onehot.device)]
+    return x_mixed, y_mixed, lam
 
 
 # -- decoding ---------------------------------------------------------------------------------
 def decode_audio(data: bytes, *, max_seconds: float = 600.0) -> tuple[Tensor, int]:
     """Uploaded bytes -> (``[channels, samples]`` float32, sample rate).
 
-    soundfile (libsndfile) reads WAV, FLAC and Ogg; anything else goes through PyAV (FFmpeg), which
-    also takes the audio track of video containers. Raises :class:`BadAudio` with reason
-    ``empty``, ``not_audio``, ``truncated`` or ``too_long``.
+    soundfile (libsndfile) reads WAV, FLAC, Ogg and AIFF; anything else goes through PyAV
+    (FFmpeg): MP3, AAC, M4A and the first audio track of video containers. Raises
+    :class:`BadAudio` whose ``reason`` is ``empty``, ``not_audio``, ``truncated``, ``too_long``
+    or ``unsupported``; the message names the fix. The length is checked from the header before
+    decoding wherever the format records it.
     """
+    if max_seconds <= 0:
+        raise ConfigError(f"max_seconds must be positive, got {max_seconds}")
     if not data:
-        raise BadAudio("empty", f"the upload is empty; {_SUPPORTED}")
-    _check_wav_header(data)
+        raise BadAudio("empty", f"the upload is empty; {SUPPORTED}")
+    _check_declared_size(data)
     try:
         wave, rate = _decode_soundfile(data, max_seconds)
-    except _NotForSoundfile:
-        wave, rate = _decode_pyav(data, max_seconds)
+    except _NotForSoundfile as exc:
+        wave, rate = _decode_pyav(data, max_seconds, soundfile_error=str(exc))
     if wave.shape[1] == 0:
-        raise BadAudio("empty", "the file decodes to zero samples")
+        raise BadAudio("empty", f"the file holds zero audio samples; {SUPPORTED}")
+    _check_values(wave, rate, max_seconds)
     return wave, rate
 
 
 class _NotForSoundfile(Exception):
-    """libsndfile does not recognise the format: try FFmpeg."""
+    """libsndfile cannot open the bytes: let FFmpeg try."""
 
 
-def _check_wav_header(data: bytes) -> None:
-    """A RIFF/WAVE whose data chunk is shorter than its header says was cut off in transfer.
+class _Bytes(io.BytesIO):
+    """``BytesIO`` for libsndfile's virtual IO.
 
-    libsndfile silently shortens such files, so this is checked on the raw bytes.
+    libsndfile's format probes seek before the start of short inputs; ``BytesIO`` raises on that,
+    and cffi prints the exception from its callback instead of propagating it. Clamp to 0 instead.
     """
-    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        return
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET, /) -> int:
+        if whence == io.SEEK_SET and offset < 0:
+            offset = 0
+        return super().seek(offset, whence)
+
+
+def _sniff(data: bytes) -> str | None:
+    """Name of the audio/video container the magic bytes announce, if any."""
+    head = data[:12]
+    if head[:4] in (b"RIFF", b"RF64") and head[8:12] == b"WAVE":
+        return "WAV"
+    if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        return "AIFF"
+    if head[4:8] == b"ftyp":
+        return "MP4/M4A"
+    magics = {b"fLaC": "FLAC", b"OggS": "Ogg", b"\x1aE\xdf\xa3": "Matroska/WebM", b"ID3": "MP3"}
+    return next((name for magic, name in magics.items() if head.startswith(magic)), None)
+
+
+def _truncated(kind: str, detail: str) -> BadAudio:
+    return BadAudio(
+        "truncated", f"the {kind} file is truncated or damaged ({detail}); upload the complete file"
+    )
+
+
+def _check_declared_size(data: bytes) -> None:
+    """Refuse files whose own header promises more bytes than arrived.
+
+    libsndfile reads a WAV or AIFF cut mid-data silently (it just returns fewer frames), and a
+    cut Ogg stream loses its length altogether, so this is checked on the raw bytes.
+    """
+    kind = _sniff(data)
+    if kind == "WAV" and data[:4] == b"RIFF":
+        _check_iff_chunks(data, "<I", b"data", "WAV")
+    elif kind == "AIFF":
+        _check_iff_chunks(data, ">I", b"SSND", "AIFF")
+    elif kind == "Ogg":
+        _check_ogg_pages(data)
+
+
+def _check_iff_chunks(data: bytes, size_format: str, data_id: bytes, kind: str) -> None:
+    """Walk RIFF/IFF chunks after the 12-byte form header up to the audio data chunk."""
     offset = 12
     while offset + 8 <= len(data):
-        chunk_id, size = (
-            data[offset : offset + 4],
-            struct.unpack("<I", data[offset + 4 : offset + 8])[0],
-        )
-        if chunk_id == b"data":
+        chunk_id = data[offset : offset + 4]
+        (size,) = struct.unpack(size_format, data[offset + 4 : offset + 8])
+        if chunk_id == data_id:
             available = len(data) - (offset + 8)
-            if size not in (0, 0xFFFFFFFF) and available < size:
-                raise BadAudio(
-                    "truncated",
-                    f"the WAV file is truncated: its header promises {size} bytes of audio but "
-                    f"only {available} arrived; upload the complete file",
+            if size != 0xFFFFFFFF and available < size:  # 0xFFFFFFFF: streamed, length unknown
+                raise _truncated(
+                    kind, f"its header promises {size} bytes of audio but {available} arrived"
                 )
             return
-        offset += 8 + size + (size & 1)
-    if offset > len(data) or data[:4] == b"RIFF":
-        raise BadAudio(
-            "truncated", "the WAV file ends before its audio data; upload the whole file"
-        )
+        offset += 8 + size + (size & 1)  # chunks are padded to even sizes
+    raise _truncated(kind, "it ends before its audio data")
+
+
+def _check_ogg_pages(data: bytes) -> None:
+    """Walk Ogg pages: a cut stream ends inside a page or lacks the end-of-stream flag."""
+    offset, flags = 0, 0
+    while offset < len(data):
+        if data[offset : offset + 4] != b"OggS":
+            return  # trailing bytes that are not a page: leave the judgement to the decoder
+        segments = data[offset + 26] if offset + 27 <= len(data) else -1
+        end = offset + 27 + segments
+        if segments < 0 or end > len(data):
+            raise _truncated("Ogg", "it ends inside a page header")
+        end += sum(data[offset + 27 : end])
+        if end > len(data):
+            raise _truncated("Ogg", "it ends inside a page")
+        flags, offset = data[offset + 5], end
+    if not flags & 0x04:
+        raise _truncated("Ogg", "the stream has no end-of-stream page")
+
+
+def _too_long(seconds: float, max_seconds: float, *, at_least: bool = False) -> BadAudio:
+    lasts = f"more than {seconds:g} s" if at_least else f"{seconds:.1f} s"
+    return BadAudio(
+        "too_long",
+        f"the audio lasts {lasts} but the limit is {max_seconds:g} s; "
+        f"trim it or split it into shorter clips",
+    )
+
+
+def _length_slack(seconds: float) -> float:
+    """How far a length estimated from bitrate and file size may miss (seconds)."""
+    return max(0.25, 0.05 * seconds)
 
 
 def _decode_soundfile(data: bytes, max_seconds: float) -> tuple[Tensor, int]:
     try:
-        info = sf.info(io.BytesIO(data))
+        info = sf.info(_Bytes(data))
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
-        raise _NotForSoundfile from exc
-    if info.frames > 0 and info.frames / info.samplerate > max_seconds:
-        raise BadAudio(
-            "too_long",
-            f"the audio lasts {info.frames / info.samplerate:.1f} s; "
-            f"the limit is {max_seconds:g} s",
-        )
+        raise _NotForSoundfile(str(exc)) from exc
+    if info.samplerate <= 0:
+        raise _NotForSoundfile(f"libsndfile reports sample rate {info.samplerate}")
+    seconds = info.frames / info.samplerate
+    # MPEG streams without a Xing/Info header only have a length estimated from the bitrate.
+    slack = _length_slack(seconds) if info.format == "MP3" else 0.0
+    if seconds - slack > max_seconds:  # from the header: refuse before decoding
+        raise _too_long(seconds, max_seconds)
     try:
-        array, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        array, rate = sf.read(_Bytes(data), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as exc:
-        raise BadAudio(
-            "truncated", f"the {info.format} file is damaged or truncated: {exc}"
-        ) from exc
-    if 0 < array.shape[0] < info.frames:
-        raise BadAudio(
-            "truncated",
-            f"the {info.format} file is truncated: "
-            f"{array.shape[0]} of {info.frames} frames decoded",
-        )
+        raise _truncated(info.format, str(exc)) from exc
+    if array.shape[0] < info.frames - slack * info.samplerate:
+        raise _truncated(info.format, f"{array.shape[0]} of {info.frames} frames decoded")
     return torch.from_numpy(np.ascontiguousarray(array.T)), int(rate)
 
 
-def _decode_pyav(data: bytes, max_seconds: float) -> tuple[Tensor, int]:
-    import av  # FFmpeg bindings; imported lazily (heavy, only for non-libsndfile formats)
+def _ffmpeg_message(exc: Exception) -> str:
+    """FFmpeg's own words ("Invalid data found when processing input"), without errno noise."""
+    return str(getattr(exc, "strerror", None) or exc)
+
+
+def _undecodable(data: bytes, soundfile_error: str, detail: str) -> BadAudio:
+    """A known container or libsndfile's "malformed" means a damaged file, else not audio."""
+    kind = _sniff(data)
+    if kind is not None or "malformed" in soundfile_error:
+        return _truncated(kind or "audio", detail)
+    return BadAudio("not_audio", f"the upload is not a recognised audio format; {SUPPORTED}")
+
+
+def _decode_pyav(data: bytes, max_seconds: float, soundfile_error: str) -> tuple[Tensor, int]:
+    import av  # FFmpeg bindings: imported lazily, only formats libsndfile cannot read need them
 
     try:
-        container = av.open(io.BytesIO(data), mode="r")
-    except (av.error.FFmpegError, ValueError) as exc:
-        raise BadAudio(
-            "not_audio", f"the upload is not a recognised audio format; {_SUPPORTED}"
-        ) from exc
+        container = av.open(io.BytesIO(data), mode="r", metadata_errors="replace")
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        raise _undecodable(data, soundfile_error, _ffmpeg_message(exc)) from exc
     with container:
         if not container.streams.audio:
-            raise BadAudio("not_audio", f"the file has no audio track; {_SUPPORTED}")
+            raise BadAudio("not_audio", f"the file has no audio track; {SUPPORTED}")
         stream = container.streams.audio[0]
-        if container.duration is not None and container.duration / 1e6 > max_seconds + 1:
-            raise BadAudio(
-                "too_long",
-                f"the audio lasts {container.duration / 1e6:.1f} s; the limit is {max_seconds:g} s",
-            )
-        rate = int(stream.rate or stream.codec_context.sample_rate)
-        resampler = av.AudioResampler(format="fltp")
-        chunks: list[np.ndarray] = []
-        total = 0
-        try:
-            for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    chunk = out.to_ndarray()
-                    chunks.append(chunk)
-                    total += chunk.shape[1]
-                if total / rate > max_seconds:
-                    raise BadAudio("too_long", f"the audio lasts more than {max_seconds:g} s")
-        except av.error.FFmpegError as exc:
-            if not chunks:
-                raise BadAudio("not_audio", f"the audio track cannot be decoded: {exc}") from exc
-            raise BadAudio("truncated", f"the audio stream is damaged or truncated: {exc}") from exc
-    if not chunks:
-        raise BadAudio("empty", "the file decodes to zero samples")
-    array = np.concatenate(chunks, axis=1).astype(np.float32)
+        declared: float | None = None  # seconds, where the container records them
+        if stream.duration is not None and stream.time_base is not None:
+            declared = float(stream.duration * stream.time_base)
+        elif container.duration is not None and len(container.streams) == 1:
+            declared = container.duration / 1e6
+        if declared is not None and declared - _length_slack(declared) > max_seconds:
+            raise _too_long(declared, max_seconds)  # before decoding; the decode loop is exact
+        array, rate = _decode_stream(container, stream, data, soundfile_error, max_seconds)
+    decoded = array.shape[1] / rate
+    if declared is not None and decoded < declared - _length_slack(declared):
+        raise _truncated(
+            _sniff(data) or container.format.name,
+            f"{decoded:.2f} s decoded of the {declared:.2f} s it declares",
+        )
     return torch.from_numpy(array), rate
+
+
+def _decode_stream(
+    container: av.container.InputContainer,
+    stream: av.AudioStream,
+    data: bytes,
+    soundfile_error: str,
+    max_seconds: float,
+) -> tuple[np.ndarray, int]:
+    """Decode one audio stream to planar float32 ``[C, N]`` at its first frame's rate."""
+    import av
+
+    resampler = av.AudioResampler(format="fltp")  # layout and rate follow the first frame
+    chunks: list[np.ndarray] = []
+    total, rate = 0, 0
+    try:
+        for frame in container.decode(stream):
+            rate = rate or frame.sample_rate
+            for out in resampler.resample(frame):
+                chunks.append(out.to_ndarray())
+                total += out.samples
+            if rate and total > max_seconds * rate:
+                raise _too_long(max_seconds, max_seconds, at_least=True)
+        for out in resampler.resample(None):
+            chunks.append(out.to_ndarray())
+    except av.error.DecoderNotFoundError as exc:
+        raise BadAudio(
+            "unsupported", f"the file's audio codec is not supported; {SUPPORTED}"
+        ) from exc
+    except av.error.FFmpegError as exc:
+        if not chunks:
+            raise _undecodable(data, soundfile_error, _ffmpeg_message(exc)) from exc
+        raise _truncated(_sniff(data) or container.format.name, _ffmpeg_message(exc)) from exc
+    if not chunks or rate <= 0:
+        raise BadAudio("empty", f"the file's audio track holds zero samples; {SUPPORTED}")
+    return np.ascontiguousarray(np.concatenate(chunks, axis=1), dtype=np.float32), rate
