@@ -89,7 +89,8 @@ class AdapterHead(nn.Module):
         return tokens[:, layout.num_special :].mean(dim=1)
 
     def forward(self, tokens: Tensor, layout: TokenLayout) -> Tensor:
-        return self.fc(self.norm(self.pool(tokens, layout)))
+        # The bank may store adapters in another dtype than the backbone's output (bf16 bank).
+        return self.fc(self.norm(self.pool(tokens, layout).to(self.fc.weight.dtype)))
 
     def probabilities(self, logits: Tensor) -> Tensor:
         """Softmax, or per-class sigmoid for multi-label heads."""

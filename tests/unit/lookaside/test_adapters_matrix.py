@@ -459,3 +459,36 @@ def test_grid_methods_refuse_overlapping_patches() -> None:
     with pytest.raises(ValueError, match="stride = patch size"):
         bank.add("x", "loaa", {}, HeadConfig(num_classes=2))
     bank.add("ok", "bottleneck", {}, HeadConfig(num_classes=2))  # no grid needed
+
+
+def test_bf16_bank_under_autocast(tiny_backbone: VisionTransformer) -> None:
+    """A server stores adapters in its compute dtype: a bf16 bank beside the fp32 backbone under
+    autocast keeps the per-row oracle (bf16 tolerance) and stays close to the fp32 result."""
+    adapters = {f"{m}-{i}": (m, CONFIGS[m][0]) for i, m in enumerate(METHODS)}
+    fp32 = make_model(tiny_backbone, adapters)
+    bank16 = AdapterBank(tiny_backbone.cfg, slots_per_stack=2, dtype=torch.bfloat16)
+    for adapter_id, (method, cfg) in adapters.items():
+        bank16.add(
+            adapter_id,
+            method,
+            cfg,
+            fp32.bank.head(adapter_id).cfg,
+            fp32.bank.adapter_tensors(adapter_id),
+        )
+    bf16 = MultiAdapterModel(tiny_backbone, bank16)
+    ids: list[str | None] = [*adapters, None]
+    spec = torch.randn(len(ids), FRAMES, 128)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = bf16(spec, ids)
+        alone = run_alone(bf16, spec, ids)
+    with torch.no_grad():
+        reference = fp32(spec, ids)
+    for m, a, r in zip(mixed, alone, reference, strict=True):
+        if r is None:
+            assert m is None
+            continue
+        assert m is not None
+        assert a is not None
+        assert m.dtype == torch.bfloat16
+        torch.testing.assert_close(m.float(), a.float(), atol=3e-2, rtol=3e-2)
+        torch.testing.assert_close(m.float(), r, atol=0.15, rtol=0.1)
