@@ -55,8 +55,10 @@ def rows_linear(x: Tensor, weight: Tensor, bias: Tensor | None, index: SlotIndex
     """
     w = index.take(weight)
     if index.uniform is not None:
-        out = x @ w
-        return out if bias is None else out + bias[index.uniform]
+        # One GEMM over all rows' tokens, bias fused (addmm), no per-row weight copies.
+        flat = x.reshape(-1, x.shape[-1])
+        out = flat @ w if bias is None else torch.addmm(bias[index.uniform], flat, w)
+        return out.view(*x.shape[:-1], w.shape[-1])
     if bias is None:
         return torch.bmm(x, w)
     return torch.baddbmm(bias[index.slots].unsqueeze(1), x, w)
