@@ -11,8 +11,8 @@ Suites:
 - ``bank``: milliseconds to add one adapter as the bank fills (must stay flat), and to remove.
 - ``adapters``: batch 8, fp32 and bf16, backbone-only clips/s and the ratio to it with (a) one
   LoAA 2 % adapter for the whole batch, (b) 8 adapters of 8 different methods, (c) 8 adapters of
-  the same method. All variants run interleaved in one process so drift hits them alike; each
-  number is the median over ``--iters`` timed runs after warm-up.
+  the same method. All variants run interleaved in one process, one timed run of each per round;
+  clips/s is the median over ``--iters`` rounds, a ratio the median of the per-round ratios.
 
 Weights are random (speed does not depend on their values); shapes are the real ViT-B/16.
 """
@@ -272,10 +272,13 @@ def suite_adapters(
                 t, mem = _measure(fn, device, 1, 0)
                 times[name] += t
                 mems[name] = max(mems[name], mem)
-        base = batch / statistics.median(times["backbone_only"])
+        base = times["backbone_only"]
         for name in runs:
             cps = batch / statistics.median(times[name])
-            r = Result("adapters", name, batch, dtype, cps, "clips/s", mems[name], cps / base)
+            # Ratio of each round's pair (measured back to back), then the median over rounds:
+            # slow drift of the machine cancels within a pair.
+            ratio = statistics.median(b / t for b, t in zip(base, times[name], strict=True))
+            r = Result("adapters", name, batch, dtype, cps, "clips/s", mems[name], ratio)
             print(
                 f"{name:>18} batch {batch} {dtype:>4}: {cps:8.2f} clips/s  ratio {r.ratio:.3f}",
                 flush=True,
