@@ -52,7 +52,7 @@ from torch import Tensor
 
 from lookaside import __version__
 from lookaside.adapters import ADAPTERS, get_method
-from lookaside.adapters.bank import AdapterBank
+from lookaside.adapters.bank import AdapterBank, tensor_problems
 from lookaside.adapters.base import AdapterConfig, HeadConfig
 from lookaside.backbone import BackboneConfig, VisionTransformer
 from lookaside.errors import ConfigError, IncompatibleBackbone, InvalidCheckpoint
@@ -533,21 +533,9 @@ def _check_header(
     found: Mapping[str, tuple[tuple[int, ...], str]],
 ) -> None:
     """Compare the header (name -> (shape, dtype)) with the expected tensors; one message."""
-    problems: list[str] = []
-    missing = sorted(set(expected) - set(found))
-    extra = sorted(set(found) - set(expected))
-    if missing:
-        problems.append(f"missing tensors {missing}")
-    if extra:
-        problems.append(f"unexpected tensors {extra}")
-    for name in sorted(set(expected) & set(found)):
-        shape, dtype = found[name]
-        if shape != expected[name]:
-            problems.append(f"{name} has shape {list(shape)}, expected {list(expected[name])}")
-        if dtype not in FLOAT_DTYPES:
-            problems.append(
-                f"{name} has dtype {dtype}, expected a floating type ({', '.join(FLOAT_DTYPES)})"
-            )
+    problems = tensor_problems(
+        expected, {n: (shape, dtype, dtype in FLOAT_DTYPES) for n, (shape, dtype) in found.items()}
+    )
     if problems:
         raise InvalidCheckpoint(
             f"checkpoint {manifest.id} ({manifest.method}) does not fit its manifest: "

@@ -322,20 +322,44 @@ class AdapterBank(nn.Module):
     ) -> None:
         expected = dict(stack.slot_shapes()) if stack is not None else {}
         expected.update({HEAD_PREFIX + k: tuple(v.shape) for k, v in head.state_dict().items()})
-        problems = []
-        missing = sorted(set(expected) - set(tensors))
-        extra = sorted(set(tensors) - set(expected))
-        if missing:
-            problems.append(f"missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-        if extra:
-            problems.append(f"unexpected tensors {extra[:5]}{' ...' if len(extra) > 5 else ''}")
-        for name in sorted(set(expected) & set(tensors)):
-            got = tuple(tensors[name].shape)
-            if not tensors[name].is_floating_point():
-                problems.append(f"{name} has dtype {tensors[name].dtype}, expected floating point")
-            elif got != expected[name]:
-                problems.append(f"{name} has shape {got}, expected {expected[name]}")
-            elif not torch.isfinite(tensors[name]).all():
-                problems.append(f"{name} contains NaN or Inf")
+        found = {
+            n: (tuple(t.shape), str(t.dtype).removeprefix("torch."), t.is_floating_point())
+            for n, t in tensors.items()
+        }
+        problems = tensor_problems(expected, found)
+        problems += [
+            f"{n} contains NaN or Inf"
+            for n in sorted(set(expected) & set(tensors))
+            if tensors[n].is_floating_point() and not torch.isfinite(tensors[n]).all()
+        ]
         if problems:
             raise InvalidCheckpoint("adapter tensors do not fit: " + "; ".join(problems))
+
+
+def tensor_problems(
+    expected: Mapping[str, tuple[int, ...]],
+    found: Mapping[str, tuple[tuple[int, ...], str, bool]],
+) -> list[str]:
+    """Every difference between the tensors an adapter needs and those offered, as messages.
+
+    Shared by the bank (tensors in memory) and the checkpoint loader (a safetensors header, before
+    any data is read), so both refuse the same things with the same words.
+
+    Args:
+        expected: name -> shape.
+        found: name -> (shape, dtype name, is floating point).
+    """
+    problems: list[str] = []
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    if missing:
+        problems.append(f"missing tensors {missing}")
+    if extra:
+        problems.append(f"unexpected tensors {extra}")
+    for name in sorted(set(expected) & set(found)):
+        shape, dtype, floating = found[name]
+        if tuple(shape) != tuple(expected[name]):
+            problems.append(f"{name} has shape {list(shape)}, expected {list(expected[name])}")
+        if not floating:
+            problems.append(f"{name} has dtype {dtype}, expected a floating-point type")
+    return problems
