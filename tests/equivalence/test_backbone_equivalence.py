@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
+from safetensors.torch import save_file
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 from transformers import ASTConfig, ASTModel
 
-from lookaside.backbones import from_ast_state_dict, from_timm_model
+from lookaside.backbones import from_ast_state_dict, from_timm_model, load_backbone
 
 TOL = 1e-4
 
@@ -107,6 +111,67 @@ def test_hub_layout_ast_checkpoint_loads_the_same() -> None:
     hub = _to_hub_layout(ref.state_dict())
     assert "audio_spectrogram_transformer.encoder.layer.0.attention.attention.query.weight" in hub
     ours = from_ast_state_dict(hub, cfg.to_dict(), "hf:test/ast")
+    spec = torch.randn(2, 64, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            ours.forward_features(spec)[0], ref(spec).last_hidden_state, atol=TOL, rtol=0
+        )
+
+
+def test_load_backbone_timm_source_goes_through_timm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``timm:<name>`` asks timm for pretrained weights (hub when online) and converts them."""
+    import timm
+
+    ref = TimmViT(img_size=(32, 64), patch_size=16, embed_dim=32, depth=1, num_heads=2)
+    _randomise(ref, seed=4)
+    calls = []
+
+    def fake_create_model(name: str, **kwargs: object) -> TimmViT:
+        calls.append((name, kwargs))
+        return ref
+
+    monkeypatch.setattr(timm, "create_model", fake_create_model)
+    ours = load_backbone("timm:vit_base_patch16_224.augreg_in21k")
+    assert calls == [("vit_base_patch16_224.augreg_in21k", {"pretrained": True, "num_classes": 0})]
+    assert ours.source == "timm:vit_base_patch16_224.augreg_in21k"
+    spec = torch.randn(1, 64, 32)
+    image = spec.transpose(1, 2).unsqueeze(1).expand(-1, 3, -1, -1)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            ours.forward_features(spec)[0], ref.forward_features(image), atol=TOL, rtol=0
+        )
+
+
+def test_load_backbone_hf_source_reads_the_hub_files(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``hf:<repo>`` downloads config.json + model.safetensors (hub layout) and converts them."""
+    import huggingface_hub
+
+    cfg = ASTConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_length=64,
+        num_mel_bins=32,
+    )
+    ref = ASTModel(cfg).eval()
+    _randomise(ref, seed=5)
+    (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
+    save_file(
+        {k: v.contiguous() for k, v in _to_hub_layout(ref.state_dict()).items()},
+        str(tmp_path / "model.safetensors"),
+    )
+    asked = []
+
+    def fake_download(repo: str, filename: str) -> str:
+        asked.append((repo, filename))
+        return str(tmp_path / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    ours = load_backbone("hf:MIT/ast-finetuned-audioset-10-10-0.4593")
+    assert ("MIT/ast-finetuned-audioset-10-10-0.4593", "model.safetensors") in asked
     spec = torch.randn(2, 64, 32)
     with torch.no_grad():
         torch.testing.assert_close(
