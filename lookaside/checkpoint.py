@@ -275,6 +275,19 @@ class AdapterManifest(_Lenient):
         return get_method(self.method).parse_config(self.config)
 
 
+def _bounded_file(directory: Path, name: str, limit: int, limit_name: str) -> Path:
+    """``directory/name`` if it exists and is at most ``limit`` bytes (checked before reading)."""
+    path = directory / name
+    if not path.is_file():
+        raise InvalidCheckpoint(f"{directory} has no {name}")
+    size = path.stat().st_size
+    if size > limit:
+        raise InvalidCheckpoint(
+            f"{path} is {size} bytes, over the limit of {limit} bytes ({limit_name})"
+        )
+    return path
+
+
 def load_manifest(directory: Path) -> AdapterManifest:
     """Read and validate ``manifest.json`` alone (cheap: no tensor is touched).
 
@@ -282,14 +295,7 @@ def load_manifest(directory: Path) -> AdapterManifest:
         InvalidCheckpoint: missing, oversized, not JSON, or not a valid manifest; the message
             names every offending field.
     """
-    path = Path(directory) / MANIFEST_FILE
-    if not path.is_file():
-        raise InvalidCheckpoint(f"{Path(directory)} has no {MANIFEST_FILE}")
-    size = path.stat().st_size
-    if size > MAX_MANIFEST_BYTES:
-        raise InvalidCheckpoint(
-            f"{path} is {size} bytes; a manifest is at most {MAX_MANIFEST_BYTES}"
-        )
+    path = _bounded_file(Path(directory), MANIFEST_FILE, MAX_MANIFEST_BYTES, "a manifest's limit")
     try:
         raw = json.loads(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as exc:
@@ -468,14 +474,7 @@ def load_checkpoint(
     else:
         backbone_cfg = manifest.backbone.backbone_config()
 
-    path = directory / WEIGHTS_FILE
-    if not path.is_file():
-        raise InvalidCheckpoint(f"{directory} has no {WEIGHTS_FILE}")
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise InvalidCheckpoint(
-            f"{path} is {size} bytes, over the limit of {max_bytes} bytes (max_bytes)"
-        )
+    path = _bounded_file(directory, WEIGHTS_FILE, max_bytes, "max_bytes")
     digest = _sha256_file(path)
     if digest != manifest.weights_sha256:
         raise InvalidCheckpoint(
