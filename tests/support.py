@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from transformers import ASTConfig, ASTModel
 
 from lookaside.adapters.bank import AdapterBank
 
@@ -20,3 +21,27 @@ def randomise(bank: AdapterBank, adapter_id: str, seed: int) -> None:
                     p[slot].copy_(torch.randn(p.shape[1:], generator=gen) * 0.2)
         for p in bank.head(adapter_id).parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+
+
+def randomise_module(model: torch.nn.Module, seed: int) -> None:
+    """Random values in every parameter of a reference model (zero-initialised tokens and
+    biases would hide key mix-ups in weight conversion)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+
+
+def tiny_ast(seed: int) -> tuple[ASTConfig, ASTModel]:
+    """A one-block transformers ``ASTModel`` (width 32, 32 mel x 64 frames), random weights."""
+    cfg = ASTConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_length=64,
+        num_mel_bins=32,
+    )
+    model = ASTModel(cfg).eval()
+    randomise_module(model, seed)
+    return cfg, model

@@ -13,16 +13,9 @@ from timm.models.vision_transformer import VisionTransformer as TimmViT
 from transformers import ASTConfig, ASTModel
 
 from lookaside.backbones import from_ast_state_dict, from_timm_model, load_backbone
+from tests.support import randomise_module, tiny_ast
 
 TOL = 1e-4
-
-
-def _randomise(model: torch.nn.Module, seed: int) -> None:
-    """Random values everywhere (zero-initialised tokens/biases would hide key mix-ups)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
 
 
 @pytest.mark.parametrize("distilled", [False, True], ids=["vit", "deit_distilled"])
@@ -37,7 +30,7 @@ def test_timm_vit_matches(distilled: bool) -> None:
         "num_classes": 5,
     }
     ref = (VisionTransformerDistilled if distilled else TimmViT)(**kwargs).eval()
-    _randomise(ref, seed=1)
+    randomise_module(ref, seed=1)
     ours = from_timm_model(ref, "vit_test")
     assert ours.cfg.distilled is distilled
     spec = torch.randn(3, 64, 32)  # [batch, frames, mel]
@@ -64,7 +57,7 @@ def test_hf_ast_matches(stride: int) -> None:
         num_mel_bins=48,
     )
     ref = ASTModel(cfg).eval()
-    _randomise(ref, seed=2)
+    randomise_module(ref, seed=2)
     ours = from_ast_state_dict(ref.state_dict(), cfg.to_dict(), "hf:test/ast")
     assert ours.cfg.patch_stride == (stride, stride)
     spec = torch.randn(2, 96, 48)
@@ -98,16 +91,7 @@ def _to_hub_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def test_hub_layout_ast_checkpoint_loads_the_same() -> None:
-    cfg = ASTConfig(
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_length=64,
-        num_mel_bins=32,
-    )
-    ref = ASTModel(cfg).eval()
-    _randomise(ref, seed=3)
+    cfg, ref = tiny_ast(seed=3)
     hub = _to_hub_layout(ref.state_dict())
     assert "audio_spectrogram_transformer.encoder.layer.0.attention.attention.query.weight" in hub
     ours = from_ast_state_dict(hub, cfg.to_dict(), "hf:test/ast")
@@ -123,7 +107,7 @@ def test_load_backbone_timm_source_goes_through_timm(monkeypatch: pytest.MonkeyP
     import timm
 
     ref = TimmViT(img_size=(32, 64), patch_size=16, embed_dim=32, depth=1, num_heads=2)
-    _randomise(ref, seed=4)
+    randomise_module(ref, seed=4)
     calls = []
 
     def fake_create_model(name: str, **kwargs: object) -> TimmViT:
@@ -148,16 +132,7 @@ def test_load_backbone_hf_source_reads_the_hub_files(
     """``hf:<repo>`` downloads config.json + model.safetensors (hub layout) and converts them."""
     import huggingface_hub
 
-    cfg = ASTConfig(
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_length=64,
-        num_mel_bins=32,
-    )
-    ref = ASTModel(cfg).eval()
-    _randomise(ref, seed=5)
+    cfg, ref = tiny_ast(seed=5)
     (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
     save_file(
         {k: v.contiguous() for k, v in _to_hub_layout(ref.state_dict()).items()},

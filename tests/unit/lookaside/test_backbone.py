@@ -16,6 +16,7 @@ from lookaside.backbone import BackboneConfig, VisionTransformer, grid_tokens, r
 from lookaside.backbone_convert import adapt_input_conv, timm_config
 from lookaside.backbones import PRESETS, build_random, load_backbone, save_backbone
 from lookaside.errors import ConfigError, WeightLoadError
+from tests.support import tiny_ast
 
 
 def test_frozen_by_construction(tiny_backbone: VisionTransformer) -> None:
@@ -97,17 +98,7 @@ def test_save_and_load_file_round_trip(tmp_path: Path, tiny_deit: VisionTransfor
 
 
 def test_load_ast_file_needs_its_config(tmp_path: Path) -> None:
-    from transformers import ASTConfig, ASTModel
-
-    cfg = ASTConfig(
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_length=64,
-        num_mel_bins=32,
-    )
-    ref = ASTModel(cfg)
+    cfg, ref = tiny_ast(seed=6)
     path = tmp_path / "model.safetensors"
     save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(path))
     with pytest.raises(WeightLoadError, match="config.json"):
