@@ -118,6 +118,14 @@ class StackedSite(nn.Module):
         """Fresh-adapter initialisation of one slot (default: all zeros)."""
         self.clear_slot(index)
 
+    @staticmethod
+    def uniform_slot(
+        param: nn.Parameter, index: int, bound: float, generator: torch.Generator
+    ) -> None:
+        """Fill slot ``index`` of ``param`` with U(-bound, bound) drawn from ``generator``."""
+        with torch.no_grad():
+            param[index].copy_((torch.rand(param.shape[1:], generator=generator) * 2 - 1) * bound)
+
     def load_slot(self, index: int, tensors: Mapping[str, Tensor]) -> None:
         """Copy one adapter's tensors (no slot dimension) into slot ``index``."""
         with torch.no_grad():

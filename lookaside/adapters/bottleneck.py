@@ -49,11 +49,7 @@ class BottleneckSite(StackedSite):
     def init_slot(self, index: int, generator: torch.Generator) -> None:
         """Kaiming-uniform down projection (as nn.Linear/Conv2d); zero up projection and biases."""
         self.clear_slot(index)
-        fan_in = self.down.shape[1]
-        bound = 1.0 / math.sqrt(fan_in)
-        with torch.no_grad():
-            init = (torch.rand(self.down.shape[1:], generator=generator) * 2 - 1) * bound
-            self.down[index].copy_(init)
+        self.uniform_slot(self.down, index, 1.0 / math.sqrt(self.down.shape[1]), generator)
 
     def forward(self, x: Tensor, index: SlotIndex, layout: TokenLayout) -> Tensor:
         h = F.gelu(grid_conv(x, self.down, self.down_bias, index, layout, self.kernel))

@@ -52,11 +52,9 @@ class ConvpassSite(StackedSite):
     def init_slot(self, index: int, generator: torch.Generator) -> None:
         """Xavier-uniform down and conv (conv plus identity at the centre tap), zero up."""
         self.clear_slot(index)
+        for p in (self.down, self.conv):
+            self.uniform_slot(p, index, math.sqrt(6.0 / (p.shape[1] + p.shape[2])), generator)
         with torch.no_grad():
-            for p in (self.down, self.conv):
-                fan_in, fan_out = p.shape[1], p.shape[2]
-                bound = math.sqrt(6.0 / (fan_in + fan_out))
-                p[index].copy_((torch.rand(p.shape[1:], generator=generator) * 2 - 1) * bound)
             rank = self.conv.shape[2]
             centre = (CONV_KERNEL[0] // 2) * CONV_KERNEL[1] + CONV_KERNEL[1] // 2
             self.conv[index, centre * rank : (centre + 1) * rank] += torch.eye(rank)

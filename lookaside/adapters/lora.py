@@ -42,9 +42,8 @@ class LoraQVSite(StackedSite):
         """A ~ Kaiming-uniform(a=sqrt(5)) as nn.Linear, B = 0."""
         self.clear_slot(index)
         bound = 1.0 / math.sqrt(self.q_a.shape[1])
-        with torch.no_grad():
-            for a in (self.q_a, self.v_a):
-                a[index].copy_((torch.rand(a.shape[1:], generator=generator) * 2 - 1) * bound)
+        for a in (self.q_a, self.v_a):
+            self.uniform_slot(a, index, bound, generator)
 
     def forward(self, x: Tensor, index: SlotIndex, layout: TokenLayout) -> Tensor:
         dq = rows_linear(rows_linear(x, self.q_a, None, index), self.q_b, None, index)

@@ -73,9 +73,8 @@ class _ExpertsSite(StackedSite):
         """Router and down projections random (Kaiming-uniform bound), up projections zero."""
         self.clear_slot(index)
         bound = 1.0 / math.sqrt(self.down.shape[2])
-        with torch.no_grad():
-            for p in (self.router, self.down):
-                p[index].copy_((torch.rand(p.shape[1:], generator=generator) * 2 - 1) * bound)
+        for p in (self.router, self.down):
+            self.uniform_slot(p, index, bound, generator)
 
 
 class DenseMoaSite(_ExpertsSite):

@@ -41,10 +41,7 @@ class PromptSite(StackedSite):
         """VPT's uniform init with bound sqrt(6 / (patch_area + D))."""
         dim = self.prompts.shape[2]
         bound = math.sqrt(6.0 / (self.patch_size * self.patch_size + dim))
-        with torch.no_grad():
-            self.prompts[index].copy_(
-                (torch.rand(self.prompts.shape[1:], generator=generator) * 2 - 1) * bound
-            )
+        self.uniform_slot(self.prompts, index, bound, generator)
 
     def forward(self, x: Tensor, index: SlotIndex, layout: TokenLayout) -> Tensor:
         return rows_gather(self.prompts, index, x.shape[0]).to(x.dtype)
