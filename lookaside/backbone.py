@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Literal
 
@@ -412,8 +411,3 @@ def grid_tokens(num_frames: int, cfg: BackboneConfig, num_mel_bins: int = 128) -
     """Number of patch tokens for a clip of ``num_frames`` frames (e.g. 512 -> 256 for ViT-B/16)."""
     f, t = cfg.grid_for(num_mel_bins, num_frames)
     return f * t
-
-
-def param_ratio(trainable: int, backbone_params: int) -> float:
-    """Trainable parameters as a percentage of the backbone's."""
-    return 100.0 * trainable / backbone_params if backbone_params else math.nan
