@@ -7,7 +7,7 @@ as in AST (Gong et al., 2021): patches cut from the (frequency x time) image giv
 ``(F, T)`` that every adapter site is told about.
 
 Adapter sites are written out in :meth:`Block.forward`, not installed as hooks. Each site asks the
-batch's :class:`~lookaside.adapters.base.RowRoute` for a contribution; the route knows which adapter
+batch's :class:`~lookaside.sites.Route` for a contribution; the route knows which adapter
 every row uses, so one pass serves a batch whose rows use different adapters. With ``route=None``
 the forward is the plain ViT. Token layout: ``[prefix (CLS[, DIST]) | prompts | grid F*T]``, the
 grid in row-major order (time varies fastest), matching timm's ``flatten(2)`` of the patch conv.
@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -29,31 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from lookaside.errors import ConfigError
-
-if TYPE_CHECKING:
-    from lookaside.adapters.base import RowRoute
-
-SitePosition = Literal[
-    "tokens", "attn.qkv", "attn.parallel", "attn.post", "ffn.parallel", "ffn.post"
-]
-"""Where an adapter can act inside a block.
-
-- ``tokens``: rewrites the prompt tokens before the block (deep prompt tuning).
-- ``attn.qkv``: adds to the qkv projection of the normed input (LoRA on q and v).
-- ``attn.parallel`` / ``ffn.parallel``: adds ``f(h)`` to the sub-layer output, ``h`` the sub-layer
-  input (after its LayerNorm): Houlsby/Pfeiffer parallel adapters, LoAA, MoA, Convpass, AAT MLP.
-- ``attn.post`` / ``ffn.post``: adds ``f(y)`` to the sub-layer output ``y`` (an adapter after the
-  sub-layer with its own shortcut: AAT's spatial adapter).
-"""
-
-SITE_POSITIONS: tuple[SitePosition, ...] = (
-    "tokens",
-    "attn.qkv",
-    "attn.parallel",
-    "attn.post",
-    "ffn.parallel",
-    "ffn.post",
-)
+from lookaside.sites import Route, SitePosition, TokenLayout
 
 
 class BackboneConfig(BaseModel):
@@ -129,29 +104,6 @@ class BackboneConfig(BaseModel):
     def grid_is_tiled(self) -> bool:
         """True when patches do not overlap, so tokens sit on a true time-frequency grid."""
         return self.patch_stride == (self.patch_size, self.patch_size)
-
-
-class TokenLayout(BaseModel):
-    """Where the tokens of one forward pass sit; handed to every adapter site."""
-
-    model_config = ConfigDict(frozen=True)
-
-    num_prefix: int
-    """Special tokens first in the sequence (CLS[, DIST])."""
-    num_prompts: int
-    """Prompt tokens after the prefix (0 unless the batch uses prompt tuning)."""
-    grid: tuple[int, int]
-    """(F, T): frequency rows and time columns of the patch tokens that follow."""
-
-    @property
-    def num_special(self) -> int:
-        """Tokens with no grid position (prefix and prompts)."""
-        return self.num_prefix + self.num_prompts
-
-    @property
-    def num_tokens(self) -> int:
-        """Sequence length."""
-        return self.num_special + self.grid[0] * self.grid[1]
 
 
 def resample_pos_embed(
@@ -242,7 +194,7 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
         self.mlp = Mlp(cfg)
 
-    def forward(self, x: Tensor, route: RowRoute | None, layout: TokenLayout) -> Tensor:
+    def forward(self, x: Tensor, route: Route | None, layout: TokenLayout) -> Tensor:
         if route is None:
             x = x + self.attn(self.norm1(x))
             return x + self.mlp(self.norm2(x))
@@ -261,7 +213,6 @@ class Block(nn.Module):
         h = self.norm2(x)
         y = self.mlp(h)
         y = site("ffn.parallel", h, y)
-        y = site("ffn.post", y, y)
         return x + y
 
 
@@ -377,7 +328,7 @@ class VisionTransformer(nn.Module):
         return x, layout
 
     def forward_features(
-        self, spec: Tensor, route: RowRoute | None = None
+        self, spec: Tensor, route: Route | None = None
     ) -> tuple[Tensor, TokenLayout]:
         """Tokens after the final norm, ``[B, L, D]``, and their layout.
 
@@ -395,7 +346,7 @@ class VisionTransformer(nn.Module):
             x = block(x, route, layout)
         return self.norm(x), layout
 
-    def forward(self, spec: Tensor, route: RowRoute | None = None) -> Tensor:
+    def forward(self, spec: Tensor, route: Route | None = None) -> Tensor:
         """AST-style pooled embedding (mean of the prefix tokens), ``[B, D]``."""
         x, layout = self.forward_features(spec, route)
         return x[:, : layout.num_prefix].mean(dim=1)

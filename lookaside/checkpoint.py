@@ -53,7 +53,8 @@ from torch import Tensor
 from lookaside import __version__
 from lookaside.adapters import ADAPTERS, get_method
 from lookaside.adapters.bank import AdapterBank, tensor_problems
-from lookaside.adapters.base import AdapterConfig, HeadConfig
+from lookaside.adapters.base import AdapterConfig
+from lookaside.adapters.head import HeadConfig
 from lookaside.backbone import BackboneConfig, VisionTransformer
 from lookaside.errors import ConfigError, IncompatibleBackbone, InvalidCheckpoint
 from lookaside.features import FeatureConfig

@@ -10,14 +10,16 @@ from __future__ import annotations
 import re
 
 from lookaside.adapters.aat import AAT
-from lookaside.adapters.base import AdapterConfig, AdapterMethod, HeadConfig, RowRoute
+from lookaside.adapters.base import AdapterConfig, AdapterMethod
 from lookaside.adapters.bottleneck import BOTTLENECK
 from lookaside.adapters.convpass import CONVPASS
+from lookaside.adapters.head import HeadConfig
 from lookaside.adapters.linear import LINEAR
 from lookaside.adapters.loaa import LOAA
 from lookaside.adapters.lora import LORA
 from lookaside.adapters.moa import DENSE_MOA, SOFT_MOA
 from lookaside.adapters.prompt import PROMPT
+from lookaside.adapters.route import RowRoute
 from lookaside.errors import ConfigError
 
 __all__ = ["ADAPTERS", "AdapterConfig", "AdapterMethod", "HeadConfig", "RowRoute", "get_method"]

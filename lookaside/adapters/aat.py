@@ -13,7 +13,8 @@ from pydantic import Field
 
 from lookaside.adapters.base import AdapterConfig, AdapterMethod, StackedSite
 from lookaside.adapters.bottleneck import BottleneckSite
-from lookaside.backbone import BackboneConfig, SitePosition
+from lookaside.backbone import BackboneConfig
+from lookaside.sites import SitePosition
 
 
 class AatConfig(AdapterConfig):

@@ -18,18 +18,13 @@ import torch
 from torch import Tensor, nn
 
 from lookaside.adapters import get_method
-from lookaside.adapters.base import (
-    AdapterConfig,
-    AdapterHead,
-    AdapterMethod,
-    AdapterStack,
-    HeadConfig,
-    RouteGroup,
-    RowRoute,
-)
-from lookaside.adapters.ops import SlotIndex
-from lookaside.backbone import BackboneConfig, TokenLayout
+from lookaside.adapters.base import AdapterConfig, AdapterMethod
+from lookaside.adapters.head import AdapterHead, HeadConfig
+from lookaside.adapters.route import RouteGroup, RowRoute, SlotIndex
+from lookaside.adapters.stack import AdapterStack
+from lookaside.backbone import BackboneConfig
 from lookaside.errors import AdapterNotFound, ConfigError, InvalidCheckpoint
+from lookaside.sites import TokenLayout
 
 HEAD_PREFIX = "head."
 

@@ -18,8 +18,10 @@ from pydantic import Field
 from torch import Tensor
 
 from lookaside.adapters.base import AdapterConfig, AdapterMethod, StackedSite, SubLayers
-from lookaside.adapters.ops import SlotIndex, grid_conv
-from lookaside.backbone import BackboneConfig, SitePosition, TokenLayout
+from lookaside.adapters.ops import grid_conv
+from lookaside.adapters.route import SlotIndex
+from lookaside.backbone import BackboneConfig
+from lookaside.sites import SitePosition, TokenLayout
 
 
 class BottleneckSite(StackedSite):

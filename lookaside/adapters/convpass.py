@@ -17,9 +17,11 @@ from pydantic import Field
 from torch import Tensor
 
 from lookaside.adapters.base import AdapterConfig, AdapterMethod, StackedSite, SubLayers
-from lookaside.adapters.ops import SlotIndex, grid_conv, rows_linear
-from lookaside.backbone import BackboneConfig, SitePosition, TokenLayout
+from lookaside.adapters.ops import grid_conv, rows_linear
+from lookaside.adapters.route import SlotIndex
+from lookaside.backbone import BackboneConfig
 from lookaside.errors import ConfigError
+from lookaside.sites import SitePosition, TokenLayout
 
 CONV_KERNEL = (3, 3)
 

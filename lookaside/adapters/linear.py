@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from lookaside.adapters.base import AdapterConfig, AdapterMethod, StackedSite
-from lookaside.backbone import BackboneConfig, SitePosition
+from lookaside.backbone import BackboneConfig
+from lookaside.sites import SitePosition
 
 
 class LinearConfig(AdapterConfig):

@@ -19,8 +19,9 @@ from pydantic import Field, field_validator
 
 from lookaside.adapters.base import AdapterConfig, AdapterMethod, StackedSite, SubLayer
 from lookaside.adapters.bottleneck import BottleneckSite
-from lookaside.backbone import BackboneConfig, SitePosition
+from lookaside.backbone import BackboneConfig
 from lookaside.errors import ConfigError
+from lookaside.sites import SitePosition
 
 Kernel = Literal["T", "F", "L"]
 KERNELS: dict[str, tuple[int, int]] = {"T": (1, 3), "F": (3, 1), "L": (1, 1)}

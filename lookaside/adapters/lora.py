@@ -14,8 +14,10 @@ from pydantic import Field
 from torch import Tensor
 
 from lookaside.adapters.base import AdapterConfig, AdapterMethod, StackedSite
-from lookaside.adapters.ops import SlotIndex, rows_linear
-from lookaside.backbone import BackboneConfig, SitePosition, TokenLayout
+from lookaside.adapters.ops import rows_linear
+from lookaside.adapters.route import SlotIndex
+from lookaside.backbone import BackboneConfig
+from lookaside.sites import SitePosition, TokenLayout
 
 
 class LoraConfig(AdapterConfig):

@@ -25,8 +25,10 @@ from pydantic import Field
 from torch import Tensor
 
 from lookaside.adapters.base import AdapterConfig, AdapterMethod, StackedSite, SubLayers
-from lookaside.adapters.ops import SlotIndex, rows_gather, rows_linear
-from lookaside.backbone import BackboneConfig, SitePosition, TokenLayout
+from lookaside.adapters.ops import rows_gather, rows_linear
+from lookaside.adapters.route import SlotIndex
+from lookaside.backbone import BackboneConfig
+from lookaside.sites import SitePosition, TokenLayout
 
 
 class MoaConfig(AdapterConfig):

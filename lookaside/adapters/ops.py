@@ -10,36 +10,12 @@ each row uses. Three execution paths give the same numbers (tests compare them):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lookaside.backbone import TokenLayout
-
-
-@dataclass(frozen=True)
-class SlotIndex:
-    """Which stacked slot each row of a group uses.
-
-    Attributes:
-        slots: ``[n]`` int64 slot per row, on the compute device.
-        uniform: the slot when every row uses the same one (lets kernels skip the gather).
-    """
-
-    slots: Tensor
-    uniform: int | None
-
-    @staticmethod
-    def of(slots: list[int], device: torch.device) -> SlotIndex:
-        """Build from a Python list (one host->device copy per batch and group)."""
-        uniform = slots[0] if slots and all(s == slots[0] for s in slots) else None
-        return SlotIndex(torch.tensor(slots, dtype=torch.long, device=device), uniform)
-
-    def take(self, stacked: Tensor) -> Tensor:
-        """``stacked[slot]`` (uniform: one slot, no batch dim) or ``stacked[slots]`` (per row)."""
-        return stacked[self.uniform] if self.uniform is not None else stacked[self.slots]
+from lookaside.adapters.route import SlotIndex
+from lookaside.sites import TokenLayout
 
 
 def rows_linear(x: Tensor, weight: Tensor, bias: Tensor | None, index: SlotIndex) -> Tensor:

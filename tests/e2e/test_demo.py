@@ -14,7 +14,7 @@ ROOT = Path(__file__).parents[2]
 def test_demo_trains_saves_reloads_and_classifies_a_mixed_batch() -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "LOOKASIDE_BACKBONE": "random:test_vit"}
     proc = subprocess.run(
-        [sys.executable, "-m", "lookaside.demo"],
+        [sys.executable, "-m", "examples.offline_demo"],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -78,8 +78,10 @@ def _undocumented_fields(cls: type) -> list[str]:
 def test_every_config_field_is_documented() -> None:
     """Config classes document each field with an attribute docstring (vLLM style)."""
     from lookaside.adapters import ADAPTERS
-    from lookaside.adapters.base import AdapterConfig, HeadConfig
-    from lookaside.backbone import BackboneConfig, TokenLayout
+    from lookaside.adapters.base import AdapterConfig
+    from lookaside.adapters.head import HeadConfig
+    from lookaside.backbone import BackboneConfig
+    from lookaside.sites import TokenLayout
 
     roots = [BackboneConfig, TokenLayout, HeadConfig, AdapterConfig]
     roots += [m.config_cls for m in ADAPTERS.values()]

@@ -18,16 +18,19 @@ from torch import Tensor
 
 from lookaside.adapters import ADAPTERS, HeadConfig
 from lookaside.adapters.bank import AdapterBank
-from lookaside.adapters.base import AdapterStack, StackedSite
+from lookaside.adapters.base import StackedSite
 from lookaside.adapters.bottleneck import BottleneckSite
 from lookaside.adapters.convpass import CONV_KERNEL, ConvpassSite
 from lookaside.adapters.lora import LoraQVSite
 from lookaside.adapters.moa import DenseMoaSite, SoftMoaSite
-from lookaside.adapters.ops import SlotIndex, grid_conv_reference
+from lookaside.adapters.ops import grid_conv_reference
 from lookaside.adapters.prompt import PromptSite
-from lookaside.backbone import TokenLayout, VisionTransformer
+from lookaside.adapters.route import SlotIndex
+from lookaside.adapters.stack import AdapterStack
+from lookaside.backbone import VisionTransformer
 from lookaside.errors import InvalidCheckpoint
 from lookaside.model import MultiAdapterModel
+from lookaside.sites import TokenLayout
 from tests.support import randomise
 
 TOL = 1e-5

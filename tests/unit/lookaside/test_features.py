@@ -14,13 +14,13 @@ import soundfile as sf
 import torch
 from transformers import ASTFeatureExtractor
 
+from lookaside.decode import decode_audio
 from lookaside.errors import BadAudio, ConfigError
 from lookaside.features import (
     AUDIOSET_MEAN,
     AUDIOSET_STD,
     FeatureConfig,
     SpecAugment,
-    decode_audio,
     extract,
     extract_windows,
     fbank,

@@ -13,7 +13,7 @@ from lookaside.adapters.ops import (
     rows_linear,
     rows_linear_reference,
 )
-from lookaside.backbone import TokenLayout
+from lookaside.sites import TokenLayout
 
 
 @pytest.mark.parametrize("slots", [[0, 0, 0, 0], [2, 0, 1, 2], [1]])

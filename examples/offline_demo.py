@@ -1,7 +1,7 @@
 """Offline end-to-end demo of what Lookaside does, on this machine, with no downloads.
 
-    python -m lookaside.demo   # (make demo) random-weight tiny backbone, ~30 s on 2 CPUs
-    LOOKASIDE_BACKBONE=timm:vit_base_patch16_224.augreg_in21k python -m lookaside.demo
+    python -m examples.offline_demo   # (make demo) random-weight tiny backbone, ~30 s on 2 CPUs
+    LOOKASIDE_BACKBONE=timm:vit_base_patch16_224.augreg_in21k python -m examples.offline_demo
 
 1. Synthesise two labelled tasks as 44.1 kHz stereo WAV files: "sound type" (tone / noise /
    chirp) and "pitch" (low / high tone).
@@ -34,7 +34,8 @@ from lookaside.adapters.bank import AdapterBank
 from lookaside.backbone import VisionTransformer
 from lookaside.backbones import load_backbone
 from lookaside.checkpoint import AdapterCheckpoint, load_checkpoint
-from lookaside.features import FeatureConfig, decode_audio, extract
+from lookaside.decode import decode_audio
+from lookaside.features import FeatureConfig, extract
 from lookaside.model import MultiAdapterModel
 
 SOURCE_RATE = 44_100
