@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import (
@@ -52,12 +52,15 @@ from torch import Tensor
 
 from lookaside import __version__
 from lookaside.adapters import ADAPTERS, get_method
-from lookaside.adapters.bank import AdapterBank, tensor_problems
 from lookaside.adapters.base import AdapterConfig
 from lookaside.adapters.head import HeadConfig
 from lookaside.backbone import BackboneConfig, VisionTransformer
+from lookaside.checkpoint.validate import tensor_problems
 from lookaside.errors import ConfigError, IncompatibleBackbone, InvalidCheckpoint
 from lookaside.features import FeatureConfig
+
+if TYPE_CHECKING:
+    from lookaside.adapters.bank import AdapterBank
 
 __all__ = [
     "FORMAT_VERSION",
@@ -516,6 +519,8 @@ def _check_backbone(manifest: AdapterManifest, backbone: VisionTransformer) -> N
 def _expected_shapes(
     manifest: AdapterManifest, backbone_cfg: BackboneConfig
 ) -> dict[str, tuple[int, ...]]:
+    from lookaside.adapters.bank import AdapterBank  # temporary: replaced by meta-device shapes
+
     try:
         return AdapterBank(backbone_cfg).expected_shapes(
             manifest.method, manifest.config, manifest.head_config()
