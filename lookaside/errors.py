@@ -45,3 +45,12 @@ class AdapterNotFound(LookasideError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable.
         return str(self.args[0]) if self.args else ""
+
+
+class BankFull(LookasideError):
+    """A stack of the adapter bank has no free slot; the message says how to raise its capacity.
+
+    Capacity never grows implicitly (a growth re-allocates every slot under whatever batch is
+    running): build the bank with ``AdapterBank(capacity=...)``, call ``bank.grow(...)`` between
+    batches, or remove an adapter.
+    """

@@ -26,6 +26,12 @@ from lookaside.sites import SitePosition, TokenLayout
 SubLayer = Literal["attn", "ffn"]
 
 
+def _some_layers(v: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    if v is not None and not v:
+        raise ValueError("layers must name at least one block, or be null for every block")
+    return v
+
+
 def _unique_sublayers(v: tuple[SubLayer, ...]) -> tuple[SubLayer, ...]:
     if not v or len(set(v)) != len(v):
         raise ValueError("sites must name 'attn' and/or 'ffn', each once")
@@ -41,7 +47,7 @@ class AdapterConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    layers: tuple[int, ...] | None = None
+    layers: Annotated[tuple[int, ...] | None, AfterValidator(_some_layers)] = None
     """Blocks that get the adapter (None: every block)."""
 
     def block_indices(self, depth: int) -> tuple[int, ...]:
@@ -52,6 +58,10 @@ class AdapterConfig(BaseModel):
         if bad:
             raise ConfigError(f"layers {bad} do not exist in a {depth}-block backbone")
         return tuple(sorted(set(self.layers)))
+
+    def first_layer(self, depth: int) -> int:
+        """The first block this config adapts (prompt tokens are inserted just before it)."""
+        return self.block_indices(depth)[0]
 
     def num_prompts(self) -> int:
         """Prompt tokens this adapter inserts (only prompt tuning inserts any)."""
@@ -108,7 +118,11 @@ class StackedSite(nn.Module):
         return {name: tuple(p.shape[1:]) for name, p in self.named_parameters(recurse=False)}
 
     def resize(self, num_slots: int) -> None:
-        """Re-allocate with more slots, keeping the existing ones."""
+        """Re-allocate with more slots, keeping the existing ones.
+
+        This replaces every parameter: only the bank calls it (``AdapterBank.grow``), between
+        batches and never on a trainable bank (an optimiser would keep updating the old ones).
+        """
         for name, param in list(self.named_parameters(recurse=False)):
             grown = param.new_zeros(num_slots, *param.shape[1:])
             grown[: self.num_slots] = param.detach()

@@ -59,7 +59,9 @@ class ConvpassSite(StackedSite):
         with torch.no_grad():
             rank = self.conv.shape[2]
             centre = (CONV_KERNEL[0] // 2) * CONV_KERNEL[1] + CONV_KERNEL[1] // 2
-            self.conv[index, centre * rank : (centre + 1) * rank] += torch.eye(rank)
+            self.conv[index, centre * rank : (centre + 1) * rank] += torch.eye(
+                rank, device=self.conv.device, dtype=self.conv.dtype
+            )
 
     def forward(self, x: Tensor, index: SlotIndex, layout: TokenLayout) -> Tensor:
         h = F.gelu(rows_linear(x, self.down, self.down_bias, index))

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from lookaside.sites import TokenLayout
+
+HEAD_INIT_STD = 0.02
+"""Std of the truncated-normal init of the head's weight (timm's ``head`` init)."""
 
 
 class HeadConfig(BaseModel):
@@ -23,17 +27,51 @@ class HeadConfig(BaseModel):
     multi_label: bool = False
     """Sigmoid per class (multi-label) instead of a softmax over classes."""
 
+    def shapes(self, embed_dim: int) -> dict[str, tuple[int, ...]]:
+        """Tensor names (as in the head's state dict) and shapes, by arithmetic (no allocation)."""
+        return {
+            "norm.weight": (embed_dim,),
+            "norm.bias": (embed_dim,),
+            "fc.weight": (self.num_classes, embed_dim),
+            "fc.bias": (self.num_classes,),
+        }
+
 
 class AdapterHead(nn.Module):
-    """LayerNorm + Linear, as AST's MLP head; one per adapter (class counts differ)."""
+    """LayerNorm + Linear, as AST's MLP head; one per adapter (class counts differ).
 
-    def __init__(self, cfg: HeadConfig, embed_dim: int) -> None:
+    Built without touching the global random generator (the modules are created on the ``meta``
+    device and then materialised): a fresh head's weights come from ``generator`` alone, so the
+    same seed gives the same head whatever else the process drew.
+    """
+
+    def __init__(
+        self,
+        cfg: HeadConfig,
+        embed_dim: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        generator: torch.Generator | None = None,
+    ) -> None:
         super().__init__()
         self.cfg = cfg
-        self.norm = nn.LayerNorm(embed_dim)
-        self.fc = nn.Linear(embed_dim, cfg.num_classes)
-        nn.init.trunc_normal_(self.fc.weight, std=0.02)
-        nn.init.zeros_(self.fc.bias)
+        with torch.device("meta"):
+            self.norm = nn.LayerNorm(embed_dim, dtype=dtype)
+            self.fc = nn.Linear(embed_dim, cfg.num_classes, dtype=dtype)
+        self.to_empty(device=device if device is not None else "cpu")
+        self.reset_parameters(generator if generator is not None else torch.Generator())
+
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        """Fresh init: identity LayerNorm, truncated-normal weight (drawn on the CPU from
+        ``generator``, then copied to the head's device), zero bias."""
+        with torch.no_grad():
+            self.norm.weight.fill_(1.0)
+            self.norm.bias.zero_()
+            weight = torch.empty(self.fc.weight.shape)
+            nn.init.trunc_normal_(weight, std=HEAD_INIT_STD, generator=generator)
+            self.fc.weight.copy_(weight)
+            self.fc.bias.zero_()
 
     def pool(self, tokens: Tensor, layout: TokenLayout) -> Tensor:
         """``[n, L, D]`` -> ``[n, D]`` by the configured pooling."""

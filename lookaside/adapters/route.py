@@ -2,12 +2,16 @@
 
 A :class:`RowRoute` is built once per batch by the adapter bank and passed explicitly through the
 backbone forward (it implements :class:`lookaside.sites.Route`): there is no "active adapter"
-state anywhere.
+state anywhere. A route *holds* the slots it reads: the bank reuses a removed adapter's slot only
+after every route holding it is released (:meth:`RowRoute.release`, or ``with bank.route(ids)``).
 """
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import TYPE_CHECKING
 
 import torch
@@ -16,7 +20,17 @@ from torch import Tensor
 from lookaside.sites import SitePosition, TokenLayout
 
 if TYPE_CHECKING:
+    from lookaside.adapters.head import AdapterHead
     from lookaside.adapters.stack import AdapterStack
+
+
+def index_tensor(values: list[int], device: torch.device) -> Tensor:
+    """An int64 index on ``device``; on CUDA built in pinned memory and copied non-blocking, so
+    the host can prepare the next batch while the device still runs this one."""
+    if device.type == "cuda":
+        host = torch.tensor(values, dtype=torch.long, pin_memory=True)
+        return host.to(device, non_blocking=True)
+    return torch.tensor(values, dtype=torch.long, device=device)
 
 
 @dataclass(frozen=True)
@@ -35,7 +49,7 @@ class SlotIndex:
     def of(slots: list[int], device: torch.device) -> SlotIndex:
         """Build from a Python list (one host->device copy per batch and group)."""
         uniform = slots[0] if slots and all(s == slots[0] for s in slots) else None
-        return SlotIndex(torch.tensor(slots, dtype=torch.long, device=device), uniform)
+        return SlotIndex(index_tensor(slots, device), uniform)
 
     def take(self, stacked: Tensor) -> Tensor:
         """``stacked[slot]`` (uniform: one slot, no batch dim) or ``stacked[slots]`` (per row)."""
@@ -65,6 +79,45 @@ class RowRoute:
     num_prompts: int = 0
     prompt_start: int = 0
     """First block that writes prompts (the backbone inserts prompt tokens just before it)."""
+    heads: dict[str, AdapterHead] = field(default_factory=dict)
+    """The head of every adapter the route uses, as it was when the route was built (a head
+    removed from the bank meanwhile stays alive here until the route is dropped)."""
+    _release: weakref.finalize[[], RowRoute] | None = field(default=None, repr=False)
+    _on_release: Callable[[], None] | None = field(default=None, repr=False)
+
+    def hold(self, release: Callable[[], None], on_collect: Callable[[], None]) -> None:
+        """Bank use: ``release`` runs on :meth:`release`; ``on_collect`` if the route is garbage
+        collected without being released (a safety net that never takes a lock)."""
+        finalizer = weakref.finalize(self, on_collect)
+        finalizer.atexit = False
+        self._release = finalizer
+        self._on_release = release
+
+    def release(self) -> None:
+        """Give the held slots back to the bank (idempotent; any thread)."""
+        finalizer = self._release
+        if (
+            finalizer is not None
+            and finalizer.detach() is not None
+            and self._on_release is not None
+        ):
+            self._on_release()
+
+    @property
+    def released(self) -> bool:
+        """True once released (or when the route never held anything)."""
+        return self._release is None or not self._release.alive
+
+    def __enter__(self) -> RowRoute:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
 
     def add_to(
         self, layer: int, position: SitePosition, x: Tensor, out: Tensor, layout: TokenLayout
@@ -82,6 +135,11 @@ class RowRoute:
         for g in self.groups:
             site = g.stack.site(layer, position)
             if site is None:
+                continue
+            add_into = getattr(site, "add_into", None)
+            if add_into is not None:  # the site writes only the columns it changes (LoRA: q, v)
+                xs = x if g.rows is None else x.index_select(0, g.rows)
+                out = add_into(out, xs, g.index, g.rows, inplace)
                 continue
             # Under autocast a site may return float32 (softmax, reductions) into a bf16 stream.
             if g.rows is None:

@@ -49,11 +49,11 @@ class AdapterStack(nn.Module):
             for (layer, pos), site in sorted(self._lookup.items())
         ]
 
-    def init_slot(self, index: int, seed: int) -> None:
-        """Fresh initialisation of one slot (the method's paper init)."""
-        gen = torch.Generator().manual_seed(seed)
+    def init_slot(self, index: int, generator: torch.Generator) -> None:
+        """Fresh initialisation of one slot (the method's paper init), drawn from ``generator``
+        (a CPU generator: values are drawn on the host and copied to the stack's device)."""
         for _, site in self.named_sites():
-            site.init_slot(index, gen)
+            site.init_slot(index, generator)
 
     def load_slot(self, index: int, tensors: Mapping[str, Tensor]) -> None:
         """Load ``blocks.<i>.<position>.<param>`` tensors into slot ``index``."""
@@ -79,6 +79,14 @@ class AdapterStack(nn.Module):
             out.update({f"{prefix}.{n}": s for n, s in site.slot_shapes().items()})
         return out
 
+    @staticmethod
+    def shapes_of(
+        method: AdapterMethod, config: AdapterConfig, backbone_cfg: BackboneConfig
+    ) -> dict[str, tuple[int, ...]]:
+        """:meth:`slot_shapes` of a stack that is never allocated (built on the meta device)."""
+        with torch.device("meta"):
+            return AdapterStack(method, config, backbone_cfg, 1).slot_shapes()
+
     def params_per_slot(self) -> int:
         """Trainable parameters of one adapter in this stack (heads excluded)."""
         total = 0
@@ -90,7 +98,7 @@ class AdapterStack(nn.Module):
         return total
 
     def resize(self, num_slots: int) -> None:
-        """Grow every site to ``num_slots`` slots."""
+        """Grow every site to ``num_slots`` slots (new parameters: see ``StackedSite.resize``)."""
         for _, site in self.named_sites():
             site.resize(num_slots)
         self.num_slots = num_slots

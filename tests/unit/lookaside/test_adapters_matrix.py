@@ -64,7 +64,7 @@ def test_every_registered_method_is_in_the_matrix() -> None:
 def make_model(
     backbone: VisionTransformer, adapters: dict[str, tuple[str, dict[str, object]]], slots: int = 2
 ) -> MultiAdapterModel:
-    bank = AdapterBank(backbone.cfg, slots_per_stack=slots)
+    bank = AdapterBank(backbone.cfg, capacity=slots)
     for i, (adapter_id, (method, cfg)) in enumerate(adapters.items()):
         bank.add(
             adapter_id,
@@ -181,7 +181,7 @@ def test_fresh_adapter_leaves_backbone_unchanged(
 def test_gradients_reach_only_adapter_and_head(
     method: str, tiny_backbone: VisionTransformer
 ) -> None:
-    bank = AdapterBank(tiny_backbone.cfg, slots_per_stack=1, trainable=True)
+    bank = AdapterBank(tiny_backbone.cfg, capacity=1, trainable=True)
     bank.add("t", method, CONFIGS[method][0], HeadConfig(num_classes=3), seed=1)
     model = MultiAdapterModel(tiny_backbone, bank)
     model.train()
@@ -416,7 +416,7 @@ def test_exported_tensors_are_copies(tiny_backbone: VisionTransformer) -> None:
 
 def test_add_remove_cycles_keep_memory_flat(tiny_backbone: VisionTransformer) -> None:
     """Unload frees everything: repeated upload/delete does not grow the bank."""
-    bank = AdapterBank(tiny_backbone.cfg, slots_per_stack=2)
+    bank = AdapterBank(tiny_backbone.cfg, capacity=2)
     bank.add("resident", "loaa", CONFIGS["loaa"][0], HeadConfig(num_classes=3))
     baseline = sum(p.numel() for p in bank.parameters())
     donor = make_model(tiny_backbone, {"x": ("soft_moa", CONFIGS["soft_moa"][0])}).bank
@@ -469,7 +469,7 @@ def test_bf16_bank_under_autocast(tiny_backbone: VisionTransformer) -> None:
     autocast keeps the per-row oracle (bf16 tolerance) and stays close to the fp32 result."""
     adapters = {f"{m}-{i}": (m, CONFIGS[m][0]) for i, m in enumerate(METHODS)}
     fp32 = make_model(tiny_backbone, adapters)
-    bank16 = AdapterBank(tiny_backbone.cfg, slots_per_stack=2, dtype=torch.bfloat16)
+    bank16 = AdapterBank(tiny_backbone.cfg, capacity=2, dtype=torch.bfloat16)
     for adapter_id, (method, cfg) in adapters.items():
         bank16.add(
             adapter_id,
