@@ -206,7 +206,7 @@ def _adapter_model(
     A server stores adapters in its compute dtype, so bf16 runs use a bf16 bank (no per-call
     weight casts); the frozen backbone is shared, never copied.
     """
-    bank = AdapterBank(backbone.cfg, slots_per_stack=8, device=device, dtype=dtype)
+    bank = AdapterBank(backbone.cfg, capacity=8, device=device, dtype=dtype)
     head = HeadConfig(num_classes=50)
     method, cfg = LOAA_2PCT
     for i in range(8):  # (a) uses loaa0 alone; (c) uses loaa0..loaa7 (one stack, 8 slots)
@@ -291,14 +291,14 @@ def suite_bank(device: torch.device, preset: str = DEFAULT_PRESET, count: int = 
     """Cost of loading adapters into the bank as it fills (it must not grow with the count).
 
     Each add validates and copies one ViT-B LoAA 2 % adapter (about 2M values) from host tensors
-    into a free slot; stacks start with 8 slots and double when full (the spikes).
+    into a free slot of a stack created with room for all of them (capacity is explicit).
     """
     backbone_cfg = PRESETS[preset]
-    donor = AdapterBank(backbone_cfg, slots_per_stack=1)
+    donor = AdapterBank(backbone_cfg, capacity=1)
     method, cfg = LOAA_2PCT
     donor.add("donor", method, cfg, HeadConfig(num_classes=50))
     tensors = donor.adapter_tensors("donor")
-    bank = AdapterBank(backbone_cfg, slots_per_stack=8, device=device)
+    bank = AdapterBank(backbone_cfg, capacity=count, device=device)
     times = []
     for i in range(count):
         start = time.perf_counter()

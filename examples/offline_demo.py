@@ -105,7 +105,7 @@ def train(
     backbone: VisionTransformer, task: Task, x: torch.Tensor, y: torch.Tensor, steps: int
 ) -> AdapterBank:
     """Train one fresh adapter + head (the trainer proper lives in ``training/``)."""
-    bank = AdapterBank(backbone.cfg, slots_per_stack=1, device=x.device, trainable=True)
+    bank = AdapterBank(backbone.cfg, capacity=1, device=x.device, trainable=True)
     bank.add(task.name, task.method, task.config, HeadConfig(num_classes=len(task.labels)))
     model = MultiAdapterModel(backbone, bank)
     optimizer = torch.optim.AdamW(bank.trainable_parameters(task.name), lr=2e-3, weight_decay=1e-4)
