@@ -1,0 +1,300 @@
+"""``create_app(settings)``: the FastAPI app, with everything built in its lifespan.
+
+Nothing is built at import. Startup, in order (``GET /readyz`` answers 503 with the current step
+until the end): load the backbone once (or take the injected one) -> start the engine worker ->
+open the store (removing what a crash left) -> load every adapter's active version up to the
+resident limit (through the registry) -> one warm-up batch per token grid in use -> ready.
+
+Shutdown (uvicorn stops accepting connections and waits for the requests in flight, then runs the
+lifespan's exit): new requests get 503 + Retry-After, the engine drains its queue and answers every
+job it accepted, then its worker stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any
+
+import torch
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from lookaside import __version__
+from lookaside.backbone import VisionTransformer
+from lookaside.backbones import load_backbone
+from lookaside.checkpoint import AdapterManifest
+from lookaside.errors import AdapterNotFound
+from service import errors
+from service.deps import AppState
+from service.engine import Engine
+from service.logging import RequestIdMiddleware
+from service.metrics import ServiceMetrics
+from service.routes import install_routes
+from service.settings import ServiceSettings
+
+log = logging.getLogger("service.app")
+
+DESCRIPTION = """\
+One frozen ViT backbone, many small audio adapters, served in mixed batches.
+
+* `POST /classify`: a clip (multipart `file`, or the raw body with `?adapter=`) through one or
+  more adapters (`adapter=esc50`, `esc50@2`, or `esc50,speech`); one result per adapter.
+  For clips longer than an adapter's window, `timeline` scores each window and the clip-level
+  `labels` are the mean of the window scores.
+* `GET /healthz`, `GET /readyz`, `GET /metrics` (Prometheus).
+* `/adapters`: upload, list, activate (rollback = activate an older version), delete;
+  mutating routes need `Authorization: Bearer <admin token>`.
+"""
+
+
+def create_app(settings: ServiceSettings, *, backbone: VisionTransformer | None = None) -> FastAPI:
+    """The app; the backbone (``backbone`` or ``settings.backbone``) is loaded in the lifespan."""
+    metrics = ServiceMetrics()
+    state = AppState(
+        settings=settings,
+        metrics=metrics,
+        featurize_pool=ThreadPoolExecutor(
+            settings.featurize_threads, thread_name_prefix="lookaside-featurize"
+        ),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await _start(state, backbone)
+        try:
+            yield
+        finally:
+            await _stop(state)
+
+    app = FastAPI(
+        title="Lookaside",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.lookaside = state
+    errors.install(app, retry_after_s=settings.retry_after_s)
+    install_routes(app)
+    app.add_middleware(_MetricsMiddleware, metrics=metrics)
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+async def _start(state: AppState, backbone: VisionTransformer | None) -> None:
+    settings = state.settings
+    started = time.perf_counter()
+    device = settings.torch_device()
+    state.reason = "loading the backbone"
+    if backbone is None:
+        backbone = await asyncio.to_thread(load_backbone, settings.backbone, device=device)
+    elif next(backbone.parameters()).device != device:
+        backbone = backbone.to(device)
+    backbone.requires_grad_(False).eval()
+    state.backbone = backbone
+    engine = Engine(
+        backbone,
+        device=device,
+        compute_dtype=settings.torch_dtype(),
+        max_batch_size=settings.max_batch_size,
+        max_wait_ms=settings.max_wait_ms,
+        queue_capacity=settings.queue_capacity,
+        mixing=settings.mixing == "on",
+        bank_capacity=settings.bank_capacity,
+        metrics=state.metrics,
+    )
+    engine.start()
+    state.engine = engine
+
+    state.reason = "opening the adapter store"
+    store = await asyncio.to_thread(_open_store, settings)
+    state.store = store
+
+    state.reason = "loading the active adapters"
+    state.registry = await _start_registry(state, store, engine, backbone)
+
+    if settings.warmup:
+        state.reason = "warming up"
+        await _warm_up(state, engine, backbone)
+    state.ready = True
+    state.reason = None
+    log.info(
+        "ready in %.1f s: backbone %s on %s (%s), %d adapters resident, %s",
+        time.perf_counter() - started,
+        settings.backbone if backbone.source == "random" else backbone.source,
+        device,
+        settings.dtype,
+        len(engine.resident()),
+        f"mixing {settings.mixing}",
+    )
+
+
+async def _stop(state: AppState) -> None:
+    state.shutting_down = True
+    state.ready = False
+    state.reason = "shutting down"
+    if state.engine is not None:
+        log.info("draining %d queued jobs", state.engine.queue_depth)
+        await asyncio.to_thread(state.engine.stop, drain=True)
+    close = getattr(state.registry, "close", None)
+    if close is not None:
+        result = close()
+        if asyncio.iscoroutine(result):
+            await result
+    state.featurize_pool.shutdown(wait=False, cancel_futures=True)
+    log.info("stopped")
+
+
+def _open_store(settings: ServiceSettings) -> Any:
+    from service.store import AdapterStore
+
+    store = AdapterStore(settings.store, max_weights_bytes=settings.max_upload_bytes)
+    removed = store.cleanup()
+    if removed:
+        log.warning("removed %d leftovers of an interrupted write: %s", len(removed), removed)
+    return store
+
+
+async def _start_registry(
+    state: AppState, store: Any, engine: Engine, backbone: VisionTransformer
+) -> Any:
+    """The registry (residency: LRU, pins, load on demand), with every active version up to the
+    resident limit preloaded; the startup-only fallback while ``service.registry`` is absent."""
+    try:
+        module = importlib.import_module("service.registry")
+    except ModuleNotFoundError as exc:
+        if exc.name != "service.registry":
+            raise
+        fallback = _ActiveVersions(store, engine, backbone, state.settings)
+        await fallback.start()
+        return fallback
+    settings = state.settings
+    registry = module.AdapterRegistry(
+        store,
+        engine,
+        backbone=backbone,
+        resident_limit=settings.max_resident_adapters,
+        pinned=settings.pinned,
+        events=state.metrics,
+    )
+    loaded = await registry.preload()
+    log.info("preloaded %d adapter versions: %s", len(loaded), ", ".join(loaded) or "none")
+    return registry
+
+
+async def _warm_up(state: AppState, engine: Engine, backbone: VisionTransformer) -> None:
+    """One batch per token grid in use, so the first request does not pay for lazy init."""
+    grids: dict[tuple[int, int], str | None] = {}
+    for adapter_id in engine.resident():
+        manifest = _manifest_of(state, adapter_id)
+        if manifest is not None:
+            f = manifest.features
+            grids.setdefault((f.target_frames, f.num_mel_bins), adapter_id)
+    if not grids:
+        grids[(backbone.cfg.num_frames, backbone.cfg.num_mel_bins)] = None
+    for (frames, mel), warm_id in grids.items():
+        fut = engine.submit(
+            torch.zeros(1, frames, mel), warm_id, request_id="warm-up", timeout_s=600.0
+        )
+        await asyncio.wrap_future(fut)
+    log.info("warmed up %d token grid(s): %s", len(grids), sorted(grids))
+
+
+def _manifest_of(state: AppState, adapter_id: str) -> AdapterManifest | None:
+    name, _, version = adapter_id.partition("@")
+    if not version.isdigit():
+        return None
+    try:
+        manifest = state.store.manifest(name, int(version))
+    except Exception:
+        return None
+    assert isinstance(manifest, AdapterManifest)
+    return manifest
+
+
+class _Lease:
+    def __init__(self, adapter_id: str, manifest: AdapterManifest) -> None:
+        self.adapter_id = adapter_id
+        self.manifest = manifest
+
+    def release(self) -> None:
+        pass
+
+
+class _ActiveVersions:
+    """Fallback while ``service.registry`` is absent: every active version loaded at startup
+    (up to the resident limit), no residency changes afterwards."""
+
+    def __init__(
+        self, store: Any, engine: Engine, backbone: VisionTransformer, settings: ServiceSettings
+    ) -> None:
+        self.store = store
+        self.engine = engine
+        self.backbone = backbone
+        self.limit = settings.max_resident_adapters
+        self.loaded: dict[str, AdapterManifest] = {}
+
+    async def start(self) -> None:
+        for name in self.store.names()[: self.limit]:
+            version = self.store.active(name)
+            if version is None:
+                continue
+            ckpt = await asyncio.to_thread(self.store.load, name, version, backbone=self.backbone)
+            await asyncio.wrap_future(self.engine.load_adapter(ckpt))
+            self.loaded[ckpt.manifest.id] = ckpt.manifest
+
+    async def acquire(self, ref: str) -> _Lease:
+        name, _, version = ref.partition("@")
+        if not version:
+            active = self.store.active(name)
+            version = str(active) if active is not None else ""
+        adapter_id = f"{name}@{version}"
+        if adapter_id not in self.loaded:
+            raise AdapterNotFound(f"unknown adapter {ref!r}; {self.store.describe(name)}")
+        return _Lease(adapter_id, self.loaded[adapter_id])
+
+    def resident(self) -> list[str]:
+        return list(self.loaded)
+
+
+class _MetricsMiddleware:
+    """Counts answers by adapter/route/status and times them (never fails a request)."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self._record(scope, status, time.perf_counter() - started)
+
+    def _record(self, scope: Scope, status: int, elapsed: float) -> None:
+        route = scope.get("route")
+        path = str(getattr(route, "path", "unmatched"))
+        adapters = scope.get("state", {}).get("adapters") or [""]
+
+        def record() -> None:
+            self.metrics.request_seconds.labels(route=path).observe(elapsed)
+            for adapter in adapters:
+                self.metrics.requests.labels(adapter=adapter, route=path, status=str(status)).inc()
+
+        self.metrics.safe(record)

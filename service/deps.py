@@ -1,0 +1,138 @@
+"""What routes receive: the app's state, built in the lifespan, handed over as ``Annotated``
+dependencies (STYLE 9), so nothing is a module-level global and tests inject a tiny backbone.
+
+``AdminDep`` guards every mutating route: ``Authorization: Bearer <admin token>``; 401 without a
+token, 403 with a wrong one (compared in constant time). With ``allow_no_admin_token`` and no token
+configured (development only) the routes are open.
+"""
+
+from __future__ import annotations
+
+import secrets
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
+
+from fastapi import Depends, HTTPException, Request
+
+from lookaside.checkpoint import AdapterManifest
+from service.engine import Engine
+from service.errors import NotReady
+from service.metrics import ServiceMetrics
+from service.settings import ServiceSettings
+
+if TYPE_CHECKING:
+    from lookaside.backbone import VisionTransformer
+
+
+class Lease(Protocol):
+    """One resolved adapter version, held resident until :meth:`release` (registry contract)."""
+
+    @property
+    def adapter_id(self) -> str:
+        """Bank id, ``name@version``."""
+
+    @property
+    def manifest(self) -> AdapterManifest:
+        """Name, version, labels, task type and feature config of the version served."""
+
+    def release(self) -> None:
+        """Let the registry evict it again (idempotent)."""
+
+
+class Registry(Protocol):
+    """What the classify route needs of :class:`service.registry.AdapterRegistry`."""
+
+    async def acquire(self, ref: str) -> Lease:
+        """Resolve ``name`` (active version) or ``name@version``, loading it if needed.
+
+        Raises AdapterNotFound listing what exists.
+        """
+
+    def resident(self) -> list[str]:
+        """Bank ids resident now."""
+
+
+@dataclass
+class AppState:
+    """Everything one app owns; built by :func:`service.app.create_app`'s lifespan."""
+
+    settings: ServiceSettings
+    metrics: ServiceMetrics
+    featurize_pool: ThreadPoolExecutor
+    engine: Engine | None = None
+    store: Any = None
+    """:class:`service.store.AdapterStore`."""
+    registry: Any = None
+    """:class:`service.registry.AdapterRegistry` (or the startup fallback)."""
+    backbone: VisionTransformer | None = None
+    ready: bool = False
+    reason: str | None = "starting"
+    """Why the app is not ready (None once ready)."""
+    shutting_down: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def require_ready(self) -> None:
+        """Raise 503 + Retry-After unless serving."""
+        if self.shutting_down:
+            raise NotReady("the server is shutting down; retry shortly", reason="shutting_down")
+        if not self.ready:
+            raise NotReady(f"the server is not ready yet ({self.reason}); retry shortly")
+
+
+def get_state(request: Request) -> AppState:
+    """The app's state (set in the lifespan)."""
+    state = request.app.state.lookaside
+    assert isinstance(state, AppState)
+    return state
+
+
+def get_engine(request: Request) -> Engine:
+    state = get_state(request)
+    state.require_ready()
+    assert state.engine is not None
+    return state.engine
+
+
+def get_store(request: Request) -> Any:
+    state = get_state(request)
+    if state.store is None:
+        raise NotReady(f"the store is not open yet ({state.reason}); retry shortly")
+    return state.store
+
+
+def get_registry(request: Request) -> Any:
+    state = get_state(request)
+    if state.registry is None:
+        raise NotReady(f"the adapter registry is not ready yet ({state.reason}); retry shortly")
+    return state.registry
+
+
+def get_settings(request: Request) -> ServiceSettings:
+    return get_state(request).settings
+
+
+def require_admin(request: Request) -> None:
+    """``Authorization: Bearer <admin token>``: 401 without, 403 wrong."""
+    settings = get_settings(request)
+    token = settings.admin_token.get_secret_value()
+    if not token and settings.allow_no_admin_token:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise HTTPException(
+            status_code=401,
+            detail="this route needs the admin token: send 'Authorization: Bearer <token>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if not token or not secrets.compare_digest(given.strip().encode(), token.encode()):
+        raise HTTPException(status_code=403, detail="wrong admin token")
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+EngineDep = Annotated[Engine, Depends(get_engine)]
+StoreDep = Annotated[Any, Depends(get_store)]
+RegistryDep = Annotated[Any, Depends(get_registry)]
+SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
+AdminDep = Depends(require_admin)
+"""Use as ``dependencies=[AdminDep]`` on mutating routes."""

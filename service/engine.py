@@ -1,0 +1,486 @@
+"""The engine: a bounded queue, a batcher, and the one worker thread that owns the model.
+
+Threads and what they own (nothing else touches these objects):
+
+- **event loop** (uvicorn): HTTP, settings, the registry's bookkeeping; it only calls
+  :meth:`Engine.submit`, :meth:`Engine.load_adapter`, :meth:`Engine.unload_adapter`, which enqueue
+  and return futures.
+- **featurize pool** (:mod:`service.featurize`): decoding and features, before anything is queued,
+  so a bad upload fails alone and never reaches a batch.
+- **engine worker** (this module, one thread named ``lookaside-engine``): the backbone, the
+  :class:`~lookaside.adapters.bank.AdapterBank` and the :class:`~lookaside.model.MultiAdapterModel`.
+  It alternates between applying pending bank commands (load / unload / grow) and running one
+  batch, so a slot is never written while a batch reads it and a stack never grows under a batch.
+
+Batching (LitServe's loop, with vLLM's per-row adapter index): the oldest queued job fixes the
+batch's token grid (frames x mel bins: rows of one forward must share it); the batcher then takes
+every queued job of that grid in arrival order, mixing adapters (``mixing=on``) or only the first
+job's adapter (``mixing=off``), until ``max_batch_size`` rows or ``max_wait_ms`` after the first
+job arrived. Jobs of other grids stay queued for the next batch. A job whose rows alone exceed
+``max_batch_size`` runs alone in chunks.
+
+Failure isolation: if a forward raises, every job of that batch is retried alone, so only the
+culprit fails (:class:`~service.errors.EngineFailure`, logged with its trace); the engine keeps
+serving. A job past its deadline when the batcher reaches it is answered 504 without running.
+
+CUDA path: features are stacked into a pinned host buffer and copied with ``non_blocking=True``;
+the forward runs under ``torch.inference_mode`` and ``torch.autocast`` with the settings' dtype;
+logits come back as fp32 on the host. The CPU path is the same code without pinning.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import torch
+from torch import Tensor
+
+from lookaside.adapters.bank import AdapterBank, Reservation
+from lookaside.errors import BankFull, IncompatibleBackbone
+from lookaside.model import MultiAdapterModel
+from service.errors import EngineFailure, NotReady, QueueFull, RequestTimeout
+from service.metrics import ServiceMetrics
+
+if TYPE_CHECKING:
+    from lookaside.adapters.base import AdapterConfig
+    from lookaside.backbone import VisionTransformer
+    from lookaside.checkpoint import AdapterCheckpoint
+
+log = logging.getLogger("service.engine")
+T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class Job:
+    """One clip's windows for one adapter: ``rows`` rows of one forward, answered together."""
+
+    features: Tensor
+    """``[rows, frames, mel]`` float32 on the host."""
+    adapter_id: str | None
+    """Bank id (``name@version``); None runs the bare backbone (warm-up)."""
+    request_id: str
+    deadline: float
+    """``time.monotonic()`` after which the job is answered 504 instead of run."""
+    future: Future[Tensor] = field(default_factory=Future)
+    """Resolves to ``[rows, classes]`` fp32 logits on the host."""
+    enqueued: float = field(default_factory=time.monotonic)
+
+    @property
+    def rows(self) -> int:
+        return int(self.features.shape[0])
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(frames, mel bins): rows of one forward must share it."""
+        return int(self.features.shape[1]), int(self.features.shape[2])
+
+
+@dataclass(eq=False)
+class _Command:
+    fn: Callable[[], Any]
+    future: Future[Any]
+
+
+class Engine:
+    """Owns the backbone, the bank and the model; runs every forward on one worker thread.
+
+    Args:
+        backbone: the frozen backbone (already on ``device``; never copied).
+        device: where the model runs.
+        compute_dtype: autocast dtype of the forward (fp32 disables autocast).
+        max_batch_size: most rows per forward.
+        max_wait_ms: how long to wait for more rows after a batch's first job arrived.
+        queue_capacity: most queued jobs; beyond it :meth:`submit` raises :class:`QueueFull`.
+        mixing: mix adapters in one forward (True) or serve one adapter per batch (False).
+        bank_capacity: slots per adapter stack at creation.
+        metrics: where batch sizes, waits and forward times are recorded.
+    """
+
+    def __init__(
+        self,
+        backbone: VisionTransformer,
+        *,
+        device: torch.device,
+        compute_dtype: torch.dtype = torch.float32,
+        max_batch_size: int = 16,
+        max_wait_ms: float = 5.0,
+        queue_capacity: int = 256,
+        mixing: bool = True,
+        bank_capacity: int = 8,
+        metrics: ServiceMetrics | None = None,
+    ) -> None:
+        self.backbone = backbone.eval()
+        self.device = device
+        self.compute_dtype = compute_dtype
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.queue_capacity = queue_capacity
+        self.mixing = mixing
+        self.metrics = metrics or ServiceMetrics()
+        self.bank = AdapterBank.for_backbone(backbone, capacity=bank_capacity, device=device)
+        self.model = MultiAdapterModel(backbone, self.bank).eval()
+        self._queue: collections.deque[Job] = collections.deque()
+        self._commands: collections.deque[_Command] = collections.deque()
+        self._cond = threading.Condition()
+        self._accepting = False
+        self._stop = False
+        self._closed = False
+        self._drain = True
+        self._thread: threading.Thread | None = None
+        self._loader = ThreadPoolExecutor(1, thread_name_prefix="lookaside-loader")
+        self.batches_run = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the worker thread; :meth:`submit` accepts jobs from now on."""
+        if self._thread is not None:
+            return
+        self._accepting = True
+        self._thread = threading.Thread(target=self._run, name="lookaside-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self, *, drain: bool = True, timeout: float | None = None) -> None:
+        """Stop accepting; answer what is queued (``drain``) or fail it with 503; join the worker.
+
+        Blocking: call it from a thread (the lifespan uses ``asyncio.to_thread``).
+        """
+        with self._cond:
+            self._accepting = False
+            self._stop = True
+            self._drain = drain
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._loader.shutdown(wait=True)
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    # -- requests -------------------------------------------------------------------------------
+    def submit(
+        self,
+        features: Tensor,
+        adapter_id: str | None,
+        *,
+        request_id: str = "-",
+        timeout_s: float = 30.0,
+    ) -> Future[Tensor]:
+        """Queue one clip's windows ``[rows, frames, mel]`` for one adapter.
+
+        Returns a future of ``[rows, classes]`` logits. Raises :class:`QueueFull` (429) when the
+        queue is at capacity and :class:`NotReady` (503) when the engine is stopping.
+        """
+        if features.dim() != 3 or features.shape[0] == 0:
+            raise ValueError(f"features must be [rows>0, frames, mel], got {tuple(features.shape)}")
+        job = Job(features, adapter_id, request_id, time.monotonic() + timeout_s)
+        with self._cond:
+            if not self._accepting:
+                raise NotReady("the server is shutting down; retry on another replica or later")
+            if len(self._queue) >= self.queue_capacity:
+                raise QueueFull(
+                    f"the queue is full ({self.queue_capacity} jobs); retry after the "
+                    "Retry-After delay, or raise LOOKASIDE_QUEUE_CAPACITY"
+                )
+            self._queue.append(job)
+            depth = len(self._queue)
+            self._cond.notify_all()
+        self.metrics.safe(lambda: self.metrics.queue_depth.set(depth))
+        return job.future
+
+    # -- bank commands (applied between batches on the worker) ---------------------------------
+    def call(self, fn: Callable[[], T]) -> Future[T]:
+        """Run ``fn`` on the worker thread between two batches (the only place the bank changes)."""
+        fut: Future[T] = Future()
+        with self._cond:
+            if self._closed:
+                fut.set_exception(NotReady("the engine has stopped"))
+                return fut
+            self._commands.append(_Command(fn, fut))
+            self._cond.notify_all()
+        if self._thread is None:  # not started (unit use): run now on the caller's thread
+            self._apply_commands()
+        return fut
+
+    def load_adapter(
+        self, checkpoint: AdapterCheckpoint, adapter_id: str | None = None
+    ) -> Future[None]:
+        """Load a validated checkpoint into the bank as ``adapter_id`` (default ``name@version``).
+
+        The bank's slot lifecycle (CONTRACTS §A), so traffic never waits on the copy:
+        reserve a free slot on the worker between batches (a full stack is grown there, where no
+        route holds it) -> copy the tensors on the loader thread while batches keep running (the
+        slot is not routable yet) -> publish on the worker between batches. A failure at any step
+        gives the slot back and fails the returned future only.
+        """
+        target = adapter_id or checkpoint.manifest.id
+        done: Future[None] = Future()
+        done.set_running_or_notify_cancel()
+        started = time.perf_counter()
+
+        def fail(exc: BaseException) -> None:
+            if not done.done():
+                done.set_exception(exc)
+
+        def publish(reservation: Reservation) -> None:
+            self.bank.publish(reservation)
+            log.info("loaded adapter %s in %.1f ms", target, (time.perf_counter() - started) * 1e3)
+            done.set_result(None)
+
+        def copy(reservation: Reservation) -> None:
+            try:
+                self.bank.load(reservation, checkpoint.tensors)
+            except BaseException as exc:
+                self.call(lambda: self.bank.abort(reservation))
+                fail(exc)
+                return
+            _chain(self.call(lambda: publish(reservation)), fail)
+
+        def reserve() -> None:
+            reservation = self._reserve(checkpoint, target)
+            try:
+                self._loader.submit(copy, reservation)
+            except RuntimeError as exc:  # loader shut down: the engine is stopping
+                self.bank.abort(reservation)
+                fail(NotReady(f"the engine is stopping: {exc}"))
+
+        _chain(self.call(reserve), fail)
+        return done
+
+    def unload_adapter(self, adapter_id: str) -> Future[None]:
+        """Remove an adapter between batches (unroutable at once; its slot is zeroed and reused
+        after the last route holding it is released)."""
+        return self.call(lambda: self.bank.remove(adapter_id))
+
+    def resident(self) -> list[str]:
+        """Adapter ids published in the bank."""
+        return self.bank.ids()
+
+    def _reserve(self, checkpoint: AdapterCheckpoint, adapter_id: str) -> Reservation:
+        """A slot for ``checkpoint`` (worker thread); a full stack is doubled first."""
+        manifest = checkpoint.manifest
+        ref = manifest.backbone
+        if self.bank.fingerprint is not None and ref.fingerprint != self.bank.fingerprint:
+            raise IncompatibleBackbone(
+                f"checkpoint {manifest.id} was made for backbone {ref.name}@{ref.fingerprint}; "
+                f"this server runs {self.bank.backbone_cfg.name}@{self.bank.fingerprint}"
+            )
+        head = manifest.head_config()
+        try:
+            return self.bank.reserve(adapter_id, manifest.method, manifest.config, head)
+        except BankFull:
+            config = manifest.adapter_config()
+            capacity = 2 * max(self._capacity(manifest.method, config), 1)
+            self.bank.grow(manifest.method, config, capacity)  # between batches: no route holds it
+            log.info("grew the %s stack to %d slots", manifest.method, capacity)
+            return self.bank.reserve(adapter_id, manifest.method, manifest.config, head)
+
+    def _capacity(self, method: str, config: AdapterConfig) -> int:
+        """Current slots of the stack for (method, config): used + free."""
+        used = sum(
+            1
+            for e in self.bank.entries.values()
+            if e.method == method and e.config == config and e.stack_key is not None
+        )
+        return used + self.bank.free_slots(method, config)
+
+    # -- worker ---------------------------------------------------------------------------------
+    def _run(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            self._apply_commands()
+            batch = self._next_batch()
+            if batch is None:
+                if self._finished():
+                    break
+                continue
+            if batch:
+                self._run_batch(batch)
+        self._fail_remaining()
+        with self._cond:
+            self._closed = True  # call() refuses from now on; what it accepted is applied below
+        self._apply_commands()
+
+    def _finished(self) -> bool:
+        with self._cond:
+            return self._stop and not self._commands and (not self._drain or not self._queue)
+
+    def _apply_commands(self) -> None:
+        while True:
+            with self._cond:
+                if not self._commands:
+                    return
+                cmd = self._commands.popleft()
+            if not cmd.future.set_running_or_notify_cancel():
+                continue
+            try:
+                cmd.future.set_result(cmd.fn())
+            except BaseException as exc:  # handed to the caller, never kills the worker
+                cmd.future.set_exception(exc)
+
+    def _matches(self, job: Job, first: Job) -> bool:
+        if job.grid != first.grid:
+            return False
+        return self.mixing or job.adapter_id == first.adapter_id
+
+    def _next_batch(self) -> list[Job] | None:
+        """Wait for work; return the next batch ([] if every taken job was stale), or None when
+        there is a command to apply or the engine is stopping with nothing left to run."""
+        with self._cond:
+            while not self._queue and not self._commands and not self._stop:
+                self._cond.wait()
+            if self._commands:
+                return None
+            if not self._queue or (self._stop and not self._drain):
+                return None
+            first = self._queue[0]
+            flush_at = first.enqueued + self.max_wait_s
+            while not self._stop and not self._commands:
+                rows = sum(j.rows for j in self._queue if self._matches(j, first))
+                remaining = flush_at - time.monotonic()
+                if rows >= self.max_batch_size or remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            batch: list[Job] = []
+            rows = 0
+            kept: collections.deque[Job] = collections.deque()
+            while self._queue:
+                job = self._queue.popleft()
+                fits = not batch or rows + job.rows <= self.max_batch_size
+                if self._matches(job, first) and fits and rows < self.max_batch_size:
+                    batch.append(job)
+                    rows += job.rows
+                else:
+                    kept.append(job)
+            self._queue = kept
+            depth = len(kept)
+        self.metrics.safe(lambda: self.metrics.queue_depth.set(depth))
+        now = time.monotonic()
+        live: list[Job] = []
+        for job in batch:
+            if not job.future.set_running_or_notify_cancel():
+                continue  # the client gave up (timeout): nothing to answer
+            if now > job.deadline:
+                job.future.set_exception(
+                    RequestTimeout("the request waited past its timeout in the queue; retry later")
+                )
+                continue
+            wait = now - job.enqueued
+            self.metrics.safe(lambda w=wait: self.metrics.queue_wait.observe(w))  # type: ignore[misc]
+            live.append(job)
+        return live
+
+    def _run_batch(self, batch: list[Job]) -> None:
+        if len(batch) == 1 and batch[0].rows > self.max_batch_size:
+            self._run_alone(batch[0])
+            return
+        try:
+            outputs = self._forward(batch)
+        except Exception:
+            self.metrics.safe(self.metrics.batch_failures.inc)
+            ids = ", ".join(j.request_id for j in batch)
+            log.exception(
+                "a batch of %d jobs failed (requests %s); retrying each alone", len(batch), ids
+            )
+            for job in batch:
+                self._run_alone(job)
+            return
+        for job, out in zip(batch, outputs, strict=True):
+            job.future.set_result(out)
+
+    def _run_alone(self, job: Job) -> None:
+        """One job on its own, in chunks of ``max_batch_size`` rows; only it fails if it raises."""
+        try:
+            parts = []
+            for start in range(0, job.rows, self.max_batch_size):
+                chunk = Job(
+                    job.features[start : start + self.max_batch_size],
+                    job.adapter_id,
+                    job.request_id,
+                    job.deadline,
+                )
+                parts.extend(self._forward([chunk]))
+            job.future.set_result(torch.cat(parts))
+        except Exception as exc:
+            log.exception(
+                "request %s failed in the model (adapter %s)", job.request_id, job.adapter_id
+            )
+            job.future.set_exception(
+                EngineFailure(f"the model failed on this request (adapter {job.adapter_id}): {exc}")
+            )
+
+    def _forward(self, batch: Sequence[Job]) -> list[Tensor]:
+        """One forward over every row of ``batch``; per-job ``[rows, classes]`` fp32 host logits."""
+        started = time.perf_counter()
+        ids: list[str | None] = []
+        for job in batch:
+            ids.extend([job.adapter_id] * job.rows)
+        spec = self._to_device([job.features for job in batch])
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.compute_dtype)
+            if self.compute_dtype != torch.float32
+            else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            logits = self.model(spec, ids)
+        out: list[Tensor] = []
+        row = 0
+        for job in batch:
+            rows = logits[row : row + job.rows]
+            row += job.rows
+            if job.adapter_id is None:
+                out.append(torch.zeros(job.rows, 0))
+            else:
+                out.append(torch.stack([r for r in rows if r is not None]).float().to("cpu"))
+        elapsed = time.perf_counter() - started
+        self.batches_run += 1
+        adapters = len({j.adapter_id for j in batch})
+        total_rows = len(ids)
+
+        def record() -> None:
+            self.metrics.forward.observe(elapsed)
+            self.metrics.batch_rows.observe(total_rows)
+            self.metrics.batch_adapters.observe(adapters)
+
+        self.metrics.safe(record)
+        return out
+
+    def _to_device(self, features: list[Tensor]) -> Tensor:
+        """Stack the rows on the host (pinned on CUDA) and copy them over asynchronously."""
+        if self.device.type != "cuda":
+            return torch.cat(features).to(self.device)
+        rows = sum(int(f.shape[0]) for f in features)
+        staging = torch.empty((rows, *features[0].shape[1:]), dtype=torch.float32, pin_memory=True)
+        torch.cat(features, out=staging)
+        return staging.to(self.device, non_blocking=True)
+
+    def _fail_remaining(self) -> None:
+        with self._cond:
+            left = list(self._queue)
+            self._queue.clear()
+        for job in left:
+            if job.future.set_running_or_notify_cancel():
+                job.future.set_exception(NotReady("the server shut down before this request ran"))
+
+
+def _chain(step: Future[Any], fail: Callable[[BaseException], None]) -> None:
+    """Forward a failed step's exception to ``fail``."""
+
+    def check(fut: Future[Any]) -> None:
+        exc = fut.exception() if not fut.cancelled() else NotReady("the engine stopped")
+        if exc is not None:
+            fail(exc)
+
+    step.add_done_callback(check)

@@ -1,0 +1,158 @@
+"""Errors of the service and the one place every error becomes an HTTP answer (STYLE 10).
+
+:func:`install` registers handlers that map :mod:`lookaside.errors` and the service's own errors
+to a 4xx/5xx with a ``detail`` saying what to fix; overload and not-ready answers carry
+``Retry-After``. Anything unexpected is logged with its trace and answered as an opaque 500, so a
+bug never leaks internals and bad input never gets a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from lookaside.errors import (
+    AdapterNotFound,
+    BadAudio,
+    ConfigError,
+    IncompatibleBackbone,
+    InvalidCheckpoint,
+    LookasideError,
+)
+
+log = logging.getLogger("service.errors")
+
+# BadAudio.reason -> status: the container/codec is wrong (415) or the audio is unusable (422).
+_BAD_AUDIO_STATUS = {"not_audio": 415, "unsupported": 415, "too_long": 413}
+
+
+class ServiceError(LookasideError):
+    """An error of the service itself, carrying its HTTP status."""
+
+    status_code = 500
+    retry_after: bool = False
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class PayloadTooLarge(ServiceError):
+    """The request body is over ``max_upload_bytes``."""
+
+    status_code = 413
+
+
+class UnsupportedMediaType(ServiceError):
+    """The request's Content-Type is not one this route reads."""
+
+    status_code = 415
+
+
+class BadRequest(ServiceError):
+    """A field is missing or malformed (not the audio itself)."""
+
+    status_code = 422
+
+
+class QueueFull(ServiceError):
+    """The engine's queue is at capacity: retry shortly."""
+
+    status_code = 429
+    retry_after = True
+
+
+class NotReady(ServiceError):
+    """The server is starting (reason says which step) or shutting down."""
+
+    status_code = 503
+    retry_after = True
+
+
+class RequestTimeout(ServiceError):
+    """The request was not answered within ``request_timeout_s``."""
+
+    status_code = 504
+
+
+class EngineFailure(ServiceError):
+    """The model failed on this row (a bug, not bad input): logged with a trace."""
+
+    status_code = 500
+
+
+def status_of(exc: LookasideError) -> int:
+    """HTTP status of a project error."""
+    if isinstance(exc, ServiceError):
+        return exc.status_code
+    if isinstance(exc, AdapterNotFound):
+        return 404
+    if isinstance(exc, BadAudio):
+        return _BAD_AUDIO_STATUS.get(exc.reason, 422)
+    if isinstance(exc, IncompatibleBackbone):
+        return 409
+    if isinstance(exc, InvalidCheckpoint | ConfigError):
+        return 422
+    if type(exc).__name__ == "BankFull":  # lookaside.errors.BankFull: no free slot right now
+        return 503
+    return 500
+
+
+def error_body(exc: LookasideError, status: int) -> dict[str, object]:
+    """JSON body of an error answer: ``detail`` (what to fix) and a machine-readable ``error``."""
+    body: dict[str, object] = {"detail": str(exc), "error": type(exc).__name__}
+    reason = getattr(exc, "reason", None)
+    if reason:
+        body["reason"] = reason
+    if status >= 500 and not isinstance(exc, ServiceError):
+        body["detail"] = "internal error; the server log has the trace"
+    return body
+
+
+def install(app: FastAPI, *, retry_after_s: int) -> None:
+    """Register the exception handlers on ``app``."""
+
+    async def lookaside_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, LookasideError)
+        status = status_of(exc)
+        if status >= 500 and status not in (503, 504):
+            log.error("request failed: %s", exc, exc_info=exc)
+        headers = {}
+        if status in (429, 503) or getattr(exc, "retry_after", False):
+            headers["Retry-After"] = str(retry_after_s)
+        return JSONResponse(error_body(exc, status), status_code=status, headers=headers)
+
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        problems = [
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}"
+            for e in exc.errors()
+        ]
+        return JSONResponse(
+            {"detail": "; ".join(problems) or "invalid request", "error": "RequestValidation"},
+            status_code=422,
+        )
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        return JSONResponse(
+            {"detail": exc.detail, "error": "HTTPError"},
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error: %s", exc, exc_info=exc)
+        return JSONResponse(
+            {"detail": "internal error; the server log has the trace", "error": "Internal"},
+            status_code=500,
+        )
+
+    app.add_exception_handler(LookasideError, lookaside_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)

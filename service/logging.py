@@ -1,0 +1,102 @@
+"""Logging: the request id in every line of a request, as text or one JSON object per line.
+
+The request id (the client's ``X-Request-ID`` or a fresh one) lives in a context variable set by
+:class:`RequestIdMiddleware`; :class:`RequestIdFilter` copies it into each record. Work handed to
+the featurize pool runs in a copy of the request's context, so its lines carry the id too; the
+engine worker names the request ids of a batch explicitly in its messages.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import re
+import uuid
+from datetime import UTC, datetime
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+HEADER = "x-request-id"
+_VALID_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds ``record.request_id`` (``-`` outside a request)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = REQUEST_ID.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, request_id, message (+ exc)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        body = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "request_id": getattr(record, "request_id", "-"),
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            body["exc"] = self.formatException(record.exc_info)
+        return json.dumps(body)
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+
+
+def configure(log_format: str, level: str) -> None:
+    """Route the ``service``, ``lookaside`` and ``uvicorn`` loggers through one handler."""
+    handler = logging.StreamHandler()
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(
+        JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    )
+    for name in ("service", "lookaside", "uvicorn", "uvicorn.access", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        logger.handlers = [handler]
+        logger.setLevel(level.upper())
+        logger.propagate = False
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+class RequestIdMiddleware:
+    """Echo the client's ``X-Request-ID`` (if well-formed) or make one; set it for logging."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = ""
+        for key, value in scope.get("headers", []):
+            if key.decode("latin-1").lower() == HEADER:
+                given = value.decode("latin-1").strip()
+                break
+        request_id = given if _VALID_ID.fullmatch(given) else new_request_id()
+        scope.setdefault("state", {})["request_id"] = request_id
+        token = REQUEST_ID.set(request_id)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [
+                    (k, v) for k, v in message.get("headers", []) if k.lower() != HEADER.encode()
+                ]
+                headers.append((HEADER.encode(), request_id.encode("latin-1")))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            REQUEST_ID.reset(token)

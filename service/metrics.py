@@ -1,0 +1,150 @@
+"""Prometheus metrics of one app, in a registry of its own (not the process-global default), so
+tests can build several apps in one process and each ``GET /metrics`` shows only its app.
+
+Names (all prefixed ``lookaside_``):
+
+==========================================  ======================================================
+``requests_total{adapter,route,status}``    answers; ``adapter`` is the adapter's name (one
+                                            sample per adapter of a multi-adapter request), or
+                                            ``""`` where no adapter was resolved
+``request_seconds{route}``                  total latency (histogram)
+``queue_wait_seconds``                      submit -> batch start, per job
+``featurize_seconds``                       decode + features per request
+``forward_seconds``                         one batch's forward (incl. host<->device copies)
+``batch_rows`` / ``batch_adapters``         rows and distinct adapters per batch
+``queue_depth``                             jobs waiting (gauge)
+``adapters_resident`` / ``adapters_in_store``  gauges
+``adapter_load_seconds{adapter}``           load into the bank (histogram)
+``adapter_evictions_total{adapter}``        evictions by the residency policy
+``adapter_load_failures_total{adapter}``    loads that failed
+``batch_failures_total``                    forwards that raised (rows then retried alone)
+``cuda_memory_allocated_bytes`` /           where CUDA is present (read at scrape time)
+``cuda_memory_reserved_bytes``
+==========================================  ======================================================
+
+Adapter names are real label values (``adapter="esc50"``), never joined strings. Recording never
+fails a request: :meth:`ServiceMetrics.safe` swallows and logs a metrics error.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+
+import torch
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+log = logging.getLogger("service.metrics")
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class _CudaMemory(Collector):
+    """CUDA memory of the process, read at scrape time (nothing when no GPU is present)."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        if not torch.cuda.is_available():
+            return
+        allocated = GaugeMetricFamily(
+            "lookaside_cuda_memory_allocated_bytes",
+            "CUDA memory held by tensors",
+            labels=["device"],
+        )
+        reserved = GaugeMetricFamily(
+            "lookaside_cuda_memory_reserved_bytes",
+            "CUDA memory reserved by the caching allocator",
+            labels=["device"],
+        )
+        for i in range(torch.cuda.device_count()):
+            allocated.add_metric([str(i)], float(torch.cuda.memory_allocated(i)))
+            reserved.add_metric([str(i)], float(torch.cuda.memory_reserved(i)))
+        yield allocated
+        yield reserved
+
+
+class ServiceMetrics:
+    """Every metric of one app, registered in ``self.registry``."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "lookaside_requests",
+            "Answers by adapter, route and HTTP status",
+            ["adapter", "route", "status"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "lookaside_request_seconds", "Total latency", ["route"], buckets=_LATENCY, registry=r
+        )
+        self.queue_wait = Histogram(
+            "lookaside_queue_wait_seconds", "Submit to batch start", buckets=_LATENCY, registry=r
+        )
+        self.featurize = Histogram(
+            "lookaside_featurize_seconds", "Decode + features", buckets=_LATENCY, registry=r
+        )
+        self.forward = Histogram(
+            "lookaside_forward_seconds", "One batch's forward", buckets=_LATENCY, registry=r
+        )
+        self.batch_rows = Histogram(
+            "lookaside_batch_rows", "Rows per batch", buckets=_SIZES, registry=r
+        )
+        self.batch_adapters = Histogram(
+            "lookaside_batch_adapters", "Distinct adapters per batch", buckets=_SIZES, registry=r
+        )
+        self.batch_failures = Counter(
+            "lookaside_batch_failures", "Forwards that raised", registry=r
+        )
+        self.queue_depth = Gauge("lookaside_queue_depth", "Jobs waiting", registry=r)
+        self.adapters_resident = Gauge(
+            "lookaside_adapters_resident", "Adapter versions on the device", registry=r
+        )
+        self.adapters_in_store = Gauge(
+            "lookaside_adapters_in_store", "Adapter names in the store", registry=r
+        )
+        self.adapter_load_seconds = Histogram(
+            "lookaside_adapter_load_seconds",
+            "Time to load an adapter version into the bank",
+            ["adapter"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.adapter_evictions = Counter(
+            "lookaside_adapter_evictions",
+            "Evictions by the residency policy",
+            ["adapter"],
+            registry=r,
+        )
+        self.adapter_load_failures = Counter(
+            "lookaside_adapter_load_failures", "Adapter loads that failed", ["adapter"], registry=r
+        )
+        r.register(_CudaMemory())
+
+    # -- RegistryEvents (service.registry calls these; adapter names are the label values) -----
+    def adapter_loaded(self, name: str, version: int, seconds: float) -> None:
+        """``name@version`` became resident after ``seconds`` (read + validate + copy)."""
+        self.safe(lambda: self.adapter_load_seconds.labels(adapter=name).observe(seconds))
+
+    def adapter_load_failed(self, name: str, version: int, reason: str) -> None:
+        """A load of ``name@version`` failed."""
+        self.safe(lambda: self.adapter_load_failures.labels(adapter=name).inc())
+
+    def adapter_evicted(self, name: str, version: int) -> None:
+        """``name@version`` was unloaded to make room."""
+        self.safe(lambda: self.adapter_evictions.labels(adapter=name).inc())
+
+    def render(self) -> bytes:
+        """The exposition text of every metric of this app."""
+        return generate_latest(self.registry)
+
+    @staticmethod
+    def safe(record: Callable[[], object]) -> None:
+        """Run one recording call; a metrics error is logged, never raised into a request."""
+        try:
+            record()
+        except Exception:  # metrics must never fail a request (LitServe's callback runner)
+            log.exception("recording a metric failed")

@@ -1,0 +1,306 @@
+"""``POST /classify``: one clip through one or more adapters.
+
+The clip arrives as multipart (``file`` + ``adapter`` [+ ``top_k``]) or as the raw body
+(``Content-Type: audio/*`` or ``application/octet-stream``) with ``?adapter=``, so
+``curl --data-binary @clip.wav -H 'Content-Type: audio/wav' '.../classify?adapter=esc50'`` works.
+``adapter`` is ``name`` (its active version), ``name@version``, or a comma-separated list of
+those: the clip then runs through each, in the same batch, with one result each.
+
+Order of work: size limit -> resolve every adapter (404 lists what exists) -> decode and featurise
+once per distinct feature config in the featurize pool (bad audio fails here, alone) -> one job per
+adapter into the engine -> scores. Clips longer than an adapter's window are cut into windows
+(``window_hop_frames`` apart); each window is scored, the ``timeline`` lists each window's top
+labels, and the clip-level ``labels`` are the **mean of the window scores**.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
+from typing import Annotated, Any, TypeVar
+
+import torch
+from fastapi import APIRouter, Query, Request
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Message
+from torch import Tensor
+
+from lookaside.checkpoint import AdapterManifest
+from service.deps import Lease, StateDep
+from service.errors import BadRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
+from service.featurize import Featurized, featurize
+from service.schemas import AdapterResult, ClassifyResponse, ErrorBody, LabelScore, Window
+
+router = APIRouter(tags=["classify"])
+T = TypeVar("T")
+
+MAX_ADAPTERS_PER_REQUEST = 16
+_MULTIPART_SLACK = 64 * 1024  # multipart headers and boundaries around the file
+_RAW_TYPES = ("audio/", "video/", "application/octet-stream")
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "unknown adapter or version (lists what exists)"},
+    413: {"model": ErrorBody, "description": "body over the byte limit or clip over the duration"},
+    415: {"model": ErrorBody, "description": "not audio, or an unsupported Content-Type"},
+    422: {"model": ErrorBody, "description": "empty/truncated audio or a malformed field"},
+    429: {"model": ErrorBody, "description": "queue full (see Retry-After)"},
+    503: {"model": ErrorBody, "description": "not ready or shutting down (see Retry-After)"},
+    504: {"model": ErrorBody, "description": "not answered within the request timeout"},
+}
+
+_BODY_SCHEMA: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "the clip: multipart (`file`, `adapter`, optional `top_k`) or raw bytes "
+        "(`audio/*` or `application/octet-stream`) with `?adapter=`",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "adapter": {
+                            "type": "string",
+                            "description": "name, name@version, or a comma-separated list",
+                            "example": "esc50,speech@3",
+                        },
+                        "top_k": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    },
+                }
+            },
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+@router.post(
+    "/classify",
+    response_model=ClassifyResponse,
+    responses=_ERRORS,
+    openapi_extra=_BODY_SCHEMA,
+    summary="Classify a clip with one or more adapters",
+)
+async def classify(
+    request: Request,
+    state: StateDep,
+    adapter: Annotated[
+        str | None,
+        Query(
+            description="name, name@version, or a comma-separated list (raw-body uploads; "
+            "multipart may send it as a form field instead)",
+            examples=["esc50", "esc50@2,speech"],
+        ),
+    ] = None,
+    top_k: Annotated[int | None, Query(ge=1, le=1000, description="labels per result")] = None,
+) -> ClassifyResponse:
+    """Top-k labels of the clip for each adapter named (timeline for long clips)."""
+    started = time.monotonic()
+    state.require_ready()
+    settings = state.settings
+    data, form_adapter, form_top_k = await _read_clip(request, settings.max_upload_bytes)
+    refs = _parse_refs(form_adapter or adapter)
+    k = _parse_top_k(form_top_k, top_k)
+    deadline = started + settings.request_timeout_s
+
+    leases: list[Lease] = []
+    futures: list[Future[Tensor]] = []
+    try:
+        for ref in refs:
+            leases.append(await state.registry.acquire(ref))
+        request.state.adapters = [lease.manifest.name for lease in leases]
+        configs = [lease.manifest.features for lease in leases]
+        feats: Featurized = await _in_pool(
+            state.featurize_pool,
+            lambda: featurize(data, configs, max_seconds=settings.max_audio_seconds),
+        )
+        state.metrics.safe(lambda: state.metrics.featurize.observe(feats.seconds))
+        assert state.engine is not None
+        request_id = str(getattr(request.state, "request_id", "-"))
+        for lease in leases:
+            windows = feats.by_config[lease.manifest.features]
+            futures.append(
+                state.engine.submit(
+                    windows.features,
+                    lease.adapter_id,
+                    request_id=request_id,
+                    timeout_s=max(deadline - time.monotonic(), 0.0),
+                )
+            )
+        logits = await _gather(futures, deadline - time.monotonic())
+    finally:
+        for fut in futures:
+            fut.cancel()  # no-op once running or done; drops rows of an abandoned request
+        for lease in leases:
+            lease.release()
+
+    results = [
+        _result(lease.manifest, feats.by_config[lease.manifest.features], out, k, feats.duration_s)
+        for lease, out in zip(leases, logits, strict=True)
+    ]
+    return ClassifyResponse(
+        request_id=str(getattr(request.state, "request_id", "-")),
+        duration_s=round(feats.duration_s, 6),
+        results=results,
+    )
+
+
+# -- input ----------------------------------------------------------------------------------------
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(
+            f"the body is {int(declared)} bytes, over the limit of {limit} bytes; send a shorter "
+            "clip or raise LOOKASIDE_MAX_UPLOAD_BYTES"
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(
+                f"the body is over the limit of {limit} bytes; send a shorter clip or raise "
+                "LOOKASIDE_MAX_UPLOAD_BYTES"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _read_clip(request: Request, limit: int) -> tuple[bytes, str | None, str | None]:
+    """(audio bytes, adapter form field, top_k form field) from multipart or a raw body."""
+    content_type = request.headers.get("content-type", "").lower()
+    if content_type.startswith("multipart/form-data"):
+        body = await _read_body(request, limit + _MULTIPART_SLACK)
+        return await _parse_multipart(request, body, limit)
+    if content_type.startswith(_RAW_TYPES):
+        return await _read_body(request, limit), None, None
+    raise UnsupportedMediaType(
+        f"Content-Type {content_type or '(none)'!r} is not accepted: send multipart/form-data "
+        "with a `file` part, or the raw clip as audio/* or application/octet-stream with "
+        "?adapter=NAME"
+    )
+
+
+async def _parse_multipart(
+    request: Request, body: bytes, limit: int
+) -> tuple[bytes, str | None, str | None]:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(max_files=1, max_fields=8)
+    except StarletteHTTPException as exc:
+        raise BadRequest(f"malformed multipart body: {exc.detail}") from None
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise BadRequest(
+                "the multipart body has no `file` part holding the clip: send it as "
+                "-F file=@clip.wav"
+            )
+        data = await upload.read()
+        if len(data) > limit:
+            raise PayloadTooLarge(
+                f"the file is {len(data)} bytes, over the limit of {limit} bytes; send a "
+                "shorter clip or raise LOOKASIDE_MAX_UPLOAD_BYTES"
+            )
+        adapter = form.get("adapter")
+        top_k = form.get("top_k")
+        return (
+            data,
+            adapter if isinstance(adapter, str) and adapter else None,
+            top_k if isinstance(top_k, str) and top_k else None,
+        )
+    finally:
+        await form.close()
+
+
+def _parse_refs(value: str | None) -> list[str]:
+    if not value or not value.strip():
+        raise BadRequest(
+            "name the adapter(s): `adapter=NAME`, `NAME@VERSION` or a comma-separated list "
+            "(GET /adapters lists them)"
+        )
+    refs = list(dict.fromkeys(r.strip() for r in value.split(",") if r.strip()))
+    if not refs:
+        raise BadRequest("`adapter` holds no adapter name; e.g. adapter=esc50 or esc50@2")
+    if len(refs) > MAX_ADAPTERS_PER_REQUEST:
+        raise BadRequest(f"{len(refs)} adapters in one request; at most {MAX_ADAPTERS_PER_REQUEST}")
+    return refs
+
+
+def _parse_top_k(form_value: str | None, query_value: int | None) -> int:
+    if form_value is None:
+        return query_value or 5
+    if not form_value.strip().isdigit() or not 1 <= int(form_value) <= 1000:
+        raise BadRequest(f"top_k must be an integer from 1 to 1000, got {form_value!r}")
+    return int(form_value)
+
+
+async def _in_pool(pool: Any, fn: Callable[[], T]) -> T:
+    """Run ``fn`` in the featurize pool with the request's context (its log lines keep the id)."""
+    ctx = contextvars.copy_context()
+    loop = asyncio.get_running_loop()
+    result: Awaitable[T] = loop.run_in_executor(pool, ctx.run, fn)
+    return await result
+
+
+async def _gather(futures: list[Future[Tensor]], timeout: float) -> list[Tensor]:
+    wrapped = [asyncio.wrap_future(f) for f in futures]
+    try:
+        return list(await asyncio.wait_for(asyncio.gather(*wrapped), max(timeout, 0.0)))
+    except TimeoutError:
+        raise RequestTimeout(
+            "the request was not answered within the request timeout; retry, send fewer "
+            "adapters per request, or raise LOOKASIDE_REQUEST_TIMEOUT_S"
+        ) from None
+
+
+# -- output ---------------------------------------------------------------------------------------
+def scores_of(logits: Tensor, multi_label: bool) -> Tensor:
+    """Per-window scores: sigmoid for multi-label adapters, softmax otherwise."""
+    return torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=-1)
+
+
+def _top(scores: Tensor, labels: list[str], k: int) -> list[LabelScore]:
+    values, index = torch.topk(scores, min(k, len(labels)))
+    return [
+        LabelScore(label=labels[int(i)], score=float(v))
+        for v, i in zip(values.tolist(), index.tolist(), strict=True)
+    ]
+
+
+def _result(
+    manifest: AdapterManifest, windows: Any, logits: Tensor, k: int, duration_s: float
+) -> AdapterResult:
+    scores = scores_of(logits.float(), manifest.task_type == "multilabel")
+    labels = list(manifest.labels)
+    clip = scores.mean(dim=0)
+    timeline = None
+    if scores.shape[0] > 1:
+        timeline = [
+            Window(
+                start_s=round(start, 6),
+                end_s=round(min(start + windows.window_s, duration_s), 6),
+                labels=_top(row, labels, k),
+            )
+            for start, row in zip(windows.start_s, scores, strict=True)
+        ]
+    return AdapterResult(
+        adapter=manifest.name,
+        version=manifest.version,
+        labels=_top(clip, labels, k),
+        timeline=timeline,
+    )
