@@ -1,15 +1,70 @@
 """Checkpoint validation that allocates nothing an upload controls (NOTES §5).
 
-Shapes an adapter needs come from arithmetic and the ``meta`` device, checked against limits
-before any real tensor exists; the same checks serve the bank (tensors in memory) and the
-checkpoint loader (a safetensors header, before any data is read).
+One path serves files on disk and uploads in memory, cheapest and safest step first:
+manifest limits (bottleneck widths, experts, prompt tokens, labels), the weights' size, expected
+shapes from the ``meta`` device and arithmetic (never real tensors), parameters against the
+limit and the file size, the sha256, the safetensors header (its length bounded before it is
+parsed; names, shapes, dtypes, offsets), and only then the tensor data, which must be finite.
+:func:`tensor_problems` is shared with the bank, so both refuse the same things in the same words.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
-__all__ = ["tensor_problems"]
+import torch
+from pydantic import ValidationError
+from torch import Tensor
+
+from lookaside.adapters import get_method
+from lookaside.adapters.base import AdapterConfig
+from lookaside.adapters.head import HeadConfig
+from lookaside.adapters.stack import AdapterStack
+from lookaside.backbone import BackboneConfig, VisionTransformer
+from lookaside.checkpoint.manifest import AdapterManifest, CheckpointLimits, describe
+from lookaside.errors import ConfigError, IncompatibleBackbone, InvalidCheckpoint
+
+__all__ = [
+    "FLOAT_DTYPES",
+    "HEAD_PREFIX",
+    "HeaderEntry",
+    "adapter_shapes",
+    "check_backbone",
+    "check_finite",
+    "check_header",
+    "check_manifest_limits",
+    "expected_shapes",
+    "parse_header",
+    "read_tensors",
+    "tensor_problems",
+    "validate_weights",
+    "weights_sha256",
+]
+
+HEAD_PREFIX = "head."
+"""Checkpoint key prefix of the classification head's tensors (as the bank writes them)."""
+FLOAT_DTYPES: dict[str, torch.dtype] = {
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F32": torch.float32,
+    "F64": torch.float64,
+}
+"""safetensors header dtypes accepted for adapter tensors (every adapter tensor is a weight)."""
+MIN_ITEMSIZE = min(torch.empty(0, dtype=d).element_size() for d in FLOAT_DTYPES.values())
+"""Fewest bytes per parameter a valid file can use (F16/BF16): the file size bounds the count."""
+_ITEMSIZE = {
+    **dict.fromkeys(("BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3"), 1),
+    **dict.fromkeys(("I16", "U16", "F16", "BF16"), 2),
+    **dict.fromkeys(("I32", "U32", "F32"), 4),
+    **dict.fromkeys(("I64", "U64", "F64"), 8),
+}
+"""Bytes per element of every safetensors dtype (to check each tensor's byte span)."""
+_WIDTH_FIELDS = ("rank",)
+"""Config fields that are bottleneck widths (bounded by ``max_width_factor * embed_dim``)."""
 
 
 def tensor_problems(
@@ -39,3 +94,320 @@ def tensor_problems(
         if not floating:
             problems.append(f"{name} has dtype {dtype}, expected a floating-point type")
     return problems
+
+
+# -- shapes without allocation ---------------------------------------------------------------
+
+
+def expected_shapes(
+    backbone_cfg: BackboneConfig,
+    method: str,
+    config: AdapterConfig | Mapping[str, object],
+    head: HeadConfig,
+) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes one adapter of ``method``/``config``/``head`` consists of.
+
+    The sites are built on the ``meta`` device (shapes only, no storage), the head by arithmetic
+    (``LayerNorm(D)`` + ``Linear(D, C)``), so nothing here is sized by the config's numbers in
+    memory. Call :func:`check_manifest_limits` first for input from outside: a meta build still
+    costs Python objects per block and site.
+
+    Raises:
+        ConfigError: the config does not fit this method or backbone.
+    """
+    spec = get_method(method)
+    cfg = spec.parse_config(config)
+    shapes: dict[str, tuple[int, ...]] = {}
+    if not spec.head_only:
+        with torch.device("meta"):
+            shapes.update(AdapterStack(spec, cfg, backbone_cfg, 1).slot_shapes())
+    dim, classes = backbone_cfg.embed_dim, head.num_classes
+    shapes.update(
+        {
+            f"{HEAD_PREFIX}norm.weight": (dim,),
+            f"{HEAD_PREFIX}norm.bias": (dim,),
+            f"{HEAD_PREFIX}fc.weight": (classes, dim),
+            f"{HEAD_PREFIX}fc.bias": (classes,),
+        }
+    )
+    return shapes
+
+
+def check_manifest_limits(
+    manifest: AdapterManifest, backbone_cfg: BackboneConfig, limits: CheckpointLimits
+) -> None:
+    """Refuse a manifest that describes something larger than ``limits`` allow (all at once)."""
+    problems: list[str] = []
+    if backbone_cfg.depth > limits.max_depth:
+        problems.append(f"backbone depth {backbone_cfg.depth} is over max_depth={limits.max_depth}")
+    if backbone_cfg.embed_dim > limits.max_embed_dim:
+        problems.append(
+            f"backbone embed_dim {backbone_cfg.embed_dim} is over "
+            f"max_embed_dim={limits.max_embed_dim}"
+        )
+    if len(manifest.labels) > limits.max_labels:
+        problems.append(f"{len(manifest.labels)} labels, over max_labels={limits.max_labels}")
+    try:
+        cfg = manifest.adapter_config()
+    except (ValidationError, ValueError) as exc:
+        raise InvalidCheckpoint(
+            f"checkpoint {manifest.id}: invalid config for method {manifest.method!r}: "
+            f"{describe(exc)}"
+        ) from None
+    fields = cfg.model_dump()
+    max_width = limits.max_width_factor * backbone_cfg.embed_dim
+    for name in _WIDTH_FIELDS:
+        value = fields.get(name)
+        if isinstance(value, int) and value > max_width:
+            problems.append(
+                f"config.{name}={value} is over {max_width} (max_width_factor="
+                f"{limits.max_width_factor} x embed_dim {backbone_cfg.embed_dim})"
+            )
+    for name, limit, limit_name in (
+        ("num_experts", limits.max_experts, "max_experts"),
+        ("slots_per_expert", limits.max_slots_per_expert, "max_slots_per_expert"),
+    ):
+        value = fields.get(name)
+        if isinstance(value, int) and value > limit:
+            problems.append(f"config.{name}={value} is over {limit_name}={limit}")
+    prompts = cfg.num_prompts()
+    if prompts > limits.max_prompt_tokens:
+        problems.append(
+            f"{prompts} prompt tokens, over max_prompt_tokens={limits.max_prompt_tokens}"
+        )
+    if problems:
+        raise InvalidCheckpoint(
+            f"checkpoint {manifest.id} ({manifest.method}) is larger than this server accepts: "
+            + "; ".join(problems)
+        )
+
+
+def adapter_shapes(
+    manifest: AdapterManifest, backbone_cfg: BackboneConfig, limits: CheckpointLimits
+) -> dict[str, tuple[int, ...]]:
+    """:func:`expected_shapes` of a manifest after :func:`check_manifest_limits`; the parameter
+    count is checked against ``limits.max_params`` (file size: :func:`validate_weights`)."""
+    check_manifest_limits(manifest, backbone_cfg, limits)
+    try:
+        shapes = expected_shapes(
+            backbone_cfg, manifest.method, manifest.config, manifest.head_config()
+        )
+    except (ConfigError, ValidationError, ValueError, RuntimeError) as exc:
+        detail = describe(exc) if isinstance(exc, ValidationError | ValueError) else str(exc)
+        raise InvalidCheckpoint(
+            f"checkpoint {manifest.id}: method {manifest.method!r} with config {manifest.config} "
+            f"cannot be built on backbone {backbone_cfg.name!r}: {detail}"
+        ) from None
+    params = num_params(shapes)
+    if params > limits.max_params:
+        raise InvalidCheckpoint(
+            f"checkpoint {manifest.id} ({manifest.method}) describes {params} parameters, over "
+            f"max_params={limits.max_params}: use a smaller rank/width, fewer blocks or classes"
+        )
+    return shapes
+
+
+def num_params(shapes: Mapping[str, tuple[int, ...]]) -> int:
+    """Total elements of ``shapes`` (Python ints: no overflow)."""
+    return sum(math.prod(shape) for shape in shapes.values())
+
+
+# -- backbone --------------------------------------------------------------------------------
+
+
+def check_backbone(manifest: AdapterManifest, backbone: VisionTransformer) -> None:
+    """Refuse a checkpoint trained on another backbone (by fingerprint: architecture + weights)."""
+    ref = manifest.backbone
+    if ref.fingerprint != backbone.fingerprint():
+        raise IncompatibleBackbone(
+            f"checkpoint {manifest.id} was made for backbone {ref.name}@{ref.fingerprint} "
+            f"(source {ref.source}); this server runs {backbone.cfg.name}@{backbone.fingerprint()} "
+            f"(source {backbone.source}). Load it with the backbone it was trained on, or "
+            "retrain it on this one"
+        )
+
+
+# -- safetensors header ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HeaderEntry:
+    """One tensor as a safetensors header describes it (offsets relative to the data)."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+
+def parse_header(
+    data: bytes | memoryview, *, where: str, max_header_bytes: int
+) -> tuple[dict[str, HeaderEntry], int]:
+    """The tensors a safetensors buffer declares, and where its data starts; reads no data.
+
+    The 8-byte header length is bounded (by ``max_header_bytes`` and the buffer) before the JSON
+    is parsed, so a pickle or random bytes posing as safetensors are refused cheaply.
+
+    Raises:
+        InvalidCheckpoint: ``... is not a valid safetensors file: <why>``.
+    """
+
+    def bad(why: str) -> InvalidCheckpoint:
+        return InvalidCheckpoint(f"{where} is not a valid safetensors file: {why}")
+
+    if len(data) < 8:
+        raise bad(f"{len(data)} bytes is shorter than the 8-byte header length")
+    size = int.from_bytes(bytes(data[:8]), "little")
+    if size > max_header_bytes:
+        raise bad(f"its header claims {size} bytes, over max_header_bytes={max_header_bytes}")
+    if 8 + size > len(data):
+        raise bad(f"its header claims {size} bytes, past the end of the {len(data)}-byte file")
+    try:
+        raw = json.loads(bytes(data[8 : 8 + size]).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise bad(f"its header is not UTF-8 JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise bad("its header is not a JSON object")
+    entries: dict[str, HeaderEntry] = {}
+    for name, info in raw.items():
+        if name == "__metadata__":
+            continue
+        entry = _entry(info)
+        if entry is None:
+            raise bad(f"tensor {name!r} has no valid dtype/shape/data_offsets")
+        need = math.prod(entry.shape) * _ITEMSIZE[entry.dtype]
+        if entry.end - entry.begin != need:
+            raise bad(
+                f"tensor {name!r} spans {entry.end - entry.begin} bytes, but "
+                f"{entry.dtype}{list(entry.shape)} needs {need}"
+            )
+        entries[name] = entry
+    _check_layout(entries, len(data) - 8 - size, bad)
+    return entries, 8 + size
+
+
+def _check_layout(
+    entries: Mapping[str, HeaderEntry], data_len: int, bad: Callable[[str], InvalidCheckpoint]
+) -> None:
+    """Tensors must tile the data bytes exactly, in order, as safetensors writes them."""
+    position = 0
+    for name, entry in sorted(entries.items(), key=lambda kv: (kv[1].begin, kv[1].end)):
+        if entry.begin != position or entry.end > data_len:
+            raise bad(
+                f"tensor {name!r} at bytes [{entry.begin}, {entry.end}) does not follow the "
+                f"previous tensor (ends at {position}) within the {data_len} data bytes"
+            )
+        position = entry.end
+    if position != data_len:
+        raise bad(f"{data_len - position} bytes after the last tensor")
+
+
+def _entry(info: object) -> HeaderEntry | None:
+    if not isinstance(info, dict):
+        return None
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if dtype not in _ITEMSIZE or not isinstance(shape, list) or not isinstance(offsets, list):
+        return None
+    ints = [*shape, *offsets]
+    if len(offsets) != 2 or not all(isinstance(v, int) and v >= 0 for v in ints):
+        return None
+    begin, end = offsets
+    if end < begin:
+        return None
+    return HeaderEntry(dtype, tuple(shape), begin, end)
+
+
+def check_header(
+    manifest: AdapterManifest,
+    expected: Mapping[str, tuple[int, ...]],
+    found: Mapping[str, tuple[tuple[int, ...], str]],
+) -> None:
+    """Compare tensors (name -> (shape, dtype name)) with the expected ones; one message."""
+    problems = tensor_problems(
+        expected, {n: (shape, dtype, dtype in FLOAT_DTYPES) for n, (shape, dtype) in found.items()}
+    )
+    if problems:
+        raise InvalidCheckpoint(
+            f"checkpoint {manifest.id} ({manifest.method}) does not fit its manifest: "
+            + "; ".join(problems)
+        )
+
+
+def read_tensors(
+    data: bytes | memoryview, start: int, entries: Mapping[str, HeaderEntry]
+) -> dict[str, Tensor]:
+    """Copy each tensor out of a validated buffer (after :func:`check_header`: float dtypes)."""
+    view = memoryview(data)
+    out: dict[str, Tensor] = {}
+    for name in sorted(entries):
+        entry = entries[name]
+        dtype = FLOAT_DTYPES[entry.dtype]
+        chunk = bytearray(view[start + entry.begin : start + entry.end])  # own, writable copy
+        flat = torch.frombuffer(chunk, dtype=dtype) if chunk else torch.empty(0, dtype=dtype)
+        out[name] = flat.reshape(entry.shape)
+    return out
+
+
+def check_finite(manifest: AdapterManifest, tensors: Mapping[str, Tensor]) -> None:
+    """Refuse NaN or Inf in any tensor (they would poison every row routed to the adapter)."""
+    bad = sorted(name for name, t in tensors.items() if not bool(torch.isfinite(t).all()))
+    if bad:
+        raise InvalidCheckpoint(f"checkpoint {manifest.id}: tensors {bad} contain NaN or Inf")
+
+
+def weights_sha256(data: bytes | memoryview) -> str:
+    """Hex sha256 of the weights bytes (what ``manifest.weights_sha256`` records)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+# -- the one validation path -----------------------------------------------------------------
+
+
+def validate_weights(
+    manifest: AdapterManifest,
+    weights: bytes,
+    *,
+    backbone: VisionTransformer | None,
+    limits: CheckpointLimits,
+    where: str = "adapter.safetensors",
+) -> dict[str, Tensor]:
+    """Check ``weights`` against a parsed ``manifest``; return its tensors (CPU, own memory).
+
+    Order: backbone fingerprint (when ``backbone`` is given; otherwise the manifest's recorded
+    config is used for shapes), weights size, manifest limits, expected shapes (meta device) and
+    parameters against ``max_params``, sha256, header format (length bounded first), parameters
+    against the file size, header names/shapes/dtypes, tensor data, finite.
+
+    Raises:
+        IncompatibleBackbone: ``backbone`` is not the one the adapter was trained on.
+        InvalidCheckpoint: anything else; the message says what is wrong and what is allowed.
+    """
+    if backbone is not None:
+        check_backbone(manifest, backbone)
+        backbone_cfg = backbone.cfg
+    else:
+        backbone_cfg = manifest.backbone.backbone_config()
+    if len(weights) > limits.max_weights_bytes:
+        raise InvalidCheckpoint(
+            f"{where} is {len(weights)} bytes, over the limit of {limits.max_weights_bytes} "
+            "bytes (max_weights_bytes)"
+        )
+    expected = adapter_shapes(manifest, backbone_cfg, limits)
+    digest = weights_sha256(weights)
+    if digest != manifest.weights_sha256:
+        raise InvalidCheckpoint(
+            f"{where} has sha256 {digest}, but the manifest says {manifest.weights_sha256}: "
+            "the file is corrupt or does not belong to this manifest"
+        )
+    entries, start = parse_header(weights, where=where, max_header_bytes=limits.max_header_bytes)
+    params = num_params(expected)
+    if params * MIN_ITEMSIZE > len(weights):  # cheap summary before the per-tensor report
+        raise InvalidCheckpoint(
+            f"checkpoint {manifest.id} ({manifest.method}) describes {params} parameters, which "
+            f"need at least {params * MIN_ITEMSIZE} bytes at {MIN_ITEMSIZE} bytes each, but "
+            f"{where} holds {len(weights)}: the manifest does not describe these weights"
+        )
+    check_header(manifest, expected, {n: (e.shape, e.dtype) for n, e in entries.items()})
+    tensors = read_tensors(weights, start, entries)
+    check_finite(manifest, tensors)
+    return tensors

@@ -58,7 +58,7 @@ def make_checkpoint(
     pool: Literal["cls", "mean"] = "cls",
 ) -> tuple[AdapterBank, AdapterCheckpoint]:
     """A bank with a decoy and ``esc50@2`` (so that one is not in slot 0), and its checkpoint."""
-    bank = AdapterBank(backbone.cfg, slots_per_stack=2)
+    bank = AdapterBank.for_backbone(backbone, capacity=2)
     head = HeadConfig(num_classes=len(LABELS), pool=pool, multi_label=multilabel)
     cfg = CONFIGS.get(method, {})
     bank.add("decoy@1", method, cfg, head)
@@ -116,7 +116,7 @@ def test_round_trip_gives_identical_logits(
     assert m.metrics == {"accuracy": 0.5}
     assert set(loaded.tensors) == set(bank.adapter_tensors("esc50@2"))
 
-    fresh = AdapterBank(tiny_backbone.cfg)
+    fresh = AdapterBank.for_backbone(tiny_backbone)
     assert loaded.load_into(fresh) == "esc50@2"
     loaded.load_into(fresh, "renamed@7")  # keys carry no adapter id: loads under any id
     spec = torch.randn(3, FRAMES, 128)
@@ -176,7 +176,7 @@ def test_load_into_refuses_a_bank_for_another_backbone(
 ) -> None:
     ckpt = load_checkpoint(saved, backbone=tiny_backbone)
     with pytest.raises(IncompatibleBackbone, match="esc50@2"):
-        ckpt.load_into(AdapterBank(tiny_deit.cfg))
+        ckpt.load_into(AdapterBank.for_backbone(tiny_deit))
 
 
 # -- bad checkpoints -------------------------------------------------------------------------
@@ -399,7 +399,7 @@ def test_oversized_file_is_refused_before_hashing(
     def no_hash(path: Path) -> str:
         raise AssertionError("hashed an oversized file")
 
-    monkeypatch.setattr("lookaside.checkpoint._sha256_file", no_hash)
+    monkeypatch.setattr("lookaside.checkpoint.validate.weights_sha256", no_hash)
     with pytest.raises(InvalidCheckpoint, match=r"over the limit of 100 bytes \(max_bytes\)"):
         load_checkpoint(saved, max_bytes=100)
 
@@ -409,33 +409,21 @@ def test_tensors_are_not_read_before_the_header_is_checked(
 ) -> None:
     _edit_tensors(saved, lambda t: t.__setitem__("extra", torch.zeros(1)))
     read: list[str] = []
-    import lookaside.checkpoint as module
+    import lookaside.checkpoint.validate as module
 
-    class Spy:
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            self.inner: Any = safe_open(*args, **kwargs)
+    real = module.read_tensors
 
-        def __enter__(self) -> Spy:
-            self.f = self.inner.__enter__()
-            return self
+    def spy(*args: Any, **kwargs: Any) -> dict[str, Tensor]:
+        read.append("read")
+        return real(*args, **kwargs)
 
-        def __exit__(self, *exc: object) -> None:
-            self.inner.__exit__(*exc)
-
-        def keys(self) -> list[str]:
-            return list(self.f.keys())
-
-        def get_slice(self, name: str) -> Any:
-            return self.f.get_slice(name)
-
-        def get_tensor(self, name: str) -> Tensor:
-            read.append(name)
-            return self.f.get_tensor(name)  # type: ignore[no-any-return]
-
-    monkeypatch.setattr(module, "safe_open", Spy)
+    monkeypatch.setattr(module, "read_tensors", spy)
     with pytest.raises(InvalidCheckpoint, match="unexpected tensors"):
         load_checkpoint(saved, backbone=tiny_backbone)
     assert read == []
+    _edit_tensors(saved, lambda t: t.__delitem__("extra"))
+    load_checkpoint(saved, backbone=tiny_backbone)
+    assert read == ["read"]  # the spy does see a real read
 
 
 # -- forward compatibility -------------------------------------------------------------------
