@@ -1,0 +1,149 @@
+"""What every dataset loader returns: clips (where the audio is, which label), splits, labels.
+
+A loader only reads the dataset's index (CSV, lists, folders) and checks it against the files on
+disk; audio is read later, clip by clip, by :mod:`training.cache` (which decodes each clip once).
+Malformed datasets raise :class:`DatasetError` naming the file and what was expected.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lookaside.errors import ConfigError
+from lookaside.features import FeatureConfig
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".aiff", ".aif", ".opus")
+
+
+class DatasetError(ConfigError):
+    """A dataset is missing, malformed or does not match its documented layout."""
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One training example: a whole file, a time segment of one, or an HDF5 sample range."""
+
+    path: Path
+    """Audio file (or HDF5 file when ``h5_key`` is set)."""
+    label: int
+    """Class index into :attr:`DatasetSplits.labels`."""
+    start_s: float | None = None
+    """Segment start in seconds (None: the whole file)."""
+    end_s: float | None = None
+    """Segment end in seconds."""
+    h5_key: str | None = None
+    """Dataset name inside the HDF5 file (EPIC-SOUNDS: the video id)."""
+    start_sample: int | None = None
+    """First sample of an HDF5 segment."""
+    stop_sample: int | None = None
+    """One past the last sample of an HDF5 segment."""
+    sample_rate: int | None = None
+    """Sample rate of HDF5 audio (raw arrays carry none)."""
+
+
+@dataclass
+class DatasetSplits:
+    """A dataset ready for training: labelled clips per split and its feature defaults."""
+
+    name: str
+    """Dataset name (``esc50``, ``speech_commands``, ``epic_sounds``, ``folder``, ``csv``)."""
+    labels: list[str]
+    """Class names in logit order."""
+    train: list[Clip]
+    """Clips the adapter is trained on."""
+    val: list[Clip]
+    """Clips used to pick the best epoch."""
+    test: list[Clip] = field(default_factory=list)
+    """Held-out clips, evaluated once at the end (may be empty)."""
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    """Feature defaults for this dataset (frames per window, mean / std)."""
+    task: str = "audio classification"
+    """Free-text task, recorded in the manifest."""
+    report_map: bool = False
+    """Also report mAP (EPIC-SOUNDS does)."""
+    noise_dir: Path | None = None
+    """Background-noise recordings mixed into training clips (Speech Commands)."""
+    split_rows: list[tuple[str, str, str, str, str]] | None = None
+    """``(path, label, start_s, end_s, split)`` of a split drawn here (no split given): written beside the
+    checkpoint as ``split.csv``, itself a loadable CSV dataset, so the run can be reproduced."""
+
+    def split(self, name: str) -> list[Clip]:
+        """Clips of ``train``, ``val`` or ``test``."""
+        if name not in ("train", "val", "test"):
+            raise ConfigError(f"unknown split {name!r}; choose train, val or test")
+        clips: list[Clip] = getattr(self, name)
+        return clips
+
+
+def require_dir(path: Path, what: str) -> Path:
+    """``path`` if it is a directory, else a :class:`DatasetError` saying what belongs there."""
+    if not path.is_dir():
+        raise DatasetError(f"{path} does not exist or is not a directory; expected {what}")
+    return path
+
+
+def require_file(path: Path, what: str) -> Path:
+    """``path`` if it is a file, else a :class:`DatasetError` saying what it should hold."""
+    if not path.is_file():
+        raise DatasetError(f"{path} is missing; expected {what}")
+    return path
+
+
+def read_csv(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
+    """Rows of a CSV with a header that must contain ``required`` columns."""
+    require_file(path, f"a CSV with columns {', '.join(required)}")
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise DatasetError(
+                f"{path} lacks columns {missing}; expected a header with {', '.join(required)} "
+                f"(found {', '.join(header) or 'no header'})"
+            )
+        rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    if not rows:
+        raise DatasetError(f"{path} has a header but no rows")
+    return rows
+
+
+def check_files(clips: Sequence[Clip], index: Path) -> None:
+    """Every clip's file exists; else one error naming the index and the first missing files."""
+    missing = sorted({str(c.path) for c in clips if not c.path.is_file()})
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise DatasetError(f"{index} lists {len(missing)} audio files that do not exist: {shown}")
+
+
+def stratified_split(
+    items: Sequence[tuple[str, int]], fractions: dict[str, float], seed: int
+) -> dict[str, list[str]]:
+    """Assign keys to splits per class in the given proportions (seeded, reproducible).
+
+    Args:
+        items: ``(key, label)`` pairs.
+        fractions: e.g. ``{"val": 0.2, "test": 0.0}``; the rest goes to ``train``.
+        seed: shuffles each class's keys.
+    """
+    by_label: dict[int, list[str]] = defaultdict(list)
+    for key, label in items:
+        by_label[label].append(key)
+    rng = random.Random(seed)
+    out: dict[str, list[str]] = {"train": [], **{name: [] for name in fractions}}
+    for label in sorted(by_label):
+        keys = sorted(by_label[label])
+        rng.shuffle(keys)
+        start = 0
+        for name, frac in fractions.items():
+            n = round(frac * len(keys))
+            if frac > 0 and n == 0 and len(keys) - start > 1:
+                n = 1  # every class appears in every requested split when it can
+            out[name] += keys[start : start + n]
+            start += n
+        out["train"] += keys[start:]
+    return out

@@ -1,0 +1,26 @@
+"""The dataset options every loader accepts (one record, so the CLI builds it once)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """Where a dataset lives and how to split it."""
+
+    root: Path
+    """Dataset directory (or a CSV file for the ``csv`` layout)."""
+    fold: int | None = None
+    """Test fold of a folded dataset (ESC-50: 1-5)."""
+    seed: int = 0
+    """Seed of any split drawn here."""
+    val_fraction: float = 0.1
+    """Share of the training clips held out for validation when the layout has no val split."""
+    test_fraction: float = 0.0
+    """Share held out for testing when the layout has no test split (generic layouts)."""
+    audio: Path | None = None
+    """EPIC-SOUNDS audio: an HDF5 file or a directory of per-video files (default: search)."""
+    sample_rate: int = 24_000
+    """Sample rate of raw HDF5 audio (EPIC-KITCHENS-100 audio is 24 kHz)."""

@@ -1,0 +1,83 @@
+"""Upload a checkpoint directory to a running Lookaside server (``POST {url}/adapters``).
+
+Multipart with two files, ``manifest`` (manifest.json) and ``weights`` (adapter.safetensors), the
+admin token as ``Authorization: Bearer <token>``, ``?activate=true`` to serve it at once. The
+server assigns the version; its JSON answer is returned. A refusal raises :class:`PushError` with
+the server's own ``detail`` message.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from lookaside.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, load_checkpoint
+from lookaside.errors import LookasideError
+
+TOKEN_ENV = "LOOKASIDE_ADMIN_TOKEN"
+
+
+class PushError(LookasideError):
+    """The upload failed: no server, no token, or the server refused it (its message)."""
+
+
+def push(
+    directory: Path,
+    url: str,
+    *,
+    token: str | None = None,
+    activate: bool = False,
+    timeout: float = 120.0,
+    transport: httpx.BaseTransport | None = None,
+) -> dict[str, Any]:
+    """Validate ``directory`` locally, upload it, return the server's JSON answer."""
+    token = token or os.environ.get(TOKEN_ENV)
+    if not token:
+        raise PushError(f"no admin token: pass --token or set {TOKEN_ENV}")
+    load_checkpoint(directory)  # refuse a broken checkpoint before sending megabytes
+    files = {
+        "manifest": (MANIFEST_FILE, (directory / MANIFEST_FILE).read_bytes(), "application/json"),
+        "weights": (WEIGHTS_FILE, (directory / WEIGHTS_FILE).read_bytes(), "application/octet-stream"),
+    }
+    params = {"activate": "true"} if activate else {}
+    endpoint = url.rstrip("/") + "/adapters"
+    try:
+        with httpx.Client(timeout=timeout, transport=transport) as client:
+            response = client.post(
+                endpoint, files=files, params=params, headers={"Authorization": f"Bearer {token}"}
+            )
+    except httpx.HTTPError as exc:
+        raise PushError(f"could not reach {endpoint}: {exc}") from None
+    if response.status_code >= 400:
+        raise PushError(f"server refused the upload ({response.status_code}): {_detail(response)}")
+    try:
+        body: dict[str, Any] = response.json()
+    except ValueError:
+        raise PushError(f"{endpoint} answered {response.status_code} without JSON") from None
+    return body
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    if detail is None:
+        return response.text[:500] or response.reason_phrase
+    return detail if isinstance(detail, str) else str(detail)
+
+
+def describe(answer: dict[str, Any]) -> str:
+    """One line saying what the server now serves, from its answer."""
+    name = answer.get("name", "?")
+    version = answer.get("version", "?")
+    active = answer.get("active", answer.get("active_version"))
+    text = f"uploaded {name}@{version}"
+    if answer.get("created") is False:
+        text += " (identical content: the existing version)"
+    if active is not None:
+        text += f"; the server now serves {name}@{active}"
+    return text
