@@ -112,24 +112,40 @@ def resample_pos_embed(
     old_grid: tuple[int, int],
     num_prefix_tokens: int,
     mode: str = "bicubic",
+    antialias: bool = True,
 ) -> Tensor:
     """Resample a ``[1, prefix + H*W, D]`` position embedding to another patch grid.
 
+    Equal to timm's ``timm.layers.resample_abs_pos_embed`` with its defaults (bicubic,
+    ``antialias=True``, ``align_corners=False``, computed in float32): timm applies it in
+    ``checkpoint_filter_fn`` and for ``dynamic_img_size``, so a timm ViT run on the spectrogram grid
+    sees the same positions as ours. Antialiasing matters here: every ImageNet ViT on a 128-mel
+    spectrogram shrinks its 14 rows to 8, and plain bicubic then differs from timm by up to ~1.
+
     Prefix-token embeddings are kept as they are; the grid part is interpolated in 2-D (the
     reference code of the papers skipped a mismatched embedding entirely, leaving the model with no
-    positional information: NOTES §8).
+    positional information: NOTES §8). ``new_grid`` may hold symbolic sizes (``torch.export`` with
+    a dynamic frame axis): the same-grid shortcut is then skipped, which changes nothing because
+    antialiased bicubic at scale 1 is the identity.
     """
     if posemb.shape[1] != num_prefix_tokens + old_grid[0] * old_grid[1]:
         raise ConfigError(
             f"position embedding has {posemb.shape[1]} tokens, expected "
             f"{num_prefix_tokens} + {old_grid[0]}x{old_grid[1]}"
         )
-    if tuple(new_grid) == tuple(old_grid):
+    static = all(isinstance(n, int) for n in new_grid)
+    if static and tuple(new_grid) == tuple(old_grid):
         return posemb
     prefix, grid = posemb[:, :num_prefix_tokens], posemb[:, num_prefix_tokens:]
     dim = grid.shape[-1]
     image = grid.float().reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2)
-    image = F.interpolate(image, size=new_grid, mode=mode, align_corners=False)
+    image = F.interpolate(
+        image,
+        size=(new_grid[0], new_grid[1]),
+        mode=mode,
+        align_corners=False if mode in ("bilinear", "bicubic") else None,
+        antialias=antialias and mode in ("bilinear", "bicubic"),
+    )
     grid = image.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim).to(posemb.dtype)
     return torch.cat([prefix, grid], dim=1)
 
@@ -273,10 +289,16 @@ class VisionTransformer(nn.Module):
 
     # -- identity ---------------------------------------------------------------------------
     def fingerprint(self) -> str:
-        """Stable hash of config + weights; adapter checkpoints record it to refuse a mismatch."""
+        """Hash of architecture + weights; adapter checkpoints record it to refuse a mismatch.
+
+        The display name (``cfg.name``) and the source string are left out: the same weights
+        loaded under another name, or from a file instead of the hub, are the same backbone, and
+        adapters trained on one must load on the other.
+        """
         if self._fingerprint is None:
             digest = hashlib.sha256()
-            digest.update(json.dumps(self.cfg.model_dump(), sort_keys=True).encode())
+            architecture = self.cfg.model_dump(exclude={"name"})
+            digest.update(json.dumps(architecture, sort_keys=True).encode())
             for name, tensor in sorted(self.state_dict().items()):
                 digest.update(name.encode())
                 t = tensor.detach().to("cpu", torch.float32).contiguous()
@@ -294,7 +316,16 @@ class VisionTransformer(nn.Module):
     def pos_embed_for(
         self, grid: tuple[int, int], device: torch.device, dtype: torch.dtype
     ) -> Tensor:
-        """Position embedding resampled to ``grid``, cached per grid (the weights are frozen)."""
+        """Position embedding resampled to ``grid``, cached per grid (the weights are frozen).
+
+        Under ``torch.compile`` / ``torch.export`` the resample is computed in the graph instead:
+        a Python dict keyed by (symbolic) sizes cannot be traced, and a dynamic frame axis needs
+        the resample to follow the traced grid.
+        """
+        if torch.compiler.is_compiling():
+            return resample_pos_embed(
+                self.pos_embed, grid, self.cfg.source_grid, self.cfg.num_prefix_tokens
+            ).to(device=device, dtype=dtype)
         key = (grid[0], grid[1], device, dtype)
         cached = self._pos_cache.get(key)
         if cached is None:
@@ -306,7 +337,11 @@ class VisionTransformer(nn.Module):
         return cached
 
     def embed(self, spec: Tensor, num_prompts: int = 0) -> tuple[Tensor, TokenLayout]:
-        """Patch-embed a ``[B, frames, mel]`` spectrogram and add prefix tokens and positions."""
+        """Patch-embed a ``[B, frames, mel]`` spectrogram and add prefix tokens and positions.
+
+        ``num_prompts`` > 0 also opens zero prompt slots (see :meth:`insert_prompt_slots`); the
+        forward opens them later, just before the first block that writes prompts.
+        """
         if spec.dim() != 3 or spec.shape[2] < self.cfg.patch_size:
             raise ConfigError(
                 f"expected a [batch, frames, mel] spectrogram, got {tuple(spec.shape)}"
@@ -318,19 +353,36 @@ class VisionTransformer(nn.Module):
             prefix.append(self.dist_token.expand(B, -1, -1))
         x = torch.cat([*prefix, tokens], dim=1)
         x = x + self.pos_embed_for(grid, x.device, x.dtype)
+        layout = TokenLayout(num_prefix=self.cfg.num_prefix_tokens, num_prompts=0, grid=grid)
         if num_prompts:
-            n = self.cfg.num_prefix_tokens
-            blank = x.new_zeros(B, num_prompts, x.shape[2])
-            x = torch.cat([x[:, :n], blank, x[:, n:]], dim=1)
-        layout = TokenLayout(
-            num_prefix=self.cfg.num_prefix_tokens, num_prompts=num_prompts, grid=grid
-        )
+            return self.insert_prompt_slots(x, layout, num_prompts)
         return x, layout
+
+    @staticmethod
+    def insert_prompt_slots(
+        x: Tensor, layout: TokenLayout, num_prompts: int
+    ) -> tuple[Tensor, TokenLayout]:
+        """Open ``num_prompts`` zero tokens after the prefix of a prompt-free sequence.
+
+        The zeros are placeholders: the first prompt block overwrites them
+        (:meth:`lookaside.sites.Route.write_prompts`) before they take part in attention.
+        """
+        if layout.num_prompts:
+            raise ConfigError("the sequence already has prompt tokens")
+        n = layout.num_prefix
+        blank = x.new_zeros(x.shape[0], num_prompts, x.shape[2])
+        x = torch.cat([x[:, :n], blank, x[:, n:]], dim=1)
+        return x, TokenLayout(num_prefix=n, num_prompts=num_prompts, grid=layout.grid)
 
     def forward_features(
         self, spec: Tensor, route: Route | None = None
     ) -> tuple[Tensor, TokenLayout]:
         """Tokens after the final norm, ``[B, L, D]``, and their layout.
+
+        Prompt tokens (deep prompt tuning) are inserted just before block ``route.prompt_start``,
+        the first block that writes them: the blocks before it see the plain token layout and
+        compute exactly what the plain ViT computes (zero placeholders in their attention would
+        change every token). The returned layout is the final one.
 
         Args:
             spec: normalised fbank, ``[batch, frames, mel]``.
@@ -341,8 +393,16 @@ class VisionTransformer(nn.Module):
                 f"route is for {route.batch_size} rows but the batch has {spec.shape[0]}"
             )
         num_prompts = route.num_prompts if route is not None else 0
-        x, layout = self.embed(spec, num_prompts)
-        for block in self.blocks:
+        prompt_start = route.prompt_start if route is not None and num_prompts else 0
+        if not 0 <= prompt_start < self.cfg.depth:
+            raise ConfigError(
+                f"route.prompt_start {prompt_start} is not a block of this "
+                f"{self.cfg.depth}-block backbone (valid: 0..{self.cfg.depth - 1})"
+            )
+        x, layout = self.embed(spec)
+        for i, block in enumerate(self.blocks):
+            if num_prompts and i == prompt_start:
+                x, layout = self.insert_prompt_slots(x, layout, num_prompts)
             x = block(x, route, layout)
         return self.norm(x), layout
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from lookaside.backbone import BackboneConfig
@@ -142,43 +143,111 @@ def ast_config(hf_config: Mapping[str, Any], name: str = "ast") -> BackboneConfi
     )
 
 
+def _is_identity(module: object) -> bool:
+    """An absent optional part: timm uses ``nn.Identity`` (or None) for switched-off layers."""
+    return module is None or isinstance(module, torch.nn.Identity)
+
+
+def _is_exact_gelu(act: object) -> bool:
+    """True when ``act`` computes exact (erf) GELU, whatever class implements it.
+
+    Probed numerically rather than by class: timm has its own ``GELU`` class, and the look-alikes
+    (``GELUTanh``, ``QuickGELU``) differ from exact GELU by 1e-4 to 2e-2, enough to shift every
+    token of a 12-block ViT.
+    """
+    if not isinstance(act, torch.nn.Module):
+        return False
+    probe = torch.linspace(-6.0, 6.0, 241)
+    try:
+        with torch.no_grad():
+            out = act(probe)
+    except Exception:  # an activation that cannot run on a 1-D tensor is not GELU either
+        return False
+    return isinstance(out, Tensor) and torch.allclose(out, F.gelu(probe), atol=1e-7, rtol=0)
+
+
+def _act_name(act: object) -> str:
+    """``GELUTanh``, ``QuickGELU``, ``GELU(approximate='tanh')``, ..."""
+    approximate = getattr(act, "approximate", "none")
+    suffix = f"(approximate={approximate!r})" if approximate != "none" else ""
+    return type(act).__name__ + suffix
+
+
+def _block_features(block: Any, embed_dim: int) -> dict[str, bool]:
+    """Per-block parts of a timm ViT that Lookaside's :class:`~lookaside.backbone.Block` lacks."""
+    attn: Any = getattr(block, "attn", None)
+    mlp: Any = getattr(block, "mlp", None)
+    standard_mlp = type(mlp).__name__ == "Mlp" and all(
+        hasattr(mlp, k) for k in ("fc1", "act", "fc2")
+    )
+    standard_attn = all(hasattr(attn, k) for k in ("qkv", "proj", "num_heads"))
+    linears = [getattr(attn, "proj", None), getattr(mlp, "fc1", None), getattr(mlp, "fc2", None)]
+    norms = [getattr(block, "norm1", None), getattr(block, "norm2", None)]
+    return {
+        f"block type {type(block).__name__}": type(block).__name__ != "Block",
+        "non-standard attention (no fused qkv)": not standard_attn,
+        f"gated or non-standard MLP ({type(mlp).__name__})": not standard_mlp,
+        "layer scale (init_values)": not _is_identity(getattr(block, "ls1", None))
+        or not _is_identity(getattr(block, "ls2", None)),
+        "q/k norm (qk_norm)": not _is_identity(getattr(attn, "q_norm", None))
+        or not _is_identity(getattr(attn, "k_norm", None)),
+        "attention output norm (scale_attn_norm)": not _is_identity(getattr(attn, "norm", None)),
+        "gated attention (gated)": getattr(attn, "gate", None) is not None,
+        "attention width other than embed_dim (attn_head_dim)": standard_attn
+        and attn.qkv.out_features != 3 * embed_dim,
+        "MLP norm (scale_mlp_norm)": not _is_identity(getattr(mlp, "norm", None)),
+        "linear layers without bias (proj_bias=False)": any(
+            isinstance(m, torch.nn.Linear) and m.bias is None for m in linears
+        ),
+        "a block norm other than LayerNorm (norm_layer)": not all(
+            isinstance(n, torch.nn.LayerNorm) for n in norms
+        ),
+        f"MLP activation {_act_name(getattr(mlp, 'act', None))} (not exact GELU)": standard_mlp
+        and not _is_exact_gelu(mlp.act),
+    }
+
+
 def timm_config(model: torch.nn.Module, name: str) -> BackboneConfig:
     """Our backbone config from an instantiated timm ``VisionTransformer`` (or DeiT distilled).
 
-    Refuses architectures our block does not reproduce (layer scale, register tokens, q/k norm,
-    class token without position embedding), rather than loading them wrongly.
+    Refuses, with a :class:`WeightLoadError` naming the feature, architectures our block does not
+    reproduce (another MLP activation than exact GELU, no class token, layer scale, register
+    tokens, q/k norm, ...) rather than loading them and computing something else.
     """
     pe: Any = getattr(model, "patch_embed", None)
     blocks: Any = getattr(model, "blocks", None)
-    if pe is None or blocks is None:
+    if pe is None or blocks is None or len(blocks) == 0:
         raise WeightLoadError(f"timm model {name!r} is not a ViT (no patch_embed/blocks)")
-    block = blocks[0]
+    embed_dim = int(model.embed_dim)  # type: ignore[arg-type]
     unsupported = {
-        "layer scale": not isinstance(
-            getattr(block, "ls1", torch.nn.Identity()), torch.nn.Identity
+        "no class token (class_token=False)": getattr(model, "cls_token", None) is None,
+        "no learned position embedding (pos_embed='none')": not isinstance(
+            getattr(model, "pos_embed", None), torch.nn.Parameter
         ),
-        "register tokens": getattr(model, "num_reg_tokens", 0) > 0,
-        "q/k norm": not isinstance(
-            getattr(block.attn, "q_norm", torch.nn.Identity()), torch.nn.Identity
-        ),
+        "register tokens (reg_tokens)": getattr(model, "num_reg_tokens", 0) > 0,
         "no_embed_class": bool(getattr(model, "no_embed_class", False)),
-        "patch norm": not isinstance(getattr(pe, "norm", torch.nn.Identity()), torch.nn.Identity),
-        "pre-norm": not isinstance(
-            getattr(model, "norm_pre", torch.nn.Identity()), torch.nn.Identity
-        ),
-        "fc_norm": not isinstance(
-            getattr(model, "fc_norm", torch.nn.Identity()), torch.nn.Identity
+        "non-square patches": len(set(pe.patch_size)) != 1,
+        "patch norm (embed_norm_layer)": not _is_identity(getattr(pe, "norm", None)),
+        "pre-norm (pre_norm)": not _is_identity(getattr(model, "norm_pre", None)),
+        "fc_norm": not _is_identity(getattr(model, "fc_norm", None)),
+        "a final norm other than LayerNorm (final_norm, norm_layer)": not isinstance(
+            getattr(model, "norm", None), torch.nn.LayerNorm
         ),
     }
+    for block in blocks:
+        for feature, present in _block_features(block, embed_dim).items():
+            unsupported[feature] = unsupported.get(feature, False) or present
     bad = [k for k, v in unsupported.items() if v]
     if bad:
         raise WeightLoadError(
-            f"timm model {name!r} uses {', '.join(bad)}, which Lookaside's ViT lacks"
+            f"timm model {name!r} has what Lookaside's ViT does not reproduce: {'; '.join(bad)}. "
+            "Use a plain timm ViT or DeiT (exact GELU act_layer='gelu', class token, learned "
+            "position embedding, LayerNorm, no layer scale)"
         )
+    block = blocks[0]
     img_h, img_w = pe.img_size
     patch = pe.patch_size[0]
     stride = tuple(pe.proj.stride)
-    embed_dim = int(model.embed_dim)  # type: ignore[arg-type]
     return BackboneConfig(
         name=name,
         embed_dim=embed_dim,
