@@ -68,7 +68,7 @@ async function fetchAdapters() {
 }
 
 function activeOf(a) {
-  return a.active_version ?? a.active ?? null;
+  return a.active ?? null;
 }
 
 async function loadAdapterChoices() {
@@ -149,17 +149,21 @@ async function loadAdapterTable() {
       });
       versions.append(button);
     }
-    const percent = a.trainable_percent ?? a.parameter_percent;
-    const metrics = Object.entries(a.metrics || {}).map(([k, v]) => `${k} ${Number(v).toFixed(3)}`).join(", ");
-    const labels = a.labels || [];
-    const state = a.state || "stored";
+    // GET /adapters/{name} describes each version; show the active one (else the newest).
+    const infos = (a.versions || []).filter((v) => typeof v === "object");
+    const info = infos.find((v) => v.version === active) || infos[infos.length - 1] || a;
+    const percent = info.trainable_percent;
+    const metrics = Object.entries(info.metrics || {}).map(([k, v]) => `${k} ${Number(v).toFixed(3)}`).join(", ");
+    const labels = info.labels || [];
+    const state = info.state || a.state || "unloaded";
+    const reason = info.reason || "";
     body.append(
       el("tr", {},
         el("td", { "data-label": "Name", text: a.name }),
-        el("td", { "data-label": "Task", text: a.task || "" }),
-        el("td", { "data-label": "Method", text: a.method || "" }),
+        el("td", { "data-label": "Task", text: info.task || "" }),
+        el("td", { "data-label": "Method", text: info.method || "" }),
         el("td", { "data-label": "Params", text: percent !== undefined ? `${Number(percent).toFixed(2)} %` : "" }),
-        el("td", { "data-label": "State", class: `state-${state}`, text: a.state_reason ? `${state}: ${a.state_reason}` : state }),
+        el("td", { "data-label": "State", class: `state-${state}`, text: reason ? `${state}: ${reason}` : state + (info.resident ? " (resident)" : "") }),
         el("td", { "data-label": "Labels", text: labels.length > 8 ? `${labels.slice(0, 8).join(", ")} … (${labels.length})` : labels.join(", ") }),
         el("td", { "data-label": "Metrics", text: metrics }),
         el("td", { "data-label": "Versions" }, versions),
