@@ -29,6 +29,7 @@ from lookaside.checkpoint import (
     ManifestWarning,
     load_checkpoint,
     load_manifest,
+    validate_checkpoint_bytes,
 )
 from lookaside.errors import ConfigError, IncompatibleBackbone, InvalidCheckpoint
 from lookaside.features import FeatureConfig
@@ -536,3 +537,165 @@ def test_crash_during_overwrite_keeps_the_old_adapter(
     monkeypatch.undo()
     assert load_checkpoint(saved, backbone=tiny_backbone).manifest.method == "loaa"
     assert sorted(p.name for p in saved.parent.iterdir()) == [saved.name]
+
+
+# -- the backbone fingerprint when an adapter enters a bank ----------------------------------
+
+
+def test_load_into_checks_the_bank_fingerprint_even_without_backbone(
+    saved: Path, tiny_backbone: VisionTransformer
+) -> None:
+    ckpt = load_checkpoint(saved)  # no backbone= here: the bank check must still happen
+    other = build_random("test_vit", seed=3)  # same shape, other weights
+    assert other.cfg == tiny_backbone.cfg
+    with pytest.raises(IncompatibleBackbone) as info:
+        ckpt.load_into(AdapterBank.for_backbone(other))
+    text = str(info.value)
+    assert f"made for backbone test_vit@{tiny_backbone.fingerprint()}" in text
+    assert f"this bank serves test_vit@{other.fingerprint()}" in text
+    same = build_random("test_vit", seed=1)  # the same weights, built again
+    assert ckpt.load_into(AdapterBank.for_backbone(same)) == "esc50@2"
+
+
+def test_load_into_a_bank_without_fingerprint_says_how_to_build_one(
+    saved: Path, tiny_backbone: VisionTransformer
+) -> None:
+    ckpt = load_checkpoint(saved, backbone=tiny_backbone)
+    bank = AdapterBank(tiny_backbone.cfg)
+    with pytest.raises(ConfigError, match=r"AdapterBank\.for_backbone\(backbone\)"):
+        ckpt.load_into(bank)
+    assert bank.ids() == []
+
+
+# -- shapes without allocation ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", list(ADAPTERS))
+def test_meta_shapes_equal_the_real_adapter(method: str, tiny_backbone: VisionTransformer) -> None:
+    """expected_shapes (meta device + arithmetic) against a really built stack and head."""
+    from lookaside.adapters import get_method
+    from lookaside.adapters.head import AdapterHead
+    from lookaside.adapters.stack import AdapterStack
+    from lookaside.checkpoint.validate import expected_shapes
+
+    spec = get_method(method)
+    cfg = spec.parse_config(CONFIGS.get(method, {}))
+    head = HeadConfig(num_classes=7)
+    real: dict[str, tuple[int, ...]] = {}
+    if not spec.head_only:
+        stack = AdapterStack(spec, cfg, tiny_backbone.cfg, 1)
+        real.update({n: tuple(t.shape) for n, t in stack.slot_tensors(0).items()})
+    module = AdapterHead(head, tiny_backbone.cfg.embed_dim)
+    real.update({f"head.{n}": tuple(t.shape) for n, t in module.state_dict().items()})
+    assert expected_shapes(tiny_backbone.cfg, method, cfg, head) == real
+
+
+# -- uploads: the same validation on bytes ---------------------------------------------------
+
+FILES_NEEDED = {"no manifest", "no weights"}
+
+
+@pytest.mark.parametrize("case", [c for c in BAD if c not in FILES_NEEDED])
+def test_bad_upload_is_refused_like_a_bad_directory(
+    case: str, saved: Path, tiny_backbone: VisionTransformer
+) -> None:
+    corrupt, error, message = BAD[case]
+    corrupt(saved)
+    UNPICKLED.clear()
+    with pytest.raises(error) as info:
+        validate_checkpoint_bytes(
+            (saved / MANIFEST_FILE).read_bytes(),
+            (saved / WEIGHTS_FILE).read_bytes(),
+            backbone=tiny_backbone,
+        )
+    assert message in str(info.value)
+    assert not UNPICKLED
+
+
+def test_valid_upload_gives_what_the_directory_gives(
+    saved: Path, tiny_backbone: VisionTransformer
+) -> None:
+    upload = validate_checkpoint_bytes(
+        (saved / MANIFEST_FILE).read_bytes(),
+        (saved / WEIGHTS_FILE).read_bytes(),
+        backbone=tiny_backbone,
+    )
+    disk = load_checkpoint(saved, backbone=tiny_backbone)
+    assert upload.manifest == disk.manifest
+    assert upload.tensors.keys() == disk.tensors.keys()
+    for name, tensor in disk.tensors.items():
+        assert torch.equal(upload.tensors[name], tensor)
+        assert upload.tensors[name].dtype == tensor.dtype
+
+
+def _header(weights: bytes) -> tuple[dict[str, Any], bytes]:
+    size = int.from_bytes(weights[:8], "little")
+    header: dict[str, Any] = json.loads(weights[8 : 8 + size])
+    return header, weights[8 + size :]
+
+
+def _pack(header: dict[str, Any], data: bytes) -> bytes:
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + data
+
+
+def _shift_first(weights: bytes) -> bytes:
+    header, data = _header(weights)
+    first = min((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"])
+    header[first]["data_offsets"][0] += 4
+    return _pack(header, data)
+
+
+def _respan(weights: bytes) -> bytes:
+    header, data = _header(weights)
+    header["head.fc.bias"]["shape"] = [2]  # 3 floats of data for a 2-float tensor
+    return _pack(header, data)
+
+
+def _dtype(weights: bytes) -> bytes:
+    header, data = _header(weights)
+    header["head.fc.bias"]["dtype"] = "Q4"
+    return _pack(header, data)
+
+
+CRAFTED: dict[str, tuple[Callable[[bytes], bytes], str]] = {
+    "header length near 2**64": (
+        lambda w: (2**64 - 1).to_bytes(8, "little") + w[8:],
+        "its header claims 18446744073709551615 bytes, over max_header_bytes",
+    ),
+    "header past the end": (
+        lambda w: (len(w)).to_bytes(8, "little") + w[8:],
+        "past the end of the",
+    ),
+    "shorter than 8 bytes": (lambda w: w[:5], "shorter than the 8-byte header length"),
+    "header not JSON": (lambda w: (4).to_bytes(8, "little") + b"\xff\xfe{[" + w, "not UTF-8 JSON"),
+    "header not an object": (lambda w: _pack([1, 2], b""), "not a JSON object"),  # type: ignore[arg-type]
+    "overlapping offsets": (_shift_first, "spans"),
+    "span does not match the shape": (_respan, "tensor 'head.fc.bias' spans 12 bytes"),
+    "unknown dtype": (_dtype, "tensor 'head.fc.bias' has no valid dtype/shape/data_offsets"),
+    "trailing bytes": (lambda w: w + b"\0" * 16, "16 bytes after the last tensor"),
+}
+
+
+@pytest.mark.parametrize("case", list(CRAFTED))
+def test_crafted_safetensors_is_refused_before_any_data_is_read(
+    case: str, saved: Path, tiny_backbone: VisionTransformer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lookaside.checkpoint.validate as module
+
+    craft, message = CRAFTED[case]
+    _write_weights(saved, craft((saved / WEIGHTS_FILE).read_bytes()))
+    monkeypatch.setattr(module, "read_tensors", lambda *a, **k: pytest.fail("read tensor data"))
+    loads: list[Callable[[], AdapterCheckpoint]] = [
+        lambda: load_checkpoint(saved, backbone=tiny_backbone),
+        lambda: validate_checkpoint_bytes(
+            (saved / MANIFEST_FILE).read_bytes(),
+            (saved / WEIGHTS_FILE).read_bytes(),
+            backbone=tiny_backbone,
+        ),
+    ]
+    for load in loads:
+        with pytest.raises(InvalidCheckpoint) as info:
+            load()
+        assert "is not a valid safetensors file" in str(info.value)
+        assert message in str(info.value)

@@ -1,0 +1,357 @@
+"""Checkpoint limits: nothing a manifest describes is allocated before it is checked (NOTES §5).
+
+A 1 KB manifest can describe a huge adapter (``rank: 50000``, ``rank: 1e12``, 120k labels); the
+loader must refuse it with a message naming the limit, without building it. Memory is measured
+as the peak RSS growth during the call (a sampling thread), against a ceiling; the instrument
+itself is shown to see a real allocation.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import torch
+from pydantic import ValidationError
+
+from lookaside.adapters import HeadConfig
+from lookaside.adapters.bank import AdapterBank
+from lookaside.backbone import VisionTransformer
+from lookaside.checkpoint import (
+    MANIFEST_FILE,
+    WEIGHTS_FILE,
+    AdapterCheckpoint,
+    CheckpointLimits,
+    load_checkpoint,
+    validate_checkpoint_bytes,
+)
+from lookaside.errors import InvalidCheckpoint
+from lookaside.features import FeatureConfig
+
+MiB = 1024 * 1024
+CEILING = 50 * MiB
+"""Most RSS growth a refused manifest may cause (the old loader took ~590 MiB for rank 50000)."""
+PERMISSIVE = CheckpointLimits(
+    max_width_factor=10**12,
+    max_experts=10**9,
+    max_slots_per_expert=10**9,
+    max_prompt_tokens=10**9,
+    max_labels=10**9,
+    max_params=2**62,
+)
+"""Limits that admit anything: only the file-size check stands between a manifest and memory."""
+
+
+@contextmanager
+def peak_rss_growth() -> Iterator[list[int]]:
+    """Yields a one-item list that holds, on exit, the peak RSS growth in bytes during the block."""
+    process = psutil.Process()
+    base = process.memory_info().rss
+    peak = [base]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], process.memory_info().rss)
+            stop.wait(0.0002)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    result = [0]
+    try:
+        yield result
+    finally:
+        stop.set()
+        thread.join()
+        result[0] = max(peak[0], process.memory_info().rss) - base
+
+
+@pytest.fixture(scope="module")
+def upload(tiny_backbone: VisionTransformer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A valid LoAA checkpoint of the tiny backbone (attn + ffn sites, 3 labels)."""
+    bank = AdapterBank.for_backbone(tiny_backbone)
+    bank.add("a@1", "loaa", {"rank": 5, "kernels": "attn:T,ffn:F"}, HeadConfig(num_classes=3))
+    ckpt = AdapterCheckpoint.from_bank(
+        bank,
+        "a@1",
+        name="a",
+        version=1,
+        task="t",
+        task_type="multiclass",
+        labels=["x", "y", "z"],
+        features=FeatureConfig(),
+        backbone=tiny_backbone,
+    )
+    target = tmp_path_factory.mktemp("limits") / "a"
+    ckpt.save(target)
+    return target
+
+
+def manifest_of(directory: Path) -> dict[str, Any]:
+    raw: dict[str, Any] = json.loads((directory / MANIFEST_FILE).read_text())
+    return raw
+
+
+def refuse(
+    directory: Path,
+    raw: dict[str, Any],
+    backbone: VisionTransformer | None,
+    limits: CheckpointLimits | None = None,
+) -> str:
+    """The message validate_checkpoint_bytes refuses the edited manifest with."""
+    data = json.dumps(raw, separators=(",", ":")).encode()
+    weights = (directory / WEIGHTS_FILE).read_bytes()
+    with pytest.raises(InvalidCheckpoint) as info:
+        validate_checkpoint_bytes(data, weights, backbone=backbone, limits=limits)
+    return str(info.value)
+
+
+def test_the_instrument_sees_a_real_allocation() -> None:
+    with peak_rss_growth() as grown:
+        block = torch.ones(50 * MiB // 4 * 4)  # 200 MiB, written
+        del block
+    assert grown[0] > 150 * MiB
+
+
+# -- the extreme manifests of issue 7 --------------------------------------------------------
+
+
+def _labels(n: int) -> list[str]:
+    """``n`` short unique labels (base 36), so 120k of them fit the 1 MiB manifest limit."""
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = []
+    for i in range(n):
+        s = ""
+        while True:
+            i, r = divmod(i, 36)
+            s = digits[r] + s
+            if i == 0:
+                break
+        out.append(s)
+    return out
+
+
+EXTREME: dict[str, tuple[str, object, str]] = {
+    "rank 50000": (
+        "rank",
+        50000,
+        "config.rank=50000 is over 256 (max_width_factor=4 x embed_dim 64)",
+    ),
+    "rank 1e12": ("rank", 1e12, "config.rank=1000000000000 is over 256"),
+    "120k labels": ("labels", 120_000, "120000 labels, over max_labels=20000"),
+}
+
+
+def _extreme(raw: dict[str, Any], field: str, value: object) -> None:
+    if field == "labels":
+        assert isinstance(value, int)
+        raw["labels"] = _labels(value)
+    else:
+        raw["config"][field] = value
+
+
+@pytest.mark.parametrize("case", list(EXTREME))
+def test_extreme_manifest_is_refused_by_its_limit_without_allocating(
+    case: str, upload: Path, tiny_backbone: VisionTransformer
+) -> None:
+    field, value, message = EXTREME[case]
+    raw = manifest_of(upload)
+    _extreme(raw, field, value)
+    assert len(json.dumps(raw, separators=(",", ":"))) < 1024 * 1024  # a legal manifest size
+    with peak_rss_growth() as grown:
+        text = refuse(upload, raw, tiny_backbone)
+    assert message in text
+    assert grown[0] < CEILING, f"{grown[0] / MiB:.1f} MiB"
+
+
+@pytest.mark.parametrize("case", list(EXTREME))
+def test_extreme_manifest_under_permissive_limits_is_refused_by_the_file_size(
+    case: str, upload: Path, tiny_backbone: VisionTransformer
+) -> None:
+    """With every limit lifted, shapes still come from the meta device and arithmetic: the
+    parameters the manifest describes do not fit the file, and nothing was built."""
+    field, value, _ = EXTREME[case]
+    raw = manifest_of(upload)
+    _extreme(raw, field, value)
+    with peak_rss_growth() as grown:
+        text = refuse(upload, raw, tiny_backbone, PERMISSIVE)
+    assert "the manifest does not describe these weights" in text
+    assert grown[0] < CEILING, f"{grown[0] / MiB:.1f} MiB"
+
+
+def test_extreme_manifest_on_disk_is_refused_the_same_way(
+    upload: Path, tiny_backbone: VisionTransformer, tmp_path: Path
+) -> None:
+    raw = manifest_of(upload)
+    raw["config"]["rank"] = 50000
+    (tmp_path / MANIFEST_FILE).write_text(json.dumps(raw))
+    (tmp_path / WEIGHTS_FILE).write_bytes((upload / WEIGHTS_FILE).read_bytes())
+    with peak_rss_growth() as grown, pytest.raises(InvalidCheckpoint, match="config.rank=50000"):
+        load_checkpoint(tmp_path, backbone=tiny_backbone)
+    assert grown[0] < CEILING
+
+
+# -- one test per limit ----------------------------------------------------------------------
+
+
+def test_width_limit_is_inclusive(upload: Path, tiny_backbone: VisionTransformer) -> None:
+    raw = manifest_of(upload)
+    raw["config"]["rank"] = 4 * 64  # allowed by the limit; refused only as not these weights
+    text = refuse(upload, raw, tiny_backbone)
+    assert "is larger than" not in text
+    assert "the manifest does not describe these weights" in text
+    raw["config"]["rank"] = 4 * 64 + 1
+    assert "config.rank=257 is over 256" in refuse(upload, raw, tiny_backbone)
+    assert "config.rank=257" not in refuse(
+        upload, raw, tiny_backbone, CheckpointLimits(max_width_factor=5)
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "config", "limits", "message"),
+    [
+        (
+            "soft_moa",
+            {"num_experts": 257},
+            CheckpointLimits(),
+            "config.num_experts=257 is over max_experts=256",
+        ),
+        (
+            "soft_moa",
+            {"num_experts": 9},
+            CheckpointLimits(max_experts=8),
+            "config.num_experts=9 is over max_experts=8",
+        ),
+        (
+            "soft_moa",
+            {"slots_per_expert": 65},
+            CheckpointLimits(),
+            "config.slots_per_expert=65 is over max_slots_per_expert=64",
+        ),
+        (
+            "prompt",
+            {"num_tokens": 1025},
+            CheckpointLimits(),
+            "1025 prompt tokens, over max_prompt_tokens=1024",
+        ),
+        (
+            "prompt",
+            {"num_tokens": 11},
+            CheckpointLimits(max_prompt_tokens=10),
+            "11 prompt tokens, over max_prompt_tokens=10",
+        ),
+        (
+            "lora",
+            {"rank": 65},
+            CheckpointLimits(max_width_factor=1),
+            "config.rank=65 is over 64 (max_width_factor=1 x embed_dim 64)",
+        ),
+    ],
+)
+def test_config_limits(
+    method: str,
+    config: dict[str, object],
+    limits: CheckpointLimits,
+    message: str,
+    upload: Path,
+    tiny_backbone: VisionTransformer,
+) -> None:
+    raw = manifest_of(upload)
+    raw["method"], raw["config"] = method, config
+    text = refuse(upload, raw, tiny_backbone, limits)
+    assert "is larger than this server accepts" in text
+    assert message in text
+
+
+def test_label_limit(upload: Path, tiny_backbone: VisionTransformer) -> None:
+    raw = manifest_of(upload)
+    assert "3 labels, over max_labels=2" in refuse(
+        upload, raw, tiny_backbone, CheckpointLimits(max_labels=2)
+    )
+    validate_checkpoint_bytes(
+        (upload / MANIFEST_FILE).read_bytes(),
+        (upload / WEIGHTS_FILE).read_bytes(),
+        backbone=tiny_backbone,
+        limits=CheckpointLimits(max_labels=3),
+    )
+
+
+def test_param_limit(upload: Path, tiny_backbone: VisionTransformer) -> None:
+    params = manifest_of(upload)["trainable_params"]
+    text = refuse(upload, manifest_of(upload), tiny_backbone, CheckpointLimits(max_params=100))
+    assert f"describes {params} parameters, over max_params=100" in text
+    validate_checkpoint_bytes(
+        (upload / MANIFEST_FILE).read_bytes(),
+        (upload / WEIGHTS_FILE).read_bytes(),
+        backbone=tiny_backbone,
+        limits=CheckpointLimits(max_params=params),
+    )
+
+
+def test_weights_and_manifest_size_limits(upload: Path, tiny_backbone: VisionTransformer) -> None:
+    manifest, weights = (upload / MANIFEST_FILE).read_bytes(), (upload / WEIGHTS_FILE).read_bytes()
+    with pytest.raises(InvalidCheckpoint, match=r"over the limit of 100 bytes \(max_weights_"):
+        validate_checkpoint_bytes(
+            manifest,
+            weights,
+            backbone=tiny_backbone,
+            limits=CheckpointLimits(max_weights_bytes=100),
+        )
+    with pytest.raises(InvalidCheckpoint, match=r"over the limit of 100 bytes \(a manifest's"):
+        validate_checkpoint_bytes(
+            manifest,
+            weights,
+            backbone=tiny_backbone,
+            limits=CheckpointLimits(max_manifest_bytes=100),
+        )
+    with pytest.raises(InvalidCheckpoint, match=r"over the limit of 100 bytes \(a manifest's"):
+        load_checkpoint(upload, limits=CheckpointLimits(max_manifest_bytes=100))
+    with pytest.raises(InvalidCheckpoint, match=r"over the limit of 100 bytes \(max_weights_"):
+        load_checkpoint(upload, limits=CheckpointLimits(max_weights_bytes=100))
+
+
+def test_header_size_limit(upload: Path, tiny_backbone: VisionTransformer) -> None:
+    manifest, weights = (upload / MANIFEST_FILE).read_bytes(), (upload / WEIGHTS_FILE).read_bytes()
+    size = int.from_bytes(weights[:8], "little")
+    limits = CheckpointLimits(max_header_bytes=size - 1)
+    with pytest.raises(InvalidCheckpoint) as info:
+        validate_checkpoint_bytes(manifest, weights, backbone=tiny_backbone, limits=limits)
+    assert f"its header claims {size} bytes, over max_header_bytes={size - 1}" in str(info.value)
+    validate_checkpoint_bytes(
+        manifest, weights, backbone=tiny_backbone, limits=CheckpointLimits(max_header_bytes=size)
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("depth", 100_000, "backbone depth 100000 is over max_depth=128"),
+        ("embed_dim", 1 << 20, "backbone embed_dim 1048576 is over max_embed_dim=16384"),
+    ],
+)
+def test_backbone_described_by_the_manifest_is_bounded(
+    key: str, value: int, message: str, upload: Path
+) -> None:
+    """Without a backbone the manifest's recorded config sizes the shapes: it is bounded too."""
+    raw = manifest_of(upload)
+    raw["backbone"]["config"][key] = value
+    if key == "embed_dim":
+        raw["backbone"]["config"]["num_heads"] = 1
+    with peak_rss_growth() as grown:
+        text = refuse(upload, raw, None)
+    assert message in text
+    assert grown[0] < CEILING
+
+
+def test_limits_are_validated() -> None:
+    with pytest.raises(ValidationError):
+        CheckpointLimits(max_labels=0)
+    with pytest.raises(ValidationError):
+        CheckpointLimits(max_lables=5)  # type: ignore[call-arg]
+    assert CheckpointLimits().max_labels == 20_000
