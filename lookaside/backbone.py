@@ -10,7 +10,8 @@ Adapter sites are written out in :meth:`Block.forward`, not installed as hooks. 
 batch's :class:`~lookaside.sites.Route` for a contribution; the route knows which adapter
 every row uses, so one pass serves a batch whose rows use different adapters. With ``route=None``
 the forward is the plain ViT. Token layout: ``[prefix (CLS[, DIST]) | prompts | grid F*T]``, the
-grid in row-major order (time varies fastest), matching timm's ``flatten(2)`` of the patch conv.
+grid in row-major order (time varies fastest), matching timm's ``flatten(2)`` of the patch conv;
+prompt tokens exist only from the route's first prompt block (``route.prompt_start``) on.
 
 The backbone is frozen by construction: parameters never require grad and ``train()`` is a no-op,
 so dropout-free eval behaviour holds wherever the module is placed.

