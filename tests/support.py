@@ -45,3 +45,22 @@ def tiny_ast(seed: int) -> tuple[ASTConfig, ASTModel]:
     model = ASTModel(cfg).eval()
     randomise_module(model, seed)
     return cfg, model
+
+
+def bank_bookkeeping(bank: AdapterBank) -> dict[str, object]:
+    """Everything the bank tracks, as plain values: equal before and after a balanced sequence
+    of adds, routes and removes when nothing leaked (slots, refcounts, heads, parameters)."""
+    with bank._lock:
+        return {
+            "ids": sorted(bank.entries),
+            "stacks": sorted(bank.stacks.keys()),
+            "heads": len(bank.heads),
+            "slots": {
+                key: (s.capacity, sorted(s.free), list(s.refs), sorted(s.reserved), s.live)
+                for key, s in bank._slots.items()
+            },
+            "retired": sum(len(s.retired) for s in bank._slots.values()),
+            "reservations": len(bank._reservations),
+            "collected": len(bank._collected),
+            "params": sum(p.numel() for p in bank.parameters()),
+        }
