@@ -36,6 +36,7 @@ from service.engine import Engine
 from service.logging import RequestIdMiddleware
 from service.metrics import ServiceMetrics
 from service.routes import install_routes
+from service.routes.classify import ADAPTERS_KEY
 from service.settings import ServiceSettings
 
 log = logging.getLogger("service.app")
@@ -290,7 +291,7 @@ class _MetricsMiddleware:
     def _record(self, scope: Scope, status: int, elapsed: float) -> None:
         route = scope.get("route")
         path = str(getattr(route, "path", "unmatched"))
-        adapters = scope.get("state", {}).get("adapters") or [""]
+        adapters = scope.get(ADAPTERS_KEY) or [""]
 
         def record() -> None:
             self.metrics.request_seconds.labels(route=path).observe(elapsed)

@@ -130,7 +130,7 @@ class Engine:
         self._queue: collections.deque[Job] = collections.deque()
         self._commands: collections.deque[_Command] = collections.deque()
         self._cond = threading.Condition()
-        self._accepting = False
+        self._accepting = True  # jobs may queue before start(); they run once the worker starts
         self._stop = False
         self._closed = False
         self._drain = True
@@ -140,10 +140,9 @@ class Engine:
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the worker thread; :meth:`submit` accepts jobs from now on."""
+        """Start the worker thread (jobs submitted before run now)."""
         if self._thread is not None:
             return
-        self._accepting = True
         self._thread = threading.Thread(target=self._run, name="lookaside-engine", daemon=True)
         self._thread.start()
 

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 HEADER = "x-request-id"
+SCOPE_KEY = "lookaside.request_id"
 _VALID_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
@@ -84,7 +85,7 @@ class RequestIdMiddleware:
                 given = value.decode("latin-1").strip()
                 break
         request_id = given if _VALID_ID.fullmatch(given) else new_request_id()
-        scope.setdefault("state", {})["request_id"] = request_id
+        scope[SCOPE_KEY] = request_id  # not scope["state"]: a lifespan state may be shared
         token = REQUEST_ID.set(request_id)
 
         async def send_with_id(message: Message) -> None:

@@ -33,12 +33,15 @@ from lookaside.checkpoint import AdapterManifest
 from service.deps import Lease, StateDep
 from service.errors import BadRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
 from service.featurize import Featurized, featurize
+from service.logging import SCOPE_KEY
 from service.schemas import AdapterResult, ClassifyResponse, ErrorBody, LabelScore, Window
 
 router = APIRouter(tags=["classify"])
 T = TypeVar("T")
 
 MAX_ADAPTERS_PER_REQUEST = 16
+ADAPTERS_KEY = "lookaside.adapters"
+"""Scope key of the adapter names a request resolved (the metrics middleware labels by them)."""
 _MULTIPART_SLACK = 64 * 1024  # multipart headers and boundaries around the file
 _RAW_TYPES = ("audio/", "video/", "application/octet-stream")
 
@@ -113,7 +116,7 @@ async def classify(
     try:
         for ref in refs:
             leases.append(await state.registry.acquire(ref))
-        request.state.adapters = [lease.manifest.name for lease in leases]
+        request.scope[ADAPTERS_KEY] = [lease.manifest.name for lease in leases]
         configs = [lease.manifest.features for lease in leases]
         feats: Featurized = await _in_pool(
             state.featurize_pool,
@@ -121,7 +124,7 @@ async def classify(
         )
         state.metrics.safe(lambda: state.metrics.featurize.observe(feats.seconds))
         assert state.engine is not None
-        request_id = str(getattr(request.state, "request_id", "-"))
+        request_id = str(request.scope.get(SCOPE_KEY, "-"))
         for lease in leases:
             windows = feats.by_config[lease.manifest.features]
             futures.append(
@@ -144,7 +147,7 @@ async def classify(
         for lease, out in zip(leases, logits, strict=True)
     ]
     return ClassifyResponse(
-        request_id=str(getattr(request.state, "request_id", "-")),
+        request_id=str(request.scope.get(SCOPE_KEY, "-")),
         duration_s=round(feats.duration_s, 6),
         results=results,
     )

@@ -224,9 +224,7 @@ def scores_by_label(labels: list[dict[str, Any]]) -> dict[str, float]:
     return {item["label"]: item["score"] for item in labels}
 
 
-def expected_top(
-    scores: torch.Tensor, labels: Sequence[str], k: int
-) -> dict[str, float]:
+def expected_top(scores: torch.Tensor, labels: Sequence[str], k: int) -> dict[str, float]:
     """Top-k of the clip (mean of window scores) as {label: score}."""
     clip = scores.mean(dim=0)
     values, index = torch.topk(clip, min(k, len(labels)))

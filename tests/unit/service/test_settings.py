@@ -1,0 +1,86 @@
+"""ServiceSettings: environment and .env parsing, documentation, and the refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from service.settings import ServiceSettings
+
+
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("LOOKASIDE_"):
+            monkeypatch.delenv(key)
+
+
+def test_environment_with_prefix_and_comma_separated_pins(monkeypatch: pytest.MonkeyPatch) -> None:
+    _clean_env(monkeypatch)
+    monkeypatch.setenv("LOOKASIDE_ADMIN_TOKEN", "s3cret")
+    monkeypatch.setenv("LOOKASIDE_MAX_BATCH_SIZE", "32")
+    monkeypatch.setenv("LOOKASIDE_PINNED", "esc50, speech@2")
+    monkeypatch.setenv("LOOKASIDE_MIXING", "off")
+    monkeypatch.setenv("LOOKASIDE_DEVICE", "cpu")
+    s = ServiceSettings(_env_file=None)  # type: ignore[call-arg]
+    assert s.max_batch_size == 32
+    assert s.pinned == ["esc50", "speech@2"]
+    assert s.mixing == "off"
+    assert s.admin_token.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(s)  # the token never shows in logs
+    assert s.torch_device() == torch.device("cpu")
+
+
+def test_dotenv_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _clean_env(monkeypatch)
+    env = tmp_path / ".env"
+    env.write_text("LOOKASIDE_ADMIN_TOKEN=abc\nLOOKASIDE_PORT=9123\nLOOKASIDE_DTYPE=bf16\n")
+    s = ServiceSettings(_env_file=env)  # type: ignore[call-arg]
+    assert (s.port, s.dtype, s.torch_dtype()) == (9123, "bf16", torch.bfloat16)
+    assert s.url == "http://127.0.0.1:9123"
+
+
+def test_defaults_start_offline_on_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    _clean_env(monkeypatch)
+    s = ServiceSettings(_env_file=None, allow_no_admin_token=True)  # type: ignore[call-arg]
+    assert s.backbone.startswith("random:")
+    assert s.host == "127.0.0.1"
+    assert s.log_format == "text"
+
+
+def test_empty_admin_token_is_refused_unless_dev_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    _clean_env(monkeypatch)
+    with pytest.raises(ValidationError, match="LOOKASIDE_ADMIN_TOKEN"):
+        ServiceSettings(_env_file=None)  # type: ignore[call-arg]
+    ServiceSettings(_env_file=None, allow_no_admin_token=True)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "needle"),
+    [
+        ("device", "tpu", "device"),
+        ("dtype", "fp8", "dtype"),
+        ("log_format", "xml", "log_format"),
+        ("mixing", "maybe", "mixing"),
+        ("max_batch_size", 0, "max_batch_size"),
+        ("queue_capacity", 0, "queue_capacity"),
+        ("port", 70000, "port"),
+    ],
+)
+def test_invalid_values_name_the_field(field: str, value: object, needle: str) -> None:
+    with pytest.raises(ValidationError, match=needle):
+        ServiceSettings(_env_file=None, admin_token="x", **{field: value})  # type: ignore[call-arg]
+
+
+def test_fp16_needs_cuda() -> None:
+    with pytest.raises(ValidationError, match="bf16"):
+        ServiceSettings(_env_file=None, admin_token="x", device="cpu", dtype="fp16")  # type: ignore[call-arg]
+
+
+def test_every_field_is_documented() -> None:
+    for name, field in ServiceSettings.model_fields.items():
+        assert len(field.description or "") > 15, name
