@@ -44,19 +44,26 @@ def push(
     }
     params = {"activate": "true"} if activate else {}
     endpoint = url.rstrip("/") + "/adapters"
-    try:
-        with httpx.Client(timeout=timeout, transport=transport) as client:
+    with httpx.Client(timeout=timeout, transport=transport) as client:
+        try:
             response = client.post(
                 endpoint, files=files, params=params, headers={"Authorization": f"Bearer {token}"}
             )
-    except httpx.HTTPError as exc:
-        raise PushError(f"could not reach {endpoint}: {exc}") from None
-    if response.status_code >= 400:
-        raise PushError(f"server refused the upload ({response.status_code}): {_detail(response)}")
-    try:
-        body: dict[str, Any] = response.json()
-    except ValueError:
-        raise PushError(f"{endpoint} answered {response.status_code} without JSON") from None
+        except httpx.HTTPError as exc:
+            raise PushError(f"could not reach {endpoint}: {exc}") from None
+        if response.status_code >= 400:
+            raise PushError(
+                f"server refused the upload ({response.status_code}): {_detail(response)}"
+            )
+        try:
+            body: dict[str, Any] = response.json()
+        except ValueError:
+            raise PushError(f"{endpoint} answered {response.status_code} without JSON") from None
+        name = body.get("name")
+        if name is not None:  # what the server serves now (activation may be a separate step)
+            info = client.get(f"{endpoint}/{name}")
+            if info.status_code == 200:
+                body["serving"] = info.json().get("active")
     return body
 
 
@@ -74,10 +81,14 @@ def describe(answer: dict[str, Any]) -> str:
     """One line saying what the server now serves, from its answer."""
     name = answer.get("name", "?")
     version = answer.get("version", "?")
-    active = answer.get("active", answer.get("active_version"))
+    serving = answer.get("serving")
+    if serving is None and answer.get("active") is True:
+        serving = version
     text = f"uploaded {name}@{version}"
     if answer.get("created") is False:
-        text += " (identical content: the existing version)"
-    if active is not None:
-        text += f"; the server now serves {name}@{active}"
+        text += " (identical content: already stored as this version)"
+    if serving is None:
+        text += f"; no version of {name} is active (activate it with --activate)"
+    else:
+        text += f"; the server now serves {name}@{serving}"
     return text

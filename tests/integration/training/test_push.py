@@ -1,0 +1,98 @@
+"""`push` against a real server (uvicorn on 127.0.0.1, the service's own app): the pushed
+adapter then answers /classify; refusals show the server's message."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+import uvicorn
+
+from conftest import synth
+from lookaside.backbones import load_backbone
+from service.app import create_app
+from service.settings import ServiceSettings
+from training.cli import main
+
+TOKEN = "test-admin-token"
+
+
+class _Server(uvicorn.Server):
+    def install_signal_handlers(self) -> None:  # not the main thread
+        pass
+
+
+@pytest.fixture(scope="module")
+def server(backbone_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    settings = ServiceSettings(  # type: ignore[call-arg]
+        _env_file=None, backbone=f"file:{backbone_file}", device="cpu",
+        store=tmp_path_factory.mktemp("store"), admin_token=TOKEN, max_wait_ms=2.0,
+        max_batch_size=8, featurize_threads=1,
+    )
+    app = create_app(settings, backbone=load_backbone(f"file:{backbone_file}"))
+    srv = _Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not (srv.started and srv.servers):
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the server did not start")
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{srv.servers[0].sockets[0].getsockname()[1]}"
+    while httpx.get(f"{url}/readyz").status_code != 200:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the server did not become ready")
+        time.sleep(0.1)
+    yield url
+    srv.should_exit = True
+    thread.join(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(synth_folder: Path, backbone_file: Path, tmp_path_factory: pytest.TempPathFactory
+               ) -> Path:
+    out = tmp_path_factory.mktemp("push-runs")
+    assert main(["train", "--dataset", "folder", "--data-dir", str(synth_folder), "--backbone",
+                 f"file:{backbone_file}", "--out", str(out), "--name", "sounds", "--frames", "128",
+                 "--epochs", "1", "--method", "loaa", "--rank", "4", "--no-progress"]) == 0
+    return out / "sounds" / "1"
+
+
+def test_push_activates_and_the_adapter_answers_classify(
+    server: str, checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LOOKASIDE_ADMIN_TOKEN", TOKEN)
+    capsys.readouterr()
+    assert main(["push", str(checkpoint), "--url", server, "--activate"]) == 0
+    assert "the server now serves sounds@1" in capsys.readouterr().out
+    clip = tmp_path / "tone.wav"
+    sf.write(clip, synth("tone", 1.28, np.random.default_rng(9)), 16_000)
+    with clip.open("rb") as f:
+        answer = httpx.post(f"{server}/classify", params={"adapter": "sounds"},
+                            files={"file": ("tone.wav", f, "audio/wav")}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    result = answer.json()["results"][0]
+    assert (result["adapter"], result["version"]) == ("sounds", 1)
+    assert result["labels"][0]["label"] in {"chirp", "clicks", "noise", "tone"}
+
+
+def test_push_shows_the_servers_refusal(
+    server: str, checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["push", str(checkpoint), "--url", server, "--token", "wrong"]) == 2
+    err = capsys.readouterr().err
+    assert "server refused the upload (403)" in err
+
+
+def test_push_without_token_says_how(checkpoint: Path, capsys: pytest.CaptureFixture[str],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LOOKASIDE_ADMIN_TOKEN", raising=False)
+    assert main(["push", str(checkpoint), "--url", "http://127.0.0.1:9"]) == 2
+    assert "pass --token or set LOOKASIDE_ADMIN_TOKEN" in capsys.readouterr().err
