@@ -29,7 +29,7 @@ params: setup
 	$(BIN)/python -m lookaside.param_table --write README.md
 
 demo: setup
-	$(BIN)/python -m examples.offline_demo
+	$(BIN)/python -m examples.demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
