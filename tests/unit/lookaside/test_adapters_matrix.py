@@ -28,7 +28,7 @@ from lookaside.adapters.prompt import PromptSite
 from lookaside.adapters.route import SlotIndex
 from lookaside.adapters.stack import AdapterStack
 from lookaside.backbone import VisionTransformer
-from lookaside.errors import InvalidCheckpoint
+from lookaside.errors import BankFull, InvalidCheckpoint
 from lookaside.model import MultiAdapterModel
 from lookaside.sites import TokenLayout
 from tests.support import randomise
@@ -107,19 +107,41 @@ def test_mixed_batch_rows_equal_rows_alone(method: str, tiny_backbone: VisionTra
 
 @pytest.mark.parametrize("method", METHODS)
 def test_adapter_actually_changes_the_output(method: str, tiny_backbone: VisionTransformer) -> None:
-    """Different weights in the same stack give different logits (routing is not ignored)."""
+    """Different weights in the same stack give different outputs (routing is not ignored).
+
+    The linear probe has no sites: its tokens must be the bare backbone's, and its logits must be
+    its own head applied to them (checked against ``F.layer_norm`` + ``F.linear``), different for
+    a different head.
+    """
     model = make_model(
         tiny_backbone, {"a": (method, CONFIGS[method][0]), "a2": (method, CONFIGS[method][0])}
     )
     spec = torch.randn(1, FRAMES, 128).expand(2, -1, -1)
     with torch.no_grad():
-        tokens_a, _ = tiny_backbone.forward_features(spec[:1], model.bank.route(["a"]))
-        tokens_a2, _ = tiny_backbone.forward_features(spec[:1], model.bank.route(["a2"]))
+        with model.bank.route(["a"]) as r:
+            tokens_a, _ = tiny_backbone.forward_features(spec[:1], r)
+        with model.bank.route(["a2"]) as r:
+            tokens_a2, _ = tiny_backbone.forward_features(spec[:1], r)
         bare, _ = tiny_backbone.forward_features(spec[:1])
-    if method != "linear":
-        assert not torch.allclose(tokens_a, tokens_a2, atol=1e-4)
-        grid = bare.shape[1] - 1  # compare patch tokens: prompt tuning adds tokens
-        assert not torch.allclose(tokens_a[:, -grid:], bare[:, -grid:], atol=1e-4)
+        logits_a = model.logits(spec[:1], "a")[0]
+        logits_a2 = model.logits(spec[:1], "a2")[0]
+    if method == "linear":
+        assert torch.equal(tokens_a, bare)
+        for adapter_id, logits in (("a", logits_a), ("a2", logits_a2)):
+            head = model.bank.head(adapter_id)
+            pooled = bare[0, :1].mean(0) if head.cfg.pool == "cls" else bare[0, 1:].mean(0)
+            normed = F.layer_norm(pooled, pooled.shape, head.norm.weight, head.norm.bias, 1e-5)
+            expected = F.linear(normed, head.fc.weight, head.fc.bias)
+            torch.testing.assert_close(logits, expected, atol=TOL, rtol=TOL)
+        with torch.no_grad():
+            fresh = model.bank.head("a")
+            fresh.fc.weight.mul_(-1.0)
+            flipped = model.logits(spec[:1], "a")[0]
+        assert not torch.allclose(flipped, logits_a, atol=1e-3)
+        return
+    assert not torch.allclose(tokens_a, tokens_a2, atol=1e-4)
+    grid = bare.shape[1] - 1  # compare patch tokens: prompt tuning adds tokens
+    assert not torch.allclose(tokens_a[:, -grid:], bare[:, -grid:], atol=1e-4)
 
 
 def test_random_mixes_of_methods_and_ranks(tiny_backbone: VisionTransformer) -> None:
@@ -128,7 +150,19 @@ def test_random_mixes_of_methods_and_ranks(tiny_backbone: VisionTransformer) -> 
     for method, cfgs in CONFIGS.items():
         for j, cfg in enumerate(cfgs):
             adapters[f"{method}-{j}"] = (method, cfg)
-    model = make_model(tiny_backbone, adapters, slots=1)  # forces stacks to grow
+    model = make_model(tiny_backbone, adapters, slots=1)
+    # A second adapter per stack needs a second slot: capacity is explicit (BankFull), so grow
+    # every stack between batches; the grown stacks must keep the first adapter's weights.
+    bank = model.bank
+    for j, (adapter_id, (method, cfg)) in enumerate(list(adapters.items())):
+        twin = f"{adapter_id}-twin"
+        if bank.stack_of(adapter_id) is not None:
+            with pytest.raises(BankFull, match="grow"):
+                bank.add(twin, method, cfg, HeadConfig(num_classes=2))
+            bank.grow(method, cfg, 2)
+        bank.add(twin, method, cfg, HeadConfig(num_classes=2 + j % 2))
+        randomise(bank, twin, seed=500 + j)
+        adapters[twin] = (method, cfg)
     choices: list[str | None] = [*adapters, None]
     for batch_size in (1, 5, 12):
         ids = [rng.choice(choices) for _ in range(batch_size)]
