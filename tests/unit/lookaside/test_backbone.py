@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from timm.models.vision_transformer import VisionTransformer as TimmViT
 from lookaside.adapters.bank import AdapterBank
 from lookaside.adapters.head import HeadConfig
 from lookaside.adapters.prompt import PromptConfig, PromptSite
+from lookaside.adapters.route import RowRoute
 from lookaside.backbone import BackboneConfig, VisionTransformer, grid_tokens, resample_pos_embed
 from lookaside.backbone_convert import adapt_input_conv, timm_config
 from lookaside.backbones import PRESETS, build_random, from_timm_model, load_backbone, save_backbone
@@ -167,13 +167,13 @@ def test_prompts_start_at_their_first_block(tiny_backbone: VisionTransformer) ->
     """
     bank = AdapterBank(tiny_backbone.cfg)
     bank.add("p", "prompt", PromptConfig(num_tokens=3, layers=(2, 3)), HeadConfig(num_classes=2))
-    route = bank.route(["p", "p"])
-    if route.prompt_start != 2:  # until the bank derives prompt_start from the config's layers
-        route = dataclasses.replace(route, prompt_start=2)
     spec = torch.randn(2, 64, 128)
-
     plain = _block_outputs(tiny_backbone, spec, None)
-    prompted = _block_outputs(tiny_backbone, spec, route)
+    with bank.route(["p", "p"]) as route:
+        assert route.prompt_start == 2  # the bank takes it from the config's first layer
+        prompted = _block_outputs(tiny_backbone, spec, route)
+        with torch.no_grad():
+            got, got_layout = tiny_backbone.forward_features(spec, route)
     assert torch.equal(prompted[0], plain[0])
     assert torch.equal(prompted[1], plain[1])
     assert prompted[2].shape[1] == plain[2].shape[1] + 3
@@ -194,15 +194,12 @@ def test_prompts_start_at_their_first_block(tiny_backbone: VisionTransformer) ->
             kept = x[:, 1:] if i == 2 else x[:, 4:]
             x = blocks[i](torch.cat([x[:, :1], prompts, kept], dim=1), None, prompt_layout)
         expected = tiny_backbone.norm(x)
-        got, got_layout = tiny_backbone.forward_features(spec, route)
     assert got_layout == prompt_layout
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
 
 
 def test_prompt_start_outside_the_backbone_is_refused(tiny_backbone: VisionTransformer) -> None:
-    bank = AdapterBank(tiny_backbone.cfg)
-    bank.add("p", "prompt", PromptConfig(num_tokens=2), HeadConfig(num_classes=2))
-    route = dataclasses.replace(bank.route(["p"]), prompt_start=tiny_backbone.cfg.depth)
+    route = RowRoute(batch_size=1, num_prompts=2, prompt_start=tiny_backbone.cfg.depth)
     with pytest.raises(ConfigError, match="prompt_start"):
         tiny_backbone.forward_features(torch.randn(1, 64, 128), route)
 

@@ -8,8 +8,6 @@ result, and dynamo captures the whole forward, with or without a route, as one g
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 import torch._dynamo
@@ -69,9 +67,9 @@ def test_compile_has_no_graph_break_with_a_mixed_route(tiny_backbone: VisionTran
     bank = AdapterBank(tiny_backbone.cfg)
     for i, adapter_id in enumerate(["a", "b"]):
         bank.add(adapter_id, "lora", {"rank": 2}, HeadConfig(num_classes=3), seed=i + 1)
-    route = bank.route(["a", "b", None])
     spec = torch.randn(3, 64, 128)
-    explanation = _explain(tiny_backbone, spec, route)
+    with bank.route(["a", "b", None]) as route:
+        explanation = _explain(tiny_backbone, spec, route)
     assert explanation.graph_break_count == 0, explanation.break_reasons
 
 
@@ -79,12 +77,13 @@ def test_compile_has_no_graph_break_with_late_prompts(tiny_backbone: VisionTrans
     """Prompt tokens opened before block 2 (``prompt_start``) inside the captured graph."""
     bank = AdapterBank(tiny_backbone.cfg)
     bank.add("p", "prompt", PromptConfig(num_tokens=3, layers=(2, 3)), HeadConfig(num_classes=3))
-    route = dataclasses.replace(bank.route(["p", "p"]), prompt_start=2)
     spec = torch.randn(2, 64, 128)
-    explanation = _explain(tiny_backbone, spec, route)
-    assert explanation.graph_break_count == 0, explanation.break_reasons
-    with torch.no_grad():
-        compiled = torch.compile(tiny_backbone, backend="eager", fullgraph=True)
-        torch.testing.assert_close(
-            compiled(spec, route), tiny_backbone(spec, route), atol=1e-6, rtol=0
-        )
+    with bank.route(["p", "p"]) as route:
+        assert route.prompt_start == 2
+        explanation = _explain(tiny_backbone, spec, route)
+        assert explanation.graph_break_count == 0, explanation.break_reasons
+        with torch.no_grad():
+            compiled = torch.compile(tiny_backbone, backend="eager", fullgraph=True)
+            torch.testing.assert_close(
+                compiled(spec, route), tiny_backbone(spec, route), atol=1e-6, rtol=0
+            )
