@@ -11,10 +11,16 @@ Suites:
 - ``bank``: milliseconds to add one adapter as the bank fills (must stay flat), and to remove.
 - ``adapters``: batch 8, fp32 and bf16, backbone-only clips/s and the ratio to it with (a) one
   LoAA 2 % adapter for the whole batch, (b) 8 adapters of 8 different methods, (c) 8 adapters of
-  the same method. All variants run interleaved in one process, one timed run of each per round;
-  clips/s is the median over ``--iters`` rounds, a ratio the median of the per-round ratios.
+  the same method; and the multi-LoRA peer (:mod:`benchmarks.peer_peft`): 8 LoRA adapters of
+  rank 8 mixed per row, one LoRA for the whole batch, PEFT's mixed-batch LoRA (``adapter_names=``)
+  on the same timm weights, and that timm model alone. All variants run interleaved in one
+  process, one timed run of each per round; clips/s is the median over ``--iters`` rounds, a ratio
+  the median of the per-round ratios (pairs measured back to back, so slow drift cancels); the
+  quartiles over rounds are reported beside both.
 
-Weights are random (speed does not depend on their values); shapes are the real ViT-B/16.
+Weights are random (speed does not depend on their values); shapes are the real ViT-B/16. The
+adapters suite builds its backbone from timm's ``vit_base_patch16_224`` (random init, 128 x 512
+grid, one channel) through ``from_timm_model``, so ours and the peer share every weight.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from benchmarks import peer_peft
 from lookaside.adapters import HeadConfig
 from lookaside.adapters.bank import AdapterBank
 from lookaside.backbone import VisionTransformer
@@ -45,7 +52,7 @@ DEFAULT_PRESET = "vit_base_patch16"
 MEL = 128
 
 # (b): one adapter of each of eight methods, at the papers' sizes.
-MIXED = [
+MIXED: list[tuple[str, dict[str, object]]] = [
     ("linear", {}),
     ("bottleneck", {"rank": 108, "sites": ["attn", "ffn"]}),
     ("lora", {"rank": 8}),
@@ -55,7 +62,7 @@ MIXED = [
     ("soft_moa", {"num_experts": 14, "rank": 1}),
     ("aat", {"rank": 64}),
 ]
-LOAA_2PCT = ("loaa", {"rank": 36, "kernels": "attn:T"})
+LOAA_2PCT: tuple[str, dict[str, object]] = ("loaa", {"rank": 36, "kernels": "attn:T"})
 
 
 @dataclass
@@ -70,6 +77,16 @@ class Result:
     unit: str
     peak_mem_mb: float = 0.0
     ratio: float | None = None
+    """Median over rounds of (backbone-only time / this time) (adapters suite)."""
+    value_q1: float | None = None
+    """Lower quartile of ``value`` over rounds (with ``value_q3``: the spread)."""
+    value_q3: float | None = None
+    ratio_q1: float | None = None
+    """Quartiles of the per-round ratios."""
+    ratio_q3: float | None = None
+    ratio_to_peft: float | None = None
+    """Median over rounds of (PEFT mixed-LoRA time / this time): > 1 is faster than PEFT."""
+    rounds: int = 1
 
 
 class _RssSampler:
@@ -98,6 +115,11 @@ class _RssSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def _load() -> str:
+    """1/5/15-minute load averages: timings on a shared machine mean little without them."""
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def _sync(device: torch.device) -> None:
@@ -206,7 +228,8 @@ def _adapter_model(
     A server stores adapters in its compute dtype, so bf16 runs use a bf16 bank (no per-call
     weight casts); the frozen backbone is shared, never copied.
     """
-    bank = AdapterBank(backbone.cfg, capacity=8, device=device, dtype=dtype)
+    # 16 slots: the LoAA stack holds loaa0..loaa7 and the mixed set's LoAA (same config).
+    bank = AdapterBank.for_backbone(backbone, capacity=16, dtype=dtype)
     head = HeadConfig(num_classes=50)
     method, cfg = LOAA_2PCT
     for i in range(8):  # (a) uses loaa0 alone; (c) uses loaa0..loaa7 (one stack, 8 slots)
@@ -215,6 +238,14 @@ def _adapter_model(
         bank.add(f"mixed{i}-{method}", method, cfg, head, seed=100 + i)
     _nonzero(bank)
     return MultiAdapterModel(backbone, bank)
+
+
+def _copy_adapters(source: AdapterBank, target: AdapterBank, ids: list[str]) -> None:
+    """Load ``ids`` from one bank into another (the fp32 peer's LoRA twins into a bf16 bank)."""
+    for adapter_id in ids:
+        entry = source.entries[adapter_id]
+        head = source.head(adapter_id).cfg
+        target.add(adapter_id, entry.method, entry.config, head, source.adapter_tensors(adapter_id))
 
 
 def _nonzero(bank: AdapterBank) -> None:
@@ -237,6 +268,52 @@ def _forward(
         return model(spec, row_ids)
 
 
+def _features(
+    model: MultiAdapterModel,
+    spec: torch.Tensor,
+    row_ids: list[str | None],
+    device: torch.device,
+    dtype: str,
+) -> object:
+    """Pooled backbone features with per-row adapters: the work PEFT's peer does (no heads)."""
+    with torch.inference_mode(), _precision(device, dtype), model.bank.route(row_ids) as route:
+        return model.backbone(spec, route)
+
+
+def _peft(
+    peft_model: torch.nn.Module,
+    image: torch.Tensor,
+    names: list[str] | None,
+    device: torch.device,
+    dtype: str,
+) -> object:
+    """PEFT's mixed-batch LoRA (``names`` per row), or its timm model alone (``names`` None)."""
+    with torch.inference_mode(), _precision(device, dtype):
+        if names is None:
+            with peft_model.disable_adapter():  # type: ignore[operator]
+                return peft_model(image)
+        return peer_peft.peft_forward(peft_model, image, names)
+
+
+def _quartiles(values: list[float]) -> tuple[float, float]:
+    if len(values) < 2:
+        return values[0], values[0]
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q3
+
+
+def _peer_available(preset: str) -> str | None:
+    """Why the PEFT peer cannot run (None when it can)."""
+    if preset not in peer_peft.TIMM_SHAPES:
+        return f"preset {preset!r} has no timm twin"
+    try:
+        import peft  # noqa: F401
+        import timm  # noqa: F401
+    except ImportError as exc:
+        return f"{exc.name} is not installed (pip install -e '.[dev]')"
+    return None
+
+
 def suite_adapters(
     device: torch.device,
     dtypes: list[str],
@@ -244,16 +321,27 @@ def suite_adapters(
     warmup: int,
     preset: str = DEFAULT_PRESET,
     batch: int = 8,
+    peer: bool = True,
+    variants: list[str] | None = None,
 ) -> list[Result]:
-    """Adapter overhead as ratios to backbone-only throughput, batch 8."""
-    backbone = _backbone(device, preset)
-    ids = {
+    """Adapter overhead as ratios to backbone-only throughput, and the PEFT peer, batch 8."""
+    missing = _peer_available(preset) if peer else "disabled (--no-peer)"
+    timm_model = None
+    if missing is None:
+        timm_model = peer_peft.timm_vit(preset, MEL, FRAMES)
+        backbone = peer_peft.backbone_from_timm(timm_model, preset).to(device)
+    else:
+        print(f"PEFT peer skipped: {missing}", flush=True)
+        backbone = _backbone(device, preset)
+    ids: dict[str, list[str] | None] = {
         "backbone_only": None,
         "a_one_loaa_2pct": ["loaa0"] * batch,
         "b_8_mixed_methods": [f"mixed{i % 8}-{MIXED[i % 8][0]}" for i in range(batch)],
         "c_8_same_method": [f"loaa{i % 8}" for i in range(batch)],
     }
     results = []
+    fp32_model = None
+    lora = None
     for dtype in dtypes:
         model = _adapter_model(
             backbone, device, torch.bfloat16 if dtype == "bf16" else torch.float32
@@ -263,27 +351,95 @@ def suite_adapters(
             name: functools.partial(_forward, model, spec, row_ids, device, dtype)
             for name, row_ids in ids.items()
         }
-        times: dict[str, list[float]] = {name: [] for name in runs}
-        mems: dict[str, float] = dict.fromkeys(runs, 0.0)
-        for fn in runs.values():  # warm every variant first
-            _time(fn, device, 0, warmup)
-        for _ in range(iters):  # interleave: one timed run of each variant per round
-            for name, fn in runs.items():
-                t, mem = _measure(fn, device, 1, 0)
-                times[name] += t
-                mems[name] = max(mems[name], mem)
-        base = times["backbone_only"]
-        for name in runs:
-            cps = batch / statistics.median(times[name])
-            # Ratio of each round's pair (measured back to back), then the median over rounds:
-            # slow drift of the machine cancels within a pair.
-            ratio = statistics.median(b / t for b, t in zip(base, times[name], strict=True))
-            r = Result("adapters", name, batch, dtype, cps, "clips/s", mems[name], ratio)
-            print(
-                f"{name:>18} batch {batch} {dtype:>4}: {cps:8.2f} clips/s  ratio {r.ratio:.3f}",
-                flush=True,
+        if timm_model is not None:
+            if lora is None:  # PEFT wraps the timm model once; its twins go into an fp32 bank
+                fp32_model = (
+                    model if dtype == "fp32" else _adapter_model(backbone, device, torch.float32)
+                )
+                lora = peer_peft.add_peer_adapters(timm_model, backbone, fp32_model.bank)
+                print(
+                    f"PEFT peer: {len(lora.ours)} LoRA adapters (rank 8, PEFT on the fused qkv "
+                    f"with its k third zero = ours on q and v); max |ours - PEFT| on a mixed "
+                    f"batch {lora.max_abs_diff:.2e} (adapter effect {lora.adapter_effect:.2e})",
+                    flush=True,
+                )
+            if model is not fp32_model:
+                assert fp32_model is not None
+                _copy_adapters(fp32_model.bank, model.bank, lora.ours)
+            mixed: list[str | None] = [lora.ours[i % len(lora.ours)] for i in range(batch)]
+            image = peer_peft.spec_to_image(spec)
+            runs["lora_8_mixed"] = functools.partial(_features, model, spec, mixed, device, dtype)
+            runs["lora_1_whole_batch"] = functools.partial(
+                _features, model, spec, [lora.ours[0]] * batch, device, dtype
             )
-            results.append(r)
+            runs["peft_lora_8_mixed"] = functools.partial(
+                _peft,
+                lora.peft,
+                image,
+                [lora.peft_names[i % len(lora.peft_names)] for i in range(batch)],
+                device,
+                dtype,
+            )
+            runs["timm_backbone_only"] = functools.partial(
+                _peft, lora.peft, image, None, device, dtype
+            )
+        if variants:
+            runs = {n: f for n, f in runs.items() if n in variants or n == "backbone_only"}
+        results += _interleaved(runs, device, iters, warmup, batch, dtype)
+    return results
+
+
+def _interleaved(
+    runs: dict[str, Callable[[], object]],
+    device: torch.device,
+    iters: int,
+    warmup: int,
+    batch: int,
+    dtype: str,
+) -> list[Result]:
+    """Time every variant once per round, ``iters`` rounds; ratios from same-round pairs."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    mems: dict[str, float] = dict.fromkeys(runs, 0.0)
+    for fn in runs.values():  # warm every variant first
+        _time(fn, device, 0, warmup)
+    for _ in range(iters):  # interleave: one timed run of each variant per round
+        for name, fn in runs.items():
+            t, mem = _measure(fn, device, 1, 0)
+            times[name] += t
+            mems[name] = max(mems[name], mem)
+    base = times["backbone_only"]
+    peft = times.get("peft_lora_8_mixed")
+    results = []
+    for name in runs:
+        per_round = [batch / t for t in times[name]]
+        # Ratio of each round's pair (measured back to back), then the median over rounds:
+        # slow drift of the machine cancels within a pair.
+        ratios = [b / t for b, t in zip(base, times[name], strict=True)]
+        r = Result(
+            "adapters",
+            name,
+            batch,
+            dtype,
+            statistics.median(per_round),
+            "clips/s",
+            mems[name],
+            statistics.median(ratios),
+            *_quartiles(per_round),
+            *_quartiles(ratios),
+            rounds=len(per_round),
+        )
+        if peft is not None and name.startswith("lora_"):
+            r.ratio_to_peft = statistics.median(
+                p / t for p, t in zip(peft, times[name], strict=True)
+            )
+        vs_peft = f"  vs PEFT {r.ratio_to_peft:.3f}" if r.ratio_to_peft is not None else ""
+        print(
+            f"{name:>18} batch {batch} {dtype:>4}: {r.value:8.2f} clips/s "
+            f"[{r.value_q1:.2f}, {r.value_q3:.2f}]  ratio {r.ratio:.3f} "
+            f"[{r.ratio_q1:.3f}, {r.ratio_q3:.3f}]{vs_peft}",
+            flush=True,
+        )
+        results.append(r)
     return results
 
 
@@ -339,12 +495,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--preset", default=DEFAULT_PRESET, choices=list(PRESETS), help="backbone shape"
     )
+    parser.add_argument(
+        "--no-peer", action="store_true", help="adapters suite without the PEFT multi-LoRA peer"
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=None,
+        help="adapters suite: time only these variants (backbone_only is always kept), e.g. "
+        "lora_8_mixed lora_1_whole_batch peft_lora_8_mixed timm_backbone_only",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(
-        f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}", flush=True
+        f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"load average {_load()}",
+        flush=True,
     )
     results: list[Result] = []
     if args.suite in ("backbone", "all"):
@@ -352,9 +520,18 @@ def main(argv: list[str] | None = None) -> None:
             device, args.batches, args.dtypes, args.iters, args.warmup, args.preset
         )
     if args.suite in ("adapters", "all"):
-        results += suite_adapters(device, args.dtypes, args.iters, args.warmup, args.preset)
+        results += suite_adapters(
+            device,
+            args.dtypes,
+            args.iters,
+            args.warmup,
+            args.preset,
+            peer=not args.no_peer,
+            variants=args.variants,
+        )
     if args.suite in ("bank", "all"):
         results += suite_bank(device, args.preset)
+    print(f"load average at the end {_load()}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump([asdict(r) for r in results], f, indent=2)
