@@ -376,7 +376,8 @@ def validate_weights(
     Order: backbone fingerprint (when ``backbone`` is given; otherwise the manifest's recorded
     config is used for shapes), weights size, manifest limits, expected shapes (meta device) and
     parameters against ``max_params``, sha256, header format (length bounded first), parameters
-    against the file size, header names/shapes/dtypes, tensor data, finite.
+    against the file size, header names/shapes/dtypes, the manifest's parameter count, tensor
+    data, finite.
 
     Raises:
         IncompatibleBackbone: ``backbone`` is not the one the adapter was trained on.
@@ -408,6 +409,11 @@ def validate_weights(
             f"{where} holds {len(weights)}: the manifest does not describe these weights"
         )
     check_header(manifest, expected, {n: (e.shape, e.dtype) for n, e in entries.items()})
+    if manifest.trainable_params != params:  # shown to clients: it must be the real count
+        raise InvalidCheckpoint(
+            f"checkpoint {manifest.id}: the manifest says trainable_params="
+            f"{manifest.trainable_params}, but its tensors hold {params} parameters"
+        )
     tensors = read_tensors(weights, start, entries)
     check_finite(manifest, tensors)
     return tensors

@@ -282,6 +282,11 @@ BAD: dict[str, tuple[Callable[[Path], object], type[Exception], str]] = {
         "['head.fc.bias'] contain NaN or Inf",
     ),
     "checksum mismatch": (_flip_byte, InvalidCheckpoint, "sha256"),
+    "parameter count that is not the tensors'": (
+        lambda d: _edit_manifest(d, _set("trainable_params", 7)),
+        InvalidCheckpoint,
+        "the manifest says trainable_params=7, but its tensors hold",
+    ),
     "unknown method": (
         lambda d: _edit_manifest(d, _set("method", "lol")),
         InvalidCheckpoint,
@@ -610,6 +615,26 @@ def test_bad_upload_is_refused_like_a_bad_directory(
         )
     assert message in str(info.value)
     assert not UNPICKLED
+
+
+def test_tensors_read_equal_what_safetensors_reads(
+    saved: Path, tiny_backbone: VisionTransformer
+) -> None:
+    """The header/data reader against the safetensors library, over every accepted dtype."""
+    dtypes = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+    def mix(t: dict[str, Tensor]) -> None:
+        for i, name in enumerate(sorted(t)):
+            t[name] = t[name].to(dtypes[i % len(dtypes)])
+
+    _edit_tensors(saved, mix)
+    ckpt = load_checkpoint(saved, backbone=tiny_backbone)
+    reference = load_file(str(saved / WEIGHTS_FILE))
+    assert {t.dtype for t in ckpt.tensors.values()} == set(dtypes)
+    assert ckpt.tensors.keys() == reference.keys()
+    for name, tensor in reference.items():
+        assert ckpt.tensors[name].dtype == tensor.dtype
+        assert torch.equal(ckpt.tensors[name], tensor), name
 
 
 def test_valid_upload_gives_what_the_directory_gives(
