@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from lookaside.adapters.bank import AdapterBank
+from lookaside.adapters.route import index_tensor
 from lookaside.backbone import VisionTransformer
 from lookaside.errors import ConfigError
 
@@ -64,7 +65,7 @@ class MultiAdapterModel(nn.Module):
             sub = (
                 spec
                 if len(rows) == len(adapter_ids)
-                else spec[torch.tensor(rows, device=spec.device)]
+                else spec.index_select(0, index_tensor(rows, spec.device))
             )
             with self.bank.route(ids) as route:
                 tokens, layout = self.backbone.forward_features(sub, route)

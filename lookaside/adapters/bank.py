@@ -57,7 +57,6 @@ __all__ = [
     "AdapterBank",
     "BankEntry",
     "Reservation",
-    "tensor_problems",
 ]
 
 

@@ -1,8 +1,10 @@
 """Deep prompt tuning (Jia et al., 2022, VPT-deep; Lester et al., 2021).
 
 Each adapted block gets its own ``P`` learnable tokens, written after the prefix tokens before the
-block runs (the previous block's outputs at those positions are discarded). Rows with prompts need
-a longer sequence, so a batch is split into passes by prompt count
+block runs (the previous block's outputs at those positions are discarded). The backbone inserts
+the prompt slots just before the first adapted block (``RowRoute.prompt_start``), so earlier blocks
+run exactly as the plain ViT. Rows with prompts need a longer sequence from that block on, so a
+batch is split into passes by (prompt count, first block)
 (:meth:`lookaside.adapters.bank.AdapterBank.partition`); inside a pass rows still mix adapters.
 """
 

@@ -404,7 +404,6 @@ def test_trainable_bank_never_replaces_a_parameter(tiny_backbone: VisionTransfor
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_load_on_a_side_stream(tiny_backbone: VisionTransformer) -> None:
     """Pinned staging, side-stream copy, publish waits on its event; routes on the device."""
-    device = torch.device("cuda")
     backbone = build_cuda_copy(tiny_backbone)
     donor = AdapterBank.for_backbone(tiny_backbone, capacity=1)
     _add(donor, "a", 1)
@@ -420,8 +419,10 @@ def test_cuda_load_on_a_side_stream(tiny_backbone: VisionTransformer) -> None:
         torch.testing.assert_close(tensor.cpu(), tensors[name], rtol=0, atol=0)
     spec = torch.randn(2, FRAMES, 128)
     with torch.no_grad(), bank.route(["a", None]) as gpu, donor.route(["a", None]) as cpu:
-        assert gpu.groups[0].index.slots.device == device
-        got = backbone.forward_features(spec.to(device), gpu)[0]
+        assert gpu.groups[0].index.slots.device.type == "cuda"
+        assert gpu.groups[0].rows is not None
+        assert gpu.groups[0].rows.device.type == "cuda"
+        got = backbone.forward_features(spec.cuda(), gpu)[0]
         expected = tiny_backbone.forward_features(spec, cpu)[0]
     torch.testing.assert_close(got.cpu(), expected, atol=1e-4, rtol=1e-4)
 
