@@ -56,7 +56,7 @@ class FeatureCache:
     def content_hash(self, clip: Clip) -> str:
         """sha256 of what the clip's audio is made of (memoised per file for this process)."""
         if clip.h5_key is not None:
-            wave, _ = read_clip(clip, self.window_seconds + 0.1)
+            wave, _ = read_clip(clip, self.cfg.max_seconds)
             return hashlib.sha256(wave.numpy().tobytes()).hexdigest()
         stat = clip.path.stat()
         memo = (str(clip.path), stat.st_size, stat.st_mtime_ns)
@@ -105,14 +105,16 @@ class FeatureCache:
         return value
 
     def _compute(self, clip: Clip, kind: Kind) -> Tensor:
-        wave, rate = read_clip(clip, self.window_seconds + 0.1)
+        # The whole clip goes through the fbank, as the service's extract() does: fbank removes
+        # the waveform's mean, so cropping first would change the features.
+        wave, rate = read_clip(clip, self.cfg.max_seconds)
         mono = to_mono_16k(wave, rate, self.cfg.sample_rate)
         needed = int(self.window_seconds * self.cfg.sample_rate) + 1
-        mono = mono[:needed]
-        if kind == "wave" or mono.shape[0] < needed // 4:
-            # Short clips are zero-padded to one window (SPC: 1 s) before the fbank, so very
-            # short ones still give frames and noise mixing covers the whole window.
-            mono = torch.nn.functional.pad(mono, (0, needed - mono.shape[0]))
+        if kind == "wave":
+            mono = mono[:needed]
+        window = int(FRAME_LENGTH_MS * self.cfg.sample_rate / 1000)
+        if mono.shape[0] < window:  # shorter than one analysis window: pad it to one
+            mono = torch.nn.functional.pad(mono, (0, window - mono.shape[0]))
         if kind == "wave":
             return mono.contiguous()
         fb = fbank(mono, self.cfg.num_mel_bins, self.cfg.sample_rate)
