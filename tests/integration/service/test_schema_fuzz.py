@@ -60,10 +60,11 @@ def test_no_generated_request_gets_a_5xx(server: str) -> None:
             # half of the mutating calls carry the token, so validation past auth is reached too
             headers = {"Authorization": f"Bearer {ADMIN}"} if hash(repr(case)) % 2 else {}
             response = case.call(base_url=server, headers=headers, timeout=60)
-            seen.setdefault(f"{case.method} {op.path}", set()).add(response.status_code)
+            seen.setdefault(f"{case.method} {case.operation.path}", set()).add(response.status_code)
             if response.status_code >= 500:
                 failures.append(
-                    f"{case.method} {case.formatted_path}: {response.status_code} {response.text[:200]}"
+                    f"{case.method} {case.formatted_path}: {response.status_code} "
+                    f"{response.text[:200]}"
                 )
 
         run()
