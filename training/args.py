@@ -11,7 +11,7 @@ from __future__ import annotations
 import ast
 import inspect
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -123,8 +123,10 @@ class TrainArgs:
             (self.epochs >= 1, "--epochs must be at least 1"),
             (self.lr > 0, "--lr must be positive"),
             (self.batch_size >= 1 and self.eval_batch_size >= 1, "batch sizes must be >= 1"),
-            (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1,
-             "--val-fraction and --test-fraction must be in [0, 1)"),
+            (
+                0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1,
+                "--val-fraction and --test-fraction must be in [0, 1)",
+            ),
             (self.mixup >= 0, "--mixup (Beta alpha) must be >= 0"),
             (self.workers >= 0, "--workers must be >= 0"),
             (self.frames is None or self.frames >= 16, "--frames must be >= 16 (one patch)"),
@@ -164,8 +166,9 @@ def method_fields() -> dict[str, dict[str, Any]]:
         for fname, info in method.config_cls.model_fields.items():
             if fname == "variant":  # fixed per method (dense / soft MoA)
                 continue
-            entry = out.setdefault(fname, {"methods": [], "help": docs.get(fname, ""),
-                                           "annotation": info.annotation})
+            entry = out.setdefault(
+                fname, {"methods": [], "help": docs.get(fname, ""), "annotation": info.annotation}
+            )
             entry["methods"].append(name)
     return out
 
@@ -182,8 +185,12 @@ def field_docs(cls: type) -> dict[str, str]:
             continue
         body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
         for stmt, nxt in zip(body, body[1:], strict=False):
-            if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
-                    and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)):
+            if (
+                isinstance(stmt, ast.AnnAssign)
+                and isinstance(stmt.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+            ):
                 docs[stmt.target.id] = " ".join(str(nxt.value.value).split())
     return docs
 
@@ -205,7 +212,7 @@ def coerce_option(annotation: Any, raw: Any) -> Any:
     return text
 
 
-def build_args(layers: list[Mapping[str, Any]]) -> TrainArgs:
+def build_args(layers: Sequence[Mapping[str, Any]]) -> TrainArgs:
     """Merge setting layers (lowest precedence first) into validated :class:`TrainArgs`.
 
     Keys are TrainArgs fields or method-config fields; a method field the chosen method does not
@@ -224,7 +231,9 @@ def build_args(layers: list[Mapping[str, Any]]) -> TrainArgs:
     for key in [k for k in merged if k in options and k not in TRAIN_FIELDS]:
         value = merged.pop(key)
         if method not in options[key]["methods"]:
-            valid = [f"--{k.replace('_', '-')}" for k, o in options.items() if method in o["methods"]]
+            valid = [
+                f"--{k.replace('_', '-')}" for k, o in options.items() if method in o["methods"]
+            ]
             raise ConfigError(
                 f"--{key.replace('_', '-')} does not apply to method {method!r}; its options: "
                 f"{', '.join(valid) or 'none'}"

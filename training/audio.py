@@ -52,7 +52,8 @@ def read_clip(clip: Clip, max_seconds: float) -> tuple[Tensor, int]:
 def _read_h5(clip: Clip, max_seconds: float) -> tuple[Tensor, int]:
     import h5py
 
-    assert clip.start_sample is not None and clip.stop_sample is not None
+    assert clip.start_sample is not None
+    assert clip.stop_sample is not None
     rate = clip.sample_rate or 24_000
     stop = min(clip.stop_sample, clip.start_sample + int(max_seconds * rate) + 1)
     with h5py.File(clip.path, "r") as f:

@@ -21,8 +21,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lookaside.features import FRAME_LENGTH_MS, FRAME_SHIFT_MS, FeatureConfig, fbank, pad_or_crop
-from lookaside.features import to_mono_16k
+from lookaside.features import (
+    FRAME_LENGTH_MS,
+    FRAME_SHIFT_MS,
+    FeatureConfig,
+    fbank,
+    pad_or_crop,
+    to_mono_16k,
+)
 from training.audio import read_clip
 from training.datasets.base import Clip
 

@@ -24,6 +24,11 @@ from training.recipes import RECIPES, get_recipe
 _EPILOG = "recipes: " + ", ".join(RECIPES)
 
 
+def _say(text: str = "") -> None:
+    """Command output (stdout; progress bars and logs go to stderr)."""
+    sys.stdout.write(text + "\n")
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     docs = field_docs(TrainArgs)
     g = p.add_argument_group("training")
@@ -34,8 +39,11 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
             continue
         flag = "--" + f.name.replace("_", "-")
         kind = str(f.type)
-        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
-                              "help": docs.get(f.name, "")}
+        kw: dict[str, Any] = {
+            "dest": f.name,
+            "default": argparse.SUPPRESS,
+            "help": docs.get(f.name, ""),
+        }
         if kind == "bool":
             kw["action"] = argparse.BooleanOptionalAction
         elif kind.startswith("Literal"):
@@ -49,13 +57,20 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         g.add_argument(flag, **kw)
     m = p.add_argument_group("method options (each applies to the methods named)")
     for name, info in method_fields().items():
-        m.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS,
-                       help=f"{info['help']} [{', '.join(info['methods'])}]")
+        m.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=argparse.SUPPRESS,
+            help=f"{info['help']} [{', '.join(info['methods'])}]",
+        )
 
 
 def _train_args(ns: argparse.Namespace, **fixed: Any) -> TrainArgs:
-    given = {k: v for k, v in vars(ns).items() if k not in {"command", "recipe", "config",
-                                                              "checkpoint", "split", "folds"}}
+    given = {
+        k: v
+        for k, v in vars(ns).items()
+        if k not in {"command", "recipe", "config", "checkpoint", "split", "folds"}
+    }
     layers: list[dict[str, Any]] = []
     if ns.recipe:
         layers.append({**get_recipe(ns.recipe).settings, "recipe": ns.recipe})
@@ -79,15 +94,21 @@ def cmd_train(ns: argparse.Namespace) -> int:
     args = _train_args(ns)
     report = train(args)
     if int(os.environ.get("RANK", "0")) == 0:
-        rows = [[k, f"{100 * v:.2f} %" if "accuracy" in k else f"{v:.4f}"]
-                for k, v in report.metrics.items()]
-        rows += [["best epoch", str(report.best_epoch)],
-                 ["trainable params", f"{report.trainable_params:,} "
-                                      f"({report.trainable_percent:.3f} % of backbone)"],
-                 ["train throughput", f"{report.train_clips_per_s:.1f} clips/s"],
-                 ["wall time", f"{report.seconds:.1f} s"],
-                 ["checkpoint", str(report.run_dir)]]
-        print(_table(rows, ["summary", "value"]))
+        rows = [
+            [k, f"{100 * v:.2f} %" if "accuracy" in k else f"{v:.4f}"]
+            for k, v in report.metrics.items()
+        ]
+        rows += [
+            ["best epoch", str(report.best_epoch)],
+            [
+                "trainable params",
+                f"{report.trainable_params:,} ({report.trainable_percent:.3f} % of backbone)",
+            ],
+            ["train throughput", f"{report.train_clips_per_s:.1f} clips/s"],
+            ["wall time", f"{report.seconds:.1f} s"],
+            ["checkpoint", str(report.run_dir)],
+        ]
+        _say(_table(rows, ["summary", "value"]))
     return 0
 
 
@@ -101,12 +122,25 @@ def cmd_evaluate(ns: argparse.Namespace) -> int:
         fixed["backbone"] = manifest.backbone.source
     args = _train_args(ns, **fixed)
     res, ckpt, labels = evaluate_dir(ns.checkpoint, args, ns.split)
-    print(_table([[r["label"], str(r["support"]), f"{100 * r['recall']:.1f} %",
-                   f"{100 * r['precision']:.1f} %"] for r in per_class(res.confusion, labels)],
-                 ["class", "clips", "recall", "precision"]))
-    print(f"{ckpt.manifest.id} on {ns.split} ({res.count} clips): "
-          f"top-1 {100 * res.accuracy:.2f} % (accuracy {res.accuracy!r}, loss {res.loss!r}), "
-          f"mAP {res.mean_ap:.4f}")
+    _say(
+        _table(
+            [
+                [
+                    r["label"],
+                    str(r["support"]),
+                    f"{100 * r['recall']:.1f} %",
+                    f"{100 * r['precision']:.1f} %",
+                ]
+                for r in per_class(res.confusion, labels)
+            ],
+            ["class", "clips", "recall", "precision"],
+        )
+    )
+    _say(
+        f"{ckpt.manifest.id} on {ns.split} ({res.count} clips): "
+        f"top-1 {100 * res.accuracy:.2f} % (accuracy {res.accuracy!r}, loss {res.loss!r}), "
+        f"mAP {res.mean_ap:.4f}"
+    )
     return 0
 
 
@@ -121,9 +155,11 @@ def cmd_crossval(ns: argparse.Namespace) -> int:
         scores.append(report.metrics["accuracy"])
         rows.append([str(fold), f"{100 * scores[-1]:.2f} %", str(report.run_dir)])
     spread = statistics.stdev(scores) if len(scores) > 1 else 0.0
-    print(_table(rows, ["test fold", "top-1", "checkpoint"]))
-    print(f"mean top-1 over {len(folds)} folds: {100 * statistics.mean(scores):.2f} % "
-          f"+- {100 * spread:.2f}")
+    _say(_table(rows, ["test fold", "top-1", "checkpoint"]))
+    _say(
+        f"mean top-1 over {len(folds)} folds: {100 * statistics.mean(scores):.2f} % "
+        f"+- {100 * spread:.2f}"
+    )
     return 0
 
 
@@ -131,9 +167,11 @@ def cmd_methods(ns: argparse.Namespace) -> int:
     from lookaside.adapters import ADAPTERS
     from lookaside.backbones import PRESETS, build_random, load_backbone
     from lookaside.param_table import PAPER_CONFIGS
-    from training.pipeline import make_bank
+    from training.export import make_bank
 
-    backbone = load_backbone(ns.backbone) if ns.backbone else build_random(PRESETS["vit_base_patch16"])
+    backbone = (
+        load_backbone(ns.backbone) if ns.backbone else build_random(PRESETS["vit_base_patch16"])
+    )
     from lookaside.adapters import HeadConfig
 
     head = HeadConfig(num_classes=ns.num_classes)
@@ -146,13 +184,20 @@ def cmd_methods(ns: argparse.Namespace) -> int:
         shapes = bank.expected_shapes(method, config, head)
         n = sum(_numel(s) for s in shapes.values())
         shown = ADAPTERS[method].parse_config(config).model_dump(exclude={"layers", "variant"})
-        rows.append([method, ", ".join(f"{k}={v}" for k, v in shown.items()) or "-", note,
-                     f"{n:,}", f"{100 * n / total:.3f} %"])
-    print(f"backbone {backbone.cfg.name} ({total:,} parameters); head with {ns.num_classes} classes")
-    print(_table(rows, ["method", "config", "note", "params (+head)", "% of backbone"]))
-    print("\noptions (lookaside-train train --method M --OPTION VALUE):")
+        rows.append(
+            [
+                method,
+                ", ".join(f"{k}={v}" for k, v in shown.items()) or "-",
+                note,
+                f"{n:,}",
+                f"{100 * n / total:.3f} %",
+            ]
+        )
+    _say(f"backbone {backbone.cfg.name} ({total:,} parameters); head with {ns.num_classes} classes")
+    _say(_table(rows, ["method", "config", "note", "params (+head)", "% of backbone"]))
+    _say("\noptions (lookaside-train train --method M --OPTION VALUE):")
     for name, info in method_fields().items():
-        print(f"  --{name.replace('_', '-'):18} {', '.join(info['methods'])}: {info['help']}")
+        _say(f"  --{name.replace('_', '-'):18} {', '.join(info['methods'])}: {info['help']}")
     return 0
 
 
@@ -167,24 +212,29 @@ def cmd_push(ns: argparse.Namespace) -> int:
     from training.push import describe, push
 
     answer = push(ns.checkpoint, ns.url, token=ns.token, activate=ns.activate)
-    print(describe(answer))
+    _say(describe(answer))
     return 0
 
 
 def parser() -> argparse.ArgumentParser:
     """The command-line parser (all subcommands)."""
-    root = argparse.ArgumentParser(prog="lookaside-train", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    root = argparse.ArgumentParser(
+        prog="lookaside-train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = root.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train an adapter, write <out>/<name>/<version>/",
-                       epilog=_EPILOG)
+    p = sub.add_parser(
+        "train", help="train an adapter, write <out>/<name>/<version>/", epilog=_EPILOG
+    )
     _add_train_options(p)
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on a dataset split")
     p.add_argument("checkpoint", type=Path, help="a <name>/<version> directory")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     _add_train_options(p)
-    p = sub.add_parser("crossval", help="train once per fold (ESC-50: 1-5), mean +- std",
-                       epilog=_EPILOG)
+    p = sub.add_parser(
+        "crossval", help="train once per fold (ESC-50: 1-5), mean +- std", epilog=_EPILOG
+    )
     p.add_argument("--folds", default="1,2,3,4,5", help="comma-separated test folds")
     _add_train_options(p)
     p = sub.add_parser("methods", help="methods, their options and parameter counts")
@@ -198,8 +248,13 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "crossval": cmd_crossval,
-            "methods": cmd_methods, "push": cmd_push}
+COMMANDS = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "crossval": cmd_crossval,
+    "methods": cmd_methods,
+    "push": cmd_push,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -208,5 +263,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[ns.command](ns)
     except LookasideError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        sys.stderr.write(f"error: {exc}\n")
         return 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -57,7 +58,7 @@ def make_loader(
     seed: int,
     workers: int,
     pin_memory: bool,
-    sampler: Sampler[int] | None = None,
+    sampler: Sampler[Any] | None = None,
 ) -> DataLoader[tuple[Tensor, int]]:
     """A DataLoader with seeded shuffling, persistent workers and pinned memory (CUDA).
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.amp.grad_scaler import GradScaler
 from tqdm import tqdm
 
 from lookaside.adapters.bank import HEAD_PREFIX, AdapterBank
@@ -125,7 +126,8 @@ class AdapterForward(nn.Module):
 
     def forward(self, spec: Tensor) -> Tensor:
         model: MultiAdapterModel = self.__dict__["_model"]
-        return model.logits(spec, self.adapter_id)
+        logits: Tensor = model.logits(spec, self.adapter_id)
+        return logits
 
 
 class PooledHead(nn.Module):
@@ -136,7 +138,8 @@ class PooledHead(nn.Module):
         self.head = bank.head(adapter_id)
 
     def forward(self, pooled: Tensor) -> Tensor:
-        return self.head.fc(self.head.norm(pooled.to(self.head.fc.weight.dtype)))
+        logits: Tensor = self.head.fc(self.head.norm(pooled.to(self.head.fc.weight.dtype)))
+        return logits
 
 
 def configure_optimizer(params: list[nn.Parameter], cfg: LoopConfig) -> torch.optim.Optimizer:
@@ -186,7 +189,7 @@ def fit(
     """
     state = state or FitState()
     optimizer = configure_optimizer(params, cfg)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    scaler = GradScaler(device.type, enabled=cfg.precision == "fp16")
     if state.optimizer is not None:
         optimizer.load_state_dict(state.optimizer)
     if state.scaler is not None:
@@ -201,54 +204,93 @@ def fit(
         torch.manual_seed(cfg.seed * 100_003 + epoch)  # SpecAugment draws from the global RNG
         module.train()
         t0, seen, loss_sum = time.perf_counter(), 0, 0.0
-        bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
-                   disable=not cfg.progress, leave=False)
+        bar = tqdm(
+            train_loader,
+            desc=f"epoch {epoch}/{cfg.epochs}",
+            unit="batch",
+            disable=not cfg.progress,
+            leave=False,
+        )
         lr = cfg.lr
         for x, y in bar:
             lr = get_lr(state.step, total, warmup, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            # non_blocking pairs with pinned host memory: the copy overlaps the previous step.
-            x = x.to(device, non_blocking=True)
-            target = F.one_hot(y.to(device, non_blocking=True), num_classes).float()
-            if cfg.specaug is not None and x.dim() == 3:
-                x = cfg.specaug.train()(x)
-            if cfg.mixup_alpha > 0:
-                x, target, _ = mixup(x, target, cfg.mixup_alpha, generator=gen)
-            with autocast(device, cfg.precision):
-                logits = module(x)
-            loss = -(target * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
-            scaler.scale(loss).backward()
-            if cfg.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            loss = _step(module, params, optimizer, scaler, x, y, cfg, num_classes, device, gen)
             state.step += 1
             seen += x.shape[0]
-            loss_sum += float(loss.detach()) * x.shape[0]  # a sync point: one per step is cheap enough
+            loss_sum += loss * x.shape[0]
             elapsed = time.perf_counter() - t0
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", lr=f"{lr:.2e}",
-                            clips_s=f"{seen / max(elapsed, 1e-9):.1f}")
+            bar.set_postfix(
+                loss=f"{loss_sum / seen:.4f}",
+                lr=f"{lr:.2e}",
+                clips_s=f"{seen / max(elapsed, 1e-9):.1f}",
+            )
         seconds = time.perf_counter() - t0
-        val = evaluate(module, val_loader, device=device, precision=cfg.precision,
-                       num_classes=num_classes)
-        state.history.append(EpochLog(epoch, loss_sum / max(seen, 1), val.loss, val.accuracy,
-                                      lr, seen / max(seconds, 1e-9), seconds))
+        val = evaluate(
+            module, val_loader, device=device, precision=cfg.precision, num_classes=num_classes
+        )
+        state.history.append(
+            EpochLog(
+                epoch,
+                loss_sum / max(seen, 1),
+                val.loss,
+                val.accuracy,
+                lr,
+                seen / max(seconds, 1e-9),
+                seconds,
+            )
+        )
         if val.accuracy > state.best_accuracy:  # ties keep the earlier epoch
             state.best_accuracy, state.best_epoch = val.accuracy, epoch
             state.best_tensors = snapshot()
         state.epoch = epoch
         state.optimizer = optimizer.state_dict()
         state.scaler = scaler.state_dict()
-        if cfg.progress:
-            tqdm.write(f"epoch {epoch}: train loss {loss_sum / max(seen, 1):.4f}, "
-                       f"val loss {val.loss:.4f}, val acc {100 * val.accuracy:.2f} %, "
-                       f"{seen / max(seconds, 1e-9):.1f} clips/s")
+        if cfg.progress:  # one line per epoch stays above the bars
+            tqdm.write(
+                f"epoch {epoch}: train loss {loss_sum / max(seen, 1):.4f}, "
+                f"val loss {val.loss:.4f}, val acc {100 * val.accuracy:.2f} %, "
+                f"{seen / max(seconds, 1e-9):.1f} clips/s"
+            )
         if on_epoch_end is not None:
             on_epoch_end(state)
     return state
+
+
+def _step(
+    module: nn.Module,
+    params: list[nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    scaler: GradScaler,
+    x: Tensor,
+    y: Tensor,
+    cfg: LoopConfig,
+    num_classes: int,
+    device: torch.device,
+    gen: torch.Generator,
+) -> float:
+    """One optimizer step (augment -> autocast forward -> scaled backward -> clip -> step)."""
+    # non_blocking pairs with pinned host memory: the copy overlaps the previous step's compute.
+    x = x.to(device, non_blocking=True)
+    target = F.one_hot(y.to(device, non_blocking=True), num_classes).float()
+    if cfg.specaug is not None and x.dim() == 3:  # spectrograms only, not cached pooled tokens
+        x = cfg.specaug.train()(x)
+    if cfg.mixup_alpha > 0:
+        x, target, _ = mixup(x, target, cfg.mixup_alpha, generator=gen)
+    with autocast(device, cfg.precision):
+        logits = module(x)
+    # Soft-target cross-entropy in fp32 (mixup targets are not one-hot).
+    loss = -(target * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
+    scaled: Tensor = scaler.scale(loss)
+    torch.autograd.backward(scaled)
+    if cfg.grad_clip > 0:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach())  # a host sync per step: cheap next to a ViT forward
 
 
 def evaluate(
@@ -309,8 +351,13 @@ def load_adapter_tensors(bank: AdapterBank, adapter_id: str, tensors: Mapping[st
     stack = bank.stack_of(adapter_id)
     with torch.no_grad():
         if stack is not None:
-            stack.load_slot(entry.slot, {k: v for k, v in tensors.items()
-                                         if not k.startswith(HEAD_PREFIX)})
+            stack.load_slot(
+                entry.slot, {k: v for k, v in tensors.items() if not k.startswith(HEAD_PREFIX)}
+            )
         bank.head(adapter_id).load_state_dict(
-            {k.removeprefix(HEAD_PREFIX): v for k, v in tensors.items()
-             if k.startswith(HEAD_PREFIX)})
+            {
+                k.removeprefix(HEAD_PREFIX): v
+                for k, v in tensors.items()
+                if k.startswith(HEAD_PREFIX)
+            }
+        )

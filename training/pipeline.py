@@ -109,8 +109,11 @@ def data_options(args: TrainArgs) -> DataOptions:
 
 def feature_config(args: TrainArgs, splits: DatasetSplits) -> FeatureConfig:
     """The dataset's feature defaults with ``--frames`` / ``--mean`` / ``--std`` applied."""
-    update = {k: v for k, v in {"target_frames": args.frames, "mean": args.mean,
-                                "std": args.std}.items() if v is not None}
+    update = {
+        k: v
+        for k, v in {"target_frames": args.frames, "mean": args.mean, "std": args.std}.items()
+        if v is not None
+    }
     return splits.features.model_copy(update=update) if update else splits.features
 
 
@@ -143,12 +146,17 @@ def pooled_tokens(
     head = model.bank.head(ADAPTER_ID)
     path = None
     if cache_root is not None:
-        digest = hashlib.sha256(json.dumps({
-            "backbone": backbone.fingerprint(), "pool": head.cfg.pool,
-            "features": ds.cfg.model_dump(mode="json"),
-            "clips": [ds.cache.key(c, "fbank") for c in ds.clips],
-            "labels": [c.label for c in ds.clips],
-        }).encode()).hexdigest()
+        digest = hashlib.sha256(
+            json.dumps(
+                {
+                    "backbone": backbone.fingerprint(),
+                    "pool": head.cfg.pool,
+                    "features": ds.cfg.model_dump(mode="json"),
+                    "clips": [ds.cache.key(c, "fbank") for c in ds.clips],
+                    "labels": [c.label for c in ds.clips],
+                }
+            ).encode()
+        ).hexdigest()
         path = cache_root / "tokens" / f"{digest}.safetensors"
         if path.is_file():
             saved = load_file(str(path))
@@ -182,9 +190,14 @@ def evaluate_checkpoint(
     adapter_id = ckpt.load_into(bank)
     model = MultiAdapterModel(backbone, bank)
     loader = DataLoader(clips_ds, batch_size=batch_size, shuffle=False)
-    return evaluate(AdapterForward(model, adapter_id), loader, device=device,
-                    precision=precision,  # type: ignore[arg-type]
-                    num_classes=len(ckpt.manifest.labels), progress=progress)
+    return evaluate(
+        AdapterForward(model, adapter_id),
+        loader,
+        device=device,
+        precision=precision,  # type: ignore[arg-type]
+        num_classes=len(ckpt.manifest.labels),
+        progress=progress,
+    )
 
 
 def train(args: TrainArgs) -> TrainReport:
@@ -194,25 +207,10 @@ def train(args: TrainArgs) -> TrainReport:
     rank, world = _init_distributed(device)
     progress = args.progress and rank == 0
     splits = load_dataset(args.dataset, data_options(args))
-    feats = feature_config(args, splits)
-    cache_root = None if not args.feature_cache else (args.cache_dir or args.out / ".cache")
-    cache = FeatureCache(cache_root, feats)
-    if args.compute_stats:
-        mean, std = compute_stats(ClipDataset(splits.train, feats, cache), progress)
-        feats = feats.model_copy(update={"mean": mean, "std": std})
-        cache = FeatureCache(cache_root, feats)
+    feats, cache, cache_root = _features(args, splits, progress)
 
     name = check_name(args.adapter_name)
-    state, current = None, None
-    if args.resume is not None:
-        state, current, extra = load_state(args.resume)
-        version = int(extra["version"])
-    else:
-        version = args.version or next_version(args.out / name)
-    if world > 1:  # every rank writes to the version rank 0 chose
-        box = [version]
-        dist.broadcast_object_list(box, src=0)
-        version = int(box[0])
+    version, state, current = _version(args, name, world)
     run_dir = args.out / name / str(version)
     if run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(f"{run_dir} already holds a checkpoint; pick another --version")
@@ -220,52 +218,37 @@ def train(args: TrainArgs) -> TrainReport:
     torch.manual_seed(args.seed)
     backbone = load_backbone(args.backbone, device=device)
     frozen_before = {k: v.detach().clone() for k, v in backbone.state_dict().items()}
-    bank = make_bank(backbone, trainable=True)
-    head_cfg = HeadConfig(num_classes=len(splits.labels), pool=args.pool)
-    bank.add(ADAPTER_ID, args.method, args.adapter_config(), head_cfg, seed=args.seed)
-    model = MultiAdapterModel(backbone, bank)
-    params = bank.trainable_parameters(ADAPTER_ID)
-    n_train = sum(p.numel() for p in params)
-    if progress:
-        tqdm.write(f"{args.method}: {n_train:,} trainable parameters "
-                   f"({100 * n_train / backbone.num_params:.3f} % of the backbone's "
-                   f"{backbone.num_params:,}, frozen)")
-    if current:
-        load_adapter_tensors(bank, ADAPTER_ID, current)
+    model, params = _model(args, backbone, len(splits.labels), current, progress)
+    bank = model.bank
 
-    noise = None
-    if splits.noise_dir is not None:
-        noise = BackgroundNoise.from_dir(splits.noise_dir, feats.sample_rate)
-    head_only = get_method(args.method).head_only and args.token_cache
-    train_ds: Dataset[tuple[Tensor, int]] = ClipDataset(
-        splits.train, feats, cache, None if head_only else noise)
-    val_ds: Dataset[tuple[Tensor, int]] = ClipDataset(splits.val, feats, cache)
-    module: torch.nn.Module
-    if head_only:
-        assert isinstance(train_ds, ClipDataset) and isinstance(val_ds, ClipDataset)
-        kw = {"cache_root": cache_root, "batch_size": args.eval_batch_size, "device": device,
-              "progress": progress}
-        train_ds = pooled_tokens(backbone, model, train_ds, **kw)  # type: ignore[assignment,arg-type]
-        val_ds = pooled_tokens(backbone, model, val_ds, **kw)  # type: ignore[assignment,arg-type]
-        module = PooledHead(bank, ADAPTER_ID)
-    else:
-        module = AdapterForward(model, ADAPTER_ID)
-    sampler = None
+    train_ds, val_ds, module = _datasets_and_module(
+        args, splits, feats, cache, cache_root, model, device, progress
+    )
+    sampler: DistributedSampler[tuple[Tensor, int]] | None = None
     if world > 1:
         sampler = DistributedSampler(train_ds, world, rank, shuffle=True, seed=args.seed)
-        module = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+        module = DistributedDataParallel(
+            module, device_ids=[device.index] if device.type == "cuda" else None
+        )
     pin = device.type == "cuda"
-    train_loader = make_loader(train_ds, batch_size=args.batch_size, shuffle=True, seed=args.seed,
-                               workers=args.workers, pin_memory=pin, sampler=sampler)
-    val_loader = make_loader(val_ds, batch_size=args.eval_batch_size, shuffle=False,
-                             seed=args.seed, workers=args.workers, pin_memory=pin)
-    loop_cfg = LoopConfig(
-        epochs=args.epochs, lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
-        warmup_epochs=args.warmup_epochs, grad_clip=args.grad_clip,
-        mixup_alpha=args.mixup,
-        specaug=SpecAugment(args.freq_mask, args.time_mask) if args.specaug else None,
-        seed=args.seed, precision=args.precision, progress=progress,
+    train_loader = make_loader(
+        train_ds,
+        batch_size=args.batch_size,
+        shuffle=True,
+        seed=args.seed,
+        workers=args.workers,
+        pin_memory=pin,
+        sampler=sampler,
     )
+    val_loader = make_loader(
+        val_ds,
+        batch_size=args.eval_batch_size,
+        shuffle=False,
+        seed=args.seed,
+        workers=args.workers,
+        pin_memory=pin,
+    )
+    loop_cfg = _loop_config(args, progress)
     state_dir = args.out / name / f".state-v{version}"
 
     def snapshot() -> dict[str, Tensor]:
@@ -283,37 +266,42 @@ def train(args: TrainArgs) -> TrainReport:
             if gen is not None:
                 gen.manual_seed(args.seed * 100_003 + epoch)
 
-    state = fit(module, params, train_loader, val_loader, loop_cfg, num_classes=len(splits.labels),
-                device=device, snapshot=snapshot, state=state, on_epoch_end=on_epoch_end,
-                set_epoch=set_epoch)
-    for key, value in backbone.state_dict().items():  # the frozen backbone must not move
-        if not torch.equal(value, frozen_before[key]):
-            raise RuntimeError(f"backbone tensor {key} changed during training")
+    state = fit(
+        module,
+        params,
+        train_loader,
+        val_loader,
+        loop_cfg,
+        num_classes=len(splits.labels),
+        device=device,
+        snapshot=snapshot,
+        state=state,
+        on_epoch_end=on_epoch_end,
+        set_epoch=set_epoch,
+    )
+    _check_frozen(backbone, frozen_before)
     ranks_sha = _rank_hashes(snapshot(), world)
 
     load_adapter_tensors(bank, ADAPTER_ID, state.best_tensors)
-    ckpt = checkpoint_of(bank, ADAPTER_ID, backbone=backbone, name=name, version=version,
-                         task=args.task or splits.task, labels=splits.labels, features=feats)
-    metrics: dict[str, float] = {}
-    results: dict[str, EvalResult] = {}
-    for split in ("val", "test"):
-        clips = splits.split(split)
-        if not clips:
-            continue
-        res = evaluate_checkpoint(ckpt, backbone, ClipDataset(clips, feats, cache),
-                                  batch_size=args.eval_batch_size, device=device,
-                                  precision=args.precision, progress=progress)
-        results[split] = res
-        metrics[f"{split}_accuracy"] = res.accuracy
-        metrics[f"{split}_loss"] = res.loss
-        if splits.report_map:
-            metrics[f"{split}_map"] = res.mean_ap
-    final = "test" if "test" in results else "val"
-    metrics["accuracy"] = results[final].accuracy
+    ckpt = checkpoint_of(
+        bank,
+        ADAPTER_ID,
+        backbone=backbone,
+        name=name,
+        version=version,
+        task=args.task or splits.task,
+        labels=splits.labels,
+        features=feats,
+    )
+    metrics, results, final = _final_metrics(
+        ckpt, backbone, splits, ClipDataset([], feats, cache), args, device, progress
+    )
     ckpt.manifest = ckpt.manifest.model_copy(update={"metrics": metrics})
     last = state.history[-1] if state.history else None
     report = TrainReport(
-        run_dir=run_dir, metrics=metrics, best_epoch=state.best_epoch,
+        run_dir=run_dir,
+        metrics=metrics,
+        best_epoch=state.best_epoch,
         trainable_params=ckpt.manifest.trainable_params,
         trainable_percent=ckpt.manifest.trainable_percent,
         train_clips_per_s=float(np.mean([h.clips_per_s for h in state.history])) if last else 0.0,
@@ -325,6 +313,150 @@ def train(args: TrainArgs) -> TrainReport:
     if world > 1:
         dist.barrier()
     return report
+
+
+def _model(
+    args: TrainArgs,
+    backbone: VisionTransformer,
+    num_classes: int,
+    current: dict[str, Tensor] | None,
+    progress: bool,
+) -> tuple[MultiAdapterModel, list[torch.nn.Parameter]]:
+    """The backbone with one fresh (or resumed) trainable adapter, and its parameters."""
+    bank = make_bank(backbone, trainable=True)
+    head_cfg = HeadConfig(num_classes=num_classes, pool=args.pool)
+    bank.add(ADAPTER_ID, args.method, args.adapter_config(), head_cfg, seed=args.seed)
+    if current:
+        load_adapter_tensors(bank, ADAPTER_ID, current)
+    params = bank.trainable_parameters(ADAPTER_ID)
+    n = sum(p.numel() for p in params)
+    if progress:
+        tqdm.write(
+            f"{args.method}: {n:,} trainable parameters ({100 * n / backbone.num_params:.3f} % "
+            f"of the backbone's {backbone.num_params:,}, which stay frozen)"
+        )
+    return MultiAdapterModel(backbone, bank), params
+
+
+def _loop_config(args: TrainArgs, progress: bool) -> LoopConfig:
+    return LoopConfig(
+        epochs=args.epochs,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        weight_decay=args.weight_decay,
+        warmup_epochs=args.warmup_epochs,
+        grad_clip=args.grad_clip,
+        mixup_alpha=args.mixup,
+        specaug=SpecAugment(args.freq_mask, args.time_mask) if args.specaug else None,
+        seed=args.seed,
+        precision=args.precision,
+        progress=progress,
+    )
+
+
+def _features(
+    args: TrainArgs, splits: DatasetSplits, progress: bool
+) -> tuple[FeatureConfig, FeatureCache, Path | None]:
+    """Feature config (with measured stats when asked) and the cache it keys."""
+    feats = feature_config(args, splits)
+    cache_root = (args.cache_dir or args.out / ".cache") if args.feature_cache else None
+    cache = FeatureCache(cache_root, feats)
+    if args.compute_stats:
+        mean, std = compute_stats(ClipDataset(splits.train, feats, cache), progress)
+        feats = feats.model_copy(update={"mean": mean, "std": std})
+        cache = FeatureCache(cache_root, feats)
+    return feats, cache, cache_root
+
+
+def _version(
+    args: TrainArgs, name: str, world: int
+) -> tuple[int, FitState | None, dict[str, Tensor] | None]:
+    """The version to write (the resumed run's, ``--version``, or the next free one)."""
+    state, current = None, None
+    if args.resume is not None:
+        state, current, extra = load_state(args.resume)
+        version = int(extra["version"])
+    else:
+        version = args.version or next_version(args.out / name)
+    if world > 1:  # every rank writes to the version rank 0 chose
+        box = [version]
+        dist.broadcast_object_list(box, src=0)
+        version = int(box[0])
+    return version, state, current
+
+
+def _datasets_and_module(
+    args: TrainArgs,
+    splits: DatasetSplits,
+    feats: FeatureConfig,
+    cache: FeatureCache,
+    cache_root: Path | None,
+    model: MultiAdapterModel,
+    device: torch.device,
+    progress: bool,
+) -> tuple[Dataset[tuple[Tensor, int]], Dataset[tuple[Tensor, int]], torch.nn.Module]:
+    """Train / val datasets and the module fit() trains: the adapter on spectrograms, or (linear
+    probe with ``--token-cache``) the head alone on cached pooled tokens."""
+    noise = None
+    if splits.noise_dir is not None:
+        noise = BackgroundNoise.from_dir(splits.noise_dir, feats.sample_rate)
+    train_clips = ClipDataset(splits.train, feats, cache, noise)
+    val_clips = ClipDataset(splits.val, feats, cache)
+    if not (get_method(args.method).head_only and args.token_cache):
+        return train_clips, val_clips, AdapterForward(model, ADAPTER_ID)
+    train_clips.noise = None  # fixed tokens: per-epoch waveform noise cannot apply
+    backbone = model.backbone
+    kw: dict[str, Any] = {
+        "cache_root": cache_root,
+        "batch_size": args.eval_batch_size,
+        "device": device,
+        "progress": progress,
+    }
+    train_ds = pooled_tokens(backbone, model, train_clips, **kw)
+    val_ds = pooled_tokens(backbone, model, val_clips, **kw)
+    return train_ds, val_ds, PooledHead(model.bank, ADAPTER_ID)  # type: ignore[return-value]
+
+
+def _final_metrics(
+    ckpt: AdapterCheckpoint,
+    backbone: VisionTransformer,
+    splits: DatasetSplits,
+    template: ClipDataset,
+    args: TrainArgs,
+    device: torch.device,
+    progress: bool,
+) -> tuple[dict[str, float], dict[str, EvalResult], str]:
+    """The checkpoint evaluated on val (and test) exactly as ``evaluate`` does it."""
+    metrics: dict[str, float] = {}
+    results: dict[str, EvalResult] = {}
+    for split in ("val", "test"):
+        clips = splits.split(split)
+        if not clips:
+            continue
+        res = evaluate_checkpoint(
+            ckpt,
+            backbone,
+            ClipDataset(clips, template.cfg, template.cache),
+            batch_size=args.eval_batch_size,
+            device=device,
+            precision=args.precision,
+            progress=progress,
+        )
+        results[split] = res
+        metrics[f"{split}_accuracy"] = res.accuracy
+        metrics[f"{split}_loss"] = res.loss
+        if splits.report_map:
+            metrics[f"{split}_map"] = res.mean_ap
+    final = "test" if "test" in results else "val"
+    metrics["accuracy"] = results[final].accuracy
+    return metrics, results, final
+
+
+def _check_frozen(backbone: VisionTransformer, before: dict[str, Tensor]) -> None:
+    """The frozen backbone must come out of training bit-identical."""
+    for key, value in backbone.state_dict().items():
+        if not torch.equal(value, before[key]):
+            raise RuntimeError(f"backbone tensor {key} changed during training")
 
 
 def _rank_hashes(tensors: dict[str, Tensor], world: int) -> list[str]:
@@ -341,18 +473,29 @@ def _rank_hashes(tensors: dict[str, Tensor], world: int) -> list[str]:
 
 
 def _jsonable(args: TrainArgs) -> dict[str, Any]:
-    return json.loads(json.dumps(asdict(args), default=str))
+    out: dict[str, Any] = json.loads(json.dumps(asdict(args), default=str))
+    return out
 
 
 def _write_reports(
-    run_dir: Path, args: TrainArgs, splits: DatasetSplits, state: FitState,
-    results: dict[str, EvalResult], final: str, report: TrainReport, ranks_sha: list[str],
+    run_dir: Path,
+    args: TrainArgs,
+    splits: DatasetSplits,
+    state: FitState,
+    results: dict[str, EvalResult],
+    final: str,
+    report: TrainReport,
+    ranks_sha: list[str],
     world: int,
 ) -> None:
     title = f"{run_dir.parent.name}@{run_dir.name} ({args.method}, {splits.name})"
     plots.training_curve(state.history, run_dir / "training_curve.png", title)
-    plots.confusion_matrix(results[final].confusion, splits.labels,
-                           run_dir / "confusion_matrix.png", f"{title}, {final} split")
+    plots.confusion_matrix(
+        results[final].confusion,
+        splits.labels,
+        run_dir / "confusion_matrix.png",
+        f"{title}, {final} split",
+    )
     if splits.split_rows is not None:
         with (run_dir / "split.csv").open("w", newline="") as f:
             writer = csv.writer(f)
@@ -380,10 +523,17 @@ def per_class(confusion: np.ndarray, labels: list[str]) -> list[dict[str, Any]]:
     for i, label in enumerate(labels):
         support = int(confusion[i].sum())
         predicted = int(confusion[:, i].sum())
-        rows.append({"label": label, "support": support,
-                     "recall": confusion[i, i] / support if support else 0.0,
-                     "precision": confusion[i, i] / predicted if predicted else 0.0})
-    return [{k: (float(v) if isinstance(v, np.floating) else v) for k, v in r.items()} for r in rows]
+        rows.append(
+            {
+                "label": label,
+                "support": support,
+                "recall": confusion[i, i] / support if support else 0.0,
+                "precision": confusion[i, i] / predicted if predicted else 0.0,
+            }
+        )
+    return [
+        {k: (float(v) if isinstance(v, np.floating) else v) for k, v in r.items()} for r in rows
+    ]
 
 
 def evaluate_dir(
@@ -414,6 +564,13 @@ def evaluate_dir(
     ds = ClipDataset(splits.split(split), feats, FeatureCache(cache_root, feats))
     if len(ds) == 0:
         raise ConfigError(f"split {split!r} of {args.dataset} is empty; choose train, val or test")
-    res = evaluate_checkpoint(ckpt, backbone, ds, batch_size=args.eval_batch_size, device=device,
-                              precision=args.precision, progress=args.progress)
+    res = evaluate_checkpoint(
+        ckpt,
+        backbone,
+        ds,
+        batch_size=args.eval_batch_size,
+        device=device,
+        precision=args.precision,
+        progress=args.progress,
+    )
     return res, ckpt, splits.labels

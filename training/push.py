@@ -40,7 +40,11 @@ def push(
     load_checkpoint(directory)  # refuse a broken checkpoint before sending megabytes
     files = {
         "manifest": (MANIFEST_FILE, (directory / MANIFEST_FILE).read_bytes(), "application/json"),
-        "weights": (WEIGHTS_FILE, (directory / WEIGHTS_FILE).read_bytes(), "application/octet-stream"),
+        "weights": (
+            WEIGHTS_FILE,
+            (directory / WEIGHTS_FILE).read_bytes(),
+            "application/octet-stream",
+        ),
     }
     params = {"activate": "true"} if activate else {}
     endpoint = url.rstrip("/") + "/adapters"

@@ -35,17 +35,55 @@ def _r(name: str, doc: str, **settings: Any) -> Recipe:
     return Recipe(name, doc, settings)
 
 
-_ESC = {"dataset": "esc50", "epochs": 25, "batch_size": 48, "optimizer": "adam", "lr": 5e-4,
-        "mixup": 0.0, "specaug": True, "freq_mask": 24, "time_mask": 96, "warmup_epochs": 1.0,
-        "backbone": AST_BACKBONE}
-_SPC = {"dataset": "speech_commands", "epochs": 30, "batch_size": 128, "optimizer": "adam",
-        "lr": 2.5e-4, "mixup": 0.6, "specaug": True, "freq_mask": 48, "time_mask": 48,
-        "warmup_epochs": 1.0, "backbone": AST_BACKBONE}
-_EPIC = {"dataset": "epic_sounds", "epochs": 30, "batch_size": 32, "optimizer": "adamw",
-         "lr": 1e-4, "mixup": 0.0, "specaug": True, "freq_mask": 48, "time_mask": 192,
-         "warmup_epochs": 1.0, "backbone": AST_BACKBONE}
-_MOA = {"optimizer": "adamw", "weight_decay": 0.1, "method": "soft_moa", "num_experts": 14,
-        "rank": 1, "slots_per_expert": 1, "sites": ["attn"], "backbone": AST_AUDIOSET_BACKBONE}
+_ESC = {
+    "dataset": "esc50",
+    "epochs": 25,
+    "batch_size": 48,
+    "optimizer": "adam",
+    "lr": 5e-4,
+    "mixup": 0.0,
+    "specaug": True,
+    "freq_mask": 24,
+    "time_mask": 96,
+    "warmup_epochs": 1.0,
+    "backbone": AST_BACKBONE,
+}
+_SPC = {
+    "dataset": "speech_commands",
+    "epochs": 30,
+    "batch_size": 128,
+    "optimizer": "adam",
+    "lr": 2.5e-4,
+    "mixup": 0.6,
+    "specaug": True,
+    "freq_mask": 48,
+    "time_mask": 48,
+    "warmup_epochs": 1.0,
+    "backbone": AST_BACKBONE,
+}
+_EPIC = {
+    "dataset": "epic_sounds",
+    "epochs": 30,
+    "batch_size": 32,
+    "optimizer": "adamw",
+    "lr": 1e-4,
+    "mixup": 0.0,
+    "specaug": True,
+    "freq_mask": 48,
+    "time_mask": 192,
+    "warmup_epochs": 1.0,
+    "backbone": AST_BACKBONE,
+}
+_MOA = {
+    "optimizer": "adamw",
+    "weight_decay": 0.1,
+    "method": "soft_moa",
+    "num_experts": 14,
+    "rank": 1,
+    "slots_per_expert": 1,
+    "sites": ["attn"],
+    "backbone": AST_AUDIOSET_BACKBONE,
+}
 _LOAA_SRC = (
     "LoAA (Yeo et al., 2024, arXiv 2412.05951) Table 2, row '{row}'; §3.2: {opt}. "
     "Batch size and SpecAugment widths are not given there: taken from AST's {ds} recipe."
@@ -60,35 +98,100 @@ _MOA_SRC = (
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in [
-        _r("esc50-loaa-attn-t", _LOAA_SRC.format(
-            row="Ours - Attn(T)", opt="Adam, lr 5e-4 (PEFT), 25 epochs, no mixup", ds="ESC-50"),
-           **_ESC, method="loaa", rank=36, kernels="attn:T"),
-        _r("esc50-loaa-ffn-f", _LOAA_SRC.format(
-            row="Ours - FFN(F)", opt="Adam, lr 5e-4 (PEFT), 25 epochs, no mixup", ds="ESC-50"),
-           **_ESC, method="loaa", rank=36, kernels="ffn:F"),
-        _r("esc50-loaa-5pct", _LOAA_SRC.format(
-            row="Ours - Attn(T) FFN(F), 5 %", opt="Adam, lr 5e-4, 25 epochs, no mixup",
-            ds="ESC-50"), **_ESC, method="loaa", rank=36, kernels="attn:T,ffn:F"),
-        _r("esc50-loaa-10pct", _LOAA_SRC.format(
-            row="Ours - Attn(T) FFN(F), 10 %", opt="Adam, lr 5e-4, 25 epochs, no mixup",
-            ds="ESC-50"), **_ESC, method="loaa", rank=72, kernels="attn:T,ffn:F"),
-        _r("spc2-loaa-10pct", _LOAA_SRC.format(
-            row="Ours - Attn(T) FFN(F), 10 %", opt="Adam, lr 2.5e-4, 30 epochs, with mixup",
-            ds="Speech Commands (mixup 0.6)"), **_SPC, method="loaa", rank=72,
-           kernels="attn:T,ffn:F"),
-        _r("epic-loaa-attn-t", _LOAA_SRC.format(
-            row="Ours - Attn(T)", opt="AdamW, lr 1e-4, 30 epochs, no mixup (SSAST's EPIC setup)",
-            ds="AudioSet"), **_EPIC, method="loaa", rank=36, kernels="attn:T"),
-        _r("epic-loaa-10pct", _LOAA_SRC.format(
-            row="Ours - Attn(T) FFN(F), 10 %", opt="AdamW, lr 1e-4, 30 epochs, no mixup",
-            ds="AudioSet"), **_EPIC, method="loaa", rank=72, kernels="attn:T,ffn:F"),
-        _r("esc50-linear-probe", "LoAA Table 2 / Soft-MoA Table 1 row 'Linear': head only, "
-           "pooled tokens cached; Adam, lr 5e-4, 25 epochs (LoAA §3.2 PEFT setting).",
-           **{**_ESC, "specaug": False}, method="linear"),
+        _r(
+            "esc50-loaa-attn-t",
+            _LOAA_SRC.format(
+                row="Ours - Attn(T)", opt="Adam, lr 5e-4 (PEFT), 25 epochs, no mixup", ds="ESC-50"
+            ),
+            **_ESC,
+            method="loaa",
+            rank=36,
+            kernels="attn:T",
+        ),
+        _r(
+            "esc50-loaa-ffn-f",
+            _LOAA_SRC.format(
+                row="Ours - FFN(F)", opt="Adam, lr 5e-4 (PEFT), 25 epochs, no mixup", ds="ESC-50"
+            ),
+            **_ESC,
+            method="loaa",
+            rank=36,
+            kernels="ffn:F",
+        ),
+        _r(
+            "esc50-loaa-5pct",
+            _LOAA_SRC.format(
+                row="Ours - Attn(T) FFN(F), 5 %",
+                opt="Adam, lr 5e-4, 25 epochs, no mixup",
+                ds="ESC-50",
+            ),
+            **_ESC,
+            method="loaa",
+            rank=36,
+            kernels="attn:T,ffn:F",
+        ),
+        _r(
+            "esc50-loaa-10pct",
+            _LOAA_SRC.format(
+                row="Ours - Attn(T) FFN(F), 10 %",
+                opt="Adam, lr 5e-4, 25 epochs, no mixup",
+                ds="ESC-50",
+            ),
+            **_ESC,
+            method="loaa",
+            rank=72,
+            kernels="attn:T,ffn:F",
+        ),
+        _r(
+            "spc2-loaa-10pct",
+            _LOAA_SRC.format(
+                row="Ours - Attn(T) FFN(F), 10 %",
+                opt="Adam, lr 2.5e-4, 30 epochs, with mixup",
+                ds="Speech Commands (mixup 0.6)",
+            ),
+            **_SPC,
+            method="loaa",
+            rank=72,
+            kernels="attn:T,ffn:F",
+        ),
+        _r(
+            "epic-loaa-attn-t",
+            _LOAA_SRC.format(
+                row="Ours - Attn(T)",
+                opt="AdamW, lr 1e-4, 30 epochs, no mixup (SSAST's EPIC setup)",
+                ds="AudioSet",
+            ),
+            **_EPIC,
+            method="loaa",
+            rank=36,
+            kernels="attn:T",
+        ),
+        _r(
+            "epic-loaa-10pct",
+            _LOAA_SRC.format(
+                row="Ours - Attn(T) FFN(F), 10 %",
+                opt="AdamW, lr 1e-4, 30 epochs, no mixup",
+                ds="AudioSet",
+            ),
+            **_EPIC,
+            method="loaa",
+            rank=72,
+            kernels="attn:T,ffn:F",
+        ),
+        _r(
+            "esc50-linear-probe",
+            "LoAA Table 2 / Soft-MoA Table 1 row 'Linear': head only, "
+            "pooled tokens cached; Adam, lr 5e-4, 25 epochs (LoAA §3.2 PEFT setting).",
+            **{**_ESC, "specaug": False},
+            method="linear",
+        ),
         _r("esc50-soft-moa", _MOA_SRC.format(epochs=25), **{**_ESC, **_MOA, "lr": 5e-3}),
         _r("spc2-soft-moa", _MOA_SRC.format(epochs=30), **{**_SPC, **_MOA, "lr": 5e-3}),
-        _r("esc50-dense-moa", _MOA_SRC.format(epochs=25).replace("'S-MoA 14'", "'D-MoA 14'"),
-           **{**_ESC, **_MOA, "method": "dense_moa", "lr": 5e-3}),
+        _r(
+            "esc50-dense-moa",
+            _MOA_SRC.format(epochs=25).replace("'S-MoA 14'", "'D-MoA 14'"),
+            **{**_ESC, **_MOA, "method": "dense_moa", "lr": 5e-3},
+        ),
     ]
 }
 

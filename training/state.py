@@ -14,7 +14,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -24,7 +23,9 @@ from training.loop import EpochLog, FitState
 TENSORS, META = "state.safetensors", "state.json"
 
 
-def save_state(directory: Path, state: FitState, current: dict[str, Tensor], extra: dict[str, Any]) -> None:
+def save_state(
+    directory: Path, state: FitState, current: dict[str, Tensor], extra: dict[str, Any]
+) -> None:
     """Write the state of a run after an epoch (replaces the previous one atomically)."""
     tensors = {f"best.{k}": v for k, v in state.best_tensors.items()}
     tensors.update({f"cur.{k}": v for k, v in current.items()})
@@ -52,8 +53,9 @@ def save_state(directory: Path, state: FitState, current: dict[str, Tensor], ext
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-                  str(tmp / TENSORS))
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / TENSORS)
+        )
         (tmp / META).write_text(json.dumps(meta, indent=1))
         if directory.exists():
             shutil.rmtree(directory)
@@ -87,10 +89,15 @@ def load_state(directory: Path) -> tuple[FitState, dict[str, Tensor], dict[str, 
         best_tensors={k[5:]: v for k, v in tensors.items() if k.startswith("best.")},
         history=[EpochLog(**h) for h in meta["history"]],
         optimizer={"state": opt_state, "param_groups": meta["optimizer"]["param_groups"]}
-        if meta["optimizer"]["param_groups"] else None,
+        if meta["optimizer"]["param_groups"]
+        else None,
         scaler=meta["scaler"] or None,
     )
     current = {k[4:]: v for k, v in tensors.items() if k.startswith("cur.")}
-    extra = {k: v for k, v in meta.items() if k not in {
-        "epoch", "step", "best_accuracy", "best_epoch", "history", "optimizer", "scaler"}}
+    extra = {
+        k: v
+        for k, v in meta.items()
+        if k
+        not in {"epoch", "step", "best_accuracy", "best_epoch", "history", "optimizer", "scaler"}
+    }
     return state, current, extra

@@ -69,8 +69,9 @@ class DatasetSplits:
     noise_dir: Path | None = None
     """Background-noise recordings mixed into training clips (Speech Commands)."""
     split_rows: list[tuple[str, str, str, str, str]] | None = None
-    """``(path, label, start_s, end_s, split)`` of a split drawn here (no split given): written beside the
-    checkpoint as ``split.csv``, itself a loadable CSV dataset, so the run can be reproduced."""
+    """``(path, label, start_s, end_s, split)`` of a split drawn here (none was given): written
+    beside the checkpoint as ``split.csv``, itself a loadable CSV dataset, so the run can be
+    reproduced."""
 
     def split(self, name: str) -> list[Clip]:
         """Clips of ``train``, ``val`` or ``test``."""
@@ -116,7 +117,9 @@ def check_files(clips: Sequence[Clip], index: Path) -> None:
     """Every clip's file exists; else one error naming the index and the first missing files."""
     missing = sorted({str(c.path) for c in clips if not c.path.is_file()})
     if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        shown = ", ".join(missing[:5]) + (
+            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        )
         raise DatasetError(f"{index} lists {len(missing)} audio files that do not exist: {shown}")
 
 

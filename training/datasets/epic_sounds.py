@@ -115,7 +115,9 @@ def load(opts: DataOptions) -> DatasetSplits:
                     raise DatasetError(
                         f"{index} line {line}: video {video!r} has no dataset in {audio}"
                     )
-                clips.append(Clip(audio, class_id, None, None, video, start, stop, opts.sample_rate))
+                clips.append(
+                    Clip(audio, class_id, None, None, video, start, stop, opts.sample_rate)
+                )
             else:
                 path = _video_file(audio, row["participant_id"], video)
                 if path is None:

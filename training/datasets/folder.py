@@ -35,9 +35,7 @@ def load_folder(opts: DataOptions) -> DatasetSplits:
     labels = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     rows: list[tuple[Path, str, str | None, float | None, float | None]] = []
     for label in labels:
-        files = sorted(
-            p for p in (root / label).iterdir() if p.suffix.lower() in AUDIO_SUFFIXES
-        )
+        files = sorted(p for p in (root / label).iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
         if not files:
             raise DatasetError(
                 f"{root / label} holds no audio ({', '.join(AUDIO_SUFFIXES)}); every label "
@@ -89,9 +87,7 @@ def _splits(
 ) -> DatasetSplits:
     labels = sorted({r[1] for r in rows})
     label_of = {label: i for i, label in enumerate(labels)}
-    keyed = {
-        f"{r[0]}#{r[3]}-{r[4]}": (Clip(r[0], label_of[r[1]], r[3], r[4]), r[2]) for r in rows
-    }
+    keyed = {f"{r[0]}#{r[3]}-{r[4]}": (Clip(r[0], label_of[r[1]], r[3], r[4]), r[2]) for r in rows}
     check_files([c for c, _ in keyed.values()], index)
     drawn = rows[0][2] is None
     if drawn:

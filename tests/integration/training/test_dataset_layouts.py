@@ -9,19 +9,45 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
 from conftest import RATE, synth, write_clip
+
 from lookaside.checkpoint import load_checkpoint
 from training.cli import main
 from training.datasets import DataOptions, DatasetError, load_dataset
 
-FAST = ["--frames", "64", "--batch-size", "4", "--epochs", "1", "--method", "loaa", "--rank",
-        "4", "--no-progress"]
+FAST = [
+    "--frames",
+    "64",
+    "--batch-size",
+    "4",
+    "--epochs",
+    "1",
+    "--method",
+    "loaa",
+    "--rank",
+    "4",
+    "--no-progress",
+]
 
 
 def _train(root: Path, dataset: str, out: Path, backbone: Path, *extra: str) -> dict[str, object]:
-    rc = main(["train", "--dataset", dataset, "--data-dir", str(root), "--out", str(out),
-               "--backbone", f"file:{backbone}", "--name", "t", *FAST, *extra])
+    rc = main(
+        [
+            "train",
+            "--dataset",
+            dataset,
+            "--data-dir",
+            str(root),
+            "--out",
+            str(out),
+            "--backbone",
+            f"file:{backbone}",
+            "--name",
+            "t",
+            *FAST,
+            *extra,
+        ]
+    )
     assert rc == 0
     return json.loads((out / "t" / "1" / "metrics.json").read_text())
 
@@ -46,7 +72,8 @@ def test_esc50(tmp_path: Path, backbone_file: Path) -> None:
     fake_esc50(tmp_path / "ESC-50")
     splits = load_dataset("esc50", DataOptions(tmp_path / "ESC-50", fold=2))
     assert splits.labels == ["dog", "rain", "clock_tick"]
-    assert all(c.path.name.startswith("2-") for c in splits.test) and len(splits.test) == 3
+    assert all(c.path.name.startswith("2-") for c in splits.test)
+    assert len(splits.test) == 3
     assert not {c.path for c in splits.val} & {c.path for c in splits.test}
     assert splits.features.target_frames == 512
     report = _train(tmp_path / "ESC-50", "esc50", tmp_path / "out", backbone_file, "--fold", "2")
@@ -63,8 +90,10 @@ def test_esc50_malformed_csv_names_the_file(tmp_path: Path) -> None:
         load_dataset("esc50", DataOptions(tmp_path / "ESC-50"))
     (tmp_path / "ESC-50" / "audio" / "1-100-A-0.wav").unlink()
     fake = tmp_path / "ESC-50" / "meta" / "esc50.csv"
-    fake.write_text("filename,fold,target,category,esc10,src_file,take\n"
-                    "1-100-A-0.wav,1,0,dog,False,100,A\n1-101-A-1.wav,1,1,rain,False,101,A\n")
+    fake.write_text(
+        "filename,fold,target,category,esc10,src_file,take\n"
+        "1-100-A-0.wav,1,0,dog,False,100,A\n1-101-A-1.wav,1,1,rain,False,101,A\n"
+    )
     with pytest.raises(DatasetError, match=r"lists 1 audio files that do not exist: .*1-100-A-0"):
         load_dataset("esc50", DataOptions(tmp_path / "ESC-50"))
 
@@ -92,9 +121,20 @@ def test_speech_commands_with_background_noise(tmp_path: Path, backbone_file: Pa
 def _epic_csv(path: Path, rows: list[list[object]]) -> None:
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["annotation_id", "participant_id", "video_id", "start_timestamp",
-                    "stop_timestamp", "start_sample", "stop_sample", "description", "class",
-                    "class_id"])
+        w.writerow(
+            [
+                "annotation_id",
+                "participant_id",
+                "video_id",
+                "start_timestamp",
+                "stop_timestamp",
+                "start_sample",
+                "stop_sample",
+                "description",
+                "class",
+                "class_id",
+            ]
+        )
         w.writerows(rows)
 
 
@@ -114,8 +154,19 @@ def test_epic_sounds(tmp_path: Path, backbone_file: Path, storage: str) -> None:
             cls, cid = (("water", 0), ("scrub", 1))[i % 2]
             start = i * 1.0 + 0.1
             stamp = [f"00:00:{start:06.3f}", f"00:00:{start + 0.8:06.3f}"]
-            rows[split].append([f"{v}_{i}", "P01", v, *stamp, int(start * rate),
-                                int((start + 0.8) * rate), "-", cls, cid])
+            rows[split].append(
+                [
+                    f"{v}_{i}",
+                    "P01",
+                    v,
+                    *stamp,
+                    int(start * rate),
+                    int((start + 0.8) * rate),
+                    "-",
+                    cls,
+                    cid,
+                ]
+            )
     _epic_csv(root / "EPIC_Sounds_train.csv", rows["train"])
     _epic_csv(root / "EPIC_Sounds_validation.csv", rows["validation"])
     if storage == "hdf5":  # raw samples at 24 kHz, one dataset per video (official release)
@@ -130,7 +181,8 @@ def test_epic_sounds(tmp_path: Path, backbone_file: Path, storage: str) -> None:
         for v, wave in videos.items():
             sf.write(root / "audio" / f"{v}.wav", wave, RATE)
     splits = load_dataset("epic_sounds", DataOptions(root))
-    assert splits.labels == ["water", "scrub"] and len(splits.train) == 6
+    assert splits.labels == ["water", "scrub"]
+    assert len(splits.train) == 6
     report = _train(root, "epic_sounds", tmp_path / "out", backbone_file)
     assert "val_map" in report["metrics"]  # type: ignore[operator]
 
@@ -146,7 +198,8 @@ def test_csv_with_segments_draws_and_writes_a_split(tmp_path: Path, backbone_fil
         csv.writer(f).writerows([["path", "label", "start_s", "end_s"], *rows])
     _train(index, "csv", tmp_path / "out", backbone_file, "--val-fraction", "0.3")
     written = (tmp_path / "out" / "t" / "1" / "split.csv").read_text().splitlines()
-    assert written[0] == "path,label,start_s,end_s,split" and len(written) == 13
+    assert written[0] == "path,label,start_s,end_s,split"
+    assert len(written) == 13
     again = load_dataset("csv", DataOptions(tmp_path / "out" / "t" / "1" / "split.csv"))
     first = load_dataset("csv", DataOptions(index, val_fraction=0.3))
     assert [(c.path, c.start_s) for c in again.val] == [(c.path, c.start_s) for c in first.val]

@@ -25,8 +25,15 @@ def _free_port() -> int:
 
 
 def _rank(rank: int, port: int, argv: list[str]) -> None:
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
     torch.set_num_threads(1)
     code = main(argv)
     import torch.distributed as dist
@@ -39,10 +46,30 @@ def _rank(rank: int, port: int, argv: list[str]) -> None:
 def test_two_gloo_processes_end_with_identical_adapters(
     synth_folder: Path, backbone_file: Path, tmp_path: Path
 ) -> None:
-    argv = ["train", "--dataset", "folder", "--data-dir", str(synth_folder), "--backbone",
-            f"file:{backbone_file}", "--out", str(tmp_path), "--frames", "64", "--epochs", "2",
-            "--batch-size", "8", "--method", "loaa", "--rank", "4", "--device", "cpu",
-            "--no-progress"]
+    argv = [
+        "train",
+        "--dataset",
+        "folder",
+        "--data-dir",
+        str(synth_folder),
+        "--backbone",
+        f"file:{backbone_file}",
+        "--out",
+        str(tmp_path),
+        "--frames",
+        "64",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--method",
+        "loaa",
+        "--rank",
+        "4",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     ctx = mp.get_context("fork")
     port = _free_port()
     procs = [ctx.Process(target=_rank, args=(r, port, argv)) for r in range(2)]
@@ -53,6 +80,7 @@ def test_two_gloo_processes_end_with_identical_adapters(
     assert [p.exitcode for p in procs] == [0, 0]
     report = json.loads((tmp_path / "folder" / "1" / "metrics.json").read_text())
     hashes = report["distributed"]["adapter_sha256_per_rank"]
-    assert report["distributed"]["world_size"] == 2 and len(hashes) == 2
+    assert report["distributed"]["world_size"] == 2
+    assert len(hashes) == 2
     assert hashes[0] == hashes[1]
     assert not (tmp_path / "folder" / "2").exists()  # one checkpoint, written by rank 0

@@ -18,28 +18,66 @@ from lookaside.features import extract
 from lookaside.model import MultiAdapterModel
 from training.cli import main
 
-TRAIN = ["--dataset", "folder", "--frames", "128", "--batch-size", "8", "--val-fraction", "0.25",
-         "--no-progress"]
+TRAIN = [
+    "--dataset",
+    "folder",
+    "--frames",
+    "128",
+    "--batch-size",
+    "8",
+    "--val-fraction",
+    "0.25",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
-def trained(synth_folder: Path, backbone_file: Path, tmp_path_factory: pytest.TempPathFactory
-            ) -> tuple[Path, Path]:
+def trained(
+    synth_folder: Path, backbone_file: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
     out = tmp_path_factory.mktemp("runs")
-    rc = main(["train", *TRAIN, "--data-dir", str(synth_folder), "--backbone",
-               f"file:{backbone_file}", "--out", str(out), "--method", "loaa", "--rank", "8",
-               "--kernels", "attn:T,ffn:F", "--epochs", "12", "--lr", "3e-3", "--name", "synth"])
+    rc = main(
+        [
+            "train",
+            *TRAIN,
+            "--data-dir",
+            str(synth_folder),
+            "--backbone",
+            f"file:{backbone_file}",
+            "--out",
+            str(out),
+            "--method",
+            "loaa",
+            "--rank",
+            "8",
+            "--kernels",
+            "attn:T,ffn:F",
+            "--epochs",
+            "12",
+            "--lr",
+            "3e-3",
+            "--name",
+            "synth",
+        ]
+    )
     assert rc == 0
     return out / "synth" / "1", backbone_file
 
 
 def test_loaa_learns_and_writes_the_store_layout(trained: tuple[Path, Path]) -> None:
     run_dir, _ = trained
-    for name in (MANIFEST_FILE, WEIGHTS_FILE, "metrics.json", "training_curve.png",
-                 "confusion_matrix.png", "split.csv"):
+    for name in (
+        MANIFEST_FILE,
+        WEIGHTS_FILE,
+        "metrics.json",
+        "training_curve.png",
+        "confusion_matrix.png",
+        "split.csv",
+    ):
         assert (run_dir / name).is_file(), name
     manifest = json.loads((run_dir / MANIFEST_FILE).read_text())
-    assert manifest["method"] == "loaa" and manifest["version"] == 1
+    assert manifest["method"] == "loaa"
+    assert manifest["version"] == 1
     assert manifest["features"]["target_frames"] == 128
     assert manifest["metrics"]["val_accuracy"] >= 0.9
     report = json.loads((run_dir / "metrics.json").read_text())
@@ -73,7 +111,19 @@ def test_evaluate_prints_the_same_numbers(
     run_dir, backbone_file = trained
     metrics = load_checkpoint(run_dir).manifest.metrics
     capsys.readouterr()
-    assert main(["evaluate", str(run_dir), "--split", "val", "--backbone",
-                 f"file:{backbone_file}", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(run_dir),
+                "--split",
+                "val",
+                "--backbone",
+                f"file:{backbone_file}",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert f"accuracy {metrics['val_accuracy']!r}, loss {metrics['val_loss']!r}" in out

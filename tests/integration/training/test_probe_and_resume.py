@@ -14,10 +14,25 @@ from training.cli import main
 BASE = ["--dataset", "folder", "--frames", "64", "--batch-size", "8", "--no-progress"]
 
 
-def test_linear_probe_trains_on_cached_tokens(synth_folder: Path, backbone_file: Path,
-                                              tmp_path: Path) -> None:
-    argv = ["train", *BASE, "--data-dir", str(synth_folder), "--backbone", f"file:{backbone_file}",
-            "--out", str(tmp_path), "--method", "linear", "--epochs", "5", "--lr", "1e-2"]
+def test_linear_probe_trains_on_cached_tokens(
+    synth_folder: Path, backbone_file: Path, tmp_path: Path
+) -> None:
+    argv = [
+        "train",
+        *BASE,
+        "--data-dir",
+        str(synth_folder),
+        "--backbone",
+        f"file:{backbone_file}",
+        "--out",
+        str(tmp_path),
+        "--method",
+        "linear",
+        "--epochs",
+        "5",
+        "--lr",
+        "1e-2",
+    ]
     assert main(argv) == 0
     tokens = sorted((tmp_path / ".cache" / "tokens").iterdir())
     assert len(tokens) == 2  # train and val pooled tokens
@@ -26,7 +41,8 @@ def test_linear_probe_trains_on_cached_tokens(synth_folder: Path, backbone_file:
     assert sorted((tmp_path / ".cache" / "tokens").iterdir()) == tokens
     assert [p.stat().st_mtime_ns for p in tokens] == stamps
     first, second = (load_manifest(tmp_path / "folder" / v) for v in ("1", "2"))
-    assert first.method == "linear" and first.weights_sha256 == second.weights_sha256
+    assert first.method == "linear"
+    assert first.weights_sha256 == second.weights_sha256
     assert first.metrics == second.metrics
 
 
@@ -37,9 +53,27 @@ class _Stop(Exception):
 def test_resume_reproduces_the_uninterrupted_run(
     synth_folder: Path, backbone_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    common = ["train", *BASE, "--data-dir", str(synth_folder), "--backbone",
-              f"file:{backbone_file}", "--method", "loaa", "--rank", "4", "--epochs", "3",
-              "--mixup", "0.3", "--specaug", "--freq-mask", "8", "--time-mask", "8"]
+    common = [
+        "train",
+        *BASE,
+        "--data-dir",
+        str(synth_folder),
+        "--backbone",
+        f"file:{backbone_file}",
+        "--method",
+        "loaa",
+        "--rank",
+        "4",
+        "--epochs",
+        "3",
+        "--mixup",
+        "0.3",
+        "--specaug",
+        "--freq-mask",
+        "8",
+        "--time-mask",
+        "8",
+    ]
     assert main([*common, "--out", str(tmp_path / "whole")]) == 0
 
     real_save = pipeline.save_state

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import uvicorn
-
 from conftest import synth
+
 from lookaside.backbones import load_backbone
 from service.app import create_app
 from service.settings import ServiceSettings
@@ -31,9 +31,14 @@ class _Server(uvicorn.Server):
 @pytest.fixture(scope="module")
 def server(backbone_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     settings = ServiceSettings(  # type: ignore[call-arg]
-        _env_file=None, backbone=f"file:{backbone_file}", device="cpu",
-        store=tmp_path_factory.mktemp("store"), admin_token=TOKEN, max_wait_ms=2.0,
-        max_batch_size=8, featurize_threads=1,
+        _env_file=None,
+        backbone=f"file:{backbone_file}",
+        device="cpu",
+        store=tmp_path_factory.mktemp("store"),
+        admin_token=TOKEN,
+        max_wait_ms=2.0,
+        max_batch_size=8,
+        featurize_threads=1,
     )
     app = create_app(settings, backbone=load_backbone(f"file:{backbone_file}"))
     srv = _Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on"))
@@ -55,17 +60,45 @@ def server(backbone_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 @pytest.fixture(scope="module")
-def checkpoint(synth_folder: Path, backbone_file: Path, tmp_path_factory: pytest.TempPathFactory
-               ) -> Path:
+def checkpoint(
+    synth_folder: Path, backbone_file: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     out = tmp_path_factory.mktemp("push-runs")
-    assert main(["train", "--dataset", "folder", "--data-dir", str(synth_folder), "--backbone",
-                 f"file:{backbone_file}", "--out", str(out), "--name", "sounds", "--frames", "128",
-                 "--epochs", "1", "--method", "loaa", "--rank", "4", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "folder",
+                "--data-dir",
+                str(synth_folder),
+                "--backbone",
+                f"file:{backbone_file}",
+                "--out",
+                str(out),
+                "--name",
+                "sounds",
+                "--frames",
+                "128",
+                "--epochs",
+                "1",
+                "--method",
+                "loaa",
+                "--rank",
+                "4",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     return out / "sounds" / "1"
 
 
 def test_push_activates_and_the_adapter_answers_classify(
-    server: str, checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    server: str,
+    checkpoint: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("LOOKASIDE_ADMIN_TOKEN", TOKEN)
@@ -75,8 +108,12 @@ def test_push_activates_and_the_adapter_answers_classify(
     clip = tmp_path / "tone.wav"
     sf.write(clip, synth("tone", 1.28, np.random.default_rng(9)), 16_000)
     with clip.open("rb") as f:
-        answer = httpx.post(f"{server}/classify", params={"adapter": "sounds"},
-                            files={"file": ("tone.wav", f, "audio/wav")}, timeout=60)
+        answer = httpx.post(
+            f"{server}/classify",
+            params={"adapter": "sounds"},
+            files={"file": ("tone.wav", f, "audio/wav")},
+            timeout=60,
+        )
     assert answer.status_code == 200, answer.text
     result = answer.json()["results"][0]
     assert (result["adapter"], result["version"]) == ("sounds", 1)
@@ -91,8 +128,9 @@ def test_push_shows_the_servers_refusal(
     assert "server refused the upload (403)" in err
 
 
-def test_push_without_token_says_how(checkpoint: Path, capsys: pytest.CaptureFixture[str],
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_push_without_token_says_how(
+    checkpoint: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("LOOKASIDE_ADMIN_TOKEN", raising=False)
     assert main(["push", str(checkpoint), "--url", "http://127.0.0.1:9"]) == 2
     assert "pass --token or set LOOKASIDE_ADMIN_TOKEN" in capsys.readouterr().err

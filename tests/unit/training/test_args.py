@@ -26,19 +26,34 @@ def test_every_registered_config_field_is_an_option() -> None:
 def test_precedence_recipe_then_yaml_then_command_line(tmp_path: Path) -> None:
     yaml_file = tmp_path / "run.yaml"
     yaml_file.write_text("epochs: 3\nrank: 12\nlr: 0.01\n")
-    ns = parser().parse_args(["train", "--recipe", "esc50-loaa-5pct", "--config", str(yaml_file),
-                              "--lr", "0.002", "--data-dir", "x"])
+    ns = parser().parse_args(
+        [
+            "train",
+            "--recipe",
+            "esc50-loaa-5pct",
+            "--config",
+            str(yaml_file),
+            "--lr",
+            "0.002",
+            "--data-dir",
+            "x",
+        ]
+    )
     args = _train_args(ns)
-    assert args.method == "loaa" and args.dataset == "esc50"  # recipe
+    assert args.method == "loaa"
+    assert args.dataset == "esc50"
     assert args.epochs == 3  # yaml over recipe
     assert args.lr == 0.002  # command line over yaml
     cfg = args.adapter_config()
-    assert cfg.rank == 12 and cfg.kernels == {"attn": "T", "ffn": "F"}  # type: ignore[attr-defined]
+    assert cfg.rank == 12
+    assert cfg.kernels == {"attn": "T", "ffn": "F"}
     assert args.recipe == "esc50-loaa-5pct"
 
 
 def test_option_of_another_method_is_refused_with_the_valid_ones() -> None:
-    with pytest.raises(ConfigError, match=r"--num-experts does not apply to method 'loaa'.*--kernels"):
+    with pytest.raises(
+        ConfigError, match=r"--num-experts does not apply to method 'loaa'.*--kernels"
+    ):
         build_args([{"method": "loaa", "num_experts": "4"}])
 
 
@@ -52,7 +67,8 @@ def test_invalid_value_names_the_option() -> None:
 def test_list_options_split_on_commas() -> None:
     args = build_args([{"method": "bottleneck", "sites": "attn,ffn", "layers": "0,2"}])
     cfg = args.adapter_config()
-    assert cfg.sites == ("attn", "ffn") and cfg.layers == (0, 2)  # type: ignore[attr-defined]
+    assert cfg.sites == ("attn", "ffn")
+    assert cfg.layers == (0, 2)
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))

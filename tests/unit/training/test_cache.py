@@ -32,7 +32,8 @@ def test_second_read_never_decodes(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(cache_mod, "read_clip", boom)
     cache = FeatureCache(tmp_path / "cache", cfg)  # a new process would start like this
-    assert torch.equal(cache.fbank(clip), first) and cache.hits == 1
+    assert torch.equal(cache.fbank(clip), first)
+    assert cache.hits == 1
 
 
 def test_same_as_extract(tmp_path: Path) -> None:
@@ -54,5 +55,7 @@ def test_key_follows_content_and_config_not_the_path(tmp_path: Path) -> None:
     other = FeatureCache(tmp_path / "c", FeatureConfig(target_frames=32))
     assert other.key(Clip(path, 0), "fbank") != key
     _wav(path, 3)  # rewritten in place with other audio
-    assert FeatureCache(tmp_path / "c", FeatureConfig(target_frames=64)).key(
-        Clip(path, 0), "fbank") != key
+    assert (
+        FeatureCache(tmp_path / "c", FeatureConfig(target_frames=64)).key(Clip(path, 0), "fbank")
+        != key
+    )

@@ -47,10 +47,20 @@ def test_fit_trains_only_the_adapter_and_keeps_a_copy_of_the_best(
     params = bank.trainable_parameters("a")
     before = bank.adapter_tensors("a")
     data = _toy()
-    loader = DataLoader(data, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        data, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
     cfg = LoopConfig(epochs=3, lr=3e-3, progress=False, mixup_alpha=0.2)
-    state = fit(module, params, loader, DataLoader(data, batch_size=8), cfg, num_classes=2,
-                device=torch.device("cpu"), snapshot=lambda: bank.adapter_tensors("a"))
+    state = fit(
+        module,
+        params,
+        loader,
+        DataLoader(data, batch_size=8),
+        cfg,
+        num_classes=2,
+        device=torch.device("cpu"),
+        snapshot=lambda: bank.adapter_tensors("a"),
+    )
     for key, value in tiny_backbone.state_dict().items():
         assert torch.equal(value, frozen[key]), key  # bit-identical backbone
     after = bank.adapter_tensors("a")
@@ -73,11 +83,19 @@ def test_fit_is_deterministic_with_a_seed(tiny_backbone: VisionTransformer) -> N
     for _ in range(2):
         bank, module = _setup(tiny_backbone)
         data = _toy()
-        loader = DataLoader(data, batch_size=8, shuffle=True,
-                            generator=torch.Generator().manual_seed(0))
-        fit(module, bank.trainable_parameters("a"), loader, DataLoader(data, batch_size=8),
+        loader = DataLoader(
+            data, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0)
+        )
+        fit(
+            module,
+            bank.trainable_parameters("a"),
+            loader,
+            DataLoader(data, batch_size=8),
             LoopConfig(epochs=1, lr=1e-3, progress=False, mixup_alpha=0.5, seed=3),
-            num_classes=2, device=torch.device("cpu"), snapshot=lambda b=bank: b.adapter_tensors("a"))
+            num_classes=2,
+            device=torch.device("cpu"),
+            snapshot=lambda b=bank: b.adapter_tensors("a"),
+        )
         results.append(bank.adapter_tensors("a"))
     assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])
 
@@ -85,7 +103,8 @@ def test_fit_is_deterministic_with_a_seed(tiny_backbone: VisionTransformer) -> N
 def test_lr_schedule_warms_up_then_decays_to_the_floor() -> None:
     cfg = LoopConfig(epochs=1, lr=1.0, min_lr_ratio=0.1)
     lrs = [get_lr(s, total=100, warmup=10, cfg=cfg) for s in range(100)]
-    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[0] == pytest.approx(0.1)
+    assert lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
     assert lrs[-1] == pytest.approx(0.1, abs=1e-3)
 
@@ -93,14 +112,18 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor() -> None:
 def test_evaluate_matches_a_plain_reference(tiny_backbone: VisionTransformer) -> None:
     bank, module = _setup(tiny_backbone)
     data = _toy(10)
-    res = evaluate(module, DataLoader(data, batch_size=3), device=torch.device("cpu"),
-                   num_classes=2)
+    res = evaluate(
+        module, DataLoader(data, batch_size=3), device=torch.device("cpu"), num_classes=2
+    )
     with torch.no_grad():
         logits = module(data.tensors[0])
     pred = logits.argmax(-1)
     assert res.accuracy == float((pred == data.tensors[1]).float().mean())
-    assert res.loss == pytest.approx(float(torch.nn.functional.cross_entropy(logits, data.tensors[1])), rel=1e-5)
-    assert res.confusion.sum() == 10 and int(np.trace(res.confusion)) == int((pred == data.tensors[1]).sum())
+    assert res.loss == pytest.approx(
+        float(torch.nn.functional.cross_entropy(logits, data.tensors[1])), rel=1e-5
+    )
+    assert res.confusion.sum() == 10
+    assert int(np.trace(res.confusion)) == int((pred == data.tensors[1]).sum())
 
 
 def test_mean_average_precision() -> None:
