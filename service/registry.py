@@ -32,9 +32,10 @@ Threads and ownership:
   ``engine.load_adapter``'s future. They never touch the event loop.
 - Any thread: :meth:`Lease.release` (the engine thread may release a lease when it answers).
 - The engine thread only runs the bank changes it was handed; it never calls the registry.
-- ``self._lock`` (a ``threading.Lock``) guards every entry, counter and the unload map. It is
-  never held while waiting on I/O or on the engine: calls made under it only enqueue
-  (``engine.unload_adapter``) or read a tiny file (the store's ``ACTIVE`` pointer for pins).
+- ``self._lock`` (a ``threading.RLock``: the done-callback of an already finished future runs at
+  once and re-enters it) guards every entry, counter and the unload map. It is never held while
+  waiting on I/O or on the engine: calls made under it only enqueue (``engine.unload_adapter``)
+  or read a tiny file (the store's ``ACTIVE`` pointer for pins).
 
 Observability: :meth:`stats` gives counters (loads, evictions, failures per adapter name); a
 :class:`RegistryEvents` hook object (the metrics module's) is told of each load, failure and
@@ -264,7 +265,7 @@ class AdapterRegistry:
         self._pool = ThreadPoolExecutor(
             max_workers=loader_threads, thread_name_prefix="adapter-load"
         )
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered by done-callbacks of finished futures
         self._entries: dict[str, _Entry] = {}
         self._unloading: dict[str, Future[None]] = {}
         self._clock = itertools.count(1)
@@ -399,9 +400,9 @@ class AdapterRegistry:
             self._loads[entry.id] += 1
             if entry.retired and entry.leases == 0:
                 self._unload_locked(entry, evicted=False)
-        entry.done.set_result(ckpt.manifest)
         self._notify("adapter_loaded", entry.name, entry.version, seconds)
         log.info("loaded %s in %.3f s", entry.id, seconds)
+        entry.done.set_result(ckpt.manifest)
 
     def _load_into_engine(self, entry: _Entry, ckpt: AdapterCheckpoint) -> None:
         """``engine.load_adapter``; on :class:`BankFull` evict an idle same-stack version, retry."""
