@@ -127,7 +127,8 @@ def store(
     store = AdapterStore(tmp_path / "store")
     for key in ("a1", "a2", "b", "c", "d"):
         store.put(*uploads[key], backbone=tiny_backbone)
-    assert store.active("a") == 1 and store.versions("a") == [1, 2]
+    assert store.active("a") == 1
+    assert store.versions("a") == [1, 2]
     return store
 
 
@@ -215,7 +216,8 @@ def test_least_recently_used_is_evicted_at_the_limit(
         assert sorted(engine.bank) == ["b@1", "c@1"]
 
     run(main)
-    assert ("evicted", "b", 1) in events.seen and ("evicted", "a", 1) in events.seen
+    assert ("evicted", "b", 1) in events.seen
+    assert ("evicted", "a", 1) in events.seen
     stats = registry.stats()
     assert stats.evictions == {"b": 1, "a": 1}
     assert stats.loads == {"a": 1, "b": 2, "c": 1}
@@ -261,7 +263,8 @@ def test_pinned_adapters_stay_resident(
         # The pin follows the active version.
         await registry.activate("a", 2)
         await touch(registry, "b", "c", "d")
-        assert "a@2" in engine.bank and "a@1" not in engine.bank
+        assert "a@2" in engine.bank
+        assert "a@1" not in engine.bank
 
     run(main)
     registry.close()
@@ -307,14 +310,16 @@ def test_a_failed_load_is_reported_and_retried(
             await registry.acquire("b")
         status = next(s for s in registry.status("b"))
         assert (status.state, status.resident, status.in_flight) == ("failed", False, 0)
-        assert status.reason is not None and "out of memory" in status.reason
+        assert status.reason is not None
+        assert "out of memory" in status.reason
         del engine.fail["b@1"]
         await touch(registry, "b")
         status = next(s for s in registry.status("b"))
         assert (status.state, status.reason) == ("ready", None)
 
     run(main)
-    assert ("failed", "b", 1) in events.seen and ("loaded", "b", 1) in events.seen
+    assert ("failed", "b", 1) in events.seen
+    assert ("loaded", "b", 1) in events.seen
     assert registry.stats().load_failures == {"b": 1}
     registry.close()
 
@@ -361,7 +366,8 @@ def test_activation_loads_first_and_admitted_requests_keep_their_version(
         assert store.active("a") == 2
         after = await registry.acquire("a")
         assert (old.version, before.version, after.version) == (1, 1, 2)
-        assert engine.log.index(("load", "a@2")) >= 0 and "a@1" in engine.bank
+        assert engine.log.index(("load", "a@2")) >= 0
+        assert "a@1" in engine.bank
         for lease in (old, before, after):
             lease.release()
         # A failed load leaves the pointer where it was.
@@ -411,7 +417,8 @@ def test_upload_with_activate_swaps_to_the_new_version(
         upload = make_upload(tiny_backbone, "b", seed=9)
         result = await registry.upload(*upload, activate=True)
         assert (result.version, result.created, result.active) == (2, True, True)
-        assert store.active("b") == 2 and "b@2" in engine.bank
+        assert store.active("b") == 2
+        assert "b@2" in engine.bank
         again = await registry.upload(*upload)
         assert (again.version, again.created, again.active) == (2, False, True)
 
