@@ -232,7 +232,8 @@ class AdapterBank(nn.Module):
         spec = get_method(method)
         cfg = spec.parse_config(config)
         key = self._stack_key(method, cfg)
-        head_module = AdapterHead(head, self._dim, device=self.device, dtype=self.dtype)
+        with _normal_tensors():
+            head_module = AdapterHead(head, self._dim, device=self.device, dtype=self.dtype)
         head_module.requires_grad_(self.trainable)
         with self._locked():
             if adapter_id in self.entries or adapter_id in self._reservations:
@@ -382,7 +383,8 @@ class AdapterBank(nn.Module):
                 raise ConfigError(
                     f"a load into the {method} stack is pending: publish or abort it before grow()"
                 )
-            slots.stack.resize(capacity)
+            with _normal_tensors():
+                slots.stack.resize(capacity)
             for slot in range(slots.capacity, capacity):
                 heapq.heappush(slots.free, slot)
             slots.refs.extend([0] * (capacity - slots.capacity))
@@ -672,10 +674,11 @@ class AdapterBank(nn.Module):
         capacity = self._capacity_for(key)
         with torch.device("meta"):  # validates the config and builds shapes without memory
             stack = AdapterStack(spec, cfg, self.backbone_cfg, capacity)
-        stack.to(dtype=self.dtype).to_empty(device=self.device)
-        with torch.no_grad():
-            for p in stack.parameters():
-                p.zero_()
+        with _normal_tensors():
+            stack.to(dtype=self.dtype).to_empty(device=self.device)
+            with torch.no_grad():
+                for p in stack.parameters():
+                    p.zero_()
         stack.requires_grad_(self.trainable)
         self.stacks[key] = stack
         slots = _Slots(key, spec.name, stack, capacity, list(range(capacity)), [0] * capacity)
@@ -774,6 +777,13 @@ class AdapterBank(nn.Module):
             torch.cuda.current_stream(self.device).wait_event(reservation._event)
             reservation._event = None
             reservation._staging = None
+
+
+def _normal_tensors() -> torch.inference_mode:
+    """Allocate adapter memory as normal tensors even when the caller runs under
+    ``torch.inference_mode`` (a serving loop often does): inference tensors could never be
+    written again outside it (training, randomising, a later load from another thread)."""
+    return torch.inference_mode(False)
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -431,3 +431,20 @@ def build_cuda_copy(backbone: VisionTransformer) -> VisionTransformer:
     copy = VisionTransformer(backbone.cfg)
     copy.load_weights(backbone.state_dict())
     return copy.to("cuda")
+
+
+def test_a_bank_driven_under_inference_mode_keeps_normal_tensors(
+    tiny_backbone: VisionTransformer,
+) -> None:
+    """A serving loop often runs under torch.inference_mode; adapters it adds must stay
+    writable afterwards (inference tensors refuse in-place updates outside that mode)."""
+    bank = _bank(tiny_backbone, capacity=1)
+    with torch.inference_mode():
+        bank.add("a", "loaa", LOAA, HEAD, seed=1)
+        with bank.route(["a"]):
+            bank.remove("a")
+        bank.add("b", "loaa", LOAA, HEAD, seed=1)
+        bank.grow("loaa", LOAA, 2)
+    assert not any(p.is_inference() for p in bank.parameters())
+    randomise(bank, "b", seed=3)  # in-place writes outside inference mode
+    bank.add("c", "loaa", LOAA, HEAD)
