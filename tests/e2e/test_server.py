@@ -1,0 +1,230 @@
+"""The real server: ``python -m service`` as a subprocess on 127.0.0.1, driven over HTTP.
+
+Uploads, activations and deletes, then ``kill -9``; a new server on the same store serves the same
+adapters and active versions with the same scores. Then a kill during an upload: the restarted
+server serves exactly what was acknowledged before it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.service.svc_support import (
+    ADMIN,
+    BACKBONE,
+    checkpoint_bytes,
+    encode,
+    make_checkpoint,
+    tiny,
+)
+
+AUTH = {"Authorization": f"Bearer {ADMIN}"}
+WAV = {"Content-Type": "audio/wav"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """``python -m service`` on a free port, its output collected."""
+
+    def __init__(self, store: Path) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {
+            **os.environ,
+            "LOOKASIDE_BACKBONE": BACKBONE,
+            "LOOKASIDE_DEVICE": "cpu",
+            "LOOKASIDE_STORE": str(store),
+            "LOOKASIDE_ADMIN_TOKEN": ADMIN,
+            "LOOKASIDE_PORT": str(self.port),
+            "LOOKASIDE_LOG_FORMAT": "json",
+            "OMP_NUM_THREADS": "1",
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, "server exited:\n" + "".join(self.lines)
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("server not ready:\n" + "".join(self.lines))
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
+        self._reader.join(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    return tmp_path / "adapters_store"
+
+
+@pytest.fixture
+def start(store: Path) -> Iterator[Any]:
+    servers: list[Server] = []
+
+    def _start() -> Server:
+        server = Server(store)
+        servers.append(server)
+        server.wait_ready()
+        return server
+
+    yield _start
+    for server in servers:
+        server.stop()
+
+
+def _upload(url: str, ckpt: Any, *, activate: bool = False) -> httpx.Response:
+    manifest, weights = checkpoint_bytes(ckpt)
+    return httpx.post(
+        f"{url}/adapters",
+        params={"activate": str(activate).lower()},
+        files={"manifest": ("manifest.json", manifest), "weights": ("a.safetensors", weights)},
+        headers=AUTH,
+        timeout=60,
+    )
+
+
+def _served(url: str, names: list[str], clip: bytes) -> dict[str, Any]:
+    out = {}
+    for name in names:
+        r = httpx.post(f"{url}/classify?adapter={name}", content=clip, headers=WAV, timeout=60)
+        assert r.status_code == 200, r.text
+        (result,) = r.json()["results"]
+        out[name] = (result["version"], result["labels"])
+    return out
+
+
+def test_restart_after_kill9_serves_the_same_adapters_and_versions(start: Any) -> None:
+    backbone = tiny()
+    clip = encode(1.0, seed=2)
+    first = start()
+    assert any(first.url in line for line in first.lines)  # the URL is printed
+
+    a = [make_checkpoint(backbone, "esc50", method="loaa", seed=s) for s in (1, 2, 3)]
+    b = make_checkpoint(backbone, "speech", method="lora", seed=4)
+    c = make_checkpoint(backbone, "gone", method="bottleneck", seed=5)
+    assert _upload(first.url, a[0]).status_code == 201  # v1 (first version: active)
+    assert _upload(first.url, a[1], activate=True).status_code == 201  # v2 active
+    assert _upload(first.url, a[2]).status_code == 201  # v3 stored, not active
+    assert _upload(first.url, b).status_code == 201
+    assert _upload(first.url, c).status_code == 201
+    r = httpx.post(f"{first.url}/adapters/esc50/activate", json={"version": 1}, headers=AUTH)
+    assert r.status_code == 200, r.text  # rollback to v1
+    assert httpx.delete(f"{first.url}/adapters/gone", headers=AUTH).status_code == 200
+    r = httpx.delete(f"{first.url}/adapters/esc50/versions/2", headers=AUTH)
+    assert r.status_code == 200, r.text
+    before = _served(first.url, ["esc50", "esc50@3", "speech"], clip)
+    assert before["esc50"][0] == 1
+    request_id_lines = [line for line in first.lines if '"request_id": "' in line]
+    assert request_id_lines  # JSON log lines carry the request id
+    first.kill9()
+
+    second = start()
+    assert _served(second.url, ["esc50", "esc50@3", "speech"], clip) == before
+    r = httpx.post(f"{second.url}/classify?adapter=gone", content=clip, headers=WAV)
+    assert r.status_code == 404
+    r = httpx.post(f"{second.url}/classify?adapter=esc50@2", content=clip, headers=WAV)
+    assert r.status_code == 404
+    assert "1, 3 (active: 1)" in r.json()["detail"]
+
+
+def test_kill9_during_an_upload_leaves_only_what_was_acknowledged(start: Any, store: Path) -> None:
+    backbone = tiny()
+    clip = encode(1.0, seed=3)
+    first = start()
+    ok = make_checkpoint(backbone, "esc50", method="lora", seed=6)
+    assert _upload(first.url, ok).status_code == 201
+    before = _served(first.url, ["esc50"], clip)
+
+    # a second version whose body arrives slowly: the server is killed mid-upload
+    manifest, weights = checkpoint_bytes(make_checkpoint(backbone, "esc50", method="lora", seed=7))
+    boundary = "lookasideboundary"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="manifest"; '
+        f'filename="manifest.json"\r\n\r\n'.encode()
+        + manifest
+        + f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="weights"; '
+        f'filename="a.safetensors"\r\n\r\n'.encode()
+        + weights
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    sent = threading.Event()
+
+    def slow() -> Iterator[bytes]:
+        yield body[: len(body) // 2]
+        sent.set()
+        time.sleep(5)
+        yield body[len(body) // 2 :]
+
+    def upload() -> None:
+        with contextlib.suppress(httpx.TransportError):  # the server dies under it
+            httpx.post(
+                f"{first.url}/adapters?activate=true",
+                content=slow(),
+                headers={**AUTH, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+                timeout=30,
+            )
+
+    thread = threading.Thread(target=upload)
+    thread.start()
+    assert sent.wait(30)
+    time.sleep(0.2)
+    first.kill9()
+    thread.join(30)
+
+    second = start()
+    assert _served(second.url, ["esc50"], clip) == before
+    r = httpx.get(f"{second.url}/adapters/esc50")
+    assert r.status_code == 200
+    assert [v["version"] for v in r.json()["versions"]] == [1]
+    leftovers = [p.name for p in (store / "esc50").iterdir() if p.name.startswith(".")]
+    assert leftovers == []
