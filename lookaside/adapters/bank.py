@@ -23,7 +23,7 @@ import heapq
 import sys
 import threading
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -184,6 +184,22 @@ class AdapterBank(nn.Module):
         kw.setdefault("dtype", param.dtype)
         kw.setdefault("fingerprint", backbone.fingerprint())
         return cls(backbone.cfg, **kw)
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> AdapterBank:
+        """``.to()`` / ``.cuda()`` / ``.half()`` move the adapters; the bank's device and dtype
+        (used for the stacks and heads it creates later) follow. Refused while a route or a
+        load uses the bank (their tensors would be left behind): move it between batches."""
+        with self._locked():
+            if self._reservations or any(any(s.refs) for s in self._slots.values()):
+                raise ConfigError(
+                    "cannot move the adapter bank while routes or loads use it: release them and "
+                    "move it between batches"
+                )
+            probe = fn(torch.empty(0, device=self.device, dtype=self.dtype))
+            moved = super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
+            self.device, self.dtype = probe.device, probe.dtype
+            self._copy_stream = None
+            return moved
 
     # -- membership ------------------------------------------------------------------------
     def __contains__(self, adapter_id: object) -> bool:

@@ -448,3 +448,17 @@ def test_a_bank_driven_under_inference_mode_keeps_normal_tensors(
     assert not any(p.is_inference() for p in bank.parameters())
     randomise(bank, "b", seed=3)  # in-place writes outside inference mode
     bank.add("c", "loaa", LOAA, HEAD)
+
+
+def test_moving_the_bank_moves_where_new_adapters_go(tiny_backbone: VisionTransformer) -> None:
+    bank = _bank(tiny_backbone, capacity=2)
+    _add(bank, "a", 1)
+    route = bank.route(["a"])
+    with pytest.raises(ConfigError, match="between batches"):
+        bank.to(torch.bfloat16)
+    route.release()
+    bank.to(torch.bfloat16)
+    assert bank.dtype == torch.bfloat16
+    bank.add("b", "loaa", LOAA, HEAD)
+    bank.add("c", "bottleneck", {"rank": 2}, HEAD)
+    assert {p.dtype for p in bank.parameters()} == {torch.bfloat16}
