@@ -740,6 +740,17 @@ class AdapterBank(nn.Module):
             self._copy_stream = torch.cuda.Stream(device=self.device)  # type: ignore[no-untyped-call]
         stream = self._copy_stream
         stream.wait_stream(torch.cuda.current_stream(self.device))
+        if all(_is_on(t, self.device) for t in tensors.values()):
+            # Already on the device: copy slot-wise on the side stream; the caller may free
+            # its tensors as soon as we return, so the allocator must wait for this stream.
+            for t in tensors.values():
+                t.record_stream(stream)
+            with torch.cuda.stream(stream):
+                self._write(reservation.slot, stack, head, dict(tensors))
+                event = torch.cuda.Event()  # type: ignore[no-untyped-call]
+                event.record(stream)
+            reservation._event = event
+            return
         host = self._packed_host(tensors, pin=True)
         with torch.cuda.stream(stream):
             moved = self._split(host, tensors, host[0].to(self.device, non_blocking=True))
@@ -750,7 +761,7 @@ class AdapterBank(nn.Module):
         reservation._staging = host[0]
 
     def _packed(self, tensors: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor]:
-        if all(t.device == device for t in tensors.values()):
+        if all(_is_on(t, device) for t in tensors.values()):
             return dict(tensors)
         host = self._packed_host(tensors, pin=False)
         return self._split(host, tensors, host[0].to(device))
@@ -793,6 +804,14 @@ class AdapterBank(nn.Module):
             torch.cuda.current_stream(self.device).wait_event(reservation._event)
             reservation._event = None
             reservation._staging = None
+
+
+def _is_on(tensor: Tensor, device: torch.device) -> bool:
+    """``tensor`` lives on ``device`` (an index-less ``cuda`` means any CUDA device here: the
+    copy then goes through the current one)."""
+    return tensor.device.type == device.type and (
+        device.index is None or tensor.device.index == device.index
+    )
 
 
 def _normal_tensors() -> torch.inference_mode:

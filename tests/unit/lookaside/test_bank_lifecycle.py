@@ -417,6 +417,11 @@ def test_cuda_load_on_a_side_stream(tiny_backbone: VisionTransformer) -> None:
     for name, tensor in bank.adapter_tensors("a").items():
         assert tensor.device.type == "cuda"
         torch.testing.assert_close(tensor.cpu(), tensors[name], rtol=0, atol=0)
+    on_device = {k: v.cuda() for k, v in tensors.items()}  # device-to-device on the side stream
+    bank.add("a2", "loaa", LOAA, HEAD, on_device)
+    del on_device
+    for name, tensor in bank.adapter_tensors("a2").items():
+        torch.testing.assert_close(tensor.cpu(), tensors[name], rtol=0, atol=0)
     spec = torch.randn(2, FRAMES, 128)
     with torch.no_grad(), bank.route(["a", None]) as gpu, donor.route(["a", None]) as cpu:
         assert gpu.groups[0].index.slots.device.type == "cuda"
