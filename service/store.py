@@ -185,7 +185,12 @@ class AdapterStore:
             return f"versions of {name!r}: {format_versions(versions, self.active(name))}"
         names = self.names()
         listed = ", ".join(names) if names else "none (upload one with POST /adapters)"
-        return f"no adapter named {name!r}; adapters in the store: {listed}"
+        rule = (
+            ""
+            if NAME_PATTERN.fullmatch(name)
+            else " (names are 1-64 lower-case letters, digits, '-' or '_')"
+        )
+        return f"no adapter named {name!r}{rule}; adapters in the store: {listed}"
 
     # -- writes --------------------------------------------------------------------------------
     def put(
