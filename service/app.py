@@ -13,13 +13,11 @@ job it accepted, then its worker stops.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any
 
 import torch
 from fastapi import FastAPI
@@ -29,15 +27,17 @@ from lookaside import __version__
 from lookaside.backbone import VisionTransformer
 from lookaside.backbones import load_backbone
 from lookaside.checkpoint import AdapterManifest
-from lookaside.errors import AdapterNotFound
+from lookaside.errors import LookasideError
 from service import errors
 from service.deps import AppState
 from service.engine import Engine
 from service.logging import RequestIdMiddleware
 from service.metrics import ServiceMetrics
+from service.registry import AdapterRegistry
 from service.routes import install_routes
 from service.routes.classify import ADAPTERS_KEY
 from service.settings import ServiceSettings
+from service.store import AdapterStore
 
 log = logging.getLogger("service.app")
 
@@ -142,18 +142,13 @@ async def _stop(state: AppState) -> None:
     if state.engine is not None:
         log.info("draining %d queued jobs", state.engine.queue_depth)
         await asyncio.to_thread(state.engine.stop, drain=True)
-    close = getattr(state.registry, "close", None)
-    if close is not None:
-        result = close()
-        if asyncio.iscoroutine(result):
-            await result
+    if state.registry is not None:
+        state.registry.close()
     state.featurize_pool.shutdown(wait=False, cancel_futures=True)
     log.info("stopped")
 
 
-def _open_store(settings: ServiceSettings) -> Any:
-    from service.store import AdapterStore
-
+def _open_store(settings: ServiceSettings) -> AdapterStore:
     store = AdapterStore(settings.store, max_weights_bytes=settings.max_upload_bytes)
     removed = store.cleanup()
     if removed:
@@ -162,20 +157,12 @@ def _open_store(settings: ServiceSettings) -> Any:
 
 
 async def _start_registry(
-    state: AppState, store: Any, engine: Engine, backbone: VisionTransformer
-) -> Any:
+    state: AppState, store: AdapterStore, engine: Engine, backbone: VisionTransformer
+) -> AdapterRegistry:
     """The registry (residency: LRU, pins, load on demand), with every active version up to the
-    resident limit preloaded; the startup-only fallback while ``service.registry`` is absent."""
-    try:
-        module = importlib.import_module("service.registry")
-    except ModuleNotFoundError as exc:
-        if exc.name != "service.registry":
-            raise
-        fallback = _ActiveVersions(store, engine, backbone, state.settings)
-        await fallback.start()
-        return fallback
+    resident limit preloaded."""
     settings = state.settings
-    registry = module.AdapterRegistry(
+    registry = AdapterRegistry(
         store,
         engine,
         backbone=backbone,
@@ -208,59 +195,12 @@ async def _warm_up(state: AppState, engine: Engine, backbone: VisionTransformer)
 
 def _manifest_of(state: AppState, adapter_id: str) -> AdapterManifest | None:
     name, _, version = adapter_id.partition("@")
-    if not version.isdigit():
+    if state.store is None or not version.isdigit():
         return None
     try:
-        manifest = state.store.manifest(name, int(version))
-    except Exception:
+        return state.store.manifest(name, int(version))
+    except LookasideError:  # deleted meanwhile: nothing to warm up for it
         return None
-    assert isinstance(manifest, AdapterManifest)
-    return manifest
-
-
-class _Lease:
-    def __init__(self, adapter_id: str, manifest: AdapterManifest) -> None:
-        self.adapter_id = adapter_id
-        self.manifest = manifest
-
-    def release(self) -> None:
-        pass
-
-
-class _ActiveVersions:
-    """Fallback while ``service.registry`` is absent: every active version loaded at startup
-    (up to the resident limit), no residency changes afterwards."""
-
-    def __init__(
-        self, store: Any, engine: Engine, backbone: VisionTransformer, settings: ServiceSettings
-    ) -> None:
-        self.store = store
-        self.engine = engine
-        self.backbone = backbone
-        self.limit = settings.max_resident_adapters
-        self.loaded: dict[str, AdapterManifest] = {}
-
-    async def start(self) -> None:
-        for name in self.store.names()[: self.limit]:
-            version = self.store.active(name)
-            if version is None:
-                continue
-            ckpt = await asyncio.to_thread(self.store.load, name, version, backbone=self.backbone)
-            await asyncio.wrap_future(self.engine.load_adapter(ckpt))
-            self.loaded[ckpt.manifest.id] = ckpt.manifest
-
-    async def acquire(self, ref: str) -> _Lease:
-        name, _, version = ref.partition("@")
-        if not version:
-            active = self.store.active(name)
-            version = str(active) if active is not None else ""
-        adapter_id = f"{name}@{version}"
-        if adapter_id not in self.loaded:
-            raise AdapterNotFound(f"unknown adapter {ref!r}; {self.store.describe(name)}")
-        return _Lease(adapter_id, self.loaded[adapter_id])
-
-    def resident(self) -> list[str]:
-        return list(self.loaded)
 
 
 class _MetricsMiddleware:

@@ -11,46 +11,19 @@ from __future__ import annotations
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any, Protocol
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 
-from lookaside.checkpoint import AdapterManifest
 from service.engine import Engine
 from service.errors import NotReady
 from service.metrics import ServiceMetrics
+from service.registry import AdapterRegistry
 from service.settings import ServiceSettings
+from service.store import AdapterStore
 
 if TYPE_CHECKING:
     from lookaside.backbone import VisionTransformer
-
-
-class Lease(Protocol):
-    """One resolved adapter version, held resident until :meth:`release` (registry contract)."""
-
-    @property
-    def adapter_id(self) -> str:
-        """Bank id, ``name@version``."""
-
-    @property
-    def manifest(self) -> AdapterManifest:
-        """Name, version, labels, task type and feature config of the version served."""
-
-    def release(self) -> None:
-        """Let the registry evict it again (idempotent)."""
-
-
-class Registry(Protocol):
-    """What the classify route needs of :class:`service.registry.AdapterRegistry`."""
-
-    async def acquire(self, ref: str) -> Lease:
-        """Resolve ``name`` (active version) or ``name@version``, loading it if needed.
-
-        Raises AdapterNotFound listing what exists.
-        """
-
-    def resident(self) -> list[str]:
-        """Bank ids resident now."""
 
 
 @dataclass
@@ -61,10 +34,8 @@ class AppState:
     metrics: ServiceMetrics
     featurize_pool: ThreadPoolExecutor
     engine: Engine | None = None
-    store: Any = None
-    """:class:`service.store.AdapterStore`."""
-    registry: Any = None
-    """:class:`service.registry.AdapterRegistry` (or the startup fallback)."""
+    store: AdapterStore | None = None
+    registry: AdapterRegistry | None = None
     backbone: VisionTransformer | None = None
     ready: bool = False
     reason: str | None = "starting"
@@ -94,14 +65,14 @@ def get_engine(request: Request) -> Engine:
     return state.engine
 
 
-def get_store(request: Request) -> Any:
+def get_store(request: Request) -> AdapterStore:
     state = get_state(request)
     if state.store is None:
         raise NotReady(f"the store is not open yet ({state.reason}); retry shortly")
     return state.store
 
 
-def get_registry(request: Request) -> Any:
+def get_registry(request: Request) -> AdapterRegistry:
     state = get_state(request)
     if state.registry is None:
         raise NotReady(f"the adapter registry is not ready yet ({state.reason}); retry shortly")
@@ -131,8 +102,8 @@ def require_admin(request: Request) -> None:
 
 StateDep = Annotated[AppState, Depends(get_state)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
-StoreDep = Annotated[Any, Depends(get_store)]
-RegistryDep = Annotated[Any, Depends(get_registry)]
+StoreDep = Annotated[AdapterStore, Depends(get_store)]
+RegistryDep = Annotated[AdapterRegistry, Depends(get_registry)]
 SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
 AdminDep = Depends(require_admin)
 """Use as ``dependencies=[AdminDep]`` on mutating routes."""

@@ -30,10 +30,11 @@ from starlette.types import Message
 from torch import Tensor
 
 from lookaside.checkpoint import AdapterManifest
-from service.deps import Lease, StateDep
+from service.deps import StateDep
 from service.errors import BadRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
 from service.featurize import Featurized, featurize
 from service.logging import SCOPE_KEY
+from service.registry import Lease
 from service.schemas import AdapterResult, ClassifyResponse, ErrorBody, LabelScore, Window
 
 router = APIRouter(tags=["classify"])
@@ -113,6 +114,7 @@ async def classify(
 
     leases: list[Lease] = []
     futures: list[Future[Tensor]] = []
+    assert state.registry is not None
     try:
         for ref in refs:
             leases.append(await state.registry.acquire(ref))
