@@ -49,8 +49,10 @@ from lookaside.checkpoint import (
     WEIGHTS_FILE,
     AdapterCheckpoint,
     AdapterManifest,
+    CheckpointLimits,
     load_checkpoint,
     load_manifest,
+    validate_checkpoint_bytes,
 )
 from lookaside.checkpoint.atomic import (
     fsync_dir,
@@ -131,6 +133,10 @@ class AdapterStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_weights_bytes = max_weights_bytes
         self.max_manifest_bytes = max_manifest_bytes
+        self.limits = CheckpointLimits(
+            max_weights_bytes=max_weights_bytes, max_manifest_bytes=max_manifest_bytes
+        )
+        """What an adapter may be (sizes, widths, labels, parameters), checked before allocation."""
         self._lock = threading.Lock()
 
     # -- reads ---------------------------------------------------------------------------------
@@ -169,7 +175,7 @@ class AdapterStore:
     def load(self, name: str, version: int, *, backbone: VisionTransformer) -> AdapterCheckpoint:
         """``name@version`` read from disk and fully validated against ``backbone`` (any thread)."""
         ckpt = load_checkpoint(
-            self._version_dir(name, version), backbone=backbone, max_bytes=self.max_weights_bytes
+            self._version_dir(name, version), backbone=backbone, limits=self.limits
         )
         if (ckpt.manifest.name, ckpt.manifest.version) != (name, version):
             raise InvalidCheckpoint(
@@ -311,7 +317,10 @@ class AdapterStore:
                 )
         if not weights_bytes:
             raise InvalidCheckpoint("the weights file is empty; upload adapter.safetensors")
-        return _validate_bytes(manifest_bytes, weights_bytes, backbone, self.max_weights_bytes)
+        ckpt = validate_checkpoint_bytes(
+            manifest_bytes, weights_bytes, backbone=backbone, limits=self.limits
+        )
+        return ckpt.manifest
 
     def _identical_version(
         self, name: str, versions: list[int], manifest: AdapterManifest
@@ -356,19 +365,6 @@ class AdapterStore:
         except (FileNotFoundError, UnicodeDecodeError):
             return 0
         return int(text) if text.isdigit() else 0
-
-
-def _validate_bytes(
-    manifest_bytes: bytes, weights_bytes: bytes, backbone: VisionTransformer, max_bytes: int
-) -> AdapterManifest:
-    """Run lookaside.checkpoint's full validation on an upload (no store file is touched)."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="lookaside-upload-") as tmp:
-        directory = Path(tmp)
-        (directory / MANIFEST_FILE).write_bytes(manifest_bytes)
-        (directory / WEIGHTS_FILE).write_bytes(weights_bytes)
-        return load_checkpoint(directory, backbone=backbone, max_bytes=max_bytes).manifest
 
 
 def _identity(manifest: AdapterManifest) -> str:
