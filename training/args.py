@@ -114,7 +114,12 @@ class TrainArgs:
     """Progress bars."""
 
     def __post_init__(self) -> None:
-        get_method(self.method)
+        if getattr(get_method(self.method), "audio_visual", False):
+            raise ConfigError(
+                f"method {self.method!r} is audio-visual (frames + spectrogram); this trainer's "
+                "datasets are audio-only. Choose an audio method: "
+                + ", ".join(n for n, m in ADAPTERS.items() if not getattr(m, "audio_visual", False))
+            )
         if self.dataset not in DATASETS:
             raise ConfigError(
                 f"unknown dataset {self.dataset!r}; choose one of: {', '.join(DATASETS)}"

@@ -181,18 +181,14 @@ def cmd_methods(ns: argparse.Namespace) -> int:
     configs = [(m, c, n) for m, c, n in PAPER_CONFIGS]
     configs += [(m, {}, "defaults") for m in ADAPTERS if m not in {c[0] for c in PAPER_CONFIGS}]
     for method, config, note in configs:
-        shapes = bank.expected_shapes(method, config, head)
-        n = sum(_numel(s) for s in shapes.values())
         shown = ADAPTERS[method].parse_config(config).model_dump(exclude={"layers", "variant"})
-        rows.append(
-            [
-                method,
-                ", ".join(f"{k}={v}" for k, v in shown.items()) or "-",
-                note,
-                f"{n:,}",
-                f"{100 * n / total:.3f} %",
-            ]
-        )
+        text = ", ".join(f"{k}={v}" for k, v in shown.items()) or "-"
+        try:
+            n = sum(_numel(s) for s in bank.expected_shapes(method, config, head).values())
+        except LookasideError as exc:  # e.g. AV-PEA on a spectrogram-only backbone
+            rows.append([method, text, note, "n/a", str(exc).split(";")[0][:60]])
+            continue
+        rows.append([method, text, note, f"{n:,}", f"{100 * n / total:.3f} %"])
     _say(f"backbone {backbone.cfg.name} ({total:,} parameters); head with {ns.num_classes} classes")
     _say(_table(rows, ["method", "config", "note", "params (+head)", "% of backbone"]))
     _say("\noptions (lookaside-train train --method M --OPTION VALUE):")

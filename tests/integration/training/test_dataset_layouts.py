@@ -82,6 +82,48 @@ def test_esc50(tmp_path: Path, backbone_file: Path) -> None:
     assert manifest.labels == ["dog", "rain", "clock_tick"]
 
 
+def test_crossval_over_two_folds(
+    tmp_path: Path, backbone_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_esc50(tmp_path / "ESC-50")
+    rc = main(
+        [
+            "crossval",
+            "--folds",
+            "1,3",
+            "--dataset",
+            "esc50",
+            "--data-dir",
+            str(tmp_path / "ESC-50"),
+            "--out",
+            str(tmp_path / "out"),
+            "--backbone",
+            f"file:{backbone_file}",
+            *FAST,
+        ]
+    )
+    assert rc == 0
+    scores = [
+        load_checkpoint(tmp_path / "out" / f"esc50-fold{k}" / "1").manifest.metrics["test_accuracy"]
+        for k in (1, 3)
+    ]
+    out = capsys.readouterr().out
+    assert f"mean top-1 over 2 folds: {100 * sum(scores) / 2:.2f} %" in out
+
+
+def test_methods_lists_every_method_with_its_share(
+    backbone_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lookaside.adapters import ADAPTERS
+
+    assert main(["methods", "--backbone", f"file:{backbone_file}", "--num-classes", "4"]) == 0
+    out = capsys.readouterr().out
+    for name in ADAPTERS:
+        assert f"\n{name} " in out
+    assert "--kernels" in out
+    assert "% of backbone" in out
+
+
 def test_esc50_malformed_csv_names_the_file(tmp_path: Path) -> None:
     fake_esc50(tmp_path / "ESC-50")
     index = tmp_path / "ESC-50" / "meta" / "esc50.csv"
@@ -114,7 +156,8 @@ def test_speech_commands_with_background_noise(tmp_path: Path, backbone_file: Pa
     assert splits.labels == ["no", "up", "yes"]
     assert (len(splits.train), len(splits.val), len(splits.test)) == (6, 3, 3)
     assert splits.noise_dir == root / "_background_noise_"
-    report = _train(root, "speech_commands", tmp_path / "out", backbone_file)
+    # Two DataLoader workers: noise is mixed in the workers, features come from the cache.
+    report = _train(root, "speech_commands", tmp_path / "out", backbone_file, "--workers", "2")
     assert report["eval_split"] == "test"
 
 

@@ -77,3 +77,8 @@ def test_every_recipe_builds_and_cites_its_source(name: str) -> None:
     assert "Table" in recipe.doc
     args = build_args([recipe.settings])
     args.adapter_config()
+
+
+def test_audio_visual_methods_are_refused_with_the_audio_ones() -> None:
+    with pytest.raises(ConfigError, match=r"'avpea' is audio-visual.*loaa"):
+        build_args([{"method": "avpea"}])
