@@ -523,19 +523,26 @@ class AdapterRegistry:
         log.info("activated %s@%d", name, version)
 
     async def delete_version(self, name: str, version: int, *, force: bool = False) -> int | None:
-        """Delete one stored version; unload it once no request holds it. Returns the active one."""
+        """Delete one stored version and return the active one afterwards.
+
+        An idle version is unloaded before this returns; one that requests still hold is
+        unloaded when the last of them releases it.
+        """
         active = await asyncio.to_thread(self.store.delete_version, name, version, force=force)
-        self._retire(adapter_id(name, version))
+        await self._retire(adapter_id(name, version))
         return active
 
     async def delete(self, name: str) -> list[int]:
         """Delete every version of ``name``; each is unloaded once no request holds it."""
         versions = await asyncio.to_thread(self.store.delete, name)
         for version in versions:
-            self._retire(adapter_id(name, version))
+            await self._retire(adapter_id(name, version))
         return versions
 
-    def _retire(self, aid: str) -> None:
+    async def _retire(self, aid: str) -> None:
+        """Unload a deleted version now if no request holds it (waiting for the engine), else
+        mark it so the last lease's release unloads it."""
+        unloaded: Future[None] | None = None
         with self._lock:
             entry = self._entries.get(aid)
             if entry is None:
@@ -543,9 +550,14 @@ class AdapterRegistry:
             entry.retired = True
             if entry.leases == 0:
                 if entry.state == "ready":
-                    self._unload_locked(entry, evicted=False)
+                    unloaded = self._unload_locked(entry, evicted=False)
                 elif entry.state == "failed":
                     del self._entries[aid]
+        if unloaded is not None:
+            try:
+                await asyncio.wrap_future(unloaded)
+            except Exception as exc:  # the store change stands; the slot stays until restart
+                log.error("unloading deleted %s failed: %s", aid, exc)
 
     async def preload(self) -> list[str]:
         """Startup: load active versions (pinned names first) up to the resident limit.
