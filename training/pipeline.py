@@ -204,6 +204,8 @@ def train(args: TrainArgs) -> TrainReport:
     """Run one training job end to end (see the module docstring)."""
     started = time.perf_counter()
     device = resolve_device(args.device)
+    if args.precision == "fp16" and device.type != "cuda":
+        raise ConfigError("--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
     rank, world = _init_distributed(device)
     progress = args.progress and rank == 0
     splits = load_dataset(args.dataset, data_options(args))

@@ -59,3 +59,16 @@ def test_key_follows_content_and_config_not_the_path(tmp_path: Path) -> None:
         FeatureCache(tmp_path / "c", FeatureConfig(target_frames=64)).key(Clip(path, 0), "fbank")
         != key
     )
+
+
+def test_compute_stats_matches_the_features(tmp_path: Path) -> None:
+    from training.data import ClipDataset
+    from training.pipeline import compute_stats
+
+    clips = [Clip(_wav(tmp_path / f"{i}.wav", 10 + i), 0) for i in range(3)]
+    cfg = FeatureConfig(target_frames=48)
+    ds = ClipDataset(clips, cfg, FeatureCache(None, cfg))
+    mean, std = compute_stats(ds, progress=False)
+    everything = torch.cat([ds.raw(i) for i in range(3)]).double()
+    assert mean == pytest.approx(float(everything.mean()), rel=1e-9)
+    assert std == pytest.approx(float(everything.std(unbiased=False)), rel=1e-6)
