@@ -315,7 +315,8 @@ class AdapterRegistry:
         name, version = self.resolve(ref)
         done = self._lease(name, version, count=count)
         try:
-            manifest = await asyncio.wrap_future(done)
+            # shield: a waiter cancelled (client gone, timeout) must not cancel the shared load
+            manifest = await asyncio.shield(asyncio.wrap_future(done))
         except BaseException:  # failed load, or the request was cancelled while waiting
             self._release(adapter_id(name, version))
             raise
@@ -402,7 +403,8 @@ class AdapterRegistry:
                 self._unload_locked(entry, evicted=False)
         self._notify("adapter_loaded", entry.name, entry.version, seconds)
         log.info("loaded %s in %.3f s", entry.id, seconds)
-        entry.done.set_result(ckpt.manifest)
+        if not entry.done.done():
+            entry.done.set_result(ckpt.manifest)
 
     def _load_into_engine(self, entry: _Entry, ckpt: AdapterCheckpoint) -> None:
         """``engine.load_adapter``; on :class:`BankFull` evict an idle same-stack version, retry."""
@@ -432,6 +434,8 @@ class AdapterRegistry:
                 del self._entries[entry.id]
         log.warning("loading %s failed: %s", entry.id, reason)
         self._notify("adapter_load_failed", entry.name, entry.version, reason)
+        if entry.done.done():
+            return
         if isinstance(exc, AdapterNotFound | AdapterUnavailable):
             entry.done.set_exception(exc)
         else:
@@ -501,7 +505,13 @@ class AdapterRegistry:
             self.store.put, manifest_bytes, weights_bytes, backbone=self.backbone
         )
         if activate and not result.active:
-            await self.activate(result.name, result.version)
+            try:
+                await self.activate(result.name, result.version)
+            except AdapterUnavailable as exc:
+                raise AdapterUnavailable(
+                    f"stored as {result.name}@{result.version} but not activated: {exc}; retry "
+                    f"with POST /adapters/{result.name}/activate"
+                ) from exc
             return PutResult(result.name, result.version, result.created, True, result.manifest)
         return result
 

@@ -297,6 +297,31 @@ def test_a_request_waits_for_its_load_while_others_keep_flowing(
     registry.close()
 
 
+def test_a_waiter_that_gives_up_does_not_cancel_the_load_for_the_others(
+    store: AdapterStore, tiny_backbone: VisionTransformer
+) -> None:
+    engine = FakeEngine()
+    registry = registry_of(store, engine, tiny_backbone)
+
+    async def main() -> None:
+        engine.gate.clear()
+        quitter = asyncio.ensure_future(registry.acquire("b"))
+        stayer = asyncio.ensure_future(registry.acquire("b"))
+        await asyncio.sleep(0.05)
+        quitter.cancel()  # e.g. the client disconnected or its timeout passed
+        with pytest.raises(asyncio.CancelledError):
+            await quitter
+        engine.gate.set()
+        lease = await asyncio.wait_for(stayer, 5.0)
+        assert lease.adapter_id == "b@1"
+        status = next(s for s in registry.status("b"))
+        assert (status.state, status.in_flight) == ("ready", 1)  # the quitter's lease is gone
+        lease.release()
+
+    run(main)
+    registry.close()
+
+
 def test_a_failed_load_is_reported_and_retried(
     store: AdapterStore, tiny_backbone: VisionTransformer
 ) -> None:
