@@ -107,10 +107,11 @@ def expected_shapes(
 ) -> dict[str, tuple[int, ...]]:
     """Tensor names and shapes one adapter of ``method``/``config``/``head`` consists of.
 
-    The sites are built on the ``meta`` device (shapes only, no storage), the head by arithmetic
-    (``LayerNorm(D)`` + ``Linear(D, C)``), so nothing here is sized by the config's numbers in
-    memory. Call :func:`check_manifest_limits` first for input from outside: a meta build still
-    costs Python objects per block and site.
+    The sites are built on the ``meta`` device (:meth:`AdapterStack.shapes_of`: shapes only, no
+    storage), the head by arithmetic (:meth:`HeadConfig.shapes`), the same computation the bank
+    uses, so nothing here is sized by the config's numbers in memory. Call
+    :func:`check_manifest_limits` first for input from outside: a meta build still costs Python
+    objects per block and site.
 
     Raises:
         ConfigError: the config does not fit this method or backbone.
@@ -119,17 +120,8 @@ def expected_shapes(
     cfg = spec.parse_config(config)
     shapes: dict[str, tuple[int, ...]] = {}
     if not spec.head_only:
-        with torch.device("meta"):
-            shapes.update(AdapterStack(spec, cfg, backbone_cfg, 1).slot_shapes())
-    dim, classes = backbone_cfg.embed_dim, head.num_classes
-    shapes.update(
-        {
-            f"{HEAD_PREFIX}norm.weight": (dim,),
-            f"{HEAD_PREFIX}norm.bias": (dim,),
-            f"{HEAD_PREFIX}fc.weight": (classes, dim),
-            f"{HEAD_PREFIX}fc.bias": (classes,),
-        }
-    )
+        shapes.update(AdapterStack.shapes_of(spec, cfg, backbone_cfg))  # meta device
+    shapes.update({HEAD_PREFIX + k: s for k, s in head.shapes(backbone_cfg.embed_dim).items()})
     return shapes
 
 

@@ -600,7 +600,7 @@ def test_meta_shapes_do_not_move_other_threads_to_meta(
     tiny_backbone: VisionTransformer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Validation runs beside the engine's thread: its meta-device scope must stay its own."""
-    import lookaside.checkpoint.validate as module
+    import lookaside.adapters.stack as module
 
     seen: list[torch.device] = []
 
