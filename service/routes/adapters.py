@@ -17,9 +17,9 @@ version without ``force``, 413 too large, 422 invalid checkpoint, 503 cannot loa
 
 from __future__ import annotations
 
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message
@@ -28,7 +28,7 @@ from lookaside.checkpoint import AdapterManifest
 from lookaside.errors import AdapterNotFound
 from service.deps import AdminDep, RegistryDep, SettingsDep
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from service.registry import AdapterRegistry, VersionStatus
+from service.registry import VersionStatus
 from service.schemas import ErrorBody
 from service.schemas_adapters import (
     ActivateRequest,
@@ -73,11 +73,7 @@ _UPLOAD_BODY: dict[str, Any] = {
 }
 
 
-def _registry(registry: RegistryDep) -> AdapterRegistry:
-    return cast(AdapterRegistry, registry)
-
-
-Registry = Annotated[AdapterRegistry, Depends(_registry)]
+Registry = RegistryDep
 
 
 @router.post(
