@@ -6,6 +6,13 @@ key conversion, see :mod:`lookaside.backbone_convert`), applied to a 1-channel l
 as in AST (Gong et al., 2021): patches cut from the (frequency x time) image give a token grid
 ``(F, T)`` that every adapter site is told about.
 
+Two streams (AV-PEA, NOTES §3): a backbone that kept its RGB patch kernel (``in_chans=3``) also
+embeds video frames (:meth:`VisionTransformer.embed_frames`); the spectrogram stream uses the
+1-channel kernel derived from it (the RGB kernels summed, so a grey image gives the response of
+the original net). :meth:`VisionTransformer.forward_features_av` runs both streams block by block
+in lockstep through the same blocks (one set of weights), and in each block the ``attn.cross``
+site of each stream receives the other stream's block input, passed explicitly.
+
 Adapter sites are written out in :meth:`Block.forward`, not installed as hooks. Each site asks the
 batch's :class:`~lookaside.sites.Route` for a contribution; the route knows which adapter
 every row uses, so one pass serves a batch whose rows use different adapters. With ``route=None``
@@ -52,7 +59,9 @@ class BackboneConfig(BaseModel):
     patch_stride: tuple[int, int] = (16, 16)
     """(frequency, time) stride of the patch conv; (10, 10) is AST's overlapping layout."""
     in_chans: int = Field(1, gt=0)
-    """Input channels of the patch conv (1 for spectrograms)."""
+    """Input channels of the stored patch conv: 3 keeps an ImageNet ViT's RGB kernel (the
+    spectrogram uses the kernels summed over RGB; frames use it as is), 1 is a spectrogram-only
+    kernel (AST checkpoints), which cannot embed video frames."""
     num_mel_bins: int = Field(128, gt=0)
     """Spectrogram height the position embedding was built for."""
     num_frames: int = Field(1024, gt=0)
@@ -63,6 +72,9 @@ class BackboneConfig(BaseModel):
     """Bias on the qkv projection."""
     norm_eps: float = Field(1e-6, gt=0)
     """LayerNorm epsilon (timm 1e-6, AST 1e-12)."""
+    image_size: tuple[int, int] = (224, 224)
+    """(height, width) the visual stream resizes frames to: the image size the weights were
+    pre-trained at. Used only with an RGB kernel (``in_chans=3``)."""
 
     @model_validator(mode="after")
     def _check(self) -> BackboneConfig:
@@ -74,7 +86,21 @@ class BackboneConfig(BaseModel):
             raise ConfigError(f"patch_stride must be positive, got {self.patch_stride}")
         if self.num_mel_bins < self.patch_size or self.num_frames < self.patch_size:
             raise ConfigError("the spectrogram must be at least one patch in each direction")
+        if min(self.image_size) < self.patch_size:
+            raise ConfigError(
+                f"image_size {self.image_size} is smaller than one {self.patch_size}-pixel patch"
+            )
         return self
+
+    @property
+    def has_rgb_kernel(self) -> bool:
+        """True when the backbone can embed RGB video frames (the visual stream of AV-PEA)."""
+        return self.in_chans == 3
+
+    @property
+    def image_grid(self) -> tuple[int, int]:
+        """Token grid (rows, columns) of a frame at :attr:`image_size`."""
+        return self.grid_for(*self.image_size)
 
     @property
     def num_prefix_tokens(self) -> int:
@@ -152,7 +178,8 @@ def resample_pos_embed(
 
 
 class PatchEmbed(nn.Module):
-    """Spectrogram ``[B, frames, mel]`` -> patch tokens ``[B, F*T, D]`` (timm key ``proj``)."""
+    """Spectrogram ``[B, frames, mel]`` or frames ``[B, C, H, W]`` -> patch tokens ``[B, N, D]``
+    (timm key ``proj``)."""
 
     def __init__(self, cfg: BackboneConfig) -> None:
         super().__init__()
@@ -160,10 +187,22 @@ class PatchEmbed(nn.Module):
             cfg.in_chans, cfg.embed_dim, kernel_size=cfg.patch_size, stride=cfg.patch_stride
         )
 
-    def forward(self, spec: Tensor) -> tuple[Tensor, tuple[int, int]]:
+    def forward(
+        self, spec: Tensor, mono_weight: Tensor | None = None
+    ) -> tuple[Tensor, tuple[int, int]]:
+        """Spectrogram tokens; ``mono_weight`` is the 1-channel kernel when ``proj`` is RGB."""
         # AST layout: (B, frames, mel) -> image (B, 1, mel, frames); height = frequency.
         image = spec.transpose(1, 2).unsqueeze(1)
-        tokens = self.proj(image)
+        if mono_weight is None:
+            tokens = self.proj(image)
+        else:
+            tokens = F.conv2d(image, mono_weight, self.proj.bias, stride=self.proj.stride)
+        grid = (tokens.shape[2], tokens.shape[3])
+        return tokens.flatten(2).transpose(1, 2), grid
+
+    def forward_image(self, pixels: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """Frame tokens from ``[B, in_chans, H, W]`` normalised pixels (the stored kernel)."""
+        tokens = self.proj(pixels)
         grid = (tokens.shape[2], tokens.shape[3])
         return tokens.flatten(2).transpose(1, 2), grid
 
@@ -211,7 +250,16 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
         self.mlp = Mlp(cfg)
 
-    def forward(self, x: Tensor, route: Route | None, layout: TokenLayout) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        route: Route | None,
+        layout: TokenLayout,
+        other: Tensor | None = None,
+        other_layout: TokenLayout | None = None,
+    ) -> Tensor:
+        """One block; ``other`` (two-stream forward) is the other stream's block input, handed to
+        the ``attn.cross`` sites with ``other_layout``."""
         if route is None:
             x = x + self.attn(self.norm1(x))
             return x + self.mlp(self.norm2(x))
@@ -226,6 +274,9 @@ class Block(nn.Module):
         y = self.attn(h, adapt_qkv=lambda qkv: site("attn.qkv", h, qkv))
         y = site("attn.parallel", h, y)
         y = site("attn.post", y, y)
+        if other is not None:
+            assert other_layout is not None
+            y = route.add_cross(self.index, x, other, y, layout, other_layout)
         x = x + y
         h = self.norm2(x)
         y = self.mlp(h)
@@ -251,6 +302,7 @@ class VisionTransformer(nn.Module):
         self.norm = nn.LayerNorm(D, eps=cfg.norm_eps)
         self._init_random(seed=0)
         self._pos_cache: dict[tuple[int, int, torch.device, torch.dtype], Tensor] = {}
+        self._mono: tuple[tuple[int, int, torch.device, torch.dtype], Tensor] | None = None
         self._fingerprint: str | None = None
         self.requires_grad_(False)
         super().train(False)
@@ -281,11 +333,13 @@ class VisionTransformer(nn.Module):
                 f"unexpected {sorted(unexpected)}"
             )
         self._pos_cache.clear()
+        self._mono = None
         self._fingerprint = None
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> VisionTransformer:
         # .to()/.cuda()/.half() create new tensors: derived caches must follow.
         self._pos_cache = {}
+        self._mono = None
         return super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
 
     # -- identity ---------------------------------------------------------------------------
@@ -294,11 +348,13 @@ class VisionTransformer(nn.Module):
 
         The display name (``cfg.name``) and the source string are left out: the same weights
         loaded under another name, or from a file instead of the hub, are the same backbone, and
-        adapters trained on one must load on the other.
+        adapters trained on one must load on the other. ``image_size`` counts only for a backbone
+        with an RGB kernel (a spectrogram-only backbone never sees frames).
         """
         if self._fingerprint is None:
             digest = hashlib.sha256()
-            architecture = self.cfg.model_dump(exclude={"name"})
+            excluded = {"name"} if self.cfg.has_rgb_kernel else {"name", "image_size"}
+            architecture = self.cfg.model_dump(exclude=excluded)
             digest.update(json.dumps(architecture, sort_keys=True).encode())
             for name, tensor in sorted(self.state_dict().items()):
                 digest.update(name.encode())
@@ -347,16 +403,65 @@ class VisionTransformer(nn.Module):
             raise ConfigError(
                 f"expected a [batch, frames, mel] spectrogram, got {tuple(spec.shape)}"
             )
-        tokens, grid = self.patch_embed(spec)
+        tokens, grid = self.patch_embed(spec, self.mono_kernel())
+        x = self._with_prefix_and_positions(tokens, grid)
+        layout = TokenLayout(num_prefix=self.cfg.num_prefix_tokens, num_prompts=0, grid=grid)
+        if num_prompts:
+            return self.insert_prompt_slots(x, layout, num_prompts)
+        return x, layout
+
+    def _with_prefix_and_positions(self, tokens: Tensor, grid: tuple[int, int]) -> Tensor:
         B = tokens.shape[0]
         prefix = [self.cls_token.expand(B, -1, -1)]
         if self.dist_token is not None:
             prefix.append(self.dist_token.expand(B, -1, -1))
         x = torch.cat([*prefix, tokens], dim=1)
-        x = x + self.pos_embed_for(grid, x.device, x.dtype)
-        layout = TokenLayout(num_prefix=self.cfg.num_prefix_tokens, num_prompts=0, grid=grid)
-        if num_prompts:
-            return self.insert_prompt_slots(x, layout, num_prompts)
+        return x + self.pos_embed_for(grid, x.device, x.dtype)
+
+    def mono_kernel(self) -> Tensor | None:
+        """The 1-channel patch kernel derived from an RGB one (summed over channels), cached per
+        weight version; None when the stored kernel already has one channel."""
+        weight = self.patch_embed.proj.weight
+        if weight.shape[1] == 1:
+            return None
+        if torch.compiler.is_compiling():
+            return weight.sum(dim=1, keepdim=True)
+        key = (weight.data_ptr(), weight._version, weight.device, weight.dtype)
+        if self._mono is None or self._mono[0] != key:
+            with torch.no_grad():
+                self._mono = (key, weight.sum(dim=1, keepdim=True))
+        return self._mono[1]
+
+    def check_visual(self) -> None:
+        """Refuse the visual stream on a backbone without an RGB patch kernel."""
+        if not self.cfg.has_rgb_kernel:
+            raise ConfigError(
+                f"backbone {self.cfg.name!r} (source {self.source}) has a {self.cfg.in_chans}-"
+                "channel patch kernel and no RGB one (a spectrogram-only checkpoint such as AST), "
+                "so it cannot embed video frames; audio-visual adapters need an ImageNet ViT that "
+                "kept its RGB kernel, e.g. 'timm:vit_base_patch16_224.augreg_in21k'"
+            )
+
+    def embed_frames(self, pixels: Tensor) -> tuple[Tensor, TokenLayout]:
+        """Patch-embed ``[B, 3, H, W]`` frames (ImageNet-normalised, see
+        :func:`lookaside.features.frames_to_pixels`) with the RGB kernel, add prefix tokens and
+        the position embedding resampled to the frame's grid."""
+        self.check_visual()
+        if pixels.dim() != 4 or pixels.shape[1] != self.cfg.in_chans:
+            raise ConfigError(
+                f"expected [batch, {self.cfg.in_chans}, height, width] frames, got "
+                f"{tuple(pixels.shape)}"
+            )
+        if min(pixels.shape[2], pixels.shape[3]) < self.cfg.patch_size:
+            raise ConfigError(
+                f"frames of {pixels.shape[2]}x{pixels.shape[3]} are smaller than one "
+                f"{self.cfg.patch_size}-pixel patch; resize them to {self.cfg.image_size}"
+            )
+        tokens, grid = self.patch_embed.forward_image(pixels)
+        x = self._with_prefix_and_positions(tokens, grid)
+        layout = TokenLayout(
+            num_prefix=self.cfg.num_prefix_tokens, num_prompts=0, grid=grid, modality="visual"
+        )
         return x, layout
 
     @staticmethod
@@ -406,6 +511,42 @@ class VisionTransformer(nn.Module):
                 x, layout = self.insert_prompt_slots(x, layout, num_prompts)
             x = block(x, route, layout)
         return self.norm(x), layout
+
+    def forward_features_av(
+        self, spec: Tensor, pixels: Tensor, route: Route | None = None
+    ) -> tuple[tuple[Tensor, TokenLayout], tuple[Tensor, TokenLayout]]:
+        """Both streams after the final norm: ``((audio, layout), (visual, layout))``.
+
+        Row ``i`` of ``spec`` and row ``i`` of ``pixels`` are the same moment of one clip. The two
+        streams go through each block in turn, block by block, so that block ``l`` of either
+        stream sees the other stream's input to block ``l`` at its ``attn.cross`` sites; both use
+        this backbone's one set of weights. Each stream's other sites apply as in
+        :meth:`forward_features`. Prompt tuning is single-stream and refused here.
+
+        Args:
+            spec: normalised fbank, ``[batch, frames, mel]``.
+            pixels: normalised RGB frames, ``[batch, 3, height, width]``.
+            route: per-row adapter routing; ``None`` runs the bare backbone on both streams.
+        """
+        if spec.shape[0] != pixels.shape[0]:
+            raise ConfigError(
+                f"{spec.shape[0]} spectrogram rows but {pixels.shape[0]} frame rows: each row is "
+                "one moment of a clip in both streams"
+            )
+        if route is not None and route.batch_size != spec.shape[0]:
+            raise ConfigError(
+                f"route is for {route.batch_size} rows but the batch has {spec.shape[0]}"
+            )
+        if route is not None and route.num_prompts:
+            raise ConfigError(
+                "prompt tuning is single-stream: route prompt adapters through forward_features"
+            )
+        xv, lv = self.embed_frames(pixels)
+        xa, la = self.embed(spec)
+        for block in self.blocks:
+            # both right-hand sides read the inputs of this block: the streams advance together
+            xa, xv = block(xa, route, la, xv, lv), block(xv, route, lv, xa, la)
+        return (self.norm(xa), la), (self.norm(xv), lv)
 
     def forward(self, spec: Tensor, route: Route | None = None) -> Tensor:
         """AST-style pooled embedding (mean of the prefix tokens), ``[B, D]``."""

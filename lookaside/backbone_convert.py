@@ -71,7 +71,8 @@ def checkpoint_filter_fn(
 ) -> dict[str, Tensor]:
     """timm-keyed ViT/DeiT state dict -> our keys for ``cfg``.
 
-    Heads are dropped and the input conv adapted to ``cfg.in_chans``.
+    Heads are dropped and the input conv adapted to ``cfg.in_chans`` (an RGB kernel is kept as is
+    for ``in_chans=3``: the backbone derives the spectrogram's 1-channel kernel from it).
     """
     out: dict[str, Tensor] = {}
     for key, value in state_dict.items():
@@ -256,9 +257,10 @@ def timm_config(model: torch.nn.Module, name: str) -> BackboneConfig:
         mlp_ratio=block.mlp.fc1.out_features / embed_dim,
         patch_size=patch,
         patch_stride=(int(stride[0]), int(stride[1])),
-        in_chans=1,
+        in_chans=int(pe.proj.in_channels),  # an ImageNet ViT keeps its RGB kernel (AV-PEA)
         num_mel_bins=int(img_h),
         num_frames=int(img_w),
+        image_size=(int(img_h), int(img_w)),
         distilled=getattr(model, "dist_token", None) is not None,
         qkv_bias=block.attn.qkv.bias is not None,
         norm_eps=float(getattr(model.norm, "eps", 1e-6)),

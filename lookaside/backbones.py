@@ -43,12 +43,28 @@ PRESETS: dict[str, BackboneConfig] = {
     "ast_base_stride10": BackboneConfig(
         name="ast_base_stride10", distilled=True, patch_stride=(10, 10), norm_eps=1e-12
     ),
+    # ViT-B/16 with its RGB kernel at 224 x 224 (timm vit_base_patch16_224.augreg_in21k, AV-PEA's
+    # backbone): frames use the RGB kernel, spectrograms the kernel summed over RGB.
+    "vit_base_patch16_224": BackboneConfig(
+        name="vit_base_patch16_224", in_chans=3, num_mel_bins=224, num_frames=224
+    ),
     # Tiny configs for tests and the offline demo (timm's test_vit shape).
     "test_vit": BackboneConfig(
         name="test_vit", embed_dim=64, depth=4, num_heads=2, num_mel_bins=128, num_frames=128
     ),
     "test_deit": BackboneConfig(
         name="test_deit", embed_dim=64, depth=4, num_heads=2, distilled=True, num_frames=128
+    ),
+    # Tiny two-stream backbone (RGB kernel, 48 x 48 frames -> 3 x 3 tokens) for AV tests.
+    "test_vit_av": BackboneConfig(
+        name="test_vit_av",
+        embed_dim=64,
+        depth=4,
+        num_heads=2,
+        in_chans=3,
+        num_mel_bins=48,
+        num_frames=48,
+        image_size=(48, 48),
     ),
 }
 

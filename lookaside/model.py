@@ -4,6 +4,12 @@
 without prompt tuning) in which every site applies each row's own adapter, then each row's own
 head. Each pass holds its route (so the bank never reuses a slot the pass reads) and releases it
 when the pass ends, even on error. Training, the service and the benchmarks all go through here.
+
+``forward_av(spec, pixels, adapter_ids)`` is the audio-visual counterpart (AV-PEA): each row is a
+clip of one-second segments; both streams of every segment run through the backbone together,
+each segment's two CLS tokens are averaged into one fused token, the adapter's ``clip`` site (a
+temporal model) runs across the segments of each clip, and each segment gets logits from the
+row's head.
 """
 
 from __future__ import annotations
@@ -13,10 +19,16 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from lookaside.adapters import get_method
 from lookaside.adapters.bank import AdapterBank
-from lookaside.adapters.route import index_tensor
+from lookaside.adapters.route import RowRoute, index_tensor
 from lookaside.backbone import VisionTransformer
 from lookaside.errors import ConfigError
+from lookaside.sites import CLIP_LAYER, TokenLayout
+
+FUSED_LAYOUT = TokenLayout(num_prefix=1, num_prompts=0, grid=(1, 1))
+"""How the heads see a segment: its fused token twice, as the prefix and as the one grid token,
+so ``cls`` and ``mean`` pooling both give the fused token."""
 
 
 class MultiAdapterModel(nn.Module):
@@ -59,6 +71,7 @@ class MultiAdapterModel(nn.Module):
         if len(adapter_ids) != spec.shape[0]:
             raise ConfigError(f"{len(adapter_ids)} adapter ids for a batch of {spec.shape[0]} rows")
         self._check_dtype(spec)
+        self._check_streams(adapter_ids, audio_visual=False)
         out: list[Tensor | None] = [None] * len(adapter_ids)
         for rows in self.bank.partition(adapter_ids):
             ids = [adapter_ids[r] for r in rows]
@@ -77,10 +90,99 @@ class MultiAdapterModel(nn.Module):
     def logits(self, spec: Tensor, adapter_id: str) -> Tensor:
         """``[batch, classes]`` logits of one adapter for the whole batch (training, eval)."""
         self._check_dtype(spec)
+        self._check_streams([adapter_id], audio_visual=False)
         with self.bank.route([adapter_id] * spec.shape[0]) as route:
             tokens, layout = self.backbone.forward_features(spec, route)
             logits: Tensor = route.heads[adapter_id](tokens, layout)
             return logits
+
+    # -- audio-visual ------------------------------------------------------------------------
+    def forward_av(
+        self, spec: Tensor, pixels: Tensor, adapter_ids: Sequence[str | None]
+    ) -> list[Tensor | None]:
+        """Per-clip, per-segment logits ``[segments, classes]`` (None for rows without adapter).
+
+        Args:
+            spec: ``[clips, segments, frames, mel]`` normalised fbank of each one-second segment.
+            pixels: ``[clips, segments, 3, height, width]`` ImageNet-normalised frames.
+            adapter_ids: one audio-visual adapter id (or None) per clip; clips may mix adapters.
+        """
+        clips, segments = self._check_av(spec, pixels, adapter_ids)
+        out: list[Tensor | None] = [None] * clips
+        rows = [i for i, a in enumerate(adapter_ids) if a is not None]
+        if not rows:
+            return out
+        ids = [adapter_ids[r] for r in rows]
+        if len(rows) != clips:
+            index = index_tensor(rows, spec.device)
+            spec, pixels = spec.index_select(0, index), pixels.index_select(0, index)
+        segment_ids = [a for a in ids for _ in range(segments)]
+        with self.bank.route(segment_ids) as route, self.bank.route(ids) as clip_route:
+            fused = self._fused_segments(spec, pixels, route, clip_route)
+            logits = self.bank.classify(fused, FUSED_LAYOUT, segment_ids, route=route)
+        for i, row in enumerate(rows):
+            per_segment = logits[i * segments : (i + 1) * segments]
+            out[row] = torch.stack([t for t in per_segment if t is not None])
+        return out
+
+    def logits_av(self, spec: Tensor, pixels: Tensor, adapter_id: str) -> Tensor:
+        """``[clips, segments, classes]`` logits of one audio-visual adapter (training, eval)."""
+        clips, segments = self._check_av(spec, pixels, [adapter_id] * spec.shape[0])
+        with (
+            self.bank.route([adapter_id] * (clips * segments)) as route,
+            self.bank.route([adapter_id] * clips) as clip_route,
+        ):
+            fused = self._fused_segments(spec, pixels, route, clip_route)
+            logits: Tensor = route.heads[adapter_id](fused, FUSED_LAYOUT)
+        return logits.view(clips, segments, -1)
+
+    def _fused_segments(
+        self, spec: Tensor, pixels: Tensor, route: RowRoute, clip_route: RowRoute
+    ) -> Tensor:
+        """``[clips * segments, 2, D]`` (see :data:`FUSED_LAYOUT`): both streams through the
+        backbone, the prefix tokens of each segment averaged (the fused CLS), then the clip site
+        across the segments of each clip."""
+        clips, segments = spec.shape[:2]
+        (audio, la), (visual, lv) = self.backbone.forward_features_av(
+            spec.flatten(0, 1), pixels.flatten(0, 1), route
+        )
+        fused = torch.cat([audio[:, : la.num_prefix], visual[:, : lv.num_prefix]], dim=1)
+        tokens = fused.mean(dim=1).view(clips, segments, -1)
+        clip_layout = TokenLayout(num_prefix=0, num_prompts=0, grid=(1, segments))
+        tokens = clip_route.add_to(CLIP_LAYER, "clip", tokens, tokens, clip_layout)
+        return tokens.reshape(clips * segments, 1, -1).expand(-1, 2, -1)
+
+    def _check_av(
+        self, spec: Tensor, pixels: Tensor, adapter_ids: Sequence[str | None]
+    ) -> tuple[int, int]:
+        if spec.dim() != 4 or pixels.dim() != 5 or spec.shape[:2] != pixels.shape[:2]:
+            raise ConfigError(
+                "expected spec [clips, segments, frames, mel] and pixels [clips, segments, 3, "
+                f"height, width] with the same clips and segments, got {tuple(spec.shape)} and "
+                f"{tuple(pixels.shape)}"
+            )
+        if len(adapter_ids) != spec.shape[0]:
+            raise ConfigError(f"{len(adapter_ids)} adapter ids for {spec.shape[0]} clips")
+        self.backbone.check_visual()
+        self._check_dtype(spec)
+        self._check_streams(adapter_ids, audio_visual=True)
+        return spec.shape[0], spec.shape[1]
+
+    def _check_streams(self, adapter_ids: Sequence[str | None], *, audio_visual: bool) -> None:
+        """Refuse an adapter of the other kind (audio-only vs audio-visual) by name."""
+        for adapter_id in set(adapter_ids):
+            entry = self.bank.entries.get(adapter_id) if adapter_id is not None else None
+            if entry is None or get_method(entry.method).audio_visual == audio_visual:
+                continue
+            if audio_visual:
+                raise ConfigError(
+                    f"adapter {adapter_id!r} ({entry.method}) classifies audio only: call "
+                    "forward()/logits() with spectrograms"
+                )
+            raise ConfigError(
+                f"adapter {adapter_id!r} ({entry.method}) is audio-visual: call "
+                "forward_av()/logits_av() with spectrograms and frames per segment"
+            )
 
     def _check_dtype(self, spec: Tensor) -> None:
         """Refuse a bank dtype the forward cannot mix (instead of a raw matmul dtype error)."""

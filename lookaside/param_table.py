@@ -5,6 +5,9 @@
 
 Counts are for ViT-B/16 on 128 x 512 spectrograms (the ESC-50 setting); percentages are of the
 backbone's own parameters, adapter sites only (the head is listed apart: it depends on the task).
+Audio-visual methods (AV-PEA) are counted on ViT-B/16 with its RGB patch kernel (224 x 224
+frames), the backbone they need; their note splits the per-block adapters from the ``clip``
+(temporal) site.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ PAPER_CONFIGS: list[tuple[str, dict[str, Any], str]] = [
     ("soft_moa", {"num_experts": 14, "rank": 1, "slots_per_expert": 1}, "Soft-MoA, Pfeiffer"),
     ("aat", {"rank": 64}, "spatial + MLP adapter"),
     ("prompt", {"num_tokens": 10}, "deep prompt tuning"),
+    ("avpea", {"reduction": 8, "segments": 10}, "AV-PEA, audio + visual streams"),
 ]
 START, END = "<!-- params:start -->", "<!-- params:end -->"
 
@@ -50,8 +54,11 @@ def backbone_params(cfg: BackboneConfig) -> int:
 def table(cfg: BackboneConfig | None = None, num_classes: int = 50) -> str:
     """Markdown table of every paper configuration."""
     cfg = cfg or PRESETS["vit_base_patch16"]
+    av_cfg = PRESETS["vit_base_patch16_224"]
     total = backbone_params(cfg)
+    av_total = backbone_params(av_cfg)
     bank = AdapterBank(cfg)
+    av_bank = AdapterBank(av_cfg)
     head = HeadConfig(num_classes=num_classes)
     lines = [
         f"ViT-B/16 backbone: {total / 1e6:.2f}M parameters "
@@ -62,14 +69,24 @@ def table(cfg: BackboneConfig | None = None, num_classes: int = 50) -> str:
     ]
     for method, config, note in PAPER_CONFIGS:
         parsed = ADAPTERS[method].parse_config(config)
-        shapes = bank.expected_shapes(method, parsed, head)
+        av = ADAPTERS[method].audio_visual
+        shapes = (av_bank if av else bank).expected_shapes(method, parsed, head)
         sites = sum(_numel(s) for k, s in shapes.items() if not k.startswith(HEAD_PREFIX))
         heads = sum(_numel(s) for k, s in shapes.items() if k.startswith(HEAD_PREFIX))
+        if av:
+            clip = sum(_numel(s) for k, s in shapes.items() if k.startswith("clip."))
+            note += (
+                f"; of {av_total / 1e6:.2f}M (RGB kernel): blocks {(sites - clip) / 1e6:.3f}M "
+                f"({100 * (sites - clip) / av_total:.2f} %) + temporal {clip / 1e6:.3f}M"
+            )
+            sites_total = av_total
+        else:
+            sites_total = total
         shown = parsed.model_dump(exclude_defaults=False, exclude={"layers"})
         cfg_text = ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items() if k != "variant")
         lines.append(
             f"| {method} | {cfg_text or '-'} | {note} | {sites / 1e6:.3f}M | "
-            f"{100 * sites / total:.2f} % | {heads / 1e3:.1f}K |"
+            f"{100 * sites / sites_total:.2f} % | {heads / 1e3:.1f}K |"
         )
     return "\n".join(lines)
 

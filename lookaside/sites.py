@@ -12,8 +12,10 @@ from typing import Literal, Protocol
 
 from torch import Tensor
 
-SitePosition = Literal["tokens", "attn.qkv", "attn.parallel", "attn.post", "ffn.parallel"]
-"""Where an adapter can act inside a block.
+SitePosition = Literal[
+    "tokens", "attn.qkv", "attn.parallel", "attn.post", "ffn.parallel", "attn.cross", "clip"
+]
+"""Where an adapter can act inside a block (or, for ``clip``, after the last one).
 
 - ``tokens``: rewrites the prompt tokens before the block (deep prompt tuning).
 - ``attn.qkv``: adds to the qkv projection of the normed input (LoRA on q and v).
@@ -21,6 +23,11 @@ SitePosition = Literal["tokens", "attn.qkv", "attn.parallel", "attn.post", "ffn.
   input (after its LayerNorm): Houlsby/Pfeiffer parallel adapters, LoAA, MoA, Convpass, AAT MLP.
 - ``attn.post``: adds ``f(y)`` to the attention output ``y`` (an adapter after the sub-layer with
   its own shortcut: AAT's spatial adapter).
+- ``attn.cross``: two-stream forward only (:meth:`Route.add_cross`): adds ``f(x, other)`` to the
+  attention output of one stream, ``x`` this stream's block input and ``other`` the other
+  stream's block input (AV-PEA's CLS cross-attention and bottleneck).
+- ``clip``: after the backbone, across the segments of one clip (layer :data:`CLIP_LAYER`): adds
+  ``f(z)`` to the per-segment features ``z`` ``[clips, segments, D]`` (AV-PEA's temporal model).
 """
 
 SITE_POSITIONS: tuple[SitePosition, ...] = (
@@ -29,7 +36,18 @@ SITE_POSITIONS: tuple[SitePosition, ...] = (
     "attn.parallel",
     "attn.post",
     "ffn.parallel",
+    "attn.cross",
+    "clip",
 )
+
+AUDIO_VISUAL_POSITIONS: tuple[SitePosition, ...] = ("attn.cross", "clip")
+"""Positions only the audio-visual forward calls (``MultiAdapterModel.forward_av``)."""
+
+CLIP_LAYER = -1
+"""Layer index of ``clip`` sites: they run once per clip after the last block, not in a block."""
+
+Modality = Literal["audio", "visual"]
+"""Which input a token sequence came from: the spectrogram or the video frames."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +63,10 @@ class TokenLayout:
     num_prompts: int
     """Prompt tokens after the prefix (0 unless the batch uses prompt tuning)."""
     grid: tuple[int, int]
-    """(F, T): frequency rows and time columns of the patch tokens that follow."""
+    """(F, T): frequency rows and time columns of the patch tokens that follow (for a visual
+    stream: image rows and columns)."""
+    modality: Modality = "audio"
+    """The stream these tokens belong to; a two-stream site picks its per-stream weights by it."""
 
     @property
     def num_special(self) -> int:
@@ -77,4 +98,20 @@ class Route(Protocol):
 
     def write_prompts(self, layer: int, x: Tensor, layout: TokenLayout) -> Tensor:
         """``x`` with each row's own prompt tokens for block ``layer`` written in."""
+        ...
+
+    def add_cross(
+        self,
+        layer: int,
+        x: Tensor,
+        other: Tensor,
+        out: Tensor,
+        layout: TokenLayout,
+        other_layout: TokenLayout,
+    ) -> Tensor:
+        """``out`` plus each row's own ``attn.cross`` contribution at block ``layer``.
+
+        ``x`` is this stream's block input (``layout.modality`` says which stream), ``other`` the
+        other stream's block input for the same rows; ``out`` is this stream's attention output.
+        """
         ...

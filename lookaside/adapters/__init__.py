@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 from lookaside.adapters.aat import AAT
+from lookaside.adapters.avpea import AVPEA
 from lookaside.adapters.base import AdapterConfig, AdapterMethod
 from lookaside.adapters.bottleneck import BOTTLENECK
 from lookaside.adapters.convpass import CONVPASS
@@ -48,6 +49,7 @@ ADAPTERS: dict[str, AdapterMethod] = _registry(
     SOFT_MOA,
     AAT,
     PROMPT,
+    AVPEA,
 )
 
 

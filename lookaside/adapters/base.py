@@ -133,9 +133,24 @@ class StackedSite(nn.Module):
         """The site's contribution for rows ``x`` (``[n, L, D]``), each with its own slot."""
         raise NotImplementedError
 
+    def forward_cross(
+        self,
+        x: Tensor,
+        other: Tensor,
+        index: SlotIndex,
+        layout: TokenLayout,
+        other_layout: TokenLayout,
+    ) -> Tensor:
+        """An ``attn.cross`` site's contribution for rows ``x`` given the other stream's tokens
+        ``other`` of the same rows (two-stream methods only)."""
+        raise NotImplementedError
+
 
 SiteFactory = Callable[[AdapterConfig, BackboneConfig, int], dict[SitePosition, StackedSite]]
 """(method config, backbone config, num_slots) -> this method's sites in one block."""
+ClipSiteFactory = Callable[[AdapterConfig, BackboneConfig, int], StackedSite]
+"""(method config, backbone config, num_slots) -> the method's one ``clip`` site (run across the
+segments of a clip after the backbone; checkpoint keys ``clip.<param>``)."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +164,10 @@ class AdapterMethod:
     """One line for tables and ``--help``."""
     head_only: bool = False
     """True when the method trains only the head (linear probe): no sites, no stack."""
+    audio_visual: bool = False
+    """True for two-stream methods (AV-PEA): served by the audio-visual forward only."""
+    make_clip_site: ClipSiteFactory | None = None
+    """The method's ``clip`` site, if it has one (a temporal model across segments)."""
 
     def parse_config(self, raw: AdapterConfig | Mapping[str, object]) -> AdapterConfig:
         """Validate a config dict (e.g. from a manifest) into this method's config class."""

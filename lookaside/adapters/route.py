@@ -152,6 +152,38 @@ class RowRoute:
                 )
         return out
 
+    def add_cross(
+        self,
+        layer: int,
+        x: Tensor,
+        other: Tensor,
+        out: Tensor,
+        layout: TokenLayout,
+        other_layout: TokenLayout,
+    ) -> Tensor:
+        """``out`` plus every row's own ``attn.cross`` contribution (two-stream forward).
+
+        Semantics: ``result[i] = out[i] + site_{stack(i)}.forward_cross(x[i], other[i], slot(i))``
+        for rows whose adapter has an ``attn.cross`` site at ``layer``, ``out[i]`` for the others;
+        ``x`` is this stream's block input, ``other`` the other stream's (same rows).
+        """
+        inplace = not torch.is_grad_enabled()
+        for g in self.groups:
+            site = g.stack.site(layer, "attn.cross")
+            if site is None:
+                continue
+            cross = site.forward_cross
+            if g.rows is None:
+                delta = cross(x, other, g.index, layout, other_layout).to(out.dtype)
+                out = out.add_(delta) if inplace else out + delta
+            else:
+                xs, os = x.index_select(0, g.rows), other.index_select(0, g.rows)
+                delta = cross(xs, os, g.index, layout, other_layout).to(out.dtype)
+                out = (
+                    out.index_add_(0, g.rows, delta) if inplace else out.index_add(0, g.rows, delta)
+                )
+        return out
+
     def write_prompts(self, layer: int, x: Tensor, layout: TokenLayout) -> Tensor:
         """Replace the prompt tokens with this block's prompts, row by row (deep prompt tuning)."""
         start, stop = layout.num_prefix, layout.num_special

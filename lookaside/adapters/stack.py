@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from lookaside.adapters.base import AdapterConfig, AdapterMethod, StackedSite
 from lookaside.backbone import BackboneConfig
 from lookaside.errors import ConfigError
-from lookaside.sites import SITE_POSITIONS, SitePosition
+from lookaside.sites import CLIP_LAYER, SITE_POSITIONS, SitePosition
 
 
 class AdapterStack(nn.Module):
@@ -37,15 +37,18 @@ class AdapterStack(nn.Module):
                 raise ConfigError(f"method {method.name!r} names unknown sites {sorted(unknown)}")
             self.blocks[str(i)] = nn.ModuleDict({_key(p): s for p, s in sites.items()})
             self._lookup.update({(i, p): s for p, s in sites.items()})
+        if method.make_clip_site is not None:
+            self.clip = method.make_clip_site(config, backbone_cfg, num_slots)
+            self._lookup[(CLIP_LAYER, "clip")] = self.clip
 
     def site(self, layer: int, position: SitePosition) -> StackedSite | None:
         """This stack's site at (block, position), if it has one."""
         return self._lookup.get((layer, position))
 
     def named_sites(self) -> list[tuple[str, StackedSite]]:
-        """``blocks.<i>.<position>`` -> site, in a stable order."""
+        """``blocks.<i>.<position>`` (and ``clip`` for a clip site) -> site, in a stable order."""
         return [
-            (f"blocks.{layer}.{_key(pos)}", site)
+            (f"blocks.{layer}.{_key(pos)}" if layer != CLIP_LAYER else _key(pos), site)
             for (layer, pos), site in sorted(self._lookup.items())
         ]
 

@@ -255,3 +255,88 @@ def test_config_validation() -> None:
         BackboneConfig(embed_dim=30, num_heads=4)
     with pytest.raises(ConfigError, match="smaller than one"):
         PRESETS["test_vit"].grid_for(128, 8)
+
+
+# -- two streams: the RGB kernel, frames, lockstep ------------------------------------------------
+
+
+def test_timm_vit_keeps_its_rgb_kernel_and_frames_match_timm() -> None:
+    """An RGB timm ViT converts with its kernel intact: frames through our visual stream equal
+    timm's forward_features on the same image; spectrograms use the kernel summed over RGB."""
+    ref = TimmViT(img_size=48, patch_size=16, embed_dim=32, depth=2, num_heads=2, num_classes=0)
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(3)
+        for p in ref.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    ours = from_timm_model(ref.eval(), "vit_rgb")
+    assert (ours.cfg.in_chans, ours.cfg.image_size, ours.cfg.image_grid) == (3, (48, 48), (3, 3))
+    torch.testing.assert_close(ours.patch_embed.proj.weight, ref.patch_embed.proj.weight)
+    pixels = torch.randn(2, 3, 48, 48)
+    spec = torch.randn(2, 48, 48)
+    with torch.no_grad():
+        (audio, _), (visual, layout) = ours.forward_features_av(spec, pixels)
+        expected_audio = ref.forward_features(
+            spec.transpose(1, 2).unsqueeze(1).expand(-1, 3, -1, -1)
+        )
+        expected_visual = ref.forward_features(pixels)
+    assert layout.modality == "visual"
+    torch.testing.assert_close(visual, expected_visual, atol=1e-4, rtol=0)
+    torch.testing.assert_close(audio, expected_audio, atol=1e-4, rtol=0)
+
+
+def test_one_channel_timm_model_stays_one_channel() -> None:
+    ref = TimmViT(img_size=32, patch_size=16, embed_dim=32, depth=1, num_heads=2, in_chans=1)
+    ours = from_timm_model(ref, "vit_mono")
+    assert ours.cfg.in_chans == 1
+    assert ours.mono_kernel() is None
+    with pytest.raises(ConfigError, match="cannot embed video frames"):
+        ours.embed_frames(torch.randn(1, 3, 32, 32))
+
+
+def test_ast_backbone_refuses_the_visual_stream() -> None:
+    cfg, ast = tiny_ast(seed=4)
+    from lookaside.backbones import from_ast_state_dict
+
+    ours = from_ast_state_dict(ast.state_dict(), cfg.to_dict(), "hf:test/ast")
+    with pytest.raises(ConfigError, match=r"no RGB one .*timm:vit_base_patch16_224"):
+        ours.forward_features_av(torch.randn(1, 64, 32), torch.randn(1, 3, 32, 32))
+
+
+def test_mono_kernel_follows_the_weights() -> None:
+    backbone = build_random("test_vit_av", seed=1)
+    first = backbone.mono_kernel()
+    assert first is not None
+    assert first is backbone.mono_kernel()
+    state = {k: v.clone() for k, v in backbone.state_dict().items()}
+    state["patch_embed.proj.weight"][0, 1] += 1.0
+    backbone.load_weights(state)
+    second = backbone.mono_kernel()
+    assert second is not None
+    torch.testing.assert_close(second, state["patch_embed.proj.weight"].sum(dim=1, keepdim=True))
+    assert not torch.allclose(first, second)
+    with torch.no_grad():
+        backbone.patch_embed.proj.weight.mul_(2.0)  # an in-place edit bumps the version
+    third = backbone.mono_kernel()
+    assert third is not None
+    torch.testing.assert_close(third, 2 * second)
+
+
+def test_image_size_counts_in_the_fingerprint_only_with_an_rgb_kernel() -> None:
+    mono = build_random("test_vit", seed=2)
+    same = VisionTransformer(BackboneConfig(**{**mono.cfg.model_dump(), "image_size": (64, 64)}))
+    same.load_weights(mono.state_dict())
+    assert same.fingerprint() == mono.fingerprint()
+    rgb = build_random("test_vit_av", seed=2)
+    other = VisionTransformer(BackboneConfig(**{**rgb.cfg.model_dump(), "image_size": (64, 64)}))
+    other.load_weights(rgb.state_dict())
+    assert other.fingerprint() != rgb.fingerprint()
+
+
+def test_two_stream_forward_checks_its_inputs() -> None:
+    backbone = build_random("test_vit_av")
+    with pytest.raises(ConfigError, match="each row is one moment"):
+        backbone.forward_features_av(torch.randn(2, 98, 64), torch.randn(3, 3, 48, 48))
+    with pytest.raises(ConfigError, match=r"expected \[batch, 3, height, width\]"):
+        backbone.forward_features_av(torch.randn(1, 98, 64), torch.randn(1, 1, 48, 48))
+    with pytest.raises(ConfigError, match="smaller than one 16-pixel patch"):
+        backbone.forward_features_av(torch.randn(1, 98, 64), torch.randn(1, 3, 8, 48))
