@@ -176,6 +176,35 @@ def test_restart_after_kill9_serves_the_same_adapters_and_versions(start: Any) -
     assert r.status_code == 404
     assert "1, 3 (active: 1)" in r.json()["detail"]
 
+    # SIGTERM with requests in flight: every accepted request is answered, then the process ends
+    codes: list[int | str] = []
+
+    def ask() -> None:
+        try:
+            r = httpx.post(
+                f"{second.url}/classify?adapter=esc50,speech", content=clip, headers=WAV, timeout=60
+            )
+            codes.append(r.status_code)
+        except httpx.ConnectError:
+            codes.append("refused")  # not accepted: the listener had closed (allowed)
+        except httpx.HTTPError as exc:
+            codes.append(repr(exc))  # accepted, then dropped: never allowed
+
+    askers = [threading.Thread(target=ask) for _ in range(6)]
+    for t in askers:
+        t.start()
+    time.sleep(1.5)
+    second.proc.send_signal(signal.SIGTERM)
+    for t in askers:
+        t.join(60)
+    assert len(codes) == 6
+    assert set(codes) <= {200, "refused"}, codes
+    assert 200 in codes
+    # uvicorn re-raises the signal after its graceful shutdown: -SIGTERM, after our drain log
+    assert second.proc.wait(60) in (0, -signal.SIGTERM)
+    second.stop()  # joins the output reader
+    assert any('"message": "stopped"' in line for line in second.lines), second.lines[-5:]
+
 
 def test_kill9_during_an_upload_leaves_only_what_was_acknowledged(start: Any, store: Path) -> None:
     backbone = tiny()

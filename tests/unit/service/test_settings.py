@@ -84,3 +84,14 @@ def test_fp16_needs_cuda() -> None:
 def test_every_field_is_documented() -> None:
     for name, field in ServiceSettings.model_fields.items():
         assert len(field.description or "") > 15, name
+
+
+def test_console_script_refuses_invalid_settings_with_the_fix(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from service.__main__ import main
+
+    _clean_env(monkeypatch)
+    monkeypatch.chdir(Path(__file__).parent)  # no .env here
+    assert main(["--port", "8123"]) == 2
+    assert "LOOKASIDE_ADMIN_TOKEN" in capsys.readouterr().err
