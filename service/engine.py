@@ -165,6 +165,11 @@ class Engine:
         return self._accepting
 
     @property
+    def alive(self) -> bool:
+        """The worker thread is running (readiness reports it)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
     def queue_depth(self) -> int:
         return len(self._queue)
 
@@ -299,14 +304,21 @@ class Engine:
     def _run(self) -> None:
         torch.set_grad_enabled(False)
         while True:
-            self._apply_commands()
-            batch = self._next_batch()
-            if batch is None:
-                if self._finished():
-                    break
-                continue
-            if batch:
-                self._run_batch(batch)
+            batch: list[Job] | None = None
+            try:
+                self._apply_commands()
+                batch = self._next_batch()
+                if batch is None:
+                    if self._finished():
+                        break
+                    continue
+                if batch:
+                    self._run_batch(batch)
+            except Exception as exc:  # a bug in the loop itself: fail what it held, keep serving
+                log.exception("engine loop error; failing the %d jobs it held", len(batch or []))
+                for job in batch or []:
+                    if not job.future.done():
+                        job.future.set_exception(EngineFailure(f"engine error: {exc}"))
         self._fail_remaining()
         with self._cond:
             self._closed = True  # call() refuses from now on; what it accepted is applied below

@@ -59,8 +59,9 @@ class ServiceSettings(BaseSettings):
     """Most jobs (one clip x one adapter) queued; beyond it requests get 429 + Retry-After."""
     request_timeout_s: float = Field(30.0, gt=0.0)
     """A request not answered within this many seconds gets 504 (its queued rows are dropped)."""
-    max_upload_bytes: int = Field(25 * 1024 * 1024, ge=1)
-    """Largest request body accepted (audio upload or adapter upload); beyond it: 413."""
+    max_upload_bytes: int = Field(128 * 1024 * 1024, ge=1)
+    """Largest uploaded file accepted (an audio clip, or an adapter's weights: a 10 % LoAA ViT-B
+    adapter is ~35 MB); beyond it: 413."""
     max_audio_seconds: float = Field(600.0, gt=0.0)
     """Longest audio clip accepted; beyond it: 413 (adapters may set a lower limit)."""
     max_resident_adapters: int = Field(64, ge=1)

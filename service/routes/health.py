@@ -31,6 +31,8 @@ async def readyz(state: StateDep) -> Response:
         body = Readiness(ready=False, reason="shutting down", adapters=resident)
     elif not state.ready:
         body = Readiness(ready=False, reason=state.reason, adapters=resident)
+    elif state.engine is not None and not state.engine.alive:
+        body = Readiness(ready=False, reason="the engine worker stopped", adapters=resident)
     else:
         return JSONResponse(Readiness(ready=True, adapters=resident).model_dump())
     return JSONResponse(
