@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 from pydantic import ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
 from torch import Tensor
 
 from lookaside.adapters import get_method
@@ -325,19 +327,19 @@ def check_header(
         )
 
 
-def read_tensors(
-    data: bytes | memoryview, start: int, entries: Mapping[str, HeaderEntry]
-) -> dict[str, Tensor]:
-    """Copy each tensor out of a validated buffer (after :func:`check_header`: float dtypes)."""
-    view = memoryview(data)
-    out: dict[str, Tensor] = {}
-    for name in sorted(entries):
-        entry = entries[name]
-        dtype = FLOAT_DTYPES[entry.dtype]
-        chunk = bytearray(view[start + entry.begin : start + entry.end])  # own, writable copy
-        flat = torch.frombuffer(chunk, dtype=dtype) if chunk else torch.empty(0, dtype=dtype)
-        out[name] = flat.reshape(entry.shape)
-    return out
+def read_tensors(data: bytes | memoryview, entries: Mapping[str, HeaderEntry]) -> dict[str, Tensor]:
+    """Deserialise a buffer whose header already passed :func:`parse_header` and
+    :func:`check_header` (so every allocation is bounded by the expected shapes).
+
+    The data itself is read by the safetensors library, never by hand; ``entries`` only checks that the library saw the tensors the header check approved.
+    """
+    try:
+        tensors = load_safetensors(bytes(data))
+    except SafetensorError as exc:
+        raise InvalidCheckpoint(f"the weights are not a valid safetensors file: {exc}") from None
+    if sorted(tensors) != sorted(entries):  # the library parsed another header than ours
+        raise InvalidCheckpoint("safetensors header changed between validation and reading")
+    return tensors
 
 
 def check_finite(manifest: AdapterManifest, tensors: Mapping[str, Tensor]) -> None:
@@ -392,7 +394,7 @@ def validate_weights(
             f"{where} has sha256 {digest}, but the manifest says {manifest.weights_sha256}: "
             "the file is corrupt or does not belong to this manifest"
         )
-    entries, start = parse_header(weights, where=where, max_header_bytes=limits.max_header_bytes)
+    entries, _ = parse_header(weights, where=where, max_header_bytes=limits.max_header_bytes)
     params = num_params(expected)
     if params * MIN_ITEMSIZE > len(weights):  # cheap summary before the per-tensor report
         raise InvalidCheckpoint(
@@ -406,6 +408,6 @@ def validate_weights(
             f"checkpoint {manifest.id}: the manifest says trainable_params="
             f"{manifest.trainable_params}, but its tensors hold {params} parameters"
         )
-    tensors = read_tensors(weights, start, entries)
+    tensors = read_tensors(weights, entries)
     check_finite(manifest, tensors)
     return tensors
