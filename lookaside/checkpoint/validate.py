@@ -331,7 +331,8 @@ def read_tensors(data: bytes | memoryview, entries: Mapping[str, HeaderEntry]) -
     """Deserialise a buffer whose header already passed :func:`parse_header` and
     :func:`check_header` (so every allocation is bounded by the expected shapes).
 
-    The data itself is read by the safetensors library, never by hand; ``entries`` only checks that the library saw the tensors the header check approved.
+    The data itself is read by the safetensors library, never by hand; ``entries`` only checks
+    that the library saw the tensors the header check approved.
     """
     try:
         tensors = load_safetensors(bytes(data))
