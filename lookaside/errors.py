@@ -54,3 +54,26 @@ class BankFull(LookasideError):
     running): build the bank with ``AdapterBank(capacity=...)``, call ``bank.grow(...)`` between
     batches, or remove an adapter.
     """
+
+
+class BadVideo(LookasideError, ValueError):
+    """An uploaded or loaded video cannot be used.
+
+    Attributes:
+        reason: a short machine-readable code: ``empty``, ``not_video``, ``truncated``,
+            ``no_video_track``, ``no_audio_track``, ``no_frames``, ``unsupported``, or one of
+            :attr:`LIMIT_REASONS` (``too_long``, ``too_large``, ``too_many_frames``: over a
+            configured limit, answered 413 by the service; the others 422).
+    """
+
+    LIMIT_REASONS = frozenset({"too_long", "too_large", "too_many_frames"})
+    """Reasons that mean the video exceeds a limit rather than being unusable."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+    @property
+    def over_limit(self) -> bool:
+        """True when the video is refused for its size (duration, resolution, frame count)."""
+        return self.reason in self.LIMIT_REASONS

@@ -13,6 +13,10 @@ datasets both decode) -> :func:`to_mono_16k` -> :func:`fbank` -> :func:`pad_or_c
 or :func:`sliding_windows` -> :func:`normalise`; :func:`extract` and :func:`extract_windows` run
 it from a waveform. Training helpers (:class:`SpecAugment`, :func:`mixup`) work on the same
 ``[frames, mel]`` tensors.
+
+Audio-visual clips (AV-PEA): :func:`segment_features` cuts the whole clip's fbank into one window
+per second, and :func:`frames_to_pixels` turns RGB frames into backbone pixels (resized to the
+backbone's image size, ImageNet mean / std).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torchaudio
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
@@ -213,6 +218,53 @@ def extract_windows(wave: Tensor, sample_rate: int, cfg: FeatureConfig) -> Windo
     """All normalised windows of a clip, ``cfg.hop_frames`` apart, for clips longer than one."""
     windows = sliding_windows(_fbank_of(wave, sample_rate, cfg), cfg.target_frames, cfg.hop_frames)
     return Windows(normalise(windows.features, cfg.mean, cfg.std), windows.start_seconds)
+
+
+# -- audio-visual segments --------------------------------------------------------------------
+FRAMES_PER_SECOND = round(1000 / FRAME_SHIFT_MS)
+"""Fbank frames per second of audio (10 ms hop): the hop between one-second segments."""
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def segment_features(wave: Tensor, sample_rate: int, cfg: FeatureConfig, seconds: int) -> Tensor:
+    """One normalised window per second of a clip, ``[seconds, target_frames, mel]``.
+
+    The fbank is computed over the whole clip once (as :func:`extract` does), then window ``s``
+    starts at second ``s`` (``FRAMES_PER_SECOND`` frames apart) and spans ``cfg.target_frames``
+    frames (100 frames = exactly one second); audio missing at the end is zero-padded before
+    normalisation, as AST pads.
+    """
+    if seconds < 1:
+        raise ConfigError(f"a clip has at least one segment, got seconds={seconds}")
+    fb = _fbank_of(wave, sample_rate, cfg)
+    padded = pad_or_crop(fb, (seconds - 1) * FRAMES_PER_SECOND + cfg.target_frames)
+    windows = padded.unfold(0, cfg.target_frames, FRAMES_PER_SECOND).transpose(1, 2)
+    return normalise(windows.contiguous(), cfg.mean, cfg.std)
+
+
+def frames_to_pixels(
+    frames: Tensor,
+    image_size: tuple[int, int],
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+) -> Tensor:
+    """RGB frames ``[..., H, W, 3]`` (uint8, or float in [0, 1]) -> backbone pixels
+    ``[..., 3, h, w]``: resized to ``image_size`` (bilinear, antialiased; the aspect ratio is not
+    kept, as the AV-PEA and LAVISH recipes resize to 224 x 224) and normalised by ImageNet's
+    per-channel mean and std (what the ViT saw in pre-training)."""
+    if frames.dim() < 3 or frames.shape[-1] != 3:
+        raise ConfigError(f"expected RGB frames [..., height, width, 3], got {tuple(frames.shape)}")
+    lead, (height, width) = frames.shape[:-3], frames.shape[-3:-1]
+    x = frames.reshape(-1, height, width, 3).permute(0, 3, 1, 2)
+    x = x.float() / 255.0 if not x.is_floating_point() else x.float()
+    if (height, width) != tuple(image_size):
+        x = F.interpolate(
+            x, size=tuple(image_size), mode="bilinear", align_corners=False, antialias=True
+        )
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return ((x - m) / s).reshape(*lead, 3, image_size[0], image_size[1])
 
 
 # -- training helpers -------------------------------------------------------------------------
