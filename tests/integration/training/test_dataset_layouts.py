@@ -9,9 +9,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import RATE, synth, write_clip
 
 from lookaside.checkpoint import load_checkpoint
+from tests.integration.training.synth_data import RATE, synth, write_clip
 from training.cli import main
 from training.datasets import DataOptions, DatasetError, load_dataset
 

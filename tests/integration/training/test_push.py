@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 import uvicorn
-from conftest import synth
 
 from lookaside.backbones import load_backbone
 from service.app import create_app
 from service.settings import ServiceSettings
+from tests.integration.training.synth_data import synth
 from training.cli import main
 
 TOKEN = "test-admin-token"
