@@ -164,8 +164,15 @@ def test_restart_after_kill9_serves_the_same_adapters_and_versions(start: Any) -
     assert r.status_code == 200, r.text
     before = _served(first.url, ["esc50", "esc50@3", "speech"], clip)
     assert before["esc50"][0] == 1
-    request_id_lines = [line for line in first.lines if '"request_id": "' in line]
-    assert request_id_lines  # JSON log lines carry the request id
+    r = httpx.post(
+        f"{first.url}/classify?adapter=esc50",
+        content=clip,
+        headers={**WAV, "X-Request-ID": "e2e-req-1"},
+    )
+    assert r.headers["x-request-id"] == "e2e-req-1"
+    time.sleep(0.2)
+    # JSON log lines of that request (the access log included) carry its id
+    assert any('"request_id": "e2e-req-1"' in line for line in first.lines), first.lines[-5:]
     first.kill9()
 
     second = start()
