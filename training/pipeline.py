@@ -171,7 +171,9 @@ def pooled_tokens(
     pooled, label_t = torch.cat(chunks), torch.cat(labels)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"pooled": pooled.contiguous(), "labels": label_t}, str(path))
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # ranks may race on one entry
+        save_file({"pooled": pooled.contiguous(), "labels": label_t}, str(tmp))
+        os.replace(tmp, path)
     return TensorDataset(pooled, label_t)
 
 
