@@ -104,6 +104,15 @@ def test_mixed_traffic_concurrency_16_every_row_gets_its_own_adapter(
         adapters_sum = _sample(metrics, "lookaside_batch_adapters_sum")
         adapters_count = _sample(metrics, "lookaside_batch_adapters_count")
         assert adapters_sum > adapters_count
+        # bad requests never reached a batch: the rows run are exactly the good requests' windows
+        # (plus one warm-up row per token grid: 128 and 64 frames)
+        good_rows = sum(
+            refs[(name, c)].shape[0]
+            for kind, c, ref in plan
+            if kind == "good"
+            for name in ref.split(",")
+        )
+        assert _sample(metrics, "lookaside_batch_rows_sum") == good_rows + 2
 
     asyncio.run(main())
 
