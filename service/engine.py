@@ -318,7 +318,12 @@ class Engine:
                 log.exception("engine loop error; failing the %d jobs it held", len(batch or []))
                 for job in batch or []:
                     if not job.future.done():
-                        job.future.set_exception(EngineFailure(f"engine error: {exc}"))
+                        job.future.set_exception(
+                            EngineFailure(
+                                f"internal engine error ({type(exc).__name__}); the server log "
+                                f"has the trace of request {job.request_id}"
+                            )
+                        )
         self._fail_remaining()
         with self._cond:
             self._closed = True  # call() refuses from now on; what it accepted is applied below
@@ -429,7 +434,11 @@ class Engine:
                 "request %s failed in the model (adapter %s)", job.request_id, job.adapter_id
             )
             job.future.set_exception(
-                EngineFailure(f"the model failed on this request (adapter {job.adapter_id}): {exc}")
+                EngineFailure(
+                    f"the model failed on this request (adapter {job.adapter_id}, "
+                    f"{type(exc).__name__}); the server log has the trace of request "
+                    f"{job.request_id}"
+                )
             )
 
     def _forward(self, batch: Sequence[Job]) -> list[Tensor]:

@@ -412,3 +412,40 @@ def test_two_apps_in_one_process_have_their_own_metrics(
             assert 'adapter="esc50",route="/classify"' not in (await b.get("/metrics")).text
 
     asyncio.run(main())
+
+
+def test_a_model_failure_is_an_opaque_500_for_its_request_only(
+    tmp_path: Path,
+    svc_backbone: VisionTransformer,
+    store: dict[str, AdapterCheckpoint],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clip = encode(1.0)
+
+    async def main() -> None:
+        cfg = settings(tmp_path / "store", max_wait_ms=200, max_batch_size=64)
+        async with serve(cfg, svc_backbone) as (app, client):
+            model = app.state.lookaside.engine.model
+            real = model.forward
+
+            def forward(spec: torch.Tensor, ids: list[str | None]) -> list[torch.Tensor | None]:
+                if "speech@1" in ids:
+                    raise RuntimeError("secret internal detail")
+                return real(spec, ids)
+
+            model.forward = forward
+            rs = await asyncio.gather(
+                client.post("/classify?adapter=esc50", content=clip, headers=_WAV),
+                client.post("/classify?adapter=speech", content=clip, headers=_WAV),
+                client.post("/classify?adapter=esc50@1", content=clip, headers=_WAV),
+            )
+            assert [r.status_code for r in rs] == [200, 500, 200]
+            assert "secret" not in rs[1].text
+            assert "server log" in rs[1].json()["detail"]
+            assert rs[1].headers["x-request-id"] in rs[1].json()["detail"]
+            model.forward = real
+            r = await client.post("/classify?adapter=speech", content=clip, headers=_WAV)
+            assert r.status_code == 200
+
+    asyncio.run(main())
+    assert "secret internal detail" in caplog.text  # the trace is logged

@@ -167,7 +167,7 @@ def test_a_failing_forward_fails_only_its_culprit(
     good_a, bad, good_b = futures
     assert good_a.result(timeout=60).shape[0] == 1
     assert good_b.result(timeout=60).shape[0] == 1
-    with pytest.raises(EngineFailure, match="simulated kernel failure"):
+    with pytest.raises(EngineFailure, match="model failed on this request .*RuntimeError"):
         bad.result(timeout=60)
     assert engine.metrics.batch_failures._value.get() == 1
     # the engine keeps serving
