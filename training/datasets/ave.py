@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from lookaside.adapters.avpea import BACKGROUND_LABEL
 from lookaside.features import FeatureConfig, frames_to_pixels
@@ -284,6 +284,28 @@ class AveDataset(Dataset[tuple[Tensor, Tensor]]):
 def av_collate(batch: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
     """Stack the packed inputs; flatten the labels to one per second (the logits' order)."""
     return torch.stack([x for x, _ in batch]), torch.cat([y for _, y in batch])
+
+
+def ave_loader(
+    videos: Sequence[AveVideo],
+    cache: AveFeatureCache,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    workers: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader[tuple[Tensor, Tensor]]:
+    """Batches of whole videos for ``training.loop.fit``/``evaluate`` (seeded shuffling)."""
+    return DataLoader(
+        AveDataset(videos, cache),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        collate_fn=av_collate,
+        generator=torch.Generator().manual_seed(seed),
+        num_workers=workers,
+        pin_memory=pin_memory,
+    )
 
 
 class AvForward(nn.Module):

@@ -472,3 +472,40 @@ def test_forwards_refuse_the_other_kind_of_adapter(av_backbone: VisionTransforme
         model.forward_av(spec, pixels[:, :2], ["av"])
     # the audio adapter still works through the audio forward on the same backbone
     assert model(spec[0], ["audio"] * SEGMENTS)[0] is not None
+
+
+def test_bf16_bank_under_autocast(av_backbone: VisionTransformer) -> None:
+    """A serving bank in bf16 beside the fp32 backbone: the per-row oracle holds at bf16
+    tolerance and the logits stay close to the fp32 bank's."""
+    fp32 = make_model(av_backbone, {"a": CFG_A, "b": CFG_B})
+    bank16 = AdapterBank.for_backbone(av_backbone, capacity=2, dtype=torch.bfloat16)
+    for adapter_id in ("a", "b"):
+        entry = fp32.bank.entries[adapter_id]
+        bank16.add(
+            adapter_id,
+            "avpea",
+            entry.config,
+            fp32.bank.head(adapter_id).cfg,
+            fp32.bank.adapter_tensors(adapter_id),
+        )
+    bf16 = MultiAdapterModel(av_backbone, bank16)
+    ids: list[str | None] = ["a", "b", None, "a"]
+    spec, pixels = clips(len(ids), seed=7)
+    with pytest.raises(ConfigError, match="autocast"):
+        bf16.forward_av(spec, pixels, ids)
+    with torch.no_grad():
+        reference = fp32.forward_av(spec, pixels, ids)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = bf16.forward_av(spec, pixels, ids)
+            alone = [
+                bf16.forward_av(spec[i : i + 1], pixels[i : i + 1], [a])[0]
+                for i, a in enumerate(ids)
+            ]
+    for got, one, ref in zip(mixed, alone, reference, strict=True):
+        if ref is None:
+            assert got is None
+            continue
+        assert got is not None
+        assert one is not None
+        torch.testing.assert_close(got.float(), one.float(), atol=2e-2, rtol=2e-2)
+        torch.testing.assert_close(got.float(), ref, atol=0.15, rtol=0.1)

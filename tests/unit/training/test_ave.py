@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader
 
 from lookaside.adapters import HeadConfig
@@ -17,10 +18,10 @@ from lookaside.features import FeatureConfig
 from lookaside.model import MultiAdapterModel
 from tests.av_synth import Clip, Second, encode
 from training.datasets.ave import (
-    AveDataset,
     AveFeatureCache,
+    AveVideo,
     AvForward,
-    av_collate,
+    ave_loader,
     load,
     parse_annotations,
     second_labels,
@@ -142,14 +143,8 @@ def test_tiny_avpea_localises_the_events(tmp_path: Path) -> None:
     model = MultiAdapterModel(backbone, bank)
     module = AvForward(model, "t", features)
 
-    def loader(videos: list, shuffle: bool) -> DataLoader:  # type: ignore[type-arg]
-        return DataLoader(
-            AveDataset(videos, cache),
-            batch_size=6,
-            shuffle=shuffle,
-            collate_fn=av_collate,
-            generator=torch.Generator().manual_seed(0),
-        )
+    def loader(videos: list[AveVideo], shuffle: bool) -> DataLoader[tuple[Tensor, Tensor]]:
+        return ave_loader(videos, cache, batch_size=6, shuffle=shuffle, seed=0)
 
     state = fit(
         module,
