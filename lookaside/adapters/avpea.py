@@ -28,6 +28,8 @@ zero) adds context, then the adapter's head classifies every segment (``backgrou
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -214,6 +216,70 @@ class TemporalSite(StackedSite):
         hidden = F.gelu(rows_linear(m, self.fc1, self.fc1_bias, index))
         u = u + rows_linear(hidden, self.fc2, self.fc2_bias, index)
         return rows_linear(u, self.out_proj, self.out_bias, index)
+
+
+@dataclass(frozen=True)
+class SecondPrediction:
+    """The label of one second of a clip."""
+
+    t: int
+    """Second index (the segment ``[t, t + 1)`` s)."""
+    label: str
+    score: float
+    """Probability of ``label``."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """A run of consecutive seconds with the same non-background label."""
+
+    start_s: int
+    end_s: int
+    """Exclusive: the event covers ``[start_s, end_s)`` seconds."""
+    label: str
+    score: float
+    """Mean over the run of each second's probability of ``label``."""
+
+
+def per_second_events(
+    probabilities: Tensor, labels: Sequence[str], *, offset: int = 0
+) -> tuple[list[SecondPrediction], list[Event]]:
+    """Per-second labels and the events they form (background seconds are not events).
+
+    Args:
+        probabilities: ``[seconds, classes]`` softmax output for consecutive seconds.
+        labels: class names in logit order (one is :data:`BACKGROUND_LABEL`).
+        offset: the first row's second in the clip (windows after the first).
+    """
+    if probabilities.dim() != 2 or probabilities.shape[1] != len(labels):
+        raise ConfigError(
+            f"expected [seconds, {len(labels)}] probabilities, got {tuple(probabilities.shape)}"
+        )
+    scores, best = probabilities.float().max(dim=1)
+    seconds = [
+        SecondPrediction(offset + t, labels[int(c)], float(p))
+        for t, (p, c) in enumerate(zip(scores.tolist(), best.tolist(), strict=True))
+    ]
+    events: list[Event] = []
+    run: list[SecondPrediction] = []
+    for second in [*seconds, None]:
+        if run and (second is None or second.label != run[0].label):
+            if run[0].label != BACKGROUND_LABEL:
+                mean = sum(r.score for r in run) / len(run)
+                events.append(Event(run[0].t, run[-1].t + 1, run[0].label, mean))
+            run = []
+        if second is not None:
+            run.append(second)
+    return seconds, events
+
+
+def segment_windows(seconds: int, segments: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` second ranges of consecutive windows of at most ``segments`` seconds
+    covering a clip (the temporal model takes up to ``segments``; the last window may be
+    shorter)."""
+    if seconds < 1 or segments < 1:
+        raise ConfigError(f"need seconds >= 1 and segments >= 1, got {seconds}, {segments}")
+    return [(start, min(start + segments, seconds)) for start in range(0, seconds, segments)]
 
 
 def _check_backbone(backbone: BackboneConfig) -> None:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lookaside.adapters import ADAPTERS, HeadConfig
-from lookaside.adapters.avpea import LN_EPS, AvpeaConfig
+from lookaside.adapters.avpea import LN_EPS, AvpeaConfig, per_second_events, segment_windows
 from lookaside.adapters.bank import AdapterBank
 from lookaside.adapters.stack import AdapterStack
 from lookaside.backbone import VisionTransformer
@@ -509,3 +509,26 @@ def test_bf16_bank_under_autocast(av_backbone: VisionTransformer) -> None:
         assert one is not None
         torch.testing.assert_close(got.float(), one.float(), atol=2e-2, rtol=2e-2)
         torch.testing.assert_close(got.float(), ref, atol=0.15, rtol=0.1)
+
+
+def test_per_second_events_merge_runs_and_skip_background() -> None:
+    labels = ["dog", "bell", "background"]
+    rows = [[0.1, 0.1, 0.8], [0.7, 0.2, 0.1], [0.9, 0.05, 0.05], [0.2, 0.6, 0.2], [0.1, 0.1, 0.8]]
+    seconds, events = per_second_events(torch.tensor(rows), labels, offset=10)
+    assert [(s.t, s.label) for s in seconds] == [
+        (10, "background"),
+        (11, "dog"),
+        (12, "dog"),
+        (13, "bell"),
+        (14, "background"),
+    ]
+    assert seconds[2].score == pytest.approx(0.9)
+    assert [(e.start_s, e.end_s, e.label) for e in events] == [(11, 13, "dog"), (13, 14, "bell")]
+    assert events[0].score == pytest.approx(0.8)
+    with pytest.raises(ConfigError, match=r"\[seconds, 3\]"):
+        per_second_events(torch.zeros(2, 4), labels)
+
+
+def test_segment_windows_cover_long_clips() -> None:
+    assert segment_windows(25, 10) == [(0, 10), (10, 20), (20, 25)]
+    assert segment_windows(3, 10) == [(0, 3)]
