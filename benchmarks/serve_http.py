@@ -19,6 +19,11 @@ In one run, this process (the client) starts ``python -m service`` as a separate
    registry loads the version before the pointer flips, so the answer means servable); each is
    then checked with a request naming that version. p50/p99 over the uploads.
 
+With the stream round-robin over 8 adapters at concurrency <= 8, every request in flight names a
+different adapter, so ``mixing=off`` runs batches of one row while ``mixing=on`` fills them; the
+on/off ratio therefore measures what batching buys on the device. On a CPU, ViT-B's throughput
+barely depends on the batch size, so expect a ratio near 1 there; the gain is a GPU effect.
+
 Weights are random (speed does not depend on their values). Both servers and the ceiling use the
 same torch thread count (``--threads``, default: all cores).
 """
