@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from lookaside.adapters import ADAPTERS, AdapterConfig, get_method
 from lookaside.errors import ConfigError
-from training.datasets import DATASETS
+from training.datasets import AV_DATASETS, DATASETS
 from training.recipes import AST_BACKBONE
 
 TRAIN_FIELDS_ORDER = ("method", "dataset", "data_dir")
@@ -35,7 +35,7 @@ class TrainArgs:
     method_config: dict[str, Any] = field(default_factory=dict)
     """The method's config fields, e.g. ``{"rank": 36, "kernels": "attn:T,ffn:F"}``."""
     dataset: str = "folder"
-    """Dataset layout: esc50, speech_commands, epic_sounds, folder, csv."""
+    """Dataset layout: esc50, speech_commands, epic_sounds, folder, csv, ave (audio-visual)."""
     data_dir: Path | None = None
     """Dataset root (the CSV file for ``csv``)."""
     fold: int | None = None
@@ -114,16 +114,11 @@ class TrainArgs:
     """Progress bars."""
 
     def __post_init__(self) -> None:
-        if getattr(get_method(self.method), "audio_visual", False):
-            raise ConfigError(
-                f"method {self.method!r} is audio-visual (frames + spectrogram); this trainer's "
-                "datasets are audio-only. Choose an audio method: "
-                + ", ".join(n for n, m in ADAPTERS.items() if not getattr(m, "audio_visual", False))
-            )
         if self.dataset not in DATASETS:
             raise ConfigError(
                 f"unknown dataset {self.dataset!r}; choose one of: {', '.join(DATASETS)}"
             )
+        self._check_modality()
         checks = [
             (self.epochs >= 1, "--epochs must be at least 1"),
             (self.lr > 0, "--lr must be positive"),
@@ -141,6 +136,29 @@ class TrainArgs:
                 raise ConfigError(message)
         self.method_config = dict(self.method_config)
         self.adapter_config()  # validate now, with the method's own message
+
+
+    def _check_modality(self) -> None:
+        """Audio-visual methods train on audio-visual datasets only, and the other way round."""
+        av_method = get_method(self.method).audio_visual
+        av_data = self.dataset in AV_DATASETS
+        if av_method and not av_data:
+            raise ConfigError(
+                f"method {self.method!r} is audio-visual (frames + spectrogram); dataset "
+                f"{self.dataset!r} is audio-only. Use --dataset {' or '.join(AV_DATASETS)}, or "
+                "an audio method: "
+                + ", ".join(n for n, m in ADAPTERS.items() if not m.audio_visual)
+            )
+        if av_data and not av_method:
+            raise ConfigError(
+                f"dataset {self.dataset!r} is audio-visual; choose an audio-visual method: "
+                + ", ".join(n for n, m in ADAPTERS.items() if m.audio_visual)
+            )
+        if av_data and (self.mixup > 0 or self.compute_stats):
+            raise ConfigError(
+                f"--mixup and --compute-stats apply to audio datasets only; drop them for "
+                f"{self.dataset!r} (per-second labels, AudioSet normalisation)"
+            )
 
     def adapter_config(self) -> AdapterConfig:
         """The method's typed config."""

@@ -38,7 +38,7 @@ from training.args import TrainArgs
 from training.augment import BackgroundNoise
 from training.cache import FeatureCache
 from training.data import ClipDataset, make_loader
-from training.datasets import DataOptions, DatasetSplits, load_dataset
+from training.datasets import AveSplits, DataOptions, DatasetSplits, load_dataset
 from training.export import check_name, checkpoint_of, make_bank, next_version
 from training.loop import (
     AdapterForward,
@@ -82,6 +82,12 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def _check_precision(args: TrainArgs, device: torch.device) -> torch.device:
+    if args.precision == "fp16" and device.type != "cuda":
+        raise ConfigError("--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    return device
+
+
 def _init_distributed(device: torch.device) -> tuple[int, int]:
     """(rank, world size); joins the torchrun group when WORLD_SIZE > 1."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -107,7 +113,7 @@ def data_options(args: TrainArgs) -> DataOptions:
     )
 
 
-def feature_config(args: TrainArgs, splits: DatasetSplits) -> FeatureConfig:
+def feature_config(args: TrainArgs, splits: DatasetSplits | AveSplits) -> FeatureConfig:
     """The dataset's feature defaults with ``--frames`` / ``--mean`` / ``--std`` applied."""
     update = {
         k: v
@@ -205,12 +211,14 @@ def evaluate_checkpoint(
 def train(args: TrainArgs) -> TrainReport:
     """Run one training job end to end (see the module docstring)."""
     started = time.perf_counter()
-    device = resolve_device(args.device)
-    if args.precision == "fp16" and device.type != "cuda":
-        raise ConfigError("--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    device = _check_precision(args, resolve_device(args.device))
+    splits = load_dataset(args.dataset, data_options(args))
+    if isinstance(splits, AveSplits):
+        from training.av_pipeline import train_av  # it builds on this module's helpers
+
+        return train_av(args, splits, device)
     rank, world = _init_distributed(device)
     progress = args.progress and rank == 0
-    splits = load_dataset(args.dataset, data_options(args))
     feats, cache, cache_root = _features(args, splits, progress)
 
     name = check_name(args.adapter_name)
@@ -484,7 +492,7 @@ def _jsonable(args: TrainArgs) -> dict[str, Any]:
 def _write_reports(
     run_dir: Path,
     args: TrainArgs,
-    splits: DatasetSplits,
+    splits: DatasetSplits | AveSplits,
     state: FitState,
     results: dict[str, EvalResult],
     final: str,
@@ -500,7 +508,7 @@ def _write_reports(
         run_dir / "confusion_matrix.png",
         f"{title}, {final} split",
     )
-    if splits.split_rows is not None:
+    if isinstance(splits, DatasetSplits) and splits.split_rows is not None:
         with (run_dir / "split.csv").open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["path", "label", "start_s", "end_s", "split"])
@@ -558,6 +566,10 @@ def evaluate_dir(
             raise ConfigError(f"--data-dir is required ({directory} has no split.csv)")
         args = replace(args, dataset="csv", data_dir=directory / "split.csv")
     splits = load_dataset(args.dataset, data_options(args))
+    if isinstance(splits, AveSplits):
+        from training.av_pipeline import evaluate_av_dir
+
+        return evaluate_av_dir(ckpt, backbone, args, split, splits, device)
     if splits.labels != ckpt.manifest.labels:
         raise ConfigError(
             f"the dataset's labels {splits.labels[:5]}... differ from the checkpoint's "

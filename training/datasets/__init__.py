@@ -1,15 +1,17 @@
-"""Dataset loaders by name: each reads a public layout into :class:`DatasetSplits`."""
+"""Dataset loaders by name: each reads a public layout into :class:`DatasetSplits` (audio) or
+:class:`AveSplits` (audio-visual, per-second labels)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from lookaside.errors import ConfigError
-from training.datasets import epic_sounds, esc50, folder, speech_commands
+from training.datasets import ave, epic_sounds, esc50, folder, speech_commands
+from training.datasets.ave import AveSplits
 from training.datasets.base import Clip, DatasetError, DatasetSplits
 from training.datasets.options import DataOptions
 
-Loader = Callable[[DataOptions], DatasetSplits]
+Loader = Callable[[DataOptions], DatasetSplits | AveSplits]
 
 DATASETS: dict[str, Loader] = {
     "esc50": esc50.load,
@@ -17,13 +19,26 @@ DATASETS: dict[str, Loader] = {
     "epic_sounds": epic_sounds.load,
     "folder": folder.load_folder,
     "csv": folder.load_csv,
+    "ave": ave.load,
 }
 """``--dataset`` choices."""
+AV_DATASETS = ("ave",)
+"""The audio-visual ones (an AV method, frames + spectrogram per second, :class:`AveSplits`)."""
 
-__all__ = ["DATASETS", "Clip", "DataOptions", "DatasetError", "DatasetSplits", "load_dataset"]
+__all__ = [
+    "AV_DATASETS",
+    "DATASETS",
+    "AveSplits",
+    "Clip",
+    "DataOptions",
+    "DatasetError",
+    "DatasetSplits",
+    "load_audio_dataset",
+    "load_dataset",
+]
 
 
-def load_dataset(name: str, opts: DataOptions) -> DatasetSplits:
+def load_dataset(name: str, opts: DataOptions) -> DatasetSplits | AveSplits:
     """Read dataset ``name`` (a key of :data:`DATASETS`)."""
     try:
         loader = DATASETS[name]
@@ -32,3 +47,13 @@ def load_dataset(name: str, opts: DataOptions) -> DatasetSplits:
             f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}"
         ) from None
     return loader(opts)
+
+
+def load_audio_dataset(name: str, opts: DataOptions) -> DatasetSplits:
+    """:func:`load_dataset` for the audio-only paths (refuses an audio-visual dataset)."""
+    splits = load_dataset(name, opts)
+    if isinstance(splits, AveSplits):
+        raise ConfigError(
+            f"dataset {name!r} is audio-visual: train it with an audio-visual method (avpea)"
+        )
+    return splits
