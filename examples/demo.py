@@ -85,7 +85,7 @@ TASKS: dict[str, dict[str, Synth]] = {
 }
 METHODS = {
     "tones": ["--method", "loaa", "--rank", "8", "--kernels", "attn:T,ffn:F"],
-    "noises": ["--method", "bottleneck", "--rank", "8"],
+    "noises": ["--method", "lora", "--rank", "8"],
 }
 
 
@@ -205,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     # fmt: off
     server = subprocess.Popen(
         [sys.executable, "-m", "service", "--backbone", BACKBONE, "--store", str(store),
-         "--port", str(port), "--device", "cpu", "--max-wait-ms", "5"], env=env)
+         "--port", str(port), "--device", "cpu", "--max-wait-ms", "5", "--log-level", "warning"],
+        env=env)
     # fmt: on
     try:
         wait_ready(url, server)
