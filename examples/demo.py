@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     # fmt: on
     try:
         wait_ready(url, server)
-        for task, path in trained.items():
+        for path in trained.values():
             run(
                 [sys.executable, "-m", "training", "push", str(path), "--url", url, "--activate"],
                 env,
