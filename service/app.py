@@ -24,6 +24,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lookaside import __version__
+from lookaside.adapters import get_method
 from lookaside.backbone import VisionTransformer
 from lookaside.backbones import load_backbone
 from lookaside.checkpoint import AdapterManifest
@@ -180,7 +181,7 @@ async def _warm_up(state: AppState, engine: Engine, backbone: VisionTransformer)
     grids: dict[tuple[int, int], str | None] = {}
     for adapter_id in engine.resident():
         manifest = _manifest_of(state, adapter_id)
-        if manifest is not None:
+        if manifest is not None and not get_method(manifest.method).audio_visual:
             f = manifest.features
             grids.setdefault((f.target_frames, f.num_mel_bins), adapter_id)
     if not grids:

@@ -19,6 +19,10 @@ job's adapter (``mixing=off``), until ``max_batch_size`` rows or ``max_wait_ms``
 job arrived. Jobs of other grids stay queued for the next batch. A job whose rows alone exceed
 ``max_batch_size`` runs alone in chunks.
 
+Audio-visual jobs (:class:`AvJob`, ``POST /av-event``) share the queue and the worker: a row is one
+window of one-second segments, the grid is ``(segments, frames, mel)``, so AV rows batch with each
+other (mixing AV adapters) and run the two-stream forward, while audio batches form without them.
+
 Failure isolation: if a forward raises, every job of that batch is retried alone, so only the
 culprit fails (:class:`~service.errors.EngineFailure`, logged with its trace); the engine keeps
 serving. A job past its deadline when the batcher reaches it is answered 504 without running.
@@ -78,9 +82,47 @@ class Job:
         return int(self.features.shape[0])
 
     @property
-    def grid(self) -> tuple[int, int]:
+    def grid(self) -> tuple[int, ...]:
         """(frames, mel bins): rows of one forward must share it."""
         return int(self.features.shape[1]), int(self.features.shape[2])
+
+    def split(self, max_rows: int) -> list[Job]:
+        """Chunks of at most ``max_rows`` rows (a job too large for one forward runs in these)."""
+        return [
+            Job(self.features[i : i + max_rows], self.adapter_id, self.request_id, self.deadline)
+            for i in range(0, self.rows, max_rows)
+        ]
+
+
+@dataclass(eq=False)
+class AvJob(Job):
+    """One video's windows for one audio-visual adapter (AV-PEA).
+
+    A row is one window of ``segments`` one-second segments (each segment is two backbone
+    sequences, audio and visual). Its grid ``(segments, frames, mel)`` never equals an audio
+    job's ``(frames, mel)``, so AV rows batch only with AV rows of the same window length, and
+    audio batches form without them.
+    """
+
+    pixels: Tensor = field(default_factory=lambda: torch.empty(0))
+    """``[windows, segments, 3, height, width]`` ImageNet-normalised frames, float32 host."""
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        """(segments, frames, mel bins) of every window."""
+        return tuple(int(d) for d in self.features.shape[1:4])
+
+    def split(self, max_rows: int) -> list[Job]:
+        return [
+            AvJob(
+                self.features[i : i + max_rows],
+                self.adapter_id,
+                self.request_id,
+                self.deadline,
+                pixels=self.pixels[i : i + max_rows],
+            )
+            for i in range(0, self.rows, max_rows)
+        ]
 
 
 @dataclass(eq=False)
@@ -189,7 +231,36 @@ class Engine:
         """
         if features.dim() != 3 or features.shape[0] == 0:
             raise ValueError(f"features must be [rows>0, frames, mel], got {tuple(features.shape)}")
-        job = Job(features, adapter_id, request_id, time.monotonic() + timeout_s)
+        return self._enqueue(Job(features, adapter_id, request_id, time.monotonic() + timeout_s))
+
+    def submit_av(
+        self,
+        spec: Tensor,
+        pixels: Tensor,
+        adapter_id: str,
+        *,
+        request_id: str = "-",
+        timeout_s: float = 30.0,
+    ) -> Future[Tensor]:
+        """Queue one video's windows for one audio-visual adapter.
+
+        Args:
+            spec: ``[windows, segments, frames, mel]`` normalised fbank per one-second segment.
+            pixels: ``[windows, segments, 3, height, width]`` normalised frames.
+
+        Returns a future of ``[windows, segments, classes]`` logits; raises as :meth:`submit`.
+        """
+        if spec.dim() != 4 or pixels.dim() != 5 or spec.shape[:2] != pixels.shape[:2]:
+            raise ValueError(
+                f"spec [windows, segments, frames, mel] and pixels [windows, segments, 3, h, w] "
+                f"must agree, got {tuple(spec.shape)} and {tuple(pixels.shape)}"
+            )
+        if spec.shape[0] == 0:
+            raise ValueError("an AV job needs at least one window")
+        deadline = time.monotonic() + timeout_s
+        return self._enqueue(AvJob(spec, adapter_id, request_id, deadline, pixels=pixels))
+
+    def _enqueue(self, job: Job) -> Future[Tensor]:
         with self._cond:
             if not self._accepting:
                 raise NotReady("the server is shutting down; retry on another replica or later")
@@ -420,13 +491,7 @@ class Engine:
         """One job on its own, in chunks of ``max_batch_size`` rows; only it fails if it raises."""
         try:
             parts = []
-            for start in range(0, job.rows, self.max_batch_size):
-                chunk = Job(
-                    job.features[start : start + self.max_batch_size],
-                    job.adapter_id,
-                    job.request_id,
-                    job.deadline,
-                )
+            for chunk in job.split(self.max_batch_size):
                 parts.extend(self._forward([chunk]))
             job.future.set_result(torch.cat(parts))
         except Exception as exc:
@@ -443,6 +508,8 @@ class Engine:
 
     def _forward(self, batch: Sequence[Job]) -> list[Tensor]:
         """One forward over every row of ``batch``; per-job ``[rows, classes]`` fp32 host logits."""
+        if isinstance(batch[0], AvJob):
+            return self._forward_av(batch)
         started = time.perf_counter()
         ids: list[str | None] = []
         for job in batch:
@@ -464,10 +531,37 @@ class Engine:
                 out.append(torch.zeros(job.rows, 0))
             else:
                 out.append(torch.stack([r for r in rows if r is not None]).float().to("cpu"))
+        self._record(batch, started, len(ids))
+        return out
+
+    def _forward_av(self, batch: Sequence[Job]) -> list[Tensor]:
+        """One two-stream forward over every window of an AV batch (adapters may differ per
+        window); per-job ``[windows, segments, classes]`` fp32 host logits."""
+        started = time.perf_counter()
+        jobs = [j for j in batch if isinstance(j, AvJob)]
+        ids: list[str | None] = [j.adapter_id for j in jobs for _ in range(j.rows)]
+        spec = self._to_device([j.features for j in jobs])
+        pixels = self._to_device([j.pixels for j in jobs])
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.compute_dtype)
+            if self.compute_dtype != torch.float32
+            else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            logits = self.model.forward_av(spec, pixels, ids)
+        out: list[Tensor] = []
+        row = 0
+        for job in jobs:
+            windows = logits[row : row + job.rows]
+            row += job.rows
+            out.append(torch.stack([w for w in windows if w is not None]).float().to("cpu"))
+        self._record(batch, started, len(ids))
+        return out
+
+    def _record(self, batch: Sequence[Job], started: float, total_rows: int) -> None:
         elapsed = time.perf_counter() - started
         self.batches_run += 1
         adapters = len({j.adapter_id for j in batch})
-        total_rows = len(ids)
 
         def record() -> None:
             self.metrics.forward.observe(elapsed)
@@ -475,7 +569,6 @@ class Engine:
             self.metrics.batch_adapters.observe(adapters)
 
         self.metrics.safe(record)
-        return out
 
     def _to_device(self, features: list[Tensor]) -> Tensor:
         """Stack the rows on the host (pinned on CUDA) and copy them over asynchronously."""

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lookaside.errors import (
     AdapterNotFound,
     BadAudio,
+    BadVideo,
     ConfigError,
     IncompatibleBackbone,
     InvalidCheckpoint,
@@ -28,6 +29,8 @@ log = logging.getLogger("service.errors")
 
 # BadAudio.reason -> status: the container/codec is wrong (415) or the audio is unusable (422).
 _BAD_AUDIO_STATUS = {"not_audio": 415, "unsupported": 415, "too_long": 413}
+# BadVideo: over a limit (BadVideo.over_limit) 413; not a video / unsupported codec 415; else 422.
+_BAD_VIDEO_STATUS = {"not_video": 415, "unsupported": 415}
 
 
 class ServiceError(LookasideError):
@@ -93,6 +96,8 @@ def status_of(exc: LookasideError) -> int:
         return 404
     if isinstance(exc, BadAudio):
         return _BAD_AUDIO_STATUS.get(exc.reason, 422)
+    if isinstance(exc, BadVideo):
+        return 413 if exc.over_limit else _BAD_VIDEO_STATUS.get(exc.reason, 422)
     if isinstance(exc, IncompatibleBackbone):
         return 409
     if isinstance(exc, InvalidCheckpoint | ConfigError):

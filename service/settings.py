@@ -64,6 +64,12 @@ class ServiceSettings(BaseSettings):
     adapter is ~35 MB); beyond it: 413."""
     max_audio_seconds: float = Field(600.0, gt=0.0)
     """Longest audio clip accepted; beyond it: 413 (adapters may set a lower limit)."""
+    max_video_seconds: float = Field(120.0, gt=0.0)
+    """Longest video accepted by ``/av-event``; beyond it: 413."""
+    max_video_side: int = Field(4096, gt=0)
+    """Largest width or height of an uploaded video's frames (pixels); beyond it: 413."""
+    max_video_frames: int = Field(20_000, gt=0)
+    """Most frames decoded from one uploaded video; beyond it: 413."""
     max_resident_adapters: int = Field(64, ge=1)
     """Most adapter versions held on the device; the least recently used one is evicted and
     reloaded on demand."""

@@ -8,7 +8,7 @@ from types import ModuleType
 
 from fastapi import FastAPI
 
-from service.routes import classify, health
+from service.routes import av_event, classify, health
 
 log = logging.getLogger("service.routes")
 
@@ -25,9 +25,11 @@ def _optional(module: str) -> ModuleType | None:
 
 
 def install_routes(app: FastAPI) -> None:
-    """Every route of the service: health, classify, adapters (management) and the web page."""
+    """Every route of the service: health, classify, av-event, adapters (management) and the web
+    page."""
     app.include_router(health.router)
     app.include_router(classify.router)
+    app.include_router(av_event.router)
     adapters = _optional("service.routes.adapters")
     if adapters is not None:
         app.include_router(adapters.router)

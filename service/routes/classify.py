@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message
 from torch import Tensor
 
+from lookaside.adapters import get_method
 from lookaside.checkpoint import AdapterManifest
 from service.deps import StateDep
 from service.errors import BadRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
@@ -119,6 +120,7 @@ async def classify(
         for ref in refs:
             leases.append(await state.registry.acquire(ref))
         request.scope[ADAPTERS_KEY] = [lease.manifest.name for lease in leases]
+        _refuse_audio_visual(leases)
         configs = [lease.manifest.features for lease in leases]
         feats: Featurized = await _in_pool(
             state.featurize_pool,
@@ -230,6 +232,15 @@ async def _parse_multipart(
         )
     finally:
         await form.close()
+
+
+def _refuse_audio_visual(leases: list[Lease]) -> None:
+    for lease in leases:
+        if get_method(lease.manifest.method).audio_visual:
+            raise BadRequest(
+                f"adapter {lease.manifest.id} ({lease.manifest.method}) is audio-visual: send the "
+                "video to POST /av-event (multipart `video`, `adapter`)"
+            )
 
 
 def _parse_refs(value: str | None) -> list[str]:

@@ -1,0 +1,109 @@
+"""Audio-visual requests: upload bytes -> per-second inputs -> window jobs -> per-second answer.
+
+Run in the featurize pool before anything is queued (so a bad video fails alone):
+:func:`featurize_av` decodes the video once (:func:`lookaside.video.decode_video`, frames scaled
+to the backbone's image size while decoding) and builds exactly what training feeds the model
+(:func:`lookaside.video.av_inputs`: one spectrogram and one frame per second).
+
+A clip longer than the adapter's ``segments`` is cut into consecutive windows
+(:func:`lookaside.adapters.avpea.segment_windows`); windows of one length travel as one engine
+job (the last, shorter window, if any, as a second job: the temporal model sees exactly the
+seconds of its window). :func:`assemble` puts the windows' probabilities back in clip order.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lookaside.adapters.avpea import segment_windows
+from lookaside.features import FeatureConfig
+from lookaside.video import VideoLimits, av_inputs, decode_video
+
+
+@dataclass(frozen=True)
+class AvClip:
+    """One decoded upload, per second."""
+
+    duration_s: float
+    """Length of the video track."""
+    spec: Tensor
+    """``[seconds, frames, mel]`` normalised fbank, float32 host."""
+    pixels: Tensor
+    """``[seconds, 3, height, width]`` ImageNet-normalised frames, float32 host."""
+    featurize_s: float
+    """Time spent decoding and featurising (for the metrics)."""
+
+    @property
+    def seconds(self) -> int:
+        return int(self.spec.shape[0])
+
+
+@dataclass(frozen=True)
+class WindowGroup:
+    """Windows of one length: one engine job."""
+
+    windows: list[tuple[int, int]]
+    """``[start, stop)`` seconds of each window, in clip order."""
+    spec: Tensor
+    """``[windows, length, frames, mel]``."""
+    pixels: Tensor
+    """``[windows, length, 3, height, width]``."""
+
+
+def featurize_av(
+    video: bytes,
+    audio: bytes | None,
+    features: FeatureConfig,
+    image_size: tuple[int, int],
+    limits: VideoLimits,
+) -> AvClip:
+    """Decode one upload and build the per-second inputs of ``forward_av``.
+
+    Raises:
+        BadVideo: empty, not a video, no audio track (without ``audio``), no frames, truncated,
+            or over a limit.
+        BadAudio: the sound cannot be decoded.
+    """
+    started = time.perf_counter()
+    decoded = decode_video(video, audio, limits=limits, frame_size=image_size)
+    spec, pixels = av_inputs(decoded, features, image_size)
+    return AvClip(
+        duration_s=float(decoded.duration),
+        spec=spec.float().contiguous(),
+        pixels=pixels.float().contiguous(),
+        featurize_s=time.perf_counter() - started,
+    )
+
+
+def window_groups(clip: AvClip, segments: int) -> list[WindowGroup]:
+    """The clip's windows of at most ``segments`` seconds, grouped by length (at most two)."""
+    by_length: dict[int, list[tuple[int, int]]] = {}
+    for start, stop in segment_windows(clip.seconds, segments):
+        by_length.setdefault(stop - start, []).append((start, stop))
+    return [
+        WindowGroup(
+            windows,
+            torch.stack([clip.spec[a:b] for a, b in windows]),
+            torch.stack([clip.pixels[a:b] for a, b in windows]),
+        )
+        for windows in by_length.values()
+    ]
+
+
+def assemble(groups: list[WindowGroup], logits: list[Tensor], seconds: int) -> Tensor:
+    """``[seconds, classes]`` softmax probabilities in clip order from each group's
+    ``[windows, length, classes]`` logits."""
+    rows: list[Tensor | None] = [None] * seconds
+    for group, out in zip(groups, logits, strict=True):
+        probs = torch.softmax(out.float(), dim=-1)
+        for (start, stop), window in zip(group.windows, probs, strict=True):
+            for t in range(start, stop):
+                rows[t] = window[t - start]
+    missing = [t for t, r in enumerate(rows) if r is None]
+    if missing:
+        raise RuntimeError(f"seconds {missing} got no prediction")
+    return torch.stack([r for r in rows if r is not None])

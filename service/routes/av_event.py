@@ -1,0 +1,274 @@
+"""``POST /av-event``: what happens when in a video, second by second (AV-PEA adapters).
+
+Multipart: ``video`` (a container with a sound track), optional ``audio`` (the sound as a separate
+file; then the video's own track is ignored), ``adapter`` (``name`` or ``name@version``; also
+accepted as ``?adapter=``). The answer gives every second's label and score and the events they
+form (consecutive seconds with the same non-background label; background seconds are no event),
+with the version that served it and the request id.
+
+Order of work (as ``/classify``): size limit -> resolve the adapter (404 lists what exists; an
+audio-only adapter is refused with the route to use) -> decode + per-second features in the
+featurize pool (a bad video fails here, alone: 415 not a video, 422 unusable, 413 over a limit)
+-> one engine job per window length (AV rows batch with AV rows; audio batches never wait on
+them) -> per-second softmax -> events.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Message
+from torch import Tensor
+
+from lookaside.adapters import get_method
+from lookaside.adapters.avpea import per_second_events
+from lookaside.video import VideoLimits
+from service.av import AvClip, assemble, featurize_av, window_groups
+from service.deps import StateDep
+from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from service.logging import SCOPE_KEY
+from service.registry import Lease
+from service.routes.classify import ADAPTERS_KEY, _gather, _in_pool, _read_body
+from service.schemas import ErrorBody
+
+router = APIRouter(tags=["av-event"])
+
+_MULTIPART_SLACK = 64 * 1024
+
+
+class SecondLabel(BaseModel):
+    """The label of one second ``[t, t + 1)`` of the video."""
+
+    t: int = Field(description="second index")
+    label: str
+    score: float = Field(description="softmax probability of the label")
+
+
+class AvEvent(BaseModel):
+    """Consecutive seconds with the same non-background label."""
+
+    start_s: float
+    end_s: float = Field(description="exclusive end, seconds")
+    label: str
+    score: float = Field(description="mean over the event's seconds of the label's probability")
+
+
+class AvEventResponse(BaseModel):
+    """``POST /av-event`` answer."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "request_id": "3f2a9c0d1e7b4c55",
+                    "adapter": "ave",
+                    "version": 1,
+                    "duration_s": 3.0,
+                    "seconds": [
+                        {"t": 0, "label": "background", "score": 0.9},
+                        {"t": 1, "label": "Dog barking", "score": 0.8},
+                        {"t": 2, "label": "Dog barking", "score": 0.7},
+                    ],
+                    "events": [{"start_s": 1, "end_s": 3, "label": "Dog barking", "score": 0.75}],
+                }
+            ]
+        }
+    )
+
+    request_id: str
+    adapter: str = Field(description="adapter name")
+    version: int = Field(description="version that served this answer")
+    duration_s: float = Field(description="duration of the video track, seconds")
+    seconds: list[SecondLabel] = Field(description="every second of the video, in order")
+    events: list[AvEvent] = Field(description="merged non-background runs, in order")
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "unknown adapter or version (lists what exists)"},
+    413: {
+        "model": ErrorBody,
+        "description": "body over the byte limit, or the video over the "
+        "duration / resolution / frame-count limits",
+    },
+    415: {"model": ErrorBody, "description": "not a video, or not multipart/form-data"},
+    422: {
+        "model": ErrorBody,
+        "description": "corrupt/truncated video, no audio track, no frames, "
+        "an audio-only adapter, or a malformed field",
+    },
+    429: {"model": ErrorBody, "description": "queue full (see Retry-After)"},
+    503: {"model": ErrorBody, "description": "not ready or shutting down (see Retry-After)"},
+    504: {"model": ErrorBody, "description": "not answered within the request timeout"},
+}
+
+_BODY_SCHEMA: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["video"],
+                    "properties": {
+                        "video": {"type": "string", "format": "binary"},
+                        "audio": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "the sound as a separate file (optional)",
+                        },
+                        "adapter": {"type": "string", "example": "ave@1"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "/av-event",
+    response_model=AvEventResponse,
+    responses=_ERRORS,
+    openapi_extra=_BODY_SCHEMA,
+    summary="Per-second audio-visual events of a video",
+)
+async def av_event(
+    request: Request,
+    state: StateDep,
+    adapter: Annotated[
+        str | None,
+        Query(description="name or name@version (or send it as a form field)"),
+    ] = None,
+) -> AvEventResponse:
+    """Every second's label and the merged events of an uploaded video."""
+    started = time.monotonic()
+    state.require_ready()
+    settings = state.settings
+    video, audio, form_adapter = await _read_upload(request, settings.max_upload_bytes)
+    ref = _parse_ref(form_adapter or adapter)
+    deadline = started + settings.request_timeout_s
+    assert state.registry is not None
+    assert state.engine is not None
+    assert state.backbone is not None
+    request_id = str(request.scope.get(SCOPE_KEY, "-"))
+    limits = VideoLimits(
+        max_seconds=settings.max_video_seconds,
+        max_side=settings.max_video_side,
+        max_frames=settings.max_video_frames,
+    )
+    image_size = state.backbone.cfg.image_size
+
+    futures: list[Future[Tensor]] = []
+    lease: Lease = await state.registry.acquire(ref)
+    try:
+        manifest = lease.manifest
+        request.scope[ADAPTERS_KEY] = [manifest.name]
+        if not get_method(manifest.method).audio_visual:
+            raise BadRequest(
+                f"adapter {manifest.id} ({manifest.method}) classifies audio only: send the clip "
+                "to POST /classify, or name an audio-visual adapter (method avpea)"
+            )
+        features = manifest.features
+        clip: AvClip = await _in_pool(
+            state.featurize_pool,
+            lambda: featurize_av(video, audio, features, image_size, limits),
+        )
+        state.metrics.safe(lambda: state.metrics.featurize.observe(clip.featurize_s))
+        segments = int(getattr(manifest.adapter_config(), "segments", clip.seconds))
+        groups = window_groups(clip, segments)
+        for group in groups:
+            futures.append(
+                state.engine.submit_av(
+                    group.spec,
+                    group.pixels,
+                    lease.adapter_id,
+                    request_id=request_id,
+                    timeout_s=max(deadline - time.monotonic(), 0.0),
+                )
+            )
+        logits = await _gather(futures, deadline - time.monotonic())
+    finally:
+        for fut in futures:
+            fut.cancel()  # no-op once running or done; drops rows of an abandoned request
+        lease.release()
+
+    probabilities = assemble(groups, logits, clip.seconds)
+    seconds, events = per_second_events(probabilities, list(manifest.labels))
+    return AvEventResponse(
+        request_id=request_id,
+        adapter=manifest.name,
+        version=manifest.version,
+        duration_s=round(clip.duration_s, 6),
+        seconds=[SecondLabel(t=s.t, label=s.label, score=s.score) for s in seconds],
+        events=[
+            AvEvent(start_s=e.start_s, end_s=e.end_s, label=e.label, score=e.score) for e in events
+        ],
+    )
+
+
+async def _read_upload(request: Request, limit: int) -> tuple[bytes, bytes | None, str | None]:
+    """(video bytes, audio bytes or None, adapter form field) from a multipart body."""
+    content_type = request.headers.get("content-type", "").lower()
+    if not content_type.startswith("multipart/form-data"):
+        raise UnsupportedMediaType(
+            f"Content-Type {content_type or '(none)'!r} is not accepted: send multipart/form-data "
+            "with a `video` part (and optionally an `audio` part and an `adapter` field), e.g. "
+            "curl -F video=@clip.mp4 -F adapter=ave .../av-event"
+        )
+    body = await _read_body(request, 2 * limit + _MULTIPART_SLACK)
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(max_files=2, max_fields=8)
+    except StarletteHTTPException as exc:
+        raise BadRequest(f"malformed multipart body: {exc.detail}") from None
+    try:
+        parts: dict[str, bytes | None] = {}
+        for name in ("video", "audio"):
+            upload = form.get(name)
+            if upload is None or (isinstance(upload, str) and not upload):
+                parts[name] = None
+                continue
+            if not isinstance(upload, UploadFile):
+                raise BadRequest(f"`{name}` must be a file part: -F {name}=@file")
+            data = await upload.read()
+            if len(data) > limit:
+                raise PayloadTooLarge(
+                    f"the {name} file is {len(data)} bytes, over the limit of {limit} bytes; send "
+                    "a shorter clip or raise LOOKASIDE_MAX_UPLOAD_BYTES"
+                )
+            parts[name] = data
+        video = parts["video"]
+        if video is None:
+            raise BadRequest(
+                "the multipart body has no `video` part: send it as -F video=@clip.mp4"
+            )
+        adapter = form.get("adapter")
+        return video, parts["audio"], adapter if isinstance(adapter, str) and adapter else None
+    finally:
+        await form.close()
+
+
+def _parse_ref(value: str | None) -> str:
+    ref = (value or "").strip()
+    if not ref:
+        raise BadRequest(
+            "name the audio-visual adapter: `adapter=NAME` or `NAME@VERSION` (GET /adapters "
+            "lists them)"
+        )
+    if "," in ref:
+        raise BadRequest(f"/av-event takes one adapter per request, got {ref!r}")
+    return ref
