@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test lint typecheck bench demo params clean
+.PHONY: setup test lint typecheck bench demo params docs clean
 
 # Idempotent: (re)installs only when pyproject.toml changed since the last install.
 setup: $(STAMP)
@@ -27,6 +27,9 @@ bench: setup
 
 params: setup
 	$(BIN)/python -m lookaside.param_table --write README.md
+
+docs: params
+	$(BIN)/python -m service.settings_table --write README.md
 
 demo: setup
 	$(BIN)/python -m examples.demo

@@ -1,0 +1,136 @@
+"""Every shell command the docs show names something real: a make target, a console script with
+its real subcommand and options, a module, a recipe, a route with its method, a file.
+
+The README's two main commands are also run for real (``make test`` is CI itself; ``make demo``
+by tests/e2e/test_demo.py); this test keeps every other shown command honest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from service.__main__ import _parser as serve_parser
+from service.app import create_app
+from service.settings import ServiceSettings
+from service.settings_table import END, START, table
+from training.cli import parser as train_parser
+from training.recipes import RECIPES
+
+ROOT = Path(__file__).parents[2]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "training/README.md"]
+_ENV = re.compile(r"^[A-Z_][A-Z0-9_]*=(\"[^\"]*\"|'[^']*'|\$\([^)]*\)|\S*)\s+")
+
+
+def _commands() -> list[tuple[str, str]]:
+    found = []
+    for doc in DOCS:
+        for block in re.findall(r"```(?:bash|sh)\n(.*?)```", doc.read_text(), re.S):
+            for line in block.splitlines():
+                line = line.split(" #")[0].strip() if not line.startswith("#") else ""
+                if line:
+                    found.append((doc.relative_to(ROOT).as_posix(), line))
+    return found
+
+
+COMMANDS = _commands()
+
+
+def _make_targets() -> set[str]:
+    text = (ROOT / "Makefile").read_text()
+    return set(re.findall(r"^([a-z][\w-]*):", text, re.M))
+
+
+def _routes() -> list[tuple[str, re.Pattern[str]]]:
+    app = create_app(ServiceSettings(_env_file=None, admin_token="x"))  # type: ignore[call-arg]
+    paths = {p: {m.upper() for m in ops} for p, ops in app.openapi()["paths"].items()}
+    paths["/"] = {"GET"}  # the web page (not in the API schema)
+    out = []
+    for path, methods in paths.items():
+        pattern = re.compile("^" + re.sub(r"\{[^}]+\}", r"[^/]+", path) + "$")
+        out.extend((m, pattern) for m in methods)
+    return out
+
+
+def _parse(parser: argparse.ArgumentParser, args: list[str]) -> None:
+    if "--help" in args or "-h" in args:
+        return
+    try:
+        parser.parse_args(args)
+    except SystemExit as exc:  # argparse says what is wrong on stderr
+        raise AssertionError(f"argparse refused {args}") from exc
+
+
+def _check_training(args: list[str]) -> None:
+    _parse(train_parser(), args)
+    if "--recipe" in args:
+        assert args[args.index("--recipe") + 1] in RECIPES
+
+
+def _check_curl(args: list[str]) -> None:
+    url = next(a for a in args if a.startswith("http") or a.startswith("'http"))
+    path = re.sub(r"^'?https?://[^/]+", "", url).split("?")[0].rstrip("'") or "/"
+    if "-X" in args:
+        method = args[args.index("-X") + 1]
+    elif any(a in args for a in ("-F", "-d", "--data-binary")):
+        method = "POST"
+    else:
+        method = "GET"
+    assert any(m == method and p.match(path) for m, p in ROUTES), f"no route {method} {path}"
+
+
+ROUTES = _routes()
+
+
+def test_the_docs_show_commands() -> None:
+    docs = {doc for doc, _ in COMMANDS}
+    assert {"README.md", "docs/training.md", "docs/service.md", "docs/gpu.md"} <= docs
+    assert ("README.md", "make demo") in COMMANDS
+    assert ("README.md", "make test") in COMMANDS
+
+
+@pytest.mark.parametrize(("doc", "line"), COMMANDS, ids=[f"{d}:{c[:60]}" for d, c in COMMANDS])
+def test_shown_command_names_something_real(doc: str, line: str) -> None:
+    if re.fullmatch(r"[A-Z_][A-Z0-9_]*=(\"[^\"]*\"|'[^']*'|\S*)", line):
+        return  # a variable the next lines use
+    while _ENV.match(line):
+        line = _ENV.sub("", line, count=1)
+    words = shlex.split(line)
+    head, args = words[0], words[1:]
+    if head == "make":
+        assert set(args) <= _make_targets(), f"{args} not in the Makefile"
+    elif head == "lookaside-serve" or words[:3] == ["python", "-m", "service"]:
+        _parse(serve_parser(), args if head == "lookaside-serve" else words[3:])
+    elif head == "lookaside-train":
+        _check_training(args)
+    elif words[:3] == ["python", "-m", "training"]:
+        _check_training(words[3:])
+    elif head == "torchrun":
+        i = words.index("-m")
+        assert words[i + 1] == "training"
+        _check_training(words[i + 2 :])
+    elif head == "python" and args[:1] == ["-m"]:
+        assert importlib.util.find_spec(args[1]) is not None, f"no module {args[1]}"
+    elif head == "curl":
+        _check_curl(args)
+    elif head == "docker":
+        assert (ROOT / "docker-compose.yml").is_file()
+        assert (ROOT / "docker/Dockerfile").is_file()
+        if args[:1] == ["build"]:
+            assert (ROOT / args[args.index("-f") + 1]).is_file()
+    else:
+        pytest.fail(f"{doc}: unrecognised command {line!r}: teach this test what it names")
+
+
+def test_readme_settings_table_is_current() -> None:
+    """``make docs`` regenerates it from ServiceSettings; a new setting must show up."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split(START)[1].split(END)[0].strip()
+    assert block == table()
+    for name in ServiceSettings.model_fields:
+        assert f"LOOKASIDE_{name.upper()}" in block
