@@ -1,5 +1,6 @@
 // Lookaside web page: vanilla JS over the public HTTP API (GET /adapters, POST /classify,
-// POST /adapters, POST /adapters/{name}/activate, DELETE /adapters/{name}/versions/{v}).
+// POST /av-event, POST /adapters, POST /adapters/{name}/activate,
+// DELETE /adapters/{name}/versions/{v}).
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
@@ -46,6 +47,7 @@ function selectTab(tab) {
   }
   tab.focus();
   if (tab.id === "tab-adapters") loadAdapterTable();
+  if (tab.id === "tab-av") loadAvChoices();
 }
 
 function setUpTabs() {
@@ -74,10 +76,10 @@ function activeOf(a) {
 async function loadAdapterChoices() {
   const box = $("#adapter-choices");
   try {
-    const adapters = await fetchAdapters();
+    const adapters = (await fetchAdapters()).filter((a) => !isAudioVisual(a));
     box.replaceChildren();
     if (!adapters.length) {
-      box.textContent = "No adapters in the store yet: upload one in the Adapters view.";
+      box.textContent = "No audio adapters in the store yet: upload one in the Adapters view.";
       return;
     }
     adapters.forEach((a, i) => {
@@ -91,6 +93,30 @@ async function loadAdapterChoices() {
     });
   } catch (err) {
     box.textContent = `Could not list adapters: ${err.message}`;
+  }
+}
+
+const AV_METHODS = ["avpea"]; // methods served by POST /av-event (frames + sound per second)
+
+function isAudioVisual(a) {
+  return AV_METHODS.includes(a.method);
+}
+
+async function loadAvChoices() {
+  const select = $("#av-adapter");
+  try {
+    const adapters = (await fetchAdapters()).filter(isAudioVisual);
+    select.replaceChildren();
+    if (!adapters.length) {
+      select.append(el("option", { value: "", text: "No audio-visual adapters in the store" }));
+      return;
+    }
+    for (const a of adapters) {
+      const version = activeOf(a);
+      select.append(el("option", { value: a.name, text: version !== null ? `${a.name} (v${version})` : a.name }));
+    }
+  } catch (err) {
+    select.replaceChildren(el("option", { value: "", text: `Could not list adapters: ${err.message}` }));
   }
 }
 
@@ -301,6 +327,104 @@ async function classify(event) {
   }
 }
 
+// -- audio-visual events ------------------------------------------------------------------
+// Dark label colours: white text on each keeps a WCAG AA contrast (>= 4.5:1).
+const LABEL_COLOURS = ["#0b5cad", "#a4161a", "#1e6b35", "#6a3d9a", "#8a4b00", "#005f73", "#7a1f5c", "#3d4a5c"];
+let avVideoUrl = null;
+
+function labelColour(label, labels) {
+  return LABEL_COLOURS[labels.indexOf(label) % LABEL_COLOURS.length];
+}
+
+function seekTo(video, t) {
+  video.currentTime = t;
+  video.focus();
+}
+
+function secondStrip(seconds, video) {
+  const labels = [...new Set(seconds.map((s) => s.label).filter((l) => l !== "background"))];
+  const strip = el("ol", { class: "strip", "aria-label": "label of each second (press to jump there)" });
+  for (const s of seconds) {
+    const isBackground = s.label === "background";
+    const button = el("button", {
+      type: "button",
+      class: isBackground ? "background" : "event",
+      "data-t": String(s.t),
+      "aria-label": `second ${s.t}: ${s.label}, score ${s.score.toFixed(2)}`,
+    }, el("small", { text: `${s.t} s` }), isBackground ? "–" : s.label);
+    if (!isBackground) button.style.background = labelColour(s.label, labels);
+    button.addEventListener("click", () => seekTo(video, s.t));
+    strip.append(el("li", {}, button));
+  }
+  video.addEventListener("timeupdate", () => {
+    const now = Math.floor(video.currentTime);
+    for (const b of strip.querySelectorAll("button")) {
+      b.setAttribute("aria-current", String(Number(b.dataset.t) === now));
+    }
+  });
+  return strip;
+}
+
+function eventList(events, video) {
+  if (!events.length) return el("p", { class: "meta", text: "No events: every second is background." });
+  const list = el("ol", { class: "events", "aria-label": "events" });
+  for (const e of events) {
+    const play = el("button", { type: "button", text: "Play", "aria-label": `play ${e.label} from ${e.start_s} s` });
+    play.addEventListener("click", () => { seekTo(video, e.start_s); video.play().catch(() => {}); });
+    list.append(
+      el("li", { "data-label": e.label },
+        el("strong", { text: e.label }),
+        ` ${e.start_s}–${e.end_s} s · score ${e.score.toFixed(2)}`,
+        play,
+      ),
+    );
+  }
+  return list;
+}
+
+async function findEvents(event) {
+  event.preventDefault();
+  const errorBox = $("#av-error");
+  showError(errorBox, "");
+  const adapter = $("#av-adapter").value;
+  const video = $("#av-video").files[0];
+  const audio = $("#av-audio").files[0];
+  if (!adapter) return showError(errorBox, "Pick an audio-visual adapter (upload one in the Adapters view).");
+  if (!video) return showError(errorBox, "Choose a video file first.");
+  const form = new FormData();
+  form.append("video", video, video.name);
+  if (audio) form.append("audio", audio, audio.name);
+  form.append("adapter", adapter);
+  const button = $("#av-button");
+  button.disabled = true;
+  const started = performance.now();
+  try {
+    const response = await fetch("/av-event", { method: "POST", body: form });
+    const latency = performance.now() - started;
+    if (!response.ok) return showError(errorBox, await errorText(response));
+    const body = await response.json();
+    if (avVideoUrl) URL.revokeObjectURL(avVideoUrl);
+    avVideoUrl = URL.createObjectURL(video);
+    const player = el("video", { class: "av-player", controls: "", src: avVideoUrl, "aria-label": `uploaded video ${video.name}` });
+    const out = $("#av-results");
+    out.replaceChildren(
+      el("article", { class: "result", "data-adapter": body.adapter },
+        el("h3", { text: body.adapter }),
+        el("p", { class: "meta", text: `version ${body.version} · ${body.duration_s.toFixed(1)} s of video · ${latency.toFixed(0)} ms` }),
+        player,
+        el("h4", { text: "Each second" }),
+        secondStrip(body.seconds, player),
+        el("h4", { text: "Events" }),
+        eventList(body.events, player),
+      ),
+    );
+  } catch (err) {
+    showError(errorBox, `Request failed: ${err.message}`);
+  } finally {
+    button.disabled = false;
+  }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   setUpTabs();
   const token = $("#admin-token");
@@ -310,5 +434,6 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#record-button").addEventListener("click", toggleRecording);
   $("#classify-form").addEventListener("submit", classify);
   $("#upload-form").addEventListener("submit", upload);
+  $("#av-form").addEventListener("submit", findEvents);
   loadAdapterChoices();
 });
