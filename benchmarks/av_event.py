@@ -75,7 +75,7 @@ async def _run(args: argparse.Namespace) -> None:
         store = Path(tmp) / "store"
         _store(store, args.preset, args.segments)
         settings = ServiceSettings(
-            _env_file=None,  # type: ignore[call-arg]
+            _env_file=None,
             backbone=f"random:{args.preset}:0",
             device=args.device,
             store=store,
