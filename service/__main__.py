@@ -1,5 +1,6 @@
 """``lookaside-serve`` / ``python -m service``: settings from the environment (``LOOKASIDE_*``,
-``.env``) and the command line, then uvicorn on ``host:port``; prints the URL to use."""
+``.env``) and the command line, then uvicorn on ``host:port``; prints the URL to use (with the
+port the OS picked for ``--port 0``)."""
 
 from __future__ import annotations
 
@@ -42,18 +43,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     service_logging.configure(settings.log_format, settings.log_level)
     app = create_app(settings)
-    print(  # noqa: T201
-        f"Lookaside serving on {settings.url} (docs: {settings.url}/docs, "
-        f"ready: {settings.url}/readyz)",
-        flush=True,
-    )
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_config=None,
         timeout_graceful_shutdown=max(int(settings.request_timeout_s), 1),
     )
+    # Bind first, so the printed URL has the real port (``--port 0``: the one the OS picked).
+    sock = config.bind_socket()
+    url = settings.model_copy(update={"port": int(sock.getsockname()[1])}).url
+    print(  # noqa: T201
+        f"Lookaside serving on {url} (docs: {url}/docs, ready: {url}/readyz)", flush=True
+    )
+    uvicorn.Server(config).run(sockets=[sock])
     return 0
 
 

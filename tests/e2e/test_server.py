@@ -264,3 +264,59 @@ def test_kill9_during_an_upload_leaves_only_what_was_acknowledged(start: Any, st
     assert [v["version"] for v in r.json()["versions"]] == [1]
     leftovers = [p.name for p in (store / "esc50").iterdir() if p.name.startswith(".")]
     assert leftovers == []
+
+
+def test_port_0_prints_the_port_the_os_picked(tmp_path: Path) -> None:
+    """``python -m service --port 0`` binds first and prints the real URL, which then answers."""
+    env = {
+        **os.environ,
+        "LOOKASIDE_BACKBONE": BACKBONE,
+        "LOOKASIDE_DEVICE": "cpu",
+        "LOOKASIDE_STORE": str(tmp_path / "store"),
+        "LOOKASIDE_ADMIN_TOKEN": ADMIN,
+        "OMP_NUM_THREADS": "1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "--port", "0", "--host", "127.0.0.1"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    drain = threading.Thread(target=proc.stdout.read, daemon=True)
+    try:
+        seen: list[str] = []
+        url = None
+        deadline = time.monotonic() + 120
+        while url is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            assert line, "server exited before printing its URL:\n" + "".join(seen)
+            seen.append(line)
+            if "serving on http://" in line:
+                url = line.split("serving on ", 1)[1].split(" ", 1)[0]
+        assert url is not None, "".join(seen)
+        host, _, port = url.removeprefix("http://").rpartition(":")
+        assert host == "127.0.0.1", url
+        assert port.isdigit(), url
+        assert int(port) > 0, url
+        drain.start()  # keep the pipe drained
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, "server exited:\n" + "".join(seen)
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"{url} never became ready")
+        assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(30)
+        if drain.is_alive():
+            drain.join(10)
+        proc.stdout.close()
