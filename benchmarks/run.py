@@ -8,6 +8,10 @@ Suites:
 - ``backbone``: ViT-B/16 on 256 tokens (a 5 s clip, 512 frames) at each batch size, clips/s in
   fp32 and bf16 autocast, and peak memory (CUDA: allocator peak; CPU: peak RSS growth sampled
   during the timed runs).
+- ``lora_site``: milliseconds one LoRA site (8 adapters mixed per row, or one for the batch) adds
+  to a block's qkv linear, ours against PEFT's LoRA layer (:mod:`benchmarks.lora_site`): a
+  measurement short enough to repeat many times, so it separates costs that whole-model clips/s
+  on a shared machine cannot.
 - ``bank``: milliseconds to add one adapter as the bank fills (must stay flat), and to remove.
 - ``adapters``: batch 8, fp32 and bf16, backbone-only clips/s and the ratio to it with (a) one
   LoAA 2 % adapter for the whole batch, (b) 8 adapters of 8 different methods, (c) 8 adapters of
@@ -40,7 +44,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from benchmarks import peer_peft
+from benchmarks import lora_site, peer_peft
 from lookaside.adapters import HeadConfig
 from lookaside.adapters.bank import AdapterBank
 from lookaside.backbone import VisionTransformer
@@ -443,6 +447,32 @@ def _interleaved(
     return results
 
 
+def suite_lora_site(
+    device: torch.device, iters: int, preset: str = DEFAULT_PRESET, batch: int = 8
+) -> list[Result]:
+    """Milliseconds a LoRA site adds to one block's qkv linear: ours vs PEFT (lora_site.py)."""
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        print("lora_site skipped: peft is not installed (pip install -e '.[dev]')", flush=True)
+        return []
+    cfg = PRESETS[preset]
+    grid = cfg.grid_for(MEL, FRAMES)
+    rounds = max(iters, 1) * 6  # short timings: many rounds cost little
+    stats = lora_site.lora_site_overhead(cfg, grid, device, rounds, batch)
+    results = []
+    for name, (med, q1, q3) in stats.items():
+        r = Result("lora_site", name, batch, "fp32", med, "ms", 0.0, None, q1, q3, rounds=rounds)
+        what = "ms (the linear)" if name == "linear_alone" else "ms added to the linear"
+        print(
+            f"{name:>18} batch {batch} fp32: {med:7.3f} {what} [{q1:.3f}, {q3:.3f}] "
+            f"(x{cfg.depth} blocks: {cfg.depth * med:.1f} ms per forward)",
+            flush=True,
+        )
+        results.append(r)
+    return results
+
+
 def suite_bank(device: torch.device, preset: str = DEFAULT_PRESET, count: int = 48) -> list[Result]:
     """Cost of loading adapters into the bank as it fills (it must not grow with the count).
 
@@ -484,7 +514,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--suite", choices=["backbone", "adapters", "bank", "all"], default="all")
+    parser.add_argument(
+        "--suite", choices=["backbone", "adapters", "lora_site", "bank", "all"], default="all"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--dtypes", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
@@ -529,6 +561,8 @@ def main(argv: list[str] | None = None) -> None:
             peer=not args.no_peer,
             variants=args.variants,
         )
+    if args.suite in ("lora_site", "all"):
+        results += suite_lora_site(device, args.iters, args.preset)
     if args.suite in ("bank", "all"):
         results += suite_bank(device, args.preset)
     print(f"load average at the end {_load()}", flush=True)

@@ -41,6 +41,8 @@ def test_harness_runs_every_suite_and_writes_json(tmp_path: Path) -> None:
         for variant in variants:
             assert ("adapters", variant, dtype) in names
     assert ("bank", "add_last8", "fp32") in names
+    for variant in ("linear_alone", "ours_8_mixed", "ours_1_whole_batch", "peft_8_mixed"):
+        assert ("lora_site", variant, "fp32") in names
     adapters = [r for r in results if r["suite"] == "adapters"]
     assert all(r["ratio"] > 0 and r["ratio_q1"] <= r["ratio"] <= r["ratio_q3"] for r in adapters)
     assert all(r["value_q1"] <= r["value"] <= r["value_q3"] for r in adapters)
