@@ -6,13 +6,16 @@ rows in the engine and never with audio rows."""
 from __future__ import annotations
 
 import asyncio
+import random
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import torch
+import torch.nn.functional as F
 
+from lookaside.adapters import HeadConfig
 from lookaside.adapters.bank import AdapterBank
 from lookaside.backbone import VisionTransformer
 from lookaside.checkpoint import AdapterCheckpoint
@@ -20,10 +23,13 @@ from lookaside.features import FeatureConfig
 from lookaside.model import MultiAdapterModel
 from lookaside.video import av_inputs, decode_video
 from service.engine import Engine
-from tests.av_synth import wav_bytes
+from tests.av_synth import Second, wav_bytes
 from tests.integration.service.av_support import (
     AV_FEATURES,
     AV_LABELS,
+    BLUE,
+    GREY,
+    RED,
     SECONDS,
     av_checkpoint,
     clip_bytes,
@@ -293,3 +299,75 @@ def test_av_rows_batch_with_av_rows_and_never_with_audio_rows(
             (ref,) = model(audio[i : i + 1], ["ref"])
             assert ref is not None
             torch.testing.assert_close(out[0], ref.float(), atol=1e-5, rtol=1e-4)
+
+
+# -- a briefly trained adapter finds the switches ------------------------------------------------
+EVENT_SECONDS = {"Bark": Second(RED, 440.0), "Flute": Second(BLUE, 2600.0)}
+LAYOUT = ["background"] * 2 + ["Bark"] * 3 + ["background"] * 2 + ["Flute"] * 2 + ["background"]
+"""The test video: Bark during [2, 5) s, Flute during [7, 9) s."""
+
+
+def _video_of(layout: list[str]) -> bytes:
+    return clip_bytes([EVENT_SECONDS.get(label, Second(GREY, None)) for label in layout])
+
+
+def _trained(backbone: VisionTransformer, segments: int) -> AdapterCheckpoint:
+    """AV-PEA trained for a few dozen full-batch steps on random layouts (library only)."""
+    rng = random.Random(0)
+    layouts = []
+    for _ in range(6):
+        layout = ["background"] * 10
+        for label in rng.sample(list(EVENT_SECONDS), 2):
+            start = rng.randint(0, 8)
+            end = min(10, start + rng.randint(2, 4))
+            layout[start:end] = [label] * (end - start)
+        layouts.append(layout)
+    size = backbone.cfg.image_size
+    inputs = [
+        av_inputs(decode_video(_video_of(lay), frame_size=size), AV_FEATURES, size)
+        for lay in layouts
+    ]
+    spec = torch.stack([s for s, _ in inputs]).reshape(-1, segments, *inputs[0][0].shape[1:])
+    pixels = torch.stack([p for _, p in inputs]).reshape(-1, segments, 3, *size)
+    target = torch.tensor([AV_LABELS.index(lab) for lay in layouts for lab in lay])
+    bank = AdapterBank.for_backbone(backbone, trainable=True)
+    bank.add("t", "avpea", {"temporal_heads": 2, "segments": segments}, HeadConfig(num_classes=3))
+    model = MultiAdapterModel(backbone, bank)
+    opt = torch.optim.Adam(bank.trainable_parameters("t"), lr=5e-3)
+    for _ in range(20):
+        loss = F.cross_entropy(model.logits_av(spec, pixels, "t").flatten(0, 1), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return AdapterCheckpoint.from_bank(
+        bank,
+        "t",
+        name="trained",
+        version=1,
+        task="synthetic events",
+        task_type="multiclass",
+        labels=AV_LABELS,
+        features=AV_FEATURES,
+        backbone=backbone,
+    )
+
+
+def test_a_trained_adapter_finds_the_events_at_the_right_seconds(
+    tmp_path: Path, backbone: VisionTransformer
+) -> None:
+    torch.manual_seed(0)
+    put_in_store(tmp_path, _trained(backbone, segments=5))  # a 10 s clip runs as 2 windows
+
+    async def main() -> dict[str, Any]:
+        async with serve(settings(tmp_path), backbone) as (_, client):
+            r = await post_av(client, _video_of(LAYOUT), "trained")
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        return body
+
+    body = asyncio.run(main())
+    assert [s["label"] for s in body["seconds"]] == LAYOUT
+    assert [(e["start_s"], e["end_s"], e["label"]) for e in body["events"]] == [
+        (2, 5, "Bark"),
+        (7, 9, "Flute"),
+    ]
