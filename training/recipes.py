@@ -196,10 +196,10 @@ RECIPES: dict[str, Recipe] = {
         ),
         _r(
             "ave-avpea",
-            "AV-PEA (ICLR 2024 submission) Table 1, row 'AV-PEA (ViT-B/16)' on AVE (per-second "
-            "accuracy); §4: frozen ViT-B/16 pre-trained on ImageNet-21K, lr 3e-4, D = 8 d, gates "
-            "from zero. The paper trains inside CMBS and gives no epochs, batch size or "
-            "optimizer: Adam, 30 epochs, batch 16 are ours - tune them on validation.",
+            "AV-PEA paper (anonymous, under review) Table 1, row 'AV-PEA (ViT-B/16)' on AVE "
+            "(per-second accuracy); §4: frozen ViT-B/16 pre-trained on ImageNet-21K, lr 3e-4, "
+            "D = 8 d, gates from zero. The paper trains inside CMBS and gives no epochs, batch "
+            "size or optimizer: Adam, 30 epochs, batch 16 are ours - tune them on validation.",
             dataset="ave",
             method="avpea",
             reduction=8,
