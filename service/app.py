@@ -177,13 +177,29 @@ async def _start_registry(
 
 
 async def _warm_up(state: AppState, engine: Engine, backbone: VisionTransformer) -> None:
-    """One batch per token grid in use, so the first request does not pay for lazy init."""
+    """One batch per token grid in use (and one one-second window per audio-visual grid), so the
+    first request does not pay for lazy init."""
     grids: dict[tuple[int, int], str | None] = {}
+    av_grids: dict[tuple[int, int], str] = {}
     for adapter_id in engine.resident():
         manifest = _manifest_of(state, adapter_id)
-        if manifest is not None and not get_method(manifest.method).audio_visual:
-            f = manifest.features
-            grids.setdefault((f.target_frames, f.num_mel_bins), adapter_id)
+        if manifest is None:
+            continue
+        grid = (manifest.features.target_frames, manifest.features.num_mel_bins)
+        if get_method(manifest.method).audio_visual:
+            av_grids.setdefault(grid, adapter_id)
+        else:
+            grids.setdefault(grid, adapter_id)
+    height, width = backbone.cfg.image_size
+    for (frames, mel), av_id in av_grids.items():
+        fut = engine.submit_av(
+            torch.zeros(1, 1, frames, mel),
+            torch.zeros(1, 1, 3, height, width),
+            av_id,
+            request_id="warm-up",
+            timeout_s=600.0,
+        )
+        await asyncio.wrap_future(fut)
     if not grids:
         grids[(backbone.cfg.num_frames, backbone.cfg.num_mel_bins)] = None
     for (frames, mel), warm_id in grids.items():
