@@ -19,6 +19,7 @@ from typing import Any
 
 from lookaside.errors import LookasideError
 from training.args import TrainArgs, build_args, field_docs, load_yaml, method_fields
+from training.datasets import AV_DATASETS
 from training.recipes import RECIPES, get_recipe
 
 _EPILOG = "recipes: " + ", ".join(RECIPES)
@@ -122,6 +123,7 @@ def cmd_evaluate(ns: argparse.Namespace) -> int:
         fixed["backbone"] = manifest.backbone.source
     args = _train_args(ns, **fixed)
     res, ckpt, labels = evaluate_dir(ns.checkpoint, args, ns.split)
+    unit = "seconds" if args.dataset in AV_DATASETS else "clips"  # AVE: scored per second
     _say(
         _table(
             [
@@ -133,11 +135,11 @@ def cmd_evaluate(ns: argparse.Namespace) -> int:
                 ]
                 for r in per_class(res.confusion, labels)
             ],
-            ["class", "clips", "recall", "precision"],
+            ["class", unit, "recall", "precision"],
         )
     )
     _say(
-        f"{ckpt.manifest.id} on {ns.split} ({res.count} clips): "
+        f"{ckpt.manifest.id} on {ns.split} ({res.count} {unit}): "
         f"top-1 {100 * res.accuracy:.2f} % (accuracy {res.accuracy!r}, loss {res.loss!r}), "
         f"mAP {res.mean_ap:.4f}"
     )

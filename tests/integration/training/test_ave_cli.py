@@ -121,7 +121,7 @@ def test_evaluate_prints_the_number_in_the_manifest(
     )
     assert rc == 0
     text = capsys.readouterr().out
-    found = re.search(r"\((\d+) clips\): top-1 [\d.]+ % \(accuracy ([\d.e-]+)", text)
+    found = re.search(r"\((\d+) seconds\): top-1 [\d.]+ % \(accuracy ([\d.e-]+)", text)
     assert found, text
     assert int(found.group(1)) == COUNTS["test"] * 10  # seconds
     assert float(found.group(2)) == load_manifest(run_dir).metrics["test_accuracy"]
