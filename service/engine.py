@@ -21,7 +21,9 @@ job arrived. Jobs of other grids stay queued for the next batch. A job whose row
 
 Audio-visual jobs (:class:`AvJob`, ``POST /av-event``) share the queue and the worker: a row is one
 window of one-second segments, the grid is ``(segments, frames, mel)``, so AV rows batch with each
-other (mixing AV adapters) and run the two-stream forward, while audio batches form without them.
+other (mixing AV adapters) and run the two-stream forward, while audio batches form without them;
+right after an AV batch, the oldest waiting audio job goes first, so an AV stream never holds audio
+rows back for more than one forward.
 
 Failure isolation: if a forward raises, every job of that batch is retried alone, so only the
 culprit fails (:class:`~service.errors.EngineFailure`, logged with its trace); the engine keeps
@@ -179,6 +181,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="lookaside-loader")
         self.batches_run = 0
+        self._last_batch_av = False
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -417,6 +420,17 @@ class Engine:
             except BaseException as exc:  # handed to the caller, never kills the worker
                 cmd.future.set_exception(exc)
 
+    def _first_job(self) -> Job:
+        """The job whose grid the next batch takes: the oldest, except that right after an AV
+        batch the oldest audio job goes first, so audio rows never wait behind more than one AV
+        forward (and AV rows, behind more than one audio batch). Call with the lock held."""
+        oldest = self._queue[0]
+        if self._last_batch_av and isinstance(oldest, AvJob):
+            for job in self._queue:
+                if not isinstance(job, AvJob):
+                    return job
+        return oldest
+
     def _matches(self, job: Job, first: Job) -> bool:
         if job.grid != first.grid:
             return False
@@ -432,7 +446,8 @@ class Engine:
                 return None
             if not self._queue or (self._stop and not self._drain):
                 return None
-            first = self._queue[0]
+            first = self._first_job()
+            self._last_batch_av = isinstance(first, AvJob)
             flush_at = first.enqueued + self.max_wait_s
             while not self._stop and not self._commands:
                 rows = sum(j.rows for j in self._queue if self._matches(j, first))

@@ -301,6 +301,33 @@ def test_av_rows_batch_with_av_rows_and_never_with_audio_rows(
             torch.testing.assert_close(out[0], ref.float(), atol=1e-5, rtol=1e-4)
 
 
+def test_after_an_av_batch_a_waiting_audio_job_goes_first(backbone: VisionTransformer) -> None:
+    """Two AV jobs of different window lengths (two AV batches) queued before an audio job: the
+    audio job runs between them, not after both."""
+    scene = av_checkpoint(backbone, "scene", 0)
+    snd = make_checkpoint(backbone, "snd", features=FeatureConfig(target_frames=64))
+    engine = Engine(backbone, device=torch.device("cpu"), max_batch_size=8, max_wait_ms=1.0)
+    for ckpt in (scene, snd):
+        engine.load_adapter(ckpt).result(timeout=30)
+    size = backbone.cfg.image_size
+    spec, pixels = av_inputs(decode_video(clip_bytes(), frame_size=size), AV_FEATURES, size)
+    order: list[str] = []
+    try:
+        jobs = {
+            "av 3 s": engine.submit_av(spec[None, :3], pixels[None, :3], scene.manifest.id),
+            "av 2 s": engine.submit_av(spec[None, :2], pixels[None, :2], scene.manifest.id),
+            "audio": engine.submit(torch.randn(1, 64, 128), snd.manifest.id),
+        }
+        for name, fut in jobs.items():
+            fut.add_done_callback(lambda _, n=name: order.append(n))  # type: ignore[misc]
+        engine.start()
+        for fut in jobs.values():
+            fut.result(timeout=60)
+    finally:
+        engine.stop()
+    assert order == ["av 3 s", "audio", "av 2 s"]
+
+
 # -- a briefly trained adapter finds the switches ------------------------------------------------
 EVENT_SECONDS = {"Bark": Second(RED, 440.0), "Flute": Second(BLUE, 2600.0)}
 LAYOUT = ["background"] * 2 + ["Bark"] * 3 + ["background"] * 2 + ["Flute"] * 2 + ["background"]
