@@ -137,7 +137,6 @@ class TrainArgs:
         self.method_config = dict(self.method_config)
         self.adapter_config()  # validate now, with the method's own message
 
-
     def _check_modality(self) -> None:
         """Audio-visual methods train on audio-visual datasets only, and the other way round."""
         av_method = get_method(self.method).audio_visual
