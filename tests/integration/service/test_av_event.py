@@ -328,6 +328,30 @@ def test_after_an_av_batch_a_waiting_audio_job_goes_first(backbone: VisionTransf
     assert order == ["av 3 s", "audio", "av 2 s"]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_av_jobs_on_cuda_equal_the_cpu_reference(backbone: VisionTransformer) -> None:
+    """The pinned-staging, non-blocking copy path of AV jobs (frames and spectrograms)."""
+    scene = av_checkpoint(backbone, "scene", 0)
+    engine = Engine(tiny_av().to("cuda"), device=torch.device("cuda"), max_wait_ms=1.0)
+    engine.load_adapter(scene).result(timeout=60)
+    size = backbone.cfg.image_size
+    spec, pixels = av_inputs(decode_video(clip_bytes(), frame_size=size), AV_FEATURES, size)
+    spec, pixels = spec[:6].reshape(2, 3, *spec.shape[1:]), pixels[:6].reshape(2, 3, 3, *size)
+    engine.start()
+    try:
+        out = engine.submit_av(spec, pixels, scene.manifest.id).result(timeout=60)
+    finally:
+        engine.stop()
+    assert out.device.type == "cpu"
+    bank = AdapterBank.for_backbone(backbone, capacity=1)
+    scene.load_into(bank, "ref")
+    model = MultiAdapterModel(backbone, bank).eval()
+    with torch.inference_mode():
+        ref = model.logits_av(spec, pixels, "ref")
+    # TF32 convolutions on CUDA: close, not bit-equal.
+    torch.testing.assert_close(out, ref.float(), atol=2e-3, rtol=2e-3)
+
+
 # -- a briefly trained adapter finds the switches ------------------------------------------------
 EVENT_SECONDS = {"Bark": Second(RED, 440.0), "Flute": Second(BLUE, 2600.0)}
 LAYOUT = ["background"] * 2 + ["Bark"] * 3 + ["background"] * 2 + ["Flute"] * 2 + ["background"]
