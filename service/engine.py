@@ -293,9 +293,17 @@ class Engine:
         return fut
 
     def load_adapter(
-        self, checkpoint: AdapterCheckpoint, adapter_id: str | None = None
+        self,
+        checkpoint: AdapterCheckpoint,
+        adapter_id: str | None = None,
+        *,
+        validated: bool = False,
     ) -> Future[None]:
-        """Load a validated checkpoint into the bank as ``adapter_id`` (default ``name@version``).
+        """Load a checkpoint into the bank as ``adapter_id`` (default ``name@version``).
+
+        ``validated=True``: ``checkpoint`` came from ``load_checkpoint`` /
+        ``validate_checkpoint_bytes`` (every value already scanned), so the bank skips its own
+        finite scan (``AdapterBank.load(..., validated=True)``); names and shapes are still checked.
 
         The bank's slot lifecycle (CONTRACTS §A), so traffic never waits on the copy:
         reserve a free slot on the worker between batches (a full stack is grown there, where no
@@ -319,7 +327,7 @@ class Engine:
 
         def copy(reservation: Reservation) -> None:
             try:
-                self.bank.load(reservation, checkpoint.tensors)
+                self.bank.load(reservation, checkpoint.tensors, validated=validated)
             except BaseException as exc:
                 self.call(lambda: self.bank.abort(reservation))
                 fail(exc)

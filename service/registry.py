@@ -45,6 +45,7 @@ eviction; its exceptions are logged and swallowed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import logging
@@ -59,7 +60,7 @@ from typing import Literal, Protocol
 from lookaside.backbone import VisionTransformer
 from lookaside.checkpoint import AdapterCheckpoint, AdapterManifest
 from lookaside.errors import AdapterNotFound, BankFull
-from service.errors import ServiceError
+from service.errors import RequestTimeout, ServiceError
 from service.store import NAME_PATTERN, AdapterStore, PutResult, format_versions
 
 __all__ = [
@@ -90,9 +91,12 @@ class AdapterUnavailable(ServiceError):
 class EngineAdapters(Protocol):
     """What the registry needs of the engine (``service.engine.Engine`` provides it)."""
 
-    def load_adapter(self, checkpoint: AdapterCheckpoint) -> Future[None]:
-        """Copy a validated checkpoint into a free bank slot between batches; id ``name@version``.
+    def load_adapter(
+        self, checkpoint: AdapterCheckpoint, *, validated: bool = False
+    ) -> Future[None]:
+        """Copy a checkpoint into a free bank slot between batches; id ``name@version``.
 
+        ``validated=True`` says every value was already scanned (the bank skips its finite scan).
         The future fails with :class:`BankFull` when the adapter's stack has no free slot.
         """
         ...
@@ -301,22 +305,48 @@ class AdapterRegistry:
             )
         raise AdapterNotFound(f"unknown adapter {name!r}; {self.store.describe(name)}")
 
-    async def acquire(self, ref: str, *, count: bool = True) -> Lease:
+    async def acquire(
+        self,
+        ref: str,
+        *,
+        count: bool = True,
+        timeout: float | None = None,
+        checkpoint: AdapterCheckpoint | None = None,
+    ) -> Lease:
         """Resolve ``ref``, load it if needed (waiting for the load) and lease it.
 
         Args:
             ref: ``name`` or ``name@version``.
             count: count it as a request of that version (False for internal uses).
+            timeout: most seconds to wait for a load (the request's remaining time); past it
+                :class:`RequestTimeout` (504) is raised and the load goes on for later requests.
+            checkpoint: ``ref``'s version already validated in memory (an upload being
+                activated): loaded from it instead of reading and validating the store's copy.
 
         Raises:
             AdapterNotFound: nothing stored matches ``ref``.
             AdapterUnavailable: it could not be loaded now (retry later).
+            RequestTimeout: the load took longer than ``timeout``.
         """
         name, version = self.resolve(ref)
-        done = self._lease(name, version, count=count)
+        if checkpoint is not None and checkpoint.manifest.id != adapter_id(name, version):
+            raise ValueError(f"checkpoint {checkpoint.manifest.id} handed in for {ref!r}")
+        done = self._lease(name, version, count=count, checkpoint=checkpoint)
         try:
-            # shield: a waiter cancelled (client gone, timeout) must not cancel the shared load
-            manifest = await asyncio.shield(asyncio.wrap_future(done))
+            if done.done() and not done.cancelled() and done.exception() is None:
+                manifest = done.result()  # resident: no wait, no timer (the hot path)
+            else:
+                # shield: a waiter cancelled (client gone, timeout) must not cancel the shared load
+                manifest = await asyncio.wait_for(
+                    asyncio.shield(asyncio.wrap_future(done)),
+                    None if timeout is None else max(timeout, 0.0),
+                )
+        except TimeoutError:
+            self._release(adapter_id(name, version))
+            raise RequestTimeout(
+                f"adapter {adapter_id(name, version)} was still loading when the request "
+                "timed out; retry shortly (the load goes on) or raise LOOKASIDE_REQUEST_TIMEOUT_S"
+            ) from None
         except BaseException:  # failed load, or the request was cancelled while waiting
             self._release(adapter_id(name, version))
             raise
@@ -333,7 +363,14 @@ class AdapterRegistry:
             raise
         return Lease(self, manifest)
 
-    def _lease(self, name: str, version: int, *, count: bool) -> Future[AdapterManifest]:
+    def _lease(
+        self,
+        name: str,
+        version: int,
+        *,
+        count: bool,
+        checkpoint: AdapterCheckpoint | None = None,
+    ) -> Future[AdapterManifest]:
         """Take a lease on ``name@version`` (starting its load if needed); its readiness."""
         aid = adapter_id(name, version)
         with self._lock:
@@ -343,7 +380,7 @@ class AdapterRegistry:
                     f"{aid} was deleted and is being unloaded; retry in a moment"
                 )
             if entry is None or entry.state == "failed":
-                entry = self._start_load_locked(name, version, entry)
+                entry = self._start_load_locked(name, version, entry, checkpoint)
             entry.leases += 1
             entry.last_used = next(self._clock)
             if count:
@@ -368,25 +405,32 @@ class AdapterRegistry:
                 self._shrink_locked()
 
     # -- loading -------------------------------------------------------------------------------
-    def _start_load_locked(self, name: str, version: int, old: _Entry | None) -> _Entry:
+    def _start_load_locked(
+        self,
+        name: str,
+        version: int,
+        old: _Entry | None,
+        checkpoint: AdapterCheckpoint | None = None,
+    ) -> _Entry:
         entry = _Entry(name=name, version=version, state="loading", done=Future())
         if old is not None:  # a failed version: keep its history visible until it succeeds
             entry.reason = old.reason
             del self._entries[old.id]
         self._shrink_locked(room_for=1)
         self._entries[entry.id] = entry
-        self._pool.submit(self._load, entry)
+        self._pool.submit(self._load, entry, checkpoint)
         return entry
 
-    def _load(self, entry: _Entry) -> None:
-        """Loader thread: read + validate the checkpoint, then hand it to the engine."""
+    def _load(self, entry: _Entry, given: AdapterCheckpoint | None = None) -> None:
+        """Loader thread: read + validate the checkpoint (unless ``given``, validated by the
+        upload that is being activated), then hand it to the engine."""
         start = time.perf_counter()
         try:
             with self._lock:
                 pending = self._unloading.get(entry.id)
             if pending is not None:  # the same id is still being unloaded: let it finish first
                 pending.result()
-            ckpt = self.store.load(entry.name, entry.version, backbone=self.backbone)
+            ckpt = given or self.store.load(entry.name, entry.version, backbone=self.backbone)
             entry.stack = _stack_key(ckpt.manifest)
             self._load_into_engine(entry, ckpt)
         except BaseException as exc:
@@ -410,7 +454,8 @@ class AdapterRegistry:
         """``engine.load_adapter``; on :class:`BankFull` evict an idle same-stack version, retry."""
         while True:
             try:
-                self.engine.load_adapter(ckpt).result()
+                # every checkpoint here was validated (store.put / store.load): no second scan
+                self.engine.load_adapter(ckpt, validated=True).result()
                 return
             except BankFull as exc:
                 with self._lock:
@@ -500,34 +545,44 @@ class AdapterRegistry:
     async def upload(
         self, manifest_bytes: bytes, weights_bytes: bytes, *, activate: bool = False
     ) -> PutResult:
-        """Store an upload (validated first); with ``activate``, load it and make it live."""
+        """Store an upload (validated first); with ``activate``, load it and make it live.
+
+        With ``activate`` the answer means servable: the version is resident (loaded from the
+        upload's validated tensors in memory, not read back and validated again) and active,
+        including a first version that the store made active on its own.
+        """
         result = await asyncio.to_thread(
             self.store.put, manifest_bytes, weights_bytes, backbone=self.backbone
         )
-        if activate and not result.active:
-            try:
-                await self.activate(result.name, result.version)
-            except AdapterUnavailable as exc:
-                raise AdapterUnavailable(
-                    f"stored as {result.name}@{result.version} but not activated: {exc}; retry "
-                    f"with POST /adapters/{result.name}/activate"
-                ) from exc
-            return PutResult(result.name, result.version, result.created, True, result.manifest)
-        return result
+        if not activate:
+            return result
+        try:
+            await self.activate(result.name, result.version, checkpoint=result.checkpoint)
+        except AdapterUnavailable as exc:
+            state = "active but not loaded" if result.active else "not activated"
+            raise AdapterUnavailable(
+                f"stored as {result.name}@{result.version} ({state}): {exc}; retry with "
+                f"POST /adapters/{result.name}/activate"
+            ) from exc
+        return dataclasses.replace(result, active=True)
 
-    async def activate(self, name: str, version: int) -> None:
+    async def activate(
+        self, name: str, version: int, *, checkpoint: AdapterCheckpoint | None = None
+    ) -> None:
         """Hot swap: load ``name@version``, then flip the store's pointer to it.
 
         Requests admitted before the flip finish on the version they hold; the old version stays
         resident (idle) until evicted. If the load fails, the pointer does not move.
+        ``checkpoint``: that version already validated in memory (see :meth:`acquire`).
         """
         if version not in self.store.versions(name):
             raise AdapterNotFound(
                 f"unknown adapter '{name}@{version}'; {self.store.describe(name)}"
             )
-        lease = await self.acquire(adapter_id(name, version), count=False)
+        lease = await self.acquire(adapter_id(name, version), count=False, checkpoint=checkpoint)
         try:
-            await asyncio.to_thread(self.store.activate, name, version)
+            if self.store.active(name) != version:  # a pointer write is two fsyncs
+                await asyncio.to_thread(self.store.activate, name, version)
         finally:
             lease.release()
         log.info("activated %s@%d", name, version)

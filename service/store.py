@@ -40,7 +40,7 @@ import re
 import shutil
 import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lookaside.backbone import VisionTransformer
@@ -109,6 +109,9 @@ class PutResult:
     """Whether ``version`` is the active version after the call."""
     manifest: AdapterManifest
     """The manifest as stored (``version`` set by the store)."""
+    checkpoint: AdapterCheckpoint | None = field(default=None, repr=False, compare=False)
+    """The upload as validated (stored manifest + its tensors in host memory), so the registry
+    can load it without reading and validating it again; None where nothing was validated."""
 
 
 def format_versions(versions: list[int], active: int | None) -> str:
@@ -217,7 +220,8 @@ class AdapterStore:
             IncompatibleBackbone: the manifest names another backbone fingerprint.
             InvalidCheckpoint: anything else is wrong (the message lists what).
         """
-        manifest = self._validate(manifest_bytes, weights_bytes, backbone)
+        ckpt = self._validate(manifest_bytes, weights_bytes, backbone)
+        manifest = ckpt.manifest
         name = manifest.name
         with self._lock:
             name_dir = self.root / name
@@ -227,7 +231,14 @@ class AdapterStore:
                 if activate:
                     write_file_atomic(name_dir / ACTIVE_FILE, f"{same}\n".encode("ascii"))
                 stored = self.manifest(name, same)
-                return PutResult(name, same, False, self.active(name) == same, stored)
+                return PutResult(
+                    name,
+                    same,
+                    False,
+                    self.active(name) == same,
+                    stored,
+                    AdapterCheckpoint(stored, ckpt.tensors),
+                )
 
             version = max([self._last(name_dir), *existing, 0]) + 1
             stored = manifest.model_copy(update={"version": version})
@@ -239,7 +250,14 @@ class AdapterStore:
             write_file_atomic(name_dir / LAST_FILE, f"{version}\n".encode("ascii"))
             if activate or self.active(name) is None:
                 write_file_atomic(name_dir / ACTIVE_FILE, f"{version}\n".encode("ascii"))
-            return PutResult(name, version, True, self.active(name) == version, stored)
+            return PutResult(
+                name,
+                version,
+                True,
+                self.active(name) == version,
+                stored,
+                AdapterCheckpoint(stored, ckpt.tensors),
+            )
 
     def activate(self, name: str, version: int) -> None:
         """Make ``name@version`` the active version (rollback = activating an older one)."""
@@ -304,7 +322,7 @@ class AdapterStore:
     # -- helpers -------------------------------------------------------------------------------
     def _validate(
         self, manifest_bytes: bytes, weights_bytes: bytes, backbone: VisionTransformer
-    ) -> AdapterManifest:
+    ) -> AdapterCheckpoint:
         """The upload parsed and checked by lookaside.checkpoint; raises before any write."""
         for what, data, limit in (
             ("manifest", manifest_bytes, self.max_manifest_bytes),
@@ -317,10 +335,9 @@ class AdapterStore:
                 )
         if not weights_bytes:
             raise InvalidCheckpoint("the weights file is empty; upload adapter.safetensors")
-        ckpt = validate_checkpoint_bytes(
+        return validate_checkpoint_bytes(
             manifest_bytes, weights_bytes, backbone=backbone, limits=self.limits
         )
-        return ckpt.manifest
 
     def _identical_version(
         self, name: str, versions: list[int], manifest: AdapterManifest

@@ -37,7 +37,7 @@ from lookaside.adapters.head import AdapterHead, HeadConfig
 from lookaside.adapters.route import RouteGroup, RowRoute, SlotIndex, index_tensor
 from lookaside.adapters.stack import AdapterStack
 from lookaside.backbone import BackboneConfig
-from lookaside.checkpoint.validate import tensor_problems
+from lookaside.checkpoint.validate import nonfinite_names, tensor_problems
 from lookaside.errors import AdapterNotFound, BankFull, ConfigError, InvalidCheckpoint
 from lookaside.sites import TokenLayout
 
@@ -268,13 +268,23 @@ class AdapterBank(nn.Module):
             return reservation
 
     def load(
-        self, reservation: Reservation, tensors: Mapping[str, Tensor] | None, *, seed: int = 0
+        self,
+        reservation: Reservation,
+        tensors: Mapping[str, Tensor] | None,
+        *,
+        seed: int = 0,
+        validated: bool = False,
     ) -> None:
         """Write one adapter into its reserved slot (any thread; the slot is not routable yet).
 
         ``tensors`` (checkpoint names, ``head.*`` included) are checked for names, shapes, dtype
         and finite values before anything is written; ``None`` initialises a fresh adapter from
         ``seed`` (sites first, then the head, from one CPU generator).
+
+        ``validated=True`` skips only the finite-value scan (names and shapes are still checked):
+        pass it for the tensors of an :class:`~lookaside.checkpoint.AdapterCheckpoint` that
+        ``load_checkpoint`` / ``validate_checkpoint_bytes`` produced, which already scanned every
+        value; the default keeps the scan for tensors of unknown origin.
 
         Raises:
             InvalidCheckpoint: the tensors do not fit; the reservation stays (abort it).
@@ -292,7 +302,7 @@ class AdapterBank(nn.Module):
                     stack.init_slot(reservation.slot, generator)
                 head.reset_parameters(generator)
             else:
-                self._check_tensors(stack, reservation.head_config, tensors)
+                self._check_tensors(stack, reservation.head_config, tensors, finite=not validated)
                 self._copy_in(reservation, stack, head, tensors)
         except BaseException:
             reservation.state = "reserved"
@@ -702,7 +712,12 @@ class AdapterBank(nn.Module):
         return slots
 
     def _check_tensors(
-        self, stack: AdapterStack | None, head: HeadConfig, tensors: Mapping[str, Tensor]
+        self,
+        stack: AdapterStack | None,
+        head: HeadConfig,
+        tensors: Mapping[str, Tensor],
+        *,
+        finite: bool = True,
     ) -> None:
         expected = dict(stack.slot_shapes()) if stack is not None else {}
         expected.update({HEAD_PREFIX + k: s for k, s in head.shapes(self._dim).items()})
@@ -711,11 +726,9 @@ class AdapterBank(nn.Module):
             for n, t in tensors.items()
         }
         problems = tensor_problems(expected, found)
-        problems += [
-            f"{n} contains NaN or Inf"
-            for n in sorted(set(expected) & set(tensors))
-            if tensors[n].is_floating_point() and not torch.isfinite(tensors[n]).all()
-        ]
+        if finite:  # every value of the expected tensors (a sum per tensor first)
+            known = {n: tensors[n] for n in expected if n in tensors}
+            problems += [f"{n} contains NaN or Inf" for n in nonfinite_names(known)]
         if problems:
             raise InvalidCheckpoint("adapter tensors do not fit: " + "; ".join(problems))
 

@@ -46,6 +46,10 @@ ADAPTERS_KEY = "lookaside.adapters"
 """Scope key of the adapter names a request resolved (the metrics middleware labels by them)."""
 _MULTIPART_SLACK = 64 * 1024  # multipart headers and boundaries around the file
 _RAW_TYPES = ("audio/", "video/", "application/octet-stream")
+_TIMEOUT_MESSAGE = (
+    "the request was not answered within the request timeout; retry, send fewer "
+    "adapters per request, or raise LOOKASIDE_REQUEST_TIMEOUT_S"
+)
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "unknown adapter or version (lists what exists)"},
@@ -118,13 +122,15 @@ async def classify(
     assert state.registry is not None
     try:
         for ref in refs:
-            leases.append(await state.registry.acquire(ref))
+            # a load on demand counts against the request's timeout (504; the load goes on)
+            leases.append(await state.registry.acquire(ref, timeout=deadline - time.monotonic()))
         request.scope[ADAPTERS_KEY] = [lease.manifest.name for lease in leases]
         _refuse_audio_visual(leases)
         configs = [lease.manifest.features for lease in leases]
         feats: Featurized = await _in_pool(
             state.featurize_pool,
             lambda: featurize(data, configs, max_seconds=settings.max_audio_seconds),
+            deadline=deadline,
         )
         state.metrics.safe(lambda: state.metrics.featurize.observe(feats.seconds))
         assert state.engine is not None
@@ -265,12 +271,28 @@ def _parse_top_k(form_value: str | None, query_value: int | None) -> int:
     return int(form_value)
 
 
-async def _in_pool(pool: Any, fn: Callable[[], T]) -> T:
-    """Run ``fn`` in the featurize pool with the request's context (its log lines keep the id)."""
+async def _in_pool(pool: Any, fn: Callable[[], T], *, deadline: float | None = None) -> T:
+    """Run ``fn`` in the featurize pool with the request's context (its log lines keep the id).
+
+    With ``deadline`` (``time.monotonic()``), waiting in the pool's queue counts against the
+    request's timeout: past it the request answers 504 and its work is dropped if it has not
+    started, so an overloaded pool never works for clients that already gave up.
+    """
     ctx = contextvars.copy_context()
     loop = asyncio.get_running_loop()
-    result: Awaitable[T] = loop.run_in_executor(pool, ctx.run, fn)
-    return await result
+
+    def run() -> T:
+        if deadline is not None and time.monotonic() > deadline:
+            raise RequestTimeout(_TIMEOUT_MESSAGE)  # dequeued too late: skip the work
+        return ctx.run(fn)
+
+    result: Awaitable[T] = loop.run_in_executor(pool, run)
+    if deadline is None:
+        return await result
+    try:
+        return await asyncio.wait_for(result, max(deadline - time.monotonic(), 0.0))
+    except TimeoutError:
+        raise RequestTimeout(_TIMEOUT_MESSAGE) from None
 
 
 async def _gather(futures: list[Future[Tensor]], timeout: float) -> list[Tensor]:
@@ -278,10 +300,7 @@ async def _gather(futures: list[Future[Tensor]], timeout: float) -> list[Tensor]
     try:
         return list(await asyncio.wait_for(asyncio.gather(*wrapped), max(timeout, 0.0)))
     except TimeoutError:
-        raise RequestTimeout(
-            "the request was not answered within the request timeout; retry, send fewer "
-            "adapters per request, or raise LOOKASIDE_REQUEST_TIMEOUT_S"
-        ) from None
+        raise RequestTimeout(_TIMEOUT_MESSAGE) from None
 
 
 # -- output ---------------------------------------------------------------------------------------

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
+import torch
 
 from lookaside.adapters import HeadConfig
 from lookaside.adapters.bank import AdapterBank
@@ -19,6 +21,7 @@ from lookaside.backbone import VisionTransformer
 from lookaside.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, AdapterCheckpoint
 from lookaside.errors import AdapterNotFound, BankFull
 from lookaside.features import FeatureConfig
+from service.errors import RequestTimeout
 from service.registry import AdapterRegistry, AdapterUnavailable, parse_ref
 from service.store import AdapterStore
 from tests.support import randomise
@@ -62,10 +65,15 @@ class FakeEngine:
         self.fail: dict[str, Exception] = {}
         self.stack_capacity = stack_capacity
         self.lock = threading.Lock()
+        self.handed: list[tuple[AdapterCheckpoint, bool]] = []
+        """Every checkpoint load_adapter was given, with its ``validated`` flag."""
 
-    def load_adapter(self, checkpoint: AdapterCheckpoint) -> Future[None]:
+    def load_adapter(
+        self, checkpoint: AdapterCheckpoint, *, validated: bool = False
+    ) -> Future[None]:
         future: Future[None] = Future()
         aid = checkpoint.manifest.id
+        self.handed.append((checkpoint, validated))
 
         def run() -> None:
             self.gate.wait(10)
@@ -448,6 +456,73 @@ def test_upload_with_activate_swaps_to_the_new_version(
         assert (again.version, again.created, again.active) == (2, False, True)
 
     run(main)
+    registry.close()
+
+
+def test_upload_with_activate_loads_the_validated_upload_without_reading_it_back(
+    store: AdapterStore,
+    tiny_backbone: VisionTransformer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    engine = FakeEngine()
+    registry = registry_of(store, engine, tiny_backbone)
+    reads: list[tuple[str, int]] = []
+    store_load = store.load
+
+    def counted(name: str, version: int, *, backbone: VisionTransformer) -> AdapterCheckpoint:
+        reads.append((name, version))
+        return store_load(name, version, backbone=backbone)
+
+    monkeypatch.setattr(store, "load", counted)
+
+    async def main() -> None:
+        result = await registry.upload(*make_upload(tiny_backbone, "b", seed=9), activate=True)
+        assert (result.version, result.active) == (2, True)
+        first = await registry.upload(*make_upload(tiny_backbone, "e", seed=10), activate=True)
+        # a first version is active at once in the store; with activate it is also resident
+        assert (first.version, first.active) == (1, True)
+        assert sorted(engine.bank) == ["b@2", "e@1"]
+        await touch(registry, "c")  # an ordinary load on demand reads the store
+
+    run(main)
+    assert reads == [("c", 1)]  # the two activated uploads were never read back
+    handed = {ckpt.manifest.id: (ckpt, validated) for ckpt, validated in engine.handed}
+    assert all(validated for _, validated in handed.values())  # no second finite scan
+    b2, _ = handed["b@2"]
+    assert b2.manifest == store.manifest("b", 2)  # the store's version, not the uploaded one
+    on_disk = store_load("b", 2, backbone=tiny_backbone).tensors
+    assert sorted(b2.tensors) == sorted(on_disk)
+    for name, tensor in on_disk.items():
+        assert torch.equal(b2.tensors[name], tensor), name
+    registry.close()
+
+
+def test_a_load_slower_than_the_request_timeout_answers_504_and_goes_on(
+    store: AdapterStore, tiny_backbone: VisionTransformer
+) -> None:
+    engine = FakeEngine()
+    registry = registry_of(store, engine, tiny_backbone)
+
+    async def main() -> None:
+        engine.gate.clear()  # the load of b@1 is held
+        started = time.monotonic()
+        with pytest.raises(RequestTimeout, match="b@1 was still loading") as caught:
+            await registry.acquire("b", timeout=0.2)
+        assert caught.value.status_code == 504
+        assert time.monotonic() - started < 5.0
+        (status,) = registry.status("b")
+        assert (status.state, status.in_flight) == ("loading", 0)  # its lease is given back
+        with pytest.raises(RequestTimeout):
+            await registry.acquire("b", timeout=0.0)  # no time left at all: same answer
+        engine.gate.set()
+        lease = await registry.acquire("b", timeout=5.0)  # the same load finished meanwhile
+        assert lease.adapter_id == "b@1"
+        lease.release()
+
+    run(main)
+    assert engine.log.count(("load", "b@1")) == 1  # one load for all three requests
+    (status,) = registry.status("b")
+    assert (status.state, status.in_flight, status.requests) == ("ready", 0, 3)
     registry.close()
 
 

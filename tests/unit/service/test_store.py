@@ -143,6 +143,26 @@ def test_identical_reupload_returns_the_existing_version(
     assert store.put(relabeled, upload[1], backbone=tiny_backbone).version == 3
 
 
+def test_put_hands_back_the_validated_checkpoint_as_stored(
+    store: AdapterStore,
+    tiny_backbone: VisionTransformer,
+    upload: tuple[bytes, bytes],
+    upload2: tuple[bytes, bytes],
+) -> None:
+    """What the registry loads an activated upload from, instead of reading it back."""
+    store.put(*upload, backbone=tiny_backbone)
+    for result in (
+        store.put(*upload2, backbone=tiny_backbone),  # written now
+        store.put(*upload2, backbone=tiny_backbone),  # identical: nothing written
+    ):
+        assert result.checkpoint is not None
+        assert result.checkpoint.manifest == store.manifest("esc50", 2) == result.manifest
+        on_disk = store.load("esc50", 2, backbone=tiny_backbone).tensors
+        assert sorted(result.checkpoint.tensors) == sorted(on_disk)
+        for name, tensor in on_disk.items():
+            assert torch.equal(result.checkpoint.tensors[name], tensor), name
+
+
 def test_later_versions_are_activated_only_when_asked(
     store: AdapterStore,
     tiny_backbone: VisionTransformer,
