@@ -17,12 +17,12 @@ version without ``force``, 413 too large, 422 invalid checkpoint, 503 cannot loa
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import Message
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from lookaside.checkpoint import AdapterManifest
 from lookaside.errors import AdapterNotFound
@@ -245,19 +245,19 @@ async def _read_upload(request: Request, limit: int) -> tuple[bytes, bytes]:
         )
     body_limit = limit + DEFAULT_MAX_MANIFEST_BYTES + _MULTIPART_SLACK
     body = await _read_body(request, body_limit, limit)
-    sent = False
 
-    async def replay() -> Message:
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
+    async def stream() -> AsyncIterator[bytes]:
+        yield body
 
+    # Starlette's parser, but the file parts stay in memory (the body is already bounded and
+    # read): its default spools parts over 1 MB to disk and reads them back, ~40 % of the
+    # route's time for an 8 MB adapter.
+    parser = MultiPartParser(request.headers, stream(), max_files=2, max_fields=2)
+    parser.spool_max_size = len(body) + 1
     try:
-        form = await Request(request.scope, replay).form(max_files=2, max_fields=2)
-    except StarletteHTTPException as exc:
-        raise BadRequest(f"malformed multipart body: {exc.detail}") from None
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise BadRequest(f"malformed multipart body: {exc.message}") from None
     try:
         parts = {}
         for field, what in (("manifest", "manifest.json"), ("weights", "adapter.safetensors")):
