@@ -185,3 +185,30 @@ def test_waiting_for_the_featurize_pool_counts_against_the_timeout(
             assert r.status_code == 200, r.text
 
     asyncio.run(main())
+
+
+def test_upload_parts_parsed_in_memory_still_refuse_malformed_bodies(
+    tmp_path: Path, svc_backbone: VisionTransformer
+) -> None:
+    manifest, _ = checkpoint_bytes(make_checkpoint(svc_backbone, "esc50", seed=9))
+
+    async def main() -> None:
+        cfg = settings(tmp_path / "store", warmup=False)
+        async with serve(cfg, svc_backbone) as (_, client):
+            for content_type, body in (
+                ("multipart/form-data", b"no boundary"),
+                ("multipart/form-data; boundary=xyz", b"--xyz\r\nnot a part header\r\n\r\n"),
+            ):
+                r = await client.post(
+                    "/adapters", content=body, headers={**AUTH, "Content-Type": content_type}
+                )
+                assert r.status_code == 422, r.text  # BadRequest
+                assert "malformed multipart body" in r.json()["detail"]
+            # a file part over Starlette's 1 MB spool size is read from memory and validated
+            junk = bytes(range(256)) * (8 * 1024)  # 2 MiB
+            files = {"manifest": ("manifest.json", manifest), "weights": ("a.safetensors", junk)}
+            r = await client.post("/adapters", files=files, headers=AUTH)
+            assert r.status_code == 422, r.text
+            assert (await client.get("/adapters")).json()["adapters"] == []
+
+    asyncio.run(main())
