@@ -17,7 +17,7 @@ version without ``force``, 413 too large, 422 invalid checkpoint, 503 cannot loa
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -246,7 +246,7 @@ async def _read_upload(request: Request, limit: int) -> tuple[bytes, bytes]:
     body_limit = limit + DEFAULT_MAX_MANIFEST_BYTES + _MULTIPART_SLACK
     body = await _read_body(request, body_limit, limit)
 
-    async def stream() -> AsyncIterator[bytes]:
+    async def stream() -> AsyncGenerator[bytes, None]:
         yield body
 
     # Starlette's parser, but the file parts stay in memory (the body is already bounded and
