@@ -10,10 +10,15 @@ Rules:
   until its answer is built (``lease = await registry.acquire(ref)`` ... ``lease.release()``).
   A leased version is never evicted or unloaded, so a hot swap or a delete never pulls an adapter
   from under queued or running rows; the request finishes on the version it started with.
-- Load on demand: a request for a non-resident version waits for its load; requests for other
-  adapters keep flowing. Reading and validating the checkpoint (disk, sha256, header, host
-  tensors) runs on the registry's loader threads; the engine then copies the host tensors into a
-  free slot between batches (``engine.load_adapter``).
+- Load on demand: a request for a non-resident version waits for its load, at most its remaining
+  request time (then 504; the load goes on for later requests); requests for other adapters keep
+  flowing. Reading and validating the checkpoint (disk, sha256, header, host tensors) runs on the
+  registry's loader threads; the engine then copies the host tensors into a free slot between
+  batches (``engine.load_adapter``).
+- Validate once: an upload activated at once (``upload(..., activate=True)``) is loaded from the
+  :class:`AdapterCheckpoint` the store validated in memory, not read back and validated again,
+  and the bank skips its own finite scan for every checkpoint handed over here
+  (``validated=True``: each came from ``store.put`` or ``store.load``).
 - The resident limit is a target: when every resident version is leased or pinned, a load goes
   ahead above the limit and the registry evicts back down as leases are released. If the bank
   itself has no free slot (:class:`BankFull`), an idle version of the same stack is evicted and
