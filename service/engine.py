@@ -180,6 +180,9 @@ class Engine:
         self._drain = True
         self._thread: threading.Thread | None = None
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="lookaside-loader")
+        self._pending_loads = 0  # reserved, not yet published or aborted (worker thread only)
+        self._parked: list[Callable[[], None]] = []
+        """Loads waiting for a pending one to settle before their full stack can grow."""
         self.batches_run = 0
         self._last_batch_av = False
 
@@ -321,29 +324,50 @@ class Engine:
                 done.set_exception(exc)
 
         def publish(reservation: Reservation) -> None:
-            self.bank.publish(reservation)
+            try:
+                self.bank.publish(reservation)
+            finally:
+                self._load_settled()
             log.info("loaded adapter %s in %.1f ms", target, (time.perf_counter() - started) * 1e3)
             done.set_result(None)
+
+        def abort(reservation: Reservation) -> None:
+            try:
+                self.bank.abort(reservation)
+            finally:
+                self._load_settled()
 
         def copy(reservation: Reservation) -> None:
             try:
                 self.bank.load(reservation, checkpoint.tensors, validated=validated)
             except BaseException as exc:
-                self.call(lambda: self.bank.abort(reservation))
+                self.call(lambda: abort(reservation))
                 fail(exc)
                 return
             _chain(self.call(lambda: publish(reservation)), fail)
 
         def reserve() -> None:
-            reservation = self._reserve(checkpoint, target)
+            try:
+                reservation = self._reserve(checkpoint, target)
+            except _GrowLater:  # retried once the pending load publishes or aborts
+                self._parked.append(lambda: _chain(self.call(reserve), fail))
+                return
+            self._pending_loads += 1
             try:
                 self._loader.submit(copy, reservation)
             except RuntimeError as exc:  # loader shut down: the engine is stopping
-                self.bank.abort(reservation)
+                abort(reservation)
                 fail(NotReady(f"the engine is stopping: {exc}"))
 
         _chain(self.call(reserve), fail)
         return done
+
+    def _load_settled(self) -> None:
+        """A load published or aborted (worker): retry the loads parked behind it."""
+        self._pending_loads -= 1
+        parked, self._parked = self._parked, []
+        for retry in parked:
+            retry()
 
     def unload_adapter(self, adapter_id: str) -> Future[None]:
         """Remove an adapter between batches (unroutable at once; its slot is zeroed and reused
@@ -367,6 +391,8 @@ class Engine:
         try:
             return self.bank.reserve(adapter_id, manifest.method, manifest.config, head)
         except BankFull:
+            if self._pending_loads:  # the bank refuses to grow a stack with a load pending
+                raise _GrowLater() from None
             config = manifest.adapter_config()
             capacity = 2 * max(self._capacity(manifest.method, config), 1)
             self.bank.grow(manifest.method, config, capacity)  # between batches: no route holds it
@@ -410,6 +436,9 @@ class Engine:
         with self._cond:
             self._closed = True  # call() refuses from now on; what it accepted is applied below
         self._apply_commands()
+        parked, self._parked = self._parked, []
+        for retry in parked:  # call() now refuses: each parked load fails with NotReady
+            retry()
 
     def _finished(self) -> bool:
         with self._cond:
@@ -609,6 +638,10 @@ class Engine:
         for job in left:
             if job.future.set_running_or_notify_cancel():
                 job.future.set_exception(NotReady("the server shut down before this request ran"))
+
+
+class _GrowLater(Exception):
+    """A full stack cannot grow while a load into the bank is pending: park and retry."""
 
 
 def _chain(step: Future[Any], fail: Callable[[BaseException], None]) -> None:

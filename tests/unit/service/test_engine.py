@@ -3,8 +3,11 @@ queue limits, deadlines, draining, and bank changes between batches."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
+from typing import Any
 
 import pytest
 import torch
@@ -229,3 +232,72 @@ def test_loads_grow_a_full_stack_and_unloads_free_it(
             eng.load_adapter(b).result(timeout=30)
     finally:
         eng.stop()
+
+
+def test_concurrent_loads_into_a_full_stack_wait_for_the_pending_one(
+    backbone: VisionTransformer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stack cannot grow while a load into it is pending; the second load must wait for that
+    load's publish and then grow, not fail (it did: 'a load into the lora stack is pending')."""
+    eng = _engine(backbone, bank_capacity=1)
+    copy = eng.bank.load
+    copying = threading.Event()
+
+    def slow_copy(*args: Any, **kw: Any) -> None:
+        copying.set()
+        time.sleep(0.3)  # the first copy is still running when the others reserve
+        copy(*args, **kw)
+
+    monkeypatch.setattr(eng.bank, "load", slow_copy)
+    eng.start()
+    try:
+        ckpts = [
+            make_checkpoint(backbone, n, method="lora", seed=30 + i) for i, n in enumerate("abc")
+        ]
+        first = eng.load_adapter(ckpts[0])
+        assert copying.wait(10)
+        others = [eng.load_adapter(c) for c in ckpts[1:]]
+        for fut in (first, *others):
+            fut.result(timeout=30)
+        assert sorted(eng.resident()) == ["a@1", "b@1", "c@1"]
+        for i, ckpt in enumerate(ckpts):
+            out = eng.submit(_feats(1, seed=40 + i), ckpt.manifest.id).result(timeout=60)
+            torch.testing.assert_close(
+                out[0], _reference(backbone, ckpt, _feats(1, seed=40 + i)[0]), atol=2e-5, rtol=1e-4
+            )
+    finally:
+        eng.stop()
+
+
+def test_a_load_parked_behind_a_pending_one_fails_at_stop_instead_of_hanging(
+    backbone: VisionTransformer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    eng = _engine(backbone, bank_capacity=1)
+    copy = eng.bank.load
+    copying = threading.Event()
+    release = threading.Event()
+
+    def held_copy(*args: Any, **kw: Any) -> None:
+        copying.set()
+        release.wait(30)
+        copy(*args, **kw)
+
+    monkeypatch.setattr(eng.bank, "load", held_copy)
+    eng.start()
+    first = eng.load_adapter(make_checkpoint(backbone, "a", method="lora", seed=50))
+    assert copying.wait(10)
+    parked = eng.load_adapter(make_checkpoint(backbone, "b", method="lora", seed=51))
+    stopper = threading.Thread(target=eng.stop)
+    stopper.start()
+    for _ in range(200):  # the worker stops at once; stop() then waits for the held copy
+        if not eng.alive:
+            break
+        time.sleep(0.05)
+    assert not eng.alive
+    release.set()
+    stopper.join(30)
+    assert not stopper.is_alive()
+    with pytest.raises(NotReady):
+        parked.result(timeout=10)
+    with pytest.raises(NotReady):  # its publish came after the worker stopped
+        first.result(timeout=10)
