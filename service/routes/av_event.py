@@ -165,7 +165,8 @@ async def av_event(
     image_size = state.backbone.cfg.image_size
 
     futures: list[Future[Tensor]] = []
-    lease: Lease = await state.registry.acquire(ref)
+    # a load on demand counts against the request's timeout (504; the load goes on)
+    lease: Lease = await state.registry.acquire(ref, timeout=deadline - time.monotonic())
     try:
         manifest = lease.manifest
         request.scope[ADAPTERS_KEY] = [manifest.name]
@@ -178,6 +179,7 @@ async def av_event(
         clip: AvClip = await _in_pool(
             state.featurize_pool,
             lambda: featurize_av(video, audio, features, image_size, limits),
+            deadline=deadline,  # waiting in the pool counts against the timeout too
         )
         state.metrics.safe(lambda: state.metrics.featurize.observe(clip.featurize_s))
         segments = int(getattr(manifest.adapter_config(), "segments", clip.seconds))

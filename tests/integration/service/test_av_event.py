@@ -256,6 +256,18 @@ async def _request_errors_name_the_fix(store: Path, backbone: VisionTransformer)
     assert len(by_query.json()["seconds"]) == 2
 
 
+def test_past_the_request_timeout_is_504(store: Path, backbone: VisionTransformer) -> None:
+    async def main() -> httpx.Response:
+        async with serve(settings(store, request_timeout_s=0.001), backbone) as (_, client):
+            # the active version is resident (preloaded): the featurize wait runs out
+            response: httpx.Response = await post_av(client, clip_bytes(), "scene")
+            return response
+
+    r = asyncio.run(main())
+    assert r.status_code == 504, r.text
+    assert "LOOKASIDE_REQUEST_TIMEOUT_S" in r.json()["detail"]
+
+
 def test_av_rows_batch_with_av_rows_and_never_with_audio_rows(
     backbone: VisionTransformer,
 ) -> None:
