@@ -268,6 +268,24 @@ def test_past_the_request_timeout_is_504(store: Path, backbone: VisionTransforme
     assert "LOOKASIDE_REQUEST_TIMEOUT_S" in r.json()["detail"]
 
 
+def test_queue_full_is_429_with_retry_after(store: Path, backbone: VisionTransformer) -> None:
+    video = clip_bytes(SECONDS[:3])
+
+    async def main() -> list[httpx.Response]:
+        # one queued job at a time, and the batcher waits 2.5 s for more rows: the rest overflow
+        cfg = settings(store, queue_capacity=1, max_wait_ms=2500, max_batch_size=64)
+        async with serve(cfg, backbone) as (_, client):
+            return list(await asyncio.gather(*[post_av(client, video) for _ in range(4)]))
+
+    rs = asyncio.run(main())
+    codes = sorted(r.status_code for r in rs)
+    assert 200 in codes, codes
+    assert 429 in codes, codes
+    full = next(r for r in rs if r.status_code == 429)
+    assert full.headers["retry-after"] == "1"
+    assert "LOOKASIDE_QUEUE_CAPACITY" in full.json()["detail"]
+
+
 def test_av_rows_batch_with_av_rows_and_never_with_audio_rows(
     backbone: VisionTransformer,
 ) -> None:
