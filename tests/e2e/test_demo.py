@@ -47,7 +47,8 @@ def _answers(out: str) -> dict[str, list[str]]:
 def test_demo_trains_serves_and_answers_then_restarts_fast(tmp_path: Path) -> None:
     first = _demo(tmp_path)
     assert "random frozen weights" in first
-    assert "-m training train" in first and "-m training push" in first
+    assert "-m training train" in first
+    assert "-m training push" in first
     for adapter in ("tones@1", "noises@1"):
         assert adapter in first, first
     answers = _answers(first)
@@ -60,4 +61,5 @@ def test_demo_trains_serves_and_answers_then_restarts_fast(tmp_path: Path) -> No
 
     second = _demo(tmp_path)  # the store is reused: no training this time
     assert "-m training train" not in second
-    assert "tones@1" in second and "noises@1" in second
+    assert "tones@1" in second
+    assert "noises@1" in second
