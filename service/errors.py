@@ -19,6 +19,7 @@ from lookaside.errors import (
     AdapterNotFound,
     BadAudio,
     BadVideo,
+    BankFull,
     ConfigError,
     IncompatibleBackbone,
     InvalidCheckpoint,
@@ -45,7 +46,8 @@ class ServiceError(LookasideError):
 
 
 class PayloadTooLarge(ServiceError):
-    """The request body is over ``max_upload_bytes``."""
+    """The request body is over ``max_media_bytes`` (clips, videos) or ``max_upload_bytes``
+    (adapters)."""
 
     status_code = 413
 
@@ -102,7 +104,7 @@ def status_of(exc: LookasideError) -> int:
         return 409
     if isinstance(exc, InvalidCheckpoint | ConfigError):
         return 422
-    if type(exc).__name__ == "BankFull":  # lookaside.errors.BankFull: no free slot right now
+    if isinstance(exc, BankFull):  # no free slot right now: retry shortly
         return 503
     return 500
 

@@ -337,16 +337,19 @@ class AdapterRegistry:
         if checkpoint is not None and checkpoint.manifest.id != adapter_id(name, version):
             raise ValueError(f"checkpoint {checkpoint.manifest.id} handed in for {ref!r}")
         done = self._lease(name, version, count=count, checkpoint=checkpoint)
+        waiter: asyncio.Future[AdapterManifest] | None = None
         try:
             if done.done() and not done.cancelled() and done.exception() is None:
                 manifest = done.result()  # resident: no wait, no timer (the hot path)
             else:
                 # shield: a waiter cancelled (client gone, timeout) must not cancel the shared load
+                waiter = asyncio.wrap_future(done)
                 manifest = await asyncio.wait_for(
-                    asyncio.shield(asyncio.wrap_future(done)),
-                    None if timeout is None else max(timeout, 0.0),
+                    asyncio.shield(waiter), None if timeout is None else max(timeout, 0.0)
                 )
         except TimeoutError:
+            if waiter is not None:  # nobody awaits the load now: retrieve its outcome, quietly
+                waiter.add_done_callback(_retrieve)
             self._release(adapter_id(name, version))
             raise RequestTimeout(
                 f"adapter {adapter_id(name, version)} was still loading when the request "
@@ -720,3 +723,10 @@ def _by_name(counts: Counter[str]) -> dict[str, int]:
 def _stack_key(manifest: AdapterManifest) -> str:
     """Adapters share a bank stack when method and normalised config are equal."""
     return manifest.method + ":" + json.dumps(manifest.config, sort_keys=True)
+
+
+def _retrieve(future: asyncio.Future[AdapterManifest]) -> None:
+    """Mark a load's outcome as seen (a failed load nobody waits for is not an asyncio error:
+    the registry already records it as the version's ``failed`` state)."""
+    if not future.cancelled():
+        future.exception()

@@ -60,8 +60,11 @@ class ServiceSettings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0.0)
     """A request not answered within this many seconds gets 504 (its queued rows are dropped)."""
     max_upload_bytes: int = Field(128 * 1024 * 1024, ge=1)
-    """Largest uploaded file accepted (an audio clip, or an adapter's weights: a 10 % LoAA ViT-B
-    adapter is ~35 MB); beyond it: 413."""
+    """Largest adapter upload accepted (``POST /adapters``, admin only: a 10 % LoAA ViT-B adapter's
+    weights are ~35 MB); beyond it: 413."""
+    max_media_bytes: int = Field(32 * 1024 * 1024, ge=1)
+    """Largest audio or video request body of ``/classify`` and ``/av-event`` (anyone may send
+    these, so it is smaller than the adapter limit); beyond it: 413."""
     max_audio_seconds: float = Field(600.0, gt=0.0)
     """Longest audio clip accepted; beyond it: 413 (adapters may set a lower limit)."""
     max_video_seconds: float = Field(120.0, gt=0.0)

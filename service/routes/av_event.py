@@ -150,7 +150,7 @@ async def av_event(
     started = time.monotonic()
     state.require_ready()
     settings = state.settings
-    video, audio, form_adapter = await _read_upload(request, settings.max_upload_bytes)
+    video, audio, form_adapter = await _read_upload(request, settings.max_media_bytes)
     ref = _parse_ref(form_adapter or adapter)
     deadline = started + settings.request_timeout_s
     assert state.registry is not None
@@ -250,7 +250,7 @@ async def _read_upload(request: Request, limit: int) -> tuple[bytes, bytes | Non
             if len(data) > limit:
                 raise PayloadTooLarge(
                     f"the {name} file is {len(data)} bytes, over the limit of {limit} bytes; send "
-                    "a shorter clip or raise LOOKASIDE_MAX_UPLOAD_BYTES"
+                    "a shorter clip or raise LOOKASIDE_MAX_MEDIA_BYTES"
                 )
             parts[name] = data
         video = parts["video"]

@@ -112,7 +112,7 @@ async def classify(
     started = time.monotonic()
     state.require_ready()
     settings = state.settings
-    data, form_adapter, form_top_k = await _read_clip(request, settings.max_upload_bytes)
+    data, form_adapter, form_top_k = await _read_clip(request, settings.max_media_bytes)
     refs = _parse_refs(form_adapter or adapter)
     k = _parse_top_k(form_top_k, top_k)
     deadline = started + settings.request_timeout_s
@@ -170,7 +170,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
     if declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(
             f"the body is {int(declared)} bytes, over the limit of {limit} bytes; send a shorter "
-            "clip or raise LOOKASIDE_MAX_UPLOAD_BYTES"
+            "clip or raise LOOKASIDE_MAX_MEDIA_BYTES"
         )
     chunks: list[bytes] = []
     size = 0
@@ -179,7 +179,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
         if size > limit:
             raise PayloadTooLarge(
                 f"the body is over the limit of {limit} bytes; send a shorter clip or raise "
-                "LOOKASIDE_MAX_UPLOAD_BYTES"
+                "LOOKASIDE_MAX_MEDIA_BYTES"
             )
         chunks.append(chunk)
     return b"".join(chunks)
@@ -227,7 +227,7 @@ async def _parse_multipart(
         if len(data) > limit:
             raise PayloadTooLarge(
                 f"the file is {len(data)} bytes, over the limit of {limit} bytes; send a "
-                "shorter clip or raise LOOKASIDE_MAX_UPLOAD_BYTES"
+                "shorter clip or raise LOOKASIDE_MAX_MEDIA_BYTES"
             )
         adapter = form.get("adapter")
         top_k = form.get("top_k")

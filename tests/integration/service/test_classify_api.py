@@ -193,7 +193,7 @@ BAD: list[tuple[str, Callable[[], bytes], str, str, int, str]] = [
     ("truncated_wav", _truncated_wav, "x.wav", "esc50", 422, "truncated"),
     ("no_samples", _header_only_wav, "x.wav", "esc50", 422, "zero audio samples"),
     ("text_as_mp3", lambda: b"hello, this is not audio\n" * 40, "x.mp3", "esc50", 415, "audio"),
-    ("over_byte_limit", lambda: encode(8.0), "x.wav", "esc50", 413, "LOOKASIDE_MAX_UPLOAD_BYTES"),
+    ("over_byte_limit", lambda: encode(8.0), "x.wav", "esc50", 413, "LOOKASIDE_MAX_MEDIA_BYTES"),
     ("over_duration", lambda: encode(5.0, rate=8000), "x.wav", "esc50", 413, "the limit is 4 s"),
     ("unknown_adapter", lambda: encode(1.0), "x.wav", "nope", 404, "esc50, speech"),
     ("unknown_version", lambda: encode(1.0), "x.wav", "esc50@7", 404, "1, 2 (active: 2)"),
@@ -229,7 +229,7 @@ def test_bad_input_fails_alone_with_a_message(
         after = (await client.post("/classify?adapter=esc50", content=good, headers=_WAV)).json()
         assert before["results"] == after["results"]  # nothing the bad request did stayed behind
 
-    _run(tmp_path, svc_backbone, check, max_upload_bytes=200_000, max_audio_seconds=4.0)
+    _run(tmp_path, svc_backbone, check, max_media_bytes=200_000, max_audio_seconds=4.0)
 
 
 _WAV = {"Content-Type": "audio/wav"}
@@ -260,7 +260,7 @@ def test_request_shape_errors(
         r = await client.post("/classify?adapter=esc50", content=big * 100_000, headers=_WAV)
         assert r.status_code == 413
 
-    _run(tmp_path, svc_backbone, check, max_upload_bytes=100_000)
+    _run(tmp_path, svc_backbone, check, max_media_bytes=100_000)
 
 
 # -- overload, timeouts, readiness ------------------------------------------------------------

@@ -24,7 +24,10 @@ from tests.integration.service.svc_support import ADMIN, make_checkpoint, put_in
 def server(tmp_path: Path, svc_backbone: VisionTransformer) -> Iterator[str]:
     root = tmp_path / "store"
     put_in_store(root, make_checkpoint(svc_backbone, "esc50", method="lora", seed=1))
-    app = create_app(settings(root, port=0, max_upload_bytes=200_000), backbone=svc_backbone)
+    app = create_app(
+        settings(root, port=0, max_upload_bytes=200_000, max_media_bytes=200_000),
+        backbone=svc_backbone,
+    )
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)
