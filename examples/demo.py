@@ -35,8 +35,10 @@ import httpx
 import numpy as np
 import soundfile as sf
 
-BACKBONE = "random:test_vit"
-"""The demo backbone: a 4-block ViT with deterministic random frozen weights (offline)."""
+DEMO_BACKBONE = "random:test_vit"
+"""The default demo backbone: a 4-block ViT with deterministic random frozen weights (offline).
+``LOOKASIDE_BACKBONE`` (e.g. ``timm:vit_base_patch16_224.augreg_in21k``, needs network access) and
+``LOOKASIDE_DEVICE`` (``cuda``) run the same demo on a real backbone."""
 RATE = 16_000
 SECONDS = 1.0
 CLIPS_PER_CLASS = 24
@@ -123,7 +125,7 @@ def free_port(preferred: int) -> int:
     raise RuntimeError("no free TCP port on 127.0.0.1")
 
 
-def train(task: str, work: Path, env: dict[str, str]) -> Path:
+def train(task: str, work: Path, env: dict[str, str], backbone: str, device: str) -> Path:
     """Train one adapter with the real CLI; returns its ``<name>/<version>`` directory."""
     data = work / "data" / task
     if not data.exists():
@@ -131,9 +133,9 @@ def train(task: str, work: Path, env: dict[str, str]) -> Path:
     out = work / "trained"
     # fmt: off
     run([sys.executable, "-m", "training", "train", "--dataset", "folder", "--data-dir", str(data),
-         "--name", task, "--task", f"demo: synthetic {task}", "--backbone", BACKBONE,
+         "--name", task, "--task", f"demo: synthetic {task}", "--backbone", backbone,
          "--out", str(out), "--frames", "128", "--epochs", "6", "--batch-size", "16",
-         "--lr", "3e-3", "--seed", "0", "--device", "cpu", "--no-specaug",
+         "--lr", "3e-3", "--seed", "0", "--device", device, "--no-specaug",
          *METHODS[task]], env)
     # fmt: on
     versions = [p for p in (out / task).iterdir() if p.name.isdigit()]
@@ -193,18 +195,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     work: Path = args.work.resolve()
-    store = work / "store"
+    backbone = os.environ.get("LOOKASIDE_BACKBONE", DEMO_BACKBONE)
+    device = os.environ.get("LOOKASIDE_DEVICE", "cpu")
+    # Adapters only load on the backbone they were trained on: one store per backbone.
+    store = work / ("store" if backbone == DEMO_BACKBONE else "store-" + backbone.replace("/", "_"))
     token = os.environ.get("LOOKASIDE_ADMIN_TOKEN") or secrets.token_hex(16)
     env = {**os.environ, "LOOKASIDE_ADMIN_TOKEN": token, "PYTHONUNBUFFERED": "1"}
-    print(f"Demo backbone {BACKBONE}: random frozen weights, offline (not a pretrained model).")
+    if backbone == DEMO_BACKBONE:
+        print(f"Demo backbone {backbone}: random frozen weights, offline (not a pretrained model).")
+    else:
+        print(f"Demo backbone {backbone} on {device}.")
     missing = [t for t in TASKS if not (store / t).is_dir()]
-    trained = {task: train(task, work, env) for task in missing}
+    trained = {task: train(task, work, env, backbone, device) for task in missing}
 
     port = free_port(args.port)
     url = f"http://127.0.0.1:{port}"
     # fmt: off
     server = subprocess.Popen(
-        [sys.executable, "-m", "service", "--backbone", BACKBONE, "--store", str(store),
+        [sys.executable, "-m", "service", "--backbone", backbone, "--store", str(store),
          "--port", str(port), "--device", "cpu", "--max-wait-ms", "5", "--log-level", "warning"],
         env=env)
     # fmt: on

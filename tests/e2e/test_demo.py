@@ -14,7 +14,10 @@ ROOT = Path(__file__).parents[2]
 
 
 def _demo(work: Path) -> str:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LOOKASIDE_ADMIN_TOKEN": "demo-test-token"}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("LOOKASIDE_BACKBONE", "LOOKASIDE_DEVICE")
+    }
+    env.update({"HF_HUB_OFFLINE": "1", "LOOKASIDE_ADMIN_TOKEN": "demo-test-token"})
     proc = subprocess.run(
         [sys.executable, "-m", "examples.demo", "--work", str(work), "--exit-after-requests"],
         cwd=ROOT,
