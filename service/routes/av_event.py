@@ -22,8 +22,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import Message
 from torch import Tensor
 
 from lookaside.adapters import get_method
@@ -34,12 +32,11 @@ from service.deps import StateDep
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from service.logging import SCOPE_KEY
 from service.registry import Lease
-from service.routes.classify import ADAPTERS_KEY, _gather, _in_pool, _read_body
+from service.request_io import MULTIPART_SLACK, gather, in_pool, parse_form, read_body
+from service.routes.classify import ADAPTERS_KEY
 from service.schemas import ErrorBody
 
 router = APIRouter(tags=["av-event"])
-
-_MULTIPART_SLACK = 64 * 1024
 
 
 class SecondLabel(BaseModel):
@@ -176,7 +173,7 @@ async def av_event(
                 "to POST /classify, or name an audio-visual adapter (method avpea)"
             )
         features = manifest.features
-        clip: AvClip = await _in_pool(
+        clip: AvClip = await in_pool(
             state.featurize_pool,
             lambda: featurize_av(video, audio, features, image_size, limits),
             deadline=deadline,  # waiting in the pool counts against the timeout too
@@ -194,7 +191,7 @@ async def av_event(
                     timeout_s=max(deadline - time.monotonic(), 0.0),
                 )
             )
-        logits = await _gather(futures, deadline - time.monotonic())
+        logits = await gather(futures, deadline - time.monotonic())
     finally:
         for fut in futures:
             fut.cancel()  # no-op once running or done; drops rows of an abandoned request
@@ -223,20 +220,8 @@ async def _read_upload(request: Request, limit: int) -> tuple[bytes, bytes | Non
             "with a `video` part (and optionally an `audio` part and an `adapter` field), e.g. "
             "curl -F video=@clip.mp4 -F adapter=ave .../av-event"
         )
-    body = await _read_body(request, 2 * limit + _MULTIPART_SLACK)
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    try:
-        form = await Request(request.scope, replay).form(max_files=2, max_fields=8)
-    except StarletteHTTPException as exc:
-        raise BadRequest(f"malformed multipart body: {exc.detail}") from None
+    body = await read_body(request, 2 * limit + MULTIPART_SLACK)
+    form = await parse_form(request, body, max_files=2, max_fields=8)
     try:
         parts: dict[str, bytes | None] = {}
         for name in ("video", "audio"):

@@ -15,27 +15,29 @@ labels, and the clip-level ``labels`` are the **mean of the window scores**.
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import time
-from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from typing import Annotated, Any, TypeVar
 
 import torch
 from fastapi import APIRouter, Query, Request
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import Message
 from torch import Tensor
 
 from lookaside.adapters import get_method
 from lookaside.checkpoint import AdapterManifest
 from service.deps import StateDep
-from service.errors import BadRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
+from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from service.featurize import Featurized, featurize
 from service.logging import SCOPE_KEY
 from service.registry import Lease
+from service.request_io import (
+    MULTIPART_SLACK,
+    gather,
+    in_pool,
+    parse_form,
+    read_body,
+)
 from service.schemas import AdapterResult, ClassifyResponse, ErrorBody, LabelScore, Window
 
 router = APIRouter(tags=["classify"])
@@ -44,12 +46,7 @@ T = TypeVar("T")
 MAX_ADAPTERS_PER_REQUEST = 16
 ADAPTERS_KEY = "lookaside.adapters"
 """Scope key of the adapter names a request resolved (the metrics middleware labels by them)."""
-_MULTIPART_SLACK = 64 * 1024  # multipart headers and boundaries around the file
 _RAW_TYPES = ("audio/", "video/", "application/octet-stream")
-_TIMEOUT_MESSAGE = (
-    "the request was not answered within the request timeout; retry, send fewer "
-    "adapters per request, or raise LOOKASIDE_REQUEST_TIMEOUT_S"
-)
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "unknown adapter or version (lists what exists)"},
@@ -127,7 +124,7 @@ async def classify(
         request.scope[ADAPTERS_KEY] = [lease.manifest.name for lease in leases]
         _refuse_audio_visual(leases)
         configs = [lease.manifest.features for lease in leases]
-        feats: Featurized = await _in_pool(
+        feats: Featurized = await in_pool(
             state.featurize_pool,
             lambda: featurize(data, configs, max_seconds=settings.max_audio_seconds),
             deadline=deadline,
@@ -145,7 +142,7 @@ async def classify(
                     timeout_s=max(deadline - time.monotonic(), 0.0),
                 )
             )
-        logits = await _gather(futures, deadline - time.monotonic())
+        logits = await gather(futures, deadline - time.monotonic())
     finally:
         for fut in futures:
             fut.cancel()  # no-op once running or done; drops rows of an abandoned request
@@ -164,35 +161,14 @@ async def classify(
 
 
 # -- input ----------------------------------------------------------------------------------------
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it passes ``limit`` bytes."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(
-            f"the body is {int(declared)} bytes, over the limit of {limit} bytes; send a shorter "
-            "clip or raise LOOKASIDE_MAX_MEDIA_BYTES"
-        )
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(
-                f"the body is over the limit of {limit} bytes; send a shorter clip or raise "
-                "LOOKASIDE_MAX_MEDIA_BYTES"
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def _read_clip(request: Request, limit: int) -> tuple[bytes, str | None, str | None]:
     """(audio bytes, adapter form field, top_k form field) from multipart or a raw body."""
     content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith("multipart/form-data"):
-        body = await _read_body(request, limit + _MULTIPART_SLACK)
+        body = await read_body(request, limit + MULTIPART_SLACK)
         return await _parse_multipart(request, body, limit)
     if content_type.startswith(_RAW_TYPES):
-        return await _read_body(request, limit), None, None
+        return await read_body(request, limit), None, None
     raise UnsupportedMediaType(
         f"Content-Type {content_type or '(none)'!r} is not accepted: send multipart/form-data "
         "with a `file` part, or the raw clip as audio/* or application/octet-stream with "
@@ -203,19 +179,7 @@ async def _read_clip(request: Request, limit: int) -> tuple[bytes, str | None, s
 async def _parse_multipart(
     request: Request, body: bytes, limit: int
 ) -> tuple[bytes, str | None, str | None]:
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    try:
-        form = await Request(request.scope, replay).form(max_files=1, max_fields=8)
-    except StarletteHTTPException as exc:
-        raise BadRequest(f"malformed multipart body: {exc.detail}") from None
+    form = await parse_form(request, body, max_files=1, max_fields=8)
     try:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
@@ -269,38 +233,6 @@ def _parse_top_k(form_value: str | None, query_value: int | None) -> int:
     if not form_value.strip().isdigit() or not 1 <= int(form_value) <= 1000:
         raise BadRequest(f"top_k must be an integer from 1 to 1000, got {form_value!r}")
     return int(form_value)
-
-
-async def _in_pool(pool: Any, fn: Callable[[], T], *, deadline: float | None = None) -> T:
-    """Run ``fn`` in the featurize pool with the request's context (its log lines keep the id).
-
-    With ``deadline`` (``time.monotonic()``), waiting in the pool's queue counts against the
-    request's timeout: past it the request answers 504 and its work is dropped if it has not
-    started, so an overloaded pool never works for clients that already gave up.
-    """
-    ctx = contextvars.copy_context()
-    loop = asyncio.get_running_loop()
-
-    def run() -> T:
-        if deadline is not None and time.monotonic() > deadline:
-            raise RequestTimeout(_TIMEOUT_MESSAGE)  # dequeued too late: skip the work
-        return ctx.run(fn)
-
-    result: Awaitable[T] = loop.run_in_executor(pool, run)
-    if deadline is None:
-        return await result
-    try:
-        return await asyncio.wait_for(result, max(deadline - time.monotonic(), 0.0))
-    except TimeoutError:
-        raise RequestTimeout(_TIMEOUT_MESSAGE) from None
-
-
-async def _gather(futures: list[Future[Tensor]], timeout: float) -> list[Tensor]:
-    wrapped = [asyncio.wrap_future(f) for f in futures]
-    try:
-        return list(await asyncio.wait_for(asyncio.gather(*wrapped), max(timeout, 0.0)))
-    except TimeoutError:
-        raise RequestTimeout(_TIMEOUT_MESSAGE) from None
 
 
 # -- output ---------------------------------------------------------------------------------------

@@ -1,0 +1,103 @@
+"""Request plumbing the media routes share: bounded body reads, multipart parsing from memory,
+work in the featurize pool under the request's deadline, and waiting for engine results.
+
+The body is read once, bounded (413 as soon as it passes the limit), and the multipart form is
+parsed from those bytes in memory (no spooling to disk and reading back), so every route refuses an
+oversized or malformed upload the same way with the same words.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from fastapi import Request
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Message
+from torch import Tensor
+
+from service.errors import BadRequest, PayloadTooLarge, RequestTimeout
+
+T = TypeVar("T")
+
+MULTIPART_SLACK = 64 * 1024
+"""Bytes of multipart headers and boundaries allowed around the files."""
+TIMEOUT_MESSAGE = (
+    "the request was not answered within the request timeout; retry, send fewer "
+    "adapters per request, or raise LOOKASIDE_REQUEST_TIMEOUT_S"
+)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(
+            f"the body is {int(declared)} bytes, over the limit of {limit} bytes; send a shorter "
+            "clip or raise LOOKASIDE_MAX_MEDIA_BYTES"
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(
+                f"the body is over the limit of {limit} bytes; send a shorter clip or raise "
+                "LOOKASIDE_MAX_MEDIA_BYTES"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def parse_form(request: Request, body: bytes, *, max_files: int, max_fields: int) -> FormData:
+    """The multipart form of an already-read ``body`` (malformed: 422 with starlette's reason)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        return await Request(request.scope, replay).form(max_files=max_files, max_fields=max_fields)
+    except StarletteHTTPException as exc:
+        raise BadRequest(f"malformed multipart body: {exc.detail}") from None
+
+
+async def in_pool(pool: Any, fn: Callable[[], T], *, deadline: float | None = None) -> T:
+    """Run ``fn`` in the featurize pool with the request's context (its log lines keep the id).
+
+    With ``deadline`` (``time.monotonic()``), waiting in the pool's queue counts against the
+    request's timeout: past it the request answers 504 and its work is dropped if it has not
+    started, so an overloaded pool never works for clients that already gave up.
+    """
+    ctx = contextvars.copy_context()
+    loop = asyncio.get_running_loop()
+
+    def run() -> T:
+        if deadline is not None and time.monotonic() > deadline:
+            raise RequestTimeout(TIMEOUT_MESSAGE)  # dequeued too late: skip the work
+        return ctx.run(fn)
+
+    result: Awaitable[T] = loop.run_in_executor(pool, run)
+    if deadline is None:
+        return await result
+    try:
+        return await asyncio.wait_for(result, max(deadline - time.monotonic(), 0.0))
+    except TimeoutError:
+        raise RequestTimeout(TIMEOUT_MESSAGE) from None
+
+
+async def gather(futures: list[Future[Tensor]], timeout: float) -> list[Tensor]:
+    wrapped = [asyncio.wrap_future(f) for f in futures]
+    try:
+        return list(await asyncio.wait_for(asyncio.gather(*wrapped), max(timeout, 0.0)))
+    except TimeoutError:
+        raise RequestTimeout(TIMEOUT_MESSAGE) from None
