@@ -4,17 +4,13 @@ under it; labels equal the library's reference. Screenshot: ``build/test-artifac
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
-import uvicorn
 
 from service.app import create_app
-from tests.e2e.test_web_page import ARTIFACTS, _chromium, _Server
+from tests.e2e.browser_support import ARTIFACTS, chromium, serve_in_thread
 from tests.integration.service.av_support import (
     AV_BACKBONE,
     AV_LABELS,
@@ -35,24 +31,8 @@ def av_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, o
     put_in_store(store, av_checkpoint(backbone, "scene", seed=0))
     put_in_store(store, make_checkpoint(backbone, "snd", method="lora", seed=2))
     app = create_app(settings(store, backbone=AV_BACKBONE), backbone=backbone)
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on")
-    srv = _Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not (srv.started and srv.servers):
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the server did not start")
-        time.sleep(0.05)
-    port = srv.servers[0].sockets[0].getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    while httpx.get(f"{url}/readyz").status_code != 200:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the server did not become ready")
-        time.sleep(0.1)
-    yield url, backbone
-    srv.should_exit = True
-    thread.join(timeout=60)
+    with serve_in_thread(app) as url:
+        yield url, backbone
 
 
 def test_av_tab_shows_the_video_the_strip_and_the_events(
@@ -70,7 +50,7 @@ def test_av_tab_shows_the_video_the_strip_and_the_events(
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
             page.goto(url)

@@ -1,25 +1,18 @@
-"""The web page in a real headless browser: Debian's chromium driven by Playwright.
-
-Playwright's own browser download is not reachable here, so the test launches the system
-Chromium through ``executable_path``. Outside CI a missing Chromium skips with the reason; in CI
-(``CI=true``) it fails, because .ci/run installs it. Screenshots are saved under
-``build/test-artifacts/`` (or ``$LOOKASIDE_ARTIFACTS``).
+"""The web page in a real headless browser: Debian's chromium driven by Playwright (see
+tests/e2e/browser_support.py). Screenshots are saved under ``build/test-artifacts/`` (or
+``$LOOKASIDE_ARTIFACTS``).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from service.app import create_app
+from tests.e2e.browser_support import ARTIFACTS, chromium, serve_in_thread
 from tests.integration.service.svc_support import (
     ADMIN,
     LABELS,
@@ -32,24 +25,6 @@ from tests.integration.service.svc_support import (
     settings,
     tiny,
 )
-
-ARTIFACTS = Path(os.environ.get("LOOKASIDE_ARTIFACTS", "build/test-artifacts"))
-
-
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    message = "no Chromium found (apt-get install chromium); .ci/run installs it in CI"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-class _Server(uvicorn.Server):
-    def install_signal_handlers(self) -> None:  # the test thread is not the main thread
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -64,24 +39,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict
     for ckpt in ckpts.values():
         put_in_store(store, ckpt)
     app = create_app(settings(store), backbone=backbone)
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on")
-    srv = _Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not (srv.started and srv.servers):
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the server did not start")
-        time.sleep(0.05)
-    port = srv.servers[0].sockets[0].getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    while httpx.get(f"{url}/readyz").status_code != 200:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the server did not become ready")
-        time.sleep(0.1)
-    yield url, {"backbone": backbone, **ckpts}
-    srv.should_exit = True
-    thread.join(timeout=60)
+    with serve_in_thread(app) as url:
+        yield url, {"backbone": backbone, **ckpts}
 
 
 def test_page_classifies_a_clip_and_lists_adapters(
@@ -101,7 +60,7 @@ def test_page_classifies_a_clip_and_lists_adapters(
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
             page.goto(url)
