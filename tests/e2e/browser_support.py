@@ -1,4 +1,4 @@
-"""What the browser tests share: the system Chromium, and a real uvicorn server in a thread.
+"""What the browser tests share: the system Chromium (the server: tests/live_server.py).
 
 Playwright's own browser download is not reachable here, so the tests launch Debian's chromium
 through ``executable_path``. Outside CI a missing Chromium skips with the reason; in CI
@@ -9,16 +9,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI
 
 ARTIFACTS = Path(os.environ.get("LOOKASIDE_ARTIFACTS", "build/test-artifacts"))
 """Where screenshots are saved (test artefacts)."""
@@ -34,32 +27,3 @@ def chromium() -> str:
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)
-
-
-class _Server(uvicorn.Server):
-    def install_signal_handlers(self) -> None:  # the test thread is not the main thread
-        pass
-
-
-@contextmanager
-def serve_in_thread(app: FastAPI, timeout: float = 120.0) -> Iterator[str]:
-    """Run ``app`` with uvicorn on 127.0.0.1 (an OS-picked port) until ready; yield its URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on")
-    srv = _Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + timeout
-        while not (srv.started and srv.servers):
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError("the server did not start")
-            time.sleep(0.05)
-        url = f"http://127.0.0.1:{srv.servers[0].sockets[0].getsockname()[1]}"
-        while httpx.get(f"{url}/readyz").status_code != 200:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server did not become ready")
-            time.sleep(0.1)
-        yield url
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=60)

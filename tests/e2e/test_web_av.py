@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from service.app import create_app
-from tests.e2e.browser_support import ARTIFACTS, chromium, serve_in_thread
+from tests.e2e.browser_support import ARTIFACTS, chromium
 from tests.integration.service.av_support import (
     AV_BACKBONE,
     AV_LABELS,
@@ -21,6 +21,7 @@ from tests.integration.service.av_support import (
     tiny_av,
 )
 from tests.integration.service.svc_support import make_checkpoint, put_in_store, settings
+from tests.live_server import serve_in_thread
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from service.app import create_app
-from tests.e2e.browser_support import ARTIFACTS, chromium, serve_in_thread
+from tests.e2e.browser_support import ARTIFACTS, chromium
 from tests.integration.service.svc_support import (
     ADMIN,
     LABELS,
@@ -25,6 +25,7 @@ from tests.integration.service.svc_support import (
     settings,
     tiny,
 )
+from tests.live_server import serve_in_thread
 
 
 @pytest.fixture(scope="module")

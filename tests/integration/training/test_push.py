@@ -3,8 +3,6 @@ adapter then answers /classify; refusals show the server's message."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,20 +10,15 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-import uvicorn
 
 from lookaside.backbones import load_backbone
 from service.app import create_app
 from service.settings import ServiceSettings
 from tests.integration.training.synth_data import synth
+from tests.live_server import serve_in_thread
 from training.cli import main
 
 TOKEN = "test-admin-token"
-
-
-class _Server(uvicorn.Server):
-    def install_signal_handlers(self) -> None:  # not the main thread
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -41,22 +34,8 @@ def server(backbone_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         featurize_threads=1,
     )
     app = create_app(settings, backbone=load_backbone(f"file:{backbone_file}"))
-    srv = _Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not (srv.started and srv.servers):
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the server did not start")
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{srv.servers[0].sockets[0].getsockname()[1]}"
-    while httpx.get(f"{url}/readyz").status_code != 200:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the server did not become ready")
-        time.sleep(0.1)
-    yield url
-    srv.should_exit = True
-    thread.join(timeout=60)
+    with serve_in_thread(app) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
