@@ -20,7 +20,8 @@ class BadAudio(LookasideError, ValueError):
 
     Attributes:
         reason: a short machine-readable code: ``empty``, ``truncated``, ``not_audio``,
-            ``too_long``, ``too_short``, ``bad_values`` or ``unsupported``.
+            ``too_long``, ``too_short``, ``bad_values``, ``unsupported``, or ``too_large`` (more
+            decoded samples than the budget allows: channels x rate x seconds).
     """
 
     def __init__(self, reason: str, message: str) -> None:

@@ -29,7 +29,7 @@ from lookaside.errors import (
 log = logging.getLogger("service.errors")
 
 # BadAudio.reason -> status: the container/codec is wrong (415) or the audio is unusable (422).
-_BAD_AUDIO_STATUS = {"not_audio": 415, "unsupported": 415, "too_long": 413}
+_BAD_AUDIO_STATUS = {"not_audio": 415, "unsupported": 415, "too_long": 413, "too_large": 413}
 # BadVideo: over a limit (BadVideo.over_limit) 413; not a video / unsupported codec 415; else 422.
 _BAD_VIDEO_STATUS = {"not_video": 415, "unsupported": 415}
 

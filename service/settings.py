@@ -73,6 +73,39 @@ class ServiceSettings(BaseSettings):
     """Largest width or height of an uploaded video's frames (pixels); beyond it: 413."""
     max_video_frames: int = Field(20_000, gt=0)
     """Most frames decoded from one uploaded video; beyond it: 413."""
+    max_decoded_samples: int = Field(2**24, ge=16_000)
+    """Most audio samples (channels x frames, at the file's own rate) decoded for one request, a
+    clip or a video's sound: checked from the header before decoding and counted while decoding
+    in chunks (downmixed as they come), so a lying header cannot exceed it; beyond it: 413. The
+    default (16.8 M) keeps one request's audio well under 100 MB: 17 min of 16 kHz mono, 87 s of
+    48 kHz stereo, 11 s of 8 channels at 192 kHz."""
+    max_request_rows: int = Field(1024, ge=1)
+    """Most windows one request sends to the engine, summed over the adapters it names (a 600 s
+    clip is 120 five-second windows per adapter); beyond it: 413 before any feature is
+    computed."""
+    max_batch_tokens: int = Field(8192, ge=64)
+    """Most tokens (rows x tokens per row) in one forward: the batcher never exceeds it, a job
+    larger than it is split, and an adapter whose one window needs more is refused at upload."""
+    engine_stall_s: float = Field(60.0, gt=0.0)
+    """A forward or adapter load running longer than this marks the engine stalled: ``/readyz``
+    answers 503 with the reason and queued requests fail fast with 503 + Retry-After."""
+    engine_dead_s: float = Field(300.0, gt=0.0)
+    """``/healthz`` (liveness) answers 503 once the engine has been stalled this long, so an
+    orchestrator restarts the process."""
+    header_timeout_s: float = Field(10.0, gt=0.0)
+    """A client must send a request's complete headers within this many seconds of connecting
+    (or of the previous response on a kept-alive connection); else the connection is closed."""
+    body_timeout_s: float = Field(120.0, gt=0.0)
+    """Longest time to receive one request body; a slower body gets 408 and the connection is
+    closed (a 32 MiB clip at 4 Mbit/s takes 67 s)."""
+    keep_alive_timeout_s: float = Field(5.0, gt=0.0)
+    """An idle kept-alive connection is closed after this many seconds."""
+    max_connections: int = Field(512, ge=1)
+    """Most concurrent connections and requests; beyond it new requests get 503 (uvicorn's
+    ``limit_concurrency``)."""
+    max_inflight_body_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+    """Budget of request-body bytes being received or held at once, over all requests; a request
+    that would pass it gets 503 + Retry-After before its body is read."""
     max_resident_adapters: int = Field(64, ge=1)
     """Most adapter versions held on the device; the least recently used one is evicted and
     reloaded on demand."""
@@ -84,7 +117,11 @@ class ServiceSettings(BaseSettings):
     featurize_threads: int = Field(2, ge=1, le=64)
     """Threads decoding audio and computing features (off the event loop, before batching)."""
     admin_token: SecretStr = SecretStr("")
-    """Bearer token of the mutating adapter routes. Required unless ``allow_no_admin_token``."""
+    """Bearer token of the mutating adapter routes. Required unless ``allow_no_admin_token`` or
+    ``admin_token_file``."""
+    admin_token_file: Path | None = None
+    """File holding the admin token (e.g. a Docker secret, ``/run/secrets/lookaside_admin``), so
+    the token appears neither in the environment nor on a command line; read at startup."""
     allow_no_admin_token: bool = False
     """Development only: start without an admin token (then mutating routes are open)."""
     log_format: Literal["text", "json"] = "text"
@@ -108,6 +145,15 @@ class ServiceSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _admin_token_required(self) -> ServiceSettings:
+        if self.admin_token_file is not None:
+            if self.admin_token.get_secret_value():
+                raise ValueError("set admin_token or admin_token_file, not both")
+            self.admin_token = SecretStr(_read_token_file(self.admin_token_file))
+        if self.engine_dead_s < self.engine_stall_s:
+            raise ValueError(
+                f"engine_dead_s ({self.engine_dead_s}) must be >= engine_stall_s "
+                f"({self.engine_stall_s}): liveness fails only after readiness did"
+            )
         if not self.admin_token.get_secret_value() and not self.allow_no_admin_token:
             raise ValueError(
                 "admin_token is empty: set LOOKASIDE_ADMIN_TOKEN to a secret (e.g. "
@@ -137,3 +183,21 @@ class ServiceSettings(BaseSettings):
         """Base URL clients use."""
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
         return f"http://{host}:{self.port}"
+
+
+def _read_token_file(path: Path) -> str:
+    """The token in ``path`` (surrounding whitespace stripped), read with a size bound."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(4097)
+    except OSError as exc:
+        raise ValueError(f"admin_token_file {str(path)!r} cannot be read: {exc.strerror}") from None
+    if len(data) > 4096:
+        raise ValueError(f"admin_token_file {str(path)!r} is over 4096 bytes: not a token")
+    try:
+        token = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"admin_token_file {str(path)!r} is not UTF-8 text") from None
+    if not token:
+        raise ValueError(f"admin_token_file {str(path)!r} is empty")
+    return token
