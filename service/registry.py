@@ -1,6 +1,6 @@
 """AdapterRegistry: which adapter versions are resident in the engine's bank, and why.
 
-vLLM's ``LoRAModelManager`` role (STYLE 3): resolves what a request names (``esc50``: the store's
+vLLM's ``LoRAModelManager`` role: resolves what a request names (``esc50``: the store's
 active version; ``esc50@3``: that version) to a bank adapter id ``"esc50@3"``, loads it on demand,
 and keeps at most ``resident_limit`` versions resident, evicting the least recently used one.
 
@@ -40,7 +40,10 @@ Threads and ownership:
 - ``self._lock`` (a ``threading.RLock``: the done-callback of an already finished future runs at
   once and re-enters it) guards every entry, counter and the unload map. It is never held while
   waiting on I/O or on the engine: calls made under it only enqueue (``engine.unload_adapter``)
-  or read a tiny file (the store's ``ACTIVE`` pointer for pins).
+  or read the store's in-memory index (the active version, for pins).
+
+Resolution (:meth:`resolve`, on every request) reads only the store's in-memory index: O(1), no
+disk, whatever the number of names and versions.
 
 Observability: :meth:`stats` gives counters (loads, evictions, failures per adapter name); a
 :class:`RegistryEvents` hook object (the metrics module's) is told of each load, failure and
@@ -285,7 +288,7 @@ class AdapterRegistry:
 
     # -- resolution and leases -----------------------------------------------------------------
     def resolve(self, ref: str) -> tuple[str, int]:
-        """``name`` / ``name@version`` -> (name, version) of a stored version.
+        """``name`` / ``name@version`` -> (name, version) of a stored version (O(1), no disk).
 
         Raises:
             AdapterNotFound: unknown name, unknown version or no active version; the message
@@ -296,17 +299,16 @@ class AdapterRegistry:
             entry = self._entries.get(adapter_id(name, version))
             if entry is not None and entry.state == "ready" and not entry.retired:
                 return name, version  # resident and not deleted: no disk read on the hot path
-            if version in self.store.versions(name):
+            if self.store.has_version(name, version):
                 return name, version
             raise AdapterNotFound(f"unknown adapter {ref.strip()!r}; {self.store.describe(name)}")
-        active = self.store.active(name)
-        if active is not None:
-            return name, active
-        versions = self.store.versions(name)
-        if versions:
+        stored = self.store.get(name)
+        if stored is not None and stored.active is not None:
+            return name, stored.active
+        if stored is not None:
             raise AdapterNotFound(
                 f"adapter {name!r} has no active version; activate one of "
-                f"{format_versions(versions, None)} or ask for 'name@version'"
+                f"{format_versions(list(stored.versions), None)} or ask for 'name@version'"
             )
         raise AdapterNotFound(f"unknown adapter {name!r}; {self.store.describe(name)}")
 
@@ -583,7 +585,7 @@ class AdapterRegistry:
         resident (idle) until evicted. If the load fails, the pointer does not move.
         ``checkpoint``: that version already validated in memory (see :meth:`acquire`).
         """
-        if version not in self.store.versions(name):
+        if not self.store.has_version(name, version):
             raise AdapterNotFound(
                 f"unknown adapter '{name}@{version}'; {self.store.describe(name)}"
             )
@@ -662,8 +664,13 @@ class AdapterRegistry:
 
     # -- observation ---------------------------------------------------------------------------
     def status(self, name: str) -> list[VersionStatus]:
-        """Every stored version of ``name`` with its residency state (``[]`` if unknown)."""
-        versions = self.store.versions(name)
+        """Every stored version of ``name`` with its residency state (``[]`` if unknown);
+        O(versions), from the store's index."""
+        stored = self.store.get(name)
+        if stored is None:
+            return []
+        versions = list(stored.versions)
+        pinned_version = stored.active if name in self.pinned else None
         with self._lock:
             out = []
             for version in versions:
@@ -675,8 +682,7 @@ class AdapterRegistry:
                         state=entry.state if entry is not None else "unloaded",
                         reason=entry.reason if entry is not None else None,
                         resident=entry is not None and entry.resident,
-                        pinned=aid in self.pinned
-                        or (name in self.pinned and self.store.active(name) == version),
+                        pinned=aid in self.pinned or pinned_version == version,
                         in_flight=entry.leases if entry is not None else 0,
                         requests=self._requests[aid],
                         loads=self._loads[aid],

@@ -106,7 +106,7 @@ class AdapterSummary(BaseModel):
 
 
 class AdapterList(BaseModel):
-    """``GET /adapters``: every adapter in the store."""
+    """``GET /adapters``: one page of adapters, sorted by name."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -122,13 +122,20 @@ class AdapterList(BaseModel):
                             "task": "environmental sounds",
                             "method": "loaa",
                         }
-                    ]
+                    ],
+                    "next_cursor": None,
+                    "total": 1,
                 }
             ]
         }
     )
 
-    adapters: list[AdapterSummary]
+    adapters: list[AdapterSummary] = Field(description="this page's adapters, sorted by name")
+    next_cursor: str | None = Field(
+        None,
+        description="pass as `cursor` to get the next page; null on the last page",
+    )
+    total: int = Field(description="adapters in the store now (all pages)")
 
 
 class UploadResult(BaseModel):

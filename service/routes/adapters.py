@@ -1,11 +1,16 @@
 """Adapter management: upload, list, inspect, activate / roll back, delete (Triton-style explicit
 model control over the store, TorchServe's management API shape).
 
+Reads (``GET /adapters`` a page at a time with ``limit`` and ``cursor``, ``GET /adapters/{name}``)
+come from the store's in-memory index: their cost follows the size of the answer, never the
+store's. Every admin route checks the token before it reads or parses anything of the request
+(its body, its query): a request without the right token gets 401/403 whatever it sends.
+
 Thin over :class:`~service.registry.AdapterRegistry` (residency, hot swap) and
 :class:`~service.store.AdapterStore` (versions on disk). Every mutating route needs
 ``Authorization: Bearer <admin token>`` (401 without, 403 wrong). Errors are raised as project
-exceptions and answered by :mod:`service.errors` (404 lists what exists, 409 deleting the active
-version without ``force``, 413 too large, 422 invalid checkpoint, 503 cannot load now).
+exceptions and answered by :mod:`service.errors` (404 says what exists or is close, 409 deleting
+the active version without ``force``, 413 too large, 422 invalid checkpoint, 503 cannot load now).
 
 ``curl`` examples::
 
@@ -17,10 +22,15 @@ version without ``force``, 413 too large, 422 invalid checkpoint, 503 cannot loa
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from collections.abc import AsyncGenerator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
@@ -40,11 +50,18 @@ from service.schemas_adapters import (
     UploadResult,
     VersionInfo,
 )
-from service.store import DEFAULT_MAX_MANIFEST_BYTES
+from service.store import DEFAULT_MAX_MANIFEST_BYTES, NAME_PATTERN
 
 router = APIRouter(prefix="/adapters", tags=["adapters"])
 
 _MULTIPART_SLACK = 64 * 1024  # part headers and boundaries
+DEFAULT_PAGE = 100
+"""Adapters per ``GET /adapters`` page unless ``limit`` says otherwise."""
+MAX_PAGE = 1000
+"""Largest ``limit``: bounds one listing's work and answer (~300 B per adapter)."""
+MAX_ACTIVATE_BODY_BYTES = 4096
+"""``{"version": 3}`` is 14 bytes; a larger activate body is refused unread (413)."""
+_CURSOR_PREFIX = "after:"
 _AUTH: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "no `Authorization: Bearer <admin token>` header"},
     403: {"model": ErrorBody, "description": "wrong admin token"},
@@ -69,6 +86,13 @@ _UPLOAD_BODY: dict[str, Any] = {
                 }
             }
         },
+    }
+}
+_ACTIVATE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "the stored version to make live",
+        "content": {"application/json": {"schema": ActivateRequest.model_json_schema()}},
     }
 }
 
@@ -110,20 +134,35 @@ async def upload_adapter(
     )
 
 
-@router.get("")
-def list_adapters(registry: Registry) -> AdapterList:
-    """Every adapter in the store: versions, active version, residency."""
+@router.get(
+    "",
+    responses={422: {"model": ErrorBody, "description": "`limit` out of range or a bad `cursor`"}},
+)
+def list_adapters(
+    registry: Registry,
+    limit: Annotated[
+        int, Query(ge=1, le=MAX_PAGE, description=f"adapters per page (at most {MAX_PAGE})")
+    ] = DEFAULT_PAGE,
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=128,
+            description="`next_cursor` of the previous page (omit it for the first page)",
+        ),
+    ] = None,
+) -> AdapterList:
+    """Adapters sorted by name, a page at a time: versions, active version, residency."""
+    store = registry.store
+    names, more = store.page(_decode_cursor(cursor), limit)
     out = []
-    for name in registry.store.names():
+    for name in names:
+        stored = store.get(name)
         statuses = registry.status(name)
-        if not statuses:
+        if stored is None or not statuses:
             continue  # deleted meanwhile
-        active = registry.store.active(name)
-        shown = active if active is not None else statuses[-1].version
-        try:
-            manifest: AdapterManifest | None = registry.store.manifest(name, shown)
-        except AdapterNotFound:
-            manifest = None
+        active = stored.active
+        shown = stored.versions.get(active if active is not None else statuses[-1].version)
+        manifest = shown.manifest if shown is not None else None
         out.append(
             AdapterSummary(
                 name=name,
@@ -135,26 +174,26 @@ def list_adapters(registry: Registry) -> AdapterList:
                 method=manifest.method if manifest else None,
             )
         )
-    return AdapterList(adapters=out)
+    next_cursor = _encode_cursor(names[-1]) if more and names else None
+    return AdapterList(adapters=out, next_cursor=next_cursor, total=store.name_count())
 
 
 @router.get("/{name}", responses=_NOT_FOUND)
 def get_adapter(name: str, registry: Registry) -> AdapterInfo:
     """One adapter: every version's manifest essentials, state, residency and request counts."""
+    stored = registry.store.get(name)
     statuses = registry.status(name)
-    if not statuses:
+    if stored is None or not statuses:
         raise AdapterNotFound(f"unknown adapter {name!r}; {registry.store.describe(name)}")
-    active = registry.store.active(name)
     versions = []
     for status in statuses:
-        try:
-            manifest = registry.store.manifest(name, status.version)
-        except AdapterNotFound:
-            continue  # deleted meanwhile
-        versions.append(_version_info(status, manifest, active))
+        version = stored.versions.get(status.version)
+        if version is None or version.manifest is None:
+            continue  # deleted meanwhile, or a manifest edited on disk (loading it says why)
+        versions.append(_version_info(status, version.manifest, stored.active))
     return AdapterInfo(
         name=name,
-        active=active,
+        active=stored.active,
         state=next((v.state for v in versions if v.active), None),
         requests=sum(v.requests for v in versions),
         versions=versions,
@@ -164,14 +203,19 @@ def get_adapter(name: str, registry: Registry) -> AdapterInfo:
 @router.post(
     "/{name}/activate",
     dependencies=[AdminDep],
+    openapi_extra=_ACTIVATE_BODY,
     responses={
         **_AUTH,
         **_NOT_FOUND,
+        413: {"model": ErrorBody, "description": "the body is over 4096 bytes"},
+        422: {"model": ErrorBody, "description": 'the body is not `{"version": <int>}`'},
         503: {"model": ErrorBody, "description": "the version could not be loaded now"},
     },
 )
-async def activate_adapter(name: str, body: ActivateRequest, registry: Registry) -> ActivateResult:
+async def activate_adapter(name: str, request: Request, registry: Registry) -> ActivateResult:
     """Make a stored version live (load it, then flip the pointer); older version = rollback."""
+    # The body is read here, after AdminDep: a request without the token never gets it parsed.
+    body = _activate_request(await _read_small_json(request, MAX_ACTIVATE_BODY_BYTES))
     previous = registry.store.active(name)
     await registry.activate(name, body.version)
     return ActivateResult(name=name, active=body.version, previous=previous)
@@ -232,6 +276,68 @@ def _version_info(status: VersionStatus, m: AdapterManifest, active: int | None)
         weights_sha256=m.weights_sha256,
         created=m.created,
     )
+
+
+def _encode_cursor(name: str) -> str:
+    """An opaque cursor for "the names after ``name``"."""
+    raw = (_CURSOR_PREFIX + name).encode("ascii")
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def _decode_cursor(cursor: str | None) -> str | None:
+    """The name a cursor of :func:`_encode_cursor` stands for; 422 for anything else."""
+    if cursor is None:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        text = ""
+    name = text.removeprefix(_CURSOR_PREFIX)
+    if not (text.startswith(_CURSOR_PREFIX) and NAME_PATTERN.fullmatch(name)):
+        raise BadRequest(
+            "cursor is not one this server gave: pass the `next_cursor` of the previous page "
+            "unchanged, or omit `cursor` to start at the first page"
+        )
+    return name
+
+
+async def _read_small_json(request: Request, limit: int) -> object:
+    """The JSON body, read only up to ``limit`` bytes (413 past it); 422 if it is not JSON."""
+    declared = request.headers.get("content-length", "")
+    too_large = (
+        f'the body is over the limit of {limit} bytes; send only {{"version": <stored version>}}'
+    )
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(too_large)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(too_large)
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "json_invalid",
+                    "loc": ("body",),
+                    "msg": f"the body is not valid JSON ({exc}); send "
+                    '{"version": <stored version>} with Content-Type: application/json',
+                }
+            ]
+        ) from None
+
+
+def _activate_request(data: object) -> ActivateRequest:
+    """``data`` validated as an :class:`ActivateRequest` (422 naming the field otherwise)."""
+    try:
+        return ActivateRequest.model_validate(data)
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        raise RequestValidationError(errors) from None
 
 
 async def _read_upload(request: Request, limit: int) -> tuple[bytes, bytes]:

@@ -5,18 +5,26 @@ lands inside a write) and is killed at a chosen point of a write, several rounds
 After each kill a fresh ``AdapterStore`` on the same root lists only complete versions, every
 acknowledged version is there and loads (validated), the active pointer names a stored version,
 and ``cleanup()`` removes what the kill left behind.
+
+A kill between a first version's rename and its ``ACTIVE`` write leaves a name with a complete
+version and no active one: ``cleanup()`` (startup) makes it active, and so does retrying the
+identical upload with ``activate=True`` on a store not yet repaired.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import pytest
 
 from lookaside.adapters import HeadConfig
 from lookaside.adapters.bank import AdapterBank
@@ -75,9 +83,12 @@ def _upload_dir(tmp: Path) -> Path:
     return tmp / "upload"
 
 
-def _kill_inside_a_write(src: Path, root: Path, round_: int, syncs: int) -> set[int]:
-    """Run the writer until it has acknowledged one upload, then SIGKILL it while it is inside
-    the ``syncs``-th fsync after that. Returns the versions it acknowledged."""
+def _kill_inside_a_write(
+    src: Path, root: Path, round_: int, syncs: int, *, after_first_ack: bool = True
+) -> set[int]:
+    """Run the writer until it has acknowledged one upload (unless ``after_first_ack`` is off),
+    then SIGKILL it while it is inside the ``syncs``-th fsync after that. Returns the versions
+    it acknowledged."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     acked: set[int] = set()
     seen_syncs = 0
@@ -98,7 +109,7 @@ def _kill_inside_a_write(src: Path, root: Path, round_: int, syncs: int) -> set[
             for line in proc.stdout:
                 if line.startswith("acked "):
                     acked.add(int(line.split()[1]))
-                elif line.startswith("sync") and acked:
+                elif line.startswith("sync") and (acked or not after_first_ack):
                     seen_syncs += 1
                     if seen_syncs == syncs:
                         break  # the writer now sleeps inside this fsync
@@ -154,3 +165,38 @@ def test_sigkill_mid_write_leaves_only_complete_versions() -> None:
             manifest, (src / WEIGHTS_FILE).read_bytes(), backbone=backbone
         )
         assert result.version > max(acknowledged)
+
+
+# fsyncs of a first upload: manifest, weights, temp dir, parent after the rename (4); LAST and
+# its dir (5, 6); ACTIVE and its dir (7, 8).
+@pytest.mark.parametrize("syncs", [4, 7])
+def test_sigkill_between_a_first_version_and_its_pointer_is_repaired(syncs: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        backbone = build_random("test_vit", seed=1)
+        src = _upload_dir(tmp)
+        root = tmp / "store"
+        assert _kill_inside_a_write(src, root, 0, syncs, after_first_ack=False) == set()
+
+        store = AdapterStore(root)
+        assert (store.versions("esc50"), store.active("esc50")) == ([1], None)  # the crash state
+        # Retrying the identical upload (what the writer sent first) activates it ...
+        retried = tmp / "retried"
+        shutil.copytree(root, retried)
+        manifest = json.loads((src / MANIFEST_FILE).read_bytes())
+        manifest["metrics"] = {"upload": 0.0}
+        again = AdapterStore(retried).put(
+            json.dumps(manifest).encode(),
+            (src / WEIGHTS_FILE).read_bytes(),
+            backbone=backbone,
+            activate=True,
+        )
+        assert (again.version, again.created, again.active) == (1, False, True)
+        assert AdapterStore(retried).active("esc50") == 1
+        # ... and so does the startup cleanup, on its own.
+        store.cleanup()
+        assert store.active("esc50") == 1
+        fresh = AdapterStore(root)
+        assert (fresh.versions("esc50"), fresh.active("esc50")) == ([1], 1)
+        assert fresh.load("esc50", 1, backbone=backbone).manifest.version == 1
+        assert not list(root.rglob(".*")), "cleanup left temporaries"

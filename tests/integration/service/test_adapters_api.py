@@ -25,9 +25,11 @@ from tests.integration.service.svc_support import (
     checkpoint_bytes,
     encode,
     make_checkpoint,
+    put_in_store,
     serve,
     settings,
 )
+from tests.unit.service.test_store_index import write_layout
 
 Check = Callable[[httpx.AsyncClient], Awaitable[None]]
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
@@ -437,3 +439,178 @@ def test_residency_shows_loads_and_evictions(
         assert 'lookaside_adapter_evictions_total{adapter="speech"} 1.0' in metrics
 
     _run(tmp_path, svc_backbone, check, max_resident_adapters=1)
+
+
+# -- scale: pages, bounded 404s; startup repair; auth before the body ---------------------------
+
+
+def _store_with_names(root: Path, upload: tuple[bytes, bytes], names: list[str]) -> None:
+    """``names`` (one version each) written straight into the store's layout."""
+    for name in names:
+        write_layout(root, upload, name, 1)
+    (root / ".weights").unlink()
+
+
+def test_pages_of_adapters_walk_every_name_once(
+    tmp_path: Path, svc_backbone: VisionTransformer, uploads: dict[str, tuple[bytes, bytes]]
+) -> None:
+    names = [f"a{i:02d}" for i in range(12)]
+    _store_with_names(tmp_path / "store", uploads["v1"], names)
+
+    async def check(client: httpx.AsyncClient) -> None:
+        seen: list[str] = []
+        params: dict[str, Any] = {"limit": 5}
+        sizes = []
+        while True:
+            r = await client.get("/adapters", params=params)
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["total"] == 12
+            sizes.append(len(body["adapters"]))
+            seen += [a["name"] for a in body["adapters"]]
+            if body["next_cursor"] is None:
+                break
+            params = {"limit": 5, "cursor": body["next_cursor"]}
+        assert sizes == [5, 5, 2]
+        assert seen == names
+        everything = (await client.get("/adapters")).json()  # default page holds them all
+        assert ([a["name"] for a in everything["adapters"]], everything["next_cursor"]) == (
+            names,
+            None,
+        )
+        assert everything["adapters"][0]["versions"] == [1]
+        for bad in ({"limit": 0}, {"limit": 1001}, {"cursor": "bm90LWEtY3Vyc29y"}, {"cursor": "%"}):
+            r = await client.get("/adapters", params=bad)
+            assert r.status_code == 422, (bad, r.text)
+            assert isinstance(r.json()["detail"], str)
+
+    _run(tmp_path, svc_backbone, check)
+
+
+def test_an_unknown_adapter_gets_a_few_close_matches_not_the_whole_store(
+    tmp_path: Path, svc_backbone: VisionTransformer, uploads: dict[str, tuple[bytes, bytes]]
+) -> None:
+    _store_with_names(
+        tmp_path / "store", uploads["v1"], ["esc50", *(f"adapter-{i:02d}" for i in range(39))]
+    )
+
+    async def check(client: httpx.AsyncClient) -> None:
+        for request in (
+            lambda: client.get("/adapters/esc5"),
+            lambda: client.post(
+                "/classify", files={"file": ("c.wav", encode(1.0))}, data={"adapter": "esc5"}
+            ),
+        ):
+            r = await request()
+            assert r.status_code == 404, r.text
+            detail = r.json()["detail"]
+            assert "40 adapters in the store, similar names: esc50" in detail
+            assert detail.count("adapter-") <= 5
+            assert len(detail) < 400, detail
+
+    _run(tmp_path, svc_backbone, check)
+
+
+def test_a_store_left_without_an_active_version_is_repaired_at_startup(
+    tmp_path: Path, svc_backbone: VisionTransformer
+) -> None:
+    """The state a crash between a first version's rename and its ACTIVE write leaves."""
+    root = tmp_path / "store"
+    for seed, version in ((1, 1), (2, 2)):
+        ckpt = make_checkpoint(svc_backbone, "esc50", seed=seed, version=version)
+        put_in_store(root, ckpt, activate=False)
+    assert not (root / "esc50" / "ACTIVE").exists()
+
+    async def check(client: httpx.AsyncClient) -> None:
+        r = await client.get("/adapters/esc50")
+        assert (r.status_code, r.json()["active"]) == (200, 2)
+        assert (await _clip_result(client, "esc50"))["version"] == 2
+
+    _run(tmp_path, svc_backbone, check)
+    assert (root / "esc50" / "ACTIVE").read_text().strip() == "2"
+
+
+def test_retrying_an_identical_upload_with_activate_makes_it_live(
+    tmp_path: Path, svc_backbone: VisionTransformer, uploads: dict[str, tuple[bytes, bytes]]
+) -> None:
+    async def check(client: httpx.AsyncClient) -> None:
+        await _upload(client, uploads["v1"])
+        r = await _upload(client, uploads["v2"])
+        assert (r.status_code, r.json()["active"]) == (201, False)
+        r = await _upload(client, uploads["v2"], activate=True)
+        assert (r.status_code, r.json()) == (
+            200,
+            {"name": "esc50", "version": 2, "created": False, "active": True},
+        )
+        assert (await _clip_result(client, "esc50"))["version"] == 2
+
+    _run(tmp_path, svc_backbone, check)
+
+
+_UNREAD: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "activate, malformed JSON": ("POST", "/adapters/esc50/activate", {"content": b"{not json"}),
+    "activate, not an object": ("POST", "/adapters/esc50/activate", {"json": [1, 2]}),
+    "activate, no body": ("POST", "/adapters/esc50/activate", {}),
+    "activate, huge body": ("POST", "/adapters/esc50/activate", {"content": b" " * 100_000}),
+    "upload, not multipart": ("POST", "/adapters", {"content": b"{}"}),
+    "upload, bad query": ("POST", "/adapters", {"params": {"activate": "maybe"}}),
+    "delete version, not a number": ("DELETE", "/adapters/esc50/versions/x", {}),
+    "delete version, bad query": (
+        "DELETE",
+        "/adapters/esc50/versions/1",
+        {"params": {"force": "maybe"}},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_UNREAD))
+def test_admin_routes_refuse_a_missing_token_before_reading_the_request(
+    case: str,
+    tmp_path: Path,
+    svc_backbone: VisionTransformer,
+    uploads: dict[str, tuple[bytes, bytes]],
+) -> None:
+    method, path, kwargs = _UNREAD[case]
+
+    async def check(client: httpx.AsyncClient) -> None:
+        await _upload(client, uploads["v1"])
+        before = _tree(tmp_path / "store")
+        for headers, status in (({}, 401), ({"Authorization": "Bearer wrong"}, 403)):
+            r = await client.request(method, path, headers=headers, **kwargs)
+            assert r.status_code == status, r.text
+            assert isinstance(r.json()["detail"], str)
+        assert _tree(tmp_path / "store") == before
+
+    _run(tmp_path, svc_backbone, check)
+
+
+def test_the_activate_body_is_bounded_and_validated_after_the_token(
+    tmp_path: Path, svc_backbone: VisionTransformer, uploads: dict[str, tuple[bytes, bytes]]
+) -> None:
+    async def check(client: httpx.AsyncClient) -> None:
+        await _upload(client, uploads["v1"])
+        await _upload(client, uploads["v2"])
+        url = "/adapters/esc50/activate"
+        for kwargs, status, fragment in (
+            ({"content": b"{not json"}, 422, "not valid JSON"),
+            ({"content": b"[" * 3000 + b"]" * 3000}, 413, "limit of 4096 bytes"),
+            ({"content": b"[" * 2000 + b"]" * 2000}, 422, "body"),
+            ({"json": [1]}, 422, "body"),
+            ({"json": {"version": 2, "extra": 1}}, 422, "body.extra"),
+            ({"json": {"version": 0}}, 422, "body.version"),
+        ):
+            r = await client.post(url, headers=AUTH, **kwargs)
+            assert r.status_code == status, (kwargs, r.text)
+            assert isinstance(r.json()["detail"], str)
+            assert fragment in r.json()["detail"], r.text
+        # curl -d without a Content-Type header still works.
+        r = await client.post(url, headers=AUTH, content=b'{"version": 2}')
+        assert (r.status_code, r.json()) == (200, {"name": "esc50", "active": 2, "previous": 1})
+        schema = (await client.get("/openapi.json")).json()
+        body = schema["paths"]["/adapters/{name}/activate"]["post"]["requestBody"]
+        assert body["required"] is True
+        assert body["content"]["application/json"]["schema"]["required"] == ["version"]
+        listing = schema["paths"]["/adapters"]["get"]
+        assert {p["name"] for p in listing["parameters"]} == {"limit", "cursor"}
+
+    _run(tmp_path, svc_backbone, check)
