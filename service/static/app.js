@@ -62,11 +62,22 @@ function setUpTabs() {
 }
 
 // -- adapters ------------------------------------------------------------------------------
+// GET /adapters is paginated: follow next_cursor (at most MAX_PAGES pages of 1000 names).
+const MAX_PAGES = 20;
 async function fetchAdapters() {
-  const response = await fetch("/adapters");
-  if (!response.ok) throw new Error(await errorText(response));
-  const body = await response.json();
-  return Array.isArray(body) ? body : body.adapters || [];
+  const all = [];
+  let cursor = null;
+  for (let page = 0; page < MAX_PAGES; page++) {
+    const query = new URLSearchParams({ limit: "1000" });
+    if (cursor) query.set("cursor", cursor);
+    const response = await fetch(`/adapters?${query}`);
+    if (!response.ok) throw new Error(await errorText(response));
+    const body = await response.json();
+    all.push(...(body.adapters || []));
+    cursor = body.next_cursor;
+    if (!cursor) break;
+  }
+  return all;
 }
 
 function activeOf(a) {
