@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
 import torch
@@ -37,6 +39,9 @@ from torch import Tensor, nn
 
 from lookaside.errors import ConfigError
 from lookaside.sites import Route, SitePosition, TokenLayout
+
+POS_CACHE_GRIDS = 32
+"""Position embeddings (one per token grid, device and dtype) a backbone keeps resampled."""
 
 
 class BackboneConfig(BaseModel):
@@ -301,7 +306,9 @@ class VisionTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.depth))
         self.norm = nn.LayerNorm(D, eps=cfg.norm_eps)
         self._init_random(seed=0)
-        self._pos_cache: dict[tuple[int, int, torch.device, torch.dtype], Tensor] = {}
+        self._pos_cache: OrderedDict[tuple[int, int, torch.device, torch.dtype], Tensor] = (
+            OrderedDict()
+        )
         self._mono: tuple[tuple[int, int, torch.device, torch.dtype], Tensor] | None = None
         self._fingerprint: str | None = None
         self.requires_grad_(False)
@@ -338,7 +345,7 @@ class VisionTransformer(nn.Module):
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> VisionTransformer:
         # .to()/.cuda()/.half() create new tensors: derived caches must follow.
-        self._pos_cache = {}
+        self._pos_cache = OrderedDict()
         self._mono = None
         return super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
 
@@ -375,6 +382,9 @@ class VisionTransformer(nn.Module):
     ) -> Tensor:
         """Position embedding resampled to ``grid``, cached per grid (the weights are frozen).
 
+        The cache keeps the :data:`POS_CACHE_GRIDS` most recently used grids: each adapter may
+        bring its own grid, so an unbounded cache would grow with the uploads.
+
         Under ``torch.compile`` / ``torch.export`` the resample is computed in the graph instead:
         a Python dict keyed by (symbolic) sizes cannot be traced, and a dynamic frame axis needs
         the resample to follow the traced grid.
@@ -391,6 +401,10 @@ class VisionTransformer(nn.Module):
                     self.pos_embed, grid, self.cfg.source_grid, self.cfg.num_prefix_tokens
                 ).to(device=device, dtype=dtype)
             self._pos_cache[key] = cached
+            if len(self._pos_cache) > POS_CACHE_GRIDS:  # every uploaded grid would stay forever
+                self._pos_cache.popitem(last=False)
+        else:
+            self._pos_cache.move_to_end(key)
         return cached
 
     def embed(self, spec: Tensor, num_prompts: int = 0) -> tuple[Tensor, TokenLayout]:
@@ -564,3 +578,28 @@ def grid_tokens(num_frames: int, cfg: BackboneConfig, num_mel_bins: int = 128) -
     """Number of patch tokens for a clip of ``num_frames`` frames (e.g. 512 -> 256 for ViT-B/16)."""
     f, t = cfg.grid_for(num_mel_bins, num_frames)
     return f * t
+
+
+def window_tokens(
+    cfg: BackboneConfig,
+    num_mel_bins: int,
+    num_frames: int,
+    *,
+    segments: int = 0,
+    image_size: tuple[int, int] | None = None,
+) -> int:
+    """Patch tokens of one window: what one row costs a forward (the per-forward budget and the
+    upload limit both count with this).
+
+    A spectrogram window is ``F x T`` tokens (AST's stride-10 128 x 1024: 12 x 101 = 1212). An
+    audio-visual window (``segments`` > 0) is that many one-second segments, each one spectrogram
+    and one frame of ``image_size`` (default: the backbone's), both run through the backbone.
+
+    Raises:
+        ConfigError: the spectrogram or frame is smaller than one patch.
+    """
+    audio = math.prod(cfg.grid_for(num_mel_bins, num_frames))
+    if segments <= 0:
+        return audio
+    height, width = image_size or cfg.image_size
+    return segments * (audio + math.prod(cfg.grid_for(height, width)))

@@ -4,30 +4,49 @@ Threads and what they own (nothing else touches these objects):
 
 - **event loop** (uvicorn): HTTP, settings, the registry's bookkeeping; it only calls
   :meth:`Engine.submit`, :meth:`Engine.load_adapter`, :meth:`Engine.unload_adapter`, which enqueue
-  and return futures.
+  and return futures, and :meth:`Engine.health`, which reads the watchdog.
 - **featurize pool** (:mod:`service.featurize`): decoding and features, before anything is queued,
   so a bad upload fails alone and never reaches a batch.
 - **engine worker** (this module, one thread named ``lookaside-engine``): the backbone, the
   :class:`~lookaside.adapters.bank.AdapterBank` and the :class:`~lookaside.model.MultiAdapterModel`.
   It alternates between applying pending bank commands (load / unload / grow) and running one
   batch, so a slot is never written while a batch reads it and a stack never grows under a batch.
+- **loader** (``lookaside-loader``, one thread): copies a reserved adapter's tensors into its slot
+  while batches keep running.
+- **watchdog** (:mod:`service.watchdog`, a daemon thread named ``lookaside-watchdog``): owns
+  nothing of the model; it watches every forward, bank command and adapter copy, and when one
+  runs longer than ``stall_s`` it logs the batch (adapters, request ids, rows) at ERROR, sets the
+  ``lookaside_engine_stalled`` gauge and fails every queued job with 503 (they would only time
+  out behind it). Until that work ends, :meth:`Engine.submit` refuses with 503 and
+  :meth:`Engine.health` reports the stall (``/readyz`` 503; ``/healthz`` 503 after ``dead_s``, so
+  an orchestrator restarts the process). When the work ends the engine is ready again (logged).
 
 Batching (LitServe's loop, with vLLM's per-row adapter index): the oldest queued job fixes the
 batch's token grid (frames x mel bins: rows of one forward must share it); the batcher then takes
 every queued job of that grid in arrival order, mixing adapters (``mixing=on``) or only the first
 job's adapter (``mixing=off``), until ``max_batch_size`` rows or ``max_wait_ms`` after the first
-job arrived. Jobs of other grids stay queued for the next batch. A job whose rows alone exceed
-``max_batch_size`` runs alone in chunks.
+job arrived. Jobs of other grids stay queued for the next batch.
+
+Per-forward budget: a forward also holds at most ``max_batch_tokens`` patch tokens (rows x the
+tokens one row of that grid gives on the backbone, :func:`lookaside.backbone.window_tokens`), so
+no job can make one forward arbitrarily long. A job with more rows than one forward takes runs in
+chunks: each batch takes the next rows of it, and the rest goes back to the end of the queue, so
+its chunks interleave with other jobs instead of holding the engine; its future resolves with
+every row, in order, after its last chunk. A job whose single row is over the budget is refused
+at submit (:class:`OverBudget`, 422); upload validation refuses such adapters before (the service
+passes its budget as ``CheckpointLimits.max_window_tokens``).
 
 Audio-visual jobs (:class:`AvJob`, ``POST /av-event``) share the queue and the worker: a row is one
-window of one-second segments, the grid is ``(segments, frames, mel)``, so AV rows batch with each
-other (mixing AV adapters) and run the two-stream forward, while audio batches form without them;
-right after an AV batch, the oldest waiting audio job goes first, so an AV stream never holds audio
-rows back for more than one forward.
+window of one-second segments, the grid is ``(segments, frames, mel, height, width)``, so AV rows
+batch with each other (mixing AV adapters) and run the two-stream forward, while audio batches
+form without them; right after an AV batch, the oldest waiting audio job goes first, so an AV
+stream never holds audio rows back for more than one forward. An AV row counts the tokens of both
+streams of every segment.
 
 Failure isolation: if a forward raises, every job of that batch is retried alone, so only the
 culprit fails (:class:`~service.errors.EngineFailure`, logged with its trace); the engine keeps
-serving. A job past its deadline when the batcher reaches it is answered 504 without running.
+serving. A job past its deadline when the batcher reaches it (including its later chunks) is
+answered 504 without running.
 
 CUDA path: features are stacked into a pinned host buffer and copied with ``non_blocking=True``;
 the forward runs under ``torch.inference_mode`` and ``torch.autocast`` with the settings' dtype;
@@ -42,7 +61,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -50,23 +69,37 @@ import torch
 from torch import Tensor
 
 from lookaside.adapters.bank import AdapterBank, Reservation
+from lookaside.backbone import window_tokens
 from lookaside.errors import BankFull, IncompatibleBackbone
 from lookaside.model import MultiAdapterModel
-from service.errors import EngineFailure, NotReady, QueueFull, RequestTimeout
+from service.errors import BadRequest, EngineFailure, NotReady, QueueFull, RequestTimeout
 from service.metrics import ServiceMetrics
+from service.watchdog import Activity, EngineHealth, Watchdog
 
 if TYPE_CHECKING:
     from lookaside.adapters.base import AdapterConfig
     from lookaside.backbone import VisionTransformer
     from lookaside.checkpoint import AdapterCheckpoint
 
+__all__ = ["AvJob", "Engine", "EngineHealth", "Job", "OverBudget"]
+
 log = logging.getLogger("service.engine")
 T = TypeVar("T")
+_SHOWN_IDS = 16
+"""Most request ids a batch's description names (in the stall log line and reason)."""
+
+
+class OverBudget(BadRequest, ValueError):
+    """One row (window) of a job needs more tokens than one forward may hold (422)."""
 
 
 @dataclass(eq=False)
 class Job:
-    """One clip's windows for one adapter: ``rows`` rows of one forward, answered together."""
+    """One clip's windows for one adapter: ``rows`` rows, answered together.
+
+    A job with more rows than one forward takes runs in chunks (see the module docstring):
+    ``start`` is the first row no batch has taken yet, ``parts`` the logits of the chunks run.
+    """
 
     features: Tensor
     """``[rows, frames, mel]`` float32 on the host."""
@@ -78,22 +111,30 @@ class Job:
     future: Future[Tensor] = field(default_factory=Future)
     """Resolves to ``[rows, classes]`` fp32 logits on the host."""
     enqueued: float = field(default_factory=time.monotonic)
+    tokens_per_row: int = 1
+    """Patch tokens one row gives on the backbone (set by the engine at submit)."""
+    start: int = 0
+    """Rows before this one were taken by a batch (worker thread only)."""
+    parts: list[Tensor] = field(default_factory=list)
+    """Logits of the chunks run so far, in row order (worker thread only)."""
 
     @property
     def rows(self) -> int:
         return int(self.features.shape[0])
 
     @property
+    def remaining(self) -> int:
+        """Rows no batch has taken yet."""
+        return self.rows - self.start
+
+    @property
     def grid(self) -> tuple[int, ...]:
         """(frames, mel bins): rows of one forward must share it."""
         return int(self.features.shape[1]), int(self.features.shape[2])
 
-    def split(self, max_rows: int) -> list[Job]:
-        """Chunks of at most ``max_rows`` rows (a job too large for one forward runs in these)."""
-        return [
-            Job(self.features[i : i + max_rows], self.adapter_id, self.request_id, self.deadline)
-            for i in range(0, self.rows, max_rows)
-        ]
+    def inputs(self, start: int, stop: int) -> tuple[Tensor, Tensor | None]:
+        """Rows ``[start, stop)``: (features, pixels or None)."""
+        return self.features[start:stop], None
 
 
 @dataclass(eq=False)
@@ -101,9 +142,9 @@ class AvJob(Job):
     """One video's windows for one audio-visual adapter (AV-PEA).
 
     A row is one window of ``segments`` one-second segments (each segment is two backbone
-    sequences, audio and visual). Its grid ``(segments, frames, mel)`` never equals an audio
-    job's ``(frames, mel)``, so AV rows batch only with AV rows of the same window length, and
-    audio batches form without them.
+    sequences, audio and visual). Its grid ``(segments, frames, mel, height, width)`` never equals
+    an audio job's ``(frames, mel)``, so AV rows batch only with AV rows of the same window
+    length, and audio batches form without them.
     """
 
     pixels: Tensor = field(default_factory=lambda: torch.empty(0))
@@ -111,26 +152,31 @@ class AvJob(Job):
 
     @property
     def grid(self) -> tuple[int, ...]:
-        """(segments, frames, mel bins) of every window."""
-        return tuple(int(d) for d in self.features.shape[1:4])
+        """(segments, frames, mel bins, frame height, frame width) of every window."""
+        return tuple(int(d) for d in (*self.features.shape[1:4], *self.pixels.shape[3:5]))
 
-    def split(self, max_rows: int) -> list[Job]:
-        return [
-            AvJob(
-                self.features[i : i + max_rows],
-                self.adapter_id,
-                self.request_id,
-                self.deadline,
-                pixels=self.pixels[i : i + max_rows],
-            )
-            for i in range(0, self.rows, max_rows)
-        ]
+    def inputs(self, start: int, stop: int) -> tuple[Tensor, Tensor | None]:
+        return self.features[start:stop], self.pixels[start:stop]
+
+
+@dataclass(frozen=True, eq=False)
+class _Slice:
+    """Rows ``[start, stop)`` of one job, as one batch takes them."""
+
+    job: Job
+    start: int
+    stop: int
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
 
 
 @dataclass(eq=False)
 class _Command:
     fn: Callable[[], Any]
     future: Future[Any]
+    what: str
 
 
 class Engine:
@@ -146,6 +192,10 @@ class Engine:
         mixing: mix adapters in one forward (True) or serve one adapter per batch (False).
         bank_capacity: slots per adapter stack at creation.
         metrics: where batch sizes, waits and forward times are recorded.
+        max_batch_tokens: most patch tokens (rows x tokens per row) in one forward.
+        stall_s: a forward, bank command or adapter load running longer than this marks the
+            engine stalled (not ready; queued jobs fail with 503).
+        dead_s: running longer than this, :meth:`health` says dead (liveness fails).
     """
 
     def __init__(
@@ -160,11 +210,20 @@ class Engine:
         mixing: bool = True,
         bank_capacity: int = 8,
         metrics: ServiceMetrics | None = None,
+        max_batch_tokens: int = 8192,
+        stall_s: float = 60.0,
+        dead_s: float = 300.0,
     ) -> None:
+        if max_batch_size < 1 or max_batch_tokens < 1:
+            raise ValueError(
+                f"need max_batch_size >= 1 and max_batch_tokens >= 1, got {max_batch_size} and "
+                f"{max_batch_tokens}"
+            )
         self.backbone = backbone.eval()
         self.device = device
         self.compute_dtype = compute_dtype
         self.max_batch_size = max_batch_size
+        self.max_batch_tokens = max_batch_tokens
         self.max_wait_s = max_wait_ms / 1000.0
         self.queue_capacity = queue_capacity
         self.mixing = mixing
@@ -185,12 +244,16 @@ class Engine:
         """Loads waiting for a pending one to settle before their full stack can grow."""
         self.batches_run = 0
         self._last_batch_av = False
+        self.watchdog = Watchdog(
+            stall_s=stall_s, dead_s=dead_s, on_stall=self._stalled, on_recover=self._recovered
+        )
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the worker thread (jobs submitted before run now)."""
+        """Start the worker thread (jobs submitted before run now) and the watchdog."""
         if self._thread is not None:
             return
+        self.watchdog.start()
         self._thread = threading.Thread(target=self._run, name="lookaside-engine", daemon=True)
         self._thread.start()
 
@@ -207,6 +270,7 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout)
         self._loader.shutdown(wait=True)
+        self.watchdog.stop()
 
     @property
     def accepting(self) -> bool:
@@ -221,6 +285,10 @@ class Engine:
     def queue_depth(self) -> int:
         return len(self._queue)
 
+    def health(self) -> EngineHealth:
+        """Stalled (not ready) or dead (liveness fails), and why; see :mod:`service.watchdog`."""
+        return self.watchdog.health()
+
     # -- requests -------------------------------------------------------------------------------
     def submit(
         self,
@@ -232,12 +300,15 @@ class Engine:
     ) -> Future[Tensor]:
         """Queue one clip's windows ``[rows, frames, mel]`` for one adapter.
 
-        Returns a future of ``[rows, classes]`` logits. Raises :class:`QueueFull` (429) when the
-        queue is at capacity and :class:`NotReady` (503) when the engine is stopping.
+        Returns a future of ``[rows, classes]`` logits. Raises :class:`OverBudget` (422) when one
+        row needs more than ``max_batch_tokens`` tokens, :class:`QueueFull` (429) when the queue
+        is at capacity and :class:`NotReady` (503) when the engine is stalled or stopping.
         """
         if features.dim() != 3 or features.shape[0] == 0:
             raise ValueError(f"features must be [rows>0, frames, mel], got {tuple(features.shape)}")
-        return self._enqueue(Job(features, adapter_id, request_id, time.monotonic() + timeout_s))
+        tokens = window_tokens(self.backbone.cfg, int(features.shape[2]), int(features.shape[1]))
+        job = Job(features, adapter_id, request_id, time.monotonic() + timeout_s)
+        return self._enqueue(job, tokens)
 
     def submit_av(
         self,
@@ -263,10 +334,32 @@ class Engine:
             )
         if spec.shape[0] == 0:
             raise ValueError("an AV job needs at least one window")
+        tokens = window_tokens(
+            self.backbone.cfg,
+            int(spec.shape[3]),
+            int(spec.shape[2]),
+            segments=int(spec.shape[1]),
+            image_size=(int(pixels.shape[3]), int(pixels.shape[4])),
+        )
         deadline = time.monotonic() + timeout_s
-        return self._enqueue(AvJob(spec, adapter_id, request_id, deadline, pixels=pixels))
+        return self._enqueue(AvJob(spec, adapter_id, request_id, deadline, pixels=pixels), tokens)
 
-    def _enqueue(self, job: Job) -> Future[Tensor]:
+    def _enqueue(self, job: Job, tokens_per_row: int) -> Future[Tensor]:
+        if tokens_per_row > self.max_batch_tokens:
+            raise OverBudget(
+                f"one window of this request for adapter {job.adapter_id} (grid "
+                f"{'x'.join(map(str, job.grid))}) is {tokens_per_row} tokens, over the per-forward "
+                f"budget max_batch_tokens={self.max_batch_tokens}: this server cannot run the "
+                "adapter; raise LOOKASIDE_MAX_BATCH_TOKENS, or use an adapter with fewer mel bins "
+                "or frames per window"
+            )
+        job.tokens_per_row = tokens_per_row
+        health = self.watchdog.health()
+        if health.stalled:
+            raise NotReady(
+                f"{health.reason}; retry after the Retry-After delay or on another replica",
+                reason="engine_stalled",
+            )
         with self._cond:
             if not self._accepting:
                 raise NotReady("the server is shutting down; retry on another replica or later")
@@ -282,14 +375,17 @@ class Engine:
         return job.future
 
     # -- bank commands (applied between batches on the worker) ---------------------------------
-    def call(self, fn: Callable[[], T]) -> Future[T]:
-        """Run ``fn`` on the worker thread between two batches (the only place the bank changes)."""
+    def call(self, fn: Callable[[], T], *, what: str = "a bank command") -> Future[T]:
+        """Run ``fn`` on the worker thread between two batches (the only place the bank changes).
+
+        ``what`` names it to the watchdog (a command running longer than ``stall_s`` stalls the
+        engine like a forward would)."""
         fut: Future[T] = Future()
         with self._cond:
             if self._closed:
                 fut.set_exception(NotReady("the engine has stopped"))
                 return fut
-            self._commands.append(_Command(fn, fut))
+            self._commands.append(_Command(fn, fut, what))
             self._cond.notify_all()
         if self._thread is None:  # not started (unit use): run now on the caller's thread
             self._apply_commands()
@@ -315,6 +411,7 @@ class Engine:
         gives the slot back and fails the returned future only.
         """
         target = adapter_id or checkpoint.manifest.id
+        reserving = f"reserve a slot for {target}"
         done: Future[None] = Future()
         done.set_running_or_notify_cancel()
         started = time.perf_counter()
@@ -339,18 +436,19 @@ class Engine:
 
         def copy(reservation: Reservation) -> None:
             try:
-                self.bank.load(reservation, checkpoint.tensors, validated=validated)
+                with self.watchdog.watch("adapter load", f"copy of {target} into its slot"):
+                    self.bank.load(reservation, checkpoint.tensors, validated=validated)
             except BaseException as exc:
-                self.call(lambda: abort(reservation))
+                self.call(lambda: abort(reservation), what=f"abort the load of {target}")
                 fail(exc)
                 return
-            _chain(self.call(lambda: publish(reservation)), fail)
+            _chain(self.call(lambda: publish(reservation), what=f"publish {target}"), fail)
 
         def reserve() -> None:
             try:
                 reservation = self._reserve(checkpoint, target)
             except _GrowLater:  # retried once the pending load publishes or aborts
-                self._parked.append(lambda: _chain(self.call(reserve), fail))
+                self._parked.append(lambda: _chain(self.call(reserve, what=reserving), fail))
                 return
             self._pending_loads += 1
             try:
@@ -359,7 +457,7 @@ class Engine:
                 abort(reservation)
                 fail(NotReady(f"the engine is stopping: {exc}"))
 
-        _chain(self.call(reserve), fail)
+        _chain(self.call(reserve, what=reserving), fail)
         return done
 
     def _load_settled(self) -> None:
@@ -372,7 +470,7 @@ class Engine:
     def unload_adapter(self, adapter_id: str) -> Future[None]:
         """Remove an adapter between batches (unroutable at once; its slot is zeroed and reused
         after the last route holding it is released)."""
-        return self.call(lambda: self.bank.remove(adapter_id))
+        return self.call(lambda: self.bank.remove(adapter_id), what=f"unload {adapter_id}")
 
     def resident(self) -> list[str]:
         """Adapter ids published in the bank."""
@@ -408,11 +506,46 @@ class Engine:
         )
         return used + self.bank.free_slots(method, config)
 
+    # -- watchdog -------------------------------------------------------------------------------
+    def _stalled(self, activity: Activity, age: float) -> None:
+        """The watchdog saw ``activity`` overrun ``stall_s`` (monitor thread): say which work,
+        and fail the queued jobs with 503 now instead of at their own timeouts."""
+        with self._cond:
+            queued = list(self._queue)
+            self._queue.clear()
+        log.error(
+            "engine stalled: %s has run %.1f s, over engine_stall_s=%g; not ready until it ends, "
+            "failing %d queued jobs with 503",
+            activity.describe(),
+            age,
+            self.watchdog.stall_s,
+            len(queued),
+        )
+
+        def record() -> None:
+            self.metrics.engine_stalled.set(1)
+            self.metrics.engine_stalls.inc()
+            self.metrics.queue_depth.set(0)
+
+        self.metrics.safe(record)
+        reason = (
+            f"the engine is stalled by a {activity.kind} running over engine_stall_s="
+            f"{self.watchdog.stall_s:g}; retry after the Retry-After delay or on another replica"
+        )
+        for job in queued:
+            _fail(job, NotReady(reason, reason="engine_stalled"))
+
+    def _recovered(self, activity: Activity, duration: float) -> None:
+        log.warning(
+            "engine recovered: %s ended after %.1f s; ready again", activity.describe(), duration
+        )
+        self.metrics.safe(lambda: self.metrics.engine_stalled.set(0))
+
     # -- worker ---------------------------------------------------------------------------------
     def _run(self) -> None:
         torch.set_grad_enabled(False)
         while True:
-            batch: list[Job] | None = None
+            batch: list[_Slice] | None = None
             try:
                 self._apply_commands()
                 batch = self._next_batch()
@@ -424,14 +557,14 @@ class Engine:
                     self._run_batch(batch)
             except Exception as exc:  # a bug in the loop itself: fail what it held, keep serving
                 log.exception("engine loop error; failing the %d jobs it held", len(batch or []))
-                for job in batch or []:
-                    if not job.future.done():
-                        job.future.set_exception(
-                            EngineFailure(
-                                f"internal engine error ({type(exc).__name__}); the server log "
-                                f"has the trace of request {job.request_id}"
-                            )
-                        )
+                for part in batch or []:
+                    _fail(
+                        part.job,
+                        EngineFailure(
+                            f"internal engine error ({type(exc).__name__}); the server log "
+                            f"has the trace of request {part.job.request_id}"
+                        ),
+                    )
         self._fail_remaining()
         with self._cond:
             self._closed = True  # call() refuses from now on; what it accepted is applied below
@@ -453,7 +586,9 @@ class Engine:
             if not cmd.future.set_running_or_notify_cancel():
                 continue
             try:
-                cmd.future.set_result(cmd.fn())
+                with self.watchdog.watch("bank command", cmd.what):
+                    result = cmd.fn()
+                cmd.future.set_result(result)
             except BaseException as exc:  # handed to the caller, never kills the worker
                 cmd.future.set_exception(exc)
 
@@ -473,7 +608,12 @@ class Engine:
             return False
         return self.mixing or job.adapter_id == first.adapter_id
 
-    def _next_batch(self) -> list[Job] | None:
+    def _row_cap(self, first: Job) -> int:
+        """Most rows of ``first``'s grid one forward may hold: ``max_batch_size`` and the token
+        budget (every job of one grid has the same tokens per row)."""
+        return max(1, min(self.max_batch_size, self.max_batch_tokens // first.tokens_per_row))
+
+    def _next_batch(self) -> list[_Slice] | None:
         """Wait for work; return the next batch ([] if every taken job was stale), or None when
         there is a command to apply or the engine is stopping with nothing left to run."""
         with self._cond:
@@ -481,92 +621,125 @@ class Engine:
                 self._cond.wait()
             if self._commands:
                 return None
+            self._queue = collections.deque(j for j in self._queue if not j.future.done())
             if not self._queue or (self._stop and not self._drain):
                 return None
             first = self._first_job()
+            cap = self._row_cap(first)
             self._last_batch_av = isinstance(first, AvJob)
             flush_at = first.enqueued + self.max_wait_s
             while not self._stop and not self._commands:
-                rows = sum(j.rows for j in self._queue if self._matches(j, first))
+                rows = sum(j.remaining for j in self._queue if self._matches(j, first))
                 remaining = flush_at - time.monotonic()
-                if rows >= self.max_batch_size or remaining <= 0:
+                if rows >= cap or remaining <= 0:
                     break
                 self._cond.wait(remaining)
-            batch: list[Job] = []
-            rows = 0
-            kept: collections.deque[Job] = collections.deque()
-            while self._queue:
-                job = self._queue.popleft()
-                fits = not batch or rows + job.rows <= self.max_batch_size
-                if self._matches(job, first) and fits and rows < self.max_batch_size:
-                    batch.append(job)
-                    rows += job.rows
-                else:
-                    kept.append(job)
-            self._queue = kept
-            depth = len(kept)
+            batch, expired, waits = self._take(first, cap)
+            depth = len(self._queue)
         self.metrics.safe(lambda: self.metrics.queue_depth.set(depth))
+        for wait in waits:
+            self.metrics.safe(lambda w=wait: self.metrics.queue_wait.observe(w))  # type: ignore[misc]
+        for job in expired:
+            ran = f" after {job.start} of its {job.rows} rows ran" if job.start else ""
+            _fail(
+                job,
+                RequestTimeout(
+                    f"the request waited past its timeout in the queue{ran}; retry later"
+                ),
+            )
+        return batch
+
+    def _take(self, first: Job, cap: int) -> tuple[list[_Slice], list[Job], list[float]]:
+        """Rows of the next forward (lock held): jobs of ``first``'s grid in queue order, each
+        whole if it fits, up to ``cap`` rows; a job larger than one forward gives its next rows
+        and goes back to the end of the queue with the rest. Returns (batch, jobs past their
+        deadline, queue waits of jobs taken for the first time)."""
         now = time.monotonic()
-        live: list[Job] = []
-        for job in batch:
-            if not job.future.set_running_or_notify_cancel():
+        batch: list[_Slice] = []
+        expired: list[Job] = []
+        waits: list[float] = []
+        rows = 0
+        kept: collections.deque[Job] = collections.deque()
+        again: list[Job] = []
+        while self._queue:
+            job = self._queue.popleft()
+            if job.future.done():  # cancelled by its client, or failed: drop what is left
+                continue
+            free = cap - rows
+            # a job that fits one forward is never split: it waits for the next batch instead
+            if (
+                not self._matches(job, first)
+                or free <= 0
+                or (batch and free < job.remaining <= cap)
+            ):
+                kept.append(job)
+                continue
+            if not job.future.running() and not job.future.set_running_or_notify_cancel():
                 continue  # the client gave up (timeout): nothing to answer
             if now > job.deadline:
-                job.future.set_exception(
-                    RequestTimeout("the request waited past its timeout in the queue; retry later")
-                )
+                expired.append(job)
                 continue
-            wait = now - job.enqueued
-            self.metrics.safe(lambda w=wait: self.metrics.queue_wait.observe(w))  # type: ignore[misc]
-            live.append(job)
-        return live
+            if job.start == 0:
+                waits.append(now - job.enqueued)
+            n = min(job.remaining, free)
+            batch.append(_Slice(job, job.start, job.start + n))
+            job.start += n
+            rows += n
+            if job.remaining:
+                again.append(job)
+        kept.extend(again)
+        self._queue = kept
+        return batch, expired, waits
 
-    def _run_batch(self, batch: list[Job]) -> None:
-        if len(batch) == 1 and batch[0].rows > self.max_batch_size:
-            self._run_alone(batch[0])
-            return
+    def _run_batch(self, batch: list[_Slice]) -> None:
         try:
             outputs = self._forward(batch)
         except Exception:
             self.metrics.safe(self.metrics.batch_failures.inc)
-            ids = ", ".join(j.request_id for j in batch)
+            ids = ", ".join(p.job.request_id for p in batch)
             log.exception(
                 "a batch of %d jobs failed (requests %s); retrying each alone", len(batch), ids
             )
-            for job in batch:
-                self._run_alone(job)
+            for part in batch:
+                self._run_alone(part)
             return
-        for job, out in zip(batch, outputs, strict=True):
-            job.future.set_result(out)
+        for part, out in zip(batch, outputs, strict=True):
+            _deliver(part, out)
 
-    def _run_alone(self, job: Job) -> None:
-        """One job on its own, in chunks of ``max_batch_size`` rows; only it fails if it raises."""
+    def _run_alone(self, part: _Slice) -> None:
+        """One job's rows on their own; only that job fails if they raise."""
+        job = part.job
         try:
-            parts = []
-            for chunk in job.split(self.max_batch_size):
-                parts.extend(self._forward([chunk]))
-            job.future.set_result(torch.cat(parts))
+            (out,) = self._forward([part])
         except Exception as exc:
             log.exception(
                 "request %s failed in the model (adapter %s)", job.request_id, job.adapter_id
             )
-            job.future.set_exception(
+            _fail(
+                job,
                 EngineFailure(
                     f"the model failed on this request (adapter {job.adapter_id}, "
                     f"{type(exc).__name__}); the server log has the trace of request "
                     f"{job.request_id}"
-                )
+                ),
             )
+            return
+        _deliver(part, out)
 
-    def _forward(self, batch: Sequence[Job]) -> list[Tensor]:
-        """One forward over every row of ``batch``; per-job ``[rows, classes]`` fp32 host logits."""
-        if isinstance(batch[0], AvJob):
-            return self._forward_av(batch)
+    def _forward(self, batch: Sequence[_Slice]) -> list[Tensor]:
+        """One forward over every row of ``batch`` (watched); per-slice fp32 host logits."""
+        with self.watchdog.watch("forward", _describe(batch)):
+            if isinstance(batch[0].job, AvJob):
+                return self._forward_av(batch)
+            return self._forward_audio(batch)
+
+    def _forward_audio(self, batch: Sequence[_Slice]) -> list[Tensor]:
+        """Per-slice ``[rows, classes]`` fp32 host logits."""
         started = time.perf_counter()
         ids: list[str | None] = []
-        for job in batch:
-            ids.extend([job.adapter_id] * job.rows)
-        spec = self._to_device([job.features for job in batch])
+        for part in batch:
+            ids.extend([part.job.adapter_id] * part.rows)
+        spec = self._to_device([part.job.inputs(part.start, part.stop)[0] for part in batch])
         autocast = (
             torch.autocast(self.device.type, dtype=self.compute_dtype)
             if self.compute_dtype != torch.float32
@@ -576,24 +749,24 @@ class Engine:
             logits = self.model(spec, ids)
         out: list[Tensor] = []
         row = 0
-        for job in batch:
-            rows = logits[row : row + job.rows]
-            row += job.rows
-            if job.adapter_id is None:
-                out.append(torch.zeros(job.rows, 0))
+        for part in batch:
+            rows = logits[row : row + part.rows]
+            row += part.rows
+            if part.job.adapter_id is None:
+                out.append(torch.zeros(part.rows, 0))
             else:
                 out.append(torch.stack([r for r in rows if r is not None]).float().to("cpu"))
         self._record(batch, started, len(ids))
         return out
 
-    def _forward_av(self, batch: Sequence[Job]) -> list[Tensor]:
+    def _forward_av(self, batch: Sequence[_Slice]) -> list[Tensor]:
         """One two-stream forward over every window of an AV batch (adapters may differ per
-        window); per-job ``[windows, segments, classes]`` fp32 host logits."""
+        window); per-slice ``[windows, segments, classes]`` fp32 host logits."""
         started = time.perf_counter()
-        jobs = [j for j in batch if isinstance(j, AvJob)]
-        ids: list[str | None] = [j.adapter_id for j in jobs for _ in range(j.rows)]
-        spec = self._to_device([j.features for j in jobs])
-        pixels = self._to_device([j.pixels for j in jobs])
+        ids: list[str | None] = [p.job.adapter_id for p in batch for _ in range(p.rows)]
+        inputs = [p.job.inputs(p.start, p.stop) for p in batch]
+        spec = self._to_device([features for features, _ in inputs])
+        pixels = self._to_device([px for _, px in inputs if px is not None])
         autocast = (
             torch.autocast(self.device.type, dtype=self.compute_dtype)
             if self.compute_dtype != torch.float32
@@ -603,22 +776,24 @@ class Engine:
             logits = self.model.forward_av(spec, pixels, ids)
         out: list[Tensor] = []
         row = 0
-        for job in jobs:
-            windows = logits[row : row + job.rows]
-            row += job.rows
+        for part in batch:
+            windows = logits[row : row + part.rows]
+            row += part.rows
             out.append(torch.stack([w for w in windows if w is not None]).float().to("cpu"))
         self._record(batch, started, len(ids))
         return out
 
-    def _record(self, batch: Sequence[Job], started: float, total_rows: int) -> None:
+    def _record(self, batch: Sequence[_Slice], started: float, total_rows: int) -> None:
         elapsed = time.perf_counter() - started
         self.batches_run += 1
-        adapters = len({j.adapter_id for j in batch})
+        adapters = len({p.job.adapter_id for p in batch})
+        tokens = sum(p.rows * p.job.tokens_per_row for p in batch)
 
         def record() -> None:
             self.metrics.forward.observe(elapsed)
             self.metrics.batch_rows.observe(total_rows)
             self.metrics.batch_adapters.observe(adapters)
+            self.metrics.batch_tokens.observe(tokens)
 
         self.metrics.safe(record)
 
@@ -636,12 +811,48 @@ class Engine:
             left = list(self._queue)
             self._queue.clear()
         for job in left:
-            if job.future.set_running_or_notify_cancel():
-                job.future.set_exception(NotReady("the server shut down before this request ran"))
+            _fail(job, NotReady("the server shut down before this request ran"))
 
 
 class _GrowLater(Exception):
     """A full stack cannot grow while a load into the bank is pending: park and retry."""
+
+
+def _describe(batch: Sequence[_Slice]) -> str:
+    """A batch for the watchdog and its log line: rows, tokens, adapters, request ids."""
+    rows = sum(p.rows for p in batch)
+    tokens = sum(p.rows * p.job.tokens_per_row for p in batch)
+    adapters = sorted({str(p.job.adapter_id) for p in batch})
+    requests = list(dict.fromkeys(p.job.request_id for p in batch))
+    more = f" (+{len(requests) - _SHOWN_IDS} more)" if len(requests) > _SHOWN_IDS else ""
+    return (
+        f"{rows} rows, {tokens} tokens; adapters {', '.join(adapters)}; requests "
+        f"{', '.join(requests[:_SHOWN_IDS])}{more}"
+    )
+
+
+def _deliver(part: _Slice, out: Tensor) -> None:
+    """Hand a slice's logits to its job; the job's future resolves after its last rows."""
+    job = part.job
+    if job.future.done():  # failed meanwhile (watchdog, another chunk): nothing to answer
+        return
+    job.parts.append(out)
+    if part.stop < job.rows:
+        return
+    result = job.parts[0] if len(job.parts) == 1 else torch.cat(job.parts)
+    job.parts = []
+    with contextlib.suppress(InvalidStateError):
+        job.future.set_result(result)
+
+
+def _fail(job: Job, exc: BaseException) -> None:
+    """Fail a job's future unless it is already settled or its client cancelled it (any thread:
+    the worker and the watchdog may race; the first outcome wins)."""
+    fut = job.future
+    if fut.done() or (not fut.running() and not fut.set_running_or_notify_cancel()):
+        return
+    with contextlib.suppress(InvalidStateError):
+        fut.set_exception(exc)
 
 
 def _chain(step: Future[Any], fail: Callable[[BaseException], None]) -> None:

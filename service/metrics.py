@@ -18,6 +18,11 @@ Names (all prefixed ``lookaside_``):
 ``adapter_evictions_total{adapter}``        evictions by the residency policy
 ``adapter_load_failures_total{adapter}``    loads that failed
 ``batch_failures_total``                    forwards that raised (rows then retried alone)
+``batch_tokens``                            patch tokens per forward (rows x tokens per row;
+                                            never over ``max_batch_tokens``)
+``engine_stalled``                          1 while a forward, bank command or adapter load
+                                            has run longer than ``engine_stall_s``, else 0
+``engine_stalls_total``                     stalls detected by the engine watchdog
 ``cuda_memory_allocated_bytes`` /           where CUDA is present (read at scrape time)
 ``cuda_memory_reserved_bytes``
 ==========================================  ======================================================
@@ -41,6 +46,7 @@ log = logging.getLogger("service.metrics")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_TOKENS = (64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 
 
 class _CudaMemory(Collector):
@@ -98,6 +104,20 @@ class ServiceMetrics:
         )
         self.batch_failures = Counter(
             "lookaside_batch_failures", "Forwards that raised", registry=r
+        )
+        self.batch_tokens = Histogram(
+            "lookaside_batch_tokens",
+            "Patch tokens per forward (rows x tokens per row)",
+            buckets=_TOKENS,
+            registry=r,
+        )
+        self.engine_stalled = Gauge(
+            "lookaside_engine_stalled",
+            "1 while engine work has run longer than engine_stall_s",
+            registry=r,
+        )
+        self.engine_stalls = Counter(
+            "lookaside_engine_stalls", "Stalls detected by the engine watchdog", registry=r
         )
         self.queue_depth = Gauge("lookaside_queue_depth", "Jobs waiting", registry=r)
         self.adapters_resident = Gauge(

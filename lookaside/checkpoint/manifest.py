@@ -2,8 +2,9 @@
 
 A manifest is a small JSON file; it is parsed and schema-validated here with nothing sized by it.
 :class:`CheckpointLimits` bounds everything a manifest could make large (bottleneck widths,
-experts, prompt tokens, labels, parameters, file sizes); :mod:`lookaside.checkpoint.validate`
-applies them before any tensor exists.
+experts, prompt tokens, labels, parameters, file sizes, and the work one request costs: sample
+rate, mel bins, frames, tokens per window, window overlap, clip length);
+:mod:`lookaside.checkpoint.validate` applies them before any tensor exists.
 """
 
 from __future__ import annotations
@@ -95,6 +96,47 @@ class CheckpointLimits(BaseModel):
     """Deepest backbone a manifest may describe (used when no backbone is given)."""
     max_embed_dim: int = Field(16_384, gt=0)
     """Widest backbone a manifest may describe (used when no backbone is given)."""
+
+    # -- features: what one request's forward and featurisation cost -------------------------
+    max_window_tokens: int = Field(8192, gt=0)
+    """Most patch tokens one window may give on the backbone (an audio-visual window: every
+    segment's audio and frame tokens). A service passes its per-forward budget
+    (``max_batch_tokens``), so every window the server accepts fits one forward. AST's
+    overlapping 128 x 1024 window is 12 x 101 = 1212 tokens."""
+    min_sample_rate: int = Field(8_000, gt=0)
+    """Lowest ``features.sample_rate`` (Hz): telephone audio; below it a 25 ms fbank window
+    holds too few samples to be a spectrogram."""
+    max_sample_rate: int = Field(48_000, gt=0)
+    """Highest ``features.sample_rate`` (Hz): studio audio; resampling cost grows with it."""
+    max_mel_bins: int = Field(512, gt=0)
+    """Most ``features.num_mel_bins`` (AST: 128); also at most one per FFT bin of the rate."""
+    max_target_frames: int = Field(4096, gt=0)
+    """Most ``features.target_frames`` (10 ms each; AudioSet's 1024 is 10.24 s)."""
+    max_window_overlap: int = Field(16, gt=0)
+    """Most windows that may cover one frame: ``features.window_hop_frames`` must be at least
+    ``ceil(target_frames / max_window_overlap)``, so a clip's window count (and work) is at most
+    this many times the count without overlap."""
+    max_clip_seconds: float = Field(86_400.0, gt=0, allow_inf_nan=False)
+    """Largest ``features.max_seconds`` (one day); a server caps clips by its own limit anyway."""
+    max_feature_stat: float = Field(1000.0, gt=0, allow_inf_nan=False)
+    """``|features.mean|`` and ``features.std`` at most this, ``std`` at least its inverse:
+    log-mel values are within about +-20, and a tiny ``std`` turns float32 features into Inf."""
+    # -- strings and small collections --------------------------------------------------------
+    max_label_chars: int = Field(256, gt=0)
+    """Longest label and metric name (each is sent in every answer or listing)."""
+    max_task_chars: int = Field(1024, gt=0)
+    """Longest ``task`` description."""
+    max_metrics: int = Field(64, gt=0)
+    """Most entries in ``metrics``."""
+
+    @model_validator(mode="after")
+    def _ranges(self) -> CheckpointLimits:
+        if self.min_sample_rate > self.max_sample_rate:
+            raise ValueError(
+                f"min_sample_rate {self.min_sample_rate} is over max_sample_rate "
+                f"{self.max_sample_rate}"
+            )
+        return self
 
 
 class ManifestWarning(UserWarning):

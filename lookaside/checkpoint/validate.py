@@ -1,7 +1,9 @@
 """Checkpoint validation that allocates nothing an upload controls (NOTES §5).
 
-One path serves files on disk and uploads in memory, cheapest and safest step first:
-manifest limits (bottleneck widths, experts, prompt tokens, labels), the weights' size, expected
+One path serves files on disk and uploads in memory, cheapest and safest step first: the
+backbone (fingerprint, and the recorded config equal to the server's), manifest limits (bottleneck
+widths, experts, prompt tokens, labels and their length, and the work one request costs: sample
+rate, mel bins, frames, tokens per window, window hop, clip length), the weights' size, expected
 shapes from the ``meta`` device and arithmetic (never real tensors), parameters against the
 limit and the file size, the sha256, the safetensors header (its length bounded before it is
 parsed; names, shapes, dtypes, offsets), and only then the tensor data, which must be finite.
@@ -26,9 +28,10 @@ from lookaside.adapters import get_method
 from lookaside.adapters.base import AdapterConfig
 from lookaside.adapters.head import HeadConfig
 from lookaside.adapters.stack import AdapterStack
-from lookaside.backbone import BackboneConfig, VisionTransformer
+from lookaside.backbone import BackboneConfig, VisionTransformer, window_tokens
 from lookaside.checkpoint.manifest import AdapterManifest, CheckpointLimits, describe
 from lookaside.errors import ConfigError, IncompatibleBackbone, InvalidCheckpoint
+from lookaside.features import FRAME_LENGTH_MS
 
 __all__ = [
     "FLOAT_DTYPES",
@@ -38,6 +41,7 @@ __all__ = [
     "check_backbone",
     "check_finite",
     "check_header",
+    "check_features",
     "check_manifest_limits",
     "nonfinite_names",
     "expected_shapes",
@@ -189,11 +193,135 @@ def check_manifest_limits(
         problems.append(
             f"{prompts} prompt tokens, over max_prompt_tokens={limits.max_prompt_tokens}"
         )
+    segments = int(getattr(cfg, "segments", 1)) if get_method(manifest.method).audio_visual else 0
+    problems += check_features(manifest, backbone_cfg, limits, segments=segments)
+    problems += _text_problems(manifest, limits)
     if problems:
         raise InvalidCheckpoint(
             f"checkpoint {manifest.id} ({manifest.method}) is larger than this server accepts: "
             + "; ".join(problems)
+            + ". Retrain or re-export the adapter within these limits"
         )
+
+
+def fft_bins(sample_rate: int) -> int:
+    """FFT bins of the Kaldi fbank at ``sample_rate``: its 25 ms window padded to a power of two,
+    halved (16 kHz: 400 samples -> 512 -> 256 bins)."""
+    window = max(int(sample_rate * FRAME_LENGTH_MS / 1000), 1)
+    return (1 << (window - 1).bit_length()) // 2
+
+
+def check_features(
+    manifest: AdapterManifest,
+    backbone_cfg: BackboneConfig,
+    limits: CheckpointLimits,
+    *,
+    segments: int = 0,
+) -> list[str]:
+    """Problems of ``manifest.features`` against ``limits`` and the backbone, as messages.
+
+    Each names the field, its value and the limit. The work of one request grows with the sample
+    rate (resampling, fbank), the mel bins and frames (features, tokens), the tokens of one window
+    (the forward; ``segments`` > 0: an audio-visual window of that many one-second segments, each
+    a spectrogram and a frame), the window overlap (windows per clip) and the clip length.
+    Arithmetic only: nothing is sized by these values here.
+    """
+    problems = _grid_problems(manifest, backbone_cfg, limits, segments)
+    f = manifest.features
+    min_hop = -(-f.target_frames // limits.max_window_overlap)
+    if f.window_hop_frames is not None and f.window_hop_frames < min_hop:
+        problems.append(
+            f"features.window_hop_frames={f.window_hop_frames} is under {min_hop} "
+            f"(ceil(target_frames {f.target_frames} / max_window_overlap="
+            f"{limits.max_window_overlap}))"
+        )
+    if f.max_seconds > limits.max_clip_seconds:
+        problems.append(
+            f"features.max_seconds={f.max_seconds:g} is over "
+            f"max_clip_seconds={limits.max_clip_seconds:g}"
+        )
+    stat = limits.max_feature_stat
+    if abs(f.mean) > stat:
+        problems.append(f"features.mean={f.mean:g} is outside +-{stat:g} (max_feature_stat)")
+    if not 1 / stat <= f.std <= stat:
+        problems.append(
+            f"features.std={f.std:g} is outside {1 / stat:g}..{stat:g} (max_feature_stat)"
+        )
+    return problems
+
+
+def _grid_problems(
+    manifest: AdapterManifest, backbone_cfg: BackboneConfig, limits: CheckpointLimits, segments: int
+) -> list[str]:
+    """Sample rate, mel bins, frames and the tokens of one window (see :func:`check_features`)."""
+    f = manifest.features
+    problems: list[str] = []
+    lo, hi = limits.min_sample_rate, limits.max_sample_rate
+    if not lo <= f.sample_rate <= hi:
+        problems.append(
+            f"features.sample_rate={f.sample_rate} Hz is outside {lo}..{hi} Hz "
+            "(min_sample_rate..max_sample_rate); AST uses 16000"
+        )
+    patch = backbone_cfg.patch_size
+    mel_cap = min(limits.max_mel_bins, fft_bins(f.sample_rate))
+    if f.num_mel_bins < patch:
+        problems.append(
+            f"features.num_mel_bins={f.num_mel_bins} is under the backbone's patch size {patch}"
+        )
+    elif f.num_mel_bins > limits.max_mel_bins:
+        problems.append(
+            f"features.num_mel_bins={f.num_mel_bins} is over max_mel_bins={limits.max_mel_bins}"
+        )
+    elif f.num_mel_bins > mel_cap:
+        problems.append(
+            f"features.num_mel_bins={f.num_mel_bins} is over {mel_cap}, the FFT bins of a "
+            f"{FRAME_LENGTH_MS:g} ms window at features.sample_rate={f.sample_rate} Hz (one mel "
+            "bin per FFT bin at most)"
+        )
+    if f.target_frames < patch:
+        problems.append(
+            f"features.target_frames={f.target_frames} is under the backbone's patch size {patch}"
+        )
+    elif f.target_frames > limits.max_target_frames:
+        problems.append(
+            f"features.target_frames={f.target_frames} is over "
+            f"max_target_frames={limits.max_target_frames}"
+        )
+    grid_ok = patch <= f.num_mel_bins <= limits.max_mel_bins
+    if grid_ok and patch <= f.target_frames <= limits.max_target_frames:
+        tokens = window_tokens(backbone_cfg, f.num_mel_bins, f.target_frames, segments=segments)
+        if tokens > limits.max_window_tokens:
+            what = f"{segments} segments of " if segments else ""
+            problems.append(
+                f"one window of {what}features.num_mel_bins={f.num_mel_bins} x "
+                f"features.target_frames={f.target_frames} is {tokens} tokens on backbone "
+                f"{backbone_cfg.name!r}, over max_window_tokens={limits.max_window_tokens} "
+                "(the server's per-forward budget, LOOKASIDE_MAX_BATCH_TOKENS)"
+            )
+    return problems
+
+
+def _text_problems(manifest: AdapterManifest, limits: CheckpointLimits) -> list[str]:
+    """Labels, metric names and the task description within their length limits."""
+    problems: list[str] = []
+    cap = limits.max_label_chars
+    long_labels = [i for i, label in enumerate(manifest.labels) if len(label) > cap]
+    if long_labels:
+        longest = max(len(manifest.labels[i]) for i in long_labels)
+        problems.append(
+            f"labels at positions {long_labels[:5]}{' ...' if len(long_labels) > 5 else ''} are "
+            f"longer than max_label_chars={cap} (longest: {longest} characters)"
+        )
+    if len(manifest.task) > limits.max_task_chars:
+        problems.append(
+            f"task is {len(manifest.task)} characters, over max_task_chars={limits.max_task_chars}"
+        )
+    if len(manifest.metrics) > limits.max_metrics:
+        problems.append(f"{len(manifest.metrics)} metrics, over max_metrics={limits.max_metrics}")
+    long_names = sum(1 for name in manifest.metrics if len(name) > cap)
+    if long_names:
+        problems.append(f"{long_names} metric names are longer than max_label_chars={cap}")
+    return problems
 
 
 def adapter_shapes(
@@ -230,7 +358,18 @@ def num_params(shapes: Mapping[str, tuple[int, ...]]) -> int:
 
 
 def check_backbone(manifest: AdapterManifest, backbone: VisionTransformer) -> None:
-    """Refuse a checkpoint trained on another backbone (by fingerprint: architecture + weights)."""
+    """Refuse a checkpoint trained on another backbone (by fingerprint: architecture + weights),
+    and one whose recorded ``backbone.config`` is not this backbone's config.
+
+    The fingerprint alone does not prove the recorded config (an edited manifest can keep the
+    fingerprint and claim ``depth: 1000000``), and code that reads the manifest's config (shapes
+    without a backbone, listings) must see the real one. The display name is left out of the
+    comparison as it is of the fingerprint, and so is ``image_size`` without an RGB kernel.
+
+    Raises:
+        IncompatibleBackbone: another fingerprint.
+        InvalidCheckpoint: the same fingerprint with another (or unusable) config.
+    """
     ref = manifest.backbone
     if ref.fingerprint != backbone.fingerprint():
         raise IncompatibleBackbone(
@@ -239,6 +378,26 @@ def check_backbone(manifest: AdapterManifest, backbone: VisionTransformer) -> No
             f"(source {backbone.source}). Load it with the backbone it was trained on, or "
             "retrain it on this one"
         )
+    excluded = {"name"} if backbone.cfg.has_rgb_kernel else {"name", "image_size"}
+    recorded = ref.backbone_config().model_dump(mode="json", exclude=excluded)
+    actual = backbone.cfg.model_dump(mode="json", exclude=excluded)
+    differ = [k for k in sorted(actual) if recorded.get(k) != actual[k]]
+    if differ:
+        shown = "; ".join(
+            f"backbone.config.{k}={_short(recorded.get(k))} (this server: {_short(actual[k])})"
+            for k in differ
+        )
+        raise InvalidCheckpoint(
+            f"checkpoint {manifest.id}: its manifest records backbone fingerprint "
+            f"{ref.fingerprint} but a different config: {shown}. The recorded config must equal "
+            "the backbone's; export the manifest again from the training run"
+        )
+
+
+def _short(value: object, limit: int = 64) -> str:
+    """``repr`` of a value, cut to ``limit`` characters (messages stay one readable line)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # -- safetensors header ----------------------------------------------------------------------

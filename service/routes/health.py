@@ -1,5 +1,11 @@
-"""``GET /healthz`` (the process is alive), ``GET /readyz`` (ready to serve, or why not) and
-``GET /metrics`` (Prometheus exposition of this app's registry)."""
+"""``GET /healthz`` (liveness), ``GET /readyz`` (ready to serve, or why not) and ``GET /metrics``
+(Prometheus exposition of this app's registry).
+
+An orchestrator routes traffic by ``/readyz`` and restarts by ``/healthz`` (``docs/probes.md``):
+readiness fails while the engine is stalled (a forward, bank command or adapter load has run
+longer than ``engine_stall_s``), liveness only once it has been stuck for ``engine_dead_s``, so a
+slow moment takes a replica out of rotation and a wedged one is restarted.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +19,27 @@ from service.schemas import Health, Readiness
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", response_model=Health)
-async def healthz() -> Health:
-    """The process is alive (also while loading or draining)."""
-    return Health(status="ok")
+@router.get(
+    "/healthz",
+    response_model=Health,
+    responses={
+        503: {
+            "model": Health,
+            "description": "the engine has been stalled longer than `engine_dead_s`, or its "
+            "worker died: restart the process",
+        }
+    },
+)
+async def healthz(state: StateDep) -> Response:
+    """The process is alive (also while loading or draining); 503 once the engine has been
+    stuck in one forward, bank command or adapter load for longer than ``engine_dead_s``, or its
+    worker thread has died outside a shutdown: only a restart cures either."""
+    engine = state.engine
+    if engine is not None and not state.shutting_down and not engine.alive:
+        return JSONResponse(Health(status="engine worker stopped").model_dump(), status_code=503)
+    if engine is not None and engine.health().dead:
+        return JSONResponse(Health(status="engine stalled").model_dump(), status_code=503)
+    return JSONResponse(Health(status="ok").model_dump())
 
 
 @router.get(
@@ -25,14 +48,19 @@ async def healthz() -> Health:
     responses={503: {"model": Readiness, "description": "not ready: `reason` says why"}},
 )
 async def readyz(state: StateDep) -> Response:
-    """Backbone and active adapters loaded and warm-up done; 503 with the reason before."""
-    resident = len(state.engine.resident()) if state.engine is not None else 0
+    """Backbone and active adapters loaded, warm-up done and the engine not stalled; 503 with the
+    reason otherwise."""
+    engine = state.engine
+    resident = len(engine.resident()) if engine is not None else 0
+    health = engine.health() if engine is not None else None
     if state.shutting_down:
         body = Readiness(ready=False, reason="shutting down", adapters=resident)
     elif not state.ready:
         body = Readiness(ready=False, reason=state.reason, adapters=resident)
-    elif state.engine is not None and not state.engine.alive:
+    elif engine is not None and not engine.alive:
         body = Readiness(ready=False, reason="the engine worker stopped", adapters=resident)
+    elif health is not None and health.stalled:
+        body = Readiness(ready=False, reason=health.reason, adapters=resident)
     else:
         return JSONResponse(Readiness(ready=True, adapters=resident).model_dump())
     return JSONResponse(

@@ -355,3 +355,194 @@ def test_limits_are_validated() -> None:
     with pytest.raises(ValidationError):
         CheckpointLimits(max_lables=5)  # type: ignore[call-arg]
     assert CheckpointLimits().max_labels == 20_000
+
+
+# -- features and backbone config: what one request costs (issue 14) -------------------------
+
+
+def _features(raw: dict[str, Any], **changes: object) -> dict[str, Any]:
+    raw["features"].update(changes)
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"num_mel_bins": 10**6}, "features.num_mel_bins=1000000 is over max_mel_bins=512"),
+        (
+            {"target_frames": 10**9},
+            "features.target_frames=1000000000 is over max_target_frames=4096",
+        ),
+        ({"sample_rate": 1}, "features.sample_rate=1 Hz is outside 8000..48000 Hz"),
+        ({"max_seconds": 1e12}, "features.max_seconds=1e+12 is over max_clip_seconds=86400"),
+        (
+            {"target_frames": 1024, "window_hop_frames": 1},
+            "features.window_hop_frames=1 is under 64 (ceil(target_frames 1024 / "
+            "max_window_overlap=16))",
+        ),
+        ({"num_mel_bins": 8}, "features.num_mel_bins=8 is under the backbone's patch size 16"),
+        ({"target_frames": 15}, "features.target_frames=15 is under the backbone's patch size 16"),
+        (
+            {"num_mel_bins": 257},
+            "features.num_mel_bins=257 is over 256, the FFT bins of a 25 ms window at "
+            "features.sample_rate=16000 Hz",
+        ),
+        (
+            {"sample_rate": 8000, "num_mel_bins": 129},
+            "features.num_mel_bins=129 is over 128, the FFT bins",
+        ),
+        ({"mean": 1e300}, "features.mean=1e+300 is outside +-1000 (max_feature_stat)"),
+        ({"std": 1e-30}, "features.std=1e-30 is outside 0.001..1000 (max_feature_stat)"),
+    ],
+)
+def test_feature_limits(
+    changes: dict[str, object], message: str, upload: Path, tiny_backbone: VisionTransformer
+) -> None:
+    raw = _features(manifest_of(upload), **changes)
+    with peak_rss_growth() as grown:
+        text = refuse(upload, raw, tiny_backbone)
+    assert "is larger than this server accepts" in text
+    assert message in text
+    assert grown[0] < CEILING
+
+
+def test_every_feature_problem_is_reported_at_once(
+    upload: Path, tiny_backbone: VisionTransformer
+) -> None:
+    raw = _features(manifest_of(upload), num_mel_bins=10**6, sample_rate=1, max_seconds=1e12)
+    text = refuse(upload, raw, tiny_backbone)
+    for field in ("num_mel_bins", "sample_rate", "max_seconds"):
+        assert f"features.{field}=" in text
+
+
+def test_non_finite_feature_statistics_are_refused(upload: Path) -> None:
+    text = (upload / MANIFEST_FILE).read_text()
+    raw = json.loads(text)
+    raw["features"]["mean"] = float("nan")
+    data = json.dumps(raw).encode()  # Python writes NaN, which json.loads reads back
+    with pytest.raises(InvalidCheckpoint, match=r"features\.mean: Input should be a finite"):
+        validate_checkpoint_bytes(data, (upload / WEIGHTS_FILE).read_bytes(), backbone=None)
+
+
+def test_window_token_limit_is_the_backbone_patch_arithmetic(
+    upload: Path, tiny_backbone: VisionTransformer
+) -> None:
+    """128 mel x 1024 frames on the tiny ViT/16 is 8 x 64 = 512 tokens: 512 passes, 511 not."""
+    raw = _features(manifest_of(upload), target_frames=1024)
+    text = refuse(upload, raw, tiny_backbone, CheckpointLimits(max_window_tokens=511))
+    assert (
+        "one window of features.num_mel_bins=128 x features.target_frames=1024 is 512 tokens on "
+        "backbone 'test_vit', over max_window_tokens=511"
+    ) in text
+    validate_checkpoint_bytes(
+        json.dumps(raw).encode(),
+        (upload / WEIGHTS_FILE).read_bytes(),
+        backbone=tiny_backbone,
+        limits=CheckpointLimits(max_window_tokens=512),
+    )
+
+
+def test_ast_overlapping_window_and_the_papers_feature_configs_pass() -> None:
+    """AST's stride-10 128 x 1024 window is 12 x 101 = 1212 tokens; ESC-50, Speech Commands,
+    AudioSet and AV-PEA's settings all pass the default limits on ViT-B and AST."""
+    from lookaside.backbone import window_tokens
+    from lookaside.backbones import PRESETS
+    from lookaside.checkpoint.validate import check_features
+
+    ast = PRESETS["ast_base_stride10"]
+    assert window_tokens(ast, 128, 1024) == 12 * 101
+    vit_rgb = PRESETS["vit_base_patch16_224"]
+    assert window_tokens(vit_rgb, 128, 100, segments=10) == 10 * (8 * 6 + 14 * 14)
+    limits = CheckpointLimits()
+    for backbone_cfg in (ast, PRESETS["vit_base_patch16"], vit_rgb):
+        for features in (
+            FeatureConfig(target_frames=1024),
+            FeatureConfig(target_frames=512, window_hop_frames=256),
+            FeatureConfig(target_frames=128),
+            FeatureConfig(target_frames=100, num_mel_bins=64),
+        ):
+            manifest = _manifest_with(features)
+            assert check_features(manifest, backbone_cfg, limits) == []
+    avpea = _manifest_with(FeatureConfig(target_frames=100))
+    assert check_features(avpea, vit_rgb, limits, segments=10) == []  # AVE: 10 segments
+    (problem,) = check_features(avpea, vit_rgb, limits, segments=40)
+    assert "one window of 40 segments of" in problem
+    assert "is 9760 tokens" in problem
+
+
+def _manifest_with(features: FeatureConfig) -> Any:
+    from lookaside.checkpoint import AdapterManifest
+
+    return AdapterManifest.model_validate(
+        {
+            "name": "x",
+            "version": 1,
+            "task": "t",
+            "task_type": "multiclass",
+            "method": "linear",
+            "config": {},
+            "labels": ["a"],
+            "features": features.model_dump(),
+            "backbone": {"source": "random:", "name": "n", "fingerprint": "0" * 16, "config": {}},
+            "trainable_params": 0,
+            "trainable_percent": 0.0,
+            "weights_sha256": "0" * 64,
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda raw: raw["labels"].__setitem__(1, "y" * 10**5),
+            "labels at positions [1] are longer than max_label_chars=256 (longest: 100000",
+        ),
+        (
+            lambda raw: raw.__setitem__("task", "t" * 10**5),
+            "task is 100000 characters, over max_task_chars=1024",
+        ),
+        (
+            lambda raw: raw.__setitem__("metrics", {f"m{i}": 0.5 for i in range(100)}),
+            "100 metrics, over max_metrics=64",
+        ),
+        (
+            lambda raw: raw.__setitem__("metrics", {"m" * 300: 0.5}),
+            "1 metric names are longer than max_label_chars=256",
+        ),
+    ],
+)
+def test_text_limits(
+    edit: Any, message: str, upload: Path, tiny_backbone: VisionTransformer
+) -> None:
+    raw = manifest_of(upload)
+    edit(raw)
+    assert message in refuse(upload, raw, tiny_backbone)
+
+
+def test_recorded_backbone_config_must_equal_the_servers(
+    upload: Path, tiny_backbone: VisionTransformer
+) -> None:
+    """The fingerprint matches but the recorded config lies: refused (422, not 409)."""
+    raw = manifest_of(upload)
+    raw["backbone"]["config"]["depth"] = 10**6
+    text = refuse(upload, raw, tiny_backbone)
+    assert "backbone.config.depth=1000000 (this server: 4)" in text
+    assert "records backbone fingerprint" in text
+    raw = manifest_of(upload)
+    raw["backbone"]["config"]["mlp_ratio"] = 1000.0
+    assert "backbone.config.mlp_ratio=1000.0 (this server: 4.0)" in refuse(
+        upload, raw, tiny_backbone
+    )
+    raw = manifest_of(upload)
+    raw["backbone"]["config"]["name"] = "renamed"  # the display name is not the architecture
+    validate_checkpoint_bytes(
+        json.dumps(raw).encode(), (upload / WEIGHTS_FILE).read_bytes(), backbone=tiny_backbone
+    )
+
+
+def test_limits_keep_their_store_constructor_and_check_their_ranges() -> None:
+    limits = CheckpointLimits(max_weights_bytes=10, max_manifest_bytes=20)
+    assert (limits.max_window_tokens, limits.max_mel_bins) == (8192, 512)
+    with pytest.raises(ValidationError, match="min_sample_rate 9 is over max_sample_rate 8"):
+        CheckpointLimits(min_sample_rate=9, max_sample_rate=8)
