@@ -31,7 +31,7 @@ import torchaudio
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
-from lookaside.decode import check_values
+from lookaside.decode import check_sample_rate, check_values, downmix
 from lookaside.errors import BadAudio, ConfigError
 
 SAMPLE_RATE = 16_000
@@ -40,6 +40,13 @@ FRAME_LENGTH_MS = 25.0
 AUDIOSET_MEAN = -4.2677393
 AUDIOSET_STD = 4.5689974
 _MAX_CHANNELS = 64  # more "channels" than this is a [samples, channels] array passed transposed
+FBANK_CHUNK_FRAMES = 1024
+"""Clips with more fbank frames than this (10.24 s at 16 kHz) are computed this many frames at a
+time; shorter ones in one call."""
+RESAMPLE_CHUNK = 1 << 20
+"""Inputs longer than this (samples) are resampled in pieces of about this many."""
+_LOWPASS_WIDTH = 6  # torchaudio.functional.resample's defaults: zero crossings of the sinc
+_ROLLOFF = 0.99  # and the fraction of the Nyquist rate kept
 
 
 class FeatureConfig(BaseModel):
@@ -107,7 +114,10 @@ def _as_float(wave: Tensor) -> Tensor:
 def to_mono_16k(wave: Tensor, sample_rate: int, target_rate: int = SAMPLE_RATE) -> Tensor:
     """``[N]`` or ``[C, N]`` audio of any rate and dtype -> float32 mono ``[M]`` at ``target_rate``.
 
-    Channels are averaged (AST's recipe is mono); integer PCM is scaled to [-1, 1).
+    Channels are averaged (AST's recipe is mono; :func:`~lookaside.decode.downmix`, the same
+    arithmetic the decoder uses when it downmixes while decoding); integer PCM is scaled to
+    [-1, 1). A rate no recording has is refused before resampling (``bad_rate``): resampling
+    work grows with the ratio of the rates.
     """
     if sample_rate <= 0 or target_rate <= 0:
         raise ConfigError(f"sample rates must be positive, got {sample_rate} -> {target_rate}")
@@ -123,10 +133,43 @@ def to_mono_16k(wave: Tensor, sample_rate: int, target_rate: int = SAMPLE_RATE) 
             f"{wave.shape[0]} channels is implausible: pass [channels, samples], "
             f"not [samples, channels] (transpose it)",
         )
-    mono = _as_float(wave).mean(dim=0)
+    check_sample_rate(sample_rate)
+    mono = downmix(_as_float(wave))
     if sample_rate != target_rate:
-        mono = torchaudio.functional.resample(mono, sample_rate, target_rate)
+        mono = resample(mono, sample_rate, target_rate)
     return mono.contiguous()
+
+
+def resample(mono: Tensor, sample_rate: int, target_rate: int) -> Tensor:
+    """``torchaudio.functional.resample`` (its defaults) of a ``[N]`` waveform, in pieces for
+    long ones.
+
+    torchaudio pads a copy of the whole input and convolves it in one call (about 1.7 times the
+    input in temporaries). A long input is resampled :data:`RESAMPLE_CHUNK` samples at a time,
+    each piece with enough real context on either side that every kept output reads exactly the
+    samples it reads in the whole-array call; short inputs take the exact whole-array path.
+    """
+    n = mono.shape[0]
+    if n <= RESAMPLE_CHUNK:
+        return torchaudio.functional.resample(mono, sample_rate, target_rate)
+    g = math.gcd(sample_rate, target_rate)
+    step_in, step_out = sample_rate // g, target_rate // g  # one conv position: in -> out
+    reach = math.ceil(_LOWPASS_WIDTH * step_in / (min(step_in, step_out) * _ROLLOFF))
+    context = step_in * (math.ceil((reach + step_in) / step_in) + 1)
+    stride = step_in * max(1, RESAMPLE_CHUNK // step_in)
+    total = -(-n * step_out // step_in)
+    out = mono.new_empty(total)
+    for start in range(0, n, stride):
+        stop = min(start + stride, n)
+        lo, hi = max(0, start - context), min(n, stop + context)
+        piece = torchaudio.functional.resample(mono[lo:hi], sample_rate, target_rate)
+        first, last = (
+            start // step_in * step_out,
+            (total if stop == n else stop // step_in * step_out),
+        )
+        skip = (start - lo) // step_in * step_out
+        out[first:last] = piece[skip : skip + last - first]
+    return out
 
 
 # -- fbank ------------------------------------------------------------------------------------
@@ -135,8 +178,17 @@ def fbank(wave16k: Tensor, num_mel_bins: int = 128, sample_rate: int = SAMPLE_RA
 
     The waveform mean is subtracted first, as AST does; transformers' ``ASTFeatureExtractor``
     skips that step, which gives the same result because Kaldi also removes each frame's DC offset.
-    Frames follow Kaldi's ``snip_edges``: ``1 + (N - 400) // 160`` at 16 kHz.
+    Frames follow Kaldi's ``snip_edges``: ``1 + (N - 400) // 160`` at 16 kHz. Clips longer than
+    :data:`FBANK_CHUNK_FRAMES` frames are computed that many frames at a time (each frame reads
+    only its own window, so the result is the same up to float rounding in Kaldi's FFT and
+    matrix products), keeping Kaldi's ``[frames, 512]`` working arrays small.
     """
+    return _fbank(wave16k, num_mel_bins, sample_rate, rows=0)
+
+
+def _fbank(wave16k: Tensor, num_mel_bins: int, sample_rate: int, *, rows: int) -> Tensor:
+    """:func:`fbank` as ``[max(frames, rows), mel]``: rows past the clip's frames are zeros (AST
+    pads with zeros), so windows without overlap are a view of it, not a padded copy."""
     if wave16k.dim() == 2 and wave16k.shape[0] == 1:
         wave16k = wave16k[0]
     if wave16k.dim() != 1:
@@ -152,9 +204,24 @@ def fbank(wave16k: Tensor, num_mel_bins: int = 128, sample_rate: int = SAMPLE_RA
             f"analysis window ({window}); upload at least {FRAME_LENGTH_MS:g} ms of audio",
         )
     wave = _as_float(wave16k)
-    wave = (wave - wave.mean()).unsqueeze(0)
+    mean = wave.mean()
+    count = num_frames(wave.shape[0], sample_rate)
+    if count <= FBANK_CHUNK_FRAMES:
+        whole = _kaldi_fbank(wave - mean, num_mel_bins, sample_rate)
+        return pad_or_crop(whole, rows) if rows > count else whole
+    shift, length = _frame_geometry(sample_rate)
+    out = torch.empty(max(count, rows), num_mel_bins)
+    out[count:] = 0
+    for first in range(0, count, FBANK_CHUNK_FRAMES):
+        last = min(first + FBANK_CHUNK_FRAMES, count)
+        piece = wave[first * shift : (last - 1) * shift + length]
+        out[first:last] = _kaldi_fbank(piece - mean, num_mel_bins, sample_rate)
+    return out
+
+
+def _kaldi_fbank(centred: Tensor, num_mel_bins: int, sample_rate: int) -> Tensor:
     return torchaudio.compliance.kaldi.fbank(
-        wave,
+        centred.unsqueeze(0),
         htk_compat=True,
         sample_frequency=float(sample_rate),
         use_energy=False,
@@ -162,6 +229,39 @@ def fbank(wave16k: Tensor, num_mel_bins: int = 128, sample_rate: int = SAMPLE_RA
         num_mel_bins=num_mel_bins,
         dither=0.0,
         frame_shift=FRAME_SHIFT_MS,
+        frame_length=FRAME_LENGTH_MS,
+    )
+
+
+def _frame_geometry(sample_rate: int) -> tuple[int, int]:
+    """(shift, length) of an analysis window in samples, computed as Kaldi's fbank does."""
+    return (
+        int(sample_rate * FRAME_SHIFT_MS * 0.001),
+        int(sample_rate * FRAME_LENGTH_MS * 0.001),
+    )
+
+
+def num_frames(num_samples: int, sample_rate: int = SAMPLE_RATE) -> int:
+    """Fbank frames of ``num_samples`` mono samples (Kaldi's ``snip_edges``; 0 if too short)."""
+    shift, length = _frame_geometry(sample_rate)
+    return 0 if num_samples < length else 1 + (num_samples - length) // shift
+
+
+def resampled_length(num_samples: int, sample_rate: int, target_rate: int) -> int:
+    """Samples :func:`to_mono_16k` returns for ``num_samples`` at ``sample_rate``."""
+    if sample_rate == target_rate:
+        return num_samples
+    return -(-num_samples * target_rate // sample_rate)  # torchaudio: ceil(N * new / orig)
+
+
+def window_count(num_samples: int, sample_rate: int, cfg: FeatureConfig) -> int:
+    """Windows :func:`extract_windows` makes of ``num_samples`` frames at ``sample_rate``,
+    by arithmetic alone, so a request's work is known before any feature is computed."""
+    frames = num_frames(
+        resampled_length(num_samples, sample_rate, cfg.sample_rate), cfg.sample_rate
+    )
+    return (
+        1 if frames <= cfg.target_frames else -(-(frames - cfg.target_frames) // cfg.hop_frames) + 1
     )
 
 
@@ -184,22 +284,32 @@ def sliding_windows(fb: Tensor, frames: int, hop: int) -> Windows:
     """Windows of ``frames`` rows every ``hop`` rows, covering the whole clip.
 
     The last window is zero-padded at the end; a clip shorter than one window gives one padded
-    window. ``hop <= frames`` so no audio is skipped.
+    window. ``hop <= frames`` so no audio is skipped. The windows are written once into their
+    output (no padded copy of the whole fbank).
     """
     if frames <= 0 or not 0 < hop <= frames:
         raise ConfigError(f"need 0 < hop <= frames, got frames={frames}, hop={hop}")
     n = fb.shape[0]
     count = 1 if n <= frames else math.ceil((n - frames) / hop) + 1
-    padded = pad_or_crop(fb, (count - 1) * hop + frames)
-    features = padded.unfold(0, frames, hop).transpose(1, 2).contiguous()  # [W, frames, mel]
+    features = fb.new_empty((count, frames, *fb.shape[1:]))
+    whole = 0 if n < frames else min(count, (n - frames) // hop + 1)  # windows inside the clip
+    if whole:
+        features[:whole] = fb.unfold(0, frames, hop)[:whole].movedim(-1, 1)
+    for i in range(whole, count):  # windows that run past the end: at most frames / hop
+        real = max(0, min(frames, n - i * hop))
+        features[i, :real] = fb[i * hop : i * hop + real]
+        features[i, real:] = 0
     start_seconds = torch.arange(count, dtype=torch.float64) * (hop * FRAME_SHIFT_MS / 1000.0)
     return Windows(features, start_seconds)
 
 
 def _fbank_of(wave: Tensor, sample_rate: int, cfg: FeatureConfig) -> Tensor:
+    return fbank(_mono_of(wave, sample_rate, cfg), cfg.num_mel_bins, cfg.sample_rate)
+
+
+def _mono_of(wave: Tensor, sample_rate: int, cfg: FeatureConfig) -> Tensor:
     check_values(wave, sample_rate, cfg.max_seconds)
-    mono = to_mono_16k(wave, sample_rate, cfg.sample_rate)
-    return fbank(mono, cfg.num_mel_bins, cfg.sample_rate)
+    return to_mono_16k(wave, sample_rate, cfg.sample_rate)
 
 
 def extract(wave: Tensor, sample_rate: int, cfg: FeatureConfig) -> Tensor:
@@ -215,9 +325,23 @@ def extract(wave: Tensor, sample_rate: int, cfg: FeatureConfig) -> Tensor:
 
 
 def extract_windows(wave: Tensor, sample_rate: int, cfg: FeatureConfig) -> Windows:
-    """All normalised windows of a clip, ``cfg.hop_frames`` apart, for clips longer than one."""
-    windows = sliding_windows(_fbank_of(wave, sample_rate, cfg), cfg.target_frames, cfg.hop_frames)
-    return Windows(normalise(windows.features, cfg.mean, cfg.std), windows.start_seconds)
+    """All normalised windows of a clip, ``cfg.hop_frames`` apart, for clips longer than one.
+
+    :func:`sliding_windows` then :func:`normalise`, computed without copies of the clip's fbank:
+    windows without overlap are a view of the zero-padded fbank, and the normalisation is done
+    in place (the same arithmetic).
+    """
+    frames = cfg.target_frames
+    if cfg.hop_frames == frames:
+        mono = _mono_of(wave, sample_rate, cfg)
+        count = max(1, math.ceil(num_frames(mono.shape[0], cfg.sample_rate) / frames))
+        fb = _fbank(mono, cfg.num_mel_bins, cfg.sample_rate, rows=count * frames)
+        starts = torch.arange(count, dtype=torch.float64) * (frames * FRAME_SHIFT_MS / 1000.0)
+        windows = Windows(fb[: count * frames].view(count, frames, fb.shape[1]), starts)
+    else:
+        windows = sliding_windows(_fbank_of(wave, sample_rate, cfg), frames, cfg.hop_frames)
+    windows.features.sub_(cfg.mean).div_(2 * cfg.std)
+    return windows
 
 
 # -- audio-visual segments --------------------------------------------------------------------

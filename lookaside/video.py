@@ -9,7 +9,9 @@ matrix (phones store portrait video as rotated landscape). Only the chosen frame
 to RGB, optionally scaled on the way (``frame_size``), so memory stays bounded.
 
 Limits are checked from the headers before decoding wherever the container records them, and
-again while decoding: duration, resolution and frame count (:class:`VideoLimits`). Every refusal
+again while decoding: duration, resolution (of every frame, not only the header's), frame count
+and the sound's decoded samples (:class:`VideoLimits`; the sound is downmixed while it is
+decoded, so what is held is its frames, not channels x frames). Every refusal
 is a :class:`~lookaside.errors.BadVideo` with a machine-readable reason and a message that names
 the fix; a video without sound is refused unless an audio file is supplied.
 
@@ -38,6 +40,8 @@ from lookaside.features import FeatureConfig, frames_to_pixels, segment_features
 if TYPE_CHECKING:
     import av
 
+DEFAULT_MAX_DECODED_SAMPLES = 2**24
+"""16.8 M samples: 64 MiB of float32 at most, 87 s of 48 kHz stereo, far above a 10 s clip."""
 SUPPORTED = "upload an MP4, MOV, MKV or WebM video with a sound track (or the sound as a file)"
 
 
@@ -54,6 +58,10 @@ class VideoLimits(BaseModel):
     """Most frames decoded from one video (a 120 s clip at 60 fps is 7,200)."""
     frames_per_second: int = Field(1, ge=1, le=30)
     """Frames kept per second of video (1: the frame nearest each second's centre)."""
+    max_decoded_samples: int = Field(DEFAULT_MAX_DECODED_SAMPLES, gt=0)
+    """Most audio samples (channels x frames at the file's own rate) decoded from the sound:
+    checked from the header and counted while decoding (a video's sound track can be a
+    decompression bomb: 8 channels at 192 kHz in a few kilobytes)."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +73,8 @@ class DecodedVideo:
     frame_times: Tensor
     """``[seconds, frames_per_second]`` float64 presentation time (s) of each kept frame."""
     audio: Tensor
-    """``[channels, samples]`` float32 sound track (not yet cut into seconds)."""
+    """``[1, samples]`` float32 sound track, downmixed to mono while decoding (the AV recipe
+    averages channels; :func:`lookaside.decode.downmix`), not yet cut into seconds."""
     sample_rate: int
     """Rate of ``audio`` in Hz."""
     duration: float
@@ -102,7 +111,8 @@ def decode_video(
 
     Raises:
         BadVideo: see :class:`~lookaside.errors.BadVideo` for the reasons.
-        BadAudio: the sound cannot be decoded.
+        BadAudio: the sound cannot be decoded, or decodes to more than
+            ``limits.max_decoded_samples`` (``too_large``).
     """
     limits = limits or VideoLimits()
     if frame_size is not None:
@@ -137,7 +147,12 @@ def decode_video(
             f"the video is truncated or damaged: {duration:.2f} s of frames decoded of the "
             f"{declared:.2f} s it declares; upload the complete file",
         )
-    wave, rate = decode_audio(audio if audio is not None else data, max_seconds=limits.max_seconds)
+    wave, rate = decode_audio(
+        audio if audio is not None else data,
+        max_seconds=limits.max_seconds,
+        max_samples=limits.max_decoded_samples,
+        mono=True,
+    )
     return DecodedVideo(frames, times, wave, rate, duration, rotation)
 
 
@@ -189,14 +204,18 @@ def _too_many_frames(count: int, limits: VideoLimits) -> BadVideo:
     )
 
 
+def _too_large(width: int, height: int, limits: VideoLimits) -> BadVideo:
+    return BadVideo(
+        "too_large",
+        f"the video is {width}x{height} pixels, over the limit of {limits.max_side} pixels "
+        "per side (max_side); scale it down",
+    )
+
+
 def _check_header(stream: av.VideoStream, declared: float | None, limits: VideoLimits) -> None:
     width, height = stream.codec_context.width, stream.codec_context.height
     if max(width, height) > limits.max_side:
-        raise BadVideo(
-            "too_large",
-            f"the video is {width}x{height} pixels, over the limit of {limits.max_side} pixels "
-            "per side (max_side); scale it down",
-        )
+        raise _too_large(width, height, limits)
     if declared is not None and declared > limits.max_seconds + 0.5:
         raise _too_long(declared, limits)
     if stream.frames and stream.frames > limits.max_frames:
@@ -298,6 +317,8 @@ def _pick_frames(
             count += 1
             if count > limits.max_frames:
                 raise _too_many_frames(count, limits)
+            if max(frame.width, frame.height) > limits.max_side:  # a header is only a claim
+                raise _too_large(frame.width, frame.height, limits)
             t = float(frame.time) - start
             if t > limits.max_seconds + 0.5:
                 raise _too_long(limits.max_seconds, limits, at_least=True)

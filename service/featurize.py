@@ -3,8 +3,10 @@
 A request is decoded once; each distinct :class:`~lookaside.features.FeatureConfig` among the
 adapters it names is featurised once (adapters trained with the same config share the tensor), with
 exactly the library's :func:`~lookaside.features.extract_windows`, so serving reproduces training.
-Every failure here is the request's own (:class:`~lookaside.errors.BadAudio`), raised before a
-batch could see it.
+Every failure here is the request's own (:class:`~lookaside.errors.BadAudio`, or 413 for too
+many windows), raised before a batch could see it. Work is bounded before it is done: the decoder
+stops at the decoded-sample budget, and the windows every adapter would make are counted by
+arithmetic before any is built.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from lookaside.decode import decode_audio
-from lookaside.features import FRAME_SHIFT_MS, FeatureConfig, extract_windows
+from lookaside.features import FRAME_SHIFT_MS, FeatureConfig, extract_windows, window_count
+from service.errors import PayloadTooLarge
 
 
 @dataclass(frozen=True)
@@ -42,15 +45,35 @@ class Featurized:
     """Time spent decoding and featurising (for the metrics)."""
 
 
-def featurize(data: bytes, configs: Iterable[FeatureConfig], *, max_seconds: float) -> Featurized:
-    """Decode ``data`` once and featurise it once per distinct config.
+def featurize(
+    data: bytes,
+    configs: Iterable[FeatureConfig],
+    *,
+    max_seconds: float,
+    max_samples: int | None = None,
+    max_rows: int | None = None,
+) -> Featurized:
+    """Decode ``data`` once (downmixed while decoding) and featurise it once per distinct config.
+
+    Args:
+        data: the uploaded file.
+        configs: one feature config per adapter the request names (repeats allowed).
+        max_seconds: longest clip accepted.
+        max_samples: budget of decoded samples (``max_decoded_samples``).
+        max_rows: most windows summed over ``configs`` (``max_request_rows``), counted by
+            arithmetic from the decoded length before any feature is computed.
 
     Raises:
-        BadAudio: the upload is empty, not audio, truncated, too long or too short.
+        BadAudio: the upload is empty, not audio, truncated, too long, too short, over the
+            decoded-sample budget or at an implausible sample rate.
+        PayloadTooLarge: the clip would make more windows than ``max_rows``.
     """
     started = time.perf_counter()
-    wave, rate = decode_audio(data, max_seconds=max_seconds)
+    configs = list(configs)
+    wave, rate = decode_audio(data, max_seconds=max_seconds, max_samples=max_samples, mono=True)
     duration = wave.shape[-1] / rate
+    if max_rows is not None:
+        check_rows(wave.shape[-1], rate, configs, max_rows)
     by_config: dict[FeatureConfig, ClipWindows] = {}
     for cfg in configs:
         if cfg in by_config:
@@ -62,3 +85,22 @@ def featurize(data: bytes, configs: Iterable[FeatureConfig], *, max_seconds: flo
             window_s=cfg.target_frames * FRAME_SHIFT_MS / 1000.0,
         )
     return Featurized(duration, by_config, time.perf_counter() - started)
+
+
+def check_rows(num_samples: int, rate: int, configs: list[FeatureConfig], max_rows: int) -> None:
+    """Refuse (413) a clip whose windows, summed over the adapters named, pass ``max_rows``.
+
+    Counted by arithmetic (:func:`~lookaside.features.window_count`), so an adapter with a tiny
+    hop over a long clip is refused before its windows are built.
+    """
+    counts = [window_count(num_samples, rate, cfg) for cfg in configs]
+    if sum(counts) > max_rows:
+        seconds = num_samples / rate
+        each = ", ".join(str(c) for c in counts)
+        raise PayloadTooLarge(
+            f"the {seconds:.1f} s clip makes {sum(counts)} windows over the {len(counts)} "
+            f"adapter(s) named ({each}), over the limit of {max_rows} windows per request; send "
+            "a shorter clip, name fewer adapters per request, or raise "
+            "LOOKASIDE_MAX_REQUEST_ROWS",
+            reason="too_many_rows",
+        )

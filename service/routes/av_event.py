@@ -8,7 +8,8 @@ with the version that served it and the request id.
 
 Order of work (as ``/classify``): size limit -> resolve the adapter (404 lists what exists; an
 audio-only adapter is refused with the route to use) -> decode + per-second features in the
-featurize pool (a bad video fails here, alone: 415 not a video, 422 unusable, 413 over a limit)
+featurize pool (a bad video fails here, alone: 415 not a video, 422 unusable, 413 over a limit,
+including a sound track over the decoded-sample budget) -> rows within ``max_request_rows``
 -> one engine job per window length (AV rows batch with AV rows; audio batches never wait on
 them) -> per-second softmax -> events.
 """
@@ -27,7 +28,7 @@ from torch import Tensor
 from lookaside.adapters import get_method
 from lookaside.adapters.avpea import per_second_events
 from lookaside.video import VideoLimits
-from service.av import AvClip, assemble, featurize_av, window_groups
+from service.av import AvClip, WindowGroup, assemble, featurize_av, window_groups
 from service.deps import StateDep
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from service.logging import SCOPE_KEY
@@ -90,14 +91,15 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "unknown adapter or version (lists what exists)"},
     413: {
         "model": ErrorBody,
-        "description": "body over the byte limit, or the video over the "
-        "duration / resolution / frame-count limits",
+        "description": "body over the byte limit, the video over the duration / resolution / "
+        "frame-count limits, its sound over the decoded-sample budget (channels x rate x "
+        "seconds), or more rows than the per-request limit",
     },
     415: {"model": ErrorBody, "description": "not a video, or not multipart/form-data"},
     422: {
         "model": ErrorBody,
-        "description": "corrupt/truncated video, no audio track, no frames, "
-        "an audio-only adapter, or a malformed field",
+        "description": "corrupt/truncated video, no audio track, no frames, an implausible "
+        "audio sample rate, an audio-only adapter, or a malformed field",
     },
     429: {"model": ErrorBody, "description": "queue full (see Retry-After)"},
     503: {"model": ErrorBody, "description": "not ready or shutting down (see Retry-After)"},
@@ -111,7 +113,7 @@ _BODY_SCHEMA: dict[str, Any] = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "required": ["video"],
+                    "required": ["video", "adapter"],
                     "properties": {
                         "video": {"type": "string", "format": "binary"},
                         "audio": {
@@ -119,7 +121,13 @@ _BODY_SCHEMA: dict[str, Any] = {
                             "format": "binary",
                             "description": "the sound as a separate file (optional)",
                         },
-                        "adapter": {"type": "string", "example": "ave@1"},
+                        "adapter": {
+                            "type": "string",
+                            "minLength": 1,
+                            "description": "name or name@version (or the `adapter` query "
+                            "parameter; one of them must name it)",
+                            "example": "ave@1",
+                        },
                     },
                 }
             }
@@ -140,7 +148,10 @@ async def av_event(
     state: StateDep,
     adapter: Annotated[
         str | None,
-        Query(description="name or name@version (or send it as a form field)"),
+        Query(
+            description="name or name@version; one of this or the `adapter` form field must "
+            "name the adapter (422 without either; the form field wins)"
+        ),
     ] = None,
 ) -> AvEventResponse:
     """Every second's label and the merged events of an uploaded video."""
@@ -158,6 +169,7 @@ async def av_event(
         max_seconds=settings.max_video_seconds,
         max_side=settings.max_video_side,
         max_frames=settings.max_video_frames,
+        max_decoded_samples=settings.max_decoded_samples,
     )
     image_size = state.backbone.cfg.image_size
 
@@ -181,6 +193,7 @@ async def av_event(
         state.metrics.safe(lambda: state.metrics.featurize.observe(clip.featurize_s))
         segments = int(getattr(manifest.adapter_config(), "segments", clip.seconds))
         groups = window_groups(clip, segments)
+        _check_rows(groups, clip.seconds, settings.max_request_rows)
         for group in groups:
             futures.append(
                 state.engine.submit_av(
@@ -247,6 +260,23 @@ async def _read_upload(request: Request, limit: int) -> tuple[bytes, bytes | Non
         return video, parts["audio"], adapter if isinstance(adapter, str) and adapter else None
     finally:
         await form.close()
+
+
+def _check_rows(groups: list[WindowGroup], seconds: int, max_rows: int) -> None:
+    """Refuse (413) a video whose rows (windows x seconds per window) pass ``max_rows``.
+
+    The features are already bounded by the video limits (duration, frames, decoded samples);
+    this keeps what one request sends to the engine within the same per-request row budget as
+    ``/classify``.
+    """
+    rows = sum(len(group.windows) * int(group.spec.shape[1]) for group in groups)
+    if rows > max_rows:
+        raise PayloadTooLarge(
+            f"the {seconds} s video makes {rows} rows (windows x seconds per window), over the "
+            f"limit of {max_rows} rows per request; send a shorter video or raise "
+            "LOOKASIDE_MAX_REQUEST_ROWS",
+            reason="too_many_rows",
+        )
 
 
 def _parse_ref(value: str | None) -> str:

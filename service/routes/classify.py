@@ -50,9 +50,18 @@ _RAW_TYPES = ("audio/", "video/", "application/octet-stream")
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "unknown adapter or version (lists what exists)"},
-    413: {"model": ErrorBody, "description": "body over the byte limit or clip over the duration"},
+    413: {
+        "model": ErrorBody,
+        "description": "body over the byte limit, clip over the duration, audio that decodes to "
+        "more samples than the budget (channels x rate x seconds), or more windows than the "
+        "per-request limit",
+    },
     415: {"model": ErrorBody, "description": "not audio, or an unsupported Content-Type"},
-    422: {"model": ErrorBody, "description": "empty/truncated audio or a malformed field"},
+    422: {
+        "model": ErrorBody,
+        "description": "empty/truncated audio, an implausible sample rate, no adapter named, "
+        "more adapters than one request may name, or a malformed field",
+    },
     429: {"model": ErrorBody, "description": "queue full (see Retry-After)"},
     503: {"model": ErrorBody, "description": "not ready or shutting down (see Retry-After)"},
     504: {"model": ErrorBody, "description": "not answered within the request timeout"},
@@ -61,18 +70,22 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 _BODY_SCHEMA: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "description": "the clip: multipart (`file`, `adapter`, optional `top_k`) or raw bytes "
-        "(`audio/*` or `application/octet-stream`) with `?adapter=`",
+        "description": "the clip: multipart (`file` and `adapter` required, optional `top_k`) "
+        "or raw bytes (`audio/*` or `application/octet-stream`) with `?adapter=`; one of the "
+        "`adapter` form field or the `adapter` query parameter must name the adapter(s)",
         "content": {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "required": ["file"],
+                    "required": ["file", "adapter"],
                     "properties": {
                         "file": {"type": "string", "format": "binary"},
                         "adapter": {
                             "type": "string",
-                            "description": "name, name@version, or a comma-separated list",
+                            "minLength": 1,
+                            "description": "name, name@version, or a comma-separated list "
+                            f"(at most {MAX_ADAPTERS_PER_REQUEST}, and at most the engine's "
+                            "queue capacity)",
                             "example": "esc50,speech@3",
                         },
                         "top_k": {"type": "integer", "minimum": 1, "maximum": 1000},
@@ -98,8 +111,9 @@ async def classify(
     adapter: Annotated[
         str | None,
         Query(
-            description="name, name@version, or a comma-separated list (raw-body uploads; "
-            "multipart may send it as a form field instead)",
+            description="name, name@version, or a comma-separated list. Required for raw-body "
+            "uploads (422 without it); multipart uploads send it as the `adapter` form field "
+            "instead (a form field wins over this parameter)",
             examples=["esc50", "esc50@2,speech"],
         ),
     ] = None,
@@ -110,7 +124,7 @@ async def classify(
     state.require_ready()
     settings = state.settings
     data, form_adapter, form_top_k = await _read_clip(request, settings.max_media_bytes)
-    refs = _parse_refs(form_adapter or adapter)
+    refs = _parse_refs(form_adapter or adapter, settings.queue_capacity)
     k = _parse_top_k(form_top_k, top_k)
     deadline = started + settings.request_timeout_s
 
@@ -126,7 +140,13 @@ async def classify(
         configs = [lease.manifest.features for lease in leases]
         feats: Featurized = await in_pool(
             state.featurize_pool,
-            lambda: featurize(data, configs, max_seconds=settings.max_audio_seconds),
+            lambda: featurize(
+                data,
+                configs,
+                max_seconds=settings.max_audio_seconds,
+                max_samples=settings.max_decoded_samples,
+                max_rows=settings.max_request_rows,
+            ),
             deadline=deadline,
         )
         state.metrics.safe(lambda: state.metrics.featurize.observe(feats.seconds))
@@ -213,7 +233,12 @@ def _refuse_audio_visual(leases: list[Lease]) -> None:
             )
 
 
-def _parse_refs(value: str | None) -> list[str]:
+def _parse_refs(value: str | None, queue_capacity: int) -> list[str]:
+    """The adapter references of ``value``, at most as many as one request can ever queue.
+
+    Each adapter is one engine job, so more than ``queue_capacity`` could never be queued at
+    once: that gets a 422 naming the limit, not a 429 that no retry can cure.
+    """
     if not value or not value.strip():
         raise BadRequest(
             "name the adapter(s): `adapter=NAME`, `NAME@VERSION` or a comma-separated list "
@@ -223,7 +248,16 @@ def _parse_refs(value: str | None) -> list[str]:
     if not refs:
         raise BadRequest("`adapter` holds no adapter name; e.g. adapter=esc50 or esc50@2")
     if len(refs) > MAX_ADAPTERS_PER_REQUEST:
-        raise BadRequest(f"{len(refs)} adapters in one request; at most {MAX_ADAPTERS_PER_REQUEST}")
+        raise BadRequest(
+            f"{len(refs)} adapters in one request, over the limit of {MAX_ADAPTERS_PER_REQUEST}; "
+            "split them over several requests"
+        )
+    if len(refs) > queue_capacity:
+        raise BadRequest(
+            f"{len(refs)} adapters in one request, but the engine queue holds at most "
+            f"{queue_capacity} jobs (one per adapter), so it could never be queued; split them "
+            "over several requests or raise LOOKASIDE_QUEUE_CAPACITY"
+        )
     return refs
 
 

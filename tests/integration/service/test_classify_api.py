@@ -17,6 +17,7 @@ import torch
 
 from lookaside.backbone import VisionTransformer
 from lookaside.checkpoint import AdapterCheckpoint
+from lookaside.features import window_count
 from service import featurize as featurize_module
 from service.app import create_app
 from service.logging import REQUEST_ID
@@ -449,3 +450,97 @@ def test_a_model_failure_is_an_opaque_500_for_its_request_only(
 
     asyncio.run(main())
     assert "secret internal detail" in caplog.text  # the trace is logged
+
+
+# -- bounded work: adapters per request, windows per request, decoded samples ----------------------
+def test_more_adapters_than_the_queue_can_hold_get_422_naming_the_limit(
+    tmp_path: Path, svc_backbone: VisionTransformer, store: dict[str, AdapterCheckpoint]
+) -> None:
+    clip = encode(1.0)
+
+    async def check(client: httpx.AsyncClient) -> None:
+        r = await client.post(
+            "/classify?adapter=esc50@1,speech,esc50@2", content=clip, headers=_WAV
+        )
+        assert r.status_code == 422, r.text  # not a 429 that no retry could ever cure
+        detail = r.json()["detail"]
+        assert "3 adapters" in detail
+        assert "at most 2 jobs" in detail
+        assert "LOOKASIDE_QUEUE_CAPACITY" in detail
+        r = await client.post("/classify?adapter=esc50@1,speech", content=clip, headers=_WAV)
+        assert r.status_code == 200, r.text
+
+    _run(tmp_path, svc_backbone, check, queue_capacity=2)
+
+
+@pytest.mark.parametrize("spare", [0, -1])
+def test_windows_over_the_request_limit_are_refused_before_any_feature(
+    tmp_path: Path,
+    svc_backbone: VisionTransformer,
+    store: dict[str, AdapterCheckpoint],
+    monkeypatch: pytest.MonkeyPatch,
+    spare: int,
+) -> None:
+    clip = encode(3.0, rate=16_000)
+    names = ["esc50@1", "speech", "esc50@2"]
+    configs = [store[n if "@" in n else f"{n}@1"].manifest.features for n in names]
+    rows = sum(window_count(48_000, 16_000, cfg) for cfg in configs)
+    assert rows > len(names)  # several windows per adapter
+    calls: list[int] = []
+    real = featurize_module.extract_windows
+
+    def counting(*args: Any, **kw: Any) -> Any:
+        calls.append(1)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(featurize_module, "extract_windows", counting)
+
+    async def check(client: httpx.AsyncClient) -> None:
+        r = await client.post(f"/classify?adapter={','.join(names)}", content=clip, headers=_WAV)
+        if spare < 0:
+            assert r.status_code == 413, r.text
+            body = r.json()
+            assert body["reason"] == "too_many_rows"
+            assert f"makes {rows} windows" in body["detail"]
+            assert f"limit of {rows - 1} windows" in body["detail"]
+            assert "LOOKASIDE_MAX_REQUEST_ROWS" in body["detail"]
+            assert calls == []  # refused by arithmetic, before any feature was computed
+        else:
+            assert r.status_code == 200, r.text
+            assert sum(len(x["timeline"] or [None]) for x in r.json()["results"]) == rows
+
+    _run(tmp_path, svc_backbone, check, max_request_rows=rows + spare)
+
+
+def test_audio_over_the_decoded_sample_budget_gets_413(
+    tmp_path: Path, svc_backbone: VisionTransformer, store: dict[str, AdapterCheckpoint]
+) -> None:
+    stereo = encode(1.0, rate=16_000, channels=2)  # 32,000 samples
+
+    async def check(client: httpx.AsyncClient) -> None:
+        r = await client.post("/classify?adapter=esc50", content=stereo, headers=_WAV)
+        assert r.status_code == 413, r.text
+        body = r.json()
+        assert body["reason"] == "too_large"
+        assert "32,000 samples" in body["detail"]
+        assert "LOOKASIDE_MAX_DECODED_SAMPLES" in body["detail"]
+        r = await client.post("/classify?adapter=esc50", content=encode(1.0), headers=_WAV)
+        assert r.status_code == 200, r.text  # 16,000 samples: within the budget
+
+    _run(tmp_path, svc_backbone, check, max_decoded_samples=16_000)
+
+
+def test_openapi_marks_the_adapter_field_required(
+    tmp_path: Path, svc_backbone: VisionTransformer, store: dict[str, AdapterCheckpoint]
+) -> None:
+    async def check(client: httpx.AsyncClient) -> None:
+        schema = (await client.get("/openapi.json")).json()
+        for path, part in (("/classify", "file"), ("/av-event", "video")):
+            body = schema["paths"][path]["post"]["requestBody"]
+            form = body["content"]["multipart/form-data"]["schema"]
+            assert set(form["required"]) == {part, "adapter"}
+        query = schema["paths"]["/classify"]["post"]["parameters"]
+        (adapter,) = [p for p in query if p["name"] == "adapter"]
+        assert "Required for raw-body uploads" in adapter["description"]
+
+    _run(tmp_path, svc_backbone, check)
