@@ -32,6 +32,8 @@ from lookaside.errors import LookasideError
 from service import errors
 from service.deps import AppState
 from service.engine import Engine
+from service.http_contract import AllowMethods, install_openapi
+from service.http_limits import BodyLimits, InflightBytes
 from service.logging import RequestIdMiddleware
 from service.metrics import ServiceMetrics
 from service.registry import AdapterRegistry
@@ -64,6 +66,7 @@ def create_app(settings: ServiceSettings, *, backbone: VisionTransformer | None 
         featurize_pool=ThreadPoolExecutor(
             settings.featurize_threads, thread_name_prefix="lookaside-featurize"
         ),
+        body_budget=InflightBytes(settings.max_inflight_body_bytes),
     )
 
     @asynccontextmanager
@@ -83,6 +86,16 @@ def create_app(settings: ServiceSettings, *, backbone: VisionTransformer | None 
     app.state.lookaside = state
     errors.install(app, retry_after_s=settings.retry_after_s)
     install_routes(app)
+    install_openapi(app)
+    # Innermost first, so the body limits' 408/413/503 answers are counted by the metrics and
+    # carry the request id.
+    app.add_middleware(
+        BodyLimits,
+        budget=state.body_budget,
+        body_timeout_s=settings.body_timeout_s,
+        retry_after_s=settings.retry_after_s,
+    )
+    app.add_middleware(AllowMethods, openapi=app.openapi)
     app.add_middleware(_MetricsMiddleware, metrics=metrics)
     app.add_middleware(RequestIdMiddleware)
     return app

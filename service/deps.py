@@ -1,5 +1,5 @@
 """What routes receive: the app's state, built in the lifespan, handed over as ``Annotated``
-dependencies (STYLE 9), so nothing is a module-level global and tests inject a tiny backbone.
+dependencies, so nothing is a module-level global and tests inject a tiny backbone.
 
 ``AdminDep`` guards every mutating route: ``Authorization: Bearer <admin token>``; 401 without a
 token, 403 with a wrong one (compared in constant time). With ``allow_no_admin_token`` and no token
@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.engine import Engine
 from service.errors import NotReady
+from service.http_limits import InflightBytes
 from service.metrics import ServiceMetrics
 from service.registry import AdapterRegistry
 from service.settings import ServiceSettings
@@ -33,6 +35,8 @@ class AppState:
     settings: ServiceSettings
     metrics: ServiceMetrics
     featurize_pool: ThreadPoolExecutor
+    body_budget: InflightBytes
+    """Request-body bytes in flight over all requests (:class:`service.http_limits.BodyLimits`)."""
     engine: Engine | None = None
     store: AdapterStore | None = None
     registry: AdapterRegistry | None = None
@@ -83,20 +87,31 @@ def get_settings(request: Request) -> ServiceSettings:
     return get_state(request).settings
 
 
-def require_admin(request: Request) -> None:
+_BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="AdminToken",
+    description="The admin token (LOOKASIDE_ADMIN_TOKEN_FILE or LOOKASIDE_ADMIN_TOKEN).",
+)
+"""Declares the admin routes' bearer auth in the OpenAPI document; the checks are ours."""
+
+
+def require_admin(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
+) -> None:
     """``Authorization: Bearer <admin token>``: 401 without, 403 wrong."""
     settings = get_settings(request)
     token = settings.admin_token.get_secret_value()
     if not token and settings.allow_no_admin_token:
         return
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not given.strip():
+    given = credentials.credentials.strip() if credentials is not None else ""
+    if not given:
         raise HTTPException(
             status_code=401,
             detail="this route needs the admin token: send 'Authorization: Bearer <token>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    if not token or not secrets.compare_digest(given.strip().encode(), token.encode()):
+    if not token or not secrets.compare_digest(given.encode(), token.encode()):
         raise HTTPException(status_code=403, detail="wrong admin token")
 
 

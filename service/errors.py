@@ -1,4 +1,4 @@
-"""Errors of the service and the one place every error becomes an HTTP answer (STYLE 10).
+"""Errors of the service and the one place every error becomes an HTTP answer.
 
 :func:`install` registers handlers that map :mod:`lookaside.errors` and the service's own errors
 to a 4xx/5xx with a ``detail`` saying what to fix; overload and not-ready answers carry
@@ -73,6 +73,26 @@ class QueueFull(ServiceError):
 
 class NotReady(ServiceError):
     """The server is starting (reason says which step) or shutting down."""
+
+    status_code = 503
+    retry_after = True
+
+
+class BodyTimeout(ServiceError):
+    """The request body did not arrive within ``body_timeout_s`` (the connection is closed)."""
+
+    status_code = 408
+
+
+class BodyBudgetExceeded(ServiceError):
+    """Accepting this body would pass ``max_inflight_body_bytes`` over all requests: retry."""
+
+    status_code = 503
+    retry_after = True
+
+
+class TooManyConnections(ServiceError):
+    """More than ``max_connections`` connections or requests are open: retry."""
 
     status_code = 503
     retry_after = True

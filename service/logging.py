@@ -4,6 +4,9 @@ The request id (the client's ``X-Request-ID`` or a fresh one) lives in a context
 :class:`RequestIdMiddleware`; :class:`RequestIdFilter` copies it into each record. Work handed to
 the featurize pool runs in a copy of the request's context, so its lines carry the id too; the
 engine worker names the request ids of a batch explicitly in its messages.
+
+:class:`RedactQueryFilter` removes query strings from every line (uvicorn's access log and ours):
+a token pasted into ``?token=...`` must not land in the logs. Paths stay.
 """
 
 from __future__ import annotations
@@ -32,6 +35,26 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+_QUERY = re.compile(r"(/[^\s?\"']*)\?[^\s\"']*")
+REDACTED = "?<redacted>"
+
+
+def redact_queries(text: str) -> str:
+    """``text`` with the query string of every path or URL in it replaced by ``?<redacted>``."""
+    return _QUERY.sub(lambda m: m.group(1) + REDACTED, text)
+
+
+class RedactQueryFilter(logging.Filter):
+    """Rewrites each record's message without query strings."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "?" in message:
+            record.msg = redact_queries(message)
+            record.args = None
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, request_id, message (+ exc)."""
 
@@ -55,6 +78,7 @@ def configure(log_format: str, level: str) -> None:
     """Route the ``service``, ``lookaside`` and ``uvicorn`` loggers through one handler."""
     handler = logging.StreamHandler()
     handler.addFilter(RequestIdFilter())
+    handler.addFilter(RedactQueryFilter())
     handler.setFormatter(
         JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
     )

@@ -1,5 +1,6 @@
 """A real uvicorn server for an app, in a thread of the test process, until ready (browser tests,
-``push`` against a running server)."""
+``push`` against a running server, slow-client tests). Configured by the product's
+:func:`service.__main__.uvicorn_config`, so tests exercise the server's real connection limits."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
+from service.__main__ import uvicorn_config
+from service.deps import AppState
+
 
 class _Server(uvicorn.Server):
     def install_signal_handlers(self) -> None:  # the test thread is not the main thread
@@ -21,8 +25,9 @@ class _Server(uvicorn.Server):
 @contextmanager
 def serve_in_thread(app: FastAPI, timeout: float = 120.0) -> Iterator[str]:
     """Run ``app`` with uvicorn on 127.0.0.1 (an OS-picked port) until ready; yield its URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on")
-    srv = _Server(config)
+    state = app.state.lookaside
+    assert isinstance(state, AppState)
+    srv = _Server(uvicorn_config(app, state.settings, host="127.0.0.1", port=0))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     try:

@@ -44,7 +44,7 @@ def _free_port() -> int:
 class Server:
     """``python -m service`` on a free port, its output collected."""
 
-    def __init__(self, store: Path) -> None:
+    def __init__(self, store: Path, extra_env: dict[str, str] | None = None) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {
@@ -56,7 +56,9 @@ class Server:
             "LOOKASIDE_PORT": str(self.port),
             "LOOKASIDE_LOG_FORMAT": "json",
             "OMP_NUM_THREADS": "1",
+            **(extra_env or {}),
         }
+        env = {k: v for k, v in env.items() if v}  # "" removes a variable
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service"],
             env=env,
@@ -320,3 +322,43 @@ def test_port_0_prints_the_port_the_os_picked(tmp_path: Path) -> None:
         if drain.is_alive():
             drain.join(10)
         proc.stdout.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_token_file_redacted_queries_and_a_clean_stop(tmp_path: Path, sig: signal.Signals) -> None:
+    """The admin token from LOOKASIDE_ADMIN_TOKEN_FILE guards the admin routes; a token pasted
+    into a query string never reaches the log; Ctrl-C / SIGTERM stop without a traceback."""
+    token_file = tmp_path / "admin_token"
+    token_file.write_text("file-token-123\n")
+    server = Server(
+        tmp_path / "store",
+        extra_env={"LOOKASIDE_ADMIN_TOKEN": "", "LOOKASIDE_ADMIN_TOKEN_FILE": str(token_file)},
+    )
+    try:
+        server.wait_ready()
+        url = server.url
+        assert httpx.delete(f"{url}/adapters/nope").status_code == 401
+        wrong = {"Authorization": f"Bearer {ADMIN}"}
+        assert httpx.delete(f"{url}/adapters/nope", headers=wrong).status_code == 403
+        right = {"Authorization": "Bearer file-token-123"}
+        assert httpx.delete(f"{url}/adapters/nope", headers=right).status_code == 404
+        r = httpx.post(
+            f"{url}/classify?adapter=nope&token=QUERY-SECRET-42", content=b"x", headers=WAV
+        )
+        assert r.status_code in (404, 415, 422)
+        time.sleep(0.3)
+        server.proc.send_signal(sig)
+        rc = server.proc.wait(60)
+    finally:
+        server.stop()
+    out = "".join(server.lines)
+    assert "/classify?<redacted>" in out  # the access line is there, its query is not
+    assert "QUERY-SECRET-42" not in out
+    assert "file-token-123" not in out
+    assert "Traceback" not in out, out[-3000:]
+    if sig == signal.SIGINT:
+        assert rc == 130
+        assert sum("shut down cleanly" in line for line in server.lines) == 1
+    else:
+        assert rc in (0, -signal.SIGTERM)
+    assert any('"message": "stopped"' in line for line in server.lines), out[-2000:]

@@ -95,3 +95,59 @@ def test_console_script_refuses_invalid_settings_with_the_fix(
     monkeypatch.chdir(Path(__file__).parent)  # no .env here
     assert main(["--port", "8123"]) == 2
     assert "LOOKASIDE_ADMIN_TOKEN" in capsys.readouterr().err
+
+
+def test_console_script_refuses_the_admin_token_as_a_flag(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every local user can read a process's arguments: the token must come from a file or the
+    environment, and the refusal says which."""
+    from service.__main__ import main
+
+    _clean_env(monkeypatch)
+    monkeypatch.chdir(Path(__file__).parent)
+    assert main(["--admin-token", "s3cret", "--port", "8123"]) == 2
+    err = capsys.readouterr().err
+    assert "--admin-token is refused" in err
+    assert "LOOKASIDE_ADMIN_TOKEN_FILE" in err
+    assert "ps" in err
+
+
+def test_admin_token_file_is_read_and_exclusive(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _clean_env(monkeypatch)
+    token = tmp_path / "admin_token"
+    token.write_text("  from-a-file\n")
+    monkeypatch.setenv("LOOKASIDE_ADMIN_TOKEN_FILE", str(token))
+    s = ServiceSettings(_env_file=None)  # type: ignore[call-arg]
+    assert s.admin_token.get_secret_value() == "from-a-file"
+    assert "from-a-file" not in repr(s)
+    with pytest.raises(ValidationError, match="not both"):
+        ServiceSettings(_env_file=None, admin_token="x")  # type: ignore[call-arg]
+    token.write_text("\n")
+    with pytest.raises(ValidationError, match="empty"):
+        ServiceSettings(_env_file=None)  # type: ignore[call-arg]
+
+
+def test_uvicorn_config_carries_every_connection_limit() -> None:
+    """The product's uvicorn config (the tests' live servers use the same builder)."""
+    from service.__main__ import MAX_HEADER_BYTES, uvicorn_config
+    from service.http_limits import HeaderTimeoutH11
+
+    s = ServiceSettings(
+        _env_file=None,  # type: ignore[call-arg]
+        admin_token="x",
+        header_timeout_s=0.5,
+        keep_alive_timeout_s=0.25,
+        max_connections=7,
+        retry_after_s=3,
+    )
+    config = uvicorn_config(object(), s, port=0)  # type: ignore[arg-type]
+    assert isinstance(config.http, type)
+    assert issubclass(config.http, HeaderTimeoutH11)
+    assert (config.http.header_timeout_s, config.http.keep_alive_timeout_s) == (0.5, 0.25)
+    assert config.http.retry_after_s == 3
+    assert config.limit_concurrency == 7
+    assert config.h11_max_incomplete_event_size == MAX_HEADER_BYTES
+    assert (config.host, config.port, config.lifespan) == ("127.0.0.1", 0, "on")
