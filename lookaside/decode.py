@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from lookaside.errors import BadAudio, ConfigError
+from lookaside.resample import StreamResampler
 
 if TYPE_CHECKING:
     import av
@@ -69,6 +70,7 @@ def decode_audio(
     max_seconds: float = 600.0,
     max_samples: int | None = None,
     mono: bool = False,
+    resample_to: int | None = None,
 ) -> tuple[Tensor, int]:
     """Uploaded bytes -> (``[channels, samples]`` float32, sample rate).
 
@@ -85,6 +87,10 @@ def decode_audio(
             None: no budget (datasets on local disk).
         mono: downmix each block as it arrives (:func:`downmix`, the channel mean) and return
             ``[1, samples]``: what is held is frames, not channels x frames.
+        resample_to: with ``mono``, resample the downmixed blocks to this rate as they arrive
+            (:class:`~lookaside.resample.StreamResampler`, equal bit for bit to resampling the
+            whole waveform), so the waveform at the file's own rate is never held; the rate
+            returned is then this one.
 
     Raises:
         BadAudio: ``reason`` is ``empty``, ``not_audio``, ``truncated``, ``too_long``,
@@ -95,10 +101,12 @@ def decode_audio(
         raise ConfigError(f"max_seconds must be positive, got {max_seconds}")
     if max_samples is not None and max_samples <= 0:
         raise ConfigError(f"max_samples must be positive, got {max_samples}")
+    if resample_to is not None and not (mono and resample_to > 0):
+        raise ConfigError(f"resample_to needs mono=True and a positive rate, got {resample_to}")
     if not data:
         raise BadAudio("empty", f"the upload is empty; {SUPPORTED}")
     _check_declared_size(data)
-    limits = _Limits(max_seconds, max_samples, mono)
+    limits = _Limits(max_seconds, max_samples, mono, resample_to)
     try:
         wave, rate = _decode_soundfile(data, limits)
     except _NotForSoundfile as exc:
@@ -160,6 +168,7 @@ class _Limits:
     max_seconds: float
     max_samples: int | None
     mono: bool
+    resample_to: int | None
 
 
 class _Sink:
@@ -168,7 +177,8 @@ class _Sink:
     Every block is counted before it is kept (channels x frames at the file's own rate) and the
     budget refusal comes as soon as it is passed. With ``expected`` frames (a header libsndfile
     reads exactly) the output is allocated once and filled; otherwise blocks are gathered and
-    joined at the end.
+    joined at the end. With ``resample_to``, downmixed blocks go through a stream resampler
+    instead of being kept at the file's rate.
     """
 
     def __init__(self, limits: _Limits, channels: int, rate: int, expected: int | None) -> None:
@@ -178,7 +188,12 @@ class _Sink:
         self.counted = 0  # samples (channels x frames) decoded so far
         self.frames = 0
         rows = 1 if limits.mono else channels
-        self._buffer = np.empty((rows, expected), np.float32) if expected else None
+        self._stream: StreamResampler | None = None
+        self._buffer: np.ndarray | None = None
+        if limits.resample_to is not None and limits.resample_to != rate:
+            self._stream = StreamResampler(rate, limits.resample_to, expected=expected)
+        elif expected:
+            self._buffer = np.empty((rows, expected), np.float32)
         self._blocks: list[np.ndarray] = []
 
     def frames_allowed(self) -> int | None:
@@ -203,6 +218,10 @@ class _Sink:
         kept = np.ascontiguousarray(block, dtype=np.float32)
         if self.limits.mono:
             kept = downmix(torch.from_numpy(kept)).numpy()[None]
+        if self._stream is not None:
+            self._stream.feed(torch.from_numpy(kept[0]))
+            self.frames += n
+            return
         buffer = self._buffer
         if buffer is not None and not self._blocks and self.frames + n <= buffer.shape[1]:
             buffer[:, self.frames : self.frames + n] = kept
@@ -210,8 +229,13 @@ class _Sink:
             self._blocks.append(kept)
         self.frames += n
 
-    def result(self) -> np.ndarray:
-        """``[C or 1, frames]`` contiguous float32."""
+    def result(self) -> tuple[Tensor, int]:
+        """``([C or 1, frames]`` contiguous float32, its rate)."""
+        if self._stream is not None:
+            return self._stream.finish()[None], self._stream.target
+        return torch.from_numpy(self._joined()), self.rate
+
+    def _joined(self) -> np.ndarray:
         parts = list(self._blocks)
         if self._buffer is not None:
             filled = self.frames - sum(b.shape[1] for b in parts)
@@ -375,7 +399,7 @@ def _decode_soundfile(data: bytes, limits: _Limits) -> tuple[Tensor, int]:
         raise _truncated(info.format, str(exc)) from exc
     if sink.frames < frames - slack * rate:
         raise _truncated(info.format, f"{sink.frames} of {frames} frames decoded")
-    return torch.from_numpy(sink.result()), rate
+    return sink.result()
 
 
 def _ffmpeg_message(exc: Exception) -> str:
@@ -408,14 +432,14 @@ def _decode_pyav(data: bytes, limits: _Limits, soundfile_error: str) -> tuple[Te
         elif container.duration is not None and len(container.streams) == 1:
             declared = container.duration / 1e6
         _check_stream_header(stream, declared, limits)
-        array, rate = _decode_stream(container, stream, data, soundfile_error, limits)
-    decoded = array.shape[1] / rate
+        wave, rate = _decode_stream(container, stream, data, soundfile_error, limits)
+    decoded = wave.shape[1] / rate
     if declared is not None and decoded < declared - _length_slack(declared):
         raise _truncated(
             _sniff(data) or container.format.name,
             f"{decoded:.2f} s decoded of the {declared:.2f} s it declares",
         )
-    return torch.from_numpy(array), rate
+    return wave, rate
 
 
 def _check_stream_header(stream: av.AudioStream, declared: float | None, limits: _Limits) -> None:
@@ -447,7 +471,7 @@ def _decode_stream(
     data: bytes,
     soundfile_error: str,
     limits: _Limits,
-) -> tuple[np.ndarray, int]:
+) -> tuple[Tensor, int]:
     """Decode one audio stream frame by frame to float32 ``[C, N]`` (or ``[1, N]``).
 
     Layout and rate are the first frame's; a later frame at another rate or layout is converted
@@ -484,4 +508,4 @@ def _decode_stream(
         raise _truncated(_sniff(data) or container.format.name, _ffmpeg_message(exc)) from exc
     if sink is None or sink.frames == 0:
         raise BadAudio("empty", f"the file's audio track holds zero samples; {SUPPORTED}")
-    return sink.result(), sink.rate
+    return sink.result()

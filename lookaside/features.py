@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from lookaside.decode import check_sample_rate, check_values, downmix
 from lookaside.errors import BadAudio, ConfigError
+from lookaside.resample import resample
 
 SAMPLE_RATE = 16_000
 FRAME_SHIFT_MS = 10.0
@@ -43,10 +44,6 @@ _MAX_CHANNELS = 64  # more "channels" than this is a [samples, channels] array p
 FBANK_CHUNK_FRAMES = 1024
 """Clips with more fbank frames than this (10.24 s at 16 kHz) are computed this many frames at a
 time; shorter ones in one call."""
-RESAMPLE_CHUNK = 1 << 20
-"""Inputs longer than this (samples) are resampled in pieces of about this many."""
-_LOWPASS_WIDTH = 6  # torchaudio.functional.resample's defaults: zero crossings of the sinc
-_ROLLOFF = 0.99  # and the fraction of the Nyquist rate kept
 
 
 class FeatureConfig(BaseModel):
@@ -138,38 +135,6 @@ def to_mono_16k(wave: Tensor, sample_rate: int, target_rate: int = SAMPLE_RATE) 
     if sample_rate != target_rate:
         mono = resample(mono, sample_rate, target_rate)
     return mono.contiguous()
-
-
-def resample(mono: Tensor, sample_rate: int, target_rate: int) -> Tensor:
-    """``torchaudio.functional.resample`` (its defaults) of a ``[N]`` waveform, in pieces for
-    long ones.
-
-    torchaudio pads a copy of the whole input and convolves it in one call (about 1.7 times the
-    input in temporaries). A long input is resampled :data:`RESAMPLE_CHUNK` samples at a time,
-    each piece with enough real context on either side that every kept output reads exactly the
-    samples it reads in the whole-array call; short inputs take the exact whole-array path.
-    """
-    n = mono.shape[0]
-    if n <= RESAMPLE_CHUNK:
-        return torchaudio.functional.resample(mono, sample_rate, target_rate)
-    g = math.gcd(sample_rate, target_rate)
-    step_in, step_out = sample_rate // g, target_rate // g  # one conv position: in -> out
-    reach = math.ceil(_LOWPASS_WIDTH * step_in / (min(step_in, step_out) * _ROLLOFF))
-    context = step_in * (math.ceil((reach + step_in) / step_in) + 1)
-    stride = step_in * max(1, RESAMPLE_CHUNK // step_in)
-    total = -(-n * step_out // step_in)
-    out = mono.new_empty(total)
-    for start in range(0, n, stride):
-        stop = min(start + stride, n)
-        lo, hi = max(0, start - context), min(n, stop + context)
-        piece = torchaudio.functional.resample(mono[lo:hi], sample_rate, target_rate)
-        first, last = (
-            start // step_in * step_out,
-            (total if stop == n else stop // step_in * step_out),
-        )
-        skip = (start - lo) // step_in * step_out
-        out[first:last] = piece[skip : skip + last - first]
-    return out
 
 
 # -- fbank ------------------------------------------------------------------------------------

@@ -53,7 +53,8 @@ def featurize(
     max_samples: int | None = None,
     max_rows: int | None = None,
 ) -> Featurized:
-    """Decode ``data`` once (downmixed while decoding) and featurise it once per distinct config.
+    """Decode ``data`` once (downmixed, and resampled when the configs share a rate, while
+    decoding) and featurise it once per distinct config.
 
     Args:
         data: the uploaded file.
@@ -70,7 +71,15 @@ def featurize(
     """
     started = time.perf_counter()
     configs = list(configs)
-    wave, rate = decode_audio(data, max_seconds=max_seconds, max_samples=max_samples, mono=True)
+    rates = {cfg.sample_rate for cfg in configs}
+    wave, rate = decode_audio(
+        data,
+        max_seconds=max_seconds,
+        max_samples=max_samples,
+        mono=True,
+        # one feature rate (the usual case): resampled while decoding, never held at the file's
+        resample_to=rates.pop() if len(rates) == 1 else None,
+    )
     duration = wave.shape[-1] / rate
     if max_rows is not None:
         check_rows(wave.shape[-1], rate, configs, max_rows)

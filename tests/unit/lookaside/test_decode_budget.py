@@ -30,6 +30,7 @@ from lookaside.features import (
     to_mono_16k,
     window_count,
 )
+from lookaside.resample import RESAMPLE_CHUNK, StreamResampler
 from lookaside.video import VideoLimits, decode_video
 
 
@@ -328,11 +329,27 @@ def test_long_clip_fbank_in_chunks_equals_the_whole_fbank() -> None:
 
 @pytest.mark.parametrize(("rate", "target"), [(44_100, 16_000), (8_000, 16_000), (48_000, 22_050)])
 def test_long_resample_in_pieces_equals_torchaudio(rate: int, target: int) -> None:
-    wave = torch.from_numpy(_noise(features_module.RESAMPLE_CHUNK * 2 + 1234, 1)[:, 0])
+    wave = torch.from_numpy(_noise(RESAMPLE_CHUNK * 2 + 1234, 1)[:, 0])
     got = resample(wave, rate, target)
     want = torchaudio.functional.resample(wave, rate, target)
     assert got.shape == want.shape
     torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    # fed block by block (as the decoder does), bit for bit the same as fed whole
+    stream = StreamResampler(rate, target)
+    for block in torch.split(wave, 99_991):
+        stream.feed(block)
+    assert torch.equal(stream.finish(), got)
+
+
+@pytest.mark.parametrize(("seconds", "rate"), [(1.0, 44_100), (70.0, 22_050)])
+def test_resampled_while_decoding_equals_to_mono_16k_of_the_whole(
+    seconds: float, rate: int
+) -> None:
+    data = _sf_bytes(_noise(int(rate * seconds), 2), rate, "FLAC", "PCM_16")
+    whole, got_rate = decode_audio(data)
+    streamed, streamed_rate = decode_audio(data, max_samples=10**8, mono=True, resample_to=16_000)
+    assert (got_rate, streamed_rate) == (rate, 16_000)
+    assert torch.equal(streamed[0], to_mono_16k(whole, rate))
 
 
 @pytest.mark.parametrize("seconds", [0.5, 3.0, 25.0])
