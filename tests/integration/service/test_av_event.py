@@ -452,3 +452,27 @@ def test_a_trained_adapter_finds_the_events_at_the_right_seconds(
         (2, 5, "Bark"),
         (7, 9, "Flute"),
     ]
+
+
+def test_rows_over_the_request_limit_and_a_sound_over_the_budget_get_413(
+    store: Path, backbone: VisionTransformer
+) -> None:
+    async def main() -> None:
+        video = clip_bytes()  # 7 s: 7 rows ([0, 3), [3, 6), [6, 7))
+        async with serve(settings(store, max_request_rows=6), backbone) as (_, client):
+            r = await post_av(client, video, "scene")
+            assert r.status_code == 413, r.text
+            body = r.json()
+            assert body["reason"] == "too_many_rows"
+            assert "7 rows" in body["detail"]
+            assert "LOOKASIDE_MAX_REQUEST_ROWS" in body["detail"]
+        # 7 s of 16 kHz sound is 112,000 samples: over a budget of 100,000
+        async with serve(settings(store, max_decoded_samples=100_000), backbone) as (_, client):
+            r = await post_av(client, video, "scene")
+            assert r.status_code == 413, r.text
+            assert r.json()["reason"] == "too_large"
+            assert "LOOKASIDE_MAX_DECODED_SAMPLES" in r.json()["detail"]
+        async with serve(settings(store, max_request_rows=7), backbone) as (_, client):
+            assert (await post_av(client, video, "scene")).status_code == 200
+
+    asyncio.run(main())
