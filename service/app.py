@@ -27,11 +27,11 @@ from lookaside import __version__
 from lookaside.adapters import get_method
 from lookaside.backbone import VisionTransformer
 from lookaside.backbones import load_backbone
-from lookaside.checkpoint import AdapterManifest
+from lookaside.checkpoint import AdapterManifest, CheckpointLimits
 from lookaside.errors import LookasideError
 from service import errors
 from service.deps import AppState
-from service.engine import Engine
+from service.engine import Engine, OverBudget
 from service.http_contract import AllowMethods, install_openapi
 from service.http_limits import BodyLimits, InflightBytes
 from service.logging import RequestIdMiddleware
@@ -122,6 +122,9 @@ async def _start(state: AppState, backbone: VisionTransformer | None) -> None:
         mixing=settings.mixing == "on",
         bank_capacity=settings.bank_capacity,
         metrics=state.metrics,
+        max_batch_tokens=settings.max_batch_tokens,
+        stall_s=settings.engine_stall_s,
+        dead_s=settings.engine_dead_s,
     )
     engine.start()
     state.engine = engine
@@ -155,15 +158,29 @@ async def _stop(state: AppState) -> None:
     state.reason = "shutting down"
     if state.engine is not None:
         log.info("draining %d queued jobs", state.engine.queue_depth)
-        await asyncio.to_thread(state.engine.stop, drain=True)
+        # bounded: a wedged forward must not hold the process past its grace period
+        timeout = _stop_timeout(state.settings)
+        await asyncio.to_thread(state.engine.stop, drain=True, timeout=timeout)
+        if state.engine.alive:
+            log.error("the engine worker did not stop within %.0f s; exiting without it", timeout)
     if state.registry is not None:
         state.registry.close()
     state.featurize_pool.shutdown(wait=False, cancel_futures=True)
     log.info("stopped")
 
 
+def _stop_timeout(settings: ServiceSettings) -> float:
+    """How long shutdown waits for the engine to drain: every queued request has at most its
+    timeout left, and one forward at most the stall budget."""
+    return settings.request_timeout_s + settings.engine_stall_s
+
+
 def _open_store(settings: ServiceSettings) -> AdapterStore:
-    store = AdapterStore(settings.store, max_weights_bytes=settings.max_upload_bytes)
+    limits = CheckpointLimits(
+        max_weights_bytes=settings.max_upload_bytes,
+        max_window_tokens=settings.max_batch_tokens,
+    )
+    store = AdapterStore(settings.store, limits=limits)
     removed = store.cleanup()
     if removed:
         log.warning("removed %d leftovers of an interrupted write: %s", len(removed), removed)
@@ -215,10 +232,15 @@ async def _warm_up(state: AppState, engine: Engine, backbone: VisionTransformer)
         await asyncio.wrap_future(fut)
     if not grids:
         grids[(backbone.cfg.num_frames, backbone.cfg.num_mel_bins)] = None
-    for (frames, mel), warm_id in grids.items():
-        fut = engine.submit(
-            torch.zeros(1, frames, mel), warm_id, request_id="warm-up", timeout_s=600.0
-        )
+    for (frames, mel), warm_id in list(grids.items()):
+        try:
+            fut = engine.submit(
+                torch.zeros(1, frames, mel), warm_id, request_id="warm-up", timeout_s=600.0
+            )
+        except OverBudget as exc:  # the bare backbone's own grid over LOOKASIDE_MAX_BATCH_TOKENS
+            log.warning("not warming up grid %dx%d: %s", frames, mel, exc)
+            del grids[(frames, mel)]
+            continue
         await asyncio.wrap_future(fut)
     log.info("warmed up %d token grid(s): %s", len(grids), sorted(grids))
 

@@ -211,8 +211,8 @@ class Engine:
         bank_capacity: int = 8,
         metrics: ServiceMetrics | None = None,
         max_batch_tokens: int = 8192,
-        stall_s: float = 60.0,
-        dead_s: float = 300.0,
+        stall_s: float = 120.0,
+        dead_s: float = 600.0,
     ) -> None:
         if max_batch_size < 1 or max_batch_tokens < 1:
             raise ValueError(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 _VERSION_EXAMPLE: dict[str, Any] = {
     "version": 2,
@@ -162,6 +162,14 @@ class ActivateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"version": 1}]})
 
     version: int = Field(ge=1, description="stored version to make live (older = rollback)")
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, v: object) -> object:
+        # JSON true is not a version (pydantic's lax mode would read it as 1); 3.0 still is 3
+        if isinstance(v, bool):
+            raise ValueError("version must be an integer, not a boolean")
+        return v
 
 
 class ActivateResult(BaseModel):

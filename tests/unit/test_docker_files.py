@@ -82,8 +82,11 @@ def test_compose_reserves_a_gpu_mounts_the_store_and_is_scraped(
     assert store == _env(dockerfile)["LOOKASIDE_STORE"]
     assert f"adapters_store:{store}" in svc["volumes"]
     assert "adapters_store" in compose["volumes"]
-    # the admin token is required: compose refuses to start without it
-    assert svc["environment"]["LOOKASIDE_ADMIN_TOKEN"].startswith("${LOOKASIDE_ADMIN_TOKEN:?")
+    # the admin token is a required Docker secret (a file), never an environment value
+    assert "LOOKASIDE_ADMIN_TOKEN" not in svc["environment"]
+    assert svc["environment"]["LOOKASIDE_ADMIN_TOKEN_FILE"].startswith("/run/secrets/")
+    secret = compose["secrets"][svc["secrets"][0]]
+    assert secret["file"].startswith("${LOOKASIDE_ADMIN_TOKEN_FILE:?")
     assert any("/healthz" in part for part in svc["healthcheck"]["test"])
 
     prom = services["prometheus"]
