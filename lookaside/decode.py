@@ -1,11 +1,15 @@
 """Uploaded or stored bytes -> waveform, with a machine-readable reason for every refusal.
 
 soundfile (libsndfile) reads WAV, FLAC, Ogg and AIFF; PyAV (FFmpeg) reads MP3, AAC, M4A and the
-first audio track of video containers. Lengths are checked from headers before decoding wherever
-the format records them, and truncation is detected from declared sizes, so a hostile or broken
-upload is refused with :class:`~lookaside.errors.BadAudio` (``empty``, ``not_audio``,
-``truncated``, ``too_long``, ``bad_values``, ``unsupported``) and a message that names the fix.
-The service and the training datasets both decode through here.
+first audio track of video containers. Lengths, rates and decoded sizes (channels x frames,
+against an optional budget of decoded samples) are checked from headers before decoding wherever
+the format records them; decoding then runs block by block (libsndfile reads, FFmpeg frames),
+counting what it decodes, so a header that lies or omits its length cannot make it hold more than
+the budget; blocks can be downmixed and resampled as they arrive. Truncation is detected from
+declared sizes. A hostile or broken upload is refused with :class:`~lookaside.errors.BadAudio`
+(``empty``, ``not_audio``, ``truncated``, ``too_long``, ``too_large``, ``bad_rate``,
+``bad_values``, ``unsupported``) and a message that names the fix. The service and the training
+datasets both decode through here.
 """
 
 from __future__ import annotations
