@@ -32,9 +32,10 @@ from tests.integration.service.svc_support import ADMIN, encode, make_checkpoint
 
 BUDGET = 2**24
 """The server's default ``max_decoded_samples``."""
-RSS_BOUND = 100 * 2**20
-"""Most the server's RSS may grow while it refuses one bomb: the decoded-sample budget held as
-mono float32 (64 MiB at most, for a one-channel stream that hides its length) plus slack."""
+RSS_BOUND = 64 * 2**20
+"""Most the server's RSS may grow while it refuses one bomb. What the decoder holds is mono at the
+adapters' feature rate (downmixed and resampled as decoded), at most ``max_audio_seconds`` of it
+(600 s x 16 kHz float32 = 37 MiB), plus block-sized temporaries; measured: 23 MiB at worst."""
 ANSWER_WITHIN_S = 5.0
 """Generous for a shared 2-core machine; the refusals measured here take well under a second."""
 
