@@ -20,13 +20,19 @@ class BadAudio(LookasideError, ValueError):
 
     Attributes:
         reason: a short machine-readable code: ``empty``, ``truncated``, ``not_audio``,
-            ``too_long``, ``too_short``, ``bad_values``, ``unsupported``, or ``too_large`` (more
-            decoded samples than the budget allows: channels x rate x seconds).
+            ``too_long``, ``too_short``, ``bad_values``, ``unsupported``, ``bad_rate`` (a sample
+            rate outside 1 kHz..384 kHz), or ``too_large`` (more decoded samples than the budget
+            allows: channels x rate x seconds).
     """
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class DeadlineExceeded(LookasideError):
+    """Work on a request's input ran past the request's deadline and was abandoned (a caller
+    running it in a pool cannot cancel it otherwise: the decoder checks the deadline itself)."""
 
 
 class WeightLoadError(LookasideError):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import math
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -34,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from lookaside.decode import decode_audio
-from lookaside.errors import BadVideo, ConfigError
+from lookaside.errors import BadVideo, ConfigError, DeadlineExceeded
 from lookaside.features import FeatureConfig, frames_to_pixels, segment_features
 
 if TYPE_CHECKING:
@@ -99,6 +100,7 @@ def decode_video(
     *,
     limits: VideoLimits | None = None,
     frame_size: tuple[int, int] | None = None,
+    deadline: float | None = None,
 ) -> DecodedVideo:
     """Decode one clip: the frames nearest each second's target times, and its sound.
 
@@ -108,8 +110,11 @@ def decode_video(
         limits: duration / resolution / frame-count limits and frames kept per second.
         frame_size: ``(height, width)`` the kept frames are scaled to (e.g. the backbone's image
             size, so a 4K upload does not hold 4K frames); None keeps the decoded size.
+        deadline: ``time.monotonic()`` past which decoding stops (checked at every frame: a
+            large video can take far longer to decode than its caller will wait).
 
     Raises:
+        DeadlineExceeded: ``deadline`` passed while frames were being decoded.
         BadVideo: see :class:`~lookaside.errors.BadVideo` for the reasons.
         BadAudio: the sound cannot be decoded, or decodes to more than
             ``limits.max_decoded_samples`` (``too_large``).
@@ -140,7 +145,9 @@ def decode_video(
         stream = container.streams.video[0]
         declared = _declared_seconds(container, stream)
         _check_header(stream, declared, limits)
-        frames, times, duration, rotation = _pick_frames(container, stream, limits, frame_size)
+        frames, times, duration, rotation = _pick_frames(
+            container, stream, limits, frame_size, deadline
+        )
     if declared is not None and duration < declared - max(0.5, 0.05 * declared):
         raise BadVideo(
             "truncated",
@@ -300,6 +307,7 @@ def _pick_frames(
     stream: av.VideoStream,
     limits: VideoLimits,
     frame_size: tuple[int, int] | None,
+    deadline: float | None = None,
 ) -> tuple[Tensor, Tensor, float, int]:
     import av
 
@@ -315,6 +323,11 @@ def _pick_frames(
             if frame.time is None:
                 continue
             count += 1
+            if deadline is not None and time.monotonic() > deadline:
+                raise DeadlineExceeded(
+                    f"decoding the video passed the request's deadline after {count - 1} frames; "
+                    "send a shorter or smaller video"
+                )
             if count > limits.max_frames:
                 raise _too_many_frames(count, limits)
             if max(frame.width, frame.height) > limits.max_side:  # a header is only a claim

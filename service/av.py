@@ -60,6 +60,7 @@ def featurize_av(
     features: FeatureConfig,
     image_size: tuple[int, int],
     limits: VideoLimits,
+    deadline: float | None = None,
 ) -> AvClip:
     """Decode one upload and build the per-second inputs of ``forward_av``.
 
@@ -69,7 +70,7 @@ def featurize_av(
         BadAudio: the sound cannot be decoded.
     """
     started = time.perf_counter()
-    decoded = decode_video(video, audio, limits=limits, frame_size=image_size)
+    decoded = decode_video(video, audio, limits=limits, frame_size=image_size, deadline=deadline)
     spec, pixels = av_inputs(decoded, features, image_size)
     return AvClip(
         duration_s=float(decoded.duration),

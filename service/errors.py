@@ -21,6 +21,7 @@ from lookaside.errors import (
     BadVideo,
     BankFull,
     ConfigError,
+    DeadlineExceeded,
     IncompatibleBackbone,
     InvalidCheckpoint,
     LookasideError,
@@ -126,6 +127,8 @@ def status_of(exc: LookasideError) -> int:
         return 422
     if isinstance(exc, BankFull):  # no free slot right now: retry shortly
         return 503
+    if isinstance(exc, DeadlineExceeded):  # the request's own timeout, seen by its decoder
+        return 504
     return 500
 
 

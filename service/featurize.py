@@ -52,6 +52,7 @@ def featurize(
     max_seconds: float,
     max_samples: int | None = None,
     max_rows: int | None = None,
+    max_feature_bytes: int | None = None,
 ) -> Featurized:
     """Decode ``data`` once (downmixed, and resampled when the configs share a rate, while
     decoding) and featurise it once per distinct config.
@@ -63,11 +64,14 @@ def featurize(
         max_samples: budget of decoded samples (``max_decoded_samples``).
         max_rows: most windows summed over ``configs`` (``max_request_rows``), counted by
             arithmetic from the decoded length before any feature is computed.
+        max_feature_bytes: most bytes of float32 windows over the distinct configs
+            (``max_request_feature_bytes``), counted the same way.
 
     Raises:
         BadAudio: the upload is empty, not audio, truncated, too long, too short, over the
             decoded-sample budget or at an implausible sample rate.
-        PayloadTooLarge: the clip would make more windows than ``max_rows``.
+        PayloadTooLarge: the clip would make more windows than ``max_rows`` or more feature
+            bytes than ``max_feature_bytes``.
     """
     started = time.perf_counter()
     configs = list(configs)
@@ -83,6 +87,8 @@ def featurize(
     duration = wave.shape[-1] / rate
     if max_rows is not None:
         check_rows(wave.shape[-1], rate, configs, max_rows)
+    if max_feature_bytes is not None:
+        check_feature_bytes(wave.shape[-1], rate, configs, max_feature_bytes)
     by_config: dict[FeatureConfig, ClipWindows] = {}
     for cfg in configs:
         if cfg in by_config:
@@ -112,4 +118,28 @@ def check_rows(num_samples: int, rate: int, configs: list[FeatureConfig], max_ro
             "a shorter clip, name fewer adapters per request, or raise "
             "LOOKASIDE_MAX_REQUEST_ROWS",
             reason="too_many_rows",
+        )
+
+
+def check_feature_bytes(
+    num_samples: int, rate: int, configs: list[FeatureConfig], max_bytes: int
+) -> None:
+    """Refuse (413) a clip whose windows would hold more than ``max_bytes`` of features.
+
+    Adapters sharing a feature config share its windows, so each distinct config counts once:
+    ``windows x target_frames x num_mel_bins x 4`` bytes, by arithmetic, before any is built.
+    """
+    distinct = dict.fromkeys(configs)
+    total = sum(
+        window_count(num_samples, rate, cfg) * cfg.target_frames * cfg.num_mel_bins * 4
+        for cfg in distinct
+    )
+    if total > max_bytes:
+        mib = 1024 * 1024
+        raise PayloadTooLarge(
+            f"the {num_samples / rate:.1f} s clip's windows would hold {total / mib:.1f} MiB of "
+            f"features for the adapters named, over the limit of {max_bytes / mib:.1f} MiB per "
+            "request; send a shorter clip, name fewer adapters with different feature settings, "
+            "or raise LOOKASIDE_MAX_REQUEST_FEATURE_BYTES",
+            reason="too_many_features",
         )

@@ -83,6 +83,10 @@ class ServiceSettings(BaseSettings):
     """Most windows one request sends to the engine, summed over the adapters it names (a 600 s
     clip is 120 five-second windows per adapter); beyond it: 413 before any feature is
     computed."""
+    max_request_feature_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024)
+    """Most bytes of features (float32 windows) one ``/classify`` request may hold, over the
+    distinct feature settings of the adapters it names (a 600 s clip in 5.12 s windows of 128
+    mel bins is 30 MiB); beyond it: 413 before any feature is computed."""
     max_batch_tokens: int = Field(8192, ge=64)
     """Most tokens (rows x tokens per row) in one forward: the batcher never exceeds it, a job
     larger than it is split, and an adapter whose one window needs more is refused at upload."""

@@ -187,7 +187,7 @@ async def av_event(
         features = manifest.features
         clip: AvClip = await in_pool(
             state.featurize_pool,
-            lambda: featurize_av(video, audio, features, image_size, limits),
+            lambda: featurize_av(video, audio, features, image_size, limits, deadline),
             deadline=deadline,  # waiting in the pool counts against the timeout too
         )
         state.metrics.safe(lambda: state.metrics.featurize.observe(clip.featurize_s))

@@ -146,6 +146,7 @@ async def classify(
                 max_seconds=settings.max_audio_seconds,
                 max_samples=settings.max_decoded_samples,
                 max_rows=settings.max_request_rows,
+                max_feature_bytes=settings.max_request_feature_bytes,
             ),
             deadline=deadline,
         )

@@ -72,6 +72,13 @@ def _check_training(args: list[str]) -> None:
         assert args[args.index("--recipe") + 1] in RECIPES
 
 
+def _check_docker(args: list[str]) -> None:
+    assert (ROOT / "docker-compose.yml").is_file()
+    assert (ROOT / "docker/Dockerfile").is_file()
+    if args[:1] == ["build"]:
+        assert (ROOT / args[args.index("-f") + 1]).is_file()
+
+
 def _check_curl(args: list[str]) -> None:
     url = next(a for a in args if a.startswith("http") or a.startswith("'http"))
     path = re.sub(r"^'?https?://[^/]+", "", url).split("?")[0].rstrip("'") or "/"
@@ -120,13 +127,8 @@ def test_shown_command_names_something_real(doc: str, line: str) -> None:
     elif head == "curl":
         _check_curl(args)
     elif head == "docker":
-        assert (ROOT / "docker-compose.yml").is_file()
-        assert (ROOT / "docker/Dockerfile").is_file()
-        if args[:1] == ["build"]:
-            assert (ROOT / args[args.index("-f") + 1]).is_file()
-    elif head in _SHELL_TOOLS:
-        pass  # plain shell (making the admin-token file): names nothing of this repository
-    else:
+        _check_docker(args)
+    elif head not in _SHELL_TOOLS:  # plain shell (the admin-token file) names nothing of ours
         pytest.fail(f"{doc}: unrecognised command {line!r}: teach this test what it names")
 
 

@@ -512,6 +512,53 @@ def test_windows_over_the_request_limit_are_refused_before_any_feature(
     _run(tmp_path, svc_backbone, check, max_request_rows=rows + spare)
 
 
+@pytest.mark.parametrize("spare", [0, -1])
+def test_feature_bytes_over_the_request_limit_are_refused_before_any_feature(
+    tmp_path: Path,
+    svc_backbone: VisionTransformer,
+    store: dict[str, AdapterCheckpoint],
+    monkeypatch: pytest.MonkeyPatch,
+    spare: int,
+) -> None:
+    seconds = 60.0
+    clip = encode(seconds, rate=16_000)
+    names = ["esc50@1", "esc50@2", "speech"]
+    distinct = dict.fromkeys(store[n if "@" in n else f"{n}@1"].manifest.features for n in names)
+    samples = int(seconds * 16_000)
+    total = sum(
+        window_count(samples, 16_000, c) * c.target_frames * c.num_mel_bins * 4 for c in distinct
+    )
+    assert total > 1024 * 1024  # above the setting's floor, so the limit below is valid
+    calls: list[int] = []
+    real = featurize_module.extract_windows
+
+    def counting(*args: Any, **kw: Any) -> Any:
+        calls.append(1)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(featurize_module, "extract_windows", counting)
+
+    async def check(client: httpx.AsyncClient) -> None:
+        r = await client.post(f"/classify?adapter={','.join(names)}", content=clip, headers=_WAV)
+        if spare < 0:
+            assert r.status_code == 413, r.text
+            body = r.json()
+            assert body["reason"] == "too_many_features"
+            assert "LOOKASIDE_MAX_REQUEST_FEATURE_BYTES" in body["detail"]
+            assert calls == []  # refused by arithmetic, before any feature was computed
+        else:
+            assert r.status_code == 200, r.text
+            assert len(calls) == len(distinct)  # shared settings featurised once
+
+    _run(
+        tmp_path,
+        svc_backbone,
+        check,
+        max_request_feature_bytes=total + spare,
+        max_request_rows=100_000,
+    )
+
+
 def test_audio_over_the_decoded_sample_budget_gets_413(
     tmp_path: Path, svc_backbone: VisionTransformer, store: dict[str, AdapterCheckpoint]
 ) -> None:

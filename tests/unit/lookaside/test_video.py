@@ -8,13 +8,14 @@ and a silent second.
 from __future__ import annotations
 
 import io
+import time
 
 import av
 import numpy as np
 import pytest
 import torch
 
-from lookaside.errors import BadVideo
+from lookaside.errors import BadVideo, DeadlineExceeded
 from lookaside.features import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -221,3 +222,12 @@ def test_bad_videos_are_refused_clearly(
 
 def test_num_segments_counts_a_trailing_half_second() -> None:
     assert [num_segments(d) for d in (0.2, 1.0, 9.49, 9.5, 10.0, 10.04)] == [1, 1, 9, 10, 10, 10]
+
+
+def test_decoding_stops_at_the_deadline() -> None:
+    """A caller in a pool cannot cancel a running decode: the decoder checks the deadline at every
+    frame, so a huge video stops when its request has given up (the service answers 504)."""
+    data = encode(MKV)
+    assert decode_video(data, deadline=time.monotonic() + 60).seconds == 5  # in time: decoded
+    with pytest.raises(DeadlineExceeded, match="deadline after 0 frames"):
+        decode_video(data, deadline=time.monotonic() - 1)
