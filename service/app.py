@@ -33,7 +33,7 @@ from service import errors
 from service.deps import AppState
 from service.engine import Engine, OverBudget
 from service.http_contract import AllowMethods, install_openapi
-from service.http_limits import BodyLimits, InflightBytes
+from service.http_limits import CLIENT_GONE_KEY, BodyLimits, InflightBytes
 from service.logging import RequestIdMiddleware
 from service.metrics import ServiceMetrics
 from service.registry import AdapterRegistry
@@ -278,6 +278,8 @@ class _MetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
+            if scope.get(CLIENT_GONE_KEY):
+                status = 499  # never answered: the client left
             self._record(scope, status, time.perf_counter() - started)
 
     def _record(self, scope: Scope, status: int, elapsed: float) -> None:

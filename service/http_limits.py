@@ -27,6 +27,7 @@ import json
 import logging
 from typing import Any, ClassVar, NoReturn, cast
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -42,6 +43,10 @@ from service.errors import (
 )
 
 log = logging.getLogger("service.http_limits")
+
+CLIENT_GONE_KEY = "lookaside.client_gone"
+"""Scope key set when the client disconnected before its body arrived (metrics count it as
+status 499, as nginx does, not as a server error)."""
 
 
 # -- connections ----------------------------------------------------------------------------------
@@ -228,6 +233,9 @@ class BodyLimits:
         except ServiceError as exc:
             if exc is not guard.refusal:
                 raise
+        except ClientDisconnect:  # the client left mid-body: nobody to answer, nothing broke
+            scope[CLIENT_GONE_KEY] = True
+            log.info("the client disconnected before its body arrived")
         finally:
             self.budget.give_back(reserved + guard.counted)
 

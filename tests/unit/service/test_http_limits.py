@@ -14,7 +14,7 @@ import pytest
 from starlette.types import Message, Receive, Scope, Send
 
 from service.http_contract import AllowMethods, complete_openapi
-from service.http_limits import BodyLimits, InflightBytes
+from service.http_limits import CLIENT_GONE_KEY, BodyLimits, InflightBytes
 from service.logging import RedactQueryFilter, redact_queries
 
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
@@ -161,6 +161,34 @@ def test_bytes_are_given_back_when_the_app_fails_or_the_client_leaves() -> None:
     asyncio.run(
         _limits(reader(seen, budget), budget)(_scope(None, chunked=True), gone.receive, gone.send)
     )
+    assert budget.used == 0
+
+
+def test_a_client_leaving_mid_body_is_not_a_server_error() -> None:
+    """Starlette raises ClientDisconnect into the route when the client goes: nobody is left to
+    answer, so it is marked (metrics count 499) and not re-raised (no 500 trace in the log)."""
+    budget = InflightBytes(1000)
+
+    async def streaming(scope: Scope, receive: Receive, send: Send) -> None:
+        from starlette.requests import Request
+
+        async for _ in Request(scope, receive).stream():
+            pass
+        raise AssertionError("the stream should have raised ClientDisconnect")
+
+    gone = Client([])
+    messages: list[Message] = [
+        {"type": "http.request", "body": b"a" * 100, "more_body": True},
+        {"type": "http.disconnect"},  # before the declared 500 bytes
+    ]
+
+    async def leaving() -> Message:
+        return messages.pop(0)
+
+    scope = _scope(500)
+    asyncio.run(_limits(streaming, budget)(scope, leaving, gone.send))
+    assert scope[CLIENT_GONE_KEY] is True
+    assert gone.sent == []  # nothing sent to a client that is gone
     assert budget.used == 0
 
 
