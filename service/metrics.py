@@ -34,6 +34,8 @@ fails a request: :meth:`ServiceMetrics.safe` swallows and logs a metrics error.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterator
 
 import torch
@@ -76,6 +78,10 @@ class ServiceMetrics:
     """Every metric of one app, registered in ``self.registry``."""
 
     def __init__(self) -> None:
+        self._render_lock = threading.Lock()
+        self._rendered: tuple[float, bytes] | None = None
+        self.renders = 0
+        """Renders done by :meth:`render_cached` (tests count them)."""
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -160,6 +166,17 @@ class ServiceMetrics:
     def render(self) -> bytes:
         """The exposition text of every metric of this app."""
         return generate_latest(self.registry)
+
+    def render_cached(self, max_age_s: float) -> bytes:
+        """:meth:`render`, reused for ``max_age_s``: rendering costs milliseconds of GIL-holding
+        Python, so a client scraping without pause would otherwise take half the process;
+        Prometheus scrapes every few seconds and always gets a fresh answer. Any thread."""
+        with self._render_lock:
+            now = time.monotonic()
+            if self._rendered is None or now - self._rendered[0] >= max_age_s:
+                self._rendered = (now, self.render())
+                self.renders += 1
+            return self._rendered[1]
 
     @staticmethod
     def safe(record: Callable[[], object]) -> None:

@@ -112,6 +112,9 @@ class ServiceSettings(BaseSettings):
     max_inflight_body_bytes: int = Field(256 * 1024 * 1024, ge=1024)
     """Budget of request-body bytes being received or held at once, over all requests; a request
     that would pass it gets 503 + Retry-After before its body is read."""
+    metrics_max_age_s: float = Field(1.0, ge=0.0, le=60.0)
+    """``GET /metrics`` reuses one rendering for this long (0: render every scrape), so a
+    client scraping without pause costs one render a second, not half the process."""
     max_resident_adapters: int = Field(64, ge=1)
     """Most adapter versions held on the device; the least recently used one is evicted and
     reloaded on demand."""

@@ -86,7 +86,7 @@ async def metrics(state: StateDep) -> Response:
     if state.store is not None:
         store = state.store
         state.metrics.safe(lambda: state.metrics.adapters_in_store.set(store.name_count()))
-    # Rendering takes milliseconds whatever the store's size: off the event loop, so a scraper
-    # never stalls the requests behind it.
-    body = await asyncio.to_thread(state.metrics.render)
+    # Rendering takes milliseconds whatever the store's size: off the event loop, and at most
+    # once a second however fast a client scrapes, so a scraper never stalls other requests.
+    body = await asyncio.to_thread(state.metrics.render_cached, state.settings.metrics_max_age_s)
     return Response(body, media_type=CONTENT_TYPE)

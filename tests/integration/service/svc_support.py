@@ -120,6 +120,7 @@ def settings(store: Path, **overrides: Any) -> ServiceSettings:
         "max_batch_size": 8,
         "featurize_threads": 2,
         "request_timeout_s": 60.0,
+        "metrics_max_age_s": 0.0,  # tests read counters right after the requests they count
     }
     base.update(overrides)
     return ServiceSettings(_env_file=None, **base)  # type: ignore[call-arg]
