@@ -4,9 +4,10 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import httpx
@@ -45,3 +46,23 @@ def serve_in_thread(app: FastAPI, timeout: float = 120.0) -> Iterator[str]:
     finally:
         srv.should_exit = True
         thread.join(timeout=60)
+
+
+def wait_until_ready(
+    url: str,
+    proc: subprocess.Popen[str] | subprocess.Popen[bytes],
+    timeout: float = 120.0,
+    output: Callable[[], str] = lambda: "",
+) -> None:
+    """Poll ``url``/readyz until 200 while the server process ``proc`` lives (a server in its own
+    process: crash and bomb tests); ``output`` is shown when it exits or never gets ready."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the server exited with {proc.returncode}:\n{output()}"
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"the server did not become ready within {timeout:g} s:\n{output()}")

@@ -29,6 +29,7 @@ import soundfile as sf
 
 from tests.integration.service.av_support import AV_BACKBONE, av_checkpoint, tiny_av
 from tests.integration.service.svc_support import ADMIN, encode, make_checkpoint, put_in_store
+from tests.live_server import wait_until_ready
 
 BUDGET = 2**24
 """The server's default ``max_decoded_samples``."""
@@ -229,16 +230,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, "the server exited"
-            assert time.monotonic() < deadline, "the server did not become ready"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+        wait_until_ready(url, proc, 120)
         served = Server(url, psutil.Process(proc.pid))
         for _ in range(2):  # warm the decode and feature paths before measuring
             assert _classify(served, encode(2.0, rate=44_100, channels=2)).status_code == 200

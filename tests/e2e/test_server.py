@@ -30,6 +30,7 @@ from tests.integration.service.svc_support import (
     make_checkpoint,
     tiny,
 )
+from tests.live_server import wait_until_ready
 
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
 WAV = {"Content-Type": "audio/wav"}
@@ -76,16 +77,7 @@ class Server:
             self.lines.append(line)
 
     def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, "server exited:\n" + "".join(self.lines)
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError("server not ready:\n" + "".join(self.lines))
+        wait_until_ready(self.url, self.proc, timeout, lambda: "".join(self.lines))
 
     def kill9(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
