@@ -62,6 +62,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -70,6 +71,7 @@ from lookaside.checkpoint import AdapterCheckpoint, AdapterManifest
 from lookaside.errors import AdapterNotFound, BankFull
 from service.errors import RequestTimeout, ServiceError
 from service.store import NAME_PATTERN, AdapterStore, PutResult, format_versions
+from service.watchdog import EngineHealth
 
 __all__ = [
     "AdapterState",
@@ -85,6 +87,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("service.registry")
+
+_WAIT_SLICE_S = 0.5
+"""How often a loader thread waiting on the engine checks whether the engine is dead."""
 
 AdapterState = Literal["unloaded", "loading", "ready", "failed"]
 
@@ -111,6 +116,10 @@ class EngineAdapters(Protocol):
 
     def unload_adapter(self, adapter_id: str) -> Future[None]:
         """Remove an adapter from the bank between batches (its slot is zeroed and reused)."""
+        ...
+
+    def health(self) -> EngineHealth:
+        """Whether the engine is stalled or dead (bounds the registry's waits on it)."""
         ...
 
 
@@ -439,7 +448,7 @@ class AdapterRegistry:
             with self._lock:
                 pending = self._unloading.get(entry.id)
             if pending is not None:  # the same id is still being unloaded: let it finish first
-                pending.result()
+                self._wait(pending, entry.id)
             ckpt = given or self.store.load(entry.name, entry.version, backbone=self.backbone)
             entry.stack = _stack_key(ckpt.manifest)
             self._load_into_engine(entry, ckpt)
@@ -465,7 +474,7 @@ class AdapterRegistry:
         while True:
             try:
                 # every checkpoint here was validated (store.put / store.load): no second scan
-                self.engine.load_adapter(ckpt, validated=True).result()
+                self._wait(self.engine.load_adapter(ckpt, validated=True), entry.id)
                 return
             except BankFull as exc:
                 with self._lock:
@@ -477,7 +486,23 @@ class AdapterRegistry:
                             f"retry shortly or raise bank_capacity ({exc})"
                         ) from exc
                     unloaded = self._unload_locked(victim, evicted=True)
-                unloaded.result()
+                self._wait(unloaded, entry.id)
+
+    def _wait(self, future: Future[None], aid: str) -> None:
+        """``future.result()``, bounded: a loader thread gives up once the engine reports itself
+        dead (stuck past ``engine_dead_s``; liveness then restarts the process), instead of waiting
+        on it for ever."""
+        while True:
+            try:
+                future.result(timeout=_WAIT_SLICE_S)
+                return
+            except FuturesTimeout:
+                health = self.engine.health()
+                if health.dead:
+                    raise AdapterUnavailable(
+                        f"adapter {aid} could not be loaded: the engine is stuck "
+                        f"({health.reason}); retry on another replica"
+                    ) from None
 
     def _load_failed(self, entry: _Entry, exc: BaseException) -> None:
         reason = str(exc) or type(exc).__name__

@@ -24,6 +24,7 @@ from lookaside.features import FeatureConfig
 from service.errors import RequestTimeout
 from service.registry import AdapterRegistry, AdapterUnavailable, parse_ref
 from service.store import AdapterStore
+from service.watchdog import HEALTHY, EngineHealth
 from tests.support import randomise
 
 T = TypeVar("T")
@@ -65,6 +66,7 @@ class FakeEngine:
         self.fail: dict[str, Exception] = {}
         self.stack_capacity = stack_capacity
         self.lock = threading.Lock()
+        self.reported_health = HEALTHY
         self.handed: list[tuple[AdapterCheckpoint, bool]] = []
         """Every checkpoint load_adapter was given, with its ``validated`` flag."""
 
@@ -91,6 +93,9 @@ class FakeEngine:
 
         threading.Thread(target=run).start()
         return future
+
+    def health(self) -> EngineHealth:
+        return self.reported_health
 
     def unload_adapter(self, adapter_id: str) -> Future[None]:
         with self.lock:
@@ -553,4 +558,24 @@ def test_concurrent_traffic_from_threads_keeps_the_books_straight(
     assert len(registry.resident()) <= 2
     assert sorted(engine.bank) == sorted(registry.resident())
     assert all(s.in_flight == 0 for n in "abcd" for s in registry.status(n))
+    registry.close()
+
+
+def test_a_load_waiting_on_a_dead_engine_gives_up(
+    store: AdapterStore, tiny_backbone: VisionTransformer
+) -> None:
+    """The loader thread's wait on the engine is bounded: once the engine reports itself dead
+    (stuck past engine_dead_s) the load fails with 503 instead of holding the thread for ever."""
+    engine = FakeEngine()
+    engine.gate.clear()  # the engine never finishes this load
+    engine.reported_health = EngineHealth(
+        stalled=True, reason="a forward has run 700 s", since=0.0, stalled_for_s=700.0, dead=True
+    )
+    registry = registry_of(store, engine, tiny_backbone)
+    started = time.monotonic()
+    with pytest.raises(AdapterUnavailable, match="engine is stuck"):
+        run(lambda: registry.acquire("b"))
+    assert time.monotonic() - started < 5  # a wait slice or two, not the gate's 10 s
+    assert registry.status("b")[0].state == "failed"
+    engine.gate.set()
     registry.close()
