@@ -34,7 +34,8 @@ Threads and ownership:
 - Event-loop thread: :meth:`acquire`, :meth:`activate`, :meth:`upload`, the deletes,
   :meth:`status`. Store writes are sent to worker threads (``asyncio.to_thread``).
 - Loader threads (a small pool owned by the registry): :meth:`AdapterStore.load` and the wait on
-  ``engine.load_adapter``'s future. They never touch the event loop.
+  ``engine.load_adapter``'s future (given up once the engine reports itself dead). They never
+  touch the event loop.
 - Any thread: :meth:`Lease.release` (the engine thread may release a lease when it answers).
 - The engine thread only runs the bank changes it was handed; it never calls the registry.
 - ``self._lock`` (a ``threading.RLock``: the done-callback of an already finished future runs at
