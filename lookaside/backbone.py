@@ -6,8 +6,8 @@ key conversion, see :mod:`lookaside.backbone_convert`), applied to a 1-channel l
 as in AST (Gong et al., 2021): patches cut from the (frequency x time) image give a token grid
 ``(F, T)`` that every adapter site is told about.
 
-Two streams (AV-PEA, NOTES §3): a backbone that kept its RGB patch kernel (``in_chans=3``) also
-embeds video frames (:meth:`VisionTransformer.embed_frames`); the spectrogram stream uses the
+Two streams (AV-PEA, docs/design.md §2): a backbone that kept its RGB patch kernel (``in_chans=3``)
+also embeds video frames (:meth:`VisionTransformer.embed_frames`); the spectrogram stream uses the
 1-channel kernel derived from it (the RGB kernels summed, so a grey image gives the response of
 the original net). :meth:`VisionTransformer.forward_features_av` runs both streams block by block
 in lockstep through the same blocks (one set of weights), and in each block the ``attn.cross``
@@ -156,9 +156,9 @@ def resample_pos_embed(
 
     Prefix-token embeddings are kept as they are; the grid part is interpolated in 2-D (the
     reference code of the papers skipped a mismatched embedding entirely, leaving the model with no
-    positional information: NOTES §8). ``new_grid`` may hold symbolic sizes (``torch.export`` with
-    a dynamic frame axis): the same-grid shortcut is then skipped, which changes nothing because
-    antialiased bicubic at scale 1 is the identity.
+    positional information: docs/design.md §5). ``new_grid`` may hold symbolic sizes
+    (``torch.export`` with a dynamic frame axis): the same-grid shortcut is then skipped, which
+    changes nothing because antialiased bicubic at scale 1 is the identity.
     """
     if posemb.shape[1] != num_prefix_tokens + old_grid[0] * old_grid[1]:
         raise ConfigError(

@@ -2,10 +2,10 @@
 two cannot drift.
 
 Recipe (Gong et al., "AST: Audio Spectrogram Transformer", Interspeech 2021, §2.1 and its
-reference code; NOTES.md §2): 16 kHz mono -> subtract the waveform mean -> Kaldi-compatible fbank
-(``torchaudio.compliance.kaldi.fbank``: 25 ms Hanning window, 10 ms hop, 128 mel bins, no dither,
-no energy) -> zero-pad or crop to the task's frame count -> ``(x - mean) / (2 * std)`` with the
-AudioSet statistics. Zero padding comes before normalisation, as in AST and transformers'
+reference code; docs/design.md §1): 16 kHz mono -> subtract the waveform mean -> Kaldi-compatible
+fbank (``torchaudio.compliance.kaldi.fbank``: 25 ms Hanning window, 10 ms hop, 128 mel bins,
+no dither, no energy) -> zero-pad or crop to the task's frame count -> ``(x - mean) / (2 * std)``
+with the AudioSet statistics. Zero padding comes before normalisation, as in AST and transformers'
 ``ASTFeatureExtractor`` (the reference our tests compare against).
 
 Pipeline: bytes -> :func:`lookaside.decode.decode_audio` (its own module: the service and the

@@ -404,7 +404,7 @@ class Engine:
         ``validate_checkpoint_bytes`` (every value already scanned), so the bank skips its own
         finite scan (``AdapterBank.load(..., validated=True)``); names and shapes are still checked.
 
-        The bank's slot lifecycle (CONTRACTS §A), so traffic never waits on the copy:
+        The bank's slot lifecycle (docs/design.md §4), so traffic never waits on the copy:
         reserve a free slot on the worker between batches (a full stack is grown there, where no
         route holds it) -> copy the tensors on the loader thread while batches keep running (the
         slot is not routable yet) -> publish on the worker between batches. A failure at any step

@@ -2,10 +2,11 @@
 
 Entries are keyed by the clip's *content* (sha256 of the file bytes, or of an HDF5 segment's
 samples) plus the segment bounds and every feature setting that changes the fbank, never by path
-alone (NOTES §8: same-name reloads served stale results elsewhere). Values are the *unnormalised*
-padded fbank (normalisation is applied on read, so ``--compute-stats`` reuses the cache) or, for
-datasets mixed with background noise, the 16 kHz mono waveform. Files are ``.npy`` read with
-``allow_pickle=False``, written atomically (temp file + rename: workers may race on one entry).
+alone (docs/design.md §5: same-name reloads served stale results elsewhere). Values are the
+*unnormalised* padded fbank (normalisation is applied on read, so ``--compute-stats`` reuses the
+cache) or, for datasets mixed with background noise, the 16 kHz mono waveform. Files are ``.npy``
+read with ``allow_pickle=False``, written atomically (temp file + rename: workers may race on one
+entry).
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ def next_version(parent: Path) -> int:
 
 
 def make_bank(backbone: VisionTransformer, *, trainable: bool) -> AdapterBank:
-    """A bank beside ``backbone`` (one slot per stack when training, as CONTRACTS §A says)."""
+    """A bank beside ``backbone`` (one slot per stack when training, as docs/design.md §4 says)."""
     for_backbone = getattr(AdapterBank, "for_backbone", None)
     if for_backbone is not None:
         bank: AdapterBank = for_backbone(backbone, trainable=trainable)

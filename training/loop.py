@@ -3,10 +3,10 @@
 Shaped like nanoGPT's ``train.py`` but as functions (STYLE §12): per step, set the learning rate
 from :func:`get_lr` -> autocast forward -> loss -> (scaled) backward -> clip -> step ->
 ``zero_grad(set_to_none=True)``; per epoch, :func:`evaluate` under ``inference_mode`` and keep a
-*copy* of the best adapter (never a live reference: NOTES §8). The method is only the adapter in
-the bank; the optimizer sees exactly ``bank.trainable_parameters(adapter_id)``, so the frozen
-backbone cannot change. Multi-GPU: under ``torchrun`` the adapter module (bank only, no backbone)
-is wrapped in DistributedDataParallel, so only adapter gradients are all-reduced.
+*copy* of the best adapter (never a live reference: docs/design.md §5). The method is only the
+adapter in the bank; the optimizer sees exactly ``bank.trainable_parameters(adapter_id)``, so the
+frozen backbone cannot change. Multi-GPU: under ``torchrun`` the adapter module (bank only, no
+backbone) is wrapped in DistributedDataParallel, so only adapter gradients are all-reduced.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """AdapterBank: the adapters loaded beside one backbone, and the routes that select them.
 
 The bank never touches the backbone: it owns one :class:`AdapterStack` per (method, config) with a
-fixed number of slots (its *capacity*), and one head per adapter. The slot lifecycle (NOTES §5):
+fixed number of slots (its *capacity*), and one head per adapter. The slot lifecycle
+(docs/design.md §4):
 
 - ``reserve`` takes a free slot (or raises :class:`BankFull`: capacity never grows by itself);
   a reserved adapter is invisible to :meth:`AdapterBank.route`;

@@ -1,6 +1,7 @@
 """Parallel bottleneck adapter (Houlsby et al., 2019; He et al., 2022, "parallel adapter").
 
-``y <- B(h) + s * f(h W_down) W_up`` beside the attention and/or FFN sub-layer ``B`` (NOTES §3):
+``y <- B(h) + s * f(h W_down) W_up`` beside the attention and/or FFN sub-layer ``B``
+(docs/design.md §2):
 ``sites=("attn",)`` is the Pfeiffer placement used by the MoA paper, ``("attn", "ffn")`` Houlsby.
 ``W_up`` starts at zero so a fresh adapter leaves the backbone's output unchanged.
 

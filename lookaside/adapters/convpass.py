@@ -4,7 +4,7 @@ Transformer Adapters").
 ``y <- B(h) + s * up(gelu(conv3x3(gelu(down(h)))))`` beside attention and FFN. The 3x3 conv runs on
 the patch grid; CLS/DIST tokens are convolved as 1x1 images (centre tap only), as the paper's code
 does. The public AST code computed this convolution and then used its input instead: our forward
-returns the conv path and a test checks the conv weights change the output (NOTES §8).
+returns the conv path and a test checks the conv weights change the output (docs/design.md §5).
 """
 
 from __future__ import annotations

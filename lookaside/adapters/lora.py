@@ -2,7 +2,7 @@
 
 ``q <- q + (alpha / r) * h A_q B_q`` and likewise for v, through the ``attn.qkv`` site. A is
 Kaiming-uniform random and B zero, as in the LoRA paper (the public AST code had it reversed:
-NOTES §8), so a fresh adapter leaves the backbone unchanged but still receives gradients.
+docs/design.md §5), so a fresh adapter leaves the backbone unchanged but still receives gradients.
 
 Only the q and v thirds of the fused ``[n, L, 3D]`` qkv change, so the route lets this site add
 into those column slices itself (:meth:`LoraQVSite.add_into`): one ``[D, 2r]`` down projection,

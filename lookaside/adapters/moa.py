@@ -9,7 +9,7 @@ N bottleneck experts of rank r beside attention (Pfeiffer) or attention and FFN 
   ``C`` = softmax of the logits over slots, ``Y = C Y~``.
 
 Each site is one module, added once: the reference code added a single MHSA-site adapter's output
-twice (after MHSA and again after the FFN); a test counts contributions (NOTES §8).
+twice (after MHSA and again after the FFN); a test counts contributions (docs/design.md §5).
 Up projections start at zero so a fresh adapter leaves the backbone unchanged; the router/Phi is
 random so gradients reach it from the first step.
 """

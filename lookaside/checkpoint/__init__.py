@@ -1,4 +1,4 @@
-"""Adapter checkpoints: a validated JSON manifest beside a safetensors file (NOTES §4).
+"""Adapter checkpoints: a validated JSON manifest beside a safetensors file (docs/design.md §3).
 
 One adapter on disk is a directory holding exactly two files:
 

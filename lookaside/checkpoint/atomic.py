@@ -1,4 +1,4 @@
-"""Crash-safe writes: temp sibling, fsync, rename (NOTES §5).
+"""Crash-safe writes: temp sibling, fsync, rename (docs/design.md §4).
 
 A reader sees the old content or the new one, never half of either: everything is written and
 fsynced under a hidden temporary name beside the target, renamed into place, and the parent

@@ -1,4 +1,5 @@
-"""The adapter manifest (``manifest.json``) and the limits an upload must stay within (NOTES §4).
+"""The adapter manifest (``manifest.json``) and the limits an upload must stay within
+(docs/design.md §3).
 
 A manifest is a small JSON file; it is parsed and schema-validated here with nothing sized by it.
 :class:`CheckpointLimits` bounds everything a manifest could make large (bottleneck widths,

@@ -1,4 +1,4 @@
-"""Checkpoint validation that allocates nothing an upload controls (NOTES §5).
+"""Checkpoint validation that allocates nothing an upload controls (docs/design.md §4).
 
 One path serves files on disk and uploads in memory, cheapest and safest step first: the
 backbone (fingerprint, and the recorded config equal to the server's), manifest limits (bottleneck

@@ -1,4 +1,4 @@
-"""HTTP routes, one module per resource, wired here (STYLE 9)."""
+"""HTTP routes, one module per resource, wired here."""
 
 from __future__ import annotations
 

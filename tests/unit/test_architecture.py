@@ -88,3 +88,19 @@ def test_every_config_field_is_documented() -> None:
     classes = {k for cls in roots for k in cls.__mro__ if k.__module__.startswith("lookaside")}
     missing = sorted(f for cls in classes for f in _undocumented_fields(cls))
     assert not missing, f"undocumented config fields: {missing}"
+
+
+def test_product_code_cites_only_documents_in_the_repository() -> None:
+    """Comments cite docs/ (a newcomer who clones the repository can follow them), never design
+    documents that live outside it; and every cited docs/ file and section exists."""
+    outside = re.compile(r"NOTES *§|NOTES\.md|STYLE +\d|STYLE\.md|CONTRACTS")
+    cited = re.compile(r"docs/([\w-]+\.md)(?: §(\d+))?")
+    design = (ROOT / "docs" / "design.md").read_text()
+    for package in ("lookaside", "service", "training"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            text = path.read_text()
+            assert not outside.search(text), f"{path.relative_to(ROOT)} cites a document outside"
+            for name, section in cited.findall(text):
+                assert (ROOT / "docs" / name).is_file(), f"{path.relative_to(ROOT)}: docs/{name}"
+                if name == "design.md" and section:
+                    assert f"## §{section} " in design, f"{path.relative_to(ROOT)}: §{section}"
