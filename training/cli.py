@@ -209,7 +209,9 @@ def _numel(shape: tuple[int, ...]) -> int:
 def cmd_push(ns: argparse.Namespace) -> int:
     from training.push import describe, push
 
-    answer = push(ns.checkpoint, ns.url, token=ns.token, activate=ns.activate)
+    answer = push(
+        ns.checkpoint, ns.url, token=ns.token, token_file=ns.token_file, activate=ns.activate
+    )
     _say(describe(answer))
     return 0
 
@@ -241,7 +243,15 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("push", help="upload a checkpoint to a running server")
     p.add_argument("checkpoint", type=Path, help="a <name>/<version> directory")
     p.add_argument("--url", required=True, help="server base URL, e.g. http://gpu-box:8000")
-    p.add_argument("--token", help="admin token (default: $LOOKASIDE_ADMIN_TOKEN)")
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        help="file holding the admin token (default: $LOOKASIDE_ADMIN_TOKEN_FILE)",
+    )
+    p.add_argument(
+        "--token",
+        help="admin token (default: $LOOKASIDE_ADMIN_TOKEN); visible in ps, prefer --token-file",
+    )
     p.add_argument("--activate", action="store_true", help="serve the new version at once")
     return root
 

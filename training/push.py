@@ -18,10 +18,25 @@ from lookaside.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, load_checkpoint
 from lookaside.errors import LookasideError
 
 TOKEN_ENV = "LOOKASIDE_ADMIN_TOKEN"
+TOKEN_FILE_ENV = "LOOKASIDE_ADMIN_TOKEN_FILE"
+_MAX_TOKEN_FILE_BYTES = 4096
 
 
 class PushError(LookasideError):
     """The upload failed: no server, no token, or the server refused it (its message)."""
+
+
+def read_token_file(path: Path) -> str:
+    """The admin token stored in ``path`` (whitespace stripped), read with a size bound."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(_MAX_TOKEN_FILE_BYTES + 1)
+    except OSError as exc:
+        raise PushError(f"cannot read the token file {str(path)!r}: {exc.strerror}") from None
+    token = data.decode("utf-8", errors="replace").strip()
+    if len(data) > _MAX_TOKEN_FILE_BYTES or not token:
+        raise PushError(f"the token file {str(path)!r} is empty or over 4096 bytes: not a token")
+    return token
 
 
 def push(
@@ -29,14 +44,28 @@ def push(
     url: str,
     *,
     token: str | None = None,
+    token_file: Path | None = None,
     activate: bool = False,
     timeout: float = 120.0,
     transport: httpx.BaseTransport | None = None,
 ) -> dict[str, Any]:
-    """Validate ``directory`` locally, upload it, return the server's JSON answer."""
-    token = token or os.environ.get(TOKEN_ENV)
+    """Validate ``directory`` locally, upload it, return the server's JSON answer.
+
+    The token comes from ``token``, else ``token_file``, else ``$LOOKASIDE_ADMIN_TOKEN``, else the
+    file ``$LOOKASIDE_ADMIN_TOKEN_FILE`` names (a file keeps it out of ``ps`` and shell history).
+    """
+    env_file = os.environ.get(TOKEN_FILE_ENV)
+    token = (
+        token
+        or (read_token_file(token_file) if token_file is not None else None)
+        or os.environ.get(TOKEN_ENV)
+        or (read_token_file(Path(env_file)) if env_file else None)
+    )
     if not token:
-        raise PushError(f"no admin token: pass --token or set {TOKEN_ENV}")
+        raise PushError(
+            f"no admin token: pass --token-file FILE (or --token), or set {TOKEN_ENV} or "
+            f"{TOKEN_FILE_ENV}"
+        )
     load_checkpoint(directory)  # refuse a broken checkpoint before sending megabytes
     files = {
         "manifest": (MANIFEST_FILE, (directory / MANIFEST_FILE).read_bytes(), "application/json"),

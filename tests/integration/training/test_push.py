@@ -111,5 +111,30 @@ def test_push_without_token_says_how(
     checkpoint: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("LOOKASIDE_ADMIN_TOKEN", raising=False)
+    monkeypatch.delenv("LOOKASIDE_ADMIN_TOKEN_FILE", raising=False)
     assert main(["push", str(checkpoint), "--url", "http://127.0.0.1:9"]) == 2
-    assert "pass --token or set LOOKASIDE_ADMIN_TOKEN" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "pass --token-file FILE (or --token), or set LOOKASIDE_ADMIN_TOKEN" in err
+
+
+def test_push_reads_the_token_from_a_file(
+    server: str,
+    checkpoint: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--token-file (or $LOOKASIDE_ADMIN_TOKEN_FILE) keeps the token out of ps and history."""
+    monkeypatch.delenv("LOOKASIDE_ADMIN_TOKEN", raising=False)
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.write_text(f"{TOKEN}\n")
+    bad.write_text("wrong\n")
+    assert main(["push", str(checkpoint), "--url", server, "--token-file", str(bad)]) == 2
+    assert "(403)" in capsys.readouterr().err
+    monkeypatch.setenv("LOOKASIDE_ADMIN_TOKEN_FILE", str(good))
+    assert main(["push", str(checkpoint), "--url", server]) == 0
+    assert "sounds@" in capsys.readouterr().out
+    assert (
+        main(["push", str(checkpoint), "--url", server, "--token-file", str(tmp_path / "no")]) == 2
+    )
+    assert "cannot read the token file" in capsys.readouterr().err
