@@ -85,10 +85,7 @@ def featurize(
         resample_to=rates.pop() if len(rates) == 1 else None,
     )
     duration = wave.shape[-1] / rate
-    if max_rows is not None:
-        check_rows(wave.shape[-1], rate, configs, max_rows)
-    if max_feature_bytes is not None:
-        check_feature_bytes(wave.shape[-1], rate, configs, max_feature_bytes)
+    check_windows(wave.shape[-1], rate, configs, max_rows, max_feature_bytes)
     by_config: dict[FeatureConfig, ClipWindows] = {}
     for cfg in configs:
         if cfg in by_config:
@@ -102,15 +99,24 @@ def featurize(
     return Featurized(duration, by_config, time.perf_counter() - started)
 
 
-def check_rows(num_samples: int, rate: int, configs: list[FeatureConfig], max_rows: int) -> None:
-    """Refuse (413) a clip whose windows, summed over the adapters named, pass ``max_rows``.
+def check_windows(
+    num_samples: int,
+    rate: int,
+    configs: list[FeatureConfig],
+    max_rows: int | None,
+    max_bytes: int | None,
+) -> None:
+    """Refuse (413) a clip whose windows pass ``max_rows`` (summed over the adapters named) or
+    would hold more than ``max_bytes`` of features (adapters sharing a feature config share its
+    windows, so each distinct config counts once: ``windows x target_frames x num_mel_bins x 4``).
 
-    Counted by arithmetic (:func:`~lookaside.features.window_count`), so an adapter with a tiny
-    hop over a long clip is refused before its windows are built.
+    Counted by arithmetic (:func:`~lookaside.features.window_count`, once per distinct config),
+    so an adapter with a tiny hop over a long clip is refused before its windows are built.
     """
-    counts = [window_count(num_samples, rate, cfg) for cfg in configs]
-    if sum(counts) > max_rows:
-        seconds = num_samples / rate
+    windows = {cfg: window_count(num_samples, rate, cfg) for cfg in dict.fromkeys(configs)}
+    seconds = num_samples / rate
+    counts = [windows[cfg] for cfg in configs]
+    if max_rows is not None and sum(counts) > max_rows:
         each = ", ".join(str(c) for c in counts)
         raise PayloadTooLarge(
             f"the {seconds:.1f} s clip makes {sum(counts)} windows over the {len(counts)} "
@@ -119,25 +125,11 @@ def check_rows(num_samples: int, rate: int, configs: list[FeatureConfig], max_ro
             "LOOKASIDE_MAX_REQUEST_ROWS",
             reason="too_many_rows",
         )
-
-
-def check_feature_bytes(
-    num_samples: int, rate: int, configs: list[FeatureConfig], max_bytes: int
-) -> None:
-    """Refuse (413) a clip whose windows would hold more than ``max_bytes`` of features.
-
-    Adapters sharing a feature config share its windows, so each distinct config counts once:
-    ``windows x target_frames x num_mel_bins x 4`` bytes, by arithmetic, before any is built.
-    """
-    distinct = dict.fromkeys(configs)
-    total = sum(
-        window_count(num_samples, rate, cfg) * cfg.target_frames * cfg.num_mel_bins * 4
-        for cfg in distinct
-    )
-    if total > max_bytes:
+    total = sum(n * cfg.target_frames * cfg.num_mel_bins * 4 for cfg, n in windows.items())
+    if max_bytes is not None and total > max_bytes:
         mib = 1024 * 1024
         raise PayloadTooLarge(
-            f"the {num_samples / rate:.1f} s clip's windows would hold {total / mib:.1f} MiB of "
+            f"the {seconds:.1f} s clip's windows would hold {total / mib:.1f} MiB of "
             f"features for the adapters named, over the limit of {max_bytes / mib:.1f} MiB per "
             "request; send a shorter clip, name fewer adapters with different feature settings, "
             "or raise LOOKASIDE_MAX_REQUEST_FEATURE_BYTES",
