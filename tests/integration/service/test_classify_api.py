@@ -473,19 +473,9 @@ def test_more_adapters_than_the_queue_can_hold_get_422_naming_the_limit(
     _run(tmp_path, svc_backbone, check, queue_capacity=2)
 
 
-@pytest.mark.parametrize("spare", [0, -1])
-def test_windows_over_the_request_limit_are_refused_before_any_feature(
-    tmp_path: Path,
-    svc_backbone: VisionTransformer,
-    store: dict[str, AdapterCheckpoint],
-    monkeypatch: pytest.MonkeyPatch,
-    spare: int,
-) -> None:
-    clip = encode(3.0, rate=16_000)
-    names = ["esc50@1", "speech", "esc50@2"]
-    configs = [store[n if "@" in n else f"{n}@1"].manifest.features for n in names]
-    rows = sum(window_count(48_000, 16_000, cfg) for cfg in configs)
-    assert rows > len(names)  # several windows per adapter
+@pytest.fixture
+def extract_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per ``extract_windows`` call the featurize path makes (windows built)."""
     calls: list[int] = []
     real = featurize_module.extract_windows
 
@@ -494,6 +484,22 @@ def test_windows_over_the_request_limit_are_refused_before_any_feature(
         return real(*args, **kw)
 
     monkeypatch.setattr(featurize_module, "extract_windows", counting)
+    return calls
+
+
+@pytest.mark.parametrize("spare", [0, -1])
+def test_windows_over_the_request_limit_are_refused_before_any_feature(
+    tmp_path: Path,
+    svc_backbone: VisionTransformer,
+    store: dict[str, AdapterCheckpoint],
+    extract_calls: list[int],
+    spare: int,
+) -> None:
+    clip = encode(3.0, rate=16_000)
+    names = ["esc50@1", "speech", "esc50@2"]
+    configs = [store[n if "@" in n else f"{n}@1"].manifest.features for n in names]
+    rows = sum(window_count(48_000, 16_000, cfg) for cfg in configs)
+    assert rows > len(names)  # several windows per adapter
 
     async def check(client: httpx.AsyncClient) -> None:
         r = await client.post(f"/classify?adapter={','.join(names)}", content=clip, headers=_WAV)
@@ -504,7 +510,7 @@ def test_windows_over_the_request_limit_are_refused_before_any_feature(
             assert f"makes {rows} windows" in body["detail"]
             assert f"limit of {rows - 1} windows" in body["detail"]
             assert "LOOKASIDE_MAX_REQUEST_ROWS" in body["detail"]
-            assert calls == []  # refused by arithmetic, before any feature was computed
+            assert extract_calls == []  # refused by arithmetic, before any feature was computed
         else:
             assert r.status_code == 200, r.text
             assert sum(len(x["timeline"] or [None]) for x in r.json()["results"]) == rows
@@ -517,7 +523,7 @@ def test_feature_bytes_over_the_request_limit_are_refused_before_any_feature(
     tmp_path: Path,
     svc_backbone: VisionTransformer,
     store: dict[str, AdapterCheckpoint],
-    monkeypatch: pytest.MonkeyPatch,
+    extract_calls: list[int],
     spare: int,
 ) -> None:
     seconds = 60.0
@@ -529,14 +535,6 @@ def test_feature_bytes_over_the_request_limit_are_refused_before_any_feature(
         window_count(samples, 16_000, c) * c.target_frames * c.num_mel_bins * 4 for c in distinct
     )
     assert total > 1024 * 1024  # above the setting's floor, so the limit below is valid
-    calls: list[int] = []
-    real = featurize_module.extract_windows
-
-    def counting(*args: Any, **kw: Any) -> Any:
-        calls.append(1)
-        return real(*args, **kw)
-
-    monkeypatch.setattr(featurize_module, "extract_windows", counting)
 
     async def check(client: httpx.AsyncClient) -> None:
         r = await client.post(f"/classify?adapter={','.join(names)}", content=clip, headers=_WAV)
@@ -545,10 +543,10 @@ def test_feature_bytes_over_the_request_limit_are_refused_before_any_feature(
             body = r.json()
             assert body["reason"] == "too_many_features"
             assert "LOOKASIDE_MAX_REQUEST_FEATURE_BYTES" in body["detail"]
-            assert calls == []  # refused by arithmetic, before any feature was computed
+            assert extract_calls == []  # refused by arithmetic, before any feature was computed
         else:
             assert r.status_code == 200, r.text
-            assert len(calls) == len(distinct)  # shared settings featurised once
+            assert len(extract_calls) == len(distinct)  # shared settings featurised once
 
     _run(
         tmp_path,
