@@ -22,7 +22,7 @@ from torch import nn
 
 from lookaside.adapters import HeadConfig
 from lookaside.adapters.bank import AdapterBank
-from lookaside.backbone import BackboneConfig
+from lookaside.backbone_config import BackboneConfig
 from lookaside.sites import TokenLayout
 
 

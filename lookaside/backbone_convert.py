@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lookaside.backbone import BackboneConfig
+from lookaside.backbone_config import BackboneConfig
 from lookaside.errors import WeightLoadError
 
 # Keys of classification heads and other parts a frozen feature backbone does not keep.

@@ -23,7 +23,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from lookaside.backbone import BackboneConfig, VisionTransformer
+from lookaside.backbone import VisionTransformer
+from lookaside.backbone_config import BackboneConfig
 from lookaside.backbone_convert import (
     ast_config,
     checkpoint_filter_fn,

@@ -19,12 +19,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from lookaside.adapters import get_method
 from lookaside.adapters.bank import AdapterBank
 from lookaside.adapters.route import RowRoute, index_tensor
 from lookaside.backbone import VisionTransformer
 from lookaside.errors import ConfigError
 from lookaside.sites import CLIP_LAYER, TokenLayout
+from lookaside.tasks import AV_EVENTS, CLIP, TaskKind
 
 FUSED_LAYOUT = TokenLayout(num_prefix=1, num_prompts=0, grid=(1, 1))
 """How the heads see a segment: its fused token twice, as the prefix and as the one grid token,
@@ -71,7 +71,7 @@ class MultiAdapterModel(nn.Module):
         if len(adapter_ids) != spec.shape[0]:
             raise ConfigError(f"{len(adapter_ids)} adapter ids for a batch of {spec.shape[0]} rows")
         self._check_dtype(spec)
-        self._check_streams(adapter_ids, audio_visual=False)
+        self._check_task(adapter_ids, CLIP)
         out: list[Tensor | None] = [None] * len(adapter_ids)
         for rows in self.bank.partition(adapter_ids):
             ids = [adapter_ids[r] for r in rows]
@@ -90,7 +90,7 @@ class MultiAdapterModel(nn.Module):
     def logits(self, spec: Tensor, adapter_id: str) -> Tensor:
         """``[batch, classes]`` logits of one adapter for the whole batch (training, eval)."""
         self._check_dtype(spec)
-        self._check_streams([adapter_id], audio_visual=False)
+        self._check_task([adapter_id], CLIP)
         with self.bank.route([adapter_id] * spec.shape[0]) as route:
             tokens, layout = self.backbone.forward_features(spec, route)
             logits: Tensor = route.heads[adapter_id](tokens, layout)
@@ -165,24 +165,17 @@ class MultiAdapterModel(nn.Module):
             raise ConfigError(f"{len(adapter_ids)} adapter ids for {spec.shape[0]} clips")
         self.backbone.check_visual()
         self._check_dtype(spec)
-        self._check_streams(adapter_ids, audio_visual=True)
+        self._check_task(adapter_ids, AV_EVENTS)
         return spec.shape[0], spec.shape[1]
 
-    def _check_streams(self, adapter_ids: Sequence[str | None], *, audio_visual: bool) -> None:
-        """Refuse an adapter of the other kind (audio-only vs audio-visual) by name."""
+    def _check_task(self, adapter_ids: Sequence[str | None], task: TaskKind) -> None:
+        """Refuse, by name, an adapter whose method does not serve ``task``."""
         for adapter_id in set(adapter_ids):
-            entry = self.bank.entries.get(adapter_id) if adapter_id is not None else None
-            if entry is None or get_method(entry.method).audio_visual == audio_visual:
+            if adapter_id is None:
                 continue
-            if audio_visual:
-                raise ConfigError(
-                    f"adapter {adapter_id!r} ({entry.method}) classifies audio only: call "
-                    "forward()/logits() with spectrograms"
-                )
-            raise ConfigError(
-                f"adapter {adapter_id!r} ({entry.method}) is audio-visual: call "
-                "forward_av()/logits_av() with spectrograms and frames per segment"
-            )
+            entry = self.bank.entries.get(adapter_id)
+            if entry is not None:
+                task.check_method(adapter_id, entry.method)
 
     def _check_dtype(self, spec: Tensor) -> None:
         """Refuse a bank dtype the forward cannot mix (instead of a raw matmul dtype error)."""

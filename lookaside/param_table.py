@@ -19,8 +19,10 @@ from typing import Any
 
 from lookaside.adapters import ADAPTERS, HeadConfig
 from lookaside.adapters.bank import HEAD_PREFIX, AdapterBank
-from lookaside.backbone import BackboneConfig, VisionTransformer
+from lookaside.backbone import VisionTransformer
+from lookaside.backbone_config import BackboneConfig
 from lookaside.backbones import PRESETS
+from lookaside.tasks import AV_EVENTS
 
 # The papers' configurations (LoAA Table 2, MoA Table 1, AAT, baselines).
 PAPER_CONFIGS: list[tuple[str, dict[str, Any], str]] = [
@@ -69,7 +71,7 @@ def table(cfg: BackboneConfig | None = None, num_classes: int = 50) -> str:
     ]
     for method, config, note in PAPER_CONFIGS:
         parsed = ADAPTERS[method].parse_config(config)
-        av = ADAPTERS[method].audio_visual
+        av = AV_EVENTS.serves(method)
         shapes = (av_bank if av else bank).expected_shapes(method, parsed, head)
         sites = sum(_numel(s) for k, s in shapes.items() if not k.startswith(HEAD_PREFIX))
         heads = sum(_numel(s) for k, s in shapes.items() if k.startswith(HEAD_PREFIX))

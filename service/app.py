@@ -24,11 +24,11 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lookaside import __version__
-from lookaside.adapters import get_method
 from lookaside.backbone import VisionTransformer
 from lookaside.backbones import load_backbone
 from lookaside.checkpoint import AdapterManifest, CheckpointLimits
 from lookaside.errors import LookasideError
+from lookaside.tasks import AV_EVENTS
 from service import errors
 from service.deps import AppState
 from service.engine import Engine, OverBudget
@@ -216,7 +216,7 @@ async def _warm_up(state: AppState, engine: Engine, backbone: VisionTransformer)
         if manifest is None:
             continue
         grid = (manifest.features.target_frames, manifest.features.num_mel_bins)
-        if get_method(manifest.method).audio_visual:
+        if AV_EVENTS.serves(manifest.method):
             av_grids.setdefault(grid, adapter_id)
         else:
             grids.setdefault(grid, adapter_id)

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lookaside.adapters.avpea import segment_windows
 from lookaside.features import FeatureConfig
+from lookaside.tasks.av_events import segment_windows
 from lookaside.video import VideoLimits, av_inputs, decode_video
 
 

@@ -36,12 +36,12 @@ every row, in order, after its last chunk. A job whose single row is over the bu
 at submit (:class:`OverBudget`, 422); upload validation refuses such adapters before (the service
 passes its budget as ``CheckpointLimits.max_window_tokens``).
 
-Audio-visual jobs (:class:`AvJob`, ``POST /av-event``) share the queue and the worker: a row is one
-window of one-second segments, the grid is ``(segments, frames, mel, height, width)``, so AV rows
-batch with each other (mixing AV adapters) and run the two-stream forward, while audio batches
-form without them; right after an AV batch, the oldest waiting audio job goes first, so an AV
-stream never holds audio rows back for more than one forward. An AV row counts the tokens of both
-streams of every segment.
+Task kinds (:mod:`lookaside.tasks`): every job names its kind (``clip`` for ``POST /classify``,
+``av_events`` for ``POST /av-event``), which says what a row is, its grid, its tokens and its
+forward; jobs batch only with jobs of the same kind and grid (mixing adapters). Right after a
+batch of a kind whose forwards are long (:attr:`~lookaside.tasks.TaskKind.yields`: AV events),
+the oldest job of another kind goes first, so an AV stream never holds audio rows back for more
+than one forward.
 
 Failure isolation: if a forward raises, every job of that batch is retried alone, so only the
 culprit fails (:class:`~service.errors.EngineFailure`, logged with its trace); the engine keeps
@@ -69,9 +69,10 @@ import torch
 from torch import Tensor
 
 from lookaside.adapters.bank import AdapterBank, Reservation
-from lookaside.backbone import window_tokens
-from lookaside.errors import BankFull, IncompatibleBackbone
+from lookaside.checkpoint.compat import require_backbone
+from lookaside.errors import BankFull
 from lookaside.model import MultiAdapterModel
+from lookaside.tasks import AV_EVENTS, CLIP, Inputs, TaskKind
 from service.errors import BadRequest, EngineFailure, NotReady, QueueFull, RequestTimeout
 from service.metrics import ServiceMetrics
 from service.watchdog import Activity, EngineHealth, Watchdog
@@ -81,7 +82,7 @@ if TYPE_CHECKING:
     from lookaside.backbone import VisionTransformer
     from lookaside.checkpoint import AdapterCheckpoint
 
-__all__ = ["AvJob", "Engine", "EngineHealth", "Job", "OverBudget"]
+__all__ = ["Engine", "EngineHealth", "Job", "OverBudget"]
 
 log = logging.getLogger("service.engine")
 T = TypeVar("T")
@@ -95,21 +96,23 @@ class OverBudget(BadRequest, ValueError):
 
 @dataclass(eq=False)
 class Job:
-    """One clip's windows for one adapter: ``rows`` rows, answered together.
+    """One request's rows of one task kind for one adapter, answered together.
 
     A job with more rows than one forward takes runs in chunks (see the module docstring):
     ``start`` is the first row no batch has taken yet, ``parts`` the logits of the chunks run.
     """
 
-    features: Tensor
-    """``[rows, frames, mel]`` float32 on the host."""
+    task: TaskKind
+    """What a row is, which rows batch together and which forward serves them."""
+    inputs: Inputs
+    """The task kind's input tensors (float32, host); dimension 0 is the row."""
     adapter_id: str | None
     """Bank id (``name@version``); None runs the bare backbone (warm-up)."""
     request_id: str
     deadline: float
     """``time.monotonic()`` after which the job is answered 504 instead of run."""
     future: Future[Tensor] = field(default_factory=Future)
-    """Resolves to ``[rows, classes]`` fp32 logits on the host."""
+    """Resolves to the per-row logits (``[rows, ...classes]`` fp32 on the host)."""
     enqueued: float = field(default_factory=time.monotonic)
     tokens_per_row: int = 1
     """Patch tokens one row gives on the backbone (set by the engine at submit)."""
@@ -120,7 +123,7 @@ class Job:
 
     @property
     def rows(self) -> int:
-        return int(self.features.shape[0])
+        return self.task.rows(self.inputs)
 
     @property
     def remaining(self) -> int:
@@ -129,34 +132,13 @@ class Job:
 
     @property
     def grid(self) -> tuple[int, ...]:
-        """(frames, mel bins): rows of one forward must share it."""
-        return int(self.features.shape[1]), int(self.features.shape[2])
-
-    def inputs(self, start: int, stop: int) -> tuple[Tensor, Tensor | None]:
-        """Rows ``[start, stop)``: (features, pixels or None)."""
-        return self.features[start:stop], None
-
-
-@dataclass(eq=False)
-class AvJob(Job):
-    """One video's windows for one audio-visual adapter (AV-PEA).
-
-    A row is one window of ``segments`` one-second segments (each segment is two backbone
-    sequences, audio and visual). Its grid ``(segments, frames, mel, height, width)`` never equals
-    an audio job's ``(frames, mel)``, so AV rows batch only with AV rows of the same window
-    length, and audio batches form without them.
-    """
-
-    pixels: Tensor = field(default_factory=lambda: torch.empty(0))
-    """``[windows, segments, 3, height, width]`` ImageNet-normalised frames, float32 host."""
+        """The shape every row of one forward must share (the task kind's grid)."""
+        return self.task.grid(self.inputs)
 
     @property
-    def grid(self) -> tuple[int, ...]:
-        """(segments, frames, mel bins, frame height, frame width) of every window."""
-        return tuple(int(d) for d in (*self.features.shape[1:4], *self.pixels.shape[3:5]))
-
-    def inputs(self, start: int, stop: int) -> tuple[Tensor, Tensor | None]:
-        return self.features[start:stop], self.pixels[start:stop]
+    def batch_key(self) -> tuple[str, tuple[int, ...]]:
+        """Jobs with equal keys may share a forward."""
+        return self.task.name, self.grid
 
 
 @dataclass(frozen=True, eq=False)
@@ -243,7 +225,7 @@ class Engine:
         self._parked: list[Callable[[], None]] = []
         """Loads waiting for a pending one to settle before their full stack can grow."""
         self.batches_run = 0
-        self._last_batch_av = False
+        self._last_task: TaskKind | None = None
         self.watchdog = Watchdog(
             stall_s=stall_s, dead_s=dead_s, on_stall=self._stalled, on_recover=self._recovered
         )
@@ -298,17 +280,13 @@ class Engine:
         request_id: str = "-",
         timeout_s: float = 30.0,
     ) -> Future[Tensor]:
-        """Queue one clip's windows ``[rows, frames, mel]`` for one adapter.
+        """Queue one clip's windows ``[rows, frames, mel]`` (the ``clip`` task kind).
 
-        Returns a future of ``[rows, classes]`` logits. Raises :class:`OverBudget` (422) when one
-        row needs more than ``max_batch_tokens`` tokens, :class:`QueueFull` (429) when the queue
-        is at capacity and :class:`NotReady` (503) when the engine is stalled or stopping.
+        Returns a future of ``[rows, classes]`` logits; raises as :meth:`submit_task`.
         """
-        if features.dim() != 3 or features.shape[0] == 0:
-            raise ValueError(f"features must be [rows>0, frames, mel], got {tuple(features.shape)}")
-        tokens = window_tokens(self.backbone.cfg, int(features.shape[2]), int(features.shape[1]))
-        job = Job(features, adapter_id, request_id, time.monotonic() + timeout_s)
-        return self._enqueue(job, tokens)
+        return self.submit_task(
+            CLIP, (features,), adapter_id, request_id=request_id, timeout_s=timeout_s
+        )
 
     def submit_av(
         self,
@@ -319,30 +297,39 @@ class Engine:
         request_id: str = "-",
         timeout_s: float = 30.0,
     ) -> Future[Tensor]:
-        """Queue one video's windows for one audio-visual adapter.
+        """Queue one video's windows for one audio-visual adapter (the ``av_events`` kind).
 
         Args:
             spec: ``[windows, segments, frames, mel]`` normalised fbank per one-second segment.
             pixels: ``[windows, segments, 3, height, width]`` normalised frames.
 
-        Returns a future of ``[windows, segments, classes]`` logits; raises as :meth:`submit`.
+        Returns a future of ``[windows, segments, classes]`` logits; raises as
+        :meth:`submit_task`.
         """
-        if spec.dim() != 4 or pixels.dim() != 5 or spec.shape[:2] != pixels.shape[:2]:
-            raise ValueError(
-                f"spec [windows, segments, frames, mel] and pixels [windows, segments, 3, h, w] "
-                f"must agree, got {tuple(spec.shape)} and {tuple(pixels.shape)}"
-            )
-        if spec.shape[0] == 0:
-            raise ValueError("an AV job needs at least one window")
-        tokens = window_tokens(
-            self.backbone.cfg,
-            int(spec.shape[3]),
-            int(spec.shape[2]),
-            segments=int(spec.shape[1]),
-            image_size=(int(pixels.shape[3]), int(pixels.shape[4])),
+        return self.submit_task(
+            AV_EVENTS, (spec, pixels), adapter_id, request_id=request_id, timeout_s=timeout_s
         )
-        deadline = time.monotonic() + timeout_s
-        return self._enqueue(AvJob(spec, adapter_id, request_id, deadline, pixels=pixels), tokens)
+
+    def submit_task(
+        self,
+        task: TaskKind,
+        inputs: Inputs,
+        adapter_id: str | None,
+        *,
+        request_id: str = "-",
+        timeout_s: float = 30.0,
+    ) -> Future[Tensor]:
+        """Queue one request's rows of ``task`` for one adapter.
+
+        Returns a future of the per-row logits. Raises :class:`ValueError` for inputs of the
+        wrong shape, :class:`OverBudget` (422) when one row needs more than ``max_batch_tokens``
+        tokens, :class:`QueueFull` (429) when the queue is at capacity and :class:`NotReady`
+        (503) when the engine is stalled or stopping.
+        """
+        task.check_inputs(inputs)  # ConfigError, a ValueError: a caller's bug, not a client's
+        tokens = task.tokens_per_row(self.backbone.cfg, inputs)
+        job = Job(task, inputs, adapter_id, request_id, time.monotonic() + timeout_s)
+        return self._enqueue(job, tokens)
 
     def _enqueue(self, job: Job, tokens_per_row: int) -> Future[Tensor]:
         if tokens_per_row > self.max_batch_tokens:
@@ -479,11 +466,9 @@ class Engine:
     def _reserve(self, checkpoint: AdapterCheckpoint, adapter_id: str) -> Reservation:
         """A slot for ``checkpoint`` (worker thread); a full stack is doubled first."""
         manifest = checkpoint.manifest
-        ref = manifest.backbone
-        if self.bank.fingerprint is not None and ref.fingerprint != self.bank.fingerprint:
-            raise IncompatibleBackbone(
-                f"checkpoint {manifest.id} was made for backbone {ref.name}@{ref.fingerprint}; "
-                f"this server runs {self.bank.backbone_cfg.name}@{self.bank.fingerprint}"
+        if self.bank.fingerprint is not None:
+            require_backbone(
+                manifest, name=self.bank.backbone_cfg.name, fingerprint=self.bank.fingerprint
             )
         head = manifest.head_config()
         try:
@@ -593,18 +578,20 @@ class Engine:
                 cmd.future.set_exception(exc)
 
     def _first_job(self) -> Job:
-        """The job whose grid the next batch takes: the oldest, except that right after an AV
-        batch the oldest audio job goes first, so audio rows never wait behind more than one AV
-        forward (and AV rows, behind more than one audio batch). Call with the lock held."""
+        """The job whose batch key the next batch takes: the oldest, except that right after a
+        batch of a kind that :attr:`~lookaside.tasks.TaskKind.yields` (audio-visual events), the
+        oldest job of another kind goes first, so its rows never wait behind more than one such
+        forward (and those rows, behind more than one other batch). Call with the lock held."""
         oldest = self._queue[0]
-        if self._last_batch_av and isinstance(oldest, AvJob):
+        last = self._last_task
+        if last is not None and last.yields and oldest.task is last:
             for job in self._queue:
-                if not isinstance(job, AvJob):
+                if job.task is not last:
                     return job
         return oldest
 
     def _matches(self, job: Job, first: Job) -> bool:
-        if job.grid != first.grid:
+        if job.batch_key != first.batch_key:
             return False
         return self.mixing or job.adapter_id == first.adapter_id
 
@@ -626,7 +613,7 @@ class Engine:
                 return None
             first = self._first_job()
             cap = self._row_cap(first)
-            self._last_batch_av = isinstance(first, AvJob)
+            self._last_task = first.task
             flush_at = first.enqueued + self.max_wait_s
             while not self._stop and not self._commands:
                 rows = sum(j.remaining for j in self._queue if self._matches(j, first))
@@ -727,61 +714,35 @@ class Engine:
         _deliver(part, out)
 
     def _forward(self, batch: Sequence[_Slice]) -> list[Tensor]:
-        """One forward over every row of ``batch`` (watched); per-slice fp32 host logits."""
+        """One forward over every row of ``batch`` (watched): the rows' inputs stacked on the
+        device, the task kind's forward with each row's adapter, per-slice fp32 host logits
+        (``[rows, 0]`` for a slice without adapter: the warm-up)."""
         with self.watchdog.watch("forward", _describe(batch)):
-            if isinstance(batch[0].job, AvJob):
-                return self._forward_av(batch)
-            return self._forward_audio(batch)
-
-    def _forward_audio(self, batch: Sequence[_Slice]) -> list[Tensor]:
-        """Per-slice ``[rows, classes]`` fp32 host logits."""
-        started = time.perf_counter()
-        ids: list[str | None] = []
-        for part in batch:
-            ids.extend([part.job.adapter_id] * part.rows)
-        spec = self._to_device([part.job.inputs(part.start, part.stop)[0] for part in batch])
-        autocast = (
-            torch.autocast(self.device.type, dtype=self.compute_dtype)
-            if self.compute_dtype != torch.float32
-            else contextlib.nullcontext()
-        )
-        with torch.inference_mode(), autocast:
-            logits = self.model(spec, ids)
-        out: list[Tensor] = []
-        row = 0
-        for part in batch:
-            rows = logits[row : row + part.rows]
-            row += part.rows
-            if part.job.adapter_id is None:
-                out.append(torch.zeros(part.rows, 0))
-            else:
-                out.append(torch.stack([r for r in rows if r is not None]).float().to("cpu"))
-        self._record(batch, started, len(ids))
-        return out
-
-    def _forward_av(self, batch: Sequence[_Slice]) -> list[Tensor]:
-        """One two-stream forward over every window of an AV batch (adapters may differ per
-        window); per-slice ``[windows, segments, classes]`` fp32 host logits."""
-        started = time.perf_counter()
-        ids: list[str | None] = [p.job.adapter_id for p in batch for _ in range(p.rows)]
-        inputs = [p.job.inputs(p.start, p.stop) for p in batch]
-        spec = self._to_device([features for features, _ in inputs])
-        pixels = self._to_device([px for _, px in inputs if px is not None])
-        autocast = (
-            torch.autocast(self.device.type, dtype=self.compute_dtype)
-            if self.compute_dtype != torch.float32
-            else contextlib.nullcontext()
-        )
-        with torch.inference_mode(), autocast:
-            logits = self.model.forward_av(spec, pixels, ids)
-        out: list[Tensor] = []
-        row = 0
-        for part in batch:
-            windows = logits[row : row + part.rows]
-            row += part.rows
-            out.append(torch.stack([w for w in windows if w is not None]).float().to("cpu"))
-        self._record(batch, started, len(ids))
-        return out
+            started = time.perf_counter()
+            task = batch[0].job.task
+            ids: list[str | None] = [p.job.adapter_id for p in batch for _ in range(p.rows)]
+            parts = [task.take(p.job.inputs, p.start, p.stop) for p in batch]
+            inputs = tuple(
+                self._to_device([part[i] for part in parts]) for i in range(len(parts[0]))
+            )
+            autocast = (
+                torch.autocast(self.device.type, dtype=self.compute_dtype)
+                if self.compute_dtype != torch.float32
+                else contextlib.nullcontext()
+            )
+            with torch.inference_mode(), autocast:
+                logits = task.forward(self.model, inputs, ids)
+            out: list[Tensor] = []
+            row = 0
+            for part in batch:
+                rows = logits[row : row + part.rows]
+                row += part.rows
+                if part.job.adapter_id is None:
+                    out.append(torch.zeros(part.rows, 0))
+                else:
+                    out.append(torch.stack([r for r in rows if r is not None]).float().to("cpu"))
+            self._record(batch, started, len(ids))
+            return out
 
     def _record(self, batch: Sequence[_Slice], started: float, total_rows: int) -> None:
         elapsed = time.perf_counter() - started

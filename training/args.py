@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from lookaside.adapters import ADAPTERS, AdapterConfig, get_method
 from lookaside.errors import ConfigError
+from lookaside.tasks import AV_EVENTS
 from training.datasets import AV_DATASETS, DATASETS
 from training.recipes import AST_BACKBONE
 
@@ -139,19 +140,19 @@ class TrainArgs:
 
     def _check_modality(self) -> None:
         """Audio-visual methods train on audio-visual datasets only, and the other way round."""
-        av_method = get_method(self.method).audio_visual
+        av_method = AV_EVENTS.serves(self.method)
         av_data = self.dataset in AV_DATASETS
         if av_method and not av_data:
             raise ConfigError(
                 f"method {self.method!r} is audio-visual (frames + spectrogram); dataset "
                 f"{self.dataset!r} is audio-only. Use --dataset {' or '.join(AV_DATASETS)}, or "
                 "an audio method: "
-                + ", ".join(n for n, m in ADAPTERS.items() if not m.audio_visual)
+                + ", ".join(n for n, m in ADAPTERS.items() if not AV_EVENTS.serves(n))
             )
         if av_data and not av_method:
             raise ConfigError(
                 f"dataset {self.dataset!r} is audio-visual; choose an audio-visual method: "
-                + ", ".join(n for n, m in ADAPTERS.items() if m.audio_visual)
+                + ", ".join(n for n, m in ADAPTERS.items() if AV_EVENTS.serves(n))
             )
         if av_data and (self.mixup > 0 or self.compute_stats):
             raise ConfigError(

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from lookaside.adapters.base import AdapterConfig, AdapterMethod, StackedSite
 from lookaside.adapters.bottleneck import BottleneckSite
-from lookaside.backbone import BackboneConfig
+from lookaside.backbone_config import BackboneConfig
 from lookaside.sites import SitePosition
 
 

@@ -28,8 +28,6 @@ zero) adds context, then the adapter's head classifies every segment (``backgrou
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -39,12 +37,10 @@ from torch import Tensor, nn
 from lookaside.adapters.base import AdapterConfig, AdapterMethod, StackedSite
 from lookaside.adapters.ops import rows_linear
 from lookaside.adapters.route import SlotIndex
-from lookaside.backbone import BackboneConfig
+from lookaside.backbone_config import BackboneConfig
 from lookaside.errors import ConfigError
 from lookaside.sites import Modality, SitePosition, TokenLayout
 
-BACKGROUND_LABEL = "background"
-"""Label of the seconds that hold no event (AVE's 29th class)."""
 STREAMS: tuple[Modality, ...] = ("audio", "visual")
 LN_EPS = 1e-5
 """LayerNorm epsilon of the adapter's norms (``nn.LayerNorm``'s default, as in Algorithm 1)."""
@@ -218,70 +214,6 @@ class TemporalSite(StackedSite):
         return rows_linear(u, self.out_proj, self.out_bias, index)
 
 
-@dataclass(frozen=True)
-class SecondPrediction:
-    """The label of one second of a clip."""
-
-    t: int
-    """Second index (the segment ``[t, t + 1)`` s)."""
-    label: str
-    score: float
-    """Probability of ``label``."""
-
-
-@dataclass(frozen=True)
-class Event:
-    """A run of consecutive seconds with the same non-background label."""
-
-    start_s: int
-    end_s: int
-    """Exclusive: the event covers ``[start_s, end_s)`` seconds."""
-    label: str
-    score: float
-    """Mean over the run of each second's probability of ``label``."""
-
-
-def per_second_events(
-    probabilities: Tensor, labels: Sequence[str], *, offset: int = 0
-) -> tuple[list[SecondPrediction], list[Event]]:
-    """Per-second labels and the events they form (background seconds are not events).
-
-    Args:
-        probabilities: ``[seconds, classes]`` softmax output for consecutive seconds.
-        labels: class names in logit order (one is :data:`BACKGROUND_LABEL`).
-        offset: the first row's second in the clip (windows after the first).
-    """
-    if probabilities.dim() != 2 or probabilities.shape[1] != len(labels):
-        raise ConfigError(
-            f"expected [seconds, {len(labels)}] probabilities, got {tuple(probabilities.shape)}"
-        )
-    scores, best = probabilities.float().max(dim=1)
-    seconds = [
-        SecondPrediction(offset + t, labels[int(c)], float(p))
-        for t, (p, c) in enumerate(zip(scores.tolist(), best.tolist(), strict=True))
-    ]
-    events: list[Event] = []
-    run: list[SecondPrediction] = []
-    for second in [*seconds, None]:
-        if run and (second is None or second.label != run[0].label):
-            if run[0].label != BACKGROUND_LABEL:
-                mean = sum(r.score for r in run) / len(run)
-                events.append(Event(run[0].t, run[-1].t + 1, run[0].label, mean))
-            run = []
-        if second is not None:
-            run.append(second)
-    return seconds, events
-
-
-def segment_windows(seconds: int, segments: int) -> list[tuple[int, int]]:
-    """``[start, stop)`` second ranges of consecutive windows of at most ``segments`` seconds
-    covering a clip (the temporal model takes up to ``segments``; the last window may be
-    shorter)."""
-    if seconds < 1 or segments < 1:
-        raise ConfigError(f"need seconds >= 1 and segments >= 1, got {seconds}, {segments}")
-    return [(start, min(start + segments, seconds)) for start in range(0, seconds, segments)]
-
-
 def _check_backbone(backbone: BackboneConfig) -> None:
     if not backbone.has_rgb_kernel:
         raise ConfigError(
@@ -320,6 +252,6 @@ AVPEA = AdapterMethod(
     config_cls=AvpeaConfig,
     make_sites=_make_sites,
     summary="audio-visual adapter: CLS cross-attention between streams + bottleneck (AV-PEA)",
-    audio_visual=True,
+    tasks=("av_events",),
     make_clip_site=_make_clip_site,
 )

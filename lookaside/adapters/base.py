@@ -19,7 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict
 from torch import Tensor, nn
 
 from lookaside.adapters.route import SlotIndex
-from lookaside.backbone import BackboneConfig
+from lookaside.backbone_config import BackboneConfig
 from lookaside.errors import ConfigError
 from lookaside.sites import SitePosition, TokenLayout
 
@@ -164,8 +164,9 @@ class AdapterMethod:
     """One line for tables and ``--help``."""
     head_only: bool = False
     """True when the method trains only the head (linear probe): no sites, no stack."""
-    audio_visual: bool = False
-    """True for two-stream methods (AV-PEA): served by the audio-visual forward only."""
+    tasks: tuple[str, ...] = ("clip",)
+    """The task kinds (:data:`lookaside.tasks.TASKS`) this method's adapters serve; the first is
+    the one training and the server use it for (AV-PEA: ``av_events``)."""
     make_clip_site: ClipSiteFactory | None = None
     """The method's ``clip`` site, if it has one (a temporal model across segments)."""
 

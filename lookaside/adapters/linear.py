@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lookaside.adapters.base import AdapterConfig, AdapterMethod, StackedSite
-from lookaside.backbone import BackboneConfig
+from lookaside.backbone_config import BackboneConfig
 from lookaside.sites import SitePosition
 
 

@@ -19,7 +19,7 @@ from pydantic import Field, field_validator
 
 from lookaside.adapters.base import AdapterConfig, AdapterMethod, StackedSite, SubLayer
 from lookaside.adapters.bottleneck import BottleneckSite
-from lookaside.backbone import BackboneConfig
+from lookaside.backbone_config import BackboneConfig
 from lookaside.errors import ConfigError
 from lookaside.sites import SitePosition
 

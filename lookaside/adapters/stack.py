@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from lookaside.adapters.base import AdapterConfig, AdapterMethod, StackedSite
-from lookaside.backbone import BackboneConfig
+from lookaside.backbone_config import BackboneConfig
 from lookaside.errors import ConfigError
 from lookaside.sites import CLIP_LAYER, SITE_POSITIONS, SitePosition
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from lookaside.checkpoint.adapter import (
     AdapterCheckpoint,
+    ValidatedCheckpoint,
     load_checkpoint,
     validate_checkpoint_bytes,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "BackboneRef",
     "CheckpointLimits",
     "ManifestWarning",
+    "ValidatedCheckpoint",
     "load_checkpoint",
     "load_manifest",
     "parse_manifest",

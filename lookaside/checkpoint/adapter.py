@@ -21,6 +21,7 @@ from torch import Tensor
 
 from lookaside.backbone import VisionTransformer
 from lookaside.checkpoint.atomic import write_dir_atomic
+from lookaside.checkpoint.compat import require_backbone
 from lookaside.checkpoint.manifest import (
     MANIFEST_FILE,
     WEIGHTS_FILE,
@@ -40,13 +41,18 @@ from lookaside.checkpoint.validate import (
     expected_shapes,
     validate_weights,
 )
-from lookaside.errors import ConfigError, IncompatibleBackbone, InvalidCheckpoint
+from lookaside.errors import ConfigError, InvalidCheckpoint
 from lookaside.features import FeatureConfig
 
 if TYPE_CHECKING:  # the bank imports lookaside.checkpoint.validate: no runtime import back
     from lookaside.adapters.bank import AdapterBank
 
-__all__ = ["AdapterCheckpoint", "load_checkpoint", "validate_checkpoint_bytes"]
+__all__ = [
+    "AdapterCheckpoint",
+    "ValidatedCheckpoint",
+    "load_checkpoint",
+    "validate_checkpoint_bytes",
+]
 
 
 @dataclass
@@ -165,19 +171,17 @@ class AdapterCheckpoint:
             ConfigError: the bank has no fingerprint (build it with ``AdapterBank.for_backbone``).
             IncompatibleBackbone: the bank serves another backbone.
         """
-        ref = self.manifest.backbone
         if bank.fingerprint is None:
             raise ConfigError(
                 f"cannot check checkpoint {self.manifest.id} against this bank: it has no backbone "
                 "fingerprint; build it with AdapterBank.for_backbone(backbone)"
             )
-        if bank.fingerprint != ref.fingerprint:
-            raise IncompatibleBackbone(
-                f"checkpoint {self.manifest.id} was made for backbone {ref.name}@{ref.fingerprint} "
-                f"(source {ref.source}); this bank serves {bank.backbone_cfg.name}@"
-                f"{bank.fingerprint}. Load it into a bank of the backbone it was trained on, or "
-                "retrain it on this one"
-            )
+        require_backbone(
+            self.manifest,
+            name=bank.backbone_cfg.name,
+            fingerprint=bank.fingerprint,
+            where="this bank serves",
+        )
         adapter_id = adapter_id or self.manifest.id
         bank.add(
             adapter_id,
@@ -189,13 +193,27 @@ class AdapterCheckpoint:
         return adapter_id
 
 
+@dataclass
+class ValidatedCheckpoint(AdapterCheckpoint):
+    """An :class:`AdapterCheckpoint` whose every tensor was checked (names, shapes, dtypes, finite
+    values) by :func:`load_checkpoint` or :func:`validate_checkpoint_bytes`, the only functions
+    that construct one. The bank skips its own finite scan for this type (a type, not a flag
+    passed along: nothing else can claim it)."""
+
+    def with_manifest(self, manifest: AdapterManifest) -> ValidatedCheckpoint:
+        """The same validated tensors under ``manifest`` (the store's version of an upload;
+        only the version and bookkeeping fields may differ, which the tensors do not depend
+        on)."""
+        return ValidatedCheckpoint(manifest, self.tensors)
+
+
 def load_checkpoint(
     directory: Path,
     *,
     backbone: VisionTransformer | None = None,
     max_bytes: int | None = None,
     limits: CheckpointLimits | None = None,
-) -> AdapterCheckpoint:
+) -> ValidatedCheckpoint:
     """Read and fully validate one adapter directory; never unpickles.
 
     Order, cheapest and safest first: the manifest (schema), the backbone fingerprint (when
@@ -225,7 +243,7 @@ def load_checkpoint(
     tensors = validate_weights(
         manifest, path.read_bytes(), backbone=backbone, limits=limits, where=str(path)
     )
-    return AdapterCheckpoint(manifest, tensors)
+    return ValidatedCheckpoint(manifest, tensors)
 
 
 def validate_checkpoint_bytes(
@@ -234,7 +252,7 @@ def validate_checkpoint_bytes(
     *,
     backbone: VisionTransformer | None,
     limits: CheckpointLimits | None = None,
-) -> AdapterCheckpoint:
+) -> ValidatedCheckpoint:
     """Validate an upload (manifest + safetensors bytes) exactly as :func:`load_checkpoint`
     validates a directory; nothing the upload controls sizes an allocation before it is checked.
 
@@ -249,7 +267,7 @@ def validate_checkpoint_bytes(
     tensors = validate_weights(
         manifest, weights_bytes, backbone=backbone, limits=limits, where="uploaded weights"
     )
-    return AdapterCheckpoint(manifest, tensors)
+    return ValidatedCheckpoint(manifest, tensors)
 
 
 def _check_tensors(manifest: AdapterManifest, tensors: Mapping[str, Tensor]) -> None:

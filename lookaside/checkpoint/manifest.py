@@ -34,7 +34,8 @@ from lookaside import __version__
 from lookaside.adapters import ADAPTERS, get_method
 from lookaside.adapters.base import AdapterConfig
 from lookaside.adapters.head import HeadConfig
-from lookaside.backbone import BackboneConfig, VisionTransformer
+from lookaside.backbone import VisionTransformer
+from lookaside.backbone_config import BackboneConfig
 from lookaside.errors import InvalidCheckpoint
 from lookaside.features import FeatureConfig
 

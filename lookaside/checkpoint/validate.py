@@ -28,10 +28,13 @@ from lookaside.adapters import get_method
 from lookaside.adapters.base import AdapterConfig
 from lookaside.adapters.head import HeadConfig
 from lookaside.adapters.stack import AdapterStack
-from lookaside.backbone import BackboneConfig, VisionTransformer, window_tokens
+from lookaside.backbone import VisionTransformer
+from lookaside.backbone_config import BackboneConfig, window_tokens
+from lookaside.checkpoint.compat import require_backbone
 from lookaside.checkpoint.manifest import AdapterManifest, CheckpointLimits, describe
-from lookaside.errors import ConfigError, IncompatibleBackbone, InvalidCheckpoint
+from lookaside.errors import ConfigError, InvalidCheckpoint
 from lookaside.features import FRAME_LENGTH_MS
+from lookaside.tasks import AV_EVENTS
 
 __all__ = [
     "FLOAT_DTYPES",
@@ -193,7 +196,7 @@ def check_manifest_limits(
         problems.append(
             f"{prompts} prompt tokens, over max_prompt_tokens={limits.max_prompt_tokens}"
         )
-    segments = int(getattr(cfg, "segments", 1)) if get_method(manifest.method).audio_visual else 0
+    segments = int(getattr(cfg, "segments", 1)) if AV_EVENTS.serves(manifest.method) else 0
     problems += check_features(manifest, backbone_cfg, limits, segments=segments)
     problems += _text_problems(manifest, limits)
     if problems:
@@ -371,13 +374,9 @@ def check_backbone(manifest: AdapterManifest, backbone: VisionTransformer) -> No
         InvalidCheckpoint: the same fingerprint with another (or unusable) config.
     """
     ref = manifest.backbone
-    if ref.fingerprint != backbone.fingerprint():
-        raise IncompatibleBackbone(
-            f"checkpoint {manifest.id} was made for backbone {ref.name}@{ref.fingerprint} "
-            f"(source {ref.source}); this server runs {backbone.cfg.name}@{backbone.fingerprint()} "
-            f"(source {backbone.source}). Load it with the backbone it was trained on, or "
-            "retrain it on this one"
-        )
+    require_backbone(
+        manifest, name=backbone.cfg.name, fingerprint=backbone.fingerprint(), source=backbone.source
+    )
     excluded = {"name"} if backbone.cfg.has_rgb_kernel else {"name", "image_size"}
     recorded = ref.backbone_config().model_dump(mode="json", exclude=excluded)
     actual = backbone.cfg.model_dump(mode="json", exclude=excluded)

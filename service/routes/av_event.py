@@ -25,8 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 from torch import Tensor
 
-from lookaside.adapters import get_method
-from lookaside.adapters.avpea import per_second_events
+from lookaside.tasks import AV_EVENTS
+from lookaside.tasks.av_events import per_second_events
 from lookaside.video import VideoLimits
 from service.av import AvClip, WindowGroup, assemble, featurize_av, window_groups
 from service.deps import StateDep
@@ -179,7 +179,7 @@ async def av_event(
     try:
         manifest = lease.manifest
         request.scope[ADAPTERS_KEY] = [manifest.name]
-        if not get_method(manifest.method).audio_visual:
+        if not AV_EVENTS.serves(manifest.method):
             raise BadRequest(
                 f"adapter {manifest.id} ({manifest.method}) classifies audio only: send the clip "
                 "to POST /classify, or name an audio-visual adapter (method avpea)"

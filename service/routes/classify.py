@@ -24,8 +24,8 @@ from fastapi import APIRouter, Query, Request
 from starlette.datastructures import UploadFile
 from torch import Tensor
 
-from lookaside.adapters import get_method
 from lookaside.checkpoint import AdapterManifest
+from lookaside.tasks import AV_EVENTS
 from service.deps import StateDep
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from service.featurize import Featurized, featurize
@@ -227,7 +227,7 @@ async def _parse_multipart(
 
 def _refuse_audio_visual(leases: list[Lease]) -> None:
     for lease in leases:
-        if get_method(lease.manifest.method).audio_visual:
+        if AV_EVENTS.serves(lease.manifest.method):
             raise BadRequest(
                 f"adapter {lease.manifest.id} ({lease.manifest.method}) is audio-visual: send the "
                 "video to POST /av-event (multipart `video`, `adapter`)"

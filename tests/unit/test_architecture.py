@@ -80,7 +80,7 @@ def test_every_config_field_is_documented() -> None:
     from lookaside.adapters import ADAPTERS
     from lookaside.adapters.base import AdapterConfig
     from lookaside.adapters.head import HeadConfig
-    from lookaside.backbone import BackboneConfig
+    from lookaside.backbone_config import BackboneConfig
     from lookaside.sites import TokenLayout
 
     roots = [BackboneConfig, TokenLayout, HeadConfig, AdapterConfig]

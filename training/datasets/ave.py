@@ -35,9 +35,9 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from lookaside.adapters.avpea import BACKGROUND_LABEL
 from lookaside.features import FeatureConfig, frames_to_pixels
 from lookaside.model import MultiAdapterModel
+from lookaside.tasks.av_events import BACKGROUND_LABEL
 from lookaside.video import VideoLimits, av_inputs, decode_video
 from training.datasets.base import DatasetError, require_dir, require_file
 from training.datasets.options import DataOptions

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lookaside.adapters import ADAPTERS, HeadConfig
-from lookaside.adapters.avpea import LN_EPS, AvpeaConfig, per_second_events, segment_windows
+from lookaside.adapters.avpea import LN_EPS, AvpeaConfig
 from lookaside.adapters.bank import AdapterBank
 from lookaside.adapters.stack import AdapterStack
 from lookaside.backbone import VisionTransformer
@@ -26,6 +26,7 @@ from lookaside.errors import ConfigError, InvalidCheckpoint
 from lookaside.features import FeatureConfig
 from lookaside.model import MultiAdapterModel
 from lookaside.sites import AUDIO_VISUAL_POSITIONS
+from lookaside.tasks.av_events import per_second_events, segment_windows
 from tests.support import randomise
 
 FRAMES, MEL = 98, 64  # one second of fbank frames (Kaldi snip_edges) -> a 4 x 6 grid
@@ -65,7 +66,7 @@ def test_avpea_is_registered_and_uses_the_audio_visual_positions(
     av_backbone: VisionTransformer,
 ) -> None:
     spec = ADAPTERS["avpea"]
-    assert spec.audio_visual
+    assert spec.tasks == ("av_events",)
     stack = AdapterStack(spec, spec.parse_config({}), av_backbone.cfg, 1)
     positions = {pos for _, pos in stack._lookup}
     assert positions == set(AUDIO_VISUAL_POSITIONS)

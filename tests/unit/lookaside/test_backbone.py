@@ -17,7 +17,8 @@ from lookaside.adapters.bank import AdapterBank
 from lookaside.adapters.head import HeadConfig
 from lookaside.adapters.prompt import PromptConfig, PromptSite
 from lookaside.adapters.route import RowRoute
-from lookaside.backbone import BackboneConfig, VisionTransformer, grid_tokens, resample_pos_embed
+from lookaside.backbone import VisionTransformer, resample_pos_embed
+from lookaside.backbone_config import BackboneConfig, grid_tokens
 from lookaside.backbone_convert import adapt_input_conv, timm_config
 from lookaside.backbones import PRESETS, build_random, from_timm_model, load_backbone, save_backbone
 from lookaside.errors import ConfigError, WeightLoadError

@@ -445,7 +445,7 @@ def test_window_token_limit_is_the_backbone_patch_arithmetic(
 def test_ast_overlapping_window_and_the_papers_feature_configs_pass() -> None:
     """AST's stride-10 128 x 1024 window is 12 x 101 = 1212 tokens; ESC-50, Speech Commands,
     AudioSet and AV-PEA's settings all pass the default limits on ViT-B and AST."""
-    from lookaside.backbone import window_tokens
+    from lookaside.backbone_config import window_tokens
     from lookaside.backbones import PRESETS
     from lookaside.checkpoint.validate import check_features
 
