@@ -65,10 +65,12 @@ class AvEventsTask(TaskKind):
     def window_tokens(
         self, cfg: BackboneConfig, features: FeatureConfig, config: AdapterConfig
     ) -> int:
-        segments = int(getattr(config, "segments", 1))
         return window_tokens(
-            cfg, features.num_mel_bins, features.target_frames, segments=max(segments, 1)
+            cfg, features.num_mel_bins, features.target_frames, segments=_segments(config)
         )
+
+    def window_label(self, config: AdapterConfig) -> str:
+        return f"{_segments(config)} segments of "
 
     def forward(
         self, model: MultiAdapterModel, inputs: Inputs, adapter_ids: Sequence[str | None]
@@ -92,6 +94,11 @@ class AvEventsTask(TaskKind):
 
 
 AV_EVENTS = AvEventsTask()
+
+
+def _segments(config: AdapterConfig) -> int:
+    """One-second segments per window of an adapter of this kind (its config's ``segments``)."""
+    return max(int(getattr(config, "segments", 1)), 1)
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,11 @@ class TaskKind(ABC):
         """Patch tokens of one window of an adapter with these feature and method configs (the
         upload limit counts with this, so a stored adapter always fits the per-forward budget)."""
 
+    def window_label(self, config: AdapterConfig) -> str:
+        """Words naming what one window holds, put before its grid in limit messages (``""``
+        for a spectrogram window; the audio-visual kind: ``"10 segments of "``)."""
+        return ""
+
     @abstractmethod
     def forward(
         self, model: MultiAdapterModel, inputs: Inputs, adapter_ids: Sequence[str | None]
