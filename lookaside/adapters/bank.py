@@ -38,7 +38,7 @@ from lookaside.adapters.head import AdapterHead, HeadConfig
 from lookaside.adapters.route import RouteGroup, RowRoute, SlotIndex, index_tensor
 from lookaside.adapters.stack import AdapterStack
 from lookaside.backbone_config import BackboneConfig
-from lookaside.checkpoint.validate import nonfinite_names, tensor_problems
+from lookaside.checkpoint import nonfinite_names, tensor_problems
 from lookaside.errors import AdapterNotFound, BankFull, ConfigError, InvalidCheckpoint
 from lookaside.sites import TokenLayout
 

@@ -8,10 +8,16 @@ One adapter on disk is a directory holding exactly two files:
 - ``adapter.safetensors``: the adapter's tensors (sites + ``head.*``) keyed without the runtime
   adapter id, so any name/version loads into any slot.
 
-Modules: :mod:`~lookaside.checkpoint.manifest` (schema, :class:`CheckpointLimits`),
-:mod:`~lookaside.checkpoint.validate` (bounded validation shared by files, uploads and the bank),
-:mod:`~lookaside.checkpoint.atomic` (crash-safe writes, reused by the service's store) and
-:mod:`~lookaside.checkpoint.adapter` (:class:`AdapterCheckpoint`, loading, saving).
+Modules:
+
+- :mod:`~lookaside.checkpoint.manifest`: the schema and :class:`CheckpointLimits`;
+- :mod:`~lookaside.checkpoint.validate`: the one bounded validation path for files and uploads,
+  whose steps are :mod:`~lookaside.checkpoint.limits` (manifest limits),
+  :mod:`~lookaside.checkpoint.header` (the safetensors header) and
+  :mod:`~lookaside.checkpoint.finite` (the finite scan; these two are shared with the bank);
+- :mod:`~lookaside.checkpoint.compat`: the one backbone compatibility check;
+- :mod:`~lookaside.checkpoint.atomic`: crash-safe writes, reused by the service's store;
+- :mod:`~lookaside.checkpoint.adapter`: :class:`AdapterCheckpoint`, loading, saving.
 
 Loading never unpickles and allocates nothing a checkpoint describes before it has been checked
 against :class:`CheckpointLimits`, the file size, the checksum and the header. A checkpoint made
@@ -28,6 +34,8 @@ from lookaside.checkpoint.adapter import (
     load_checkpoint,
     validate_checkpoint_bytes,
 )
+from lookaside.checkpoint.finite import nonfinite_names
+from lookaside.checkpoint.header import FLOAT_DTYPES, tensor_problems
 from lookaside.checkpoint.manifest import (
     DEFAULT_MAX_BYTES,
     FORMAT_VERSION,
@@ -41,7 +49,6 @@ from lookaside.checkpoint.manifest import (
     load_manifest,
     parse_manifest,
 )
-from lookaside.checkpoint.validate import FLOAT_DTYPES, tensor_problems
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -58,6 +65,7 @@ __all__ = [
     "ValidatedCheckpoint",
     "load_checkpoint",
     "load_manifest",
+    "nonfinite_names",
     "parse_manifest",
     "tensor_problems",
     "validate_checkpoint_bytes",

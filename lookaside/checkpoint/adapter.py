@@ -22,6 +22,8 @@ from torch import Tensor
 from lookaside.backbone import VisionTransformer
 from lookaside.checkpoint.atomic import write_dir_atomic
 from lookaside.checkpoint.compat import require_backbone
+from lookaside.checkpoint.finite import check_finite
+from lookaside.checkpoint.header import FLOAT_DTYPES, check_header
 from lookaside.checkpoint.manifest import (
     MANIFEST_FILE,
     WEIGHTS_FILE,
@@ -33,18 +35,11 @@ from lookaside.checkpoint.manifest import (
     load_manifest,
     parse_manifest,
 )
-from lookaside.checkpoint.validate import (
-    FLOAT_DTYPES,
-    check_backbone,
-    check_finite,
-    check_header,
-    expected_shapes,
-    validate_weights,
-)
+from lookaside.checkpoint.validate import check_backbone, expected_shapes, validate_weights
 from lookaside.errors import ConfigError, InvalidCheckpoint
 from lookaside.features import FeatureConfig
 
-if TYPE_CHECKING:  # the bank imports lookaside.checkpoint.validate: no runtime import back
+if TYPE_CHECKING:  # the bank imports lookaside.checkpoint: no runtime import back
     from lookaside.adapters.bank import AdapterBank
 
 __all__ = [

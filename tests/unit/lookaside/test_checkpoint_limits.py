@@ -447,7 +447,7 @@ def test_ast_overlapping_window_and_the_papers_feature_configs_pass() -> None:
     AudioSet and AV-PEA's settings all pass the default limits on ViT-B and AST."""
     from lookaside.backbone_config import window_tokens
     from lookaside.backbones import PRESETS
-    from lookaside.checkpoint.validate import check_features
+    from lookaside.checkpoint.limits import check_features
 
     ast = PRESETS["ast_base_stride10"]
     assert window_tokens(ast, 128, 1024) == 12 * 101
@@ -463,14 +463,18 @@ def test_ast_overlapping_window_and_the_papers_feature_configs_pass() -> None:
         ):
             manifest = _manifest_with(features)
             assert check_features(manifest, backbone_cfg, limits) == []
-    avpea = _manifest_with(FeatureConfig(target_frames=100))
-    assert check_features(avpea, vit_rgb, limits, segments=10) == []  # AVE: 10 segments
-    (problem,) = check_features(avpea, vit_rgb, limits, segments=40)
+    ave = FeatureConfig(target_frames=100)
+    avpea = _manifest_with(ave, method="avpea", config={"segments": 10})
+    assert check_features(avpea, vit_rgb, limits) == []  # AVE: 10 segments
+    avpea = _manifest_with(ave, method="avpea", config={"segments": 40})
+    (problem,) = check_features(avpea, vit_rgb, limits)
     assert "one window of 40 segments of" in problem
     assert "is 9760 tokens" in problem
 
 
-def _manifest_with(features: FeatureConfig) -> Any:
+def _manifest_with(
+    features: FeatureConfig, *, method: str = "linear", config: dict[str, Any] | None = None
+) -> Any:
     from lookaside.checkpoint import AdapterManifest
 
     return AdapterManifest.model_validate(
@@ -479,8 +483,8 @@ def _manifest_with(features: FeatureConfig) -> Any:
             "version": 1,
             "task": "t",
             "task_type": "multiclass",
-            "method": "linear",
-            "config": {},
+            "method": method,
+            "config": config or {},
             "labels": ["a"],
             "features": features.model_dump(),
             "backbone": {"source": "random:", "name": "n", "fingerprint": "0" * 16, "config": {}},

@@ -13,7 +13,7 @@ import torch
 from lookaside.adapters import HeadConfig
 from lookaside.adapters.bank import AdapterBank
 from lookaside.backbone import VisionTransformer
-from lookaside.checkpoint.validate import nonfinite_names
+from lookaside.checkpoint.finite import nonfinite_names
 from lookaside.errors import InvalidCheckpoint
 from tests.support import randomise
 

@@ -1,0 +1,190 @@
+"""Manifest limits: refuse a manifest describing more than the server accepts (docs/design.md §4).
+
+Arithmetic only, before anything the manifest describes exists: the backbone's size, bottleneck
+widths, experts, prompt tokens, labels and their length, and the work one request costs (sample
+rate, mel bins, frames, the tokens of one window as the adapter's task kind counts them, window
+hop, clip length). Each refusal names the field, its value and the limit, all at once.
+"""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from lookaside.backbone_config import BackboneConfig
+from lookaside.checkpoint.manifest import AdapterManifest, CheckpointLimits, describe
+from lookaside.errors import InvalidCheckpoint
+from lookaside.features import FRAME_LENGTH_MS
+from lookaside.tasks import task_for
+
+__all__ = ["check_features", "check_manifest_limits", "fft_bins"]
+
+_WIDTH_FIELDS = ("rank",)
+"""Config fields that are bottleneck widths (bounded by ``max_width_factor * embed_dim``)."""
+
+
+def check_manifest_limits(
+    manifest: AdapterManifest, backbone_cfg: BackboneConfig, limits: CheckpointLimits
+) -> None:
+    """Refuse a manifest that describes something larger than ``limits`` allow (all at once)."""
+    problems: list[str] = []
+    if backbone_cfg.depth > limits.max_depth:
+        problems.append(f"backbone depth {backbone_cfg.depth} is over max_depth={limits.max_depth}")
+    if backbone_cfg.embed_dim > limits.max_embed_dim:
+        problems.append(
+            f"backbone embed_dim {backbone_cfg.embed_dim} is over "
+            f"max_embed_dim={limits.max_embed_dim}"
+        )
+    if len(manifest.labels) > limits.max_labels:
+        problems.append(f"{len(manifest.labels)} labels, over max_labels={limits.max_labels}")
+    try:
+        cfg = manifest.adapter_config()
+    except (ValidationError, ValueError) as exc:
+        raise InvalidCheckpoint(
+            f"checkpoint {manifest.id}: invalid config for method {manifest.method!r}: "
+            f"{describe(exc)}"
+        ) from None
+    fields = cfg.model_dump()
+    max_width = limits.max_width_factor * backbone_cfg.embed_dim
+    for name in _WIDTH_FIELDS:
+        value = fields.get(name)
+        if isinstance(value, int) and value > max_width:
+            problems.append(
+                f"config.{name}={value} is over {max_width} (max_width_factor="
+                f"{limits.max_width_factor} x embed_dim {backbone_cfg.embed_dim})"
+            )
+    for name, limit, limit_name in (
+        ("num_experts", limits.max_experts, "max_experts"),
+        ("slots_per_expert", limits.max_slots_per_expert, "max_slots_per_expert"),
+    ):
+        value = fields.get(name)
+        if isinstance(value, int) and value > limit:
+            problems.append(f"config.{name}={value} is over {limit_name}={limit}")
+    prompts = cfg.num_prompts()
+    if prompts > limits.max_prompt_tokens:
+        problems.append(
+            f"{prompts} prompt tokens, over max_prompt_tokens={limits.max_prompt_tokens}"
+        )
+    problems += check_features(manifest, backbone_cfg, limits)
+    problems += _text_problems(manifest, limits)
+    if problems:
+        raise InvalidCheckpoint(
+            f"checkpoint {manifest.id} ({manifest.method}) is larger than this server accepts: "
+            + "; ".join(problems)
+            + ". Retrain or re-export the adapter within these limits"
+        )
+
+
+def fft_bins(sample_rate: int) -> int:
+    """FFT bins of the Kaldi fbank at ``sample_rate``: its 25 ms window padded to a power of two,
+    halved (16 kHz: 400 samples -> 512 -> 256 bins)."""
+    window = max(int(sample_rate * FRAME_LENGTH_MS / 1000), 1)
+    return (1 << (window - 1).bit_length()) // 2
+
+
+def check_features(
+    manifest: AdapterManifest, backbone_cfg: BackboneConfig, limits: CheckpointLimits
+) -> list[str]:
+    """Problems of ``manifest.features`` against ``limits`` and the backbone, as messages.
+
+    Each names the field, its value and the limit. The work of one request grows with the sample
+    rate (resampling, fbank), the mel bins and frames (features, tokens), the tokens of one window
+    (the forward, as the adapter's task kind counts them: an audio-visual window holds several
+    one-second segments, each a spectrogram and a frame), the window overlap (windows per clip)
+    and the clip length. Arithmetic only: nothing is sized by these values here.
+    """
+    problems = _grid_problems(manifest, backbone_cfg, limits)
+    f = manifest.features
+    min_hop = -(-f.target_frames // limits.max_window_overlap)
+    if f.window_hop_frames is not None and f.window_hop_frames < min_hop:
+        problems.append(
+            f"features.window_hop_frames={f.window_hop_frames} is under {min_hop} "
+            f"(ceil(target_frames {f.target_frames} / max_window_overlap="
+            f"{limits.max_window_overlap}))"
+        )
+    if f.max_seconds > limits.max_clip_seconds:
+        problems.append(
+            f"features.max_seconds={f.max_seconds:g} is over "
+            f"max_clip_seconds={limits.max_clip_seconds:g}"
+        )
+    stat = limits.max_feature_stat
+    if abs(f.mean) > stat:
+        problems.append(f"features.mean={f.mean:g} is outside +-{stat:g} (max_feature_stat)")
+    if not 1 / stat <= f.std <= stat:
+        problems.append(
+            f"features.std={f.std:g} is outside {1 / stat:g}..{stat:g} (max_feature_stat)"
+        )
+    return problems
+
+
+def _grid_problems(
+    manifest: AdapterManifest, backbone_cfg: BackboneConfig, limits: CheckpointLimits
+) -> list[str]:
+    """Sample rate, mel bins, frames and the tokens of one window (see :func:`check_features`)."""
+    f = manifest.features
+    problems: list[str] = []
+    lo, hi = limits.min_sample_rate, limits.max_sample_rate
+    if not lo <= f.sample_rate <= hi:
+        problems.append(
+            f"features.sample_rate={f.sample_rate} Hz is outside {lo}..{hi} Hz "
+            "(min_sample_rate..max_sample_rate); AST uses 16000"
+        )
+    patch = backbone_cfg.patch_size
+    mel_cap = min(limits.max_mel_bins, fft_bins(f.sample_rate))
+    if f.num_mel_bins < patch:
+        problems.append(
+            f"features.num_mel_bins={f.num_mel_bins} is under the backbone's patch size {patch}"
+        )
+    elif f.num_mel_bins > limits.max_mel_bins:
+        problems.append(
+            f"features.num_mel_bins={f.num_mel_bins} is over max_mel_bins={limits.max_mel_bins}"
+        )
+    elif f.num_mel_bins > mel_cap:
+        problems.append(
+            f"features.num_mel_bins={f.num_mel_bins} is over {mel_cap}, the FFT bins of a "
+            f"{FRAME_LENGTH_MS:g} ms window at features.sample_rate={f.sample_rate} Hz (one mel "
+            "bin per FFT bin at most)"
+        )
+    if f.target_frames < patch:
+        problems.append(
+            f"features.target_frames={f.target_frames} is under the backbone's patch size {patch}"
+        )
+    elif f.target_frames > limits.max_target_frames:
+        problems.append(
+            f"features.target_frames={f.target_frames} is over "
+            f"max_target_frames={limits.max_target_frames}"
+        )
+    grid_ok = patch <= f.num_mel_bins <= limits.max_mel_bins
+    if grid_ok and patch <= f.target_frames <= limits.max_target_frames:
+        task, cfg = task_for(manifest.method), manifest.adapter_config()
+        tokens = task.window_tokens(backbone_cfg, f, cfg)
+        if tokens > limits.max_window_tokens:
+            problems.append(
+                f"one window of {task.window_label(cfg)}features.num_mel_bins={f.num_mel_bins} x "
+                f"features.target_frames={f.target_frames} is {tokens} tokens on backbone "
+                f"{backbone_cfg.name!r}, over max_window_tokens={limits.max_window_tokens} "
+                "(the server's per-forward budget, LOOKASIDE_MAX_BATCH_TOKENS)"
+            )
+    return problems
+
+
+def _text_problems(manifest: AdapterManifest, limits: CheckpointLimits) -> list[str]:
+    """Labels, metric names and the task description within their length limits."""
+    problems: list[str] = []
+    cap = limits.max_label_chars
+    long_labels = [i for i, label in enumerate(manifest.labels) if len(label) > cap]
+    if long_labels:
+        longest = max(len(manifest.labels[i]) for i in long_labels)
+        problems.append(
+            f"labels at positions {long_labels[:5]}{' ...' if len(long_labels) > 5 else ''} are "
+            f"longer than max_label_chars={cap} (longest: {longest} characters)"
+        )
+    if len(manifest.task) > limits.max_task_chars:
+        problems.append(
+            f"task is {len(manifest.task)} characters, over max_task_chars={limits.max_task_chars}"
+        )
+    if len(manifest.metrics) > limits.max_metrics:
+        problems.append(f"{len(manifest.metrics)} metrics, over max_metrics={limits.max_metrics}")
+    long_names = sum(1 for name in manifest.metrics if len(name) > cap)
+    if long_names:
+        problems.append(f"{long_names} metric names are longer than max_label_chars={cap}")
+    return problems
