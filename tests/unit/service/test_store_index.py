@@ -22,7 +22,7 @@ import pytest
 from lookaside.backbone import VisionTransformer
 from lookaside.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, AdapterCheckpoint, CheckpointLimits
 from lookaside.errors import AdapterNotFound, InvalidCheckpoint
-from service import store as store_module
+from service import store_layout as layout_module
 from service.registry import AdapterRegistry
 from service.store import ACTIVE_FILE, LAST_FILE, AdapterStore, UploadTooLarge
 from tests.unit.service.test_store import edit_manifest, make_upload
@@ -124,7 +124,7 @@ def test_the_counter_sees_pathlib_and_the_atomic_writers(tmp_path: Path) -> None
     with fs_calls() as counts:
         (tmp_path / "x").is_file()
         list(tmp_path.iterdir())
-        store_module.write_file_atomic(tmp_path / "f", b"1")
+        layout_module.write_file_atomic(tmp_path / "f", b"1")
     assert counts["os.stat"] >= 1
     assert counts["os.listdir"] + counts["os.scandir"] >= 1
     assert counts["os.fsync"] == 2  # the file and its directory
@@ -310,14 +310,14 @@ def test_a_failed_write_leaves_the_index_as_the_disk_is(
 ) -> None:
     store = AdapterStore(tmp_path / "store")
     store.put(*upload, backbone=tiny_backbone)
-    real = store_module.write_file_atomic
+    real = layout_module.write_file_atomic
 
     def no_space(path: Path, data: bytes, **kw: Any) -> None:
         if path.name == LAST_FILE:
             raise OSError(28, "No space left on device")
         real(path, data, **kw)
 
-    monkeypatch.setattr(store_module, "write_file_atomic", no_space)
+    monkeypatch.setattr(layout_module, "write_file_atomic", no_space)
     with pytest.raises(OSError, match="No space"):
         store.put(*new_content, backbone=tiny_backbone)
     # The version dir was renamed in before LAST failed: the disk has it, so the index has it.
