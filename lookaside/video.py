@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from lookaside.decode import decode_audio
+from lookaside.decode_probe import ffmpeg_message
 from lookaside.errors import BadVideo, ConfigError, DeadlineExceeded
 from lookaside.features import FeatureConfig, frames_to_pixels, segment_features
 
@@ -131,7 +132,7 @@ def decode_video(
     except (av.error.FFmpegError, OSError, ValueError) as exc:
         raise BadVideo(
             "not_video",
-            f"the upload is not a readable video ({_ffmpeg_message(exc)}); {SUPPORTED}",
+            f"the upload is not a readable video ({ffmpeg_message(exc)}); {SUPPORTED}",
         ) from exc
     with container:
         if not container.streams.video:
@@ -177,10 +178,6 @@ def av_inputs(
 
 
 # -- internals ---------------------------------------------------------------------------------
-
-
-def _ffmpeg_message(exc: Exception) -> str:
-    return str(getattr(exc, "strerror", None) or exc)
 
 
 def _declared_seconds(
@@ -340,7 +337,7 @@ def _pick_frames(
         reason = "truncated" if count else "not_video"
         raise BadVideo(
             reason,
-            f"the video could not be decoded ({_ffmpeg_message(exc)}); upload the complete file",
+            f"the video could not be decoded ({ffmpeg_message(exc)}); upload the complete file",
         ) from exc
     if count == 0:
         raise BadVideo("no_frames", f"the video track holds no decodable frames; {SUPPORTED}")

@@ -17,6 +17,7 @@ import torch
 import torchaudio
 
 from lookaside import decode as decode_module
+from lookaside import decode_sink
 from lookaside import features as features_module
 from lookaside.decode import decode_audio, downmix
 from lookaside.errors import BadAudio
@@ -178,13 +179,13 @@ def test_header_over_the_budget_is_refused_before_any_audio_is_decoded(
 def decoded_samples(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Samples of every block the decoder produced (either library), as it produced them."""
     sizes: list[int] = []
-    real = decode_module._Sink.add
+    real = decode_sink.Sink.add
 
     def add(self: Any, block: np.ndarray) -> None:
         sizes.append(block.size)
         real(self, block)
 
-    monkeypatch.setattr(decode_module._Sink, "add", add)
+    monkeypatch.setattr(decode_sink.Sink, "add", add)
     return sizes
 
 
