@@ -19,6 +19,8 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
+from lookaside.errors import ConfigError
+
 __all__ = ["remove_stale_temps", "write_dir_atomic", "write_file_atomic"]
 
 _TEMP = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old)-[0-9a-z_]+")
@@ -37,12 +39,12 @@ def write_dir_atomic(
 
     Raises:
         FileExistsError: ``target`` is a file, or a non-empty directory and ``overwrite`` is off.
-        ValueError: a file name is not a plain name (empty, ``.``/``..``, or has a separator).
+        ConfigError: a file name is not a plain name (empty, ``.``/``..``, or has a separator).
     """
     target = Path(target)
     for name in files:
         if not name or name in {".", ".."} or "/" in name or os.sep in name or "\0" in name:
-            raise ValueError(f"file name {name!r} must be a plain name without separators")
+            raise ConfigError(f"file name {name!r} must be a plain name without separators")
     if target.exists() and not target.is_dir():
         raise FileExistsError(f"{target} exists and is not a directory")
     occupied = target.is_dir() and any(target.iterdir())
