@@ -19,7 +19,12 @@ from safetensors.torch import save as save_tensors
 from lookaside.adapters import HeadConfig
 from lookaside.adapters.bank import AdapterBank
 from lookaside.backbone import VisionTransformer
-from lookaside.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, AdapterCheckpoint
+from lookaside.checkpoint import (
+    MANIFEST_FILE,
+    WEIGHTS_FILE,
+    AdapterCheckpoint,
+    ValidatedCheckpoint,
+)
 from lookaside.errors import AdapterNotFound, IncompatibleBackbone, InvalidCheckpoint
 from lookaside.features import FeatureConfig
 from service.store import (
@@ -155,9 +160,11 @@ def test_put_hands_back_the_validated_checkpoint_as_stored(
         store.put(*upload2, backbone=tiny_backbone),  # written now
         store.put(*upload2, backbone=tiny_backbone),  # identical: nothing written
     ):
-        assert result.checkpoint is not None
+        assert isinstance(result.checkpoint, ValidatedCheckpoint)  # the bank skips its scan
         assert result.checkpoint.manifest == store.manifest("esc50", 2) == result.manifest
-        on_disk = store.load("esc50", 2, backbone=tiny_backbone).tensors
+        loaded = store.load("esc50", 2, backbone=tiny_backbone)
+        assert isinstance(loaded, ValidatedCheckpoint)
+        on_disk = loaded.tensors
         assert sorted(result.checkpoint.tensors) == sorted(on_disk)
         for name, tensor in on_disk.items():
             assert torch.equal(result.checkpoint.tensors[name], tensor), name
