@@ -17,8 +17,8 @@ Rules:
   batches (``engine.load_adapter``).
 - Validate once: an upload activated at once (``upload(..., activate=True)``) is loaded from the
   :class:`AdapterCheckpoint` the store validated in memory, not read back and validated again,
-  and the bank skips its own finite scan for every checkpoint handed over here
-  (``validated=True``: each came from ``store.put`` or ``store.load``).
+  and the bank skips its own finite scan for every checkpoint handed over here (each is a
+  :class:`~lookaside.checkpoint.ValidatedCheckpoint` from ``store.put`` or ``store.load``).
 - The resident limit is a target: when every resident version is leased or pinned, a load goes
   ahead above the limit and the registry evicts back down as leases are released. If the bank
   itself has no free slot (:class:`BankFull`), an idle version of the same stack is evicted and
@@ -105,13 +105,12 @@ class AdapterUnavailable(ServiceError):
 class EngineAdapters(Protocol):
     """What the registry needs of the engine (``service.engine.Engine`` provides it)."""
 
-    def load_adapter(
-        self, checkpoint: AdapterCheckpoint, *, validated: bool = False
-    ) -> Future[None]:
+    def load_adapter(self, checkpoint: AdapterCheckpoint) -> Future[None]:
         """Copy a checkpoint into a free bank slot between batches; id ``name@version``.
 
-        ``validated=True`` says every value was already scanned (the bank skips its finite scan).
-        The future fails with :class:`BankFull` when the adapter's stack has no free slot.
+        A :class:`~lookaside.checkpoint.ValidatedCheckpoint` skips the bank's finite scan (its
+        every value was already scanned). The future fails with :class:`BankFull` only from an
+        engine whose stacks cannot grow (``service.residency``).
         """
         ...
 
@@ -474,8 +473,8 @@ class AdapterRegistry:
         """``engine.load_adapter``; on :class:`BankFull` evict an idle same-stack version, retry."""
         while True:
             try:
-                # every checkpoint here was validated (store.put / store.load): no second scan
-                self._wait(self.engine.load_adapter(ckpt, validated=True), entry.id)
+                # a ValidatedCheckpoint (store.put / store.load): the bank scans it no second time
+                self._wait(self.engine.load_adapter(ckpt), entry.id)
                 return
             except BankFull as exc:
                 with self._lock:

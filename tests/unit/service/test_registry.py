@@ -18,7 +18,12 @@ import torch
 from lookaside.adapters import HeadConfig
 from lookaside.adapters.bank import AdapterBank
 from lookaside.backbone import VisionTransformer
-from lookaside.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, AdapterCheckpoint
+from lookaside.checkpoint import (
+    MANIFEST_FILE,
+    WEIGHTS_FILE,
+    AdapterCheckpoint,
+    ValidatedCheckpoint,
+)
 from lookaside.errors import AdapterNotFound, BankFull
 from lookaside.features import FeatureConfig
 from service.errors import RequestTimeout
@@ -68,14 +73,13 @@ class FakeEngine:
         self.lock = threading.Lock()
         self.reported_health = HEALTHY
         self.handed: list[tuple[AdapterCheckpoint, bool]] = []
-        """Every checkpoint load_adapter was given, with its ``validated`` flag."""
+        """Every checkpoint load_adapter was given, and whether it is a ValidatedCheckpoint (the
+        bank then skips its finite scan)."""
 
-    def load_adapter(
-        self, checkpoint: AdapterCheckpoint, *, validated: bool = False
-    ) -> Future[None]:
+    def load_adapter(self, checkpoint: AdapterCheckpoint) -> Future[None]:
         future: Future[None] = Future()
         aid = checkpoint.manifest.id
-        self.handed.append((checkpoint, validated))
+        self.handed.append((checkpoint, isinstance(checkpoint, ValidatedCheckpoint)))
 
         def run() -> None:
             self.gate.wait(10)
