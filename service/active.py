@@ -1,0 +1,366 @@
+"""The registry's in-memory map: which versions are loading, ready or failed, their leases, and
+the counters metrics read.
+
+States per version: ``unloaded`` (no entry) | ``loading`` | ``ready`` | ``failed`` (with the
+reason). A failed load is retried by the next request for that version; a deleted (``retired``)
+version is unloaded as soon as its last lease is released. What to evict is decided by
+:mod:`service.residency`; this map carries it out (``engine.unload_adapter``, enqueue only).
+
+Threads: every method takes :attr:`ActiveMap.lock` (a ``threading.RLock``: the done-callback of an
+already finished unload future runs at once and re-enters it) and may run on the event loop, a
+registry loader thread (``adapter-load``) or any thread releasing a lease. The lock is never held
+while waiting on I/O or on the engine: calls made under it only enqueue
+(``engine.unload_adapter``, the loader pool) or read the store's in-memory index (the active
+version, for pins). :class:`RegistryEvents` hooks run outside it, on the thread that changed the
+state.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from lookaside.checkpoint import AdapterCheckpoint, AdapterManifest
+from lookaside.errors import AdapterNotFound
+from service.errors import ServiceError
+from service.refs import adapter_id
+from service.residency import AdapterState, Residency
+from service.watchdog import EngineHealth
+
+__all__ = [
+    "ActiveMap",
+    "AdapterUnavailable",
+    "EngineAdapters",
+    "Entry",
+    "RegistryEvents",
+    "RegistryStats",
+    "VersionStatus",
+]
+
+log = logging.getLogger("service.registry")
+
+
+class AdapterUnavailable(ServiceError):
+    """A stored adapter version could not be made resident now (HTTP 503, retry later)."""
+
+    status_code = 503
+    retry_after = True
+
+
+class EngineAdapters(Protocol):
+    """What the registry needs of the engine (``service.engine.Engine`` provides it)."""
+
+    def load_adapter(self, checkpoint: AdapterCheckpoint) -> Future[None]:
+        """Copy a checkpoint into a free bank slot between batches; id ``name@version``.
+
+        A :class:`~lookaside.checkpoint.ValidatedCheckpoint` skips the bank's finite scan (its
+        every value was already scanned). The future fails with :class:`BankFull` only from an
+        engine whose stacks cannot grow (``service.residency``).
+        """
+        ...
+
+    def unload_adapter(self, adapter_id: str) -> Future[None]:
+        """Remove an adapter from the bank between batches (its slot is zeroed and reused)."""
+        ...
+
+    def health(self) -> EngineHealth:
+        """Whether the engine is stalled or dead (bounds the registry's waits on it)."""
+        ...
+
+
+class RegistryEvents(Protocol):
+    """Observer of residency changes (metrics). Called on loader threads or the event loop."""
+
+    def adapter_loaded(self, name: str, version: int, seconds: float) -> None:
+        """``name@version`` became resident after ``seconds`` (read + validate + copy)."""
+        ...
+
+    def adapter_load_failed(self, name: str, version: int, reason: str) -> None:
+        """A load of ``name@version`` failed."""
+        ...
+
+    def adapter_evicted(self, name: str, version: int) -> None:
+        """``name@version`` was unloaded to make room (not for a delete)."""
+        ...
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    """One stored version as the registry sees it (``GET /adapters/{name}``)."""
+
+    version: int
+    state: AdapterState
+    reason: str | None
+    resident: bool
+    pinned: bool
+    in_flight: int
+    """Leases held now: requests queued or running on this version."""
+    requests: int
+    """Requests admitted for this version since the server started."""
+    loads: int
+    evictions: int
+    load_seconds: float | None
+    """Duration of the last successful load."""
+
+
+@dataclass(frozen=True)
+class RegistryStats:
+    """Counters for metrics, all since the registry was created."""
+
+    resident: int
+    loads: dict[str, int]
+    """Successful loads by adapter name."""
+    load_failures: dict[str, int]
+    evictions: dict[str, int]
+    requests: dict[str, int]
+    """Requests admitted by adapter name."""
+
+
+@dataclass
+class Entry:
+    """One version the registry has loaded, is loading, or failed to load."""
+
+    name: str
+    version: int
+    state: AdapterState
+    done: Future[AdapterManifest]
+    leases: int = 0
+    last_used: int = 0
+    reason: str | None = None
+    manifest: AdapterManifest | None = None
+    load_seconds: float | None = None
+    retired: bool = False
+    """Deleted from the store: unloaded as soon as its last lease is released."""
+    stack: str | None = field(default=None)
+
+    @property
+    def id(self) -> str:
+        return adapter_id(self.name, self.version)
+
+    @property
+    def resident(self) -> bool:
+        return self.state in ("loading", "ready")
+
+
+class ActiveMap:
+    """Entries by adapter id, their leases and counters (module docstring)."""
+
+    def __init__(
+        self, engine: EngineAdapters, residency: Residency, events: RegistryEvents | None
+    ) -> None:
+        self.engine = engine
+        self.residency = residency
+        self._events = events
+        self.lock = threading.RLock()  # re-entered by done-callbacks of finished futures
+        self.entries: dict[str, Entry] = {}
+        self._unloading: dict[str, Future[None]] = {}
+        self._clock = itertools.count(1)
+        self._requests: Counter[str] = Counter()
+        self._loads: Counter[str] = Counter()
+        self._failures: Counter[str] = Counter()
+        self._evictions: Counter[str] = Counter()
+
+    def ready(self, aid: str) -> bool:
+        """Resident and not deleted (resolution then needs no store lookup)."""
+        entry = self.entries.get(aid)
+        return entry is not None and entry.state == "ready" and not entry.retired
+
+    def lease(
+        self, name: str, version: int, *, count: bool, load: Callable[[Entry], None]
+    ) -> Future[AdapterManifest]:
+        """Take a lease on ``name@version``, starting its load (``load``, which only enqueues)
+        when it is unloaded or failed; returns its readiness."""
+        aid = adapter_id(name, version)
+        with self.lock:
+            entry = self.entries.get(aid)
+            if entry is not None and entry.retired:
+                raise AdapterUnavailable(
+                    f"{aid} was deleted and is being unloaded; retry in a moment"
+                )
+            if entry is None or entry.state == "failed":
+                fresh = Entry(name=name, version=version, state="loading", done=Future())
+                if entry is not None:  # a failed version: keep its history visible until it works
+                    fresh.reason = entry.reason
+                    del self.entries[aid]
+                self._shrink_locked(room_for=1)
+                self.entries[aid] = entry = fresh
+                load(entry)
+            entry.leases += 1
+            entry.last_used = next(self._clock)
+            if count:
+                self._requests[aid] += 1
+            return entry.done
+
+    def release(self, aid: str) -> None:
+        """A lease given back (any thread): unload a retired version, or shrink to the limit."""
+        with self.lock:
+            entry = self.entries.get(aid)
+            if entry is None or entry.leases <= 0:
+                log.error("lease of %s released more often than taken", aid)
+                return
+            entry.leases -= 1
+            entry.last_used = next(self._clock)
+            if entry.leases > 0:
+                return
+            if entry.retired and entry.state == "ready":
+                self._unload_locked(entry, evicted=False)
+            elif entry.retired and entry.state == "failed":
+                del self.entries[aid]
+            else:
+                self._shrink_locked()
+
+    def loaded(self, entry: Entry, manifest: AdapterManifest, seconds: float) -> None:
+        """The loader made ``entry`` resident: ready, counted, its waiters answered."""
+        with self.lock:
+            entry.state = "ready"
+            entry.reason = None
+            entry.manifest = manifest
+            entry.load_seconds = seconds
+            self._loads[entry.id] += 1
+            if entry.retired and entry.leases == 0:
+                self._unload_locked(entry, evicted=False)
+        self._notify("adapter_loaded", entry.name, entry.version, seconds)
+        log.info("loaded %s in %.3f s", entry.id, seconds)
+        if not entry.done.done():
+            entry.done.set_result(manifest)
+
+    def failed(self, entry: Entry, exc: BaseException) -> None:
+        """The loader failed ``entry``: ``failed`` with the reason, its waiters get a 503 (or
+        the 404 / 503 it raised)."""
+        reason = str(exc) or type(exc).__name__
+        with self.lock:
+            entry.state = "failed"
+            entry.reason = reason
+            self._failures[entry.id] += 1
+            if entry.retired and entry.leases == 0:
+                del self.entries[entry.id]
+        log.warning("loading %s failed: %s", entry.id, reason)
+        self._notify("adapter_load_failed", entry.name, entry.version, reason)
+        if entry.done.done():
+            return
+        if isinstance(exc, AdapterNotFound | AdapterUnavailable):
+            entry.done.set_exception(exc)
+        else:
+            entry.done.set_exception(
+                AdapterUnavailable(f"adapter {entry.id} could not be loaded: {reason}")
+            )
+
+    def unloading(self, aid: str) -> Future[None] | None:
+        """The pending unload of ``aid`` (a load of the same id waits for it first)."""
+        with self.lock:
+            return self._unloading.get(aid)
+
+    def evict_from_stack(self, entry: Entry) -> Future[None] | None:
+        """Unload the residency policy's victim of ``entry``'s stack (the engine reported the
+        stack full); None when every version of it is leased or pinned."""
+        with self.lock:
+            victim = self.residency.victim(
+                self.entries.values(), stack=entry.stack, exclude=entry.id
+            )
+            if victim is None:
+                return None
+            return self._unload_locked(self.entries[victim.id], evicted=True)
+
+    def retire(self, aid: str) -> Future[None] | None:
+        """Mark a deleted version; unload it now if idle (returns that unload)."""
+        with self.lock:
+            entry = self.entries.get(aid)
+            if entry is None:
+                return None
+            entry.retired = True
+            if entry.leases == 0:
+                if entry.state == "ready":
+                    return self._unload_locked(entry, evicted=False)
+                if entry.state == "failed":
+                    del self.entries[aid]
+        return None
+
+    def _shrink_locked(self, room_for: int = 0) -> None:
+        """Evict what the residency policy names until ``room_for`` more fit under the limit."""
+        while (victim := self.residency.over_limit(self.entries.values(), room_for)) is not None:
+            self._unload_locked(self.entries[victim.id], evicted=True)
+
+    def _unload_locked(self, entry: Entry, *, evicted: bool) -> Future[None]:
+        """Forget ``entry`` and ask the engine to unload it (enqueue only; never blocks)."""
+        del self.entries[entry.id]
+        if evicted:
+            self._evictions[entry.id] += 1
+        future = self.engine.unload_adapter(entry.id)
+        self._unloading[entry.id] = future
+        aid = entry.id
+        future.add_done_callback(lambda f: self._unloaded(aid, f))
+        if evicted:
+            self._notify("adapter_evicted", entry.name, entry.version)
+        return future
+
+    def _unloaded(self, aid: str, future: Future[None]) -> None:
+        with self.lock:
+            if self._unloading.get(aid) is future:
+                del self._unloading[aid]
+        if future.exception() is not None:
+            log.error("unloading %s failed: %s", aid, future.exception())
+
+    # -- observation ---------------------------------------------------------------------------
+    def status(
+        self, name: str, versions: list[int], pinned_version: int | None
+    ) -> list[VersionStatus]:
+        """Each of ``versions`` of ``name`` with its residency state."""
+        with self.lock:
+            out = []
+            for version in versions:
+                aid = adapter_id(name, version)
+                entry = self.entries.get(aid)
+                out.append(
+                    VersionStatus(
+                        version=version,
+                        state=entry.state if entry is not None else "unloaded",
+                        reason=entry.reason if entry is not None else None,
+                        resident=entry is not None and entry.resident,
+                        pinned=aid in self.residency.pinned or pinned_version == version,
+                        in_flight=entry.leases if entry is not None else 0,
+                        requests=self._requests[aid],
+                        loads=self._loads[aid],
+                        evictions=self._evictions[aid],
+                        load_seconds=entry.load_seconds if entry is not None else None,
+                    )
+                )
+            return out
+
+    def resident(self) -> list[str]:
+        """Ids of the versions resident or loading, least recently used first."""
+        with self.lock:
+            entries = sorted(self.entries.values(), key=lambda e: e.last_used)
+            return [e.id for e in entries if e.resident]
+
+    def stats(self) -> RegistryStats:
+        """Counters for metrics (a consistent snapshot)."""
+        with self.lock:
+            return RegistryStats(
+                resident=sum(1 for e in self.entries.values() if e.resident),
+                loads=_by_name(self._loads),
+                load_failures=_by_name(self._failures),
+                evictions=_by_name(self._evictions),
+                requests=_by_name(self._requests),
+            )
+
+    def _notify(self, event: str, *args: object) -> None:
+        if self._events is None:
+            return
+        try:
+            getattr(self._events, event)(*args)
+        except Exception:  # a metrics hook must never fail a load
+            log.exception("registry event hook %s failed", event)
+
+
+def _by_name(counts: Counter[str]) -> dict[str, int]:
+    """Counts keyed by ``name@version`` summed per name (metrics label adapters by name)."""
+    out: Counter[str] = Counter()
+    for aid, n in counts.items():
+        out[aid.partition("@")[0]] += n
+    return dict(out)
