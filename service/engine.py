@@ -8,7 +8,7 @@ Threads and what they own (nothing else touches these objects):
   which reads the watchdog.
 - **featurize pool** (:mod:`service.featurize`): decoding and features, before anything is queued,
   so a bad upload fails alone and never reaches a batch.
-- **registry loader threads** (``adapter-load``, :mod:`service.registry`): read and validate a
+- **registry loader threads** (``adapter-load``, :mod:`service.loader`): read and validate a
   checkpoint, then call :meth:`Engine.load_adapter` and wait on its future, bounded.
 - **engine worker** (this module, one thread named ``lookaside-engine``): the backbone, the
   :class:`~lookaside.adapters.bank.AdapterBank` and the :class:`~lookaside.model.MultiAdapterModel`.
@@ -26,21 +26,12 @@ Threads and what they own (nothing else touches these objects):
   :meth:`Engine.health` reports the stall (``/readyz`` 503; ``/healthz`` 503 after ``dead_s``, so
   an orchestrator restarts the process). When the work ends the engine is ready again (logged).
 
-Batching (the queue, batch formation, the per-forward token budget, chunks of large jobs, task
-kinds taking turns, deadlines) is :mod:`service.batcher`. A job whose single row is over the
-per-forward budget ``max_batch_tokens`` is refused here at submit (:class:`OverBudget`, 422);
-upload validation refuses such adapters before (the service passes its budget as
-``CheckpointLimits.max_window_tokens``).
-
-Task kinds (:mod:`lookaside.tasks`): every job names its kind (``clip`` for ``POST /classify``,
-``av_events`` for ``POST /av-event``), which says what a row is, its grid, its tokens and its
-forward.
-
-Failure isolation: if a forward raises, every job of that batch is retried alone, so only the
-culprit fails (:class:`~service.errors.EngineFailure`, logged with its trace); the engine keeps
-serving.
-
-One batch's forward (host -> device, autocast, logits back on the host): :mod:`service.forward`.
+Batching (queue, batch formation, token budget, chunks, task kinds taking turns, deadlines) is
+:mod:`service.batcher`; one batch's forward is :mod:`service.forward`. A job whose single row is
+over ``max_batch_tokens`` is refused at submit (:class:`OverBudget`, 422); upload validation
+refuses such adapters before (``CheckpointLimits.max_window_tokens``). If a forward raises, every
+job of that batch is retried alone, so only the culprit fails
+(:class:`~service.errors.EngineFailure`, logged with its trace); the engine keeps serving.
 """
 
 from __future__ import annotations

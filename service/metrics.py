@@ -125,6 +125,11 @@ class ServiceMetrics:
         self.engine_stalls = Counter(
             "lookaside_engine_stalls", "Stalls detected by the engine watchdog", registry=r
         )
+        self._add_residency_metrics(r)
+        r.register(_CudaMemory())
+
+    def _add_residency_metrics(self, r: CollectorRegistry) -> None:
+        """The queue and adapter residency gauges and counters (part of ``__init__``)."""
         self.queue_depth = Gauge("lookaside_queue_depth", "Jobs waiting", registry=r)
         self.adapters_resident = Gauge(
             "lookaside_adapters_resident", "Adapter versions on the device", registry=r
@@ -148,7 +153,6 @@ class ServiceMetrics:
         self.adapter_load_failures = Counter(
             "lookaside_adapter_load_failures", "Adapter loads that failed", ["adapter"], registry=r
         )
-        r.register(_CudaMemory())
 
     # -- RegistryEvents (service.registry calls these; adapter names are the label values) -----
     def adapter_loaded(self, name: str, version: int, seconds: float) -> None:
