@@ -20,7 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from lookaside.adapters.bank import AdapterBank
-from lookaside.adapters.route import RowRoute, index_tensor
+from lookaside.adapters.route import RowRoute
+from lookaside.adapters.slot_index import index_tensor
 from lookaside.backbone import VisionTransformer
 from lookaside.errors import ConfigError
 from lookaside.sites import CLIP_LAYER, TokenLayout

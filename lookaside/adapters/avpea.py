@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from lookaside.adapters.base import AdapterConfig, AdapterMethod, StackedSite
 from lookaside.adapters.ops import rows_linear
-from lookaside.adapters.route import SlotIndex
+from lookaside.adapters.slot_index import SlotIndex
 from lookaside.backbone_config import BackboneConfig
 from lookaside.errors import ConfigError
 from lookaside.sites import Modality, SitePosition, TokenLayout

@@ -35,7 +35,8 @@ from torch import Tensor, nn
 from lookaside.adapters import get_method
 from lookaside.adapters.base import AdapterConfig, AdapterMethod
 from lookaside.adapters.head import AdapterHead, HeadConfig
-from lookaside.adapters.route import RouteGroup, RowRoute, SlotIndex, index_tensor
+from lookaside.adapters.route import RouteGroup, RowRoute
+from lookaside.adapters.slot_index import SlotIndex, index_tensor
 from lookaside.adapters.stack import AdapterStack
 from lookaside.backbone_config import BackboneConfig
 from lookaside.checkpoint import nonfinite_names, tensor_problems

@@ -18,7 +18,7 @@ import torch
 from pydantic import AfterValidator, BaseModel, ConfigDict
 from torch import Tensor, nn
 
-from lookaside.adapters.route import SlotIndex
+from lookaside.adapters.slot_index import SlotIndex
 from lookaside.backbone_config import BackboneConfig
 from lookaside.errors import ConfigError
 from lookaside.sites import SitePosition, TokenLayout

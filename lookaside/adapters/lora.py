@@ -20,7 +20,7 @@ from pydantic import Field
 from torch import Tensor
 
 from lookaside.adapters.base import AdapterConfig, AdapterMethod, StackedSite
-from lookaside.adapters.route import SlotIndex
+from lookaside.adapters.slot_index import SlotIndex
 from lookaside.backbone_config import BackboneConfig
 from lookaside.sites import SitePosition, TokenLayout
 

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from lookaside.adapters.base import AdapterConfig, AdapterMethod, StackedSite, SubLayers
 from lookaside.adapters.ops import rows_gather, rows_linear
-from lookaside.adapters.route import SlotIndex
+from lookaside.adapters.slot_index import SlotIndex
 from lookaside.backbone_config import BackboneConfig
 from lookaside.sites import SitePosition, TokenLayout
 

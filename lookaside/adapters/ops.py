@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lookaside.adapters.route import SlotIndex
+from lookaside.adapters.slot_index import SlotIndex
 from lookaside.sites import TokenLayout
 
 

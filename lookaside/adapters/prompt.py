@@ -18,7 +18,7 @@ from torch import Tensor
 
 from lookaside.adapters.base import AdapterConfig, AdapterMethod, StackedSite
 from lookaside.adapters.ops import rows_gather
-from lookaside.adapters.route import SlotIndex
+from lookaside.adapters.slot_index import SlotIndex
 from lookaside.backbone_config import BackboneConfig
 from lookaside.sites import SitePosition, TokenLayout
 

@@ -25,7 +25,7 @@ from lookaside.adapters.lora import LoraQVSite
 from lookaside.adapters.moa import DenseMoaSite, SoftMoaSite
 from lookaside.adapters.ops import grid_conv_reference
 from lookaside.adapters.prompt import PromptSite
-from lookaside.adapters.route import SlotIndex
+from lookaside.adapters.slot_index import SlotIndex
 from lookaside.adapters.stack import AdapterStack
 from lookaside.backbone import VisionTransformer
 from lookaside.errors import BankFull, InvalidCheckpoint
