@@ -19,7 +19,6 @@ One lock guards the bookkeeping; the forward never takes it (routes carry their 
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import sys
 import threading
@@ -36,6 +35,8 @@ from lookaside.adapters import get_method
 from lookaside.adapters.base import AdapterConfig, AdapterMethod
 from lookaside.adapters.head import AdapterHead, HeadConfig
 from lookaside.adapters.route import RouteGroup, RowRoute
+from lookaside.adapters.shapes import HEAD_PREFIX, head_shapes, stack_key, total_numel
+from lookaside.adapters.shapes import expected_shapes as shapes_of_adapter
 from lookaside.adapters.slot_index import SlotIndex, index_tensor
 from lookaside.adapters.stack import AdapterStack
 from lookaside.backbone_config import BackboneConfig
@@ -46,7 +47,6 @@ from lookaside.sites import TokenLayout
 if TYPE_CHECKING:
     from lookaside.backbone import VisionTransformer
 
-HEAD_PREFIX = "head."
 DEFAULT_CAPACITY = 8
 """Slots per stack of a serving bank unless ``capacity=`` says otherwise."""
 DEFAULT_TRAINABLE_CAPACITY = 1
@@ -249,7 +249,7 @@ class AdapterBank(nn.Module):
         """
         spec = get_method(method)
         cfg = spec.parse_config(config)
-        key = self._stack_key(method, cfg)
+        key = stack_key(method, cfg)
         with _normal_tensors():
             head_module = AdapterHead(head, self._dim, device=self.device, dtype=self.dtype)
         head_module.requires_grad_(self.trainable)
@@ -386,7 +386,7 @@ class AdapterBank(nn.Module):
             )
         spec = get_method(method)
         cfg = spec.parse_config(config)
-        key = self._stack_key(method, cfg)
+        key = stack_key(method, cfg)
         if key is None:
             raise ConfigError(f"method {method!r} trains only a head: it has no stack to grow")
         with self._locked():
@@ -423,7 +423,7 @@ class AdapterBank(nn.Module):
         """Free slots of the stack for (method, config): its capacity if it does not exist yet;
         ``sys.maxsize`` for a head-only method (it uses no slot)."""
         cfg = get_method(method).parse_config(config)
-        key = self._stack_key(method, cfg)
+        key = stack_key(method, cfg)
         if key is None:
             return sys.maxsize
         with self._locked():
@@ -435,7 +435,7 @@ class AdapterBank(nn.Module):
         """Device bytes of one published adapter: its slot in every site, plus its head."""
         stack = self.stack_of(adapter_id)
         sites = stack.params_per_slot() if stack is not None else 0
-        head = sum(_numel(s) for s in self.head(adapter_id).cfg.shapes(self._dim).values())
+        head = total_numel(self.head(adapter_id).cfg.shapes(self._dim))
         return (sites + head) * self.dtype.itemsize
 
     def expected_bytes(
@@ -443,20 +443,14 @@ class AdapterBank(nn.Module):
     ) -> int:
         """Device bytes an adapter will take once loaded, by arithmetic (nothing allocated)."""
         shapes = self.expected_shapes(method, config, head)
-        return sum(_numel(s) for s in shapes.values()) * self.dtype.itemsize
+        return total_numel(shapes) * self.dtype.itemsize
 
     def expected_shapes(
         self, method: str, config: AdapterConfig | Mapping[str, object], head: HeadConfig
     ) -> dict[str, tuple[int, ...]]:
         """Tensor names and shapes a checkpoint of this method/config/head must contain
-        (computed on the meta device: nothing is allocated)."""
-        spec = get_method(method)
-        cfg = spec.parse_config(config)
-        shapes: dict[str, tuple[int, ...]] = {}
-        if self._stack_key(method, cfg) is not None:
-            shapes.update(AdapterStack.shapes_of(spec, cfg, self.backbone_cfg))
-        shapes.update({HEAD_PREFIX + k: s for k, s in head.shapes(self._dim).items()})
-        return shapes
+        (:func:`lookaside.adapters.shapes.expected_shapes`: nothing is allocated)."""
+        return shapes_of_adapter(self.backbone_cfg, method, config, head)
 
     # -- one adapter -----------------------------------------------------------------------
     def trainable_parameters(self, adapter_id: str) -> list[nn.Parameter]:
@@ -505,10 +499,6 @@ class AdapterBank(nn.Module):
         return sites + sum(p.numel() for p in self.head(adapter_id).parameters())
 
     # -- routing ---------------------------------------------------------------------------
-    def num_prompts_of(self, adapter_id: str | None) -> int:
-        """Prompt tokens a row with this adapter needs."""
-        return 0 if adapter_id is None else self._entry(adapter_id).config.num_prompts()
-
     def partition(self, adapter_ids: Sequence[str | None]) -> list[list[int]]:
         """Row groups that can share one backbone pass: same number of prompt tokens, inserted
         before the same block (rows without prompts form one group)."""
@@ -689,14 +679,6 @@ class AdapterBank(nn.Module):
             "batches, or remove an adapter"
         )
 
-    @staticmethod
-    def _stack_key(method: str, cfg: AdapterConfig) -> str | None:
-        if get_method(method).head_only:
-            return None
-        # One stack per (method, config); ModuleDict keys may not contain '.', so hash the JSON.
-        digest = hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:12]
-        return f"{method}_{digest}"
-
     def _create_stack(self, key: str, spec: AdapterMethod, cfg: AdapterConfig) -> _Slots:
         """Allocate a zeroed stack of the configured capacity (lock held: one per config)."""
         capacity = self._capacity_for(key)
@@ -722,7 +704,7 @@ class AdapterBank(nn.Module):
         finite: bool = True,
     ) -> None:
         expected = dict(stack.slot_shapes()) if stack is not None else {}
-        expected.update({HEAD_PREFIX + k: s for k, s in head.shapes(self._dim).items()})
+        expected.update(head_shapes(head, self._dim))
         found = {
             n: (tuple(t.shape), str(t.dtype).removeprefix("torch."), t.is_floating_point())
             for n, t in tensors.items()
@@ -834,10 +816,3 @@ def _normal_tensors() -> torch.inference_mode:
     ``torch.inference_mode`` (a serving loop often does): inference tensors could never be
     written again outside it (training, randomising, a later load from another thread)."""
     return torch.inference_mode(False)
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    count = 1
-    for d in shape:
-        count *= d
-    return count

@@ -82,7 +82,3 @@ class AdapterHead(nn.Module):
     def forward(self, tokens: Tensor, layout: TokenLayout) -> Tensor:
         # The bank may store adapters in another dtype than the backbone's output (bf16 bank).
         return self.fc(self.norm(self.pool(tokens, layout).to(self.fc.weight.dtype)))
-
-    def probabilities(self, logits: Tensor) -> Tensor:
-        """Softmax, or per-class sigmoid for multi-label heads."""
-        return logits.sigmoid() if self.cfg.multi_label else logits.softmax(dim=-1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -92,13 +93,7 @@ class AdapterStack(nn.Module):
 
     def params_per_slot(self) -> int:
         """Trainable parameters of one adapter in this stack (heads excluded)."""
-        total = 0
-        for shape in self.slot_shapes().values():
-            count = 1
-            for d in shape:
-                count *= d
-            total += count
-        return total
+        return sum(math.prod(shape) for shape in self.slot_shapes().values())
 
     def resize(self, num_slots: int) -> None:
         """Grow every site to ``num_slots`` slots (new parameters: see ``StackedSite.resize``)."""
