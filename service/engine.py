@@ -49,6 +49,7 @@ import torch
 from torch import Tensor
 
 from lookaside.adapters.bank import AdapterBank
+from lookaside.errors import ConfigError
 from lookaside.model import MultiAdapterModel
 from lookaside.tasks import AV_EVENTS, CLIP, Inputs, TaskKind
 from service.batcher import Batcher, Job, Slice, deliver, describe, fail
@@ -115,7 +116,7 @@ class Engine:
         dead_s: float = 600.0,
     ) -> None:
         if max_batch_size < 1 or max_batch_tokens < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"need max_batch_size >= 1 and max_batch_tokens >= 1, got {max_batch_size} and "
                 f"{max_batch_tokens}"
             )

@@ -100,22 +100,31 @@ class EngineLoads:
     def _load(self, checkpoint: AdapterCheckpoint, target: str) -> None:
         """Reserve (worker) -> copy (here) -> publish (worker); abort on a failed copy."""
         started = time.perf_counter()
-        bank = self._engine.bank
+        engine, bank = self._engine, self._engine.bank
         reservation = self._on_worker(
-            lambda: _reserve(bank, checkpoint, target), f"reserve a slot for {target}"
+            lambda: _reserve(bank, checkpoint, target),
+            f"reserve a slot for {target}",
+            undo=lambda r: engine.call(lambda: bank.abort(r), what=f"abort the load of {target}"),
         )
         try:
-            with self._engine.watchdog.watch("adapter load", f"copy of {target} into its slot"):
+            with engine.watchdog.watch("adapter load", f"copy of {target} into its slot"):
                 validated = isinstance(checkpoint, ValidatedCheckpoint)
-                self._engine.bank.load(reservation, checkpoint.tensors, validated=validated)
+                engine.bank.load(reservation, checkpoint.tensors, validated=validated)
         except BaseException:
-            self._engine.call(lambda: bank.abort(reservation), what=f"abort the load of {target}")
+            engine.call(lambda: bank.abort(reservation), what=f"abort the load of {target}")
             raise
-        self._on_worker(lambda: bank.publish(reservation), f"publish {target}")
+        self._on_worker(
+            lambda: bank.publish(reservation),
+            f"publish {target}",
+            undo=lambda _: engine.call(lambda: bank.remove(target), what=f"unload {target}"),
+        )
         log.info("loaded adapter %s in %.1f ms", target, (time.perf_counter() - started) * 1e3)
 
-    def _on_worker(self, fn: Callable[[], T], what: str) -> T:
-        """Run ``fn`` on the worker between batches and wait for it, bounded (module docstring)."""
+    def _on_worker(self, fn: Callable[[], T], what: str, *, undo: Callable[[T], object]) -> T:
+        """Run ``fn`` on the worker between batches and wait for it, bounded: give up once the
+        engine is dead, or stopped with ``fn`` not run. A step given up on never takes effect:
+        it is cancelled if it has not started, else ``undo`` (which only enqueues) is applied to
+        its result when it ends, so a failed load leaves no slot reserved or published."""
         future = self._engine.call(fn, what=what)
         while True:
             try:
@@ -123,12 +132,20 @@ class EngineLoads:
             except FuturesTimeout:
                 health = self._engine.health()
                 if health.dead:
-                    raise NotReady(
-                        f"{what} did not run: the engine is stuck ({health.reason})",
-                        reason="engine_stalled",
-                    ) from None
-                if self.stopped.is_set() and not future.done():
-                    raise NotReady(f"{what} did not run: the engine has stopped") from None
+                    why, reason = f"the engine is stuck ({health.reason})", "engine_stalled"
+                elif self.stopped.is_set() and not future.done():
+                    why, reason = "the engine has stopped", None
+                else:
+                    continue
+            if not future.cancel():  # running or ran meanwhile: take its effect back
+                future.add_done_callback(lambda f: _undo(f, undo))
+            raise NotReady(f"{what} did not run: {why}", reason=reason)
+
+
+def _undo(future: Future[T], undo: Callable[[T], object]) -> None:
+    """Apply ``undo`` to a step's result, if it succeeded (it failed: nothing to take back)."""
+    if not future.cancelled() and future.exception() is None:
+        undo(future.result())
 
 
 def _reserve(bank: AdapterBank, checkpoint: AdapterCheckpoint, adapter_id: str) -> Reservation:

@@ -60,7 +60,7 @@ from concurrent.futures import Future
 
 from lookaside.backbone import VisionTransformer
 from lookaside.checkpoint import AdapterCheckpoint, AdapterManifest
-from lookaside.errors import AdapterNotFound
+from lookaside.errors import AdapterNotFound, ConfigError
 from service.active import (
     ActiveMap,
     AdapterUnavailable,
@@ -173,7 +173,7 @@ class AdapterRegistry:
         """
         name, version = self.resolve(ref)
         if checkpoint is not None and checkpoint.manifest.id != adapter_id(name, version):
-            raise ValueError(f"checkpoint {checkpoint.manifest.id} handed in for {ref!r}")
+            raise ConfigError(f"checkpoint {checkpoint.manifest.id} handed in for {ref!r}")
         done = self._lease(name, version, count=count, checkpoint=checkpoint)
         waiter: asyncio.Future[AdapterManifest] | None = None
         try:

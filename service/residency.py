@@ -24,6 +24,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Literal, Protocol
 
+from lookaside.errors import ConfigError
+
 __all__ = ["AdapterState", "Residency", "Resident", "grown_capacity"]
 
 AdapterState = Literal["unloaded", "loading", "ready", "failed"]
@@ -68,7 +70,7 @@ class Residency:
         self, resident_limit: int, pinned: Iterable[str], active: Callable[[str], int | None]
     ) -> None:
         if resident_limit < 1:
-            raise ValueError(f"resident_limit must be >= 1, got {resident_limit}")
+            raise ConfigError(f"resident_limit must be >= 1, got {resident_limit}")
         self.resident_limit = resident_limit
         self.pinned = frozenset(pinned)
         self._active = active

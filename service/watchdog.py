@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from lookaside.errors import ConfigError
+
 log = logging.getLogger("service.watchdog")
 
 __all__ = ["Activity", "EngineHealth", "Watchdog"]
@@ -84,7 +86,7 @@ class Watchdog:
         on_recover: Callable[[Activity, float], None],
     ) -> None:
         if stall_s <= 0 or dead_s < stall_s:
-            raise ValueError(f"need 0 < stall_s <= dead_s, got stall_s={stall_s}, dead_s={dead_s}")
+            raise ConfigError(f"need 0 < stall_s <= dead_s, got stall_s={stall_s}, dead_s={dead_s}")
         self.stall_s = stall_s
         self.dead_s = dead_s
         self._on_stall = on_stall
