@@ -7,7 +7,9 @@ Threads:
   reserved slot (watched by the watchdog as an ``adapter load``) and waits, bounded, for the
   worker to apply the steps that touch the bank's routing.
 - **engine worker** (``lookaside-engine``): applies the reserve, publish and abort steps between
-  two batches (``Engine.call``), so a slot is never written while a batch reads it.
+  two batches (``Engine.call``), so a slot is never written while a batch reads it. Before
+  ``Engine.start`` (tests, start-up) ``Engine.call`` applies them on the loader thread itself:
+  no batch runs yet.
 - Any thread (registry loader threads, the app's warm-up, tests) calls :meth:`EngineLoads.submit`
   and gets a future; it never runs a step itself.
 
@@ -25,7 +27,8 @@ The sequence (the bank's slot lifecycle, docs/design.md §4), so traffic never w
 
 A failure after the reserve gives the slot back (abort, on the worker) and fails the returned
 future only. Every wait on the worker is bounded: it gives up once the engine reports itself
-dead, or once the engine has stopped and its worker will apply nothing more; at stop, loads
+dead, or once the engine has stopped and its worker will apply nothing more, and the step it
+gave up on never takes effect (cancelled, or taken back when it ends); at stop, loads
 still queued here run and fail at once with :class:`~service.errors.NotReady` (the worker
 refuses new steps), so none is left hanging.
 """
