@@ -21,12 +21,12 @@ restarts the process), instead of holding the thread for ever.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
 
+from lookaside.adapters import shapes
 from lookaside.backbone import VisionTransformer
 from lookaside.checkpoint import AdapterCheckpoint, AdapterManifest
 from lookaside.errors import BankFull
@@ -115,5 +115,6 @@ class RegistryLoader:
 
 
 def stack_key(manifest: AdapterManifest) -> str:
-    """Adapters share a bank stack when method and normalised config are equal."""
-    return manifest.method + ":" + json.dumps(manifest.config, sort_keys=True)
+    """The bank stack the adapter lives in (the bank's own key: method and parsed config); a
+    head-only method, which has no stack, is keyed by its method."""
+    return shapes.stack_key(manifest.method, manifest.adapter_config()) or f"{manifest.method}:head"
