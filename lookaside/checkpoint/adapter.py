@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from safetensors.torch import save as serialize_tensors
 from torch import Tensor
 
+from lookaside.adapters.shapes import expected_shapes
 from lookaside.backbone import VisionTransformer
 from lookaside.checkpoint.atomic import write_dir_atomic
 from lookaside.checkpoint.compat import require_backbone
@@ -35,7 +36,7 @@ from lookaside.checkpoint.manifest import (
     load_manifest,
     parse_manifest,
 )
-from lookaside.checkpoint.validate import check_backbone, expected_shapes, validate_weights
+from lookaside.checkpoint.validate import check_backbone, validate_weights
 from lookaside.errors import ConfigError, InvalidCheckpoint
 from lookaside.features import FeatureConfig
 

@@ -12,16 +12,11 @@ data, which must be finite (:mod:`~lookaside.checkpoint.finite`).
 from __future__ import annotations
 
 import hashlib
-import math
-from collections.abc import Mapping
 
 from pydantic import ValidationError
 from torch import Tensor
 
-from lookaside.adapters import get_method
-from lookaside.adapters.base import AdapterConfig
-from lookaside.adapters.head import HeadConfig
-from lookaside.adapters.stack import AdapterStack
+from lookaside.adapters.shapes import expected_shapes, total_numel
 from lookaside.backbone import VisionTransformer
 from lookaside.backbone_config import BackboneConfig
 from lookaside.checkpoint.compat import require_backbone
@@ -32,72 +27,23 @@ from lookaside.checkpoint.manifest import AdapterManifest, CheckpointLimits, des
 from lookaside.errors import ConfigError, InvalidCheckpoint
 
 __all__ = [
-    "HEAD_PREFIX",
     "adapter_shapes",
     "check_backbone",
-    "expected_shapes",
-    "num_params",
     "validate_weights",
     "weights_sha256",
 ]
-
-HEAD_PREFIX = "head."
-"""Checkpoint key prefix of the classification head's tensors (as the bank writes them)."""
 
 
 # -- shapes without allocation ---------------------------------------------------------------
 
 
-def expected_shapes(
-    backbone_cfg: BackboneConfig,
-    method: str,
-    config: AdapterConfig | Mapping[str, object],
-    head: HeadConfig,
-) -> dict[str, tuple[int, ...]]:
-    """Tensor names and shapes one adapter of ``method``/``config``/``head`` consists of.
-
-    The sites are built on the ``meta`` device (:meth:`AdapterStack.shapes_of`: shapes only, no
-    storage), the head by arithmetic (:meth:`HeadConfig.shapes`), the same computation the bank
-    uses, so nothing here is sized by the config's numbers in memory. Call
-    :func:`check_manifest_limits` first for input from outside: a meta build still costs Python
-    objects per block and site.
-
-    Raises:
-        ConfigError: the config does not fit this method or backbone.
-    """
-    spec = get_method(method)
-    cfg = spec.parse_config(config)
-    shapes: dict[str, tuple[int, ...]] = {}
-    if not spec.head_only:
-        shapes.update(_site_shapes(spec.name, cfg, backbone_cfg))
-    shapes.update({HEAD_PREFIX + k: s for k, s in head.shapes(backbone_cfg.embed_dim).items()})
-    return shapes
-
-
-_SITE_SHAPES: dict[tuple[str, str, str], dict[str, tuple[int, ...]]] = {}
-_SITE_SHAPES_MAX = 256
-
-
-def _site_shapes(
-    method: str, cfg: AdapterConfig, backbone_cfg: BackboneConfig
-) -> dict[str, tuple[int, ...]]:
-    """:meth:`AdapterStack.shapes_of`, memoised by (method, config, backbone): a meta build of a
-    ViT-B stack costs ~10 ms of Python per upload, the same for every upload of one config."""
-    key = (method, cfg.model_dump_json(), backbone_cfg.model_dump_json())
-    shapes = _SITE_SHAPES.get(key)
-    if shapes is None:
-        shapes = AdapterStack.shapes_of(get_method(method), cfg, backbone_cfg)  # meta device
-        if len(_SITE_SHAPES) >= _SITE_SHAPES_MAX:
-            _SITE_SHAPES.clear()
-        _SITE_SHAPES[key] = shapes
-    return dict(shapes)
-
-
 def adapter_shapes(
     manifest: AdapterManifest, backbone_cfg: BackboneConfig, limits: CheckpointLimits
 ) -> dict[str, tuple[int, ...]]:
-    """:func:`expected_shapes` of a manifest after :func:`check_manifest_limits`; the parameter
-    count is checked against ``limits.max_params`` (file size: :func:`validate_weights`)."""
+    """The tensors a manifest describes (:func:`lookaside.adapters.shapes.expected_shapes`: the
+    meta device and arithmetic, the same computation the bank uses), after
+    :func:`check_manifest_limits`; the parameter count is checked against ``limits.max_params``
+    (against the file size: :func:`validate_weights`)."""
     check_manifest_limits(manifest, backbone_cfg, limits)
     try:
         shapes = expected_shapes(
@@ -109,18 +55,13 @@ def adapter_shapes(
             f"checkpoint {manifest.id}: method {manifest.method!r} with config {manifest.config} "
             f"cannot be built on backbone {backbone_cfg.name!r}: {detail}"
         ) from None
-    params = num_params(shapes)
+    params = total_numel(shapes)
     if params > limits.max_params:
         raise InvalidCheckpoint(
             f"checkpoint {manifest.id} ({manifest.method}) describes {params} parameters, over "
             f"max_params={limits.max_params}: use a smaller rank/width, fewer blocks or classes"
         )
     return shapes
-
-
-def num_params(shapes: Mapping[str, tuple[int, ...]]) -> int:
-    """Total elements of ``shapes`` (Python ints: no overflow)."""
-    return sum(math.prod(shape) for shape in shapes.values())
 
 
 # -- backbone --------------------------------------------------------------------------------
@@ -211,7 +152,7 @@ def validate_weights(
             "the file is corrupt or does not belong to this manifest"
         )
     entries, _ = parse_header(weights, where=where, max_header_bytes=limits.max_header_bytes)
-    params = num_params(expected)
+    params = total_numel(expected)
     if params * MIN_ITEMSIZE > len(weights):  # cheap summary before the per-tensor report
         raise InvalidCheckpoint(
             f"checkpoint {manifest.id} ({manifest.method}) describes {params} parameters, which "

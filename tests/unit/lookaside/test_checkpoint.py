@@ -21,6 +21,7 @@ from lookaside import __version__
 from lookaside.adapters import ADAPTERS, HeadConfig, get_method
 from lookaside.adapters.bank import AdapterBank
 from lookaside.adapters.head import AdapterHead
+from lookaside.adapters.shapes import clear_cache, expected_shapes
 from lookaside.adapters.stack import AdapterStack
 from lookaside.backbone import VisionTransformer
 from lookaside.backbones import build_random
@@ -34,7 +35,6 @@ from lookaside.checkpoint import (
     load_manifest,
     validate_checkpoint_bytes,
 )
-from lookaside.checkpoint.validate import expected_shapes
 from lookaside.errors import ConfigError, IncompatibleBackbone, InvalidCheckpoint
 from lookaside.features import FeatureConfig
 from lookaside.model import MultiAdapterModel
@@ -616,7 +616,9 @@ def test_meta_shapes_do_not_move_other_threads_to_meta(
             other.join()
 
     monkeypatch.setattr(module, "AdapterStack", Pausing)
+    clear_cache()  # site shapes are memoised: build them now, under the patch
     expected_shapes(tiny_backbone.cfg, "lora", {"rank": 2}, HeadConfig(num_classes=2))
+    clear_cache()  # forget the shapes the patched stack gave
     assert seen == [torch.device("meta"), torch.device("cpu")]
 
 
