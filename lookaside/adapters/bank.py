@@ -14,19 +14,26 @@ fixed number of slots (its *capacity*), and one head per adapter. The slot lifec
   adapters are all gone is freed the same way).
 
 One lock guards the bookkeeping; the forward never takes it (routes carry their stacks and heads).
-``add`` is the one-shot reserve -> load -> publish.
+``add`` is the one-shot reserve -> load -> publish. Threads: every method may be called from any
+thread (the lock serialises the bookkeeping); the engine reserves, publishes, aborts and routes
+on its worker thread and loads on its loader thread; a route is released, or garbage collected,
+on any thread.
+
+The parts live by concern: :mod:`~lookaside.adapters.slot_table` (slot states, holds),
+:mod:`~lookaside.adapters.transfer` (checks and packed, side-stream copies),
+:mod:`~lookaside.adapters.route_build` (routes and per-row heads),
+:mod:`~lookaside.adapters.shapes` (names, shapes, stack keys), and
+:mod:`~lookaside.adapters.reservation` (the records).
 """
 
 from __future__ import annotations
 
-import heapq
 import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -34,14 +41,17 @@ from torch import Tensor, nn
 from lookaside.adapters import get_method
 from lookaside.adapters.base import AdapterConfig, AdapterMethod
 from lookaside.adapters.head import AdapterHead, HeadConfig
-from lookaside.adapters.route import RouteGroup, RowRoute
+from lookaside.adapters.reservation import BankEntry, Reservation
+from lookaside.adapters.route import RowRoute
+from lookaside.adapters.route_build import assemble_route, classify_rows, group_rows, prompt_key
 from lookaside.adapters.shapes import HEAD_PREFIX, head_shapes, stack_key, total_numel
 from lookaside.adapters.shapes import expected_shapes as shapes_of_adapter
-from lookaside.adapters.slot_index import SlotIndex, index_tensor
+from lookaside.adapters.slot_table import Hold, StackSlots, normal_tensors, release_hold
 from lookaside.adapters.stack import AdapterStack
+from lookaside.adapters.transfer import Transfer, check_tensors, wait_for_copy
 from lookaside.backbone_config import BackboneConfig
-from lookaside.checkpoint import nonfinite_names, tensor_problems
-from lookaside.errors import AdapterNotFound, BankFull, ConfigError, InvalidCheckpoint
+from lookaside.checkpoint import AdapterCheckpoint, ValidatedCheckpoint
+from lookaside.errors import AdapterNotFound, ConfigError
 from lookaside.sites import TokenLayout
 
 if TYPE_CHECKING:
@@ -60,75 +70,6 @@ __all__ = [
     "BankEntry",
     "Reservation",
 ]
-
-
-@dataclass
-class BankEntry:
-    """Where one published adapter lives."""
-
-    method: str
-    config: AdapterConfig
-    stack_key: str | None
-    """Key of its stack (None for a head-only adapter: the linear probe)."""
-    slot: int
-    head_key: str
-
-
-ReservationState = Literal["reserved", "loading", "loaded", "published", "aborted"]
-
-
-@dataclass(eq=False)
-class Reservation:
-    """A slot (and a head) taken for one adapter that is not routable yet.
-
-    Pass it to :meth:`AdapterBank.load`, then :meth:`AdapterBank.publish` (or
-    :meth:`AdapterBank.abort` to give the slot back).
-    """
-
-    adapter_id: str
-    method: str
-    config: AdapterConfig
-    head_config: HeadConfig
-    stack_key: str | None
-    slot: int
-    """Slot in the stack (-1 for a head-only adapter)."""
-    state: ReservationState = "reserved"
-    head: AdapterHead | None = field(default=None, repr=False)
-    _bank: int = field(default=0, repr=False)
-    _event: Any = field(default=None, repr=False)
-    """``torch.cuda.Event`` recorded after an asynchronous copy (None on the CPU)."""
-    _staging: Tensor | None = field(default=None, repr=False)
-    """Pinned host buffer of an asynchronous copy, kept alive until the copy is waited on."""
-
-
-@dataclass(eq=False)
-class _Slots:
-    """Bookkeeping of one stack incarnation (guarded by the bank's lock)."""
-
-    key: str
-    method: str
-    stack: AdapterStack
-    capacity: int
-    free: list[int]
-    """Zeroed slots ready for a reservation (a heap: the lowest slot first)."""
-    refs: list[int]
-    """Live routes holding each slot."""
-    reserved: set[int] = field(default_factory=set)
-    retired: set[int] = field(default_factory=set)
-    """Slots of removed adapters still held by a route: zeroed and freed on the last release."""
-    live: int = 0
-    """Published adapters in this stack."""
-
-    def in_use(self) -> bool:
-        return bool(self.live or self.reserved or self.retired or any(self.refs))
-
-
-@dataclass(eq=False)
-class _Hold:
-    """The slots one route holds."""
-
-    slots: list[tuple[_Slots, int]]
-    released: bool = False
 
 
 class AdapterBank(nn.Module):
@@ -170,12 +111,12 @@ class AdapterBank(nn.Module):
         self.stacks = nn.ModuleDict()
         self.heads = nn.ModuleDict()
         self.entries: dict[str, BankEntry] = {}
-        self._slots: dict[str, _Slots] = {}
+        self._slots: dict[str, StackSlots] = {}
         self._reservations: dict[str, Reservation] = {}
         self._capacity_of: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._collected: deque[_Hold] = deque()
-        self._copy_stream: Any = None
+        self._collected: deque[Hold] = deque()
+        self._transfer = Transfer(self.device, self.dtype)
         self._head_counter = 0
 
     @classmethod
@@ -200,7 +141,7 @@ class AdapterBank(nn.Module):
             probe = fn(torch.empty(0, device=self.device, dtype=self.dtype))
             moved = super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
             self.device, self.dtype = probe.device, probe.dtype
-            self._copy_stream = None
+            self._transfer.reset(self.device, self.dtype)
             return moved
 
     # -- membership ------------------------------------------------------------------------
@@ -219,7 +160,7 @@ class AdapterBank(nn.Module):
         method: str,
         config: AdapterConfig | Mapping[str, object],
         head: HeadConfig,
-        tensors: Mapping[str, Tensor] | None = None,
+        tensors: AdapterCheckpoint | Mapping[str, Tensor] | None = None,
         *,
         seed: int = 0,
     ) -> BankEntry:
@@ -250,7 +191,7 @@ class AdapterBank(nn.Module):
         spec = get_method(method)
         cfg = spec.parse_config(config)
         key = stack_key(method, cfg)
-        with _normal_tensors():
+        with normal_tensors():
             head_module = AdapterHead(head, self._dim, device=self.device, dtype=self.dtype)
         head_module.requires_grad_(self.trainable)
         with self._locked():
@@ -259,10 +200,7 @@ class AdapterBank(nn.Module):
             slot = -1
             if key is not None:
                 slots = self._slots.get(key) or self._create_stack(key, spec, cfg)
-                if not slots.free:
-                    raise BankFull(self._full_message(slots, cfg))
-                slot = heapq.heappop(slots.free)
-                slots.reserved.add(slot)
+                slot = slots.reserve(cfg)
             reservation = Reservation(
                 adapter_id, method, cfg, head, key, slot, head=head_module, _bank=id(self)
             )
@@ -272,25 +210,30 @@ class AdapterBank(nn.Module):
     def load(
         self,
         reservation: Reservation,
-        tensors: Mapping[str, Tensor] | None,
+        checkpoint: AdapterCheckpoint | Mapping[str, Tensor] | None,
         *,
         seed: int = 0,
-        validated: bool = False,
+        validated: bool | None = None,
     ) -> None:
         """Write one adapter into its reserved slot (any thread; the slot is not routable yet).
 
-        ``tensors`` (checkpoint names, ``head.*`` included) are checked for names, shapes, dtype
-        and finite values before anything is written; ``None`` initialises a fresh adapter from
-        ``seed`` (sites first, then the head, from one CPU generator).
+        ``checkpoint`` (an :class:`~lookaside.checkpoint.AdapterCheckpoint`, or its tensors:
+        checkpoint names, ``head.*`` included) is checked for names, shapes, dtype and finite
+        values before anything is written; ``None`` initialises a fresh adapter from ``seed``
+        (sites first, then the head, from one CPU generator). The finite-value scan is skipped
+        only for a :class:`~lookaside.checkpoint.ValidatedCheckpoint` (``load_checkpoint`` /
+        ``validate_checkpoint_bytes`` already scanned every value); names and shapes are always
+        checked.
 
-        ``validated=True`` skips only the finite-value scan (names and shapes are still checked):
-        pass it for the tensors of an :class:`~lookaside.checkpoint.AdapterCheckpoint` that
-        ``load_checkpoint`` / ``validate_checkpoint_bytes`` produced, which already scanned every
-        value; the default keeps the scan for tensors of unknown origin.
+        ``validated`` is deprecated (the type decides; it warns nothing, so callers under
+        ``-W error`` keep working): ``validated=True`` still skips the scan for plain tensors
+        until the last caller (the engine's loader) passes the checkpoint itself.
 
         Raises:
             InvalidCheckpoint: the tensors do not fit; the reservation stays (abort it).
         """
+        trusted = isinstance(checkpoint, ValidatedCheckpoint) or bool(validated)
+        tensors = checkpoint.tensors if isinstance(checkpoint, AdapterCheckpoint) else checkpoint
         with self._locked():
             self._check_reservation(reservation, "reserved", "load")
             reservation.state = "loading"
@@ -304,8 +247,11 @@ class AdapterBank(nn.Module):
                     stack.init_slot(reservation.slot, generator)
                 head.reset_parameters(generator)
             else:
-                self._check_tensors(stack, reservation.head_config, tensors, finite=not validated)
-                self._copy_in(reservation, stack, head, tensors)
+                expected = dict(stack.slot_shapes()) if stack is not None else {}
+                expected.update(head_shapes(reservation.head_config, self._dim))
+                check_tensors(expected, tensors, finite=not trusted)
+                copy = self._transfer.copy_in(reservation.slot, stack, head, tensors)
+                reservation._event, reservation._staging = copy
         except BaseException:
             reservation.state = "reserved"
             raise
@@ -329,9 +275,7 @@ class AdapterBank(nn.Module):
                 head_key,
             )
             if reservation.stack_key is not None:
-                slots = self._slots[reservation.stack_key]
-                slots.reserved.discard(reservation.slot)
-                slots.live += 1
+                self._slots[reservation.stack_key].publish(reservation.slot)
             del self._reservations[reservation.adapter_id]
             self.entries[reservation.adapter_id] = entry
             reservation.state = "published"
@@ -347,8 +291,7 @@ class AdapterBank(nn.Module):
             self._wait_for_copy(reservation)
             if reservation.stack_key is not None:
                 slots = self._slots[reservation.stack_key]
-                slots.reserved.discard(reservation.slot)
-                self._free_slot(slots, reservation.slot)
+                slots.abort(reservation.slot)
                 self._drop_if_unused(slots)
             del self._reservations[reservation.adapter_id]
             reservation.state = "aborted"
@@ -363,11 +306,7 @@ class AdapterBank(nn.Module):
             del self.heads[entry.head_key]
             if entry.stack_key is not None:
                 slots = self._slots[entry.stack_key]
-                slots.live -= 1
-                if slots.refs[entry.slot]:
-                    slots.retired.add(entry.slot)
-                else:
-                    self._free_slot(slots, entry.slot)
+                slots.unpublish(entry.slot)
                 self._drop_if_unused(slots)
 
     def grow(
@@ -384,8 +323,7 @@ class AdapterBank(nn.Module):
                 "a trainable bank never grows (an optimiser holds its parameters); "
                 "create it with AdapterBank(capacity=...)"
             )
-        spec = get_method(method)
-        cfg = spec.parse_config(config)
+        cfg = get_method(method).parse_config(config)
         key = stack_key(method, cfg)
         if key is None:
             raise ConfigError(f"method {method!r} trains only a head: it has no stack to grow")
@@ -397,26 +335,8 @@ class AdapterBank(nn.Module):
                     f"capacity can only grow: the {method} stack has {current} slots, "
                     f"asked for {capacity}"
                 )
-            if slots is None:
-                self._capacity_of[key] = capacity
-                return
-            if capacity == current:
-                return
-            if any(slots.refs):
-                raise ConfigError(
-                    f"routes still hold slots of the {method} stack: release them and call "
-                    "grow() between batches"
-                )
-            if slots.reserved:
-                raise ConfigError(
-                    f"a load into the {method} stack is pending: publish or abort it before grow()"
-                )
-            with _normal_tensors():
-                slots.stack.resize(capacity)
-            for slot in range(slots.capacity, capacity):
-                heapq.heappush(slots.free, slot)
-            slots.refs.extend([0] * (capacity - slots.capacity))
-            slots.capacity = capacity
+            if slots is not None and capacity > current:
+                slots.grow(capacity)
             self._capacity_of[key] = capacity
 
     def free_slots(self, method: str, config: AdapterConfig | Mapping[str, object]) -> int:
@@ -442,8 +362,7 @@ class AdapterBank(nn.Module):
         self, method: str, config: AdapterConfig | Mapping[str, object], head: HeadConfig
     ) -> int:
         """Device bytes an adapter will take once loaded, by arithmetic (nothing allocated)."""
-        shapes = self.expected_shapes(method, config, head)
-        return total_numel(shapes) * self.dtype.itemsize
+        return total_numel(self.expected_shapes(method, config, head)) * self.dtype.itemsize
 
     def expected_shapes(
         self, method: str, config: AdapterConfig | Mapping[str, object], head: HeadConfig
@@ -484,12 +403,8 @@ class AdapterBank(nn.Module):
         entry = self._entry(adapter_id)
         stack = self.stack_of(adapter_id)
         out = stack.slot_tensors(entry.slot) if stack is not None else {}
-        out.update(
-            {
-                HEAD_PREFIX + k: v.detach().clone()
-                for k, v in self.head(adapter_id).state_dict().items()
-            }
-        )
+        head = self.head(adapter_id).state_dict()
+        out.update({HEAD_PREFIX + k: v.detach().clone() for k, v in head.items()})
         return out
 
     def num_adapter_params(self, adapter_id: str) -> int:
@@ -516,8 +431,6 @@ class AdapterBank(nn.Module):
             AdapterNotFound: an id is not published (unknown, removed, or still loading).
             ConfigError: rows need different prompt layouts (split them with :meth:`partition`).
         """
-        rows_of: dict[str, tuple[list[int], list[int]]] = {}
-        heads: dict[str, AdapterHead] = {}
         with self._locked():
             prompt_keys = {self._prompt_key(a) for a in adapter_ids}
             if len(prompt_keys) > 1:
@@ -526,42 +439,22 @@ class AdapterBank(nn.Module):
                     "with partition()"
                 )
             num_prompts, prompt_start = prompt_keys.pop() if prompt_keys else (0, 0)
-            for row, adapter_id in enumerate(adapter_ids):
-                if adapter_id is None:
-                    continue
-                entry = self._entry(adapter_id)
-                head = self.heads[entry.head_key]
-                assert isinstance(head, AdapterHead)
-                heads[adapter_id] = head
-                if entry.stack_key is None:
-                    continue
-                rows, slots = rows_of.setdefault(entry.stack_key, ([], []))
-                rows.append(row)
-                slots.append(entry.slot)
+            groups = group_rows(adapter_ids, self._resolve)
+            rows_of = groups.rows_of
             held = [(self._slots[k], s) for k, (_, slots) in rows_of.items() for s in set(slots)]
             for owner, slot in held:
-                owner.refs[slot] += 1
-            hold = _Hold(held)
+                owner.hold(slot)
+            hold = Hold(held)
             stacks = {k: self._slots[k].stack for k in rows_of}
         route = RowRoute(
             batch_size=len(adapter_ids),
             num_prompts=num_prompts,
             prompt_start=prompt_start,
-            heads=heads,
+            heads=groups.heads,
         )
         if held:
             route.hold(lambda: self._release(hold), lambda: self._collected.append(hold))
-        try:
-            for key, (rows, slots) in rows_of.items():
-                whole = len(rows) == len(adapter_ids)
-                row_index = None if whole else index_tensor(rows, self.device)
-                route.groups.append(
-                    RouteGroup(stacks[key], row_index, SlotIndex.of(slots, self.device))
-                )
-        except BaseException:
-            route.release()
-            raise
-        return route
+        return assemble_route(route, groups, stacks, self.device)
 
     def classify(
         self,
@@ -576,20 +469,8 @@ class AdapterBank(nn.Module):
         With ``route``, the heads are those the route captured (so a forward finishes with the
         adapters it started with even if one is removed meanwhile).
         """
-        out: list[Tensor | None] = [None] * len(adapter_ids)
-        rows_of: dict[str, list[int]] = {}
-        for row, adapter_id in enumerate(adapter_ids):
-            if adapter_id is not None:
-                rows_of.setdefault(adapter_id, []).append(row)
-        for adapter_id, rows in rows_of.items():
-            head = route.heads[adapter_id] if route is not None else self.head(adapter_id)
-            if len(rows) == tokens.shape[0]:
-                logits = head(tokens, layout)
-            else:
-                logits = head(tokens.index_select(0, index_tensor(rows, tokens.device)), layout)
-            for i, row in enumerate(rows):
-                out[row] = logits[i]
-        return out
+        head_of = route.heads.__getitem__ if route is not None else self.head
+        return classify_rows(tokens, layout, adapter_ids, head_of)
 
     # -- internals -------------------------------------------------------------------------
     @property
@@ -605,27 +486,15 @@ class AdapterBank(nn.Module):
                 self._drop_hold(self._collected.popleft())
             yield
 
-    def _release(self, hold: _Hold) -> None:
+    def _release(self, hold: Hold) -> None:
         with self._locked():
             self._drop_hold(hold)
 
-    def _drop_hold(self, hold: _Hold) -> None:
-        if hold.released:
-            return
-        hold.released = True
-        for slots, slot in hold.slots:
-            slots.refs[slot] -= 1
-            if not slots.refs[slot] and slot in slots.retired:
-                slots.retired.discard(slot)
-                self._free_slot(slots, slot)
-        for slots in {id(s): s for s, _ in hold.slots}.values():
+    def _drop_hold(self, hold: Hold) -> None:
+        for slots in release_hold(hold):
             self._drop_if_unused(slots)
 
-    def _free_slot(self, slots: _Slots, slot: int) -> None:
-        slots.stack.clear_slot(slot)
-        heapq.heappush(slots.free, slot)
-
-    def _drop_if_unused(self, slots: _Slots) -> None:
+    def _drop_if_unused(self, slots: StackSlots) -> None:
         """Free a whole stack once no adapter, reservation or route uses it."""
         if not slots.in_use() and self._slots.get(slots.key) is slots:
             del self._slots[slots.key]
@@ -642,13 +511,17 @@ class AdapterBank(nn.Module):
                 f"adapter {adapter_id!r} is not loaded{note}; loaded: {loaded}"
             ) from None
 
+    def _resolve(self, adapter_id: str) -> tuple[str | None, int, AdapterHead]:
+        """(stack key, slot, head) of a published adapter (lock held)."""
+        entry = self._entry(adapter_id)
+        head = self.heads[entry.head_key]
+        assert isinstance(head, AdapterHead)
+        return entry.stack_key, entry.slot, head
+
     def _prompt_key(self, adapter_id: str | None) -> tuple[int, int]:
         """(prompt tokens, first block that writes them); (0, 0) without prompts."""
-        if adapter_id is None:
-            return (0, 0)
-        cfg = self._entry(adapter_id).config
-        n = cfg.num_prompts()
-        return (n, cfg.first_layer(self.backbone_cfg.depth)) if n else (0, 0)
+        config = None if adapter_id is None else self._entry(adapter_id).config
+        return prompt_key(config, self.backbone_cfg.depth)
 
     def _check_reservation(
         self, reservation: Reservation, states: str | tuple[str, ...], action: str
@@ -666,153 +539,23 @@ class AdapterBank(nn.Module):
     def _capacity_for(self, key: str) -> int:
         return self._capacity_of.get(key, self.capacity)
 
-    def _full_message(self, slots: _Slots, cfg: AdapterConfig) -> str:
-        waiting = (
-            f", {len(slots.retired)} of them retired until their routes are released"
-            if slots.retired
-            else ""
-        )
-        return (
-            f"the {slots.method} stack for config {cfg.model_dump_json()} is full "
-            f"({slots.capacity} slots in use{waiting}); raise its capacity with "
-            f"AdapterBank(capacity=...) or bank.grow({slots.method!r}, config, capacity) between "
-            "batches, or remove an adapter"
-        )
-
-    def _create_stack(self, key: str, spec: AdapterMethod, cfg: AdapterConfig) -> _Slots:
+    def _create_stack(self, key: str, spec: AdapterMethod, cfg: AdapterConfig) -> StackSlots:
         """Allocate a zeroed stack of the configured capacity (lock held: one per config)."""
         capacity = self._capacity_for(key)
         with torch.device("meta"):  # validates the config and builds shapes without memory
             stack = AdapterStack(spec, cfg, self.backbone_cfg, capacity)
-        with _normal_tensors():
+        with normal_tensors():
             stack.to(dtype=self.dtype).to_empty(device=self.device)
             with torch.no_grad():
                 for p in stack.parameters():
                     p.zero_()
         stack.requires_grad_(self.trainable)
         self.stacks[key] = stack
-        slots = _Slots(key, spec.name, stack, capacity, list(range(capacity)), [0] * capacity)
+        slots = StackSlots.fresh(key, spec.name, stack, capacity)
         self._slots[key] = slots
         return slots
 
-    def _check_tensors(
-        self,
-        stack: AdapterStack | None,
-        head: HeadConfig,
-        tensors: Mapping[str, Tensor],
-        *,
-        finite: bool = True,
-    ) -> None:
-        expected = dict(stack.slot_shapes()) if stack is not None else {}
-        expected.update(head_shapes(head, self._dim))
-        found = {
-            n: (tuple(t.shape), str(t.dtype).removeprefix("torch."), t.is_floating_point())
-            for n, t in tensors.items()
-        }
-        problems = tensor_problems(expected, found)
-        if finite:  # every value of the expected tensors (a sum per tensor first)
-            known = {n: tensors[n] for n in expected if n in tensors}
-            problems += [f"{n} contains NaN or Inf" for n in nonfinite_names(known)]
-        if problems:
-            raise InvalidCheckpoint("adapter tensors do not fit: " + "; ".join(problems))
-
-    def _copy_in(
-        self,
-        reservation: Reservation,
-        stack: AdapterStack | None,
-        head: AdapterHead,
-        tensors: Mapping[str, Tensor],
-    ) -> None:
-        """One packed host->device copy per adapter, not one per tensor (dozens per adapter).
-
-        The tensors are flattened into one buffer, moved once and split into views on the
-        device; slots then copy device-to-device. On CUDA the buffer is pinned and everything
-        runs on a side stream (after the current stream, which zeroed the slot), with an event
-        that :meth:`publish` makes the current stream wait on.
-        """
-        if self.device.type != "cuda":
-            self._write(reservation.slot, stack, head, self._packed(tensors, self.device))
-            return
-        if self._copy_stream is None:
-            self._copy_stream = torch.cuda.Stream(device=self.device)  # type: ignore[no-untyped-call]
-        stream = self._copy_stream
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        if all(_is_on(t, self.device) for t in tensors.values()):
-            # Already on the device: copy slot-wise on the side stream; the caller may free
-            # its tensors as soon as we return, so the allocator must wait for this stream.
-            for t in tensors.values():
-                t.record_stream(stream)
-            with torch.cuda.stream(stream):
-                self._write(reservation.slot, stack, head, dict(tensors))
-                event = torch.cuda.Event()  # type: ignore[no-untyped-call]
-                event.record(stream)
-            reservation._event = event
-            return
-        host = self._packed_host(tensors, pin=True)
-        with torch.cuda.stream(stream):
-            moved = self._split(host, tensors, host[0].to(self.device, non_blocking=True))
-            self._write(reservation.slot, stack, head, moved)
-            event = torch.cuda.Event()  # type: ignore[no-untyped-call]
-            event.record(stream)
-        reservation._event = event
-        reservation._staging = host[0]
-
-    def _packed(self, tensors: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor]:
-        if all(_is_on(t, device) for t in tensors.values()):
-            return dict(tensors)
-        host = self._packed_host(tensors, pin=False)
-        return self._split(host, tensors, host[0].to(device))
-
-    def _packed_host(
-        self, tensors: Mapping[str, Tensor], *, pin: bool
-    ) -> tuple[Tensor, list[str], list[int]]:
-        names = sorted(tensors)
-        sizes = [tensors[n].numel() for n in names]
-        packed = torch.empty(sum(sizes), dtype=self.dtype, pin_memory=pin)
-        offset = 0
-        for n, size in zip(names, sizes, strict=True):
-            packed[offset : offset + size].copy_(tensors[n].detach().reshape(-1))
-            offset += size
-        return packed, names, sizes
-
-    @staticmethod
-    def _split(
-        host: tuple[Tensor, list[str], list[int]], tensors: Mapping[str, Tensor], moved: Tensor
-    ) -> dict[str, Tensor]:
-        _, names, sizes = host
-        views = torch.split(moved, sizes)
-        return {n: v.view(tensors[n].shape) for n, v in zip(names, views, strict=True)}
-
-    def _write(
-        self, slot: int, stack: AdapterStack | None, head: AdapterHead, on_device: dict[str, Tensor]
-    ) -> None:
-        if stack is not None:
-            stack.load_slot(slot, on_device)
-        head.load_state_dict(
-            {
-                k.removeprefix(HEAD_PREFIX): v
-                for k, v in on_device.items()
-                if k.startswith(HEAD_PREFIX)
-            }
-        )
-
     def _wait_for_copy(self, reservation: Reservation) -> None:
-        if reservation._event is not None:
-            torch.cuda.current_stream(self.device).wait_event(reservation._event)
-            reservation._event = None
-            reservation._staging = None
-
-
-def _is_on(tensor: Tensor, device: torch.device) -> bool:
-    """``tensor`` lives on ``device`` (an index-less ``cuda`` means any CUDA device here: the
-    copy then goes through the current one)."""
-    return tensor.device.type == device.type and (
-        device.index is None or tensor.device.index == device.index
-    )
-
-
-def _normal_tensors() -> torch.inference_mode:
-    """Allocate adapter memory as normal tensors even when the caller runs under
-    ``torch.inference_mode`` (a serving loop often does): inference tensors could never be
-    written again outside it (training, randomising, a later load from another thread)."""
-    return torch.inference_mode(False)
+        wait_for_copy(self.device, reservation._event)
+        reservation._event = None
+        reservation._staging = None
