@@ -10,9 +10,10 @@ One adapter on disk is a directory holding exactly two files:
 
 Modules:
 
-- :mod:`~lookaside.checkpoint.manifest`: the schema and :class:`CheckpointLimits`;
+- :mod:`~lookaside.checkpoint.manifest`: the schema;
 - :mod:`~lookaside.checkpoint.validate`: the one bounded validation path for files and uploads,
-  whose steps are :mod:`~lookaside.checkpoint.limits` (manifest limits),
+  whose steps are :mod:`~lookaside.checkpoint.limits` (:class:`CheckpointLimits` and the
+  manifest's check against them),
   :mod:`~lookaside.checkpoint.header` (the safetensors header) and
   :mod:`~lookaside.checkpoint.finite` (the finite scan; these two are shared with the bank);
 - :mod:`~lookaside.checkpoint.compat`: the one backbone compatibility check;
@@ -36,6 +37,7 @@ from lookaside.checkpoint.adapter import (
 )
 from lookaside.checkpoint.finite import nonfinite_names
 from lookaside.checkpoint.header import FLOAT_DTYPES, tensor_problems
+from lookaside.checkpoint.limits import CheckpointLimits
 from lookaside.checkpoint.manifest import (
     DEFAULT_MAX_BYTES,
     FORMAT_VERSION,
@@ -44,7 +46,6 @@ from lookaside.checkpoint.manifest import (
     WEIGHTS_FILE,
     AdapterManifest,
     BackboneRef,
-    CheckpointLimits,
     ManifestWarning,
     load_manifest,
     parse_manifest,

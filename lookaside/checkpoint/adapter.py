@@ -25,12 +25,12 @@ from lookaside.checkpoint.atomic import write_dir_atomic
 from lookaside.checkpoint.compat import require_backbone
 from lookaside.checkpoint.finite import check_finite
 from lookaside.checkpoint.header import FLOAT_DTYPES, check_header
+from lookaside.checkpoint.limits import CheckpointLimits
 from lookaside.checkpoint.manifest import (
     MANIFEST_FILE,
     WEIGHTS_FILE,
     AdapterManifest,
     BackboneRef,
-    CheckpointLimits,
     bounded_file,
     describe,
     load_manifest,

@@ -1,22 +1,105 @@
-"""Manifest limits: refuse a manifest describing more than the server accepts (docs/design.md §4).
+"""How large an adapter may be (:class:`CheckpointLimits`) and the check of a manifest against
+it, before anything the manifest describes exists (docs/design.md §4).
 
-Arithmetic only, before anything the manifest describes exists: the backbone's size, bottleneck
-widths, experts, prompt tokens, labels and their length, and the work one request costs (sample
-rate, mel bins, frames, the tokens of one window as the adapter's task kind counts them, window
-hop, clip length). Each refusal names the field, its value and the limit, all at once.
+The limits bound everything a manifest could make large: the backbone's size, bottleneck widths,
+experts, prompt tokens, labels and their length, parameters, file sizes, and the work one
+request costs (sample rate, mel bins, frames, the tokens of one window as the adapter's task kind
+counts them, window overlap, clip length). :func:`check_manifest_limits` is arithmetic only and
+names every field over its limit at once, with its value and the limit.
 """
 
 from __future__ import annotations
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lookaside.backbone_config import BackboneConfig
-from lookaside.checkpoint.manifest import AdapterManifest, CheckpointLimits, describe
+from lookaside.checkpoint.manifest import (
+    DEFAULT_MAX_BYTES,
+    MAX_MANIFEST_BYTES,
+    AdapterManifest,
+    describe,
+)
 from lookaside.errors import InvalidCheckpoint
 from lookaside.features import FRAME_LENGTH_MS
 from lookaside.tasks import task_for
 
-__all__ = ["check_features", "check_manifest_limits", "fft_bins"]
+__all__ = ["CheckpointLimits", "check_features", "check_manifest_limits", "fft_bins"]
+
+
+class CheckpointLimits(BaseModel):
+    """How large an adapter may be; checked before anything it describes is allocated.
+
+    The defaults admit every adapter of the papers on ViT-B/L with a wide margin; a service can
+    tighten them (e.g. ``CheckpointLimits(max_labels=1000)``). Each refusal names the limit and
+    its value, so the uploader knows what is allowed.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_weights_bytes: int = Field(DEFAULT_MAX_BYTES, gt=0)
+    """Largest ``adapter.safetensors``."""
+    max_manifest_bytes: int = Field(MAX_MANIFEST_BYTES, gt=0)
+    """Largest ``manifest.json``."""
+    max_header_bytes: int = Field(1024 * 1024, gt=0)
+    """Largest safetensors JSON header (a ViT-L adapter's is a few tens of kB)."""
+    max_width_factor: int = Field(4, gt=0)
+    """A bottleneck width (``rank``) may be at most this many times the backbone's embed_dim."""
+    max_experts: int = Field(256, gt=0)
+    """Largest ``num_experts`` (mixtures of adapters)."""
+    max_slots_per_expert: int = Field(64, gt=0)
+    """Largest ``slots_per_expert`` (Soft-MoA)."""
+    max_prompt_tokens: int = Field(1024, gt=0)
+    """Most prompt tokens an adapter may insert."""
+    max_labels: int = Field(20_000, gt=0)
+    """Most classes (labels) a head may have."""
+    max_params: int = Field(2**27, gt=0)
+    """Most parameters (sites + head); 2**27 float32 values fill the default 512 MiB file limit."""
+    max_depth: int = Field(128, gt=0)
+    """Deepest backbone a manifest may describe (used when no backbone is given)."""
+    max_embed_dim: int = Field(16_384, gt=0)
+    """Widest backbone a manifest may describe (used when no backbone is given)."""
+
+    # -- features: what one request's forward and featurisation cost -------------------------
+    max_window_tokens: int = Field(8192, gt=0)
+    """Most patch tokens one window may give on the backbone (an audio-visual window: every
+    segment's audio and frame tokens). A service passes its per-forward budget
+    (``max_batch_tokens``), so every window the server accepts fits one forward. AST's
+    overlapping 128 x 1024 window is 12 x 101 = 1212 tokens."""
+    min_sample_rate: int = Field(8_000, gt=0)
+    """Lowest ``features.sample_rate`` (Hz): telephone audio; below it a 25 ms fbank window
+    holds too few samples to be a spectrogram."""
+    max_sample_rate: int = Field(48_000, gt=0)
+    """Highest ``features.sample_rate`` (Hz): studio audio; resampling cost grows with it."""
+    max_mel_bins: int = Field(512, gt=0)
+    """Most ``features.num_mel_bins`` (AST: 128); also at most one per FFT bin of the rate."""
+    max_target_frames: int = Field(4096, gt=0)
+    """Most ``features.target_frames`` (10 ms each; AudioSet's 1024 is 10.24 s)."""
+    max_window_overlap: int = Field(16, gt=0)
+    """Most windows that may cover one frame: ``features.window_hop_frames`` must be at least
+    ``ceil(target_frames / max_window_overlap)``, so a clip's window count (and work) is at most
+    this many times the count without overlap."""
+    max_clip_seconds: float = Field(86_400.0, gt=0, allow_inf_nan=False)
+    """Largest ``features.max_seconds`` (one day); a server caps clips by its own limit anyway."""
+    max_feature_stat: float = Field(1000.0, gt=0, allow_inf_nan=False)
+    """``|features.mean|`` and ``features.std`` at most this, ``std`` at least its inverse:
+    log-mel values are within about +-20, and a tiny ``std`` turns float32 features into Inf."""
+    # -- strings and small collections --------------------------------------------------------
+    max_label_chars: int = Field(256, gt=0)
+    """Longest label and metric name (each is sent in every answer or listing)."""
+    max_task_chars: int = Field(1024, gt=0)
+    """Longest ``task`` description."""
+    max_metrics: int = Field(64, gt=0)
+    """Most entries in ``metrics``."""
+
+    @model_validator(mode="after")
+    def _ranges(self) -> CheckpointLimits:
+        if self.min_sample_rate > self.max_sample_rate:
+            raise ValueError(
+                f"min_sample_rate {self.min_sample_rate} is over max_sample_rate "
+                f"{self.max_sample_rate}"
+            )
+        return self
+
 
 _WIDTH_FIELDS = ("rank",)
 """Config fields that are bottleneck widths (bounded by ``max_width_factor * embed_dim``)."""

@@ -1,11 +1,8 @@
-"""The adapter manifest (``manifest.json``) and the limits an upload must stay within
-(docs/design.md §3).
+"""The adapter manifest (``manifest.json``): its schema, parsing and reading (docs/design.md §3).
 
-A manifest is a small JSON file; it is parsed and schema-validated here with nothing sized by it.
-:class:`CheckpointLimits` bounds everything a manifest could make large (bottleneck widths,
-experts, prompt tokens, labels, parameters, file sizes, and the work one request costs: sample
-rate, mel bins, frames, tokens per window, window overlap, clip length);
-:mod:`lookaside.checkpoint.validate` applies them before any tensor exists.
+A manifest is a small JSON file; it is parsed and schema-validated here with nothing sized by it
+(its byte size is bounded before it is read). What it may describe is bounded separately, by
+:class:`~lookaside.checkpoint.limits.CheckpointLimits`, before any tensor exists.
 """
 
 from __future__ import annotations
@@ -47,7 +44,6 @@ __all__ = [
     "WEIGHTS_FILE",
     "AdapterManifest",
     "BackboneRef",
-    "CheckpointLimits",
     "ManifestWarning",
     "load_manifest",
     "parse_manifest",
@@ -64,81 +60,6 @@ MAX_MANIFEST_BYTES = 1024 * 1024
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _HEX64 = r"^[0-9a-f]{64}$"
-
-
-class CheckpointLimits(BaseModel):
-    """How large an adapter may be; checked before anything it describes is allocated.
-
-    The defaults admit every adapter of the papers on ViT-B/L with a wide margin; a service can
-    tighten them (e.g. ``CheckpointLimits(max_labels=1000)``). Each refusal names the limit and
-    its value, so the uploader knows what is allowed.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    max_weights_bytes: int = Field(DEFAULT_MAX_BYTES, gt=0)
-    """Largest ``adapter.safetensors``."""
-    max_manifest_bytes: int = Field(MAX_MANIFEST_BYTES, gt=0)
-    """Largest ``manifest.json``."""
-    max_header_bytes: int = Field(1024 * 1024, gt=0)
-    """Largest safetensors JSON header (a ViT-L adapter's is a few tens of kB)."""
-    max_width_factor: int = Field(4, gt=0)
-    """A bottleneck width (``rank``) may be at most this many times the backbone's embed_dim."""
-    max_experts: int = Field(256, gt=0)
-    """Largest ``num_experts`` (mixtures of adapters)."""
-    max_slots_per_expert: int = Field(64, gt=0)
-    """Largest ``slots_per_expert`` (Soft-MoA)."""
-    max_prompt_tokens: int = Field(1024, gt=0)
-    """Most prompt tokens an adapter may insert."""
-    max_labels: int = Field(20_000, gt=0)
-    """Most classes (labels) a head may have."""
-    max_params: int = Field(2**27, gt=0)
-    """Most parameters (sites + head); 2**27 float32 values fill the default 512 MiB file limit."""
-    max_depth: int = Field(128, gt=0)
-    """Deepest backbone a manifest may describe (used when no backbone is given)."""
-    max_embed_dim: int = Field(16_384, gt=0)
-    """Widest backbone a manifest may describe (used when no backbone is given)."""
-
-    # -- features: what one request's forward and featurisation cost -------------------------
-    max_window_tokens: int = Field(8192, gt=0)
-    """Most patch tokens one window may give on the backbone (an audio-visual window: every
-    segment's audio and frame tokens). A service passes its per-forward budget
-    (``max_batch_tokens``), so every window the server accepts fits one forward. AST's
-    overlapping 128 x 1024 window is 12 x 101 = 1212 tokens."""
-    min_sample_rate: int = Field(8_000, gt=0)
-    """Lowest ``features.sample_rate`` (Hz): telephone audio; below it a 25 ms fbank window
-    holds too few samples to be a spectrogram."""
-    max_sample_rate: int = Field(48_000, gt=0)
-    """Highest ``features.sample_rate`` (Hz): studio audio; resampling cost grows with it."""
-    max_mel_bins: int = Field(512, gt=0)
-    """Most ``features.num_mel_bins`` (AST: 128); also at most one per FFT bin of the rate."""
-    max_target_frames: int = Field(4096, gt=0)
-    """Most ``features.target_frames`` (10 ms each; AudioSet's 1024 is 10.24 s)."""
-    max_window_overlap: int = Field(16, gt=0)
-    """Most windows that may cover one frame: ``features.window_hop_frames`` must be at least
-    ``ceil(target_frames / max_window_overlap)``, so a clip's window count (and work) is at most
-    this many times the count without overlap."""
-    max_clip_seconds: float = Field(86_400.0, gt=0, allow_inf_nan=False)
-    """Largest ``features.max_seconds`` (one day); a server caps clips by its own limit anyway."""
-    max_feature_stat: float = Field(1000.0, gt=0, allow_inf_nan=False)
-    """``|features.mean|`` and ``features.std`` at most this, ``std`` at least its inverse:
-    log-mel values are within about +-20, and a tiny ``std`` turns float32 features into Inf."""
-    # -- strings and small collections --------------------------------------------------------
-    max_label_chars: int = Field(256, gt=0)
-    """Longest label and metric name (each is sent in every answer or listing)."""
-    max_task_chars: int = Field(1024, gt=0)
-    """Longest ``task`` description."""
-    max_metrics: int = Field(64, gt=0)
-    """Most entries in ``metrics``."""
-
-    @model_validator(mode="after")
-    def _ranges(self) -> CheckpointLimits:
-        if self.min_sample_rate > self.max_sample_rate:
-            raise ValueError(
-                f"min_sample_rate {self.min_sample_rate} is over max_sample_rate "
-                f"{self.max_sample_rate}"
-            )
-        return self
 
 
 class ManifestWarning(UserWarning):

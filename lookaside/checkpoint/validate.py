@@ -22,8 +22,8 @@ from lookaside.backbone_config import BackboneConfig
 from lookaside.checkpoint.compat import require_backbone
 from lookaside.checkpoint.finite import check_finite
 from lookaside.checkpoint.header import MIN_ITEMSIZE, check_header, parse_header, read_tensors
-from lookaside.checkpoint.limits import check_manifest_limits
-from lookaside.checkpoint.manifest import AdapterManifest, CheckpointLimits, describe
+from lookaside.checkpoint.limits import CheckpointLimits, check_manifest_limits
+from lookaside.checkpoint.manifest import AdapterManifest, describe
 from lookaside.errors import ConfigError, InvalidCheckpoint
 
 __all__ = [
