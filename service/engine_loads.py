@@ -44,7 +44,7 @@ from concurrent.futures import TimeoutError as FuturesTimeout
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from lookaside.adapters.bank import AdapterBank, Reservation
-from lookaside.checkpoint import AdapterCheckpoint, ValidatedCheckpoint
+from lookaside.checkpoint import AdapterCheckpoint
 from lookaside.checkpoint.compat import require_backbone
 from lookaside.errors import BankFull
 from service.errors import NotReady
@@ -111,8 +111,7 @@ class EngineLoads:
         )
         try:
             with engine.watchdog.watch("adapter load", f"copy of {target} into its slot"):
-                validated = isinstance(checkpoint, ValidatedCheckpoint)
-                engine.bank.load(reservation, checkpoint.tensors, validated=validated)
+                engine.bank.load(reservation, checkpoint)  # the type decides the finite scan
         except BaseException:
             engine.call(lambda: bank.abort(reservation), what=f"abort the load of {target}")
             raise
