@@ -29,29 +29,34 @@ The parts live by concern: :mod:`~lookaside.adapters.slot_table` (slot states, h
 from __future__ import annotations
 
 import sys
-import threading
-from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from lookaside.adapters import get_method
+from lookaside.adapters.bank_views import AdapterViews
 from lookaside.adapters.base import AdapterConfig, AdapterMethod
 from lookaside.adapters.head import AdapterHead, HeadConfig
 from lookaside.adapters.reservation import BankEntry, Reservation
 from lookaside.adapters.route import RowRoute
-from lookaside.adapters.route_build import assemble_route, classify_rows, group_rows, prompt_key
-from lookaside.adapters.shapes import HEAD_PREFIX, head_shapes, stack_key, total_numel
-from lookaside.adapters.shapes import expected_shapes as shapes_of_adapter
-from lookaside.adapters.slot_table import Hold, StackSlots, normal_tensors, release_hold
+from lookaside.adapters.route_build import (
+    assemble_route,
+    classify_rows,
+    common_prompt_key,
+    group_rows,
+    partition_rows,
+    prompt_key,
+)
+from lookaside.adapters.shapes import HEAD_PREFIX, head_shapes, stack_key
+from lookaside.adapters.slot_table import SlotTable, StackSlots, normal_tensors
 from lookaside.adapters.stack import AdapterStack
 from lookaside.adapters.transfer import Transfer, check_tensors, wait_for_copy
 from lookaside.backbone_config import BackboneConfig
 from lookaside.checkpoint import AdapterCheckpoint, ValidatedCheckpoint
-from lookaside.errors import AdapterNotFound, ConfigError
+from lookaside.errors import ConfigError
 from lookaside.sites import TokenLayout
 
 if TYPE_CHECKING:
@@ -72,7 +77,7 @@ __all__ = [
 ]
 
 
-class AdapterBank(nn.Module):
+class AdapterBank(AdapterViews, nn.Module):
     """Adapters on one device, addressed by id (e.g. ``"esc50@3"``).
 
     Args:
@@ -111,11 +116,14 @@ class AdapterBank(nn.Module):
         self.stacks = nn.ModuleDict()
         self.heads = nn.ModuleDict()
         self.entries: dict[str, BankEntry] = {}
-        self._slots: dict[str, StackSlots] = {}
         self._reservations: dict[str, Reservation] = {}
-        self._capacity_of: dict[str, int] = {}
-        self._lock = threading.Lock()
-        self._collected: deque[Hold] = deque()
+        self._table = SlotTable(capacity, on_drop=self.stacks.__delitem__)
+        # the table's parts under the names tests' bookkeeping snapshots read
+        self._slots, self._lock, self._collected = (
+            self._table.by_key,
+            self._table.lock,
+            self._table.collected,
+        )
         self._transfer = Transfer(self.device, self.dtype)
         self._head_counter = 0
 
@@ -133,7 +141,7 @@ class AdapterBank(nn.Module):
         (used for the stacks and heads it creates later) follow. Refused while a route or a
         load uses the bank (their tensors would be left behind): move it between batches."""
         with self._locked():
-            if self._reservations or any(any(s.refs) for s in self._slots.values()):
+            if self._reservations or self._table.busy():
                 raise ConfigError(
                     "cannot move the adapter bank while routes or loads use it: release them and "
                     "move it between batches"
@@ -235,7 +243,7 @@ class AdapterBank(nn.Module):
         trusted = isinstance(checkpoint, ValidatedCheckpoint) or bool(validated)
         tensors = checkpoint.tensors if isinstance(checkpoint, AdapterCheckpoint) else checkpoint
         with self._locked():
-            self._check_reservation(reservation, "reserved", "load")
+            reservation.check(id(self), self._reservations, "reserved", "load")
             reservation.state = "loading"
             stack = self._slots[reservation.stack_key].stack if reservation.stack_key else None
         head = reservation.head
@@ -260,7 +268,7 @@ class AdapterBank(nn.Module):
     def publish(self, reservation: Reservation) -> BankEntry:
         """Make a loaded adapter routable (the current stream first waits for its copy)."""
         with self._locked():
-            self._check_reservation(reservation, "loaded", "publish")
+            reservation.check(id(self), self._reservations, "loaded", "publish")
             self._wait_for_copy(reservation)
             head = reservation.head
             assert head is not None
@@ -287,12 +295,12 @@ class AdapterBank(nn.Module):
         with self._locked():
             if reservation.state == "aborted":
                 return
-            self._check_reservation(reservation, ("reserved", "loaded"), "abort")
+            reservation.check(id(self), self._reservations, ("reserved", "loaded"), "abort")
             self._wait_for_copy(reservation)
             if reservation.stack_key is not None:
                 slots = self._slots[reservation.stack_key]
                 slots.abort(reservation.slot)
-                self._drop_if_unused(slots)
+                self._table.drop_if_unused(slots)
             del self._reservations[reservation.adapter_id]
             reservation.state = "aborted"
             reservation.head = None
@@ -307,7 +315,7 @@ class AdapterBank(nn.Module):
             if entry.stack_key is not None:
                 slots = self._slots[entry.stack_key]
                 slots.unpublish(entry.slot)
-                self._drop_if_unused(slots)
+                self._table.drop_if_unused(slots)
 
     def grow(
         self, method: str, config: AdapterConfig | Mapping[str, object], capacity: int
@@ -328,16 +336,13 @@ class AdapterBank(nn.Module):
         if key is None:
             raise ConfigError(f"method {method!r} trains only a head: it has no stack to grow")
         with self._locked():
-            slots = self._slots.get(key)
-            current = slots.capacity if slots is not None else self._capacity_for(key)
+            current = self._table.capacity_for(key)
             if capacity < current:
                 raise ConfigError(
                     f"capacity can only grow: the {method} stack has {current} slots, "
                     f"asked for {capacity}"
                 )
-            if slots is not None and capacity > current:
-                slots.grow(capacity)
-            self._capacity_of[key] = capacity
+            self._table.set_capacity(key, capacity)
 
     def free_slots(self, method: str, config: AdapterConfig | Mapping[str, object]) -> int:
         """Free slots of the stack for (method, config): its capacity if it does not exist yet;
@@ -347,81 +352,14 @@ class AdapterBank(nn.Module):
         if key is None:
             return sys.maxsize
         with self._locked():
-            slots = self._slots.get(key)
-            return len(slots.free) if slots is not None else self._capacity_for(key)
-
-    # -- sizes -----------------------------------------------------------------------------
-    def adapter_bytes(self, adapter_id: str) -> int:
-        """Device bytes of one published adapter: its slot in every site, plus its head."""
-        stack = self.stack_of(adapter_id)
-        sites = stack.params_per_slot() if stack is not None else 0
-        head = total_numel(self.head(adapter_id).cfg.shapes(self._dim))
-        return (sites + head) * self.dtype.itemsize
-
-    def expected_bytes(
-        self, method: str, config: AdapterConfig | Mapping[str, object], head: HeadConfig
-    ) -> int:
-        """Device bytes an adapter will take once loaded, by arithmetic (nothing allocated)."""
-        return total_numel(self.expected_shapes(method, config, head)) * self.dtype.itemsize
-
-    def expected_shapes(
-        self, method: str, config: AdapterConfig | Mapping[str, object], head: HeadConfig
-    ) -> dict[str, tuple[int, ...]]:
-        """Tensor names and shapes a checkpoint of this method/config/head must contain
-        (:func:`lookaside.adapters.shapes.expected_shapes`: nothing is allocated)."""
-        return shapes_of_adapter(self.backbone_cfg, method, config, head)
-
-    # -- one adapter -----------------------------------------------------------------------
-    def trainable_parameters(self, adapter_id: str) -> list[nn.Parameter]:
-        """Parameters an optimizer should update for one adapter: its stack and its head.
-
-        With one adapter per bank (training) this is the whole stack; the backbone never appears.
-        A trainable bank never replaces these parameters (it never grows).
-        """
-        stack = self.stack_of(adapter_id)
-        params = list(stack.parameters()) if stack is not None else []
-        params += list(self.head(adapter_id).parameters())
-        return [p for p in params if p.requires_grad]
-
-    def head(self, adapter_id: str) -> AdapterHead:
-        """The head of a published adapter."""
-        head = self.heads[self._entry(adapter_id).head_key]
-        assert isinstance(head, AdapterHead)
-        return head
-
-    def stack_of(self, adapter_id: str) -> AdapterStack | None:
-        """The stack holding an adapter's sites (None for head-only adapters)."""
-        key = self._entry(adapter_id).stack_key
-        if key is None:
-            return None
-        stack = self.stacks[key]
-        assert isinstance(stack, AdapterStack)
-        return stack
-
-    def adapter_tensors(self, adapter_id: str) -> dict[str, Tensor]:
-        """Every tensor of one adapter (sites + ``head.*``), detached, as checkpoints store them."""
-        entry = self._entry(adapter_id)
-        stack = self.stack_of(adapter_id)
-        out = stack.slot_tensors(entry.slot) if stack is not None else {}
-        head = self.head(adapter_id).state_dict()
-        out.update({HEAD_PREFIX + k: v.detach().clone() for k, v in head.items()})
-        return out
-
-    def num_adapter_params(self, adapter_id: str) -> int:
-        """Trainable parameters of one adapter, head included."""
-        stack = self.stack_of(adapter_id)
-        sites = stack.params_per_slot() if stack is not None else 0
-        return sites + sum(p.numel() for p in self.head(adapter_id).parameters())
+            return self._table.free_count(key)
 
     # -- routing ---------------------------------------------------------------------------
     def partition(self, adapter_ids: Sequence[str | None]) -> list[list[int]]:
         """Row groups that can share one backbone pass: same number of prompt tokens, inserted
         before the same block (rows without prompts form one group)."""
         with self._locked():
-            by_key: dict[tuple[int, int], list[int]] = {}
-            for row, adapter_id in enumerate(adapter_ids):
-                by_key.setdefault(self._prompt_key(adapter_id), []).append(row)
-            return list(by_key.values())
+            return partition_rows([self._prompt_key(a) for a in adapter_ids])
 
     def route(self, adapter_ids: Sequence[str | None]) -> RowRoute:
         """Resolve per-row adapter ids (None = bare backbone) into a :class:`RowRoute` that holds
@@ -432,19 +370,10 @@ class AdapterBank(nn.Module):
             ConfigError: rows need different prompt layouts (split them with :meth:`partition`).
         """
         with self._locked():
-            prompt_keys = {self._prompt_key(a) for a in adapter_ids}
-            if len(prompt_keys) > 1:
-                raise ConfigError(
-                    "rows need different prompt tokens (count or first block): split the batch "
-                    "with partition()"
-                )
-            num_prompts, prompt_start = prompt_keys.pop() if prompt_keys else (0, 0)
+            num_prompts, prompt_start = common_prompt_key(map(self._prompt_key, adapter_ids))
             groups = group_rows(adapter_ids, self._resolve)
             rows_of = groups.rows_of
-            held = [(self._slots[k], s) for k, (_, slots) in rows_of.items() for s in set(slots)]
-            for owner, slot in held:
-                owner.hold(slot)
-            hold = Hold(held)
+            hold = self._table.hold({k: slots for k, (_, slots) in rows_of.items()})
             stacks = {k: self._slots[k].stack for k in rows_of}
         route = RowRoute(
             batch_size=len(adapter_ids),
@@ -452,8 +381,8 @@ class AdapterBank(nn.Module):
             prompt_start=prompt_start,
             heads=groups.heads,
         )
-        if held:
-            route.hold(lambda: self._release(hold), lambda: self._collected.append(hold))
+        if hold.slots:
+            route.hold(lambda: self._table.release(hold), lambda: self._collected.append(hold))
         return assemble_route(route, groups, stacks, self.device)
 
     def classify(
@@ -473,43 +402,8 @@ class AdapterBank(nn.Module):
         return classify_rows(tokens, layout, adapter_ids, head_of)
 
     # -- internals -------------------------------------------------------------------------
-    @property
-    def _dim(self) -> int:
-        return self.backbone_cfg.embed_dim
-
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Hold the bookkeeping lock; first settle routes that were garbage collected without
-        being released (their finalizer only queues them: it may run anywhere, lock held)."""
-        with self._lock:
-            while self._collected:
-                self._drop_hold(self._collected.popleft())
-            yield
-
-    def _release(self, hold: Hold) -> None:
-        with self._locked():
-            self._drop_hold(hold)
-
-    def _drop_hold(self, hold: Hold) -> None:
-        for slots in release_hold(hold):
-            self._drop_if_unused(slots)
-
-    def _drop_if_unused(self, slots: StackSlots) -> None:
-        """Free a whole stack once no adapter, reservation or route uses it."""
-        if not slots.in_use() and self._slots.get(slots.key) is slots:
-            del self._slots[slots.key]
-            del self.stacks[slots.key]
-
-    def _entry(self, adapter_id: str) -> BankEntry:
-        try:
-            return self.entries[adapter_id]
-        except KeyError:
-            loading = " (it is still loading: publish it first)"
-            note = loading if adapter_id in self._reservations else ""
-            loaded = ", ".join(sorted(self.entries)) or "none"
-            raise AdapterNotFound(
-                f"adapter {adapter_id!r} is not loaded{note}; loaded: {loaded}"
-            ) from None
+    def _locked(self) -> AbstractContextManager[None]:
+        return self._table.locked()
 
     def _resolve(self, adapter_id: str) -> tuple[str | None, int, AdapterHead]:
         """(stack key, slot, head) of a published adapter (lock held)."""
@@ -523,32 +417,13 @@ class AdapterBank(nn.Module):
         config = None if adapter_id is None else self._entry(adapter_id).config
         return prompt_key(config, self.backbone_cfg.depth)
 
-    def _check_reservation(
-        self, reservation: Reservation, states: str | tuple[str, ...], action: str
-    ) -> None:
-        if reservation._bank != id(self):
-            raise ConfigError(f"reservation for {reservation.adapter_id!r} is not of this bank")
-        allowed = (states,) if isinstance(states, str) else states
-        if reservation.state not in allowed:
-            raise ConfigError(
-                f"cannot {action} adapter {reservation.adapter_id!r}: it is {reservation.state} "
-                f"(order: reserve -> load -> publish, or abort before publishing)"
-            )
-        assert self._reservations.get(reservation.adapter_id) is reservation
-
-    def _capacity_for(self, key: str) -> int:
-        return self._capacity_of.get(key, self.capacity)
-
     def _create_stack(self, key: str, spec: AdapterMethod, cfg: AdapterConfig) -> StackSlots:
         """Allocate a zeroed stack of the configured capacity (lock held: one per config)."""
-        capacity = self._capacity_for(key)
-        with torch.device("meta"):  # validates the config and builds shapes without memory
-            stack = AdapterStack(spec, cfg, self.backbone_cfg, capacity)
+        capacity = self._table.capacity_for(key)
         with normal_tensors():
-            stack.to(dtype=self.dtype).to_empty(device=self.device)
-            with torch.no_grad():
-                for p in stack.parameters():
-                    p.zero_()
+            stack = AdapterStack.allocate(
+                spec, cfg, self.backbone_cfg, capacity, self.device, self.dtype
+            )
         stack.requires_grad_(self.trainable)
         self.stacks[key] = stack
         slots = StackSlots.fresh(key, spec.name, stack, capacity)

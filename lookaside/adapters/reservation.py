@@ -3,6 +3,7 @@ once it is published (routable)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -10,6 +11,7 @@ from torch import Tensor
 
 from lookaside.adapters.base import AdapterConfig
 from lookaside.adapters.head import AdapterHead, HeadConfig
+from lookaside.errors import ConfigError
 
 __all__ = ["BankEntry", "Reservation", "ReservationState"]
 
@@ -51,3 +53,22 @@ class Reservation:
     """``torch.cuda.Event`` recorded after an asynchronous copy (None on the CPU)."""
     _staging: Tensor | None = field(default=None, repr=False)
     """Pinned host buffer of an asynchronous copy, kept alive until the copy is waited on."""
+
+    def check(
+        self,
+        bank: int,
+        reservations: Mapping[str, Reservation],
+        states: str | tuple[str, ...],
+        action: str,
+    ) -> None:
+        """Refuse a step out of order (reserve -> load -> publish, or abort before publishing)
+        or a reservation of another bank (``bank``: that bank's ``id``)."""
+        if self._bank != bank:
+            raise ConfigError(f"reservation for {self.adapter_id!r} is not of this bank")
+        allowed = (states,) if isinstance(states, str) else states
+        if self.state not in allowed:
+            raise ConfigError(
+                f"cannot {action} adapter {self.adapter_id!r}: it is {self.state} "
+                f"(order: reserve -> load -> publish, or abort before publishing)"
+            )
+        assert reservations.get(self.adapter_id) is self

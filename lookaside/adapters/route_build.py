@@ -7,7 +7,7 @@ token layout, so rows share one backbone pass only with the same prompt key (:fu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -18,9 +18,18 @@ from lookaside.adapters.head import AdapterHead
 from lookaside.adapters.route import RouteGroup, RowRoute
 from lookaside.adapters.slot_index import SlotIndex, index_tensor
 from lookaside.adapters.stack import AdapterStack
+from lookaside.errors import ConfigError
 from lookaside.sites import TokenLayout
 
-__all__ = ["RowGroups", "assemble_route", "classify_rows", "group_rows", "prompt_key"]
+__all__ = [
+    "RowGroups",
+    "assemble_route",
+    "classify_rows",
+    "common_prompt_key",
+    "group_rows",
+    "partition_rows",
+    "prompt_key",
+]
 
 PromptKey = tuple[int, int]
 """(prompt tokens, first block that writes them); (0, 0) without prompts."""
@@ -32,6 +41,29 @@ def prompt_key(config: AdapterConfig | None, depth: int) -> PromptKey:
         return (0, 0)
     n = config.num_prompts()
     return (n, config.first_layer(depth)) if n else (0, 0)
+
+
+def common_prompt_key(keys: Iterable[PromptKey]) -> PromptKey:
+    """The one prompt key every row of a route shares ((0, 0) for no rows).
+
+    Raises:
+        ConfigError: rows need different prompt layouts (split them with ``partition``).
+    """
+    distinct = set(keys)
+    if len(distinct) > 1:
+        raise ConfigError(
+            "rows need different prompt tokens (count or first block): split the batch "
+            "with partition()"
+        )
+    return distinct.pop() if distinct else (0, 0)
+
+
+def partition_rows(keys: Sequence[PromptKey]) -> list[list[int]]:
+    """Rows grouped by prompt key (row ``i`` has ``keys[i]``), in order of first appearance."""
+    by_key: dict[PromptKey, list[int]] = {}
+    for row, key in enumerate(keys):
+        by_key.setdefault(key, []).append(row)
+    return list(by_key.values())
 
 
 @dataclass

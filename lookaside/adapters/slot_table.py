@@ -3,12 +3,18 @@
 A slot is *free* (zeroed, in a heap: the lowest first), *reserved* (a load is under way),
 *live* (a published adapter), or *retired* (its adapter was removed while a route still holds
 it: zeroed and freed when the last holding route is released). The bank guards all of it with its
-one lock; nothing here locks, and nothing here runs in the forward.
+one lock (:attr:`SlotTable.lock`), which nothing in the forward takes. Threads: any (every
+method but :meth:`SlotTable.locked` and :meth:`SlotTable.release` expects the lock held; a
+route's garbage-collection finalizer only queues its hold, lock-free, on whatever thread).
 """
 
 from __future__ import annotations
 
 import heapq
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -17,7 +23,7 @@ from lookaside.adapters.base import AdapterConfig
 from lookaside.adapters.stack import AdapterStack
 from lookaside.errors import BankFull, ConfigError
 
-__all__ = ["Hold", "StackSlots", "normal_tensors", "release_hold"]
+__all__ = ["Hold", "SlotTable", "StackSlots", "normal_tensors", "release_hold"]
 
 
 @dataclass(eq=False)
@@ -145,6 +151,73 @@ def release_hold(hold: Hold) -> list[StackSlots]:
     for slots, slot in hold.slots:
         slots.unhold(slot)
     return list({id(s): s for s, _ in hold.slots}.values())
+
+
+class SlotTable:
+    """Every stack's slots, the capacities set for stacks not created yet, and the holds of
+    routes collected without being released; ``on_drop(key)`` frees a stack no longer used."""
+
+    def __init__(self, capacity: int, on_drop: Callable[[str], None]) -> None:
+        self.capacity = capacity
+        """Slots of a new stack unless :meth:`set_capacity` said otherwise for its key."""
+        self.by_key: dict[str, StackSlots] = {}
+        self.lock = threading.Lock()
+        self.collected: deque[Hold] = deque()
+        """Holds of routes garbage collected unreleased (settled under the lock)."""
+        self._capacity_of: dict[str, int] = {}
+        self._on_drop = on_drop
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the lock; first settle routes that were garbage collected without being
+        released (their finalizer only queues them: it may run anywhere, lock held)."""
+        with self.lock:
+            while self.collected:
+                self._drop_hold(self.collected.popleft())
+            yield
+
+    def capacity_for(self, key: str) -> int:
+        """Slots the stack ``key`` has, or will have when created."""
+        slots = self.by_key.get(key)
+        return slots.capacity if slots is not None else self._capacity_of.get(key, self.capacity)
+
+    def free_count(self, key: str) -> int:
+        """Free slots of stack ``key`` (its capacity while it does not exist)."""
+        slots = self.by_key.get(key)
+        return len(slots.free) if slots is not None else self.capacity_for(key)
+
+    def set_capacity(self, key: str, capacity: int) -> None:
+        """Grow stack ``key`` to ``capacity`` (now if it exists, else when it is created)."""
+        slots = self.by_key.get(key)
+        if slots is not None and capacity > slots.capacity:
+            slots.grow(capacity)
+        self._capacity_of[key] = capacity
+
+    def busy(self) -> bool:
+        """A route holds a slot of some stack."""
+        return any(any(s.refs) for s in self.by_key.values())
+
+    def hold(self, slots_of: dict[str, list[int]]) -> Hold:
+        """One more route reads these slots (stack key -> its slots, repeats allowed)."""
+        held = [(self.by_key[k], s) for k, slots in slots_of.items() for s in set(slots)]
+        for owner, slot in held:
+            owner.hold(slot)
+        return Hold(held)
+
+    def release(self, hold: Hold) -> None:
+        """A route was released (any thread; takes the lock)."""
+        with self.locked():
+            self._drop_hold(hold)
+
+    def drop_if_unused(self, slots: StackSlots) -> None:
+        """Free a whole stack once no adapter, reservation or route uses it."""
+        if not slots.in_use() and self.by_key.get(slots.key) is slots:
+            del self.by_key[slots.key]
+            self._on_drop(slots.key)
+
+    def _drop_hold(self, hold: Hold) -> None:
+        for slots in release_hold(hold):
+            self.drop_if_unused(slots)
 
 
 def normal_tensors() -> torch.inference_mode:

@@ -42,6 +42,26 @@ class AdapterStack(nn.Module):
             self.clip = method.make_clip_site(config, backbone_cfg, num_slots)
             self._lookup[(CLIP_LAYER, "clip")] = self.clip
 
+    @classmethod
+    def allocate(
+        cls,
+        method: AdapterMethod,
+        config: AdapterConfig,
+        backbone_cfg: BackboneConfig,
+        num_slots: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> AdapterStack:
+        """A zeroed stack on ``device`` in ``dtype``, built on the meta device first (the config
+        is validated and the shapes known before any memory is allocated)."""
+        with torch.device("meta"):
+            stack = cls(method, config, backbone_cfg, num_slots)
+        stack.to(dtype=dtype).to_empty(device=device)
+        with torch.no_grad():
+            for p in stack.parameters():
+                p.zero_()
+        return stack
+
     def site(self, layer: int, position: SitePosition) -> StackedSite | None:
         """This stack's site at (block, position), if it has one."""
         return self._lookup.get((layer, position))
