@@ -175,7 +175,8 @@ def _act_name(act: object) -> str:
 
 
 def _block_features(block: Any, embed_dim: int) -> dict[str, bool]:
-    """Per-block parts of a timm ViT that Lookaside's :class:`~lookaside.backbone.Block` lacks."""
+    """Per-block parts of a timm ViT that Lookaside's
+    :class:`~lookaside.backbone_blocks.Block` lacks."""
     attn: Any = getattr(block, "attn", None)
     mlp: Any = getattr(block, "mlp", None)
     standard_mlp = type(mlp).__name__ == "Mlp" and all(
