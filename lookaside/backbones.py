@@ -31,6 +31,7 @@ from lookaside.backbone_convert import (
     convert_ast_state_dict,
     timm_config,
 )
+from lookaside.backbone_registry import build_backbone
 from lookaside.errors import ConfigError, WeightLoadError
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ _SOURCE_KEY = "lookaside_backbone_source"
 def build_random(preset: str | BackboneConfig, seed: int = 0) -> VisionTransformer:
     """A backbone with deterministic random weights (tests and demos only)."""
     cfg = PRESETS[preset] if isinstance(preset, str) else preset
-    model = VisionTransformer(cfg, source=f"random:{cfg.name}:{seed}")
+    model = build_backbone(cfg, f"random:{cfg.name}:{seed}")
     if seed:
         model._init_random(seed)
     return model
@@ -85,7 +86,7 @@ def build_random(preset: str | BackboneConfig, seed: int = 0) -> VisionTransform
 def from_timm_model(model: torch.nn.Module, name: str) -> VisionTransformer:
     """Convert an instantiated timm ViT (any weights) into our frozen backbone."""
     cfg = timm_config(model, name)
-    backbone = VisionTransformer(cfg, source=f"timm:{name}")
+    backbone = build_backbone(cfg, f"timm:{name}")
     backbone.load_weights(checkpoint_filter_fn(model.state_dict(), cfg))
     return backbone
 
@@ -95,7 +96,7 @@ def from_ast_state_dict(
 ) -> VisionTransformer:
     """Build our backbone from a Hugging Face AST state dict and its ``config.json``."""
     cfg = ast_config(hf_config, name=source.split(":", 1)[-1])
-    backbone = VisionTransformer(cfg, source=source)
+    backbone = build_backbone(cfg, source)
     backbone.load_weights(convert_ast_state_dict(state_dict))
     return backbone
 
@@ -145,7 +146,7 @@ def _load_file(path: Path) -> VisionTransformer:
     state = _read_safetensors(path)
     if _CONFIG_KEY in metadata:
         cfg = BackboneConfig.model_validate_json(metadata[_CONFIG_KEY])
-        backbone = VisionTransformer(cfg, source=metadata.get(_SOURCE_KEY, f"file:{path.name}"))
+        backbone = build_backbone(cfg, metadata.get(_SOURCE_KEY, f"file:{path.name}"))
         backbone.load_weights(state)
         return backbone
     if any(k.startswith(("audio_spectrogram_transformer.", "embeddings.")) for k in state):

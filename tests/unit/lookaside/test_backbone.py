@@ -20,6 +20,7 @@ from lookaside.adapters.route import RowRoute
 from lookaside.backbone import VisionTransformer, resample_pos_embed
 from lookaside.backbone_config import BackboneConfig, grid_tokens
 from lookaside.backbone_convert import adapt_input_conv, timm_config
+from lookaside.backbone_registry import ARCHITECTURES, DEFAULT_ARCHITECTURE, build_backbone
 from lookaside.backbones import PRESETS, build_random, from_timm_model, load_backbone, save_backbone
 from lookaside.errors import ConfigError, WeightLoadError
 from lookaside.sites import TokenLayout
@@ -341,3 +342,14 @@ def test_two_stream_forward_checks_its_inputs() -> None:
         backbone.forward_features_av(torch.randn(1, 98, 64), torch.randn(1, 1, 48, 48))
     with pytest.raises(ConfigError, match="smaller than one 16-pixel patch"):
         backbone.forward_features_av(torch.randn(1, 98, 64), torch.randn(1, 3, 8, 48))
+
+
+def test_backbone_architectures_are_one_explicit_table() -> None:
+    assert list(ARCHITECTURES) == [DEFAULT_ARCHITECTURE] == ["vit"]
+    backbone = build_backbone(PRESETS["test_vit"], "random:test_vit:0")
+    assert isinstance(backbone, VisionTransformer)
+    assert backbone.fingerprint() == build_random("test_vit").fingerprint()
+    with pytest.raises(
+        ConfigError, match="unknown backbone architecture 'swin'; choose one of: vit"
+    ):
+        build_backbone(PRESETS["test_vit"], "random:test_vit:0", arch="swin")
