@@ -1,5 +1,5 @@
-"""The batcher's queue (service.batcher): capacity, closing, emptying. Batch formation itself is
-tested through the engine (test_engine.py, test_engine_budget.py)."""
+"""The batcher's queue (service.engine.batcher): capacity, closing, emptying. Batch formation
+itself is tested through the engine (test_engine.py, test_engine_budget.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lookaside.tasks import CLIP
-from service.batcher import Batcher, Job, fail
+from service.engine.batcher import Batcher, Job, fail
 from service.errors import NotReady, QueueFull
 from service.metrics import ServiceMetrics
 

@@ -1,4 +1,4 @@
-"""The engine's load sequence (service.engine_loads): every wait on the worker is bounded, and a
+"""The engine's load sequence (service.engine.loads): every wait on the worker is bounded, and a
 step given up on never takes effect (cancelled, or taken back when it ends)."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from torch import Tensor
 
 from lookaside.backbone import VisionTransformer
 from service.engine import Engine
-from service.engine_loads import EngineLoads
+from service.engine.loads import EngineLoads
+from service.engine.watchdog import EngineHealth
 from service.errors import NotReady
-from service.watchdog import EngineHealth
 from tests.integration.service.svc_support import make_checkpoint, tiny
 
 DEAD = EngineHealth(

@@ -26,10 +26,10 @@ from lookaside.checkpoint import (
 )
 from lookaside.errors import AdapterNotFound, BankFull
 from lookaside.features import FeatureConfig
+from service.engine.watchdog import HEALTHY, EngineHealth
 from service.errors import RequestTimeout
 from service.registry import AdapterRegistry, AdapterUnavailable, parse_ref
 from service.store import AdapterStore
-from service.watchdog import HEALTHY, EngineHealth
 from tests.support import randomise
 
 T = TypeVar("T")

@@ -1,5 +1,5 @@
-"""The residency policy (service.residency): a full stack doubles; victims are idle, unpinned,
-ready versions, least recently used first; the resident limit is a target."""
+"""The residency policy (service.registry.residency): a full stack doubles; victims are idle,
+unpinned, ready versions, least recently used first; the resident limit is a target."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from concurrent.futures import Future
 import pytest
 
 from lookaside.errors import ConfigError
-from service.active import Entry
-from service.residency import Residency, grown_capacity
+from service.registry.active import Entry
+from service.registry.residency import Residency, grown_capacity
 
 
 def entry(

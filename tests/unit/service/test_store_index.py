@@ -22,9 +22,9 @@ import pytest
 from lookaside.backbone import VisionTransformer
 from lookaside.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, AdapterCheckpoint, CheckpointLimits
 from lookaside.errors import AdapterNotFound, InvalidCheckpoint
-from service import store_layout as layout_module
 from service.registry import AdapterRegistry
 from service.store import ACTIVE_FILE, LAST_FILE, AdapterStore, UploadTooLarge
+from service.store import layout as layout_module
 from tests.unit.service.test_store import edit_manifest, make_upload
 
 _OS_CALLS = (

@@ -18,8 +18,8 @@ from torch import Tensor
 from lookaside.backbone import VisionTransformer
 from lookaside.checkpoint import AdapterCheckpoint
 from service.engine import Engine
+from service.engine.watchdog import Watchdog
 from service.errors import NotReady
-from service.watchdog import Watchdog
 from tests.integration.service.svc_support import make_checkpoint, tiny
 
 STALL_S = 0.3

@@ -1,9 +1,9 @@
 """The adapter store: versioned adapter checkpoints on disk, written atomically, read from an index.
 
 Layout: ``<root>/<name>/<version>/`` (``manifest.json`` + ``adapter.safetensors``) and the
-pointers ``<root>/<name>/ACTIVE`` and ``LAST`` (:mod:`service.store_layout`, Triton's model
+pointers ``<root>/<name>/ACTIVE`` and ``LAST`` (:mod:`service.store.layout`, Triton's model
 repository with a pointer per name). :class:`AdapterStore` is the facade the registry, the routes
-and the tests use; the in-memory index lives in :mod:`service.store_index`.
+and the tests use; the in-memory index lives in :mod:`service.store.index`.
 
 Versions are integers the store assigns on upload: one more than the highest ever assigned to
 that name (``LAST``), so a deleted version's number is never reused while the name exists (caches
@@ -15,7 +15,7 @@ only when asked (``activate=True`` or :meth:`AdapterStore.activate`). Re-uploadi
 content (same weights sha256, same manifest apart from ``version`` and ``created``) returns the
 existing version with ``created=False``, and makes it active when ``activate=True``.
 
-Index (:mod:`service.store_index`): the disk is the truth, but nothing reads it to answer a
+Index (:mod:`service.store.index`): the disk is the truth, but nothing reads it to answer a
 question. One scan when the store is opened builds it; every mutation changes the disk first
 where readers could otherwise see a version that is not there (upload, activate) and the index
 first where they could resolve one that is going away (deletes), both under the store's lock, and
@@ -24,11 +24,11 @@ re-reads that one name from disk if a write fails. So a lookup (``names``, ``ver
 costs the same whatever the number of versions or names (one dict lookup finds identical
 content). :meth:`AdapterStore.load` reads and validates weights from disk.
 
-Durability (:mod:`service.store_layout`): a version directory is renamed in whole, then ``LAST``
+Durability (:mod:`service.store.layout`): a version directory is renamed in whole, then ``LAST``
 and ``ACTIVE`` are written atomically, so a crash leaves either the whole version or nothing
 visible, and an acknowledged upload survives a restart; deletions rename aside first. Temp
 leftovers (``.<x>.tmp-*``) are invisible to every read and removed by :meth:`cleanup`
-(:mod:`service.store_repair`), which also repairs a name left with versions but no valid
+(:mod:`service.store.repair`), which also repairs a name left with versions but no valid
 ``ACTIVE`` (a crash between a first version's rename and its pointer write): its newest complete
 version becomes active, logged as a warning.
 
@@ -60,7 +60,7 @@ from lookaside.checkpoint import (
 )
 from lookaside.errors import AdapterNotFound, InvalidCheckpoint
 from service.errors import PayloadTooLarge, ServiceError
-from service.store_index import (
+from service.store.index import (
     StoredAdapter,
     StoredVersion,
     StoreIndex,
@@ -68,7 +68,7 @@ from service.store_index import (
     identity,
     shown,
 )
-from service.store_layout import (
+from service.store.layout import (
     ACTIVE_FILE,
     LAST_FILE,
     NAME_PATTERN,
@@ -79,7 +79,7 @@ from service.store_layout import (
     write_pointer,
     write_version,
 )
-from service.store_repair import repair_store
+from service.store.repair import repair_store
 
 __all__ = [
     "ACTIVE_FILE",
@@ -222,7 +222,7 @@ class AdapterStore:
 
     def describe(self, name: str) -> str:
         """What exists for ``name``, for error messages: its versions, else at most
-        :data:`~service.store_index.CLOSE_MATCHES` similar names and the number of names (never
+        :data:`~service.store.index.CLOSE_MATCHES` similar names and the number of names (never
         the whole store)."""
         entry = self.get(name)
         if entry is not None:

@@ -28,7 +28,7 @@ from pathlib import Path
 from lookaside.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, AdapterManifest, load_manifest
 from lookaside.checkpoint.atomic import fsync_dir, write_dir_atomic, write_file_atomic
 from lookaside.errors import InvalidCheckpoint
-from service.store_index import StoredAdapter, StoredVersion
+from service.store.index import StoredAdapter, StoredVersion
 
 __all__ = [
     "ACTIVE_FILE",

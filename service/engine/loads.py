@@ -16,10 +16,10 @@ Threads:
 The sequence (the bank's slot lifecycle, docs/design.md §4), so traffic never waits on the copy:
 
 1. **reserve** (worker): a free slot of the adapter's stack. A full stack first grows to the
-   size :func:`service.residency.grown_capacity` decides; that happens between batches, where
-   no route holds the stack, and never while another load is pending: loads run one at a time
-   here, and the previous load's publish or abort was applied (the worker applies commands in
-   order) before this reserve.
+   size :func:`service.registry.residency.grown_capacity` decides; that happens between batches,
+   where no route holds the stack, and never while another load is pending: loads run one at a time
+   here, and the previous load's publish or abort was applied (the worker applies commands in order)
+   before this reserve.
 2. **copy** (loader thread): the tensors into the reserved slot while batches keep running (the
    slot is not routable yet). The bank skips its finite scan iff the checkpoint is a
    :class:`~lookaside.checkpoint.ValidatedCheckpoint`.
@@ -48,11 +48,11 @@ from lookaside.checkpoint import AdapterCheckpoint
 from lookaside.checkpoint.compat import require_backbone
 from lookaside.errors import BankFull
 from service.errors import NotReady
-from service.residency import grown_capacity
+from service.registry.residency import grown_capacity
 
 if TYPE_CHECKING:
     from lookaside.adapters.base import AdapterConfig
-    from service.watchdog import EngineHealth, Watchdog
+    from service.engine.watchdog import EngineHealth, Watchdog
 
 __all__ = ["EngineLoads", "stack_capacity"]
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from lookaside.errors import ConfigError
 
-log = logging.getLogger("service.watchdog")
+log = logging.getLogger("service.engine.watchdog")
 
 __all__ = ["Activity", "EngineHealth", "Watchdog"]
 

@@ -1,6 +1,6 @@
 """The adapter store's in-memory index: every name's versions, pointers and content identities.
 
-The disk is the truth (:mod:`service.store_layout`), but nothing reads it to answer a question:
+The disk is the truth (:mod:`service.store.layout`), but nothing reads it to answer a question:
 :class:`StoreIndex` answers every lookup (names, a page of names, one name's snapshot, close
 matches for a 404) in O(1) or O(log names + its answer). Each name's entry
 (:class:`StoredAdapter`) is immutable and replaced whole, so what a read returns is one

@@ -1,16 +1,16 @@
 """The registry's loader: makes one stored version resident, top to bottom, on a loader thread.
 
-The sequence (:meth:`RegistryLoader._load`), for one :class:`~service.active.Entry`:
+The sequence (:meth:`RegistryLoader._load`), for one :class:`~service.registry.active.Entry`:
 
 1. wait for a pending unload of the same id (a version deleted and loaded again) to finish;
 2. read and validate the checkpoint from the store (disk, sha256, header, host tensors), unless
    the upload being activated hands over its checkpoint, validated in memory (validate once);
 3. hand it to the engine (``engine.load_adapter``: reserve -> copy -> publish, see
-   :mod:`service.engine_loads`) and wait for it. Only an engine whose stacks cannot grow reports
+   :mod:`service.engine.loads`) and wait for it. Only an engine whose stacks cannot grow reports
    :class:`~lookaside.errors.BankFull`; then the residency policy's idle victim of that stack is
    unloaded and the load retried, or the load fails with a 503 when every version of the stack
    is leased or pinned;
-4. record the outcome in the :class:`~service.active.ActiveMap` (ready, or failed with the
+4. record the outcome in the :class:`~service.registry.active.ActiveMap` (ready, or failed with the
    reason), which answers every request waiting on this version.
 
 Threads: the loader threads (``adapter-load``, a small pool owned by :class:`RegistryLoader`)
@@ -30,7 +30,7 @@ from lookaside.adapters import shapes
 from lookaside.backbone import VisionTransformer
 from lookaside.checkpoint import AdapterCheckpoint, AdapterManifest
 from lookaside.errors import BankFull
-from service.active import ActiveMap, AdapterUnavailable, EngineAdapters, Entry
+from service.registry.active import ActiveMap, AdapterUnavailable, EngineAdapters, Entry
 from service.store import AdapterStore
 
 __all__ = ["RegistryLoader", "stack_key"]

@@ -6,9 +6,10 @@ and keeps at most ``resident_limit`` versions resident, evicting the least recen
 
 Rules:
 
-- A request holds a :class:`~service.leases.Lease` on the version it was admitted with, from
-  before it is queued until its answer is built (``lease = await registry.acquire(ref)`` ...
-  ``lease.release()``); a leased version is never evicted or unloaded (:mod:`service.leases`).
+- A request holds a :class:`~service.registry.leases.Lease` on the version it was admitted with,
+  from before it is queued until its answer is built (``lease = await registry.acquire(ref)`` ...
+  ``lease.release()``); a leased version is never evicted or unloaded
+  (:mod:`service.registry.leases`).
 - Load on demand: a request for a non-resident version waits for its load, at most its remaining
   request time (then 504; the load goes on for later requests); requests for other adapters keep
   flowing. Reading and validating the checkpoint (disk, sha256, header, host tensors) runs on the
@@ -19,28 +20,28 @@ Rules:
   and the bank skips its own finite scan for every checkpoint handed over here (each is a
   :class:`~lookaside.checkpoint.ValidatedCheckpoint` from ``store.put`` or ``store.load``).
 - What stays resident (the resident limit, a full stack, pins) is decided by one policy,
-  :mod:`service.residency`.
+  :mod:`service.registry.residency`.
 - Hot swap (:meth:`activate`): the new version is loaded first, then the store's pointer flips.
   The previous version stays resident (idle, so first in line for eviction) until evicted.
-- States per version (:mod:`service.active`): ``unloaded`` | ``loading`` | ``ready`` | ``failed``
-  (with the reason). A failed load is retried by the next request for that version.
+- States per version (:mod:`service.registry.active`): ``unloaded`` | ``loading`` | ``ready`` |
+  ``failed`` (with the reason). A failed load is retried by the next request for that version.
 
-The pieces: :mod:`service.refs` (what a request names), :mod:`service.active` (the in-memory map
-of versions, leases and counters), :mod:`service.leases`, :mod:`service.residency`,
-:mod:`service.loader` (one load, top to bottom, on a loader thread). This module is the facade the
-routes use; it re-exports their public names.
+The pieces: :mod:`service.registry.refs` (what a request names), :mod:`service.registry.active` (the
+in-memory map of versions, leases and counters), :mod:`service.registry.leases`,
+:mod:`service.registry.residency`, :mod:`service.registry.loader` (one load, top to bottom, on a
+loader thread). This module is the facade the routes use; it re-exports their public names.
 
 Threads and ownership:
 
 - Event-loop thread: :meth:`acquire`, :meth:`activate`, :meth:`upload`, the deletes,
   :meth:`status`. Store writes are sent to worker threads (``asyncio.to_thread``).
-- Loader threads (``adapter-load``, a small pool owned by :mod:`service.loader`):
+- Loader threads (``adapter-load``, a small pool owned by :mod:`service.registry.loader`):
   :meth:`AdapterStore.load` and the wait on ``engine.load_adapter``'s future (given up once the
   engine reports itself dead). They never touch the event loop.
 - Any thread: :meth:`Lease.release` (the engine thread may release a lease when it answers).
 - The engine thread only runs the bank changes it was handed; it never calls the registry.
-- The map's lock (:mod:`service.active`) guards every entry, counter and the unload map; it is
-  never held while waiting on I/O or on the engine.
+- The map's lock (:mod:`service.registry.active`) guards every entry, counter and the unload map; it
+  is never held while waiting on I/O or on the engine.
 
 Resolution (:meth:`resolve`, on every request) reads only the store's in-memory index: O(1), no
 disk, whatever the number of names and versions.
@@ -61,7 +62,8 @@ from concurrent.futures import Future
 from lookaside.backbone import VisionTransformer
 from lookaside.checkpoint import AdapterCheckpoint, AdapterManifest
 from lookaside.errors import AdapterNotFound, ConfigError
-from service.active import (
+from service.errors import RequestTimeout
+from service.registry.active import (
     ActiveMap,
     AdapterUnavailable,
     EngineAdapters,
@@ -69,11 +71,10 @@ from service.active import (
     RegistryStats,
     VersionStatus,
 )
-from service.errors import RequestTimeout
-from service.leases import Lease
-from service.loader import RegistryLoader
-from service.refs import adapter_id, parse_ref
-from service.residency import AdapterState, Residency
+from service.registry.leases import Lease
+from service.registry.loader import RegistryLoader
+from service.registry.refs import adapter_id, parse_ref
+from service.registry.residency import AdapterState, Residency
 from service.store import AdapterStore, PutResult, format_versions
 
 __all__ = [

@@ -8,17 +8,17 @@ Threads and what they own (nothing else touches these objects):
   which reads the watchdog.
 - **featurize pool** (:mod:`service.featurize`): decoding and features, before anything is queued,
   so a bad upload fails alone and never reaches a batch.
-- **registry loader threads** (``adapter-load``, :mod:`service.loader`): read and validate a
-  checkpoint, then call :meth:`Engine.load_adapter` and wait on its future, bounded.
+- **registry loader threads** (``adapter-load``, :mod:`service.registry.loader`): read and validate
+  a checkpoint, then call :meth:`Engine.load_adapter` and wait on its future, bounded.
 - **engine worker** (this module, one thread named ``lookaside-engine``): the backbone, the
   :class:`~lookaside.adapters.bank.AdapterBank` and the :class:`~lookaside.model.MultiAdapterModel`.
   It alternates between applying pending bank commands (:meth:`Engine.call`: reserve / publish /
-  abort / unload / grow) and running one batch that :mod:`service.batcher` formed, so a slot is
-  never written while a batch reads it and a stack never grows under a batch.
-- **engine loader** (``lookaside-loader``, one thread, :mod:`service.engine_loads`): runs each
+  abort / unload / grow) and running one batch that :mod:`service.engine.batcher` formed, so a slot
+  is never written while a batch reads it and a stack never grows under a batch.
+- **engine loader** (``lookaside-loader``, one thread, :mod:`service.engine.loads`): runs each
   adapter load top to bottom, one at a time: reserve (worker) -> copy the tensors into the slot
   while batches keep running -> publish (worker).
-- **watchdog** (:mod:`service.watchdog`, a daemon thread named ``lookaside-watchdog``): owns
+- **watchdog** (:mod:`service.engine.watchdog`, a daemon thread named ``lookaside-watchdog``): owns
   nothing of the model; it watches every forward, bank command and adapter copy, and when one
   runs longer than ``stall_s`` it logs the batch (adapters, request ids, rows) at ERROR, sets the
   ``lookaside_engine_stalled`` gauge and fails every queued job with 503 (they would only time
@@ -27,10 +27,10 @@ Threads and what they own (nothing else touches these objects):
   an orchestrator restarts the process). When the work ends the engine is ready again (logged).
 
 Batching (queue, batch formation, token budget, chunks, task kinds taking turns, deadlines) is
-:mod:`service.batcher`; one batch's forward is :mod:`service.forward`. A job whose single row is
-over ``max_batch_tokens`` is refused at submit (:class:`OverBudget`, 422); upload validation
-refuses such adapters before (``CheckpointLimits.max_window_tokens``). If a forward raises, every
-job of that batch is retried alone, so only the culprit fails
+:mod:`service.engine.batcher`; one batch's forward is :mod:`service.engine.forward`. A job whose
+single row is over ``max_batch_tokens`` is refused at submit (:class:`OverBudget`, 422); upload
+validation refuses such adapters before (``CheckpointLimits.max_window_tokens``). If a forward
+raises, every job of that batch is retried alone, so only the culprit fails
 (:class:`~service.errors.EngineFailure`, logged with its trace); the engine keeps serving.
 """
 
@@ -52,12 +52,12 @@ from lookaside.adapters.bank import AdapterBank
 from lookaside.errors import ConfigError
 from lookaside.model import MultiAdapterModel
 from lookaside.tasks import AV_EVENTS, CLIP, Inputs, TaskKind
-from service.batcher import Batcher, Job, Slice, deliver, describe, fail
-from service.engine_loads import EngineLoads
+from service.engine.batcher import Batcher, Job, Slice, deliver, describe, fail
+from service.engine.forward import forward_batch
+from service.engine.loads import EngineLoads
+from service.engine.watchdog import Activity, EngineHealth, Watchdog
 from service.errors import BadRequest, EngineFailure, NotReady
-from service.forward import forward_batch
 from service.metrics import ServiceMetrics
-from service.watchdog import Activity, EngineHealth, Watchdog
 
 if TYPE_CHECKING:
     from lookaside.backbone import VisionTransformer
@@ -181,7 +181,8 @@ class Engine:
         return len(self.batcher)
 
     def health(self) -> EngineHealth:
-        """Stalled (not ready) or dead (liveness fails), and why; see :mod:`service.watchdog`."""
+        """Stalled (not ready) or dead (liveness fails), and why; see
+        :mod:`service.engine.watchdog`."""
         return self.watchdog.health()
 
     # -- requests -------------------------------------------------------------------------------
@@ -285,7 +286,7 @@ class Engine:
     ) -> Future[None]:
         """Load a checkpoint into the bank as ``adapter_id`` (default ``name@version``).
 
-        The load runs top to bottom on the engine's loader thread (:mod:`service.engine_loads`):
+        The load runs top to bottom on the engine's loader thread (:mod:`service.engine.loads`):
         reserve a slot on the worker between batches (a full stack grows there) -> copy the
         tensors on the loader thread while batches keep running -> publish on the worker between
         batches. A :class:`~lookaside.checkpoint.ValidatedCheckpoint` (from ``load_checkpoint`` /
@@ -420,7 +421,8 @@ class Engine:
         deliver(part, out)
 
     def _forward(self, batch: Sequence[Slice]) -> list[Tensor]:
-        """One forward over every row of ``batch`` (watched, recorded): :mod:`service.forward`."""
+        """One forward over every row of ``batch`` (watched, recorded):
+        :mod:`service.engine.forward`."""
         with self.watchdog.watch("forward", describe(batch)):
             started = time.perf_counter()
             out = forward_batch(

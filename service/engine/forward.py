@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from lookaside.model import MultiAdapterModel
-from service.batcher import Slice
+from service.engine.batcher import Slice
 
 __all__ = ["forward_batch"]
 

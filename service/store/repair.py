@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lookaside.checkpoint.atomic import remove_stale_temps
-from service.store_index import StoredAdapter, StoreIndex, format_versions
-from service.store_layout import ACTIVE_FILE, NAME_PATTERN, write_pointer
+from service.store.index import StoredAdapter, StoreIndex, format_versions
+from service.store.layout import ACTIVE_FILE, NAME_PATTERN, write_pointer
 
 __all__ = ["repair_store"]
 

@@ -4,7 +4,7 @@ One module decides, so there is one answer to each question:
 
 - **A full stack** (no free slot for an adapter's method and config): the engine grows it to
   :func:`grown_capacity` (twice its slots) on its worker between batches, where no route holds
-  it (``service.engine_loads``); the engine never evicts, since it does not know which versions
+  it (``service.engine.loads``); the engine never evicts, since it does not know which versions
   requests hold. Only an engine whose stack cannot grow reports
   :class:`~lookaside.errors.BankFull`; the registry then evicts :meth:`Residency.victim` of that
   stack (idle, unpinned, least recently used) and retries, or answers 503 when there is none.

@@ -4,7 +4,8 @@ the counters metrics read.
 States per version: ``unloaded`` (no entry) | ``loading`` | ``ready`` | ``failed`` (with the
 reason). A failed load is retried by the next request for that version; a deleted (``retired``)
 version is unloaded as soon as its last lease is released. What to evict is decided by
-:mod:`service.residency`; this map carries it out (``engine.unload_adapter``, enqueue only).
+:mod:`service.registry.residency`; this map carries it out (``engine.unload_adapter``, enqueue
+only).
 
 Threads: every method takes :attr:`ActiveMap.lock` (a ``threading.RLock``: the done-callback of an
 already finished unload future runs at once and re-enters it) and may run on the event loop, a
@@ -28,10 +29,10 @@ from typing import Protocol
 
 from lookaside.checkpoint import AdapterCheckpoint, AdapterManifest
 from lookaside.errors import AdapterNotFound
+from service.engine.watchdog import EngineHealth
 from service.errors import ServiceError
-from service.refs import adapter_id
-from service.residency import AdapterState, Residency
-from service.watchdog import EngineHealth
+from service.registry.refs import adapter_id
+from service.registry.residency import AdapterState, Residency
 
 __all__ = [
     "ActiveMap",
@@ -61,7 +62,7 @@ class EngineAdapters(Protocol):
 
         A :class:`~lookaside.checkpoint.ValidatedCheckpoint` skips the bank's finite scan (its
         every value was already scanned). The future fails with :class:`BankFull` only from an
-        engine whose stacks cannot grow (``service.residency``).
+        engine whose stacks cannot grow (``service.registry.residency``).
         """
         ...
 
