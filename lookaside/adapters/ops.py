@@ -1,11 +1,12 @@
-"""Batched per-row adapter kernels, each with a plain-PyTorch reference beside it.
+"""Batched per-row adapter kernels; tests compare each with a plain-PyTorch reference.
 
 Every op takes weights stacked over slots (``[S, ...]``) and a :class:`SlotIndex` saying which slot
 each row uses. Three execution paths give the same numbers (tests compare them):
 
 - uniform: all rows use one slot -> the slot's weights are indexed once, a plain batched matmul;
 - gathered: rows use different slots -> per-row weights gathered, one ``baddbmm``;
-- reference: a Python loop over rows with ``F.linear``/``F.conv2d`` (tests only).
+- reference: a Python loop over rows with ``F.linear`` (:func:`rows_linear_reference`) or
+  ``F.conv2d`` (the grid convolution's, in the tests: ``tests/unit/lookaside/grid_reference.py``).
 """
 
 from __future__ import annotations
@@ -134,37 +135,6 @@ def grid_conv(
         return result
     b = bias[index.uniform] if index.uniform is not None else bias[index.slots].unsqueeze(1)
     return result + b
-
-
-def unfolded_to_conv(weight: Tensor, kernel: tuple[int, int]) -> Tensor:
-    """``[kh*kw*Cin, Cout]`` unfolded weight -> ``[Cout, Cin, kh, kw]`` conv weight."""
-    kh, kw = kernel
-    taps_in, cout = weight.shape
-    cin = taps_in // (kh * kw)
-    return weight.reshape(kh, kw, cin, cout).permute(3, 2, 0, 1).contiguous()
-
-
-def grid_conv_reference(
-    x: Tensor, layout: TokenLayout, weight: Tensor, bias: Tensor | None, kernel: tuple[int, int]
-) -> Tensor:
-    """Reference for ``rows_linear(grid_unfold(x), ...)`` on one row set with one weight.
-
-    Runs ``F.conv2d`` on the patch grid and, for each special token, on a 1x1 image.
-
-    Args:
-        x: ``[n, L, Cin]``; weight: unfolded ``[kh*kw*Cin, Cout]``; bias ``[Cout]``.
-    """
-    kh, kw = kernel
-    conv_w = unfolded_to_conv(weight, kernel)
-    n, _, C = x.shape
-    s = layout.num_special
-    fg, tg = layout.grid
-    image = x[:, s:].reshape(n, fg, tg, C).permute(0, 3, 1, 2)
-    grid = F.conv2d(image, conv_w, bias, padding=(kh // 2, kw // 2))
-    grid = grid.permute(0, 2, 3, 1).reshape(n, fg * tg, -1)
-    special = x[:, :s].reshape(n * s, C, 1, 1)
-    special = F.conv2d(special, conv_w, bias, padding=(kh // 2, kw // 2)).reshape(n, s, -1)
-    return torch.cat([special, grid], dim=1)
 
 
 def rows_gather(stacked: Tensor, index: SlotIndex, n: int) -> Tensor:

@@ -23,7 +23,6 @@ from lookaside.adapters.bottleneck import BottleneckSite
 from lookaside.adapters.convpass import CONV_KERNEL, ConvpassSite
 from lookaside.adapters.lora import LoraQVSite
 from lookaside.adapters.moa import DenseMoaSite, SoftMoaSite
-from lookaside.adapters.ops import grid_conv_reference
 from lookaside.adapters.prompt import PromptSite
 from lookaside.adapters.slot_index import SlotIndex
 from lookaside.adapters.stack import AdapterStack
@@ -32,30 +31,15 @@ from lookaside.errors import BankFull, InvalidCheckpoint
 from lookaside.model import MultiAdapterModel
 from lookaside.sites import TokenLayout
 from tests.support import randomise
+from tests.unit.lookaside.grid_reference import grid_conv_reference
+from tests.unit.lookaside.method_cases import AUDIO_METHODS, CASES
 
 TOL = 1e-5
 FRAMES = 64  # 8 x 4 grid on the tiny backbone: fast, but still a real 2-D grid
 # Audio-visual methods (two streams, clips of segments) have their own oracle: test_avpea.py.
-METHODS = [m for m, spec in ADAPTERS.items() if "clip" in spec.tasks]
-
-# Small but non-default configs so shapes differ from defaults.
-CONFIGS: dict[str, list[dict[str, object]]] = {
-    "linear": [{}],
-    "bottleneck": [{"rank": 6}, {"rank": 4, "sites": ["attn"]}],
-    "lora": [{"rank": 4, "alpha": 8.0}, {"rank": 2}],
-    "convpass": [{"rank": 4}, {"rank": 3, "sites": ["ffn"]}],
-    "loaa": [{"rank": 5, "kernels": "attn:T,ffn:F"}, {"rank": 3, "kernels": "attn:F"}],
-    "dense_moa": [
-        {"num_experts": 3, "rank": 2},
-        {"num_experts": 2, "rank": 1, "sites": ["attn", "ffn"]},
-    ],
-    "soft_moa": [
-        {"num_experts": 3, "rank": 2, "slots_per_expert": 2},
-        {"num_experts": 4, "rank": 1, "sites": ["attn", "ffn"]},
-    ],
-    "aat": [{"rank": 6}, {"rank": 4, "layers": [1, 3]}],
-    "prompt": [{"num_tokens": 3}, {"num_tokens": 2, "layers": [0, 2]}],
-}
+METHODS = AUDIO_METHODS
+# Each method's matrix configs, from the one case table (small, non-default shapes).
+CONFIGS: dict[str, list[dict[str, object]]] = {m: list(c.mixed) for m, c in CASES.items()}
 
 
 def test_every_registered_method_is_in_the_matrix() -> None:

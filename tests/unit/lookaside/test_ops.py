@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from lookaside.adapters.ops import (
-    SlotIndex,
     grid_conv,
-    grid_conv_reference,
     grid_unfold,
     rows_linear,
     rows_linear_reference,
 )
+from lookaside.adapters.slot_index import SlotIndex
 from lookaside.sites import TokenLayout
+from tests.unit.lookaside.grid_reference import grid_conv_reference
 
 
 @pytest.mark.parametrize("slots", [[0, 0, 0, 0], [2, 0, 1, 2], [1]])

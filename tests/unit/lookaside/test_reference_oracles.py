@@ -29,37 +29,18 @@ from lookaside.backbone_config import BackboneConfig
 from lookaside.model import MultiAdapterModel
 from lookaside.sites import AUDIO_VISUAL_POSITIONS, SITE_POSITIONS, SitePosition
 from tests.support import randomise
+from tests.unit.lookaside.method_cases import case_id, oracle_cases
 
 TOL = 1e-5
 FRAMES = 48  # 128 mel x 48 frames -> an 8 x 3 grid (not square), equal to the stored grid
 MEL = 128
 
-# Methods at configs that use every site position the method can use.
-CASES: list[tuple[str, dict[str, object]]] = [
-    ("linear", {}),
-    ("bottleneck", {"rank": 5, "sites": ["attn", "ffn"], "scale": 0.7}),
-    ("bottleneck", {"rank": 3, "sites": ["ffn"], "layers": [0, 2]}),
-    ("lora", {"rank": 4, "alpha": 6.0}),
-    ("lora", {"rank": 2, "layers": [1, 2]}),
-    ("convpass", {"rank": 4, "sites": ["attn", "ffn"], "scale": 0.5}),
-    ("loaa", {"rank": 5, "kernels": "attn:T,ffn:F"}),
-    ("loaa", {"rank": 3, "kernels": "attn:F,ffn:L", "scale": 2.0}),
-    ("dense_moa", {"num_experts": 3, "rank": 2, "sites": ["attn", "ffn"]}),
-    ("soft_moa", {"num_experts": 3, "rank": 2, "slots_per_expert": 2, "sites": ["attn", "ffn"]}),
-    ("aat", {"rank": 6, "mlp_scale": 0.5}),
-    ("aat", {"rank": 4, "layers": [1, 3]}),
-    ("prompt", {"num_tokens": 3}),
-    ("prompt", {"num_tokens": 2, "layers": [1, 3]}),
-]
-
-
-def _case_id(case: tuple[str, dict[str, object]]) -> str:
-    method, cfg = case
-    return method + "".join(f"-{k}={v}" for k, v in sorted(cfg.items())).replace(" ", "")
+# Methods at configs that use every site position the method can use (the one case table).
+CASES: list[tuple[str, dict[str, object]]] = oracle_cases()
 
 
 def _params(case: tuple[str, dict[str, object]]) -> object:
-    return pytest.param(*case, id=_case_id(case))
+    return pytest.param(*case, id=case_id(*case))
 
 
 # -- a small backbone with every weight random (zero biases / unit norms would hide mix-ups) ----
