@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from lookaside.adapters.base import AdapterConfig, AdapterMethod, StackedSite
+from lookaside.adapters.base import AdapterConfig, AdapterMethod, SiteContext, StackedSite
 from lookaside.adapters.bottleneck import BottleneckSite
-from lookaside.backbone_config import BackboneConfig
 from lookaside.sites import SitePosition
 
 
@@ -26,14 +25,12 @@ class AatConfig(AdapterConfig):
     """Scale s of the MLP adapter's output."""
 
 
-def _make_sites(
-    config: AdapterConfig, backbone: BackboneConfig, num_slots: int
-) -> dict[SitePosition, StackedSite]:
+def _make_sites(config: AdapterConfig, site: SiteContext) -> dict[SitePosition, StackedSite]:
     assert isinstance(config, AatConfig)
-    D = backbone.embed_dim
+    D = site.width
     return {
-        "attn.post": BottleneckSite(D, config.rank, num_slots),
-        "ffn.parallel": BottleneckSite(D, config.rank, num_slots, scale=config.mlp_scale),
+        "attn.post": BottleneckSite(D, config.rank, site.num_slots),
+        "ffn.parallel": BottleneckSite(D, config.rank, site.num_slots, scale=config.mlp_scale),
     }
 
 

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from lookaside.adapters.base import AdapterConfig, AdapterMethod, StackedSite
+from lookaside.adapters.base import AdapterConfig, AdapterMethod, SiteContext, StackedSite
 from lookaside.adapters.ops import rows_linear
 from lookaside.adapters.slot_index import SlotIndex
 from lookaside.backbone_config import BackboneConfig
@@ -224,27 +224,21 @@ def _check_backbone(backbone: BackboneConfig) -> None:
         )
 
 
-def _make_sites(
-    config: AdapterConfig, backbone: BackboneConfig, num_slots: int
-) -> dict[SitePosition, StackedSite]:
+def _make_sites(config: AdapterConfig, site: SiteContext) -> dict[SitePosition, StackedSite]:
     assert isinstance(config, AvpeaConfig)
-    _check_backbone(backbone)
-    return {
-        "attn.cross": AvpeaSite(backbone.embed_dim, config.width(backbone.embed_dim), num_slots)
-    }
+    _check_backbone(site.backbone)
+    return {"attn.cross": AvpeaSite(site.width, config.width(site.width), site.num_slots)}
 
 
-def _make_clip_site(config: AdapterConfig, backbone: BackboneConfig, num_slots: int) -> StackedSite:
+def _make_clip_site(config: AdapterConfig, site: SiteContext) -> StackedSite:
     assert isinstance(config, AvpeaConfig)
-    width = config.width(backbone.embed_dim)
+    width = config.width(site.width)
     if width % config.temporal_heads:
         raise ConfigError(
             f"temporal_heads {config.temporal_heads} does not divide the temporal width {width} "
-            f"(embed_dim {backbone.embed_dim} / reduction {config.reduction})"
+            f"(embed_dim {site.width} / reduction {config.reduction})"
         )
-    return TemporalSite(
-        backbone.embed_dim, width, config.segments, config.temporal_heads, num_slots
-    )
+    return TemporalSite(site.width, width, config.segments, config.temporal_heads, site.num_slots)
 
 
 AVPEA = AdapterMethod(

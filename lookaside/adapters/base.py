@@ -146,11 +146,34 @@ class StackedSite(nn.Module):
         raise NotImplementedError
 
 
-SiteFactory = Callable[[AdapterConfig, BackboneConfig, int], dict[SitePosition, StackedSite]]
-"""(method config, backbone config, num_slots) -> this method's sites in one block."""
-ClipSiteFactory = Callable[[AdapterConfig, BackboneConfig, int], StackedSite]
-"""(method config, backbone config, num_slots) -> the method's one ``clip`` site (run across the
-segments of a clip after the backbone; checkpoint keys ``clip.<param>``)."""
+@dataclass(frozen=True)
+class SiteContext:
+    """What a method's site factory builds for: one block of a backbone, and the slots per site.
+
+    The block's index and token width come with it, so a backbone whose width changes per block
+    (a hierarchical one) needs no change in any method: each factory sizes its sites by
+    :attr:`width`, never by ``backbone.embed_dim``.
+    """
+
+    backbone: BackboneConfig
+    layer: int
+    """Block index (:data:`lookaside.sites.CLIP_LAYER` for a clip site, after the backbone)."""
+    width: int
+    """Token width ``D`` at this block."""
+    num_slots: int
+    """Slots of every parameter of the sites built (the stack's capacity)."""
+
+    @classmethod
+    def for_block(cls, backbone: BackboneConfig, layer: int, num_slots: int) -> SiteContext:
+        """The context of block ``layer`` (a ViT has one width, ``embed_dim``, everywhere)."""
+        return cls(backbone, layer, backbone.embed_dim, num_slots)
+
+
+SiteFactory = Callable[[AdapterConfig, SiteContext], dict[SitePosition, StackedSite]]
+"""(method config, block context) -> this method's sites in that block."""
+ClipSiteFactory = Callable[[AdapterConfig, SiteContext], StackedSite]
+"""(method config, clip context) -> the method's one ``clip`` site (run across the segments of a
+clip after the backbone; checkpoint keys ``clip.<param>``)."""
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,15 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from lookaside.adapters.base import AdapterConfig, AdapterMethod, StackedSite, SubLayers
+from lookaside.adapters.base import (
+    AdapterConfig,
+    AdapterMethod,
+    SiteContext,
+    StackedSite,
+    SubLayers,
+)
 from lookaside.adapters.ops import grid_conv
 from lookaside.adapters.slot_index import SlotIndex
-from lookaside.backbone_config import BackboneConfig
 from lookaside.sites import SitePosition, TokenLayout
 
 
@@ -71,13 +76,11 @@ class BottleneckConfig(AdapterConfig):
     """Output scale s."""
 
 
-def _make_sites(
-    config: AdapterConfig, backbone: BackboneConfig, num_slots: int
-) -> dict[SitePosition, StackedSite]:
+def _make_sites(config: AdapterConfig, site: SiteContext) -> dict[SitePosition, StackedSite]:
     assert isinstance(config, BottleneckConfig)
     return {
         f"{sub}.parallel": BottleneckSite(  # type: ignore[misc]
-            backbone.embed_dim, config.rank, num_slots, scale=config.scale
+            site.width, config.rank, site.num_slots, scale=config.scale
         )
         for sub in config.sites
     }

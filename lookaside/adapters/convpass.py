@@ -16,10 +16,15 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from lookaside.adapters.base import AdapterConfig, AdapterMethod, StackedSite, SubLayers
+from lookaside.adapters.base import (
+    AdapterConfig,
+    AdapterMethod,
+    SiteContext,
+    StackedSite,
+    SubLayers,
+)
 from lookaside.adapters.ops import grid_conv, rows_linear
 from lookaside.adapters.slot_index import SlotIndex
-from lookaside.backbone_config import BackboneConfig
 from lookaside.errors import ConfigError
 from lookaside.sites import SitePosition, TokenLayout
 
@@ -70,15 +75,13 @@ class ConvpassSite(StackedSite):
         return out * self.scale if self.scale != 1.0 else out
 
 
-def _make_sites(
-    config: AdapterConfig, backbone: BackboneConfig, num_slots: int
-) -> dict[SitePosition, StackedSite]:
+def _make_sites(config: AdapterConfig, site: SiteContext) -> dict[SitePosition, StackedSite]:
     assert isinstance(config, ConvpassConfig)
-    if not backbone.grid_is_tiled:
+    if not site.backbone.grid_is_tiled:
         raise ConfigError("Convpass needs non-overlapping patches (stride = patch size)")
     return {
         f"{sub}.parallel": ConvpassSite(  # type: ignore[misc]
-            backbone.embed_dim, config.rank, config.scale, num_slots
+            site.width, config.rank, config.scale, site.num_slots
         )
         for sub in config.sites
     }

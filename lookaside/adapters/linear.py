@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from lookaside.adapters.base import AdapterConfig, AdapterMethod, StackedSite
-from lookaside.backbone_config import BackboneConfig
+from lookaside.adapters.base import AdapterConfig, AdapterMethod, SiteContext, StackedSite
 from lookaside.sites import SitePosition
 
 
@@ -11,9 +10,7 @@ class LinearConfig(AdapterConfig):
     """No options: the head is configured by the task (classes, pooling)."""
 
 
-def _no_sites(
-    config: AdapterConfig, backbone: BackboneConfig, num_slots: int
-) -> dict[SitePosition, StackedSite]:
+def _no_sites(config: AdapterConfig, site: SiteContext) -> dict[SitePosition, StackedSite]:
     return {}
 
 

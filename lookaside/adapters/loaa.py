@@ -17,9 +17,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from lookaside.adapters.base import AdapterConfig, AdapterMethod, StackedSite, SubLayer
+from lookaside.adapters.base import AdapterConfig, AdapterMethod, SiteContext, StackedSite, SubLayer
 from lookaside.adapters.bottleneck import BottleneckSite
-from lookaside.backbone_config import BackboneConfig
 from lookaside.errors import ConfigError
 from lookaside.sites import SitePosition
 
@@ -60,10 +59,9 @@ class LoaaConfig(AdapterConfig):
         return ",".join(f"{k}:{v}" for k, v in sorted(self.kernels.items()))
 
 
-def _make_sites(
-    config: AdapterConfig, backbone: BackboneConfig, num_slots: int
-) -> dict[SitePosition, StackedSite]:
+def _make_sites(config: AdapterConfig, site: SiteContext) -> dict[SitePosition, StackedSite]:
     assert isinstance(config, LoaaConfig)
+    backbone = site.backbone
     if not backbone.grid_is_tiled and any(k != "L" for k in config.kernels.values()):
         raise ConfigError(
             f"LoAA needs tokens on a grid, but backbone {backbone.name!r} uses overlapping patches "
@@ -72,7 +70,7 @@ def _make_sites(
         )
     return {
         f"{sub}.parallel": BottleneckSite(  # type: ignore[misc]
-            backbone.embed_dim, config.rank, num_slots, KERNELS[k], config.scale
+            site.width, config.rank, site.num_slots, KERNELS[k], config.scale
         )
         for sub, k in sorted(config.kernels.items())
     }

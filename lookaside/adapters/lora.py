@@ -19,9 +19,8 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from lookaside.adapters.base import AdapterConfig, AdapterMethod, StackedSite
+from lookaside.adapters.base import AdapterConfig, AdapterMethod, SiteContext, StackedSite
 from lookaside.adapters.slot_index import SlotIndex
-from lookaside.backbone_config import BackboneConfig
 from lookaside.sites import SitePosition, TokenLayout
 
 
@@ -127,11 +126,9 @@ class LoraQVSite(StackedSite):
         return out
 
 
-def _make_sites(
-    config: AdapterConfig, backbone: BackboneConfig, num_slots: int
-) -> dict[SitePosition, StackedSite]:
+def _make_sites(config: AdapterConfig, site: SiteContext) -> dict[SitePosition, StackedSite]:
     assert isinstance(config, LoraConfig)
-    return {"attn.qkv": LoraQVSite(backbone.embed_dim, config.rank, config.alpha, num_slots)}
+    return {"attn.qkv": LoraQVSite(site.width, config.rank, config.alpha, site.num_slots)}
 
 
 LORA = AdapterMethod(

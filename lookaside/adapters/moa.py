@@ -24,10 +24,15 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from lookaside.adapters.base import AdapterConfig, AdapterMethod, StackedSite, SubLayers
+from lookaside.adapters.base import (
+    AdapterConfig,
+    AdapterMethod,
+    SiteContext,
+    StackedSite,
+    SubLayers,
+)
 from lookaside.adapters.ops import rows_gather, rows_linear
 from lookaside.adapters.slot_index import SlotIndex
-from lookaside.backbone_config import BackboneConfig
 from lookaside.sites import SitePosition, TokenLayout
 
 
@@ -116,24 +121,20 @@ class SoftMoaSite(_ExpertsSite):
         return torch.bmm(combine, slots_out.reshape(n, -1, D))
 
 
-def _make_dense(
-    config: AdapterConfig, backbone: BackboneConfig, num_slots: int
-) -> dict[SitePosition, StackedSite]:
+def _make_dense(config: AdapterConfig, site: SiteContext) -> dict[SitePosition, StackedSite]:
     assert isinstance(config, DenseMoaConfig)
     return {
         f"{sub}.parallel": DenseMoaSite(  # type: ignore[misc]
-            backbone.embed_dim, config, config.num_experts, num_slots
+            site.width, config, config.num_experts, site.num_slots
         )
         for sub in config.sites
     }
 
 
-def _make_soft(
-    config: AdapterConfig, backbone: BackboneConfig, num_slots: int
-) -> dict[SitePosition, StackedSite]:
+def _make_soft(config: AdapterConfig, site: SiteContext) -> dict[SitePosition, StackedSite]:
     assert isinstance(config, SoftMoaConfig)
     return {
-        f"{sub}.parallel": SoftMoaSite(backbone.embed_dim, config, num_slots)  # type: ignore[misc]
+        f"{sub}.parallel": SoftMoaSite(site.width, config, site.num_slots)  # type: ignore[misc]
         for sub in config.sites
     }
 

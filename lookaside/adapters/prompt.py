@@ -16,10 +16,9 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from lookaside.adapters.base import AdapterConfig, AdapterMethod, StackedSite
+from lookaside.adapters.base import AdapterConfig, AdapterMethod, SiteContext, StackedSite
 from lookaside.adapters.ops import rows_gather
 from lookaside.adapters.slot_index import SlotIndex
-from lookaside.backbone_config import BackboneConfig
 from lookaside.sites import SitePosition, TokenLayout
 
 
@@ -51,12 +50,12 @@ class PromptSite(StackedSite):
         return rows_gather(self.prompts, index, x.shape[0]).to(x.dtype)
 
 
-def _make_sites(
-    config: AdapterConfig, backbone: BackboneConfig, num_slots: int
-) -> dict[SitePosition, StackedSite]:
+def _make_sites(config: AdapterConfig, site: SiteContext) -> dict[SitePosition, StackedSite]:
     assert isinstance(config, PromptConfig)
     return {
-        "tokens": PromptSite(backbone.embed_dim, config.num_tokens, backbone.patch_size, num_slots)
+        "tokens": PromptSite(
+            site.width, config.num_tokens, site.backbone.patch_size, site.num_slots
+        )
     }
 
 

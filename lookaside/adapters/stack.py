@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from lookaside.adapters.base import AdapterConfig, AdapterMethod, StackedSite
+from lookaside.adapters.base import AdapterConfig, AdapterMethod, SiteContext, StackedSite
 from lookaside.backbone_config import BackboneConfig
 from lookaside.errors import ConfigError
 from lookaside.sites import CLIP_LAYER, SITE_POSITIONS, SitePosition
@@ -32,14 +32,15 @@ class AdapterStack(nn.Module):
         self.blocks = nn.ModuleDict()
         self._lookup: dict[tuple[int, SitePosition], StackedSite] = {}
         for i in config.block_indices(backbone_cfg.depth):
-            sites = method.make_sites(config, backbone_cfg, num_slots)
+            sites = method.make_sites(config, SiteContext.for_block(backbone_cfg, i, num_slots))
             unknown = set(sites) - set(SITE_POSITIONS)
             if unknown:
                 raise ConfigError(f"method {method.name!r} names unknown sites {sorted(unknown)}")
             self.blocks[str(i)] = nn.ModuleDict({_key(p): s for p, s in sites.items()})
             self._lookup.update({(i, p): s for p, s in sites.items()})
         if method.make_clip_site is not None:
-            self.clip = method.make_clip_site(config, backbone_cfg, num_slots)
+            clip = SiteContext.for_block(backbone_cfg, CLIP_LAYER, num_slots)
+            self.clip = method.make_clip_site(config, clip)
             self._lookup[(CLIP_LAYER, "clip")] = self.clip
 
     @classmethod

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from lookaside.adapters import ADAPTERS, HeadConfig
 from lookaside.adapters.bank import AdapterBank
+from lookaside.adapters.base import SiteContext
 from lookaside.backbone import VisionTransformer
 from lookaside.backbone_config import BackboneConfig
 from lookaside.model import MultiAdapterModel
@@ -309,7 +310,8 @@ def test_every_site_position_is_used_by_a_method_and_covered_here() -> None:
     for method in ADAPTERS.values():
         for case_method, raw in CASES:
             if case_method == method.name:
-                registered |= set(method.make_sites(method.parse_config(raw), cfg, 1))
+                block = SiteContext.for_block(cfg, 0, 1)
+                registered |= set(method.make_sites(method.parse_config(raw), block))
     assert registered == set(SITE_POSITIONS) - set(AUDIO_VISUAL_POSITIONS)  # AV: test_avpea.py
 
 
