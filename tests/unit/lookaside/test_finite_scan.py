@@ -2,7 +2,8 @@
 
 The fast path sums each tensor; the exact per-element check runs only where a sum is not finite.
 Tested against the plain per-tensor ``torch.isfinite(t).all()``, including sums that overflow
-while every value is finite. ``AdapterBank.load(..., validated=True)`` skips only the scan.
+while every value is finite. ``AdapterBank.load`` skips only the scan, for a ValidatedCheckpoint (or
+the deprecated ``validated=True``).
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import torch
 from lookaside.adapters import HeadConfig
 from lookaside.adapters.bank import AdapterBank
 from lookaside.backbone import VisionTransformer
+from lookaside.checkpoint import AdapterCheckpoint, ValidatedCheckpoint
 from lookaside.checkpoint.finite import nonfinite_names
 from lookaside.errors import InvalidCheckpoint
+from lookaside.features import FeatureConfig
 from tests.support import randomise
 
 LOAA = {"rank": 3, "kernels": "attn:T,ffn:F"}
@@ -104,3 +107,51 @@ def test_bank_load_validated_skips_only_the_scan(tiny_backbone: VisionTransforme
     with pytest.raises(InvalidCheckpoint, match=name):
         trusted.load(reservation, wrong, validated=True)
     trusted.abort(reservation)
+
+
+def _checkpoint(
+    backbone: VisionTransformer, tensors: dict[str, torch.Tensor], cls: type[AdapterCheckpoint]
+) -> AdapterCheckpoint:
+    """``tensors`` under a real manifest, as an ``cls`` (the bank decides by the type alone)."""
+    bank = AdapterBank.for_backbone(backbone, capacity=1)
+    bank.add("src", "loaa", LOAA, HEAD)
+    snapshot = AdapterCheckpoint.from_bank(
+        bank,
+        "src",
+        name="src",
+        version=1,
+        task="t",
+        task_type="multiclass",
+        labels=["a", "b", "c"],
+        features=FeatureConfig(),
+        backbone=backbone,
+    )
+    return cls(snapshot.manifest, tensors)
+
+
+def test_bank_load_skips_the_scan_only_for_a_validated_checkpoint(
+    tiny_backbone: VisionTransformer,
+) -> None:
+    tensors = _tensors(tiny_backbone)
+    name = next(n for n in sorted(tensors) if not n.startswith("head."))
+    tensors[name].view(-1)[0] = float("nan")
+    bank = AdapterBank.for_backbone(tiny_backbone, capacity=2)
+    plain = _checkpoint(tiny_backbone, tensors, AdapterCheckpoint)
+    reservation = bank.reserve("plain", "loaa", LOAA, HEAD)
+    with pytest.raises(InvalidCheckpoint, match=f"{name} contains NaN or Inf"):
+        bank.load(reservation, plain)
+    bank.abort(reservation)
+    # a ValidatedCheckpoint was scanned when it was validated: the bank trusts its values
+    validated = _checkpoint(tiny_backbone, tensors, ValidatedCheckpoint)
+    reservation = bank.reserve("validated", "loaa", LOAA, HEAD)
+    bank.load(reservation, validated)
+    bank.publish(reservation)
+    loaded = bank.adapter_tensors("validated")[name]
+    torch.testing.assert_close(loaded, tensors[name], equal_nan=True)
+    # names and shapes are still checked
+    wrong = dict(tensors)
+    wrong[name] = torch.zeros(2, 2)
+    reservation = bank.reserve("wrong", "loaa", LOAA, HEAD)
+    with pytest.raises(InvalidCheckpoint, match=name):
+        bank.load(reservation, _checkpoint(tiny_backbone, wrong, ValidatedCheckpoint))
+    bank.abort(reservation)
