@@ -26,7 +26,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.run
 
 params: setup
-	$(BIN)/python -m lookaside.param_table --write README.md
+	$(BIN)/python -m training.param_table --write README.md
 
 docs: params
 	$(BIN)/python -m service.settings_table --write README.md

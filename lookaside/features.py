@@ -11,8 +11,8 @@ with the AudioSet statistics. Zero padding comes before normalisation, as in AST
 Pipeline: bytes -> :func:`lookaside.decode.decode_audio` (its own module: the service and the
 datasets both decode) -> :func:`to_mono_16k` -> :func:`fbank` -> :func:`pad_or_crop`
 or :func:`sliding_windows` -> :func:`normalise`; :func:`extract` and :func:`extract_windows` run
-it from a waveform. Training helpers (:class:`SpecAugment`, :func:`mixup`) work on the same
-``[frames, mel]`` tensors.
+it from a waveform. Training-only augmentation (SpecAugment, mixup) works on the same
+``[frames, mel]`` tensors and lives in :mod:`training.augment`.
 
 Audio-visual clips (AV-PEA): :func:`segment_features` cuts the whole clip's fbank into one window
 per second, and :func:`frames_to_pixels` turns RGB frames into backbone pixels (resized to the
@@ -24,12 +24,11 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 import torchaudio
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from torch import Tensor, nn
+from torch import Tensor
 
 from lookaside.decode import check_sample_rate, check_values, downmix
 from lookaside.errors import BadAudio, ConfigError
@@ -354,91 +353,3 @@ def frames_to_pixels(
     m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return ((x - m) / s).reshape(*lead, 3, image_size[0], image_size[1])
-
-
-# -- training helpers -------------------------------------------------------------------------
-class SpecAugment(nn.Module):
-    """Frequency and time masking (Park et al., 2019; AST trains with it) on ``[frames, mel]`` or
-    ``[B, frames, mel]``, each example with its own masks. Identity in eval mode.
-
-    Masks are the torchaudio ``FrequencyMasking``/``TimeMasking`` draws (width uniform in
-    ``[0, width)``, position uniform), applied through the function both transforms call so a
-    width larger than the input is capped at its length instead of piling masks onto its start.
-
-    Args:
-        freq_mask: largest frequency mask, in mel bins (AST: 48).
-        time_mask: largest time mask, in frames (AST: 192 for AudioSet, 96 for ESC-50).
-        num_freq_masks: frequency masks per example.
-        num_time_masks: time masks per example.
-        mask_value: value written into masks; 0 is the mean of normalised features.
-    """
-
-    def __init__(
-        self,
-        freq_mask: int = 48,
-        time_mask: int = 192,
-        num_freq_masks: int = 1,
-        num_time_masks: int = 1,
-        mask_value: float = 0.0,
-    ) -> None:
-        super().__init__()
-        if min(freq_mask, time_mask, num_freq_masks, num_time_masks) < 0:
-            raise ConfigError("SpecAugment mask widths and counts must be >= 0")
-        self.freq_mask = freq_mask
-        self.time_mask = time_mask
-        self.num_freq_masks = num_freq_masks
-        self.num_time_masks = num_time_masks
-        self.mask_value = mask_value
-
-    def forward(self, spec: Tensor) -> Tensor:
-        if not self.training:
-            return spec
-        if spec.dim() not in (2, 3):
-            raise ConfigError(
-                f"SpecAugment takes [frames, mel] or [B, frames, mel], got {spec.dim()}-D"
-            )
-        dtype = spec.dtype
-        # torchaudio masks (..., freq, time); float32 so mask positions above 256 are exact.
-        x = (spec if spec.dim() == 3 else spec.unsqueeze(0)).transpose(1, 2).float()
-        masks = [(1, self.freq_mask)] * self.num_freq_masks + [(2, self.time_mask)] * (
-            self.num_time_masks
-        )
-        for axis, width in masks:
-            x = torchaudio.functional.mask_along_axis_iid(
-                x, min(width, x.shape[axis]), self.mask_value, axis
-            )
-        out = x.transpose(1, 2).to(dtype)
-        return out if spec.dim() == 3 else out.squeeze(0)
-
-    def extra_repr(self) -> str:
-        return (
-            f"freq_mask={self.freq_mask}x{self.num_freq_masks}, "
-            f"time_mask={self.time_mask}x{self.num_time_masks}, mask_value={self.mask_value}"
-        )
-
-
-def mixup(
-    x: Tensor, y_onehot: Tensor, alpha: float, generator: torch.Generator | None = None
-) -> tuple[Tensor, Tensor, float]:
-    """Mix each example with a random partner (Zhang et al., 2018; used by AST).
-
-    Returns ``(lam * x + (1 - lam) * x[perm], lam * y + (1 - lam) * y[perm], lam)`` with
-    ``lam ~ Beta(alpha, alpha)`` and ``perm`` a random permutation of the batch.
-
-    Args:
-        x: ``[B, ...]`` inputs.
-        y_onehot: ``[B, classes]`` one-hot or soft targets, mixed with the same ``lam`` and pairs.
-        alpha: Beta parameter; ``alpha <= 0`` returns the inputs unchanged with ``lam = 1``.
-        generator: makes the draw reproducible; the global torch RNG when None.
-    """
-    if x.shape[0] != y_onehot.shape[0]:
-        raise ValueError(f"batch sizes differ: x {x.shape[0]}, y_onehot {y_onehot.shape[0]}")
-    if alpha <= 0:
-        return x, y_onehot, 1.0
-    # torch's Beta takes no generator: seed numpy's from it so one generator drives the whole draw.
-    seed = int(torch.randint(0, 2**31 - 1, (), generator=generator))
-    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
-    perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
-    x_mixed = lam * x + (1 - lam) * x[perm]
-    y_mixed = lam * y_onehot + (1 - lam) * y_onehot[perm.to(y_onehot.device)]
-    return x_mixed, y_mixed, lam

@@ -168,8 +168,8 @@ def cmd_crossval(ns: argparse.Namespace) -> int:
 def cmd_methods(ns: argparse.Namespace) -> int:
     from lookaside.adapters import ADAPTERS
     from lookaside.backbones import PRESETS, build_random, load_backbone
-    from lookaside.param_table import PAPER_CONFIGS
     from training.export import make_bank
+    from training.param_table import PAPER_CONFIGS
 
     backbone = (
         load_backbone(ns.backbone) if ns.backbone else build_random(PRESETS["vit_base_patch16"])

@@ -26,8 +26,8 @@ from tqdm import tqdm
 
 from lookaside.adapters.bank import HEAD_PREFIX, AdapterBank
 from lookaside.errors import ConfigError
-from lookaside.features import SpecAugment, mixup
 from lookaside.model import MultiAdapterModel
+from training.augment import SpecAugment, mixup
 
 Precision = Literal["fp32", "bf16", "fp16"]
 

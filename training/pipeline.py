@@ -31,11 +31,11 @@ from lookaside.backbone import VisionTransformer
 from lookaside.backbones import load_backbone
 from lookaside.checkpoint import AdapterCheckpoint, load_checkpoint
 from lookaside.errors import ConfigError
-from lookaside.features import FeatureConfig, SpecAugment
+from lookaside.features import FeatureConfig
 from lookaside.model import MultiAdapterModel
 from training import plots
 from training.args import TrainArgs
-from training.augment import BackgroundNoise
+from training.augment import BackgroundNoise, SpecAugment
 from training.cache import FeatureCache
 from training.data import ClipDataset, make_loader
 from training.datasets import AveSplits, DataOptions, DatasetSplits, load_dataset

@@ -33,7 +33,6 @@ __all__ = [
     "DataOptions",
     "DatasetError",
     "DatasetSplits",
-    "load_audio_dataset",
     "load_dataset",
 ]
 
@@ -47,13 +46,3 @@ def load_dataset(name: str, opts: DataOptions) -> DatasetSplits | AveSplits:
             f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}"
         ) from None
     return loader(opts)
-
-
-def load_audio_dataset(name: str, opts: DataOptions) -> DatasetSplits:
-    """:func:`load_dataset` for the audio-only paths (refuses an audio-visual dataset)."""
-    splits = load_dataset(name, opts)
-    if isinstance(splits, AveSplits):
-        raise ConfigError(
-            f"dataset {name!r} is audio-visual: train it with an audio-visual method (avpea)"
-        )
-    return splits

@@ -1,7 +1,7 @@
 """The method / config / parameter-% table of the README, generated so it stays true.
 
-    python -m lookaside.param_table            # print the markdown table
-    python -m lookaside.param_table --write README.md   # replace the table between the markers
+    python -m training.param_table            # print the markdown table
+    python -m training.param_table --write README.md   # replace the table between the markers
 
 Counts are for ViT-B/16 on 128 x 512 spectrograms (the ESC-50 setting); percentages are of the
 backbone's own parameters, adapter sites only (the head is listed apart: it depends on the task).
