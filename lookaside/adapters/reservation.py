@@ -1,5 +1,6 @@
 """The bank's records of one adapter: a :class:`Reservation` while it loads, a :class:`BankEntry`
-once it is published (routable)."""
+once it is published (routable). Threads: a reservation moves between the threads that reserve,
+load and publish it (the engine's worker and loader); the bank's lock orders its state changes."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 The bank resolves ids to (stack, slot, head) under its lock (:func:`group_rows`); the index
 tensors are built after it, outside the lock (:func:`assemble_route`). Prompt tuning changes the
 token layout, so rows share one backbone pass only with the same prompt key (:func:`prompt_key`).
+Threads: the caller's (the engine's worker builds routes and classifies; training its one thread).
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 The one place these are computed: the bank (loads, byte estimates), checkpoint validation (uploads,
 saves) and the parameter table all ask here, so a checkpoint that validates is one the bank
 accepts. Nothing is allocated: sites are built on the ``meta`` device, heads by arithmetic.
+Threads: any (upload validation runs beside the engine's thread); the memo is an ``lru_cache``,
+which is thread-safe, and the meta build's device scope is per thread.
 """
 
 from __future__ import annotations

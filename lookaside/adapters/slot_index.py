@@ -2,6 +2,7 @@
 
 Kept apart from :mod:`lookaside.adapters.route` (which builds routes from stacks) so a site module
 imports only this, never the route, the stack or the bank (no import cycle through them).
+Threads: built by whoever builds the route; read by the forward.
 """
 
 from __future__ import annotations
