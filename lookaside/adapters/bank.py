@@ -225,17 +225,12 @@ class AdapterBank(AdapterViews, nn.Module):
     ) -> None:
         """Write one adapter into its reserved slot (any thread; the slot is not routable yet).
 
-        ``checkpoint`` (an :class:`~lookaside.checkpoint.AdapterCheckpoint`, or its tensors:
-        checkpoint names, ``head.*`` included) is checked for names, shapes, dtype and finite
-        values before anything is written; ``None`` initialises a fresh adapter from ``seed``
-        (sites first, then the head, from one CPU generator). The finite-value scan is skipped
-        only for a :class:`~lookaside.checkpoint.ValidatedCheckpoint` (``load_checkpoint`` /
-        ``validate_checkpoint_bytes`` already scanned every value); names and shapes are always
-        checked.
-
-        ``validated`` is deprecated (the type decides; it warns nothing, so callers under
-        ``-W error`` keep working): ``validated=True`` still skips the scan for plain tensors
-        until the last caller (the engine's loader) passes the checkpoint itself.
+        ``checkpoint`` (an :class:`~lookaside.checkpoint.AdapterCheckpoint` or its tensors,
+        ``head.*`` included) is checked for names, shapes, dtype and finite values before anything
+        is written; the finite scan is skipped only for a
+        :class:`~lookaside.checkpoint.ValidatedCheckpoint` (already scanned). ``None``: a fresh
+        adapter from ``seed`` (sites, then the head, from one CPU generator). ``validated=True``
+        is deprecated (the type decides; no warning, so ``-W error`` callers keep working).
 
         Raises:
             InvalidCheckpoint: the tensors do not fit; the reservation stays (abort it).
@@ -336,13 +331,7 @@ class AdapterBank(AdapterViews, nn.Module):
         if key is None:
             raise ConfigError(f"method {method!r} trains only a head: it has no stack to grow")
         with self._locked():
-            current = self._table.capacity_for(key)
-            if capacity < current:
-                raise ConfigError(
-                    f"capacity can only grow: the {method} stack has {current} slots, "
-                    f"asked for {capacity}"
-                )
-            self._table.set_capacity(key, capacity)
+            self._table.set_capacity(key, method, capacity)
 
     def free_slots(self, method: str, config: AdapterConfig | Mapping[str, object]) -> int:
         """Free slots of the stack for (method, config): its capacity if it does not exist yet;

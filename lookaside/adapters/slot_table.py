@@ -186,8 +186,19 @@ class SlotTable:
         slots = self.by_key.get(key)
         return len(slots.free) if slots is not None else self.capacity_for(key)
 
-    def set_capacity(self, key: str, capacity: int) -> None:
-        """Grow stack ``key`` to ``capacity`` (now if it exists, else when it is created)."""
+    def set_capacity(self, key: str, method: str, capacity: int) -> None:
+        """Grow stack ``key`` (of ``method``) to ``capacity`` (now if it exists, else when it is
+        created).
+
+        Raises:
+            ConfigError: ``capacity`` is below the current one, or the stack is in use.
+        """
+        current = self.capacity_for(key)
+        if capacity < current:
+            raise ConfigError(
+                f"capacity can only grow: the {method} stack has {current} slots, "
+                f"asked for {capacity}"
+            )
         slots = self.by_key.get(key)
         if slots is not None and capacity > slots.capacity:
             slots.grow(capacity)
