@@ -24,9 +24,9 @@ import httpx
 import torch
 from asgi_lifespan import LifespanManager
 
-from lookaside.adapters.bank import AdapterBank
 from lookaside.adapters.head import HeadConfig
 from lookaside.backbones import build_random
+from lookaside.bank import AdapterBank
 from lookaside.checkpoint import AdapterCheckpoint
 from lookaside.features import FeatureConfig
 from service.app import create_app

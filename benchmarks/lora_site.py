@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from lookaside.adapters import HeadConfig
-from lookaside.adapters.bank import AdapterBank
 from lookaside.backbone_config import BackboneConfig
+from lookaside.bank import AdapterBank
 from lookaside.sites import TokenLayout
 
 

@@ -24,10 +24,10 @@ import torch
 from torch import Tensor, nn
 
 from lookaside.adapters import HeadConfig
-from lookaside.adapters.bank import AdapterBank
 from lookaside.adapters.lora import LoraQVSite
 from lookaside.backbone import VisionTransformer
 from lookaside.backbones import from_timm_model
+from lookaside.bank import AdapterBank
 
 TIMM_NAME = "vit_base_patch16_224"
 # Presets with a timm twin: the keyword overrides that give timm the preset's shape.

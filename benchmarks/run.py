@@ -46,9 +46,9 @@ import torch
 
 from benchmarks import lora_site, peer_peft
 from lookaside.adapters import HeadConfig
-from lookaside.adapters.bank import AdapterBank
 from lookaside.backbone import VisionTransformer
 from lookaside.backbones import PRESETS, build_random
+from lookaside.bank import AdapterBank
 from lookaside.model import MultiAdapterModel
 
 FRAMES = 512  # 5 s at 10 ms hop -> 8 x 32 = 256 tokens on ViT-B/16

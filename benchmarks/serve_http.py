@@ -49,10 +49,10 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from lookaside.adapters.bank import AdapterBank
 from lookaside.adapters.head import HeadConfig
 from lookaside.backbone import VisionTransformer
 from lookaside.backbones import build_random
+from lookaside.bank import AdapterBank
 from lookaside.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, AdapterCheckpoint
 from lookaside.features import FeatureConfig
 from lookaside.model import MultiAdapterModel

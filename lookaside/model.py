@@ -19,10 +19,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from lookaside.adapters.bank import AdapterBank
-from lookaside.adapters.route import RowRoute
 from lookaside.adapters.slot_index import index_tensor
 from lookaside.backbone import VisionTransformer
+from lookaside.bank import AdapterBank
+from lookaside.bank.route import RowRoute
 from lookaside.errors import ConfigError
 from lookaside.sites import CLIP_LAYER, TokenLayout
 from lookaside.tasks import AV_EVENTS, CLIP, TaskKind

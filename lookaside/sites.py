@@ -2,7 +2,7 @@
 
 The backbone calls a :class:`Route` at named :data:`SitePosition`\\ s of every block and tells it
 where the tokens sit (:class:`TokenLayout`); adapter methods implement sites at those positions;
-:class:`lookaside.adapters.route.RowRoute` is the route the adapter bank builds per batch.
+:class:`lookaside.bank.route.RowRoute` is the route the adapter bank builds per batch.
 """
 
 from __future__ import annotations

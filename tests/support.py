@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import ASTConfig, ASTModel
 
-from lookaside.adapters.bank import AdapterBank
+from lookaside.bank import AdapterBank
 
 
 def randomise(bank: AdapterBank, adapter_id: str, seed: int) -> None:

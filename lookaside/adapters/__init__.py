@@ -20,10 +20,9 @@ from lookaside.adapters.loaa import LOAA
 from lookaside.adapters.lora import LORA
 from lookaside.adapters.moa import DENSE_MOA, SOFT_MOA
 from lookaside.adapters.prompt import PROMPT
-from lookaside.adapters.route import RowRoute
 from lookaside.errors import ConfigError
 
-__all__ = ["ADAPTERS", "AdapterConfig", "AdapterMethod", "HeadConfig", "RowRoute", "get_method"]
+__all__ = ["ADAPTERS", "AdapterConfig", "AdapterMethod", "HeadConfig", "get_method"]
 
 
 def _registry(*methods: AdapterMethod) -> dict[str, AdapterMethod]:

@@ -5,7 +5,7 @@ block runs (the previous block's outputs at those positions are discarded). The 
 the prompt slots just before the first adapted block (``RowRoute.prompt_start``), so earlier blocks
 run exactly as the plain ViT. Rows with prompts need a longer sequence from that block on, so a
 batch is split into passes by (prompt count, first block)
-(:meth:`lookaside.adapters.bank.AdapterBank.partition`); inside a pass rows still mix adapters.
+(:meth:`lookaside.bank.AdapterBank.partition`); inside a pass rows still mix adapters.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Which stacked slot each row of a group uses: the one type every site's forward receives.
 
-Kept apart from :mod:`lookaside.adapters.route` (which builds routes from stacks) so a site module
+Kept apart from :mod:`lookaside.bank.route` (which builds routes from stacks) so a site module
 imports only this, never the route, the stack or the bank (no import cycle through them).
 Threads: built by whoever builds the route; read by the forward.
 """

@@ -41,7 +41,7 @@ from lookaside.errors import ConfigError, InvalidCheckpoint
 from lookaside.features import FeatureConfig
 
 if TYPE_CHECKING:  # the bank imports lookaside.checkpoint: no runtime import back
-    from lookaside.adapters.bank import AdapterBank
+    from lookaside.bank import AdapterBank
 
 __all__ = [
     "AdapterCheckpoint",

@@ -11,7 +11,7 @@ Threads and what they own (nothing else touches these objects):
 - **registry loader threads** (``adapter-load``, :mod:`service.registry.loader`): read and validate
   a checkpoint, then call :meth:`Engine.load_adapter` and wait on its future, bounded.
 - **engine worker** (this module, one thread named ``lookaside-engine``): the backbone, the
-  :class:`~lookaside.adapters.bank.AdapterBank` and the :class:`~lookaside.model.MultiAdapterModel`.
+  :class:`~lookaside.bank.AdapterBank` and the :class:`~lookaside.model.MultiAdapterModel`.
   It alternates between applying pending bank commands (:meth:`Engine.call`: reserve / publish /
   abort / unload / grow) and running one batch that :mod:`service.engine.batcher` formed, so a slot
   is never written while a batch reads it and a stack never grows under a batch.
@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 from torch import Tensor
 
-from lookaside.adapters.bank import AdapterBank
+from lookaside.bank import AdapterBank
 from lookaside.errors import ConfigError
 from lookaside.model import MultiAdapterModel
 from lookaside.tasks import AV_EVENTS, CLIP, Inputs, TaskKind

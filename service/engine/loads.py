@@ -43,7 +43,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from lookaside.adapters.bank import AdapterBank, Reservation
+from lookaside.bank import AdapterBank, Reservation
 from lookaside.checkpoint import AdapterCheckpoint
 from lookaside.checkpoint.compat import require_backbone
 from lookaside.errors import BankFull

@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 
 from lookaside.adapters import HeadConfig
-from lookaside.adapters.bank import AdapterBank
 from lookaside.backbones import build_random
+from lookaside.bank import AdapterBank
 from lookaside.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, AdapterCheckpoint
 from lookaside.features import FeatureConfig
 from service.store import AdapterStore

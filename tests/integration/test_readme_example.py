@@ -10,8 +10,8 @@ import pytest
 import soundfile as sf
 
 from lookaside.adapters import HeadConfig
-from lookaside.adapters.bank import AdapterBank
 from lookaside.backbones import load_backbone
+from lookaside.bank import AdapterBank
 from lookaside.checkpoint import AdapterCheckpoint
 from lookaside.features import FeatureConfig
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from lookaside.adapters.bank import AdapterBank
 from lookaside.backbone import VisionTransformer
 from lookaside.backbones import build_random
+from lookaside.bank import AdapterBank
 from lookaside.checkpoint import AdapterCheckpoint
 from lookaside.features import FeatureConfig
 from lookaside.model import MultiAdapterModel

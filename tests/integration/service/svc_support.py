@@ -18,10 +18,10 @@ import torch
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
-from lookaside.adapters.bank import AdapterBank
 from lookaside.adapters.head import HeadConfig
 from lookaside.backbone import VisionTransformer
 from lookaside.backbones import build_random
+from lookaside.bank import AdapterBank
 from lookaside.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, AdapterCheckpoint
 from lookaside.decode import decode_audio
 from lookaside.features import FeatureConfig, extract_windows

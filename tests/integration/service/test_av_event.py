@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from lookaside.adapters import HeadConfig
-from lookaside.adapters.bank import AdapterBank
 from lookaside.backbone import VisionTransformer
+from lookaside.bank import AdapterBank
 from lookaside.checkpoint import AdapterCheckpoint
 from lookaside.features import FeatureConfig
 from lookaside.model import MultiAdapterModel

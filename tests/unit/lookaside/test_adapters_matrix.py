@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lookaside.adapters import ADAPTERS, HeadConfig
-from lookaside.adapters.bank import AdapterBank
 from lookaside.adapters.base import StackedSite
 from lookaside.adapters.bottleneck import BottleneckSite
 from lookaside.adapters.convpass import CONV_KERNEL, ConvpassSite
@@ -27,6 +26,7 @@ from lookaside.adapters.prompt import PromptSite
 from lookaside.adapters.slot_index import SlotIndex
 from lookaside.adapters.stack import AdapterStack
 from lookaside.backbone import VisionTransformer
+from lookaside.bank import AdapterBank
 from lookaside.errors import BankFull, InvalidCheckpoint
 from lookaside.model import MultiAdapterModel
 from lookaside.sites import TokenLayout

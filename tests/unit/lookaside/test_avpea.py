@@ -16,11 +16,11 @@ from torch import Tensor
 
 from lookaside.adapters import ADAPTERS, HeadConfig
 from lookaside.adapters.avpea import LN_EPS, AvpeaConfig
-from lookaside.adapters.bank import AdapterBank
 from lookaside.adapters.shapes import expected_shapes
 from lookaside.adapters.stack import AdapterStack
 from lookaside.backbone import VisionTransformer
 from lookaside.backbones import PRESETS, build_random
+from lookaside.bank import AdapterBank
 from lookaside.checkpoint import AdapterCheckpoint, load_checkpoint
 from lookaside.errors import ConfigError, InvalidCheckpoint
 from lookaside.features import FeatureConfig

@@ -13,15 +13,15 @@ from safetensors.torch import save_file
 from timm.layers.pos_embed import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 
-from lookaside.adapters.bank import AdapterBank
 from lookaside.adapters.head import HeadConfig
 from lookaside.adapters.prompt import PromptConfig, PromptSite
-from lookaside.adapters.route import RowRoute
 from lookaside.backbone import VisionTransformer, resample_pos_embed
 from lookaside.backbone_config import BackboneConfig, grid_tokens
 from lookaside.backbone_convert import adapt_input_conv, timm_config
 from lookaside.backbone_registry import ARCHITECTURES, DEFAULT_ARCHITECTURE, build_backbone
 from lookaside.backbones import PRESETS, build_random, from_timm_model, load_backbone, save_backbone
+from lookaside.bank import AdapterBank
+from lookaside.bank.route import RowRoute
 from lookaside.errors import ConfigError, WeightLoadError
 from lookaside.sites import TokenLayout
 from tests.support import tiny_ast

@@ -14,10 +14,10 @@ import torch._dynamo
 from torch._dynamo.backends.debugging import ExplainOutput
 from torch.export import Dim
 
-from lookaside.adapters.bank import AdapterBank
 from lookaside.adapters.head import HeadConfig
 from lookaside.adapters.prompt import PromptConfig
 from lookaside.backbone import VisionTransformer
+from lookaside.bank import AdapterBank
 from lookaside.sites import Route
 
 

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from lookaside.adapters import HeadConfig
-from lookaside.adapters.bank import AdapterBank
 from lookaside.backbone import VisionTransformer
+from lookaside.bank import AdapterBank
 from lookaside.errors import AdapterNotFound, BankFull, ConfigError, InvalidCheckpoint
 from lookaside.model import MultiAdapterModel
 from tests.support import bank_bookkeeping, randomise

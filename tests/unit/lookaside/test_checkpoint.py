@@ -19,12 +19,12 @@ from torch import Tensor
 
 from lookaside import __version__
 from lookaside.adapters import ADAPTERS, HeadConfig, get_method
-from lookaside.adapters.bank import AdapterBank
 from lookaside.adapters.head import AdapterHead
 from lookaside.adapters.shapes import clear_cache, expected_shapes
 from lookaside.adapters.stack import AdapterStack
 from lookaside.backbone import VisionTransformer
 from lookaside.backbones import build_random
+from lookaside.bank import AdapterBank
 from lookaside.checkpoint import (
     MANIFEST_FILE,
     WEIGHTS_FILE,

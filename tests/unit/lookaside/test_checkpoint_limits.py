@@ -21,8 +21,8 @@ import torch
 from pydantic import ValidationError
 
 from lookaside.adapters import HeadConfig
-from lookaside.adapters.bank import AdapterBank
 from lookaside.backbone import VisionTransformer
+from lookaside.bank import AdapterBank
 from lookaside.checkpoint import (
     MANIFEST_FILE,
     WEIGHTS_FILE,

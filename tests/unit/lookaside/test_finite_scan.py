@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from lookaside.adapters import HeadConfig
-from lookaside.adapters.bank import AdapterBank
 from lookaside.backbone import VisionTransformer
+from lookaside.bank import AdapterBank
 from lookaside.checkpoint import AdapterCheckpoint, ValidatedCheckpoint
 from lookaside.checkpoint.finite import nonfinite_names
 from lookaside.errors import InvalidCheckpoint

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lookaside.adapters import ADAPTERS, HeadConfig
-from lookaside.adapters.bank import AdapterBank
 from lookaside.backbone import VisionTransformer
+from lookaside.bank import AdapterBank
 from lookaside.errors import AdapterNotFound, ConfigError
 from lookaside.model import MultiAdapterModel
 from lookaside.sites import Route

@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lookaside.adapters import ADAPTERS, HeadConfig
-from lookaside.adapters.bank import AdapterBank
 from lookaside.adapters.base import SiteContext
 from lookaside.backbone import VisionTransformer
 from lookaside.backbone_config import BackboneConfig
+from lookaside.bank import AdapterBank
 from lookaside.model import MultiAdapterModel
 from lookaside.sites import AUDIO_VISUAL_POSITIONS, SITE_POSITIONS, SitePosition
 from tests.support import randomise

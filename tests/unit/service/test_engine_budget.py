@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from lookaside.adapters.bank import AdapterBank
 from lookaside.backbone import VisionTransformer
+from lookaside.bank import AdapterBank
 from lookaside.checkpoint import AdapterCheckpoint
 from lookaside.errors import LookasideError
 from lookaside.model import MultiAdapterModel

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from lookaside.adapters import HeadConfig
-from lookaside.adapters.bank import AdapterBank
 from lookaside.backbone import VisionTransformer
+from lookaside.bank import AdapterBank
 from lookaside.checkpoint import (
     MANIFEST_FILE,
     WEIGHTS_FILE,

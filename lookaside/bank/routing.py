@@ -16,9 +16,9 @@ from torch import Tensor
 
 from lookaside.adapters.base import AdapterConfig
 from lookaside.adapters.head import AdapterHead
-from lookaside.adapters.route import RouteGroup, RowRoute
 from lookaside.adapters.slot_index import SlotIndex, index_tensor
 from lookaside.adapters.stack import AdapterStack
+from lookaside.bank.route import RouteGroup, RowRoute
 from lookaside.errors import ConfigError
 from lookaside.sites import TokenLayout
 

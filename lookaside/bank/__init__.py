@@ -19,11 +19,11 @@ thread (the lock serialises the bookkeeping); the engine reserves, publishes, ab
 on its worker thread and loads on its loader thread; a route is released, or garbage collected,
 on any thread.
 
-The parts live by concern: :mod:`~lookaside.adapters.slot_table` (slot states, holds),
-:mod:`~lookaside.adapters.transfer` (checks and packed, side-stream copies),
-:mod:`~lookaside.adapters.route_build` (routes and per-row heads),
+The parts live by concern: :mod:`~lookaside.bank.slots` (slot states, holds),
+:mod:`~lookaside.bank.transfer` (checks and packed, side-stream copies),
+:mod:`~lookaside.bank.routing` (routes and per-row heads),
 :mod:`~lookaside.adapters.shapes` (names, shapes, stack keys), and
-:mod:`~lookaside.adapters.reservation` (the records).
+:mod:`~lookaside.bank.reservation` (the records).
 """
 
 from __future__ import annotations
@@ -37,12 +37,14 @@ import torch
 from torch import Tensor, nn
 
 from lookaside.adapters import get_method
-from lookaside.adapters.bank_views import AdapterViews
 from lookaside.adapters.base import AdapterConfig, AdapterMethod
 from lookaside.adapters.head import AdapterHead, HeadConfig
-from lookaside.adapters.reservation import BankEntry, Reservation
-from lookaside.adapters.route import RowRoute
-from lookaside.adapters.route_build import (
+from lookaside.adapters.shapes import HEAD_PREFIX, head_shapes, stack_key
+from lookaside.adapters.stack import AdapterStack
+from lookaside.backbone_config import BackboneConfig
+from lookaside.bank.reservation import BankEntry, Reservation
+from lookaside.bank.route import RowRoute
+from lookaside.bank.routing import (
     assemble_route,
     classify_rows,
     common_prompt_key,
@@ -50,11 +52,9 @@ from lookaside.adapters.route_build import (
     partition_rows,
     prompt_key,
 )
-from lookaside.adapters.shapes import HEAD_PREFIX, head_shapes, stack_key
-from lookaside.adapters.slot_table import SlotTable, StackSlots, normal_tensors
-from lookaside.adapters.stack import AdapterStack
-from lookaside.adapters.transfer import Transfer, check_tensors, wait_for_copy
-from lookaside.backbone_config import BackboneConfig
+from lookaside.bank.slots import SlotTable, StackSlots, normal_tensors
+from lookaside.bank.transfer import Transfer, check_tensors, wait_for_copy
+from lookaside.bank.views import AdapterViews
 from lookaside.checkpoint import AdapterCheckpoint, ValidatedCheckpoint
 from lookaside.errors import ConfigError
 from lookaside.sites import TokenLayout

@@ -1,6 +1,6 @@
 """Read-only views of one published adapter: its head, stack, tensors and sizes.
 
-A base class of :class:`~lookaside.adapters.bank.AdapterBank` (kept apart so the bank module
+A base class of :class:`~lookaside.bank.AdapterBank` (kept apart so the bank module
 holds the lifecycle and routing only). Threads: any; like the bank's own readers these read the
 entries without the lock (a dict lookup; an id removed meanwhile raises AdapterNotFound).
 """
@@ -14,11 +14,11 @@ from torch import Tensor, nn
 
 from lookaside.adapters.base import AdapterConfig
 from lookaside.adapters.head import AdapterHead, HeadConfig
-from lookaside.adapters.reservation import BankEntry, Reservation
 from lookaside.adapters.shapes import HEAD_PREFIX, total_numel
 from lookaside.adapters.shapes import expected_shapes as shapes_of_adapter
 from lookaside.adapters.stack import AdapterStack
 from lookaside.backbone_config import BackboneConfig
+from lookaside.bank.reservation import BankEntry, Reservation
 from lookaside.errors import AdapterNotFound
 
 __all__ = ["AdapterViews"]

@@ -39,7 +39,7 @@ class RouteGroup:
 class RowRoute:
     """Which adapter each row of one batch uses, resolved to stacks and slots.
 
-    Built once per batch (by :meth:`lookaside.adapters.bank.AdapterBank.route`) and passed
+    Built once per batch (by :meth:`lookaside.bank.AdapterBank.route`) and passed
     explicitly through the forward: there is no "active adapter" state anywhere.
     """
 
