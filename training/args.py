@@ -20,9 +20,9 @@ from pydantic import ValidationError
 
 from lookaside.adapters import ADAPTERS, AdapterConfig, get_method
 from lookaside.errors import ConfigError
-from lookaside.tasks import AV_EVENTS
-from training.datasets import AV_DATASETS, DATASETS
+from training.datasets import DATASETS
 from training.recipes import AST_BACKBONE
+from training.tasks import check_method, kind_of_dataset
 
 TRAIN_FIELDS_ORDER = ("method", "dataset", "data_dir")
 
@@ -139,26 +139,9 @@ class TrainArgs:
         self.adapter_config()  # validate now, with the method's own message
 
     def _check_modality(self) -> None:
-        """Audio-visual methods train on audio-visual datasets only, and the other way round."""
-        av_method = AV_EVENTS.serves(self.method)
-        av_data = self.dataset in AV_DATASETS
-        if av_method and not av_data:
-            raise ConfigError(
-                f"method {self.method!r} is audio-visual (frames + spectrogram); dataset "
-                f"{self.dataset!r} is audio-only. Use --dataset {' or '.join(AV_DATASETS)}, or "
-                "an audio method: "
-                + ", ".join(n for n, m in ADAPTERS.items() if not AV_EVENTS.serves(n))
-            )
-        if av_data and not av_method:
-            raise ConfigError(
-                f"dataset {self.dataset!r} is audio-visual; choose an audio-visual method: "
-                + ", ".join(n for n, m in ADAPTERS.items() if AV_EVENTS.serves(n))
-            )
-        if av_data and (self.mixup > 0 or self.compute_stats):
-            raise ConfigError(
-                f"--mixup and --compute-stats apply to audio datasets only; drop them for "
-                f"{self.dataset!r} (per-second labels, AudioSet normalisation)"
-            )
+        """The method must serve the dataset's task kind, and the options must apply to it."""
+        check_method(self.method, self.dataset)
+        kind_of_dataset(self.dataset).check_args(self)
 
     def adapter_config(self) -> AdapterConfig:
         """The method's typed config."""

@@ -19,7 +19,6 @@ from typing import Any
 
 from lookaside.errors import LookasideError
 from training.args import TrainArgs, build_args, field_docs, load_yaml, method_fields
-from training.datasets import AV_DATASETS
 from training.recipes import RECIPES, get_recipe
 
 _EPILOG = "recipes: " + ", ".join(RECIPES)
@@ -115,7 +114,9 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
 def cmd_evaluate(ns: argparse.Namespace) -> int:
     from lookaside.checkpoint import load_manifest
-    from training.pipeline import evaluate_dir, per_class
+    from training.pipeline import evaluate_dir
+    from training.reports import per_class
+    from training.tasks import kind_of_dataset
 
     manifest = load_manifest(ns.checkpoint)
     fixed: dict[str, Any] = {"method": manifest.method}
@@ -123,7 +124,7 @@ def cmd_evaluate(ns: argparse.Namespace) -> int:
         fixed["backbone"] = manifest.backbone.source
     args = _train_args(ns, **fixed)
     res, ckpt, labels = evaluate_dir(ns.checkpoint, args, ns.split)
-    unit = "seconds" if args.dataset in AV_DATASETS else "clips"  # AVE: scored per second
+    unit = kind_of_dataset(args.dataset).unit  # AVE: scored per second
     _say(
         _table(
             [

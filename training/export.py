@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from lookaside.adapters.bank import AdapterBank
 from lookaside.backbone import VisionTransformer
+from lookaside.bank import AdapterBank
 from lookaside.checkpoint import AdapterCheckpoint
 from lookaside.errors import ConfigError
 from lookaside.features import FeatureConfig
@@ -33,10 +33,10 @@ def check_name(name: str) -> str:
     return name
 
 
-def next_version(parent: Path) -> int:
+def next_run(parent: Path) -> int:
     """One more than the largest integer-named directory under ``parent`` (1 if none)."""
-    versions = [int(p.name) for p in parent.glob("*") if p.is_dir() and p.name.isdigit()]
-    return max(versions, default=0) + 1
+    runs = [int(p.name) for p in parent.glob("*") if p.is_dir() and p.name.isdigit()]
+    return max(runs, default=0) + 1
 
 
 def make_bank(backbone: VisionTransformer, *, trainable: bool) -> AdapterBank:

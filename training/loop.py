@@ -24,9 +24,10 @@ from torch import Tensor, nn
 from torch.amp.grad_scaler import GradScaler
 from tqdm import tqdm
 
-from lookaside.adapters.bank import HEAD_PREFIX, AdapterBank
+from lookaside.bank import HEAD_PREFIX, AdapterBank
 from lookaside.errors import ConfigError
 from lookaside.model import MultiAdapterModel
+from lookaside.tasks import CLIP
 from training.augment import SpecAugment, mixup
 
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -126,8 +127,7 @@ class AdapterForward(nn.Module):
 
     def forward(self, spec: Tensor) -> Tensor:
         model: MultiAdapterModel = self.__dict__["_model"]
-        logits: Tensor = model.logits(spec, self.adapter_id)
-        return logits
+        return CLIP.logits(model, (spec,), self.adapter_id)
 
 
 class PooledHead(nn.Module):
@@ -195,52 +195,28 @@ def fit(
     if state.scaler is not None:
         scaler.load_state_dict(state.scaler)
     steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
-    total = cfg.epochs * steps_per_epoch
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    sched = _Schedule(cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch))
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         if set_epoch is not None:
             set_epoch(epoch)
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # mixup + masks
-        torch.manual_seed(cfg.seed * 100_003 + epoch)  # SpecAugment draws from the global RNG
-        module.train()
-        t0, seen, loss_sum = time.perf_counter(), 0, 0.0
-        bar = tqdm(
+        train_loss, seen, lr, seconds = _train_epoch(
+            module,
+            params,
+            optimizer,
+            scaler,
             train_loader,
-            desc=f"epoch {epoch}/{cfg.epochs}",
-            unit="batch",
-            disable=not cfg.progress,
-            leave=False,
+            cfg,
+            state,
+            sched,
+            epoch,
+            num_classes,
+            device,
         )
-        lr = cfg.lr
-        for x, y in bar:
-            lr = get_lr(state.step, total, warmup, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss = _step(module, params, optimizer, scaler, x, y, cfg, num_classes, device, gen)
-            state.step += 1
-            seen += x.shape[0]
-            loss_sum += loss * x.shape[0]
-            elapsed = time.perf_counter() - t0
-            bar.set_postfix(
-                loss=f"{loss_sum / seen:.4f}",
-                lr=f"{lr:.2e}",
-                clips_s=f"{seen / max(elapsed, 1e-9):.1f}",
-            )
-        seconds = time.perf_counter() - t0
         val = evaluate(
             module, val_loader, device=device, precision=cfg.precision, num_classes=num_classes
         )
-        state.history.append(
-            EpochLog(
-                epoch,
-                loss_sum / max(seen, 1),
-                val.loss,
-                val.accuracy,
-                lr,
-                seen / max(seconds, 1e-9),
-                seconds,
-            )
-        )
+        log = EpochLog(epoch, train_loss, val.loss, val.accuracy, lr, seen / seconds, seconds)
+        state.history.append(log)
         if val.accuracy > state.best_accuracy:  # ties keep the earlier epoch
             state.best_accuracy, state.best_epoch = val.accuracy, epoch
             state.best_tensors = snapshot()
@@ -249,13 +225,65 @@ def fit(
         state.scaler = scaler.state_dict()
         if cfg.progress:  # one line per epoch stays above the bars
             tqdm.write(
-                f"epoch {epoch}: train loss {loss_sum / max(seen, 1):.4f}, "
+                f"epoch {epoch}: train loss {train_loss:.4f}, "
                 f"val loss {val.loss:.4f}, val acc {100 * val.accuracy:.2f} %, "
-                f"{seen / max(seconds, 1e-9):.1f} clips/s"
+                f"{log.clips_per_s:.1f} clips/s"
             )
         if on_epoch_end is not None:
             on_epoch_end(state)
     return state
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    """Optimizer steps in the whole run and in the warm-up (for :func:`get_lr`)."""
+
+    total: int
+    warmup: int
+
+
+def _train_epoch(
+    module: nn.Module,
+    params: list[nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    scaler: GradScaler,
+    train_loader: Iterable[tuple[Tensor, Tensor]],
+    cfg: LoopConfig,
+    state: FitState,
+    sched: _Schedule,
+    epoch: int,
+    num_classes: int,
+    device: torch.device,
+) -> tuple[float, int, float, float]:
+    """One pass over the training set: (mean loss, examples seen, last lr, seconds)."""
+    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # mixup + masks
+    torch.manual_seed(cfg.seed * 100_003 + epoch)  # SpecAugment draws from the global RNG
+    module.train()
+    t0, seen, loss_sum = time.perf_counter(), 0, 0.0
+    bar = tqdm(
+        train_loader,
+        desc=f"epoch {epoch}/{cfg.epochs}",
+        unit="batch",
+        disable=not cfg.progress,
+        leave=False,
+    )
+    lr = cfg.lr
+    for x, y in bar:
+        lr = get_lr(state.step, sched.total, sched.warmup, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss = _step(module, params, optimizer, scaler, x, y, cfg, num_classes, device, gen)
+        state.step += 1
+        seen += x.shape[0]
+        loss_sum += loss * x.shape[0]
+        elapsed = time.perf_counter() - t0
+        bar.set_postfix(
+            loss=f"{loss_sum / seen:.4f}",
+            lr=f"{lr:.2e}",
+            clips_s=f"{seen / max(elapsed, 1e-9):.1f}",
+        )
+    seconds = max(time.perf_counter() - t0, 1e-9)
+    return loss_sum / max(seen, 1), seen, lr, seconds
 
 
 def _step(

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from lookaside.adapters import ADAPTERS, HeadConfig
-from lookaside.adapters.bank import HEAD_PREFIX, AdapterBank
 from lookaside.backbone import VisionTransformer
 from lookaside.backbone_config import BackboneConfig
 from lookaside.backbones import PRESETS
+from lookaside.bank import HEAD_PREFIX, AdapterBank
 from lookaside.tasks import AV_EVENTS
 
 # The papers' configurations (LoAA Table 2, MoA Table 1, AAT, baselines).

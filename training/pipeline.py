@@ -1,71 +1,73 @@
-"""The ``train``, ``evaluate`` and ``crossval`` commands as functions (the CLI only parses).
+"""The ``train`` and ``evaluate`` commands as functions (the CLI only parses).
 
-``train``: dataset -> features (cached) -> backbone + one trainable adapter -> :func:`fit` ->
-best epoch restored -> checkpoint -> the checkpoint is loaded into a *fresh* bank and evaluated
-by the same :func:`evaluate_checkpoint` the ``evaluate`` command runs, so the number in the
-manifest is the number ``evaluate`` prints -> ``<out>/<name>/<version>/`` with reports beside it.
+``train(args)`` = :func:`prepare` (device, dataset, its task kind, features, the run's directory)
+-> :func:`build` (backbone + one trainable adapter, the kind's loaders and module) ->
+:func:`fit_run` (:func:`~training.loop.fit`, resume files each epoch) -> :func:`export` (frozen
+check, best epoch restored, checkpoint scored in a *fresh* bank by :func:`evaluate_checkpoint`, the
+function ``evaluate`` runs, so the manifest's number is the number ``evaluate`` prints) ->
+:func:`report` (``<out>/<name>/<run>/`` with the reports beside it). The dataset's task kind
+(:mod:`training.tasks`) supplies the loaders, the module and the scored batches; nothing here
+asks which kind it is.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import json
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 from tqdm import tqdm
 
-from lookaside.adapters import HeadConfig, get_method
+from lookaside.adapters import HeadConfig
 from lookaside.backbone import VisionTransformer
 from lookaside.backbones import load_backbone
 from lookaside.checkpoint import AdapterCheckpoint, load_checkpoint
 from lookaside.errors import ConfigError
-from lookaside.features import FeatureConfig
 from lookaside.model import MultiAdapterModel
-from training import plots
 from training.args import TrainArgs
-from training.augment import BackgroundNoise, SpecAugment
-from training.cache import FeatureCache
-from training.data import ClipDataset, make_loader
-from training.datasets import AveSplits, DataOptions, DatasetSplits, load_dataset
-from training.export import check_name, checkpoint_of, make_bank, next_version
-from training.loop import (
-    AdapterForward,
-    EvalResult,
-    FitState,
-    LoopConfig,
-    PooledHead,
-    evaluate,
-    fit,
-    load_adapter_tensors,
-)
+from training.augment import SpecAugment
+from training.datasets import DataOptions, Splits, load_dataset
+from training.export import check_name, checkpoint_of, make_bank, next_run
+from training.frozen import check_frozen, tensor_digests
+from training.loop import EvalResult, FitState, LoopConfig, evaluate, fit, load_adapter_tensors
+from training.reports import TrainReport, jsonable, rank_hashes, write_reports
 from training.state import load_state, save_state
+from training.tasks import RunSetup, TrainData, TrainingKind, kind_of_dataset
+from training.tasks.base import Batches
 
 ADAPTER_ID = "train"
 
+__all__ = ["FitState", "TrainReport", "evaluate_checkpoint", "evaluate_dir", "train"]
+
 
 @dataclass
-class TrainReport:
-    """What a finished run produced."""
+class Run:
+    """One training output directory ``<out>/<name>/<number>/`` (a *run*; the store numbers its
+    own versions on upload) and what resumes it."""
 
-    run_dir: Path
-    metrics: dict[str, float]
-    best_epoch: int
-    trainable_params: int
-    trainable_percent: float
-    train_clips_per_s: float
-    seconds: float
+    name: str
+    number: int
+    dir: Path
+    state: FitState | None
+    current: dict[str, Tensor] | None
+
+
+@dataclass
+class Built:
+    """The model being trained and what :func:`fit` needs around it."""
+
+    backbone: VisionTransformer
+    model: MultiAdapterModel
+    params: list[torch.nn.Parameter]
+    data: TrainData
+    frozen: dict[str, str]
+    """Per-tensor digests of the backbone before training (:mod:`training.frozen`)."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -80,22 +82,6 @@ def resolve_device(name: str) -> torch.device:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     return device
-
-
-def _check_precision(args: TrainArgs, device: torch.device) -> torch.device:
-    if args.precision == "fp16" and device.type != "cuda":
-        raise ConfigError("--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
-    return device
-
-
-def _init_distributed(device: torch.device) -> tuple[int, int]:
-    """(rank, world size); joins the torchrun group when WORLD_SIZE > 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size()
 
 
 def data_options(args: TrainArgs) -> DataOptions:
@@ -113,94 +99,155 @@ def data_options(args: TrainArgs) -> DataOptions:
     )
 
 
-def feature_config(args: TrainArgs, splits: DatasetSplits | AveSplits) -> FeatureConfig:
-    """The dataset's feature defaults with ``--frames`` / ``--mean`` / ``--std`` applied."""
-    update = {
-        k: v
-        for k, v in {"target_frames": args.frames, "mean": args.mean, "std": args.std}.items()
-        if v is not None
-    }
-    return splits.features.model_copy(update=update) if update else splits.features
+def train(args: TrainArgs) -> TrainReport:
+    """Run one training job end to end (see the module docstring)."""
+    started = time.perf_counter()
+    setup, kind, run = prepare(args)
+    built = build(setup, kind, run)
+    state = fit_run(setup, run, built)
+    ckpt, results, final, ranks_sha = export(setup, kind, run, built, state)
+    return report(setup, run, ckpt, state, results, final, ranks_sha, started)
 
 
-def compute_stats(ds: ClipDataset, progress: bool) -> tuple[float, float]:
-    """Mean and std of the unnormalised fbank over a split (AST's ``get_norm_stats``)."""
-    total, total_sq, count = 0.0, 0.0, 0
-    for i in tqdm(range(len(ds)), desc="stats", unit="clip", disable=not progress):
-        fb = ds.raw(i).double()
-        total += float(fb.sum())
-        total_sq += float((fb * fb).sum())
-        count += fb.numel()
-    mean = total / count
-    return mean, float(np.sqrt(max(total_sq / count - mean * mean, 1e-12)))
+def prepare(args: TrainArgs) -> tuple[RunSetup, TrainingKind, Run]:
+    """Device, dataset and its task kind, distributed group, feature config, run directory."""
+    device = resolve_device(args.device)
+    if args.precision == "fp16" and device.type != "cuda":
+        raise ConfigError("--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    splits = load_dataset(args.dataset, data_options(args))
+    kind = kind_of_dataset(args.dataset)
+    kind.check_world(int(os.environ.get("WORLD_SIZE", "1")))
+    rank, world = _init_distributed(device)
+    progress = args.progress and rank == 0
+    features = kind.features(args, splits, progress)
+    run = _open_run(args, world)
+    return RunSetup(args, device, rank, world, progress, splits, features), kind, run
 
 
-def pooled_tokens(
-    backbone: VisionTransformer,
-    model: MultiAdapterModel,
-    ds: ClipDataset,
-    *,
-    cache_root: Path | None,
-    batch_size: int,
-    device: torch.device,
-    progress: bool,
-) -> TensorDataset:
-    """The head's pooled input for every clip, computed once and cached on disk (linear probe).
+def build(setup: RunSetup, kind: TrainingKind, run: Run) -> Built:
+    """The frozen backbone with one fresh (or resumed) adapter, and the kind's loaders."""
+    args = setup.args
+    torch.manual_seed(args.seed)
+    backbone = load_backbone(args.backbone, device=setup.device)
+    kind.check_backbone(backbone)
+    frozen = tensor_digests(backbone)
+    model, params = _model(args, backbone, len(setup.splits.labels), run.current, setup.progress)
+    data = kind.train_data(setup, model, ADAPTER_ID)
+    if setup.world > 1:
+        device = setup.device
+        data.module = DistributedDataParallel(
+            data.module, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    return Built(backbone, model, params, data, frozen)
 
-    Keyed by the backbone fingerprint, the head's pooling and every clip's feature key.
-    """
-    head = model.bank.head(ADAPTER_ID)
-    path = None
-    if cache_root is not None:
-        digest = hashlib.sha256(
-            json.dumps(
-                {
-                    "backbone": backbone.fingerprint(),
-                    "pool": head.cfg.pool,
-                    "features": ds.cfg.model_dump(mode="json"),
-                    "clips": [ds.cache.key(c, "fbank") for c in ds.clips],
-                    "labels": [c.label for c in ds.clips],
-                }
-            ).encode()
-        ).hexdigest()
-        path = cache_root / "tokens" / f"{digest}.safetensors"
-        if path.is_file():
-            saved = load_file(str(path))
-            return TensorDataset(saved["pooled"], saved["labels"])
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False)
-    chunks, labels = [], []
-    with torch.inference_mode():
-        for x, y in tqdm(loader, desc="pooled tokens", unit="batch", disable=not progress):
-            tokens, layout = backbone.forward_features(x.to(device))
-            chunks.append(head.pool(tokens, layout).float().cpu())
-            labels.append(y)
-    pooled, label_t = torch.cat(chunks), torch.cat(labels)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # ranks may race on one entry
-        save_file({"pooled": pooled.contiguous(), "labels": label_t}, str(tmp))
-        os.replace(tmp, path)
-    return TensorDataset(pooled, label_t)
+
+def fit_run(setup: RunSetup, run: Run, built: Built) -> FitState:
+    """:func:`~training.loop.fit`, saving resume files (rank 0) after every epoch."""
+    args, bank, data = setup.args, built.model.bank, built.data
+    state_dir = args.out / run.name / f".state-v{run.number}"
+
+    def snapshot() -> dict[str, Tensor]:
+        return bank.adapter_tensors(ADAPTER_ID)
+
+    def on_epoch_end(s: FitState) -> None:
+        if setup.rank == 0:
+            save_state(state_dir, s, snapshot(), {"version": run.number, "args": jsonable(args)})
+
+    def set_epoch(epoch: int) -> None:
+        if data.sampler is not None:
+            data.sampler.set_epoch(epoch)
+        else:  # a fresh, seeded shuffle order per epoch (resumed runs draw the same orders)
+            gen = getattr(data.train, "generator", None)
+            if gen is not None:
+                gen.manual_seed(args.seed * 100_003 + epoch)
+
+    return fit(
+        data.module,
+        built.params,
+        data.train,
+        data.val,
+        _loop_config(args, setup.progress),
+        num_classes=len(setup.splits.labels),
+        device=setup.device,
+        snapshot=snapshot,
+        state=run.state,
+        on_epoch_end=on_epoch_end,
+        set_epoch=set_epoch,
+    )
+
+
+def export(
+    setup: RunSetup, kind: TrainingKind, run: Run, built: Built, state: FitState
+) -> tuple[AdapterCheckpoint, dict[str, EvalResult], str, list[str]]:
+    """Frozen check, the best epoch as a checkpoint with its scores in the manifest."""
+    check_frozen(built.backbone, built.frozen)
+    bank = built.model.bank
+    ranks_sha = rank_hashes(bank.adapter_tensors(ADAPTER_ID), setup.world)
+    load_adapter_tensors(bank, ADAPTER_ID, state.best_tensors)
+    ckpt = checkpoint_of(
+        bank,
+        ADAPTER_ID,
+        backbone=built.backbone,
+        name=run.name,
+        version=run.number,
+        task=setup.args.task or setup.splits.task,
+        labels=setup.splits.labels,
+        features=setup.features,
+    )
+    metrics, results, final = _score(setup, kind, ckpt, built.backbone)
+    ckpt.manifest = ckpt.manifest.model_copy(update={"metrics": metrics})
+    return ckpt, results, final, ranks_sha
+
+
+def report(
+    setup: RunSetup,
+    run: Run,
+    ckpt: AdapterCheckpoint,
+    state: FitState,
+    results: dict[str, EvalResult],
+    final: str,
+    ranks_sha: list[str],
+    started: float,
+) -> TrainReport:
+    """The checkpoint and its reports written (rank 0), and the summary the CLI prints."""
+    summary = TrainReport(
+        run_dir=run.dir,
+        metrics=ckpt.manifest.metrics,
+        best_epoch=state.best_epoch,
+        trainable_params=ckpt.manifest.trainable_params,
+        trainable_percent=ckpt.manifest.trainable_percent,
+        train_clips_per_s=float(np.mean([h.clips_per_s for h in state.history]))
+        if state.history
+        else 0.0,
+        seconds=time.perf_counter() - started,
+    )
+    if setup.rank == 0:
+        ckpt.save(run.dir)
+        args, world = setup.args, setup.world
+        write_reports(run.dir, args, setup.splits, state, results, final, summary, ranks_sha, world)
+    if setup.world > 1:
+        dist.barrier()
+    return summary
 
 
 def evaluate_checkpoint(
+    kind: TrainingKind,
     ckpt: AdapterCheckpoint,
     backbone: VisionTransformer,
-    clips_ds: ClipDataset,
+    batches: Batches,
+    splits: Splits,
     *,
-    batch_size: int,
     device: torch.device,
     precision: str = "fp32",
     progress: bool = False,
 ) -> EvalResult:
-    """A checkpoint in a fresh (serving) bank, evaluated on ``clips_ds``: what ``evaluate`` runs."""
+    """A checkpoint in a fresh (serving) bank, scored on ``batches``: what ``evaluate`` runs."""
     bank = make_bank(backbone, trainable=False)
     adapter_id = ckpt.load_into(bank)
     model = MultiAdapterModel(backbone, bank)
-    loader = DataLoader(clips_ds, batch_size=batch_size, shuffle=False)
     return evaluate(
-        AdapterForward(model, adapter_id),
-        loader,
+        kind.eval_module(model, adapter_id, ckpt.manifest.features, splits),
+        batches,
         device=device,
         precision=precision,  # type: ignore[arg-type]
         num_classes=len(ckpt.manifest.labels),
@@ -208,123 +255,74 @@ def evaluate_checkpoint(
     )
 
 
-def train(args: TrainArgs) -> TrainReport:
-    """Run one training job end to end (see the module docstring)."""
-    started = time.perf_counter()
-    device = _check_precision(args, resolve_device(args.device))
+def evaluate_dir(
+    directory: Path,
+    args: TrainArgs,
+    split: str,
+) -> tuple[EvalResult, AdapterCheckpoint, list[str]]:
+    """The ``evaluate`` command: a checkpoint directory on a dataset split.
+
+    Without ``--data-dir``, the run's own ``split.csv`` (written beside a checkpoint trained on a
+    drawn split) is used.
+    """
+    device = resolve_device(args.device)
+    backbone = load_backbone(args.backbone, device=device)
+    ckpt = load_checkpoint(directory, backbone=backbone)
+    if args.data_dir is None:
+        if not (directory / "split.csv").is_file():
+            raise ConfigError(f"--data-dir is required ({directory} has no split.csv)")
+        args = replace(args, dataset="csv", data_dir=directory / "split.csv")
     splits = load_dataset(args.dataset, data_options(args))
-    if isinstance(splits, AveSplits):
-        from training.av_pipeline import train_av  # it builds on this module's helpers
+    kind = kind_of_dataset(args.dataset)
+    kind.check_backbone(backbone)
+    if splits.labels != ckpt.manifest.labels:
+        raise ConfigError(
+            f"the dataset's labels {splits.labels[:5]}... differ from the checkpoint's "
+            f"{ckpt.manifest.labels[:5]}...: evaluate on the dataset it was trained for"
+        )
+    batches = kind.eval_batches(args, splits, split, ckpt.manifest.features, backbone)
+    if batches is None:
+        raise ConfigError(f"split {split!r} of {args.dataset} is empty; choose train, val or test")
+    res = evaluate_checkpoint(
+        kind,
+        ckpt,
+        backbone,
+        batches,
+        splits,
+        device=device,
+        precision=args.precision,
+        progress=args.progress,
+    )
+    return res, ckpt, splits.labels
 
-        return train_av(args, splits, device)
-    rank, world = _init_distributed(device)
-    progress = args.progress and rank == 0
-    feats, cache, cache_root = _features(args, splits, progress)
 
+def _init_distributed(device: torch.device) -> tuple[int, int]:
+    """(rank, world size); joins the torchrun group when WORLD_SIZE > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _open_run(args: TrainArgs, world: int) -> Run:
+    """The run to write: the resumed run's, ``--version``, or the next free number (rank 0's)."""
     name = check_name(args.adapter_name)
-    version, state, current = _version(args, name, world)
-    run_dir = args.out / name / str(version)
+    state, current = None, None
+    if args.resume is not None:
+        state, current, extra = load_state(args.resume)
+        number = int(extra["version"])
+    else:
+        number = args.version or next_run(args.out / name)
+    if world > 1:  # every rank writes to the run rank 0 chose
+        box = [number]
+        dist.broadcast_object_list(box, src=0)
+        number = int(box[0])
+    run_dir = args.out / name / str(number)
     if run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(f"{run_dir} already holds a checkpoint; pick another --version")
-
-    torch.manual_seed(args.seed)
-    backbone = load_backbone(args.backbone, device=device)
-    frozen_before = {k: v.detach().clone() for k, v in backbone.state_dict().items()}
-    model, params = _model(args, backbone, len(splits.labels), current, progress)
-    bank = model.bank
-
-    train_ds, val_ds, module = _datasets_and_module(
-        args, splits, feats, cache, cache_root, model, device, progress
-    )
-    sampler: DistributedSampler[tuple[Tensor, int]] | None = None
-    if world > 1:
-        sampler = DistributedSampler(train_ds, world, rank, shuffle=True, seed=args.seed)
-        module = DistributedDataParallel(
-            module, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    pin = device.type == "cuda"
-    train_loader = make_loader(
-        train_ds,
-        batch_size=args.batch_size,
-        shuffle=True,
-        seed=args.seed,
-        workers=args.workers,
-        pin_memory=pin,
-        sampler=sampler,
-    )
-    val_loader = make_loader(
-        val_ds,
-        batch_size=args.eval_batch_size,
-        shuffle=False,
-        seed=args.seed,
-        workers=args.workers,
-        pin_memory=pin,
-    )
-    loop_cfg = _loop_config(args, progress)
-    state_dir = args.out / name / f".state-v{version}"
-
-    def snapshot() -> dict[str, Tensor]:
-        return bank.adapter_tensors(ADAPTER_ID)
-
-    def on_epoch_end(s: FitState) -> None:
-        if rank == 0:
-            save_state(state_dir, s, snapshot(), {"version": version, "args": _jsonable(args)})
-
-    def set_epoch(epoch: int) -> None:
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        else:  # a fresh, seeded shuffle order per epoch (resumed runs draw the same orders)
-            gen = getattr(train_loader, "generator", None)
-            if gen is not None:
-                gen.manual_seed(args.seed * 100_003 + epoch)
-
-    state = fit(
-        module,
-        params,
-        train_loader,
-        val_loader,
-        loop_cfg,
-        num_classes=len(splits.labels),
-        device=device,
-        snapshot=snapshot,
-        state=state,
-        on_epoch_end=on_epoch_end,
-        set_epoch=set_epoch,
-    )
-    _check_frozen(backbone, frozen_before)
-    ranks_sha = _rank_hashes(snapshot(), world)
-
-    load_adapter_tensors(bank, ADAPTER_ID, state.best_tensors)
-    ckpt = checkpoint_of(
-        bank,
-        ADAPTER_ID,
-        backbone=backbone,
-        name=name,
-        version=version,
-        task=args.task or splits.task,
-        labels=splits.labels,
-        features=feats,
-    )
-    metrics, results, final = _final_metrics(
-        ckpt, backbone, splits, ClipDataset([], feats, cache), args, device, progress
-    )
-    ckpt.manifest = ckpt.manifest.model_copy(update={"metrics": metrics})
-    last = state.history[-1] if state.history else None
-    report = TrainReport(
-        run_dir=run_dir,
-        metrics=metrics,
-        best_epoch=state.best_epoch,
-        trainable_params=ckpt.manifest.trainable_params,
-        trainable_percent=ckpt.manifest.trainable_percent,
-        train_clips_per_s=float(np.mean([h.clips_per_s for h in state.history])) if last else 0.0,
-        seconds=time.perf_counter() - started,
-    )
-    if rank == 0:
-        ckpt.save(run_dir)
-        _write_reports(run_dir, args, splits, state, results, final, report, ranks_sha, world)
-    if world > 1:
-        dist.barrier()
-    return report
+    return Run(name, number, run_dir, state, current)
 
 
 def _model(
@@ -366,227 +364,30 @@ def _loop_config(args: TrainArgs, progress: bool) -> LoopConfig:
     )
 
 
-def _features(
-    args: TrainArgs, splits: DatasetSplits, progress: bool
-) -> tuple[FeatureConfig, FeatureCache, Path | None]:
-    """Feature config (with measured stats when asked) and the cache it keys."""
-    feats = feature_config(args, splits)
-    cache_root = (args.cache_dir or args.out / ".cache") if args.feature_cache else None
-    cache = FeatureCache(cache_root, feats)
-    if args.compute_stats:
-        mean, std = compute_stats(ClipDataset(splits.train, feats, cache), progress)
-        feats = feats.model_copy(update={"mean": mean, "std": std})
-        cache = FeatureCache(cache_root, feats)
-    return feats, cache, cache_root
-
-
-def _version(
-    args: TrainArgs, name: str, world: int
-) -> tuple[int, FitState | None, dict[str, Tensor] | None]:
-    """The version to write (the resumed run's, ``--version``, or the next free one)."""
-    state, current = None, None
-    if args.resume is not None:
-        state, current, extra = load_state(args.resume)
-        version = int(extra["version"])
-    else:
-        version = args.version or next_version(args.out / name)
-    if world > 1:  # every rank writes to the version rank 0 chose
-        box = [version]
-        dist.broadcast_object_list(box, src=0)
-        version = int(box[0])
-    return version, state, current
-
-
-def _datasets_and_module(
-    args: TrainArgs,
-    splits: DatasetSplits,
-    feats: FeatureConfig,
-    cache: FeatureCache,
-    cache_root: Path | None,
-    model: MultiAdapterModel,
-    device: torch.device,
-    progress: bool,
-) -> tuple[Dataset[tuple[Tensor, int]], Dataset[tuple[Tensor, int]], torch.nn.Module]:
-    """Train / val datasets and the module fit() trains: the adapter on spectrograms, or (linear
-    probe with ``--token-cache``) the head alone on cached pooled tokens."""
-    noise = None
-    if splits.noise_dir is not None:
-        noise = BackgroundNoise.from_dir(splits.noise_dir, feats.sample_rate)
-    train_clips = ClipDataset(splits.train, feats, cache, noise)
-    val_clips = ClipDataset(splits.val, feats, cache)
-    if not (get_method(args.method).head_only and args.token_cache):
-        return train_clips, val_clips, AdapterForward(model, ADAPTER_ID)
-    train_clips.noise = None  # fixed tokens: per-epoch waveform noise cannot apply
-    backbone = model.backbone
-    kw: dict[str, Any] = {
-        "cache_root": cache_root,
-        "batch_size": args.eval_batch_size,
-        "device": device,
-        "progress": progress,
-    }
-    train_ds = pooled_tokens(backbone, model, train_clips, **kw)
-    val_ds = pooled_tokens(backbone, model, val_clips, **kw)
-    return train_ds, val_ds, PooledHead(model.bank, ADAPTER_ID)  # type: ignore[return-value]
-
-
-def _final_metrics(
-    ckpt: AdapterCheckpoint,
-    backbone: VisionTransformer,
-    splits: DatasetSplits,
-    template: ClipDataset,
-    args: TrainArgs,
-    device: torch.device,
-    progress: bool,
+def _score(
+    setup: RunSetup, kind: TrainingKind, ckpt: AdapterCheckpoint, backbone: VisionTransformer
 ) -> tuple[dict[str, float], dict[str, EvalResult], str]:
-    """The checkpoint evaluated on val (and test) exactly as ``evaluate`` does it."""
+    """The checkpoint scored on val (and test) exactly as ``evaluate`` does it."""
+    args, splits = setup.args, setup.splits
     metrics: dict[str, float] = {}
     results: dict[str, EvalResult] = {}
     for split in ("val", "test"):
-        clips = splits.split(split)
-        if not clips:
+        batches = kind.eval_batches(args, splits, split, setup.features, backbone)
+        if batches is None:
             continue
-        res = evaluate_checkpoint(
+        results[split] = evaluate_checkpoint(
+            kind,
             ckpt,
             backbone,
-            ClipDataset(clips, template.cfg, template.cache),
-            batch_size=args.eval_batch_size,
-            device=device,
+            batches,
+            splits,
+            device=setup.device,
             precision=args.precision,
-            progress=progress,
+            progress=setup.progress,
         )
-        results[split] = res
-        metrics[f"{split}_accuracy"] = res.accuracy
-        metrics[f"{split}_loss"] = res.loss
-        if splits.report_map:
-            metrics[f"{split}_map"] = res.mean_ap
+        metrics.update(kind.split_metrics(splits, split, results[split]))
+    if not results:
+        raise ConfigError(f"{splits.name} has no val or test split to score the checkpoint on")
     final = "test" if "test" in results else "val"
     metrics["accuracy"] = results[final].accuracy
     return metrics, results, final
-
-
-def _check_frozen(backbone: VisionTransformer, before: dict[str, Tensor]) -> None:
-    """The frozen backbone must come out of training bit-identical."""
-    for key, value in backbone.state_dict().items():
-        if not torch.equal(value, before[key]):
-            raise RuntimeError(f"backbone tensor {key} changed during training")
-
-
-def _rank_hashes(tensors: dict[str, Tensor], world: int) -> list[str]:
-    digest = hashlib.sha256()
-    for k in sorted(tensors):
-        digest.update(k.encode())
-        digest.update(tensors[k].detach().cpu().float().numpy().tobytes())
-    mine = digest.hexdigest()
-    if world <= 1:
-        return [mine]
-    gathered: list[Any] = [None] * world
-    dist.all_gather_object(gathered, mine)
-    return [str(g) for g in gathered]
-
-
-def _jsonable(args: TrainArgs) -> dict[str, Any]:
-    out: dict[str, Any] = json.loads(json.dumps(asdict(args), default=str))
-    return out
-
-
-def _write_reports(
-    run_dir: Path,
-    args: TrainArgs,
-    splits: DatasetSplits | AveSplits,
-    state: FitState,
-    results: dict[str, EvalResult],
-    final: str,
-    report: TrainReport,
-    ranks_sha: list[str],
-    world: int,
-) -> None:
-    title = f"{run_dir.parent.name}@{run_dir.name} ({args.method}, {splits.name})"
-    plots.training_curve(state.history, run_dir / "training_curve.png", title)
-    plots.confusion_matrix(
-        results[final].confusion,
-        splits.labels,
-        run_dir / "confusion_matrix.png",
-        f"{title}, {final} split",
-    )
-    if isinstance(splits, DatasetSplits) and splits.split_rows is not None:
-        with (run_dir / "split.csv").open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["path", "label", "start_s", "end_s", "split"])
-            writer.writerows(splits.split_rows)
-    body = {
-        "metrics": report.metrics,
-        "best_epoch": state.best_epoch,
-        "history": [asdict(h) for h in state.history],
-        "per_class": per_class(results[final].confusion, splits.labels),
-        "eval_split": final,
-        "trainable_params": report.trainable_params,
-        "trainable_percent": report.trainable_percent,
-        "train_clips_per_s": report.train_clips_per_s,
-        "seconds": report.seconds,
-        "distributed": {"world_size": world, "adapter_sha256_per_rank": ranks_sha},
-        "args": _jsonable(args),
-    }
-    (run_dir / "metrics.json").write_text(json.dumps(body, indent=2) + "\n")
-
-
-def per_class(confusion: np.ndarray, labels: list[str]) -> list[dict[str, Any]]:
-    """Per-class support, recall (accuracy of the class) and precision."""
-    rows = []
-    for i, label in enumerate(labels):
-        support = int(confusion[i].sum())
-        predicted = int(confusion[:, i].sum())
-        rows.append(
-            {
-                "label": label,
-                "support": support,
-                "recall": confusion[i, i] / support if support else 0.0,
-                "precision": confusion[i, i] / predicted if predicted else 0.0,
-            }
-        )
-    return [
-        {k: (float(v) if isinstance(v, np.floating) else v) for k, v in r.items()} for r in rows
-    ]
-
-
-def evaluate_dir(
-    directory: Path,
-    args: TrainArgs,
-    split: str,
-) -> tuple[EvalResult, AdapterCheckpoint, list[str]]:
-    """The ``evaluate`` command: a checkpoint directory on a dataset split.
-
-    Without ``--data-dir``, the run's own ``split.csv`` (written beside a checkpoint trained on a
-    drawn split) is used.
-    """
-    device = resolve_device(args.device)
-    backbone = load_backbone(args.backbone, device=device)
-    ckpt = load_checkpoint(directory, backbone=backbone)
-    if args.data_dir is None:
-        if not (directory / "split.csv").is_file():
-            raise ConfigError(f"--data-dir is required ({directory} has no split.csv)")
-        args = replace(args, dataset="csv", data_dir=directory / "split.csv")
-    splits = load_dataset(args.dataset, data_options(args))
-    if isinstance(splits, AveSplits):
-        from training.av_pipeline import evaluate_av_dir
-
-        return evaluate_av_dir(ckpt, backbone, args, split, splits, device)
-    if splits.labels != ckpt.manifest.labels:
-        raise ConfigError(
-            f"the dataset's labels {splits.labels[:5]}... differ from the checkpoint's "
-            f"{ckpt.manifest.labels[:5]}...: evaluate on the dataset it was trained for"
-        )
-    cache_root = None if not args.feature_cache else (args.cache_dir or args.out / ".cache")
-    feats = ckpt.manifest.features
-    ds = ClipDataset(splits.split(split), feats, FeatureCache(cache_root, feats))
-    if len(ds) == 0:
-        raise ConfigError(f"split {split!r} of {args.dataset} is empty; choose train, val or test")
-    res = evaluate_checkpoint(
-        ckpt,
-        backbone,
-        ds,
-        batch_size=args.eval_batch_size,
-        device=device,
-        precision=args.precision,
-        progress=args.progress,
-    )
-    return res, ckpt, splits.labels

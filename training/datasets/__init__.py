@@ -1,9 +1,11 @@
-"""Dataset loaders by name: each reads a public layout into :class:`DatasetSplits` (audio) or
-:class:`AveSplits` (audio-visual, per-second labels)."""
+"""Dataset loaders by name: each reads a public layout into :class:`DatasetSplits` (audio clips)
+or :class:`AveSplits` (audio-visual videos, per-second labels) and declares the task kind it
+trains (a name in :data:`lookaside.tasks.TASKS`), so training asks the kind, not the dataset."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 from lookaside.errors import ConfigError
 from training.datasets import ave, epic_sounds, esc50, folder, speech_commands
@@ -11,38 +13,58 @@ from training.datasets.ave import AveSplits
 from training.datasets.base import Clip, DatasetError, DatasetSplits
 from training.datasets.options import DataOptions
 
-Loader = Callable[[DataOptions], DatasetSplits | AveSplits]
+Splits = DatasetSplits | AveSplits
+"""What a loader returns; the dataset's task kind knows which."""
+Loader = Callable[[DataOptions], Splits]
 
-DATASETS: dict[str, Loader] = {
-    "esc50": esc50.load,
-    "speech_commands": speech_commands.load,
-    "epic_sounds": epic_sounds.load,
-    "folder": folder.load_folder,
-    "csv": folder.load_csv,
-    "ave": ave.load,
+
+class DatasetEntry(NamedTuple):
+    """One ``--dataset`` choice: its loader and the task kind it trains."""
+
+    load: Loader
+    task: str = "clip"
+
+
+DATASETS: dict[str, DatasetEntry] = {
+    "esc50": DatasetEntry(esc50.load),
+    "speech_commands": DatasetEntry(speech_commands.load),
+    "epic_sounds": DatasetEntry(epic_sounds.load),
+    "folder": DatasetEntry(folder.load_folder),
+    "csv": DatasetEntry(folder.load_csv),
+    "ave": DatasetEntry(ave.load, task="av_events"),
 }
 """``--dataset`` choices."""
-AV_DATASETS = ("ave",)
-"""The audio-visual ones (an AV method, frames + spectrogram per second, :class:`AveSplits`)."""
 
 __all__ = [
-    "AV_DATASETS",
     "DATASETS",
     "AveSplits",
     "Clip",
     "DataOptions",
+    "DatasetEntry",
     "DatasetError",
     "DatasetSplits",
+    "Splits",
+    "dataset_entry",
+    "datasets_of",
     "load_dataset",
 ]
 
 
-def load_dataset(name: str, opts: DataOptions) -> DatasetSplits | AveSplits:
-    """Read dataset ``name`` (a key of :data:`DATASETS`)."""
+def dataset_entry(name: str) -> DatasetEntry:
+    """The registered dataset ``name`` (a key of :data:`DATASETS`)."""
     try:
-        loader = DATASETS[name]
+        return DATASETS[name]
     except KeyError:
         raise ConfigError(
             f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}"
         ) from None
-    return loader(opts)
+
+
+def datasets_of(task: str) -> list[str]:
+    """The datasets that train task kind ``task``."""
+    return [name for name, entry in DATASETS.items() if entry.task == task]
+
+
+def load_dataset(name: str, opts: DataOptions) -> Splits:
+    """Read dataset ``name`` (a key of :data:`DATASETS`)."""
+    return dataset_entry(name).load(opts)

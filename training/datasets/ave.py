@@ -16,8 +16,8 @@ Features are per second (:mod:`lookaside.video`): the spectrogram of each second
 config: ``target_frames=100``, one second) and the frame nearest each second's centre at the
 backbone's image size. :class:`AveFeatureCache` decodes each video once and keeps both on disk,
 keyed by the file's content, the feature config and the image size. :class:`AveDataset` +
-:func:`av_collate` + :class:`AvForward` let ``training.loop.fit``/``evaluate`` train and score an
-AV-PEA adapter unchanged: one batch row per video, targets flattened to one per second.
+:func:`av_collate` batch whole videos for ``training.loop.fit``/``evaluate`` (one row per video,
+targets flattened to one per second); :class:`training.tasks.av_events.AvForward` unpacks them.
 """
 
 from __future__ import annotations
@@ -32,11 +32,10 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from lookaside.features import FeatureConfig, frames_to_pixels
-from lookaside.model import MultiAdapterModel
 from lookaside.tasks.av_events import BACKGROUND_LABEL
 from lookaside.video import VideoLimits, av_inputs, decode_video
 from training.datasets.base import DatasetError, require_dir, require_file
@@ -86,6 +85,10 @@ class AveSplits:
     segments: int = AVE_SEGMENTS
     name: str = "ave"
     task: str = "audio-visual event localisation (per second)"
+    report_map: bool = False
+    """Per-second accuracy is AVE's metric; no mAP in the manifest."""
+    split_rows: list[tuple[str, str, str, str, str]] | None = None
+    """The official split is used as is: no ``split.csv`` is written."""
 
     @property
     def background(self) -> int:
@@ -264,7 +267,7 @@ def _save_atomic(path: Path, tensors: dict[str, Tensor]) -> None:
 
 class AveDataset(Dataset[tuple[Tensor, Tensor]]):
     """``(packed inputs, per-second labels [S])`` per video: the loop moves one tensor per batch,
-    so each video's spectrograms and pixels travel packed (:meth:`AvForward.unpack`)."""
+    so each video's spectrograms and pixels travel packed (``AvForward.unpack``)."""
 
     def __init__(self, videos: Sequence[AveVideo], cache: AveFeatureCache) -> None:
         self.videos = list(videos)
@@ -306,44 +309,3 @@ def ave_loader(
         num_workers=workers,
         pin_memory=pin_memory,
     )
-
-
-class AvForward(nn.Module):
-    """Packed ``[videos, N]`` inputs -> ``[videos * segments, classes]`` logits of one AV
-    adapter. Registers only the bank (as ``training.loop.AdapterForward``)."""
-
-    def __init__(
-        self,
-        model: MultiAdapterModel,
-        adapter_id: str,
-        features: FeatureConfig,
-        segments: int = AVE_SEGMENTS,
-    ) -> None:
-        super().__init__()
-        self.bank = model.bank
-        self.adapter_id = adapter_id
-        self.segments = segments
-        self.spec_shape = (segments, features.target_frames, features.num_mel_bins)
-        height, width = model.backbone.cfg.image_size
-        self.pixel_shape = (segments, 3, height, width)
-        object.__setattr__(self, "_model", model)
-
-    def unpack(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``[videos, N]`` -> spectrograms ``[videos, S, frames, mel]``, pixels ``[videos, S, 3,
-        H, W]``."""
-        n_spec = self.spec_shape[0] * self.spec_shape[1] * self.spec_shape[2]
-        expected = n_spec + self.pixel_shape[0] * 3 * self.pixel_shape[2] * self.pixel_shape[3]
-        if x.dim() != 2 or x.shape[1] != expected:
-            raise DatasetError(
-                f"packed AV inputs have {tuple(x.shape)}, expected [videos, {expected}] for "
-                f"spectrograms {self.spec_shape} and pixels {self.pixel_shape}"
-            )
-        spec = x[:, :n_spec].reshape(x.shape[0], *self.spec_shape)
-        pixels = x[:, n_spec:].reshape(x.shape[0], *self.pixel_shape)
-        return spec, pixels
-
-    def forward(self, x: Tensor) -> Tensor:
-        model: MultiAdapterModel = self.__dict__["_model"]
-        spec, pixels = self.unpack(x)
-        logits = model.logits_av(spec, pixels, self.adapter_id)
-        return logits.flatten(0, 1)

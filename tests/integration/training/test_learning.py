@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lookaside.adapters.bank import AdapterBank
 from lookaside.backbones import load_backbone
+from lookaside.bank import AdapterBank
 from lookaside.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, load_checkpoint
 from lookaside.decode import decode_audio
 from lookaside.features import extract

@@ -12,15 +12,14 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from lookaside.adapters import HeadConfig
-from lookaside.adapters.bank import AdapterBank
 from lookaside.backbones import build_random
+from lookaside.bank import AdapterBank
 from lookaside.features import FeatureConfig
 from lookaside.model import MultiAdapterModel
 from tests.av_synth import Clip, Second, encode
 from training.datasets.ave import (
     AveFeatureCache,
     AveVideo,
-    AvForward,
     ave_loader,
     load,
     parse_annotations,
@@ -29,6 +28,7 @@ from training.datasets.ave import (
 from training.datasets.base import DatasetError
 from training.datasets.options import DataOptions
 from training.loop import LoopConfig, evaluate, fit, load_adapter_tensors
+from training.tasks.av_events import AvForward
 
 HEADER = "Category&VideoID&Quality&StartTime&EndTime"
 EVENTS = {  # category -> (colour, tone)

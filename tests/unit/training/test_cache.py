@@ -63,7 +63,7 @@ def test_key_follows_content_and_config_not_the_path(tmp_path: Path) -> None:
 
 def test_compute_stats_matches_the_features(tmp_path: Path) -> None:
     from training.data import ClipDataset
-    from training.pipeline import compute_stats
+    from training.tasks.clip import compute_stats
 
     clips = [Clip(_wav(tmp_path / f"{i}.wav", 10 + i), 0) for i in range(3)]
     cfg = FeatureConfig(target_frames=48)

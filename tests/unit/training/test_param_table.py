@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from lookaside.adapters import ADAPTERS, HeadConfig
-from lookaside.adapters.bank import HEAD_PREFIX, AdapterBank
 from lookaside.backbones import PRESETS
+from lookaside.bank import HEAD_PREFIX, AdapterBank
 from training.param_table import END, PAPER_CONFIGS, START, backbone_params, table
 
 VIT_B = PRESETS["vit_base_patch16"]

@@ -1,0 +1,116 @@
+"""What a finished run leaves beside its checkpoint: ``metrics.json``, the training curve, the
+confusion matrix and (for a split drawn here) ``split.csv``; and the :class:`TrainReport` the CLI
+prints."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch.distributed as dist
+from torch import Tensor
+
+from training import plots
+
+if TYPE_CHECKING:
+    from training.args import TrainArgs
+    from training.datasets import Splits
+    from training.loop import EvalResult, FitState
+
+
+@dataclass
+class TrainReport:
+    """What a finished run produced."""
+
+    run_dir: Path
+    metrics: dict[str, float]
+    best_epoch: int
+    trainable_params: int
+    trainable_percent: float
+    train_clips_per_s: float
+    seconds: float
+
+
+def jsonable(args: TrainArgs) -> dict[str, Any]:
+    """``args`` as plain JSON values (paths as strings): recorded in state and metrics files."""
+    out: dict[str, Any] = json.loads(json.dumps(asdict(args), default=str))
+    return out
+
+
+def rank_hashes(tensors: dict[str, Tensor], world: int) -> list[str]:
+    """SHA-256 of the adapter's tensors on every rank (equal when DDP kept them in step)."""
+    digest = hashlib.sha256()
+    for k in sorted(tensors):
+        digest.update(k.encode())
+        digest.update(tensors[k].detach().cpu().float().numpy().tobytes())
+    mine = digest.hexdigest()
+    if world <= 1:
+        return [mine]
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, mine)
+    return [str(g) for g in gathered]
+
+
+def per_class(confusion: np.ndarray, labels: list[str]) -> list[dict[str, Any]]:
+    """Per-class support, recall (accuracy of the class) and precision."""
+    rows = []
+    for i, label in enumerate(labels):
+        support = int(confusion[i].sum())
+        predicted = int(confusion[:, i].sum())
+        rows.append(
+            {
+                "label": label,
+                "support": support,
+                "recall": confusion[i, i] / support if support else 0.0,
+                "precision": confusion[i, i] / predicted if predicted else 0.0,
+            }
+        )
+    return [
+        {k: (float(v) if isinstance(v, np.floating) else v) for k, v in r.items()} for r in rows
+    ]
+
+
+def write_reports(
+    run_dir: Path,
+    args: TrainArgs,
+    splits: Splits,
+    state: FitState,
+    results: dict[str, EvalResult],
+    final: str,
+    report: TrainReport,
+    ranks_sha: list[str],
+    world: int,
+) -> None:
+    """Plots, ``split.csv`` (when the split was drawn here) and ``metrics.json`` of a run."""
+    title = f"{run_dir.parent.name}@{run_dir.name} ({args.method}, {splits.name})"
+    plots.training_curve(state.history, run_dir / "training_curve.png", title)
+    plots.confusion_matrix(
+        results[final].confusion,
+        splits.labels,
+        run_dir / "confusion_matrix.png",
+        f"{title}, {final} split",
+    )
+    if splits.split_rows is not None:
+        with (run_dir / "split.csv").open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "label", "start_s", "end_s", "split"])
+            writer.writerows(splits.split_rows)
+    body = {
+        "metrics": report.metrics,
+        "best_epoch": state.best_epoch,
+        "history": [asdict(h) for h in state.history],
+        "per_class": per_class(results[final].confusion, splits.labels),
+        "eval_split": final,
+        "trainable_params": report.trainable_params,
+        "trainable_percent": report.trainable_percent,
+        "train_clips_per_s": report.train_clips_per_s,
+        "seconds": report.seconds,
+        "distributed": {"world_size": world, "adapter_sha256_per_rank": ranks_sha},
+        "args": jsonable(args),
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(body, indent=2) + "\n")

@@ -1,0 +1,119 @@
+"""What training needs from a task kind: the data loaders, the module to train, the evaluation.
+
+A dataset declares the task kind it trains (:data:`training.datasets.DATASETS`); the kind's
+:class:`TrainingKind` (:data:`training.tasks.TRAINING_KINDS`) turns its splits into loaders and a
+module whose forward is :meth:`lookaside.tasks.TaskKind.logits`, so :func:`training.pipeline.train`
+and ``evaluate`` run the same steps for every kind and never ask which one it is.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor, nn
+
+from lookaside.tasks import TaskKind
+
+if TYPE_CHECKING:
+    import torch
+
+    from lookaside.backbone import VisionTransformer
+    from lookaside.features import FeatureConfig
+    from lookaside.model import MultiAdapterModel
+    from training.args import TrainArgs
+    from training.datasets import Splits
+    from training.loop import EvalResult
+
+Batches = Iterable[tuple[Tensor, Tensor]]
+
+
+@dataclass
+class RunSetup:
+    """What :func:`training.pipeline.prepare` settled before the model is built."""
+
+    args: TrainArgs
+    device: torch.device
+    rank: int
+    world: int
+    progress: bool
+    splits: Splits
+    features: FeatureConfig
+
+
+@dataclass
+class TrainData:
+    """The loaders and the module :func:`training.loop.fit` trains."""
+
+    train: Batches
+    val: Batches
+    module: nn.Module
+    sampler: Any = None
+    """A DistributedSampler to re-seed per epoch, when the run has several ranks."""
+
+
+def cache_root(args: TrainArgs) -> Path | None:
+    """The feature cache folder (None when ``--no-feature-cache``)."""
+    return (args.cache_dir or args.out / ".cache") if args.feature_cache else None
+
+
+class TrainingKind(ABC):
+    """How one task kind trains and is scored (see the module docstring)."""
+
+    task: TaskKind
+    """The serving task kind (its :meth:`~lookaside.tasks.TaskKind.logits` is the forward)."""
+    modality: str
+    """How errors name its data ("audio-only", "audio-visual")."""
+    inputs: str
+    """What one example holds, for errors ("spectrogram", "frames + spectrogram")."""
+    a_method: str
+    """How errors name a method that serves it ("an audio method")."""
+    unit: str = "clips"
+    """What ``evaluate`` counts per class."""
+
+    def check_args(self, args: TrainArgs) -> None:
+        """Refuse options that do not apply to this kind (default: none)."""
+        return
+
+    def check_world(self, world: int) -> None:
+        """Refuse a distributed run this kind cannot do (default: any size)."""
+        return
+
+    def check_backbone(self, backbone: VisionTransformer) -> None:
+        """Refuse a backbone this kind cannot use (default: any)."""
+        return
+
+    @abstractmethod
+    def features(self, args: TrainArgs, splits: Splits, progress: bool) -> FeatureConfig:
+        """The feature config the adapter is trained (and served) with."""
+
+    @abstractmethod
+    def train_data(self, setup: RunSetup, model: MultiAdapterModel, adapter_id: str) -> TrainData:
+        """Train / val loaders and the module that maps a batch to ``[rows, classes]`` logits."""
+
+    @abstractmethod
+    def eval_module(
+        self, model: MultiAdapterModel, adapter_id: str, features: FeatureConfig, splits: Splits
+    ) -> nn.Module:
+        """The module that scores one (serving-bank) adapter."""
+
+    @abstractmethod
+    def eval_batches(
+        self,
+        args: TrainArgs,
+        splits: Splits,
+        split: str,
+        features: FeatureConfig,
+        backbone: VisionTransformer,
+    ) -> Batches | None:
+        """Unshuffled batches of ``split`` (None when the split is empty or unknown)."""
+
+    def split_metrics(self, splits: Splits, split: str, result: EvalResult) -> dict[str, float]:
+        """The manifest metrics of one scored split."""
+        metrics = {f"{split}_accuracy": result.accuracy, f"{split}_loss": result.loss}
+        if splits.report_map:
+            metrics[f"{split}_map"] = result.mean_ap
+        return metrics
