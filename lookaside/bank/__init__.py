@@ -221,7 +221,6 @@ class AdapterBank(AdapterViews, nn.Module):
         checkpoint: AdapterCheckpoint | Mapping[str, Tensor] | None,
         *,
         seed: int = 0,
-        validated: bool | None = None,
     ) -> None:
         """Write one adapter into its reserved slot (any thread; the slot is not routable yet).
 
@@ -229,13 +228,12 @@ class AdapterBank(AdapterViews, nn.Module):
         ``head.*`` included) is checked for names, shapes, dtype and finite values before anything
         is written; the finite scan is skipped only for a
         :class:`~lookaside.checkpoint.ValidatedCheckpoint` (already scanned). ``None``: a fresh
-        adapter from ``seed`` (sites, then the head, from one CPU generator). ``validated=True``
-        is deprecated (the type decides; no warning, so ``-W error`` callers keep working).
+        adapter from ``seed`` (sites, then the head, from one CPU generator).
 
         Raises:
             InvalidCheckpoint: the tensors do not fit; the reservation stays (abort it).
         """
-        trusted = isinstance(checkpoint, ValidatedCheckpoint) or bool(validated)
+        trusted = isinstance(checkpoint, ValidatedCheckpoint)
         tensors = checkpoint.tensors if isinstance(checkpoint, AdapterCheckpoint) else checkpoint
         with self._locked():
             reservation.check(id(self), self._reservations, "reserved", "load")

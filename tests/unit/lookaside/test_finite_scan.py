@@ -2,8 +2,7 @@
 
 The fast path sums each tensor; the exact per-element check runs only where a sum is not finite.
 Tested against the plain per-tensor ``torch.isfinite(t).all()``, including sums that overflow
-while every value is finite. ``AdapterBank.load`` skips only the scan, for a ValidatedCheckpoint (or
-the deprecated ``validated=True``).
+while every value is finite. ``AdapterBank.load`` skips only the scan, and only for a ValidatedCheckpoint.
 """
 
 from __future__ import annotations
@@ -92,20 +91,20 @@ def test_bank_load_validated_skips_only_the_scan(tiny_backbone: VisionTransforme
     tensors = _tensors(tiny_backbone)
     checked = AdapterBank.for_backbone(tiny_backbone, capacity=1)
     trusted = AdapterBank.for_backbone(tiny_backbone, capacity=2)
-    for bank, validated in ((checked, False), (trusted, True)):
+    for bank, cls in ((checked, AdapterCheckpoint), (trusted, ValidatedCheckpoint)):
         reservation = bank.reserve("a", "loaa", LOAA, HEAD)
-        bank.load(reservation, tensors, validated=validated)
+        bank.load(reservation, _checkpoint(tiny_backbone, tensors, cls))
         bank.publish(reservation)
     for name, tensor in checked.adapter_tensors("a").items():
         assert torch.equal(trusted.adapter_tensors("a")[name], tensor), name
         assert torch.equal(tensors[name], tensor), name
-    # names and shapes are still checked with validated=True
+    # names and shapes are still checked for a ValidatedCheckpoint
     wrong = dict(tensors)
     name = next(n for n in sorted(wrong) if not n.startswith("head."))
     wrong[name] = torch.zeros(2, 2)
     reservation = trusted.reserve("b", "loaa", LOAA, HEAD)
     with pytest.raises(InvalidCheckpoint, match=name):
-        trusted.load(reservation, wrong, validated=True)
+        trusted.load(reservation, _checkpoint(tiny_backbone, wrong, ValidatedCheckpoint))
     trusted.abort(reservation)
 
 
