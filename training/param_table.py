@@ -22,7 +22,7 @@ from lookaside.backbone import VisionTransformer
 from lookaside.backbone_config import BackboneConfig
 from lookaside.backbones import PRESETS
 from lookaside.bank import HEAD_PREFIX, AdapterBank
-from lookaside.tasks import AV_EVENTS
+from lookaside.tasks import AV_EVENTS, CLIP, task_for
 
 # The papers' configurations (LoAA Table 2, MoA Table 1, AAT, baselines).
 PAPER_CONFIGS: list[tuple[str, dict[str, Any], str]] = [
@@ -56,11 +56,11 @@ def backbone_params(cfg: BackboneConfig) -> int:
 def table(cfg: BackboneConfig | None = None, num_classes: int = 50) -> str:
     """Markdown table of every paper configuration."""
     cfg = cfg or PRESETS["vit_base_patch16"]
-    av_cfg = PRESETS["vit_base_patch16_224"]
-    total = backbone_params(cfg)
-    av_total = backbone_params(av_cfg)
-    bank = AdapterBank(cfg)
-    av_bank = AdapterBank(av_cfg)
+    # The backbone each task kind's methods are counted on (AV-PEA needs the RGB patch kernel).
+    counted_on = {CLIP.name: cfg, AV_EVENTS.name: PRESETS["vit_base_patch16_224"]}
+    banks = {kind: AdapterBank(c) for kind, c in counted_on.items()}
+    totals = {kind: backbone_params(c) for kind, c in counted_on.items()}
+    total = totals[CLIP.name]
     head = HeadConfig(num_classes=num_classes)
     lines = [
         f"ViT-B/16 backbone: {total / 1e6:.2f}M parameters "
@@ -71,19 +71,17 @@ def table(cfg: BackboneConfig | None = None, num_classes: int = 50) -> str:
     ]
     for method, config, note in PAPER_CONFIGS:
         parsed = ADAPTERS[method].parse_config(config)
-        av = AV_EVENTS.serves(method)
-        shapes = (av_bank if av else bank).expected_shapes(method, parsed, head)
+        kind = task_for(method).name
+        shapes = banks[kind].expected_shapes(method, parsed, head)
         sites = sum(_numel(s) for k, s in shapes.items() if not k.startswith(HEAD_PREFIX))
         heads = sum(_numel(s) for k, s in shapes.items() if k.startswith(HEAD_PREFIX))
-        if av:
-            clip = sum(_numel(s) for k, s in shapes.items() if k.startswith("clip."))
+        sites_total = totals[kind]
+        clip = sum(_numel(s) for k, s in shapes.items() if k.startswith("clip."))
+        if clip:  # a clip (temporal) site besides the per-block ones
             note += (
-                f"; of {av_total / 1e6:.2f}M (RGB kernel): blocks {(sites - clip) / 1e6:.3f}M "
-                f"({100 * (sites - clip) / av_total:.2f} %) + temporal {clip / 1e6:.3f}M"
+                f"; of {sites_total / 1e6:.2f}M (RGB kernel): blocks {(sites - clip) / 1e6:.3f}M "
+                f"({100 * (sites - clip) / sites_total:.2f} %) + temporal {clip / 1e6:.3f}M"
             )
-            sites_total = av_total
-        else:
-            sites_total = total
         shown = parsed.model_dump(exclude_defaults=False, exclude={"layers"})
         cfg_text = ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items() if k != "variant")
         lines.append(
