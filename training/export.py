@@ -1,4 +1,4 @@
-"""Trained adapter -> a store-ready checkpoint directory ``<out>/<name>/<version>/``.
+"""Trained adapter -> a store-ready checkpoint directory ``<out>/<name>/<run>/``.
 
 The directory holds exactly what the service's store holds (``manifest.json`` +
 ``adapter.safetensors``, written atomically by :meth:`AdapterCheckpoint.save`), so it can be

@@ -18,8 +18,14 @@ from lookaside.errors import ConfigError
 from lookaside.tasks import AV_EVENTS
 from training.datasets.ave import AVE_SEGMENTS, AveFeatureCache, AveSplits, ave_loader
 from training.datasets.base import DatasetError
-from training.tasks.base import Batches, RunSetup, TrainData, TrainingKind, cache_root
-from training.tasks.clip import feature_config
+from training.tasks.base import (
+    Batches,
+    RunSetup,
+    TrainData,
+    TrainingKind,
+    cache_root,
+    feature_config,
+)
 
 if TYPE_CHECKING:
     from lookaside.backbone import VisionTransformer

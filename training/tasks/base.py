@@ -60,6 +60,16 @@ def cache_root(args: TrainArgs) -> Path | None:
     return (args.cache_dir or args.out / ".cache") if args.feature_cache else None
 
 
+def feature_config(args: TrainArgs, splits: Splits) -> FeatureConfig:
+    """The dataset's feature defaults with ``--frames`` / ``--mean`` / ``--std`` applied."""
+    update = {
+        k: v
+        for k, v in {"target_frames": args.frames, "mean": args.mean, "std": args.std}.items()
+        if v is not None
+    }
+    return splits.features.model_copy(update=update) if update else splits.features
+
+
 class TrainingKind(ABC):
     """How one task kind trains and is scored (see the module docstring)."""
 

@@ -28,7 +28,14 @@ from training.cache import FeatureCache
 from training.data import ClipDataset, make_loader
 from training.datasets import DatasetSplits
 from training.loop import AdapterForward, PooledHead
-from training.tasks.base import Batches, RunSetup, TrainData, TrainingKind, cache_root
+from training.tasks.base import (
+    Batches,
+    RunSetup,
+    TrainData,
+    TrainingKind,
+    cache_root,
+    feature_config,
+)
 
 if TYPE_CHECKING:
     from lookaside.backbone import VisionTransformer
@@ -36,16 +43,6 @@ if TYPE_CHECKING:
     from lookaside.model import MultiAdapterModel
     from training.args import TrainArgs
     from training.datasets import Splits
-
-
-def feature_config(args: TrainArgs, splits: Splits) -> FeatureConfig:
-    """The dataset's feature defaults with ``--frames`` / ``--mean`` / ``--std`` applied."""
-    update = {
-        k: v
-        for k, v in {"target_frames": args.frames, "mean": args.mean, "std": args.std}.items()
-        if v is not None
-    }
-    return splits.features.model_copy(update=update) if update else splits.features
 
 
 def compute_stats(ds: ClipDataset, progress: bool) -> tuple[float, float]:
