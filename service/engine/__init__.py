@@ -181,8 +181,7 @@ class Engine:
         return len(self.batcher)
 
     def health(self) -> EngineHealth:
-        """Stalled (not ready) or dead (liveness fails), and why; see
-        :mod:`service.engine.watchdog`."""
+        """Stalled (not ready) or dead (liveness fails), and why (the watchdog's view)."""
         return self.watchdog.health()
 
     # -- requests -------------------------------------------------------------------------------
@@ -217,8 +216,7 @@ class Engine:
             spec: ``[windows, segments, frames, mel]`` normalised fbank per one-second segment.
             pixels: ``[windows, segments, 3, height, width]`` normalised frames.
 
-        Returns a future of ``[windows, segments, classes]`` logits; raises as
-        :meth:`submit_task`.
+        Returns a future of ``[windows, segments, classes]`` logits; raises as :meth:`submit_task`.
         """
         return self.submit_task(
             AV_EVENTS, (spec, pixels), adapter_id, request_id=request_id, timeout_s=timeout_s
