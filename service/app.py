@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
-import torch
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -28,7 +27,7 @@ from lookaside.backbone import VisionTransformer
 from lookaside.backbones import load_backbone
 from lookaside.checkpoint import AdapterManifest, CheckpointLimits
 from lookaside.errors import LookasideError
-from lookaside.tasks import AV_EVENTS
+from lookaside.tasks import CLIP, get_task, task_for
 from service import errors
 from service.deps import AppState
 from service.engine import Engine, OverBudget
@@ -36,9 +35,9 @@ from service.http_contract import AllowMethods, install_openapi
 from service.http_limits import CLIENT_GONE_KEY, BodyLimits, InflightBytes
 from service.logging import RequestIdMiddleware
 from service.metrics import ServiceMetrics
+from service.pipeline import ADAPTERS_KEY
 from service.registry import AdapterRegistry
 from service.routes import install_routes
-from service.routes.classify import ADAPTERS_KEY
 from service.settings import ServiceSettings
 from service.store import AdapterStore
 
@@ -207,42 +206,35 @@ async def _start_registry(
 
 
 async def _warm_up(state: AppState, engine: Engine, backbone: VisionTransformer) -> None:
-    """One batch per token grid in use (and one one-second window per audio-visual grid), so the
-    first request does not pay for lazy init."""
-    grids: dict[tuple[int, int], str | None] = {}
-    av_grids: dict[tuple[int, int], str] = {}
+    """One batch per (task kind, token grid) in use, so the first request does not pay for lazy
+    init; with no clip adapter resident, one bare-backbone clip batch of its own grid."""
+    keys: dict[tuple[str, int, int], str | None] = {}
     for adapter_id in engine.resident():
         manifest = _manifest_of(state, adapter_id)
-        if manifest is None:
-            continue
-        grid = (manifest.features.target_frames, manifest.features.num_mel_bins)
-        if AV_EVENTS.serves(manifest.method):
-            av_grids.setdefault(grid, adapter_id)
-        else:
-            grids.setdefault(grid, adapter_id)
-    height, width = backbone.cfg.image_size
-    for (frames, mel), av_id in av_grids.items():
-        fut = engine.submit_av(
-            torch.zeros(1, 1, frames, mel),
-            torch.zeros(1, 1, 3, height, width),
-            av_id,
-            request_id="warm-up",
-            timeout_s=600.0,
-        )
-        await asyncio.wrap_future(fut)
-    if not grids:
-        grids[(backbone.cfg.num_frames, backbone.cfg.num_mel_bins)] = None
-    for (frames, mel), warm_id in list(grids.items()):
+        if manifest is not None:
+            keys.setdefault((task_for(manifest.method).name, *_grid(manifest)), adapter_id)
+    if not any(kind == CLIP.name for kind, _, _ in keys):
+        keys[(CLIP.name, backbone.cfg.num_frames, backbone.cfg.num_mel_bins)] = None
+    for (kind, frames, mel), warm_id in list(keys.items()):
+        task = get_task(kind)
         try:
-            fut = engine.submit(
-                torch.zeros(1, frames, mel), warm_id, request_id="warm-up", timeout_s=600.0
+            fut = engine.submit_task(
+                task,
+                task.warmup_inputs(backbone.cfg, frames, mel),
+                warm_id,
+                request_id="warm-up",
+                timeout_s=600.0,
             )
         except OverBudget as exc:  # the bare backbone's own grid over LOOKASIDE_MAX_BATCH_TOKENS
-            log.warning("not warming up grid %dx%d: %s", frames, mel, exc)
-            del grids[(frames, mel)]
+            log.warning("not warming up the %s grid %dx%d: %s", kind, frames, mel, exc)
+            del keys[(kind, frames, mel)]
             continue
         await asyncio.wrap_future(fut)
-    log.info("warmed up %d token grid(s): %s", len(grids), sorted(grids))
+    log.info("warmed up %d token grid(s): %s", len(keys), sorted(keys))
+
+
+def _grid(manifest: AdapterManifest) -> tuple[int, int]:
+    return manifest.features.target_frames, manifest.features.num_mel_bins
 
 
 def _manifest_of(state: AppState, adapter_id: str) -> AdapterManifest | None:

@@ -65,7 +65,8 @@ def get_state(request: Request) -> AppState:
 def get_engine(request: Request) -> Engine:
     state = get_state(request)
     state.require_ready()
-    assert state.engine is not None
+    if state.engine is None:
+        raise NotReady(f"the engine is not running ({state.reason}); retry shortly")
     return state.engine
 
 

@@ -17,25 +17,24 @@ them) -> per-second softmax -> events.
 from __future__ import annotations
 
 import time
-from concurrent.futures import Future
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
-from torch import Tensor
 
-from lookaside.tasks import AV_EVENTS
+from lookaside.checkpoint import AdapterManifest
+from lookaside.tasks import AV_EVENTS, Inputs, TaskKind
 from lookaside.tasks.av_events import per_second_events
 from lookaside.video import VideoLimits
 from service.av import AvClip, WindowGroup, assemble, featurize_av, window_groups
-from service.deps import StateDep
+from service.deps import EngineDep, RegistryDep, StateDep
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from service.logging import SCOPE_KEY
-from service.registry import Lease
-from service.request_io import MULTIPART_SLACK, gather, in_pool, parse_form, read_body
-from service.routes.classify import ADAPTERS_KEY
+from service.pipeline import run
+from service.request_io import MULTIPART_SLACK, parse_form, read_body
 from service.schemas import ErrorBody
+from service.settings import ServiceSettings
 
 router = APIRouter(tags=["av-event"])
 
@@ -146,6 +145,8 @@ _BODY_SCHEMA: dict[str, Any] = {
 async def av_event(
     request: Request,
     state: StateDep,
+    engine: EngineDep,
+    registry: RegistryDep,
     adapter: Annotated[
         str | None,
         Query(
@@ -156,72 +157,84 @@ async def av_event(
 ) -> AvEventResponse:
     """Every second's label and the merged events of an uploaded video."""
     started = time.monotonic()
-    state.require_ready()
     settings = state.settings
     video, audio, form_adapter = await _read_upload(request, settings.max_media_bytes)
     ref = _parse_ref(form_adapter or adapter)
+    media = VideoMedia(video, audio, settings, engine.backbone.cfg.image_size, started)
     deadline = started + settings.request_timeout_s
-    assert state.registry is not None
-    assert state.engine is not None
-    assert state.backbone is not None
-    request_id = str(request.scope.get(SCOPE_KEY, "-"))
-    limits = VideoLimits(
-        max_seconds=settings.max_video_seconds,
-        max_side=settings.max_video_side,
-        max_frames=settings.max_video_frames,
-        max_decoded_samples=settings.max_decoded_samples,
+    served = await run(
+        request, media, [ref], deadline, state=state, engine=engine, registry=registry
     )
-    image_size = state.backbone.cfg.image_size
-
-    futures: list[Future[Tensor]] = []
-    # a load on demand counts against the request's timeout (504; the load goes on)
-    lease: Lease = await state.registry.acquire(ref, timeout=deadline - time.monotonic())
-    try:
-        manifest = lease.manifest
-        request.scope[ADAPTERS_KEY] = [manifest.name]
-        if not AV_EVENTS.serves(manifest.method):
-            raise BadRequest(
-                f"adapter {manifest.id} ({manifest.method}) classifies audio only: send the clip "
-                "to POST /classify, or name an audio-visual adapter (method avpea)"
-            )
-        features = manifest.features
-        clip: AvClip = await in_pool(
-            state.featurize_pool,
-            lambda: featurize_av(video, audio, features, image_size, limits, deadline),
-            deadline=deadline,  # waiting in the pool counts against the timeout too
-        )
-        state.metrics.safe(lambda: state.metrics.featurize.observe(clip.featurize_s))
-        segments = int(getattr(manifest.adapter_config(), "segments", clip.seconds))
-        groups = window_groups(clip, segments)
-        _check_rows(groups, clip.seconds, settings.max_request_rows)
-        for group in groups:
-            futures.append(
-                state.engine.submit_av(
-                    group.spec,
-                    group.pixels,
-                    lease.adapter_id,
-                    request_id=request_id,
-                    timeout_s=max(deadline - time.monotonic(), 0.0),
-                )
-            )
-        logits = await gather(futures, deadline - time.monotonic())
-    finally:
-        for fut in futures:
-            fut.cancel()  # no-op once running or done; drops rows of an abandoned request
-        lease.release()
-
-    probabilities = assemble(groups, logits, clip.seconds)
-    seconds, events = per_second_events(probabilities, list(manifest.labels))
+    (lease,), (logits,) = served.leases, served.logits
+    clip = media.clip
+    probabilities = assemble(media.groups, logits, clip.seconds)
+    seconds, events = per_second_events(probabilities, list(lease.manifest.labels))
     return AvEventResponse(
-        request_id=request_id,
-        adapter=manifest.name,
-        version=manifest.version,
+        request_id=served.request_id,
+        adapter=lease.manifest.name,
+        version=lease.manifest.version,
         duration_s=round(clip.duration_s, 6),
         seconds=[SecondLabel(t=s.t, label=s.label, score=s.score) for s in seconds],
         events=[
             AvEvent(start_s=e.start_s, end_s=e.end_s, label=e.label, score=e.score) for e in events
         ],
     )
+
+
+class VideoMedia:
+    """A video (and optionally its sound as a separate file) for the ``av_events`` task kind
+    (:class:`service.pipeline.Media`): frames and sound per one-second segment, cut into windows
+    of at most the adapter's segments, one job per group of equal-length windows."""
+
+    task: TaskKind = AV_EVENTS
+
+    def __init__(
+        self,
+        video: bytes,
+        audio: bytes | None,
+        settings: ServiceSettings,
+        image_size: tuple[int, int],
+        started: float,
+    ) -> None:
+        self.video, self.audio = video, audio
+        self.settings = settings
+        self.image_size = image_size
+        self.deadline = started + settings.request_timeout_s
+        self._clip: AvClip | None = None
+        self.groups: list[WindowGroup] = []
+
+    @property
+    def clip(self) -> AvClip:
+        assert self._clip is not None, "the pipeline runs featurize() before reading it"
+        return self._clip
+
+    def refuse(self, manifest: AdapterManifest) -> None:
+        if not self.task.serves(manifest.method):
+            raise BadRequest(
+                f"adapter {manifest.id} ({manifest.method}) classifies audio only: send the clip "
+                "to POST /classify, or name an audio-visual adapter (method avpea)"
+            )
+
+    def featurize(self, manifests: Sequence[AdapterManifest]) -> float:
+        settings = self.settings
+        limits = VideoLimits(
+            max_seconds=settings.max_video_seconds,
+            max_side=settings.max_video_side,
+            max_frames=settings.max_video_frames,
+            max_decoded_samples=settings.max_decoded_samples,
+        )
+        (manifest,) = manifests
+        self._clip = featurize_av(
+            self.video, self.audio, manifest.features, self.image_size, limits, self.deadline
+        )
+        return self._clip.featurize_s
+
+    def inputs(self, manifest: AdapterManifest) -> list[Inputs]:
+        clip = self.clip
+        segments = int(getattr(manifest.adapter_config(), "segments", clip.seconds))
+        self.groups = window_groups(clip, segments)
+        _check_rows(self.groups, clip.seconds, self.settings.max_request_rows)
+        return [(group.spec, group.pixels) for group in self.groups]
 
 
 async def _read_upload(request: Request, limit: int) -> tuple[bytes, bytes | None, str | None]:

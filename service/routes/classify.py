@@ -16,8 +16,8 @@ labels, and the clip-level ``labels`` are the **mean of the window scores**.
 from __future__ import annotations
 
 import time
-from concurrent.futures import Future
-from typing import Annotated, Any, TypeVar
+from collections.abc import Sequence
+from typing import Annotated, Any
 
 import torch
 from fastapi import APIRouter, Query, Request
@@ -25,27 +25,18 @@ from starlette.datastructures import UploadFile
 from torch import Tensor
 
 from lookaside.checkpoint import AdapterManifest
-from lookaside.tasks import AV_EVENTS
-from service.deps import StateDep
+from lookaside.tasks import CLIP, Inputs, TaskKind
+from service.deps import EngineDep, RegistryDep, StateDep
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from service.featurize import Featurized, featurize
-from service.logging import SCOPE_KEY
-from service.registry import Lease
-from service.request_io import (
-    MULTIPART_SLACK,
-    gather,
-    in_pool,
-    parse_form,
-    read_body,
-)
+from service.pipeline import run
+from service.request_io import MULTIPART_SLACK, parse_form, read_body
 from service.schemas import AdapterResult, ClassifyResponse, ErrorBody, LabelScore, Window
+from service.settings import ServiceSettings
 
 router = APIRouter(tags=["classify"])
-T = TypeVar("T")
 
 MAX_ADAPTERS_PER_REQUEST = 16
-ADAPTERS_KEY = "lookaside.adapters"
-"""Scope key of the adapter names a request resolved (the metrics middleware labels by them)."""
 _RAW_TYPES = ("audio/", "video/", "application/octet-stream")
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -108,6 +99,8 @@ _BODY_SCHEMA: dict[str, Any] = {
 async def classify(
     request: Request,
     state: StateDep,
+    engine: EngineDep,
+    registry: RegistryDep,
     adapter: Annotated[
         str | None,
         Query(
@@ -121,64 +114,60 @@ async def classify(
 ) -> ClassifyResponse:
     """Top-k labels of the clip for each adapter named (timeline for long clips)."""
     started = time.monotonic()
-    state.require_ready()
     settings = state.settings
     data, form_adapter, form_top_k = await _read_clip(request, settings.max_media_bytes)
     refs = _parse_refs(form_adapter or adapter, settings.queue_capacity)
     k = _parse_top_k(form_top_k, top_k)
+    clip = ClipMedia(data, settings)
     deadline = started + settings.request_timeout_s
-
-    leases: list[Lease] = []
-    futures: list[Future[Tensor]] = []
-    assert state.registry is not None
-    try:
-        for ref in refs:
-            # a load on demand counts against the request's timeout (504; the load goes on)
-            leases.append(await state.registry.acquire(ref, timeout=deadline - time.monotonic()))
-        request.scope[ADAPTERS_KEY] = [lease.manifest.name for lease in leases]
-        _refuse_audio_visual(leases)
-        configs = [lease.manifest.features for lease in leases]
-        feats: Featurized = await in_pool(
-            state.featurize_pool,
-            lambda: featurize(
-                data,
-                configs,
-                max_seconds=settings.max_audio_seconds,
-                max_samples=settings.max_decoded_samples,
-                max_rows=settings.max_request_rows,
-                max_feature_bytes=settings.max_request_feature_bytes,
-            ),
-            deadline=deadline,
-        )
-        state.metrics.safe(lambda: state.metrics.featurize.observe(feats.seconds))
-        assert state.engine is not None
-        request_id = str(request.scope.get(SCOPE_KEY, "-"))
-        for lease in leases:
-            windows = feats.by_config[lease.manifest.features]
-            futures.append(
-                state.engine.submit(
-                    windows.features,
-                    lease.adapter_id,
-                    request_id=request_id,
-                    timeout_s=max(deadline - time.monotonic(), 0.0),
-                )
-            )
-        logits = await gather(futures, deadline - time.monotonic())
-    finally:
-        for fut in futures:
-            fut.cancel()  # no-op once running or done; drops rows of an abandoned request
-        for lease in leases:
-            lease.release()
-
+    served = await run(request, clip, refs, deadline, state=state, engine=engine, registry=registry)
+    feats = clip.featurized
     results = [
         _result(lease.manifest, feats.by_config[lease.manifest.features], out, k, feats.duration_s)
-        for lease, out in zip(leases, logits, strict=True)
+        for lease, (out,) in zip(served.leases, served.logits, strict=True)
     ]
     return ClassifyResponse(
-        request_id=str(request.scope.get(SCOPE_KEY, "-")),
-        duration_s=round(feats.duration_s, 6),
-        results=results,
+        request_id=served.request_id, duration_s=round(feats.duration_s, 6), results=results
     )
+
+
+class ClipMedia:
+    """A clip for the ``clip`` task kind (:class:`service.pipeline.Media`): featurised once per
+    distinct feature config of the adapters named, one job of windows per adapter."""
+
+    task: TaskKind = CLIP
+
+    def __init__(self, data: bytes, settings: ServiceSettings) -> None:
+        self.data = data
+        self.settings = settings
+        self._featurized: Featurized | None = None
+
+    @property
+    def featurized(self) -> Featurized:
+        assert self._featurized is not None, "the pipeline runs featurize() before reading it"
+        return self._featurized
+
+    def refuse(self, manifest: AdapterManifest) -> None:
+        if not self.task.serves(manifest.method):
+            raise BadRequest(
+                f"adapter {manifest.id} ({manifest.method}) is audio-visual: send the "
+                "video to POST /av-event (multipart `video`, `adapter`)"
+            )
+
+    def featurize(self, manifests: Sequence[AdapterManifest]) -> float:
+        settings = self.settings
+        self._featurized = featurize(
+            self.data,
+            [m.features for m in manifests],
+            max_seconds=settings.max_audio_seconds,
+            max_samples=settings.max_decoded_samples,
+            max_rows=settings.max_request_rows,
+            max_feature_bytes=settings.max_request_feature_bytes,
+        )
+        return self._featurized.seconds
+
+    def inputs(self, manifest: AdapterManifest) -> list[Inputs]:
+        return [(self.featurized.by_config[manifest.features].features,)]
 
 
 # -- input ----------------------------------------------------------------------------------------
@@ -223,15 +212,6 @@ async def _parse_multipart(
         )
     finally:
         await form.close()
-
-
-def _refuse_audio_visual(leases: list[Lease]) -> None:
-    for lease in leases:
-        if AV_EVENTS.serves(lease.manifest.method):
-            raise BadRequest(
-                f"adapter {lease.manifest.id} ({lease.manifest.method}) is audio-visual: send the "
-                "video to POST /av-event (multipart `video`, `adapter`)"
-            )
 
 
 def _parse_refs(value: str | None, queue_capacity: int) -> list[str]:
