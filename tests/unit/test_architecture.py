@@ -104,3 +104,144 @@ def test_product_code_cites_only_documents_in_the_repository() -> None:
                 assert (ROOT / "docs" / name).is_file(), f"{path.relative_to(ROOT)}: docs/{name}"
                 if name == "design.md" and section:
                     assert f"## §{section} " in design, f"{path.relative_to(ROOT)}: §{section}"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_type_checking(node: ast.AST) -> bool:
+    test = node.test if isinstance(node, ast.If) else None
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _runtime_imports(path: Path, known: set[str]) -> set[str]:
+    """Product modules ``path`` imports when its code runs: module level and inside functions
+    (a deferred import that closes a loop is still a cycle), but not ``if TYPE_CHECKING:``
+    blocks, which only annotations see and which never run."""
+    tree = ast.parse(path.read_text())
+    annotation_only = {
+        id(inner)
+        for node in ast.walk(tree)
+        if _is_type_checking(node)
+        for stmt in node.body  # type: ignore[attr-defined]
+        for inner in ast.walk(stmt)
+    }
+    module = _module_name(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in annotation_only:
+            continue
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, *([base] if base else [])])
+            found.add(base)
+            found.update(f"{base}.{a.name}" for a in node.names)
+    resolved = set()
+    for name in found:
+        while name and name not in known:
+            name = name.rpartition(".")[0]
+        if name:
+            resolved.add(name)
+    return resolved
+
+
+def _import_graph() -> dict[str, set[str]]:
+    paths = {_module_name(p): p for pkg in PACKAGES for p in _python_files(pkg)}
+    known = set(paths)
+    graph = {}
+    for name, path in paths.items():
+        deps = _runtime_imports(path, known) - {name}
+        # importing a.b.c runs the packages a and a.b first: a submodule depends on its parents
+        parents = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}
+        graph[name] = deps | (parents & known) - {name}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+
+    def strong(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                strong(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            strong(v)
+    return out
+
+
+def test_no_import_cycles() -> None:
+    """No product module imports one that (transitively) imports it back when it runs.
+
+    A package's ``__init__`` that re-exports its submodules is the one accepted pattern: a
+    submodule importing a *sibling* submodule through the package is counted, importing the
+    package it belongs to is not (Python runs the package first)."""
+    graph = _import_graph()
+    for name, deps in graph.items():
+        graph[name] = {d for d in deps if not (name.startswith(d + ".") and d != name)}
+    cycles = _cycles(graph)
+    assert not cycles, "import cycles (imports that run): " + "; ".join(
+        " <-> ".join(c) for c in cycles
+    )
+
+
+def test_the_cycle_check_finds_a_cycle() -> None:
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+MAX_FILE_LINES = 450
+MAX_FUNCTION_LINES = 70
+
+
+def test_product_files_and_functions_stay_small() -> None:
+    """Small modules with one job: no product file over ~450 lines, and no function over 70
+    lines unless its docstring says why (a line containing ``Long because``)."""
+    big_files = []
+    long_functions = []
+    for pkg in PACKAGES:
+        for path in _python_files(pkg):
+            text = path.read_text()
+            lines = text.count("\n") + 1
+            if lines > MAX_FILE_LINES:
+                big_files.append(f"{path.relative_to(ROOT)} ({lines} lines)")
+            for node in ast.walk(ast.parse(text)):
+                if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    continue
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                reason = "Long because" in (ast.get_docstring(node) or "")
+                if length > MAX_FUNCTION_LINES and not reason:
+                    long_functions.append(f"{path.relative_to(ROOT)}:{node.name} ({length})")
+    assert not big_files, f"files over {MAX_FILE_LINES} lines: {big_files}"
+    assert not long_functions, f"functions over {MAX_FUNCTION_LINES} lines: {long_functions}"
