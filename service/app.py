@@ -30,7 +30,8 @@ from lookaside.errors import LookasideError
 from lookaside.tasks import CLIP, get_task, task_for
 from service import errors
 from service.deps import AppState
-from service.engine import Engine, OverBudget
+from service.engine import Engine
+from service.errors import OverBudget
 from service.http_contract import AllowMethods, install_openapi
 from service.http_limits import CLIENT_GONE_KEY, BodyLimits, InflightBytes
 from service.logging import RequestIdMiddleware

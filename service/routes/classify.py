@@ -24,6 +24,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.datastructures import UploadFile
 from torch import Tensor
 
+from lookaside.adapters.head import scores_of
 from lookaside.checkpoint import AdapterManifest
 from lookaside.tasks import CLIP, Inputs, TaskKind
 from service.deps import EngineDep, RegistryDep, StateDep
@@ -251,11 +252,6 @@ def _parse_top_k(form_value: str | None, query_value: int | None) -> int:
 
 
 # -- output ---------------------------------------------------------------------------------------
-def scores_of(logits: Tensor, multi_label: bool) -> Tensor:
-    """Per-window scores: sigmoid for multi-label adapters, softmax otherwise."""
-    return torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=-1)
-
-
 def _top(scores: Tensor, labels: list[str], k: int) -> list[LabelScore]:
     values, index = torch.topk(scores, min(k, len(labels)))
     return [
@@ -267,7 +263,7 @@ def _top(scores: Tensor, labels: list[str], k: int) -> list[LabelScore]:
 def _result(
     manifest: AdapterManifest, windows: Any, logits: Tensor, k: int, duration_s: float
 ) -> AdapterResult:
-    scores = scores_of(logits.float(), manifest.task_type == "multilabel")
+    scores = scores_of(logits, multi_label=manifest.task_type == "multilabel")
     labels = list(manifest.labels)
     clip = scores.mean(dim=0)
     timeline = None
