@@ -19,9 +19,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from lookaside.adapters.head import scores_of
 from lookaside.features import FeatureConfig
 from lookaside.tasks.av_events import segment_windows
 from lookaside.video import VideoLimits, av_inputs, decode_video
+from service.errors import EngineFailure
 
 
 @dataclass(frozen=True)
@@ -97,14 +99,14 @@ def window_groups(clip: AvClip, segments: int) -> list[WindowGroup]:
 
 def assemble(groups: list[WindowGroup], logits: list[Tensor], seconds: int) -> Tensor:
     """``[seconds, classes]`` softmax probabilities in clip order from each group's
-    ``[windows, length, classes]`` logits."""
+    ``[windows, length, classes]`` logits (one label per second: a single-label head)."""
     rows: list[Tensor | None] = [None] * seconds
     for group, out in zip(groups, logits, strict=True):
-        probs = torch.softmax(out.float(), dim=-1)
+        probs = scores_of(out, multi_label=False)
         for (start, stop), window in zip(group.windows, probs, strict=True):
             for t in range(start, stop):
                 rows[t] = window[t - start]
     missing = [t for t, r in enumerate(rows) if r is None]
     if missing:
-        raise RuntimeError(f"seconds {missing} got no prediction")
+        raise EngineFailure(f"seconds {missing} of the video got no prediction from the engine")
     return torch.stack([r for r in rows if r is not None])

@@ -111,6 +111,27 @@ class EngineFailure(ServiceError):
     status_code = 500
 
 
+class OverBudget(BadRequest, ValueError):
+    """One row (window) of a job needs more tokens than one forward may hold (422)."""
+
+
+class AdapterUnavailable(ServiceError):
+    """A stored adapter version could not be made resident now (HTTP 503, retry later)."""
+
+    status_code = 503
+    retry_after = True
+
+
+class UploadTooLarge(PayloadTooLarge):
+    """An uploaded file is over the store's size limit (HTTP 413)."""
+
+
+class ActiveVersionConflict(ServiceError):
+    """Deleting the active version was asked without ``force`` (HTTP 409)."""
+
+    status_code = 409
+
+
 def status_of(exc: LookasideError) -> int:
     """HTTP status of a project error."""
     if isinstance(exc, ServiceError):

@@ -2,8 +2,9 @@
 work in the featurize pool under the request's deadline, and waiting for engine results.
 
 The body is read once, bounded (413 as soon as it passes the limit), and the multipart form is
-parsed from those bytes in memory (no spooling to disk and reading back), so every route refuses an
-oversized or malformed upload the same way with the same words.
+parsed from those bytes in memory (:func:`parse_form` keeps every part in memory instead of
+spooling large ones to disk and reading them back), so every route refuses an oversized or
+malformed upload the same way with the same words.
 """
 
 from __future__ import annotations
@@ -11,14 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from fastapi import Request
 from starlette.datastructures import FormData
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import Message
+from starlette.formparsers import MultiPartException, MultiPartParser
 from torch import Tensor
 
 from service.errors import BadRequest, PayloadTooLarge, RequestTimeout
@@ -55,20 +55,22 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 async def parse_form(request: Request, body: bytes, *, max_files: int, max_fields: int) -> FormData:
-    """The multipart form of an already-read ``body`` (malformed: 422 with starlette's reason)."""
-    sent = False
+    """The multipart form of an already-read ``body`` (malformed: 422 with the parser's reason).
 
-    async def replay() -> Message:
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
+    The parts stay in memory: the body is held already (bounded by its route), so starlette's
+    parser is told to spool nothing to disk (its default writes file parts over 1 MiB to a
+    temporary file and reads them back). Call it for ``multipart/form-data`` bodies only.
+    """
 
+    async def stream() -> AsyncGenerator[bytes, None]:
+        yield body
+
+    parser = MultiPartParser(request.headers, stream(), max_files=max_files, max_fields=max_fields)
+    parser.spool_max_size = max(len(body), 1)  # a part is never larger than the body it is in
     try:
-        return await Request(request.scope, replay).form(max_files=max_files, max_fields=max_fields)
-    except StarletteHTTPException as exc:
-        raise BadRequest(f"malformed multipart body: {exc.detail}") from None
+        return await parser.parse()
+    except MultiPartException as exc:
+        raise BadRequest(f"malformed multipart body: {exc.message}") from None
 
 
 async def in_pool(pool: Any, fn: Callable[[], T], *, deadline: float | None = None) -> T:

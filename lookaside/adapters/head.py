@@ -82,3 +82,10 @@ class AdapterHead(nn.Module):
     def forward(self, tokens: Tensor, layout: TokenLayout) -> Tensor:
         # The bank may store adapters in another dtype than the backbone's output (bf16 bank).
         return self.fc(self.norm(self.pool(tokens, layout).to(self.fc.weight.dtype)))
+
+
+def scores_of(logits: Tensor, *, multi_label: bool) -> Tensor:
+    """Scores from a head's logits, in fp32: a sigmoid per class for a multi-label head, a softmax
+    over the classes otherwise (the one place the service turns logits into scores)."""
+    logits = logits.float()
+    return torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=-1)

@@ -56,7 +56,7 @@ from service.engine.batcher import Batcher, Job, Slice, deliver, describe, fail
 from service.engine.forward import forward_batch
 from service.engine.loads import EngineLoads
 from service.engine.watchdog import Activity, EngineHealth, Watchdog
-from service.errors import BadRequest, EngineFailure, NotReady
+from service.errors import EngineFailure, NotReady, OverBudget
 from service.metrics import ServiceMetrics
 
 if TYPE_CHECKING:
@@ -67,10 +67,6 @@ __all__ = ["Engine", "EngineHealth", "OverBudget"]
 
 log = logging.getLogger("service.engine")
 T = TypeVar("T")
-
-
-class OverBudget(BadRequest, ValueError):
-    """One row (window) of a job needs more tokens than one forward may hold (422)."""
 
 
 @dataclass(eq=False)

@@ -30,7 +30,7 @@ from typing import Protocol
 from lookaside.checkpoint import AdapterCheckpoint, AdapterManifest
 from lookaside.errors import AdapterNotFound
 from service.engine.watchdog import EngineHealth
-from service.errors import ServiceError
+from service.errors import AdapterUnavailable
 from service.registry.refs import adapter_id
 from service.registry.residency import AdapterState, Residency
 
@@ -45,13 +45,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("service.registry")
-
-
-class AdapterUnavailable(ServiceError):
-    """A stored adapter version could not be made resident now (HTTP 503, retry later)."""
-
-    status_code = 503
-    retry_after = True
 
 
 class EngineAdapters(Protocol):

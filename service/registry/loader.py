@@ -30,7 +30,8 @@ from lookaside.adapters import shapes
 from lookaside.backbone import VisionTransformer
 from lookaside.checkpoint import AdapterCheckpoint, AdapterManifest
 from lookaside.errors import BankFull
-from service.registry.active import ActiveMap, AdapterUnavailable, EngineAdapters, Entry
+from service.errors import AdapterUnavailable
+from service.registry.active import ActiveMap, EngineAdapters, Entry
 from service.store import AdapterStore
 
 __all__ = ["RegistryLoader", "stack_key"]

@@ -29,7 +29,7 @@ from lookaside.checkpoint import AdapterManifest
 from lookaside.tasks import CLIP, Inputs, TaskKind
 from service.deps import EngineDep, RegistryDep, StateDep
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from service.featurize import Featurized, featurize
+from service.featurize import ClipWindows, Featurized, featurize
 from service.pipeline import run
 from service.request_io import MULTIPART_SLACK, parse_form, read_body
 from service.schemas import AdapterResult, ClassifyResponse, ErrorBody, LabelScore, Window
@@ -261,7 +261,7 @@ def _top(scores: Tensor, labels: list[str], k: int) -> list[LabelScore]:
 
 
 def _result(
-    manifest: AdapterManifest, windows: Any, logits: Tensor, k: int, duration_s: float
+    manifest: AdapterManifest, windows: ClipWindows, logits: Tensor, k: int, duration_s: float
 ) -> AdapterResult:
     scores = scores_of(logits, multi_label=manifest.task_type == "multilabel")
     labels = list(manifest.labels)

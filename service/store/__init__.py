@@ -59,7 +59,7 @@ from lookaside.checkpoint import (
     validate_checkpoint_bytes,
 )
 from lookaside.errors import AdapterNotFound, InvalidCheckpoint
-from service.errors import PayloadTooLarge, ServiceError
+from service.errors import ActiveVersionConflict, UploadTooLarge
 from service.store.index import (
     StoredAdapter,
     StoredVersion,
@@ -102,16 +102,6 @@ DEFAULT_MAX_WEIGHTS_BYTES = 256 * 1024 * 1024
 """Largest ``adapter.safetensors`` accepted by default (a LoAA r=72 ViT-B adapter is ~35 MB)."""
 DEFAULT_MAX_MANIFEST_BYTES = 1024 * 1024
 """A manifest is a few kB; anything larger is refused unread."""
-
-
-class UploadTooLarge(PayloadTooLarge):
-    """An uploaded file is over the store's size limit (HTTP 413)."""
-
-
-class ActiveVersionConflict(ServiceError):
-    """Deleting the active version was asked without ``force`` (HTTP 409)."""
-
-    status_code = 409
 
 
 @dataclass(frozen=True)

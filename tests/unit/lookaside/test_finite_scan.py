@@ -2,7 +2,8 @@
 
 The fast path sums each tensor; the exact per-element check runs only where a sum is not finite.
 Tested against the plain per-tensor ``torch.isfinite(t).all()``, including sums that overflow
-while every value is finite. ``AdapterBank.load`` skips only the scan, and only for a ValidatedCheckpoint.
+while every value is finite. ``AdapterBank.load`` skips only the scan, and only for a
+ValidatedCheckpoint.
 """
 
 from __future__ import annotations
