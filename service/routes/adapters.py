@@ -40,7 +40,7 @@ from service.deps import AdminDep, RegistryDep, SettingsDep
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from service.registry import VersionStatus
 from service.schemas import ErrorBody
-from service.schemas_adapters import (
+from service.schemas.adapters import (
     ActivateRequest,
     ActivateResult,
     AdapterInfo,

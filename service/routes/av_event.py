@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
 from lookaside.checkpoint import AdapterManifest
@@ -33,57 +32,10 @@ from service.deps import EngineDep, RegistryDep, StateDep
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from service.pipeline import run
 from service.request_io import MULTIPART_SLACK, parse_form, read_body
-from service.schemas import ErrorBody
+from service.schemas import AvEvent, AvEventResponse, ErrorBody, SecondLabel
 from service.settings import ServiceSettings
 
 router = APIRouter(tags=["av-event"])
-
-
-class SecondLabel(BaseModel):
-    """The label of one second ``[t, t + 1)`` of the video."""
-
-    t: int = Field(description="second index")
-    label: str
-    score: float = Field(description="softmax probability of the label")
-
-
-class AvEvent(BaseModel):
-    """Consecutive seconds with the same non-background label."""
-
-    start_s: float
-    end_s: float = Field(description="exclusive end, seconds")
-    label: str
-    score: float = Field(description="mean over the event's seconds of the label's probability")
-
-
-class AvEventResponse(BaseModel):
-    """``POST /av-event`` answer."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "request_id": "3f2a9c0d1e7b4c55",
-                    "adapter": "ave",
-                    "version": 1,
-                    "duration_s": 3.0,
-                    "seconds": [
-                        {"t": 0, "label": "background", "score": 0.9},
-                        {"t": 1, "label": "Dog barking", "score": 0.8},
-                        {"t": 2, "label": "Dog barking", "score": 0.7},
-                    ],
-                    "events": [{"start_s": 1, "end_s": 3, "label": "Dog barking", "score": 0.75}],
-                }
-            ]
-        }
-    )
-
-    request_id: str
-    adapter: str = Field(description="adapter name")
-    version: int = Field(description="version that served this answer")
-    duration_s: float = Field(description="duration of the video track, seconds")
-    seconds: list[SecondLabel] = Field(description="every second of the video, in order")
-    events: list[AvEvent] = Field(description="merged non-background runs, in order")
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {

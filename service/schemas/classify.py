@@ -1,4 +1,4 @@
-"""Response bodies of the routes this package owns (they become the OpenAPI schema)."""
+"""``POST /classify``: its answer (it becomes the OpenAPI schema)."""
 
 from __future__ import annotations
 
@@ -62,47 +62,3 @@ class ClassifyResponse(BaseModel):
     request_id: str
     duration_s: float = Field(description="duration of the decoded clip, seconds")
     results: list[AdapterResult]
-
-
-class Health(BaseModel):
-    """``GET /healthz``: the process is alive."""
-
-    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
-
-    status: str
-
-
-class Readiness(BaseModel):
-    """``GET /readyz``: ready to serve, or why not yet."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {"ready": True, "reason": None, "adapters": 3},
-                {"ready": False, "reason": "warming up", "adapters": 3},
-            ]
-        }
-    )
-
-    ready: bool
-    reason: str | None = None
-    adapters: int = Field(0, description="adapter versions resident on the device")
-
-
-class ErrorBody(BaseModel):
-    """Every error answer."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "detail": "unknown adapter 'esc50@3'; versions of 'esc50': 1, 2 (active: 2)",
-                    "error": "AdapterNotFound",
-                }
-            ]
-        }
-    )
-
-    detail: str
-    error: str
-    reason: str | None = None
