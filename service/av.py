@@ -6,7 +6,7 @@ to the backbone's image size while decoding) and builds exactly what training fe
 (:func:`lookaside.video.av_inputs`: one spectrogram and one frame per second).
 
 A clip longer than the adapter's ``segments`` is cut into consecutive windows
-(:func:`lookaside.adapters.avpea.segment_windows`); windows of one length travel as one engine
+(:func:`lookaside.tasks.av_events.segment_windows`); windows of one length travel as one engine
 job (the last, shorter window, if any, as a second job: the temporal model sees exactly the
 seconds of its window). :func:`assemble` puts the windows' probabilities back in clip order.
 """
