@@ -16,7 +16,7 @@ Threads:
 The sequence (the bank's slot lifecycle, docs/design.md §4), so traffic never waits on the copy:
 
 1. **reserve** (worker): a free slot of the adapter's stack. A full stack first grows to the
-   size :func:`service.registry.residency.grown_capacity` decides; that happens between batches,
+   size :func:`service.residency.grown_capacity` decides; that happens between batches,
    where no route holds the stack, and never while another load is pending: loads run one at a time
    here, and the previous load's publish or abort was applied (the worker applies commands in order)
    before this reserve.
@@ -48,7 +48,7 @@ from lookaside.checkpoint import AdapterCheckpoint
 from lookaside.checkpoint.compat import require_backbone
 from lookaside.errors import BankFull
 from service.errors import NotReady
-from service.registry.residency import grown_capacity
+from service.residency import grown_capacity
 
 if TYPE_CHECKING:
     from lookaside.adapters.base import AdapterConfig

@@ -20,7 +20,7 @@ Rules:
   and the bank skips its own finite scan for every checkpoint handed over here (each is a
   :class:`~lookaside.checkpoint.ValidatedCheckpoint` from ``store.put`` or ``store.load``).
 - What stays resident (the resident limit, a full stack, pins) is decided by one policy,
-  :mod:`service.registry.residency`.
+  :mod:`service.residency`.
 - Hot swap (:meth:`activate`): the new version is loaded first, then the store's pointer flips.
   The previous version stays resident (idle, so first in line for eviction) until evicted.
 - States per version (:mod:`service.registry.active`): ``unloaded`` | ``loading`` | ``ready`` |
@@ -28,7 +28,7 @@ Rules:
 
 The pieces: :mod:`service.registry.refs` (what a request names), :mod:`service.registry.active` (the
 in-memory map of versions, leases and counters), :mod:`service.registry.leases`,
-:mod:`service.registry.residency`, :mod:`service.registry.loader` (one load, top to bottom, on a
+:mod:`service.residency`, :mod:`service.registry.loader` (one load, top to bottom, on a
 loader thread). This module is the facade the routes use; it re-exports their public names.
 
 Threads and ownership:
@@ -74,7 +74,7 @@ from service.registry.active import (
 from service.registry.leases import Lease
 from service.registry.loader import RegistryLoader
 from service.registry.refs import adapter_id, parse_ref
-from service.registry.residency import AdapterState, Residency
+from service.residency import AdapterState, Residency
 from service.store import AdapterStore, PutResult, format_versions
 
 __all__ = [

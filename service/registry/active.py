@@ -4,7 +4,7 @@ the counters metrics read.
 States per version: ``unloaded`` (no entry) | ``loading`` | ``ready`` | ``failed`` (with the
 reason). A failed load is retried by the next request for that version; a deleted (``retired``)
 version is unloaded as soon as its last lease is released. What to evict is decided by
-:mod:`service.registry.residency`; this map carries it out (``engine.unload_adapter``, enqueue
+:mod:`service.residency`; this map carries it out (``engine.unload_adapter``, enqueue
 only).
 
 Threads: every method takes :attr:`ActiveMap.lock` (a ``threading.RLock``: the done-callback of an
@@ -32,7 +32,7 @@ from lookaside.errors import AdapterNotFound
 from service.engine.watchdog import EngineHealth
 from service.errors import AdapterUnavailable
 from service.registry.refs import adapter_id
-from service.registry.residency import AdapterState, Residency
+from service.residency import AdapterState, Residency
 
 __all__ = [
     "ActiveMap",
@@ -55,7 +55,7 @@ class EngineAdapters(Protocol):
 
         A :class:`~lookaside.checkpoint.ValidatedCheckpoint` skips the bank's finite scan (its
         every value was already scanned). The future fails with :class:`BankFull` only from an
-        engine whose stacks cannot grow (``service.registry.residency``).
+        engine whose stacks cannot grow (``service.residency``).
         """
         ...
 

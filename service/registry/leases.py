@@ -2,7 +2,7 @@
 
 A request holds a :class:`Lease` from before it is queued until its answer is built (``lease = await
 registry.acquire(ref)`` ... ``lease.release()``). A leased version is never evicted or unloaded
-(``service.registry.residency``), so a hot swap or a delete never pulls an adapter from under queued
+(``service.residency``), so a hot swap or a delete never pulls an adapter from under queued
 or running rows; the request finishes on the version it started with.
 
 Threads: a lease is taken on the event loop (or a plain thread, ``acquire_blocking``) and

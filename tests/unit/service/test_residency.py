@@ -1,4 +1,4 @@
-"""The residency policy (service.registry.residency): a full stack doubles; victims are idle,
+"""The residency policy (service.residency): a full stack doubles; victims are idle,
 unpinned, ready versions, least recently used first; the resident limit is a target."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 
 from lookaside.errors import ConfigError
 from service.registry.active import Entry
-from service.registry.residency import Residency, grown_capacity
+from service.residency import Residency, grown_capacity
 
 
 def entry(
