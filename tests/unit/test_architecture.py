@@ -159,11 +159,15 @@ def _import_graph() -> dict[str, set[str]]:
     known = set(paths)
     graph = {}
     for name, path in paths.items():
-        deps = _runtime_imports(path, known) - {name}
-        # importing a.b.c runs the packages a and a.b first: a submodule depends on its parents
-        parents = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}
-        graph[name] = deps | (parents & known) - {name}
+        deps = _runtime_imports(path, known)
+        # importing a.b.c runs the packages a and a.b first: an import depends on its packages
+        graph[name] = {p for d in deps for p in _with_packages(d) if p in known} - {name}
     return graph
+
+
+def _with_packages(module: str) -> set[str]:
+    parts = module.split(".")
+    return {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -204,9 +208,10 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_no_import_cycles() -> None:
     """No product module imports one that (transitively) imports it back when it runs.
 
-    A package's ``__init__`` that re-exports its submodules is the one accepted pattern: a
-    submodule importing a *sibling* submodule through the package is counted, importing the
-    package it belongs to is not (Python runs the package first)."""
+    Importing ``a.b.c`` runs the packages ``a`` and ``a.b`` first, so it counts as importing them
+    too (a cycle through a package's ``__init__`` is found). A package's ``__init__`` that
+    re-exports its submodules is the one accepted pattern: a submodule importing the package it
+    belongs to is not counted (Python runs that package first, whatever the submodule does)."""
     graph = _import_graph()
     for name, deps in graph.items():
         graph[name] = {d for d in deps if not (name.startswith(d + ".") and d != name)}
