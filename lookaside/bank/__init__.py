@@ -331,6 +331,17 @@ class AdapterBank(AdapterViews, nn.Module):
         with self._locked():
             self._table.set_capacity(key, method, capacity)
 
+    def stack_capacity(self, method: str, config: AdapterConfig | Mapping[str, object]) -> int:
+        """Slots of the stack for (method, config), whatever their state (free, reserved, live,
+        or retired until their routes are released); what it will have if it does not exist yet.
+        ``sys.maxsize`` for a head-only method (it uses no slot)."""
+        cfg = get_method(method).parse_config(config)
+        key = stack_key(method, cfg)
+        if key is None:
+            return sys.maxsize
+        with self._locked():
+            return self._table.capacity_for(key)
+
     def free_slots(self, method: str, config: AdapterConfig | Mapping[str, object]) -> int:
         """Free slots of the stack for (method, config): its capacity if it does not exist yet;
         ``sys.maxsize`` for a head-only method (it uses no slot)."""

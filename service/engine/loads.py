@@ -51,10 +51,9 @@ from service.errors import NotReady
 from service.residency import grown_capacity
 
 if TYPE_CHECKING:
-    from lookaside.adapters.base import AdapterConfig
     from service.engine.watchdog import EngineHealth, Watchdog
 
-__all__ = ["EngineLoads", "stack_capacity"]
+__all__ = ["EngineLoads"]
 
 log = logging.getLogger("service.engine")
 T = TypeVar("T")
@@ -160,17 +159,7 @@ def _reserve(bank: AdapterBank, checkpoint: AdapterCheckpoint, adapter_id: str) 
         return bank.reserve(adapter_id, manifest.method, manifest.config, head)
     except BankFull:
         config = manifest.adapter_config()
-        capacity = grown_capacity(stack_capacity(bank, manifest.method, config))
+        capacity = grown_capacity(bank.stack_capacity(manifest.method, config))
         bank.grow(manifest.method, config, capacity)  # between batches: no route holds it
         log.info("grew the %s stack to %d slots", manifest.method, capacity)
         return bank.reserve(adapter_id, manifest.method, manifest.config, head)
-
-
-def stack_capacity(bank: AdapterBank, method: str, config: AdapterConfig) -> int:
-    """Current slots of the stack for (method, config): used + free."""
-    used = sum(
-        1
-        for e in bank.entries.values()
-        if e.method == method and e.config == config and e.stack_key is not None
-    )
-    return used + bank.free_slots(method, config)

@@ -467,3 +467,20 @@ def test_moving_the_bank_moves_where_new_adapters_go(tiny_backbone: VisionTransf
     bank.add("b", "loaa", LOAA, HEAD)
     bank.add("c", "bottleneck", {"rank": 2}, HEAD)
     assert {p.dtype for p in bank.parameters()} == {torch.bfloat16}
+
+
+def test_stack_capacity_counts_every_slot_whatever_its_state(
+    tiny_backbone: VisionTransformer,
+) -> None:
+    bank = _bank(tiny_backbone, 2)
+    assert bank.stack_capacity("loaa", LOAA) == 2  # not created yet: what it will have
+    _add(bank, "a", seed=1)
+    _add(bank, "b", seed=2)
+    with bank.route(["a"]):
+        bank.remove("a")  # retired while the route holds it
+        assert bank.free_slots("loaa", LOAA) == 0
+        assert bank.stack_capacity("loaa", LOAA) == 2
+    assert bank.free_slots("loaa", LOAA) == 1
+    bank.grow("loaa", LOAA, 4)
+    assert bank.stack_capacity("loaa", LOAA) == 4
+    assert bank.stack_capacity("linear", {}) > 2**40  # a head-only method uses no slot
