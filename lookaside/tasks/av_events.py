@@ -66,11 +66,11 @@ class AvEventsTask(TaskKind):
         self, cfg: BackboneConfig, features: FeatureConfig, config: AdapterConfig
     ) -> int:
         return window_tokens(
-            cfg, features.num_mel_bins, features.target_frames, segments=_segments(config)
+            cfg, features.num_mel_bins, features.target_frames, segments=window_segments(config)
         )
 
     def window_label(self, config: AdapterConfig) -> str:
-        return f"{_segments(config)} segments of "
+        return f"{window_segments(config)} segments of "
 
     def forward(
         self, model: MultiAdapterModel, inputs: Inputs, adapter_ids: Sequence[str | None]
@@ -96,7 +96,7 @@ class AvEventsTask(TaskKind):
 AV_EVENTS = AvEventsTask()
 
 
-def _segments(config: AdapterConfig) -> int:
+def window_segments(config: AdapterConfig) -> int:
     """One-second segments per window of an adapter of this kind (its config's ``segments``)."""
     return max(int(getattr(config, "segments", 1)), 1)
 

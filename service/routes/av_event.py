@@ -25,7 +25,7 @@ from starlette.datastructures import UploadFile
 
 from lookaside.checkpoint import AdapterManifest
 from lookaside.tasks import AV_EVENTS, Inputs, TaskKind
-from lookaside.tasks.av_events import per_second_events
+from lookaside.tasks.av_events import per_second_events, window_segments
 from lookaside.video import VideoLimits
 from service.av import AvClip, WindowGroup, assemble, featurize_av, window_groups
 from service.deps import EngineDep, RegistryDep, StateDep
@@ -183,8 +183,7 @@ class VideoMedia:
 
     def inputs(self, manifest: AdapterManifest) -> list[Inputs]:
         clip = self.clip
-        segments = int(getattr(manifest.adapter_config(), "segments", clip.seconds))
-        self.groups = window_groups(clip, segments)
+        self.groups = window_groups(clip, window_segments(manifest.adapter_config()))
         _check_rows(self.groups, clip.seconds, self.settings.max_request_rows)
         return [(group.spec, group.pixels) for group in self.groups]
 
