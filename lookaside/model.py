@@ -15,6 +15,7 @@ row's head.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +31,20 @@ from lookaside.tasks import AV_EVENTS, CLIP, TaskKind
 FUSED_LAYOUT = TokenLayout(num_prefix=1, num_prompts=0, grid=(1, 1))
 """How the heads see a segment: its fused token twice, as the prefix and as the one grid token,
 so ``cls`` and ``mean`` pooling both give the fused token."""
+
+
+class FeatureRunner(Protocol):
+    """Another runtime for the backbone pass (ONNX Runtime: :mod:`lookaside.onnx.runner`).
+
+    Each method returns what the backbone's own method returns for the same batch and route, or
+    None to let the backbone run it (no graph for these adapters yet).
+    """
+
+    def features(self, spec: Tensor, route: RowRoute) -> tuple[Tensor, TokenLayout] | None: ...
+
+    def features_av(
+        self, spec: Tensor, pixels: Tensor, route: RowRoute
+    ) -> tuple[tuple[Tensor, TokenLayout], tuple[Tensor, TokenLayout]] | None: ...
 
 
 class MultiAdapterModel(nn.Module):
@@ -61,6 +76,8 @@ class MultiAdapterModel(nn.Module):
             )
         self.backbone = backbone
         self.bank = bank
+        self.runner: FeatureRunner | None = None
+        """Where the backbone pass runs when set (the heads and ``clip`` sites stay here)."""
 
     def forward(self, spec: Tensor, adapter_ids: Sequence[str | None]) -> list[Tensor | None]:
         """Per-row logits (None for rows routed to no adapter).
@@ -82,7 +99,7 @@ class MultiAdapterModel(nn.Module):
                 else spec.index_select(0, index_tensor(rows, spec.device))
             )
             with self.bank.route(ids) as route:
-                tokens, layout = self.backbone.forward_features(sub, route)
+                tokens, layout = self._features(sub, route)
                 logits = self.bank.classify(tokens, layout, ids, route=route)
             for row, row_logits in zip(rows, logits, strict=True):
                 out[row] = row_logits
@@ -144,14 +161,25 @@ class MultiAdapterModel(nn.Module):
         backbone, the prefix tokens of each segment averaged (the fused CLS), then the clip site
         across the segments of each clip."""
         clips, segments = spec.shape[:2]
-        (audio, la), (visual, lv) = self.backbone.forward_features_av(
-            spec.flatten(0, 1), pixels.flatten(0, 1), route
+        flat_spec, flat_pixels = spec.flatten(0, 1), pixels.flatten(0, 1)
+        streams = (
+            self.runner.features_av(flat_spec, flat_pixels, route)
+            if self.runner is not None
+            else None
         )
+        if streams is None:
+            streams = self.backbone.forward_features_av(flat_spec, flat_pixels, route)
+        (audio, la), (visual, lv) = streams
         fused = torch.cat([audio[:, : la.num_prefix], visual[:, : lv.num_prefix]], dim=1)
         tokens = fused.mean(dim=1).view(clips, segments, -1)
         clip_layout = TokenLayout(num_prefix=0, num_prompts=0, grid=(1, segments))
         tokens = clip_route.add_to(CLIP_LAYER, "clip", tokens, tokens, clip_layout)
         return tokens.reshape(clips * segments, 1, -1).expand(-1, 2, -1)
+
+    def _features(self, spec: Tensor, route: RowRoute) -> tuple[Tensor, TokenLayout]:
+        """The backbone pass on the runner when it has a graph for it, else in eager PyTorch."""
+        out = self.runner.features(spec, route) if self.runner is not None else None
+        return out if out is not None else self.backbone.forward_features(spec, route)
 
     def _check_av(
         self, spec: Tensor, pixels: Tensor, adapter_ids: Sequence[str | None]

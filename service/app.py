@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
@@ -25,8 +25,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from lookaside import __version__
 from lookaside.backbone import VisionTransformer
 from lookaside.backbones import load_backbone
+from lookaside.bank import AdapterBank
 from lookaside.checkpoint import AdapterManifest, CheckpointLimits
 from lookaside.errors import LookasideError
+from lookaside.model import FeatureRunner
 from lookaside.tasks import CLIP, get_task, task_for
 from service import errors
 from service.deps import AppState
@@ -101,6 +103,26 @@ def create_app(settings: ServiceSettings, *, backbone: VisionTransformer | None 
     return app
 
 
+def _runner_factory(
+    settings: ServiceSettings,
+) -> Callable[[VisionTransformer, AdapterBank], FeatureRunner] | None:
+    """The ONNX Runtime feature runner when ``engine=onnxruntime`` (imported only then)."""
+    if settings.engine != "onnxruntime":
+        return None
+    from lookaside.onnx.runner import OrtFeatures
+
+    def build(backbone: VisionTransformer, bank: AdapterBank) -> FeatureRunner:
+        return OrtFeatures(
+            backbone,
+            bank,
+            cache_dir=settings.ort_cache,
+            precision=settings.ort_precision,
+            tensorrt=settings.ort_tensorrt,
+        )
+
+    return build
+
+
 async def _start(state: AppState, backbone: VisionTransformer | None) -> None:
     settings = state.settings
     started = time.perf_counter()
@@ -125,6 +147,7 @@ async def _start(state: AppState, backbone: VisionTransformer | None) -> None:
         max_batch_tokens=settings.max_batch_tokens,
         stall_s=settings.engine_stall_s,
         dead_s=settings.engine_dead_s,
+        runner=_runner_factory(settings),
     )
     engine.start()
     state.engine = engine

@@ -44,6 +44,19 @@ class ServiceSettings(BaseSettings):
     """Where the model runs: ``auto`` picks ``cuda`` when a GPU is visible, else ``cpu``."""
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     """Compute dtype of the forward (autocast); ``fp16`` needs CUDA. Weights stay fp32."""
+    engine: Literal["torch", "onnxruntime"] = "torch"
+    """Runtime of the backbone pass: ``torch`` (eager PyTorch) or ``onnxruntime`` (the backbone
+    and its adapter sites as an ONNX graph whose adapters are inputs; heads stay in PyTorch).
+    Batching, leases, swaps and every route work the same on both."""
+    ort_precision: Literal["fp32", "int8", "fp16"] = "fp32"
+    """ONNX Runtime precision: ``fp32``; ``int8`` (CPU: the frozen backbone's weights quantised,
+    adapters stay fp32); ``fp16`` (CUDA)."""
+    ort_cache: Path = Path(".lookaside-cache/onnx")
+    """Directory of exported ONNX graphs (and TensorRT engines), reused across restarts; a graph
+    is rebuilt only for a new set of adapter stack signatures, a new backbone or new versions."""
+    ort_tensorrt: bool = False
+    """On CUDA, put TensorRT's execution provider in front of CUDA's (engines cached in
+    ``ort_cache/tensorrt``)."""
     store: Path = Path("adapters_store")
     """Directory of the adapter store: ``<name>/<version>/{manifest.json, adapter.safetensors}``
     plus ``<name>/ACTIVE``. Created if missing."""
@@ -169,6 +182,10 @@ class ServiceSettings(BaseSettings):
                 "`openssl rand -hex 32`), or set LOOKASIDE_ALLOW_NO_ADMIN_TOKEN=true for local "
                 "development only"
             )
+        if self.ort_precision == "int8" and self.device == "cuda":
+            raise ValueError("ort_precision int8 is the CPU path; use fp16 (or fp32) on cuda")
+        if self.ort_precision == "fp16" and self.device == "cpu":
+            raise ValueError("ort_precision fp16 needs device cuda; use int8 (or fp32) on cpu")
         if self.dtype == "fp16" and self.device == "cpu":
             raise ValueError(
                 "dtype fp16 needs device cuda (or auto on a GPU host); use bf16 on cpu"

@@ -331,6 +331,12 @@ class AdapterBank(AdapterViews, nn.Module):
         with self._locked():
             self._table.set_capacity(key, method, capacity)
 
+    def stack_items(self) -> list[tuple[str, AdapterStack]]:
+        """A snapshot of ``(stack key, stack)`` pairs, taken under the bank's lock (a released
+        route may drop an empty stack from another thread)."""
+        with self._locked():
+            return [(k, s) for k, s in self.stacks.items() if isinstance(s, AdapterStack)]
+
     def stack_capacity(self, method: str, config: AdapterConfig | Mapping[str, object]) -> int:
         """Slots of the stack for (method, config), whatever their state (free, reserved, live,
         or retired until their routes are released); what it will have if it does not exist yet.

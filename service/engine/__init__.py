@@ -50,7 +50,7 @@ from torch import Tensor
 
 from lookaside.bank import AdapterBank
 from lookaside.errors import ConfigError
-from lookaside.model import MultiAdapterModel
+from lookaside.model import FeatureRunner, MultiAdapterModel
 from lookaside.tasks import AV_EVENTS, CLIP, Inputs, TaskKind
 from service.engine.batcher import Batcher, Job, Slice, deliver, describe, fail
 from service.engine.forward import forward_batch
@@ -93,6 +93,8 @@ class Engine:
         stall_s: a forward, bank command or adapter load running longer than this marks the
             engine stalled (not ready; queued jobs fail with 503).
         dead_s: running longer than this, :meth:`health` says dead (liveness fails).
+        runner: builds the model's feature runner from the backbone and the bank (ONNX Runtime:
+            :class:`lookaside.onnx.runner.OrtFeatures`); None runs eager PyTorch.
     """
 
     def __init__(
@@ -110,6 +112,7 @@ class Engine:
         max_batch_tokens: int = 8192,
         stall_s: float = 120.0,
         dead_s: float = 600.0,
+        runner: Callable[[VisionTransformer, AdapterBank], FeatureRunner] | None = None,
     ) -> None:
         if max_batch_size < 1 or max_batch_tokens < 1:
             raise ConfigError(
@@ -123,6 +126,8 @@ class Engine:
         self.metrics = metrics or ServiceMetrics()
         self.bank = AdapterBank.for_backbone(backbone, capacity=bank_capacity, device=device)
         self.model = MultiAdapterModel(backbone, self.bank).eval()
+        if runner is not None:
+            self.model.runner = runner(backbone, self.bank)
         self._commands: collections.deque[_Command] = collections.deque()
         self.batcher = Batcher(
             max_batch_size=max_batch_size,
@@ -162,6 +167,9 @@ class Engine:
         self._loads.stopped.set()  # the worker applies nothing more: loads stop waiting on it
         self._loads.shutdown()
         self.watchdog.stop()
+        close = getattr(self.model.runner, "close", None)
+        if close is not None:
+            close()
 
     @property
     def accepting(self) -> bool:

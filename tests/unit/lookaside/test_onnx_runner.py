@@ -1,0 +1,172 @@
+"""The ONNX Runtime feature runner against eager PyTorch: every method, mixed batches, swaps.
+
+The reference is the same model with no runner (eager PyTorch, the torch engine's path): each
+row's logits must agree within 1e-4. Graph exports are slow (seconds per stack), so one module
+fixture builds the graph of every one-stream method once and the tests share it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor
+
+from lookaside.adapters import HeadConfig
+from lookaside.backbone import VisionTransformer
+from lookaside.backbones import build_random
+from lookaside.bank import AdapterBank
+from lookaside.model import MultiAdapterModel
+from lookaside.onnx.runner import OrtFeatures
+from tests.support import randomise
+from tests.unit.lookaside.method_cases import AUDIO_METHODS, CASES
+
+TOL = 1e-4
+FRAMES = 64
+
+
+def _add(
+    bank: AdapterBank, adapter_id: str, method: str, cfg: dict[str, object], seed: int
+) -> None:
+    bank.add(adapter_id, method, cfg, HeadConfig(num_classes=3 + seed % 3))
+    randomise(bank, adapter_id, seed=seed)
+
+
+def _pair(model: MultiAdapterModel, spec: Tensor, ids: Sequence[str | None]) -> float:
+    """Largest difference between the runner's and eager PyTorch's logits over every row."""
+    runner = model.runner
+    with torch.inference_mode():
+        model.runner = None
+        want = model(spec, ids)
+        model.runner = runner
+        got = model(spec, ids)
+    worst = 0.0
+    for w, g in zip(want, got, strict=True):
+        assert (w is None) == (g is None)
+        if w is not None and g is not None:
+            assert w.shape == g.shape
+            worst = max(worst, float((w - g).abs().max()))
+    return worst
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> MultiAdapterModel:
+    backbone = build_random("test_vit", seed=1).eval()
+    bank = AdapterBank(backbone.cfg, capacity=2)
+    for i, method in enumerate(AUDIO_METHODS):
+        _add(bank, method, method, dict(CASES[method].mixed[0]), seed=10 + i)
+    model = MultiAdapterModel(backbone, bank).eval()
+    cache = tmp_path_factory.mktemp("graphs")
+    model.runner = OrtFeatures(backbone, bank, cache_dir=cache, background=False)
+    return model
+
+
+def _runner(model: MultiAdapterModel) -> OrtFeatures:
+    assert isinstance(model.runner, OrtFeatures)
+    return model.runner
+
+
+def test_every_method_in_one_mixed_batch_matches_eager(served: MultiAdapterModel) -> None:
+    ids: list[str | None] = [*AUDIO_METHODS, None, *reversed(AUDIO_METHODS)]
+    spec = torch.randn(len(ids), FRAMES, 128)
+    assert _pair(served, spec, ids) <= TOL
+    runner = _runner(served)
+    assert runner.runs >= 2  # the prompt group and the rest each ran on a graph
+    assert not runner.failures
+
+
+def test_hot_swap_rollback_eviction_and_reload_never_re_export(served: MultiAdapterModel) -> None:
+    runner = _runner(served)
+    bank = served.bank
+    ids = ["lora", "loaa", "bottleneck", "lora"]
+    spec = torch.randn(len(ids), FRAMES, 128)
+    assert _pair(served, spec, ids) <= TOL
+    builds, runs = runner.cache.builds, runner.runs
+    before = {
+        a: {k: t.clone() for k, t in bank.adapter_tensors(a).items()} for a in ("lora", "loaa")
+    }
+    # a swap: new weights for an adapter of the same stack signature
+    randomise(bank, "lora", seed=999)
+    assert _pair(served, spec, ids) <= TOL
+    # eviction and a reload (the old weights again: a rollback)
+    bank.remove("loaa")
+    assert _pair(served, spec[:1], ["lora"]) <= TOL
+    cfg = dict(CASES["loaa"].mixed[0])
+    bank.add("loaa", "loaa", cfg, HeadConfig(num_classes=3 + 14 % 3), before["loaa"])
+    assert _pair(served, spec, ids) <= TOL
+    # a second adapter in a stack grows its slots past the exported example: same graph
+    bank.grow("lora", dict(CASES["lora"].mixed[0]), 4)
+    _add(bank, "lora-b", "lora", dict(CASES["lora"].mixed[0]), seed=77)
+    _add(bank, "lora-c", "lora", dict(CASES["lora"].mixed[0]), seed=78)
+    assert _pair(served, spec, ["lora-c", "lora", "lora-b", None]) <= TOL
+    assert runner.cache.builds == builds, "a swap, eviction, reload or growth re-exported"
+    assert runner.runs > runs
+
+
+def test_a_new_stack_signature_runs_eager_until_its_graph_is_built(
+    tmp_path: Path, tiny_backbone: VisionTransformer
+) -> None:
+    bank = AdapterBank(tiny_backbone.cfg, capacity=2)
+    _add(bank, "a", "bottleneck", {"rank": 3}, seed=1)
+    model = MultiAdapterModel(tiny_backbone, bank).eval()
+    runner = OrtFeatures(tiny_backbone, bank, cache_dir=tmp_path, background=True)
+    model.runner = runner
+    spec = torch.randn(2, FRAMES, 128)
+    try:
+        assert _pair(model, spec, ["a", "a"]) <= TOL  # no graph yet: eager, and a build starts
+        assert runner.fallbacks == 1
+        assert runner.wait_idle(timeout=120)
+        assert _pair(model, spec, ["a", None]) <= TOL
+        assert runner.runs == 1 and runner.cache.builds == 1
+        _add(bank, "b", "bottleneck", {"rank": 2}, seed=2)  # a new signature
+        assert _pair(model, spec, ["b", "a"]) <= TOL  # eager while the new graph builds
+        assert runner.wait_idle(timeout=120)
+        assert _pair(model, spec, ["b", "a"]) <= TOL
+        assert runner.cache.builds == 2
+    finally:
+        runner.close()
+
+
+def test_graph_cache_is_reused_after_a_restart_and_rebuilt_when_corrupt(
+    tmp_path: Path, tiny_backbone: VisionTransformer
+) -> None:
+    bank = AdapterBank(tiny_backbone.cfg, capacity=2)
+    _add(bank, "a", "convpass", {"rank": 2}, seed=3)
+    model = MultiAdapterModel(tiny_backbone, bank).eval()
+    spec = torch.randn(2, FRAMES, 128)
+
+    def restart() -> OrtFeatures:
+        model.runner = OrtFeatures(tiny_backbone, bank, cache_dir=tmp_path, background=False)
+        assert _pair(model, spec, ["a", None]) <= TOL
+        return _runner(model)
+
+    first = restart()
+    assert (first.cache.builds, first.cache.reused) == (1, 0)
+    second = restart()
+    assert (second.cache.builds, second.cache.reused) == (0, 1)
+    (graph,) = tmp_path.glob("*.onnx")
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    third = restart()
+    assert (third.cache.builds, third.cache.reused) == (1, 0), "a corrupt graph was trusted"
+
+
+def test_int8_backbone_agrees_with_fp32(tmp_path: Path, tiny_backbone: VisionTransformer) -> None:
+    bank = AdapterBank(tiny_backbone.cfg, capacity=2)
+    _add(bank, "a", "loaa", dict(CASES["loaa"].mixed[0]), seed=5)
+    model = MultiAdapterModel(tiny_backbone, bank).eval()
+    spec = torch.randn(16, FRAMES, 128)
+    ids = ["a"] * 16
+    with torch.inference_mode():
+        want = torch.stack([t for t in model(spec, ids) if t is not None])
+        model.runner = OrtFeatures(
+            tiny_backbone, bank, cache_dir=tmp_path, precision="int8", background=False
+        )
+        got = torch.stack([t for t in model(spec, ids) if t is not None])
+    assert _runner(model).runs == 1
+    cos = torch.nn.functional.cosine_similarity(want, got, dim=-1)
+    assert float(cos.min()) > 0.98, cos
+    assert not torch.equal(want, got)  # the weights really are quantised
