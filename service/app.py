@@ -169,7 +169,9 @@ async def _start(state: AppState, backbone: VisionTransformer | None) -> None:
         time.perf_counter() - started,
         settings.backbone if backbone.source == "random" else backbone.source,
         device,
-        settings.dtype,
+        settings.dtype
+        if settings.engine == "torch"
+        else f"onnxruntime {settings.ort_precision}, graphs in {settings.ort_cache}",
         len(engine.resident()),
         f"mixing {settings.mixing}",
     )

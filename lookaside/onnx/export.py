@@ -37,7 +37,7 @@ log = logging.getLogger("lookaside.onnx")
 
 OPSET = 18
 """ONNX opset of exported graphs (part of the cache key)."""
-FORMAT = 1
+FORMAT = 2
 """Version of this module's graph layout (inputs, names); bump to invalidate every cache."""
 MAX_ROWS = 4096
 """Upper bound the exporter is told for the batch and per-stack row axes."""

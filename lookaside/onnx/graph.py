@@ -73,12 +73,13 @@ class GraphRoute:
     def add_to(
         self, layer: int, position: SitePosition, x: Tensor, out: Tensor, layout: TokenLayout
     ) -> Tensor:
+        parts = []
         for g in self.groups:
             site = g.stack.site(layer, position)
             if site is not None:
                 delta = site(x.index_select(0, g.rows), g.index, layout)
-                out = out.index_add(0, g.rows, _scaled(delta.to(out.dtype), g.scale))
-        return out
+                parts.append((g.rows, _scaled(delta.to(out.dtype), g.scale)))
+        return _add_rows(out, parts)
 
     def add_cross(
         self,
@@ -89,13 +90,14 @@ class GraphRoute:
         layout: TokenLayout,
         other_layout: TokenLayout,
     ) -> Tensor:
+        parts = []
         for g in self.groups:
             site = g.stack.site(layer, "attn.cross")
             if site is not None:
                 xs, os = x.index_select(0, g.rows), other.index_select(0, g.rows)
                 delta = site.forward_cross(xs, os, g.index, layout, other_layout)
-                out = out.index_add(0, g.rows, _scaled(delta.to(out.dtype), g.scale))
-        return out
+                parts.append((g.rows, _scaled(delta.to(out.dtype), g.scale)))
+        return _add_rows(out, parts)
 
     def write_prompts(self, layer: int, x: Tensor, layout: TokenLayout) -> Tensor:
         start, stop = layout.num_prefix, layout.num_special
@@ -113,6 +115,20 @@ class GraphRoute:
         if not changed:
             return x
         return torch.cat([x[:, :start], prompts, x[:, stop:]], dim=1)
+
+
+def _add_rows(out: Tensor, parts: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """``out`` plus every stack's rows' deltas, in one scatter (an exported scatter copies the
+    whole of ``out``, so one per site instead of one per stack and site). Rows may repeat (a
+    placeholder row): the scatter adds, it does not overwrite."""
+    if not parts:
+        return out
+    if len(parts) == 1:
+        rows, delta = parts[0]
+    else:
+        rows = torch.cat([r for r, _ in parts])
+        delta = torch.cat([d for _, d in parts])
+    return out.index_add(0, rows, delta)
 
 
 def _scaled(delta: Tensor, scale: Tensor) -> Tensor:

@@ -206,6 +206,14 @@ class OrtFeatures:
                 self._lock.acquire()
             future.set_result(None)
             return
+        log.info(
+            "building the ONNX Runtime graph %s (%s, %d adapter stacks, %s); batches that need "
+            "it run on PyTorch until it is ready",
+            key,
+            spec.task,
+            len(spec.stacks),
+            self.precision,
+        )
         self._pending[key] = self._pool.submit(self._build, spec, key)
 
     def _build(self, spec: GraphSpec, key: str) -> None:
@@ -224,6 +232,7 @@ class OrtFeatures:
             for k in range(len(spec.stacks))
         ]
         graph = _Graph(spec, session, [s.key for s in spec.stacks], shapes)
+        log.info("ONNX Runtime graph %s is serving (%s)", key, ", ".join(session.get_providers()))
         with self._lock:
             self._graphs[spec.family()] = graph
             self._pending.pop(key, None)

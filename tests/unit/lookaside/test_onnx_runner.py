@@ -119,7 +119,8 @@ def test_a_new_stack_signature_runs_eager_until_its_graph_is_built(
         assert runner.fallbacks == 1
         assert runner.wait_idle(timeout=120)
         assert _pair(model, spec, ["a", None]) <= TOL
-        assert runner.runs == 1 and runner.cache.builds == 1
+        assert runner.runs == 1
+        assert runner.cache.builds == 1
         _add(bank, "b", "bottleneck", {"rank": 2}, seed=2)  # a new signature
         assert _pair(model, spec, ["b", "a"]) <= TOL  # eager while the new graph builds
         assert runner.wait_idle(timeout=120)
@@ -170,3 +171,57 @@ def test_int8_backbone_agrees_with_fp32(tmp_path: Path, tiny_backbone: VisionTra
     cos = torch.nn.functional.cosine_similarity(want, got, dim=-1)
     assert float(cos.min()) > 0.98, cos
     assert not torch.equal(want, got)  # the weights really are quantised
+
+
+def test_audio_visual_rows_match_eager(tmp_path: Path) -> None:
+    backbone = build_random("test_vit_av", seed=3).eval()
+    bank = AdapterBank.for_backbone(backbone, capacity=2)
+    configs = {"a": {"reduction": 8, "segments": 3}, "b": {"reduction": 4, "segments": 3}}
+    for i, (adapter_id, cfg) in enumerate(configs.items()):
+        bank.add(adapter_id, "avpea", cfg, HeadConfig(num_classes=3 + i))
+        randomise(bank, adapter_id, seed=40 + i)
+    model = MultiAdapterModel(backbone, bank).eval()
+    gen = torch.Generator().manual_seed(0)
+    spec = torch.randn(3, 3, 98, 64, generator=gen)
+    pixels = torch.randn(3, 3, 3, 48, 48, generator=gen)
+    ids: list[str | None] = ["a", "b", "a"]
+    with torch.inference_mode():
+        want = model.forward_av(spec, pixels, ids)
+        model.runner = OrtFeatures(backbone, bank, cache_dir=tmp_path, background=False)
+        got = model.forward_av(spec, pixels, ids)
+    assert _runner(model).runs == 1
+    for w, g in zip(want, got, strict=True):
+        assert w is not None
+        assert g is not None
+        assert w.shape == g.shape
+        assert float((w - g).abs().max()) <= TOL
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_cuda_io_binding_matches_eager(tmp_path: Path, precision: str) -> None:
+    """On the GPU: inputs, slot tensors and outputs bound in device memory, on torch's stream."""
+    device = torch.device("cuda")
+    backbone = build_random("test_vit", seed=1).to(device).eval()
+    bank = AdapterBank.for_backbone(backbone, capacity=2)
+    for i, method in enumerate(("lora", "loaa", "bottleneck")):
+        _add(bank, method, method, dict(CASES[method].mixed[0]), seed=20 + i)
+    model = MultiAdapterModel(backbone, bank).eval()
+    ids: list[str | None] = ["lora", "loaa", None, "bottleneck"]
+    spec = torch.randn(len(ids), FRAMES, 128, device=device)
+    with torch.inference_mode():
+        want = model(spec, ids)
+        model.runner = OrtFeatures(
+            backbone,
+            bank,
+            cache_dir=tmp_path,
+            precision=precision,
+            background=False,  # type: ignore[arg-type]
+        )
+        got = model(spec, ids)
+    assert _runner(model).runs == 1
+    tol = TOL if precision == "fp32" else 5e-2
+    for w, g in zip(want, got, strict=True):
+        if w is not None and g is not None:
+            assert g.device.type == "cuda"
+            assert float((w - g).abs().max()) <= tol
