@@ -3,6 +3,7 @@ and upload-to-servable latency (printed, never asserted).
 
     python -m benchmarks.serve_http --preset tiny      # tiny backbone, seconds
     python -m benchmarks.serve_http --preset vit-b     # ViT-B/16, 5 s clips (minutes on a CPU)
+    python -m benchmarks.serve_http --preset vit-b --engine onnxruntime --ort-precision int8
 
 In one run, this process (the client) starts ``python -m service`` as a separate process on
 127.0.0.1 with a fresh store holding 8 adapters of 8 different methods, and measures:
@@ -180,7 +181,14 @@ class Server:
     """``python -m service`` in its own process."""
 
     def __init__(
-        self, store: Path, preset: Preset, *, mixing: str, dtype: str, threads: int
+        self,
+        store: Path,
+        preset: Preset,
+        *,
+        mixing: str,
+        dtype: str,
+        threads: int,
+        engine: dict[str, str] | None = None,
     ) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -200,6 +208,7 @@ class Server:
             "LOOKASIDE_REQUEST_TIMEOUT_S": "600",
             "LOOKASIDE_LOG_LEVEL": "warning",
             "OMP_NUM_THREADS": str(threads),
+            **(engine or {}),
         }
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service"],
@@ -220,6 +229,22 @@ class Server:
                 pass
             time.sleep(0.2)
         raise RuntimeError("the server did not become ready")
+
+    def wait_graphs(self, timeout: float = 1800) -> None:
+        """engine=onnxruntime: wait until the startup graph is built (batches run eager PyTorch
+        until then, which is not what this benchmark measures)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = httpx.get(f"{self.url}/metrics", timeout=10).text
+            ready = sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("lookaside_onnx_graphs_total{")
+            )
+            if ready >= 1 and "lookaside_onnx_graphs_building 0.0" in text:
+                return
+            time.sleep(2)
+        raise RuntimeError("the ONNX Runtime graph was not built in time")
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -306,7 +331,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--concurrency", type=int, default=None)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--engine", choices=["torch", "onnxruntime"], default="torch")
+    parser.add_argument("--ort-precision", choices=["fp32", "int8"], default="fp32")
+    parser.add_argument(
+        "--ort-cache", default=".lookaside-cache/onnx", help="graph cache (reused across runs)"
+    )
     args = parser.parse_args(argv)
+    engine = {
+        "LOOKASIDE_ENGINE": args.engine,
+        "LOOKASIDE_ORT_PRECISION": args.ort_precision,
+        "LOOKASIDE_ORT_CACHE": str(Path(args.ort_cache).resolve()),
+    }
     preset = PRESETS[args.preset]
     n = args.requests or preset.requests
     concurrency = args.concurrency or preset.concurrency
@@ -314,7 +349,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     backbone = build_random(preset.backbone)
     clip = _clip(preset.clip_s)
-    results: dict[str, Any] = {"preset": args.preset, "dtype": args.dtype, "threads": args.threads}
+    results: dict[str, Any] = {
+        "preset": args.preset,
+        "dtype": args.dtype,
+        "threads": args.threads,
+        "engine": args.engine if args.engine == "torch" else f"onnxruntime {args.ort_precision}",
+    }
     before = _ceiling(backbone, preset, args.dtype)
     print(f"backbone-only ceiling: {before:.2f} clips/s (batch {preset.batch})")
 
@@ -332,9 +372,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             _write(store, name, manifest, weights)
         ceiling = before
         for mixing in ("on", "off"):
-            server = Server(store, preset, mixing=mixing, dtype=args.dtype, threads=args.threads)
+            server = Server(
+                store, preset, mixing=mixing, dtype=args.dtype, threads=args.threads, engine=engine
+            )
             try:
                 server.wait_ready()
+                if args.engine == "onnxruntime":
+                    server.wait_graphs()
                 stats = asyncio.run(_stream(server.url, names, clip, n, concurrency))
                 results[f"mixing_{mixing}"] = stats
                 print(

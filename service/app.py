@@ -151,6 +151,9 @@ async def _start(state: AppState, backbone: VisionTransformer | None) -> None:
     )
     engine.start()
     state.engine = engine
+    stats = getattr(engine.model.runner, "stats", None)
+    if stats is not None:
+        state.metrics.watch_onnx(stats)
 
     state.reason = "opening the adapter store"
     store = await asyncio.to_thread(_open_store, settings)

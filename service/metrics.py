@@ -25,6 +25,13 @@ Names (all prefixed ``lookaside_``):
 ``engine_stalls_total``                     stalls detected by the engine watchdog
 ``cuda_memory_allocated_bytes`` /           where CUDA is present (read at scrape time)
 ``cuda_memory_reserved_bytes``
+``onnx_batches_total{runtime}``             engine=onnxruntime: backbone passes on a graph
+                                            (``onnxruntime``) or in eager PyTorch while a graph
+                                            for a new stack was built (``pytorch``)
+``onnx_graphs_total{origin}``               graphs made ready: ``exported`` or from ``cache``
+``onnx_graphs_building``                    graphs being built now (gauge)
+``onnx_graph_failures_total``               graphs that failed to build (their batches stay on
+                                            PyTorch; the log has the trace)
 ==========================================  ======================================================
 
 Adapter names are real label values (``adapter="esc50"``), never joined strings. Recording never
@@ -36,11 +43,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 log = logging.getLogger("service.metrics")
@@ -72,6 +79,36 @@ class _CudaMemory(Collector):
             reserved.add_metric([str(i)], float(torch.cuda.memory_reserved(i)))
         yield allocated
         yield reserved
+
+
+class _OnnxRuntime(Collector):
+    """The ONNX Runtime engine's counters, read at scrape time from its runner's ``stats()``."""
+
+    def __init__(self, stats: Callable[[], Mapping[str, int]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        s = self._stats()
+        batches = CounterMetricFamily(
+            "lookaside_onnx_batches",
+            "Backbone passes by where they ran: onnxruntime, or pytorch while a graph was built",
+            labels=["runtime"],
+        )
+        batches.add_metric(["onnxruntime"], float(s["graph_runs"]))
+        batches.add_metric(["pytorch"], float(s["eager_batches"]))
+        yield batches
+        graphs = CounterMetricFamily(
+            "lookaside_onnx_graphs", "Graphs made ready, by origin", labels=["origin"]
+        )
+        graphs.add_metric(["exported"], float(s["graphs_built"]))
+        graphs.add_metric(["cache"], float(s["graphs_reused"]))
+        yield graphs
+        yield GaugeMetricFamily(
+            "lookaside_onnx_graphs_building", "Graphs being built now", value=s["graphs_building"]
+        )
+        yield CounterMetricFamily(
+            "lookaside_onnx_graph_failures", "Graphs that failed to build", value=s["failures"]
+        )
 
 
 class ServiceMetrics:
@@ -155,6 +192,10 @@ class ServiceMetrics:
         )
 
     # -- RegistryEvents (service.registry calls these; adapter names are the label values) -----
+    def watch_onnx(self, stats: Callable[[], Mapping[str, int]]) -> None:
+        """Export the ONNX Runtime engine's counters (``OrtFeatures.stats``) at each scrape."""
+        self.registry.register(_OnnxRuntime(stats))
+
     def adapter_loaded(self, name: str, version: int, seconds: float) -> None:
         """``name@version`` became resident after ``seconds`` (read + validate + copy)."""
         self.safe(lambda: self.adapter_load_seconds.labels(adapter=name).observe(seconds))

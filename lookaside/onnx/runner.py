@@ -143,6 +143,20 @@ class OrtFeatures:
         a, v = self._run(graph, [spec, pixels], route, [audio, visual])
         return (a, audio), (v, visual)
 
+    def stats(self) -> dict[str, int]:
+        """Counters for metrics: backbone passes on a graph and in eager PyTorch, graphs
+        exported, reused from the cache, being built, and failed."""
+        with self._lock:
+            building, failures = len(self._pending), len(self.failures)
+        return {
+            "graph_runs": self.runs,
+            "eager_batches": self.fallbacks,
+            "graphs_built": self.cache.builds,
+            "graphs_reused": self.cache.reused,
+            "graphs_building": building,
+            "failures": failures,
+        }
+
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no graph is being built (True) or ``timeout`` seconds pass (False)."""
         with self._lock:

@@ -84,5 +84,10 @@ def test_onnxruntime_engine_serves_swaps_and_rollbacks_like_eager(
             await classify({"esc50": (1, v1), "speech": (1, speech)})
             assert runner.cache.builds == builds, "a swap or rollback re-exported a graph"
             assert runner.runs > runs
+            text = (await client.get("/metrics")).text
+            line = 'lookaside_onnx_batches_total{runtime="onnxruntime"} '
+            (sample,) = [x for x in text.splitlines() if x.startswith(line)]
+            assert float(sample.removeprefix(line)) == runner.runs
+            assert "lookaside_onnx_graphs_building 0.0" in text
 
     asyncio.run(main())
