@@ -15,8 +15,9 @@ whose stacks the current graph has keeps using it; a stack the bank dropped is f
 placeholder. A hot swap, rollback, eviction or reload changes slot *values* only: never a graph.
 
 Threads: :meth:`features` and :meth:`features_av` run on the engine worker (they read the bank's
-slot tensors between the bank commands that the same thread applies). The export thread reads
-only a private copy of the backbone and the stack signatures it was handed. ``_graphs`` and
+slot tensors between the bank commands that the same thread applies). The export thread starts
+a child process that exports (the exporter is not thread-safe next to eager PyTorch), then
+quantises and opens the session; it reads only the stack signatures it was handed. ``_graphs`` and
 ``_pending`` are shared between the two under ``_lock``.
 
 CUDA: the session runs on the torch device's current stream (``user_compute_stream``), so it is
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +43,7 @@ from lookaside.onnx.cache import GraphCache
 from lookaside.onnx.export import GraphSpec, StackSignature, export_graph, graph_key
 from lookaside.onnx.quantize import quantize_backbone
 from lookaside.onnx.session import open_session, run_bound
+from lookaside.onnx.worker import export_in_child
 from lookaside.sites import TokenLayout
 
 if TYPE_CHECKING:
@@ -79,6 +82,8 @@ class OrtFeatures:
             ``cache_dir/tensorrt``).
         threads: ONNX Runtime intra-op threads (None: torch's thread count).
         background: build graphs on the export thread (False: inline, for tests and tools).
+        max_graphs: sessions kept open (each holds a copy of the backbone's weights); the least
+            recently used family is closed past it (reopened from the disk cache when needed).
     """
 
     def __init__(
@@ -91,6 +96,7 @@ class OrtFeatures:
         tensorrt: bool = False,
         threads: int | None = None,
         background: bool = True,
+        max_graphs: int = 4,
     ) -> None:
         self.backbone = backbone
         self.bank = bank
@@ -102,12 +108,14 @@ class OrtFeatures:
         self._fingerprint = backbone.fingerprint()
         self._dtype = torch.float16 if precision == "fp16" else torch.float32
         self._lock = threading.Lock()
-        self._graphs: dict[tuple[object, ...], _Graph] = {}
+        self._graphs: OrderedDict[tuple[object, ...], _Graph] = OrderedDict()
+        self.max_graphs = max_graphs
         self._pending: dict[str, Future[None]] = {}
         self._pool = (
             ThreadPoolExecutor(1, thread_name_prefix="lookaside-export") if background else None
         )
         self._cast: dict[int, tuple[tuple[int, int], Tensor]] = {}
+        self._used: set[int] = set()
         self.runs = 0
         self.fallbacks = 0
         """Batches this runner left to eager PyTorch (a graph was still being built)."""
@@ -192,6 +200,8 @@ class OrtFeatures:
     def _graph_for(self, want: GraphSpec, route: RowRoute) -> _Graph | None:
         with self._lock:
             graph = self._graphs.get(want.family())
+            if graph is not None:
+                self._graphs.move_to_end(want.family())
             if graph is None or not set(want.stacks) <= set(graph.spec.stacks):
                 # a new signature; a dropped stack keeps its place (a zero placeholder) until then
                 self._schedule(want)
@@ -249,13 +259,17 @@ class OrtFeatures:
         log.info("ONNX Runtime graph %s is serving (%s)", key, ", ".join(session.get_providers()))
         with self._lock:
             self._graphs[spec.family()] = graph
+            self._graphs.move_to_end(spec.family())
+            while len(self._graphs) > self.max_graphs:  # each session holds the backbone
+                family, _ = self._graphs.popitem(last=False)
+                log.info("closed the least recently used ONNX Runtime graph %s", family)
             self._pending.pop(key, None)
 
     def _open(self, spec: GraphSpec) -> ort.InferenceSession:
         base = self.cache.get_or_build(
             graph_key(spec, self._fingerprint, "fp32" if spec.dtype == "float32" else "fp16"),
             spec,
-            lambda tmp: export_graph(self.backbone, spec, tmp),
+            lambda tmp: self._export(spec, tmp),
         )
         path = base
         if self.precision == "int8":
@@ -272,6 +286,16 @@ class OrtFeatures:
             fp16=self.precision == "fp16",
             cache_dir=self.cache.root,
         )
+
+    def _export(self, spec: GraphSpec, out: Path) -> None:
+        """In a child process when building in the background (the exporter is not safe beside
+        other threads running PyTorch: :mod:`lookaside.onnx.worker`); inline otherwise."""
+        if self._pool is None:
+            export_graph(self.backbone, spec, out)
+        else:
+            export_in_child(
+                self.backbone, spec, out, root=self.cache.root, fingerprint=self._fingerprint
+            )
 
     # -- one run -------------------------------------------------------------------------------
     def _run(
@@ -297,11 +321,7 @@ class OrtFeatures:
             params = dict(stack.named_parameters()) if stack is not None else {}
             for name, shape in graph.shapes[k]:
                 p = params.get(name)
-                tensor = (
-                    self._as(p.detach())
-                    if p is not None
-                    else self._placeholder(graph, k, name, shape)
-                )
+                tensor = self._as(p) if p is not None else self._placeholder(graph, k, name, shape)
                 feeds.append((f"s{k}.{name}", tensor))
         D = self.backbone.cfg.embed_dim
         outs = [
@@ -309,6 +329,8 @@ class OrtFeatures:
             for lay in layouts
         ]
         names = [o.name for o in graph.session.get_outputs()]
+        self._cast = {k: v for k, v in self._cast.items() if k in self._used}
+        self._used.clear()
         run_bound(graph.session, feeds, list(zip(names, outs, strict=True)), self.device)
         self.runs += 1
         return [o.float() for o in outs]
@@ -317,12 +339,13 @@ class OrtFeatures:
         """``t`` in the graph's dtype, contiguous; fp16 copies of slot tensors are cached per
         tensor version (a swap bumps the version, so the next run re-casts)."""
         if t.dtype == self._dtype or not t.is_floating_point():
-            return t.contiguous()
+            return t.detach().contiguous()
         stamp = (t.data_ptr(), t._version)
+        self._used.add(id(t))
         cached = self._cast.get(id(t))
         if cached is not None and cached[0] == stamp:
             return cached[1]
-        out = t.to(self._dtype).contiguous()
+        out = t.detach().to(self._dtype).contiguous()
         self._cast[id(t)] = (stamp, out)
         return out
 

@@ -225,3 +225,20 @@ def test_cuda_io_binding_matches_eager(tmp_path: Path, precision: str) -> None:
         if w is not None and g is not None:
             assert g.device.type == "cuda"
             assert float((w - g).abs().max()) <= tol
+
+
+def test_least_recently_used_graph_is_closed_and_reopened_from_disk(
+    tmp_path: Path, tiny_backbone: VisionTransformer
+) -> None:
+    bank = AdapterBank(tiny_backbone.cfg, capacity=2)
+    _add(bank, "a", "bottleneck", {"rank": 2}, seed=4)
+    model = MultiAdapterModel(tiny_backbone, bank).eval()
+    runner = OrtFeatures(tiny_backbone, bank, cache_dir=tmp_path, background=False, max_graphs=1)
+    model.runner = runner
+    short, long = torch.randn(2, FRAMES, 128), torch.randn(2, 2 * FRAMES, 128)
+    assert _pair(model, short, ["a", None]) <= TOL
+    assert _pair(model, long, ["a", "a"]) <= TOL  # a second family: the first is closed
+    assert runner.stats()["graphs_built"] == 2
+    assert _pair(model, short, ["a", "a"]) <= TOL
+    stats = runner.stats()
+    assert (stats["graphs_built"], stats["graphs_reused"], stats["graph_runs"]) == (2, 1, 3)
