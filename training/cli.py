@@ -1,4 +1,4 @@
-"""``lookaside-train`` / ``python -m training``: train, evaluate, crossval, methods, push.
+"""``lookaside-train`` / ``python -m training``: train, evaluate, crossval, methods, push, export.
 
 Options of ``train`` are generated from :class:`training.args.TrainArgs` and from every
 registered adapter config class, so a new method or field appears here without editing this file.
@@ -17,7 +17,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-from lookaside.errors import LookasideError
+from lookaside.errors import ConfigError, LookasideError
 from training.args import TrainArgs, build_args, field_docs, load_yaml, method_fields
 from training.recipes import RECIPES, get_recipe
 
@@ -217,6 +217,22 @@ def cmd_push(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(ns: argparse.Namespace) -> int:
+    from lookaside.backbones import load_backbone
+    from lookaside.checkpoint import load_checkpoint, load_manifest
+    from lookaside.onnx.standalone import export_standalone
+
+    if ns.onnx.exists() and not ns.force:
+        raise ConfigError(f"{ns.onnx} exists; pass --force to replace it")
+    manifest = load_manifest(ns.checkpoint)
+    source = ns.backbone or manifest.backbone.source
+    backbone = load_backbone(source, device="cpu").eval()
+    ckpt = load_checkpoint(ns.checkpoint, backbone=backbone)
+    meta = export_standalone(backbone, ckpt, ns.onnx)
+    _say(f"wrote {ns.onnx} ({ns.onnx.stat().st_size / 1e6:.1f} MB) and {meta}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The command-line parser (all subcommands)."""
     root = argparse.ArgumentParser(
@@ -254,6 +270,17 @@ def parser() -> argparse.ArgumentParser:
         help="admin token (default: $LOOKASIDE_ADMIN_TOKEN); visible in ps, prefer --token-file",
     )
     p.add_argument("--activate", action="store_true", help="serve the new version at once")
+    p = sub.add_parser(
+        "export",
+        help="one adapter + the backbone + the fbank as a self-contained ONNX model (edge)",
+        description="Write a self-contained ONNX model: 16 kHz mono waveform in, each label's "
+        "score out (the adapter's first window), runnable with onnxruntime alone; a JSON with "
+        "the labels and settings is written beside it. See docs/edge.md.",
+    )
+    p.add_argument("checkpoint", type=Path, help="a <name>/<version> directory")
+    p.add_argument("--onnx", type=Path, required=True, help="the model file to write")
+    p.add_argument("--backbone", help="backbone source (default: the one the checkpoint records)")
+    p.add_argument("--force", action="store_true", help="replace an existing file")
     return root
 
 
@@ -263,6 +290,7 @@ COMMANDS = {
     "crossval": cmd_crossval,
     "methods": cmd_methods,
     "push": cmd_push,
+    "export": cmd_export,
 }
 
 
