@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -105,11 +106,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(  # noqa: T201
         f"Lookaside serving on {url} (docs: {url}/docs, ready: {url}/readyz)", flush=True
     )
+    server = uvicorn.Server(config)
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        server.run(sockets=[sock])
     except KeyboardInterrupt:
         # uvicorn has already shut down gracefully; it re-raises SIGINT afterwards so the exit
         # status says "interrupted" -- keep that status, without the traceback.
+        interrupted = True
+    else:
+        # The re-raised SIGINT can land as a cancellation of asyncio's finished main task and
+        # vanish; uvicorn's record of the signals it handled says it all the same.
+        interrupted = signal.SIGINT in getattr(server, "_captured_signals", ())
+    if interrupted:
         log.info("interrupted (SIGINT): shut down cleanly")
         return 130
     return 0

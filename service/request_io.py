@@ -21,6 +21,7 @@ from starlette.datastructures import FormData
 from starlette.formparsers import MultiPartException, MultiPartParser
 from torch import Tensor
 
+from lookaside.errors import DeadlineExceeded
 from service.errors import BadRequest, PayloadTooLarge, RequestTimeout
 
 T = TypeVar("T")
@@ -86,7 +87,10 @@ async def in_pool(pool: Any, fn: Callable[[], T], *, deadline: float | None = No
     def run() -> T:
         if deadline is not None and time.monotonic() > deadline:
             raise RequestTimeout(TIMEOUT_MESSAGE)  # dequeued too late: skip the work
-        return ctx.run(fn)
+        try:
+            return ctx.run(fn)
+        except DeadlineExceeded as exc:  # the decoder saw the deadline pass: the same 504
+            raise RequestTimeout(f"{exc}; {TIMEOUT_MESSAGE}") from None
 
     result: Awaitable[T] = loop.run_in_executor(pool, run)
     if deadline is None:

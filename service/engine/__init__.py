@@ -93,8 +93,7 @@ class Engine:
         stall_s: a forward, bank command or adapter load running longer than this marks the
             engine stalled (not ready; queued jobs fail with 503).
         dead_s: running longer than this, :meth:`health` says dead (liveness fails).
-        runner: builds the model's feature runner from the backbone and the bank (ONNX Runtime:
-            :class:`lookaside.onnx.runner.OrtFeatures`); None runs eager PyTorch.
+        runner: makes the model's feature runner (``OrtFeatures``); None: eager PyTorch.
     """
 
     def __init__(
@@ -167,8 +166,7 @@ class Engine:
         self._loads.stopped.set()  # the worker applies nothing more: loads stop waiting on it
         self._loads.shutdown()
         self.watchdog.stop()
-        close = getattr(self.model.runner, "close", None)
-        if close is not None:
+        if (close := getattr(self.model.runner, "close", None)) is not None:
             close()
 
     @property

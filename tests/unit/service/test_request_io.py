@@ -4,13 +4,16 @@ a malformed body with 422 and the parser's reason."""
 from __future__ import annotations
 
 import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-from service.errors import BadRequest
-from service.request_io import parse_form
+from lookaside.errors import DeadlineExceeded
+from service.errors import BadRequest, RequestTimeout, status_of
+from service.request_io import in_pool, parse_form
 
 BOUNDARY = "lookasideboundary"
 
@@ -64,3 +67,21 @@ def test_a_malformed_body_is_a_422_with_the_reason() -> None:
 
     with pytest.raises(BadRequest, match="malformed multipart body"):
         asyncio.run(parse_form(_request(body), body, max_files=1, max_fields=8))
+
+
+def test_a_decoder_past_the_deadline_answers_like_the_request_timeout() -> None:
+    """The decoder checks the deadline itself (DeadlineExceeded); the client gets the same 504
+    as any request timeout, naming the setting, not an internal error."""
+
+    def decode() -> None:
+        raise DeadlineExceeded("decoding the video passed the request's deadline after 3 frames")
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            await in_pool(pool, decode, deadline=time.monotonic() + 60)
+
+    with pytest.raises(RequestTimeout) as caught:
+        asyncio.run(main())
+    assert "after 3 frames" in str(caught.value)
+    assert "LOOKASIDE_REQUEST_TIMEOUT_S" in str(caught.value)
+    assert status_of(caught.value) == 504
