@@ -88,8 +88,11 @@ class KaldiFbank(nn.Module):
         wave = wave[: window_samples(self.frames)]
         count = (wave.shape[0] - self.length) // self.shift + 1
         starts = torch.arange(count, device=wave.device) * self.shift
-        index = starts[:, None] + torch.arange(self.length, device=wave.device)[None, :]
-        frames = wave[index]
+        offsets = torch.arange(self.length, device=wave.device)[None, :]
+        # Row 0 always reads samples 0..length-1, so a clip shorter than one frame is an index
+        # error in the runtime (the library refuses it as too_short), not a silent answer.
+        index = torch.cat([offsets, starts[:, None] + offsets])
+        frames = wave[index][1:]
         frames = frames - frames.mean(dim=1, keepdim=True)
         previous = torch.cat([frames[:, :1], frames[:, :-1]], dim=1)
         frames = (frames - PREEMPHASIS * previous) * self.window

@@ -16,9 +16,11 @@ import sysconfig
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import soundfile as sf
 import torch
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from lookaside.backbone import VisionTransformer
 from lookaside.bank import AdapterBank
@@ -116,6 +118,17 @@ def test_exported_model_runs_without_torch_and_matches_the_library(
         want = _library_scores(tiny_backbone, ckpt, wave)
         assert got.shape == want.shape
         assert np.abs(got - want).max() <= TOL, name
+    _shorter_than_a_frame_is_refused(model)
+
+
+def _shorter_than_a_frame_is_refused(model: Path) -> None:
+    """The library refuses < 400 samples (too_short); the model must not answer either."""
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    ok = session.run(None, {"waveform": np.zeros(400, np.float32)})[0]
+    assert np.isfinite(ok).all()
+    for n in (399, 200, 1):
+        with pytest.raises(InvalidArgument, match="invalid index"):
+            session.run(None, {"waveform": np.zeros(n, np.float32)})
 
 
 def test_in_graph_fbank_matches_the_library_features() -> None:
