@@ -4,8 +4,7 @@ Threads and what they own (nothing else touches these objects):
 
 - **event loop** (uvicorn): HTTP, settings, the registry's bookkeeping; it only calls
   :meth:`Engine.submit` (and ``submit_av`` / ``submit_task``), :meth:`Engine.load_adapter`,
-  :meth:`Engine.unload_adapter`, which enqueue and return futures, and :meth:`Engine.health`,
-  which reads the watchdog.
+  :meth:`Engine.unload_adapter`, which enqueue and return futures, and :meth:`Engine.health`.
 - **featurize pool** (:mod:`service.featurize`): decoding and features, before anything is queued,
   so a bad upload fails alone and never reaches a batch.
 - **registry loader threads** (``adapter-load``, :mod:`service.registry.loader`): read and validate
@@ -125,8 +124,7 @@ class Engine:
         self.metrics = metrics or ServiceMetrics()
         self.bank = AdapterBank.for_backbone(backbone, capacity=bank_capacity, device=device)
         self.model = MultiAdapterModel(backbone, self.bank).eval()
-        if runner is not None:
-            self.model.runner = runner(backbone, self.bank)
+        self.model.runner = runner(backbone, self.bank) if runner is not None else None
         self._commands: collections.deque[_Command] = collections.deque()
         self.batcher = Batcher(
             max_batch_size=max_batch_size,
