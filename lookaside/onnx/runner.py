@@ -33,7 +33,7 @@ from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
@@ -49,9 +49,11 @@ from lookaside.sites import TokenLayout
 if TYPE_CHECKING:
     import onnxruntime as ort
 
+    from lookaside.adapters.stack import AdapterStack
     from lookaside.backbone import VisionTransformer
+    from lookaside.backbone_config import BackboneConfig
     from lookaside.bank import AdapterBank
-    from lookaside.bank.route import RowRoute
+    from lookaside.bank.route import RouteGroup, RowRoute
 
 __all__ = ["OrtFeatures", "Precision"]
 
@@ -125,15 +127,17 @@ class OrtFeatures:
     def features(self, spec: Tensor, route: RowRoute) -> tuple[Tensor, TokenLayout] | None:
         """Final tokens of ``spec`` ``[n, frames, mel]`` with ``route``'s adapters, or None when
         no graph is ready for the stacks this batch uses (the caller runs eager PyTorch)."""
-        want = self._spec("clip", spec, None, route)
-        graph = self._graph_for(want, route)
+        stacks = dict(self.bank.stack_items())  # one snapshot per batch
+        routed = _routed(route, stacks)
+        want = self._spec("clip", spec, None, route, stacks)
+        graph = self._graph_for(want, routed)
         if graph is None:
             return None
         cfg = self.backbone.cfg
         layout = TokenLayout(
             cfg.num_prefix_tokens, route.num_prompts, cfg.grid_for(spec.shape[2], spec.shape[1])
         )
-        (tokens,) = self._run(graph, [spec], route, [layout])
+        (tokens,) = self._run(graph, [spec], routed, stacks, [layout])
         return tokens, layout
 
     def features_av(
@@ -141,14 +145,16 @@ class OrtFeatures:
     ) -> tuple[tuple[Tensor, TokenLayout], tuple[Tensor, TokenLayout]] | None:
         """Both streams' final tokens (see ``forward_features_av``), or None as in
         :meth:`features`."""
-        want = self._spec("av_events", spec, pixels, route)
-        graph = self._graph_for(want, route)
+        stacks = dict(self.bank.stack_items())
+        routed = _routed(route, stacks)
+        want = self._spec("av_events", spec, pixels, route, stacks)
+        graph = self._graph_for(want, routed)
         if graph is None:
             return None
         cfg = self.backbone.cfg
         audio = TokenLayout(cfg.num_prefix_tokens, 0, cfg.grid_for(spec.shape[2], spec.shape[1]))
         visual = TokenLayout(cfg.num_prefix_tokens, 0, _image_grid(cfg, pixels), "visual")
-        a, v = self._run(graph, [spec, pixels], route, [audio, visual])
+        a, v = self._run(graph, [spec, pixels], routed, stacks, [audio, visual])
         return (a, audio), (v, visual)
 
     def stats(self) -> dict[str, int]:
@@ -183,21 +189,27 @@ class OrtFeatures:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- graphs --------------------------------------------------------------------------------
-    def _spec(self, task: str, spec: Tensor, pixels: Tensor | None, route: RowRoute) -> GraphSpec:
+    def _spec(
+        self,
+        task: str,
+        spec: Tensor,
+        pixels: Tensor | None,
+        route: RowRoute,
+        stacks: dict[str, AdapterStack],
+    ) -> GraphSpec:
         """The graph this batch's family would have with every stack of the bank it can use."""
         depth = self.backbone.cfg.depth
         key = (route.num_prompts, route.prompt_start if route.num_prompts else 0)
-        stacks = tuple(
+        signatures = tuple(
             StackSignature.of(k, s)
-            for k, s in sorted(self.bank.stack_items())
+            for k, s in sorted(stacks.items())
             if s.method.tasks[0] == task and prompt_key(s.config, depth) == key
         )
         image = None if pixels is None else (int(pixels.shape[-2]), int(pixels.shape[-1]))
-        return GraphSpec(
-            task, int(spec.shape[-2]), int(spec.shape[-1]), image, *key, stacks, _name(self._dtype)
-        )
+        frames, mel = int(spec.shape[-2]), int(spec.shape[-1])
+        return GraphSpec(task, frames, mel, image, *key, signatures, _name(self._dtype))
 
-    def _graph_for(self, want: GraphSpec, route: RowRoute) -> _Graph | None:
+    def _graph_for(self, want: GraphSpec, routed: dict[str, RouteGroup]) -> _Graph | None:
         with self._lock:
             graph = self._graphs.get(want.family())
             if graph is not None:
@@ -209,8 +221,7 @@ class OrtFeatures:
             if graph is None:
                 self.fallbacks += 1
                 return None
-            used = {_key_of(self.bank, g.stack) for g in route.groups}
-            if not used <= set(graph.keys):
+            if not set(routed) <= set(graph.keys):
                 self.fallbacks += 1
                 return None
             return graph
@@ -299,16 +310,19 @@ class OrtFeatures:
 
     # -- one run -------------------------------------------------------------------------------
     def _run(
-        self, graph: _Graph, streams: list[Tensor], route: RowRoute, layouts: list[TokenLayout]
+        self,
+        graph: _Graph,
+        streams: list[Tensor],
+        routed: dict[str, RouteGroup],
+        stacks: dict[str, AdapterStack],
+        layouts: list[TokenLayout],
     ) -> list[Tensor]:
         n = int(streams[0].shape[0])
-        groups = {_key_of(self.bank, g.stack): g for g in route.groups}
-        stacks = dict(self.bank.stack_items())
         feeds: list[tuple[str, Tensor]] = [
             (name, self._as(t)) for name, t in zip(("spec", "pixels"), streams, strict=False)
         ]
         for k, key in enumerate(graph.keys):
-            group = groups.get(key)
+            group = routed.get(key)
             if group is None:
                 zero = torch.zeros(1, dtype=torch.long, device=self.device)
                 routing = [zero, zero, torch.zeros(1, dtype=self._dtype, device=self.device)]
@@ -358,11 +372,11 @@ class OrtFeatures:
         return graph.placeholders[key]
 
 
-def _key_of(bank: AdapterBank, stack: Any) -> str:
-    for key, s in bank.stack_items():
-        if s is stack:
-            return key
-    raise KeyError("a routed stack is not in the bank")
+def _routed(route: RowRoute, stacks: dict[str, AdapterStack]) -> dict[str, RouteGroup]:
+    """Stack key -> the route's group for it (a routed stack is in the bank: the route holds
+    its slots)."""
+    key_of = {id(s): k for k, s in stacks.items()}
+    return {key_of[id(g.stack)]: g for g in route.groups}
 
 
 def _params_of(names: list[str], k: int) -> list[str]:
@@ -376,7 +390,7 @@ def _slot_shape(session: ort.InferenceSession, name: str) -> tuple[int, ...]:
     return tuple(int(d) for d in inp.shape[1:])
 
 
-def _image_grid(cfg: Any, pixels: Tensor) -> tuple[int, int]:
+def _image_grid(cfg: BackboneConfig, pixels: Tensor) -> tuple[int, int]:
     p = cfg.patch_size
     sf, st = cfg.patch_stride
     return (int(pixels.shape[-2]) - p) // sf + 1, (int(pixels.shape[-1]) - p) // st + 1
