@@ -237,9 +237,11 @@ class OrtFeatures:
             self._lock.release()
             try:
                 self._build(spec, key)
+            except Exception:  # logged and recorded by _build: its batches stay on PyTorch
+                pass
             finally:
                 self._lock.acquire()
-            future.set_result(None)
+                future.set_result(None)
             return
         log.info(
             "building the ONNX Runtime graph %s (%s, %d adapter stacks, %s); batches that need "

@@ -19,6 +19,7 @@ from lookaside.backbone import VisionTransformer
 from lookaside.backbones import build_random
 from lookaside.bank import AdapterBank
 from lookaside.model import MultiAdapterModel
+from lookaside.onnx import runner as runner_module
 from lookaside.onnx.runner import OrtFeatures
 from tests.support import randomise
 from tests.unit.lookaside.method_cases import AUDIO_METHODS, CASES
@@ -242,3 +243,35 @@ def test_least_recently_used_graph_is_closed_and_reopened_from_disk(
     assert _pair(model, short, ["a", "a"]) <= TOL
     stats = runner.stats()
     assert (stats["graphs_built"], stats["graphs_reused"], stats["graph_runs"]) == (2, 1, 3)
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_a_graph_that_fails_to_build_leaves_its_batches_on_pytorch(
+    tmp_path: Path,
+    tiny_backbone: VisionTransformer,
+    monkeypatch: pytest.MonkeyPatch,
+    background: bool,
+) -> None:
+    calls: list[int] = []
+
+    def broken(*args: object, **kw: object) -> None:
+        calls.append(1)
+        raise RuntimeError("the exporter broke")
+
+    monkeypatch.setattr(runner_module, "export_graph", broken)
+    monkeypatch.setattr(runner_module, "export_in_child", broken)
+    bank = AdapterBank(tiny_backbone.cfg, capacity=2)
+    _add(bank, "a", "bottleneck", {"rank": 2}, seed=6)
+    model = MultiAdapterModel(tiny_backbone, bank).eval()
+    runner = OrtFeatures(tiny_backbone, bank, cache_dir=tmp_path, background=background)
+    model.runner = runner
+    spec = torch.randn(2, FRAMES, 128)
+    try:
+        for _ in range(3):
+            assert _pair(model, spec, ["a", None]) <= TOL  # answered, in eager PyTorch
+            assert runner.wait_idle(timeout=60)
+        stats = runner.stats()
+        assert (stats["failures"], stats["graph_runs"], stats["eager_batches"]) == (1, 0, 3)
+        assert len(calls) == 1, "a failed graph was tried again on every batch"
+    finally:
+        runner.close()
