@@ -28,6 +28,13 @@ log = logging.getLogger("lookaside.onnx")
 _CHUNK = 1 << 20
 
 
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -40,8 +47,11 @@ class GraphCache:
     """A directory of built graphs. Thread-safe for distinct keys; the runner builds one key at
     a time."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, max_graphs: int = 16) -> None:
         self.root = Path(root)
+        self.max_graphs = max_graphs
+        """Graph files kept (each is up to the backbone's size: 350 MB for ViT-B in fp32); past it
+        the least recently used are deleted after a build."""
         self.builds = 0
         """Graphs built by this process (tests count exports with it)."""
         self.reused = 0
@@ -69,6 +79,7 @@ class GraphCache:
         disk. A present but invalid pair is removed first (logged)."""
         if self.valid(key):
             self.reused += 1
+            os.utime(self._record(key))  # recently used: pruned last
             return self.path(key)
         self.discard(key)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -88,7 +99,22 @@ class GraphCache:
         finally:
             tmp.unlink(missing_ok=True)
         self.builds += 1
+        self.prune(keep=key)
         return self.path(key)
+
+    def prune(self, keep: str) -> None:
+        """Delete the least recently used graphs past :attr:`max_graphs` (never ``keep``), and
+        temporary files a crashed build left behind more than an hour ago. A session that has a
+        deleted file open keeps working: it read the file when it opened."""
+        records = [r for r in self.root.glob("*.json") if not r.name.startswith(".")]
+        records.sort(key=_mtime, reverse=True)
+        for record in [r for r in records if r.stem != keep][max(self.max_graphs - 1, 0) :]:
+            self.path(record.stem).unlink(missing_ok=True)
+            record.unlink(missing_ok=True)
+        stale = time.time() - 3600
+        for tmp in self.root.glob(".*.onnx"):
+            if _mtime(tmp) < stale:
+                tmp.unlink(missing_ok=True)
 
     def discard(self, key: str) -> None:
         """Remove ``key``'s files (a corrupt or unloadable graph)."""

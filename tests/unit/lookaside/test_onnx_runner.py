@@ -7,6 +7,7 @@ fixture builds the graph of every one-stream method once and the tests share it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from lookaside.backbones import build_random
 from lookaside.bank import AdapterBank
 from lookaside.model import MultiAdapterModel
 from lookaside.onnx import runner as runner_module
+from lookaside.onnx.cache import GraphCache
+from lookaside.onnx.export import GraphSpec
 from lookaside.onnx.runner import OrtFeatures
 from tests.support import randomise
 from tests.unit.lookaside.method_cases import AUDIO_METHODS, CASES
@@ -275,3 +278,21 @@ def test_a_graph_that_fails_to_build_leaves_its_batches_on_pytorch(
         assert len(calls) == 1, "a failed graph was tried again on every batch"
     finally:
         runner.close()
+
+
+def test_graph_cache_keeps_the_most_recently_used_graphs(tmp_path: Path) -> None:
+    cache = GraphCache(tmp_path, max_graphs=2)
+    spec = GraphSpec("clip", 64, 128, None, 0, 0, ())
+
+    def build(path: Path) -> None:
+        path.write_bytes(b"graph")
+
+    for i, key in enumerate(["a", "b", "c"]):
+        cache.get_or_build(key, spec, build)
+        os.utime(tmp_path / f"{key}.json", (1000.0 + i, 1000.0 + i))  # a, b, c: oldest first
+    assert sorted(p.stem for p in tmp_path.glob("*.onnx")) == ["b", "c"]
+    cache.get_or_build("b", spec, build)  # reused: now the most recent
+    cache.get_or_build("d", spec, build)
+    assert sorted(p.stem for p in tmp_path.glob("*.onnx")) == ["b", "d"]
+    assert (cache.builds, cache.reused) == (4, 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json", "b.onnx", "d.json", "d.onnx"]
