@@ -32,21 +32,10 @@ from lookaside.adapters.stack import AdapterStack
 from lookaside.backbone import VisionTransformer
 from lookaside.sites import SitePosition, TokenLayout
 
-__all__ = ["GraphGroup", "GraphRoute", "RoutedFeatures", "routing_names", "param_names"]
+__all__ = ["ROUTING", "GraphGroup", "GraphRoute", "RoutedFeatures"]
 
 ROUTING = ("rows", "slots", "scale")
 """Per-stack routing inputs, in graph order."""
-
-
-def routing_names(k: int) -> list[str]:
-    """Graph input names of stack ``k``'s routing triple."""
-    return [f"s{k}.{name}" for name in ROUTING]
-
-
-def param_names(k: int, stack: AdapterStack) -> list[str]:
-    """Graph input names of stack ``k``'s slot tensors (``s<k>.<parameter>``), in the stack's
-    parameter order."""
-    return [f"s{k}.{name}" for name, _ in stack.named_parameters()]
 
 
 @dataclass(frozen=True)
@@ -163,9 +152,8 @@ class RoutedFeatures(nn.Module):
     def input_names(self) -> list[str]:
         """Graph input names in :meth:`forward`'s order."""
         names = ["spec", "pixels"] if self.audio_visual else ["spec"]
-        for k, stack in enumerate(self.stacks):
-            assert isinstance(stack, AdapterStack)
-            names += routing_names(k) + param_names(k, stack)
+        for k, params in enumerate(self._params):
+            names += [f"s{k}.{name}" for name in (*ROUTING, *params)]
         return names
 
     def output_names(self) -> list[str]:

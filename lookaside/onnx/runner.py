@@ -41,6 +41,7 @@ from torch import Tensor
 from lookaside.bank.routing import prompt_key
 from lookaside.onnx.cache import GraphCache
 from lookaside.onnx.export import GraphSpec, StackSignature, export_graph, graph_key
+from lookaside.onnx.graph import ROUTING
 from lookaside.onnx.quantize import quantize_backbone
 from lookaside.onnx.session import open_session, run_bound
 from lookaside.onnx.worker import export_in_child
@@ -332,7 +333,7 @@ class OrtFeatures:
                 rows = group.rows if group.rows is not None else torch.arange(n, device=self.device)
                 scale = torch.ones(rows.shape[0], dtype=self._dtype, device=self.device)
                 routing = [rows, group.index.slots, scale]
-            feeds += zip((f"s{k}.rows", f"s{k}.slots", f"s{k}.scale"), routing, strict=True)
+            feeds += zip((f"s{k}.{name}" for name in ROUTING), routing, strict=True)
             stack = stacks.get(key)
             params = dict(stack.named_parameters()) if stack is not None else {}
             for name, shape in graph.shapes[k]:
@@ -383,7 +384,7 @@ def _routed(route: RowRoute, stacks: dict[str, AdapterStack]) -> dict[str, Route
 
 def _params_of(names: list[str], k: int) -> list[str]:
     prefix = f"s{k}."
-    routing = {f"{prefix}rows", f"{prefix}slots", f"{prefix}scale"}
+    routing = {prefix + name for name in ROUTING}
     return [n.removeprefix(prefix) for n in names if n.startswith(prefix) and n not in routing]
 
 
