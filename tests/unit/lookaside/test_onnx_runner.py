@@ -38,6 +38,15 @@ def _add(
     randomise(bank, adapter_id, seed=seed)
 
 
+def _one_adapter(
+    backbone: VisionTransformer, method: str, cfg: dict[str, object], seed: int
+) -> MultiAdapterModel:
+    """A model whose bank holds one adapter, ``a``."""
+    bank = AdapterBank(backbone.cfg, capacity=2)
+    _add(bank, "a", method, cfg, seed=seed)
+    return MultiAdapterModel(backbone, bank).eval()
+
+
 def _pair(model: MultiAdapterModel, spec: Tensor, ids: Sequence[str | None]) -> float:
     """Largest difference between the runner's and eager PyTorch's logits over every row."""
     runner = model.runner
@@ -112,9 +121,8 @@ def test_hot_swap_rollback_eviction_and_reload_never_re_export(served: MultiAdap
 def test_a_new_stack_signature_runs_eager_until_its_graph_is_built(
     tmp_path: Path, tiny_backbone: VisionTransformer
 ) -> None:
-    bank = AdapterBank(tiny_backbone.cfg, capacity=2)
-    _add(bank, "a", "bottleneck", {"rank": 3}, seed=1)
-    model = MultiAdapterModel(tiny_backbone, bank).eval()
+    model = _one_adapter(tiny_backbone, "bottleneck", {"rank": 3}, seed=1)
+    bank = model.bank
     runner = OrtFeatures(tiny_backbone, bank, cache_dir=tmp_path, background=True)
     model.runner = runner
     spec = torch.randn(2, FRAMES, 128)
@@ -137,9 +145,8 @@ def test_a_new_stack_signature_runs_eager_until_its_graph_is_built(
 def test_graph_cache_is_reused_after_a_restart_and_rebuilt_when_corrupt(
     tmp_path: Path, tiny_backbone: VisionTransformer
 ) -> None:
-    bank = AdapterBank(tiny_backbone.cfg, capacity=2)
-    _add(bank, "a", "convpass", {"rank": 2}, seed=3)
-    model = MultiAdapterModel(tiny_backbone, bank).eval()
+    model = _one_adapter(tiny_backbone, "convpass", {"rank": 2}, seed=3)
+    bank = model.bank
     spec = torch.randn(2, FRAMES, 128)
 
     def restart() -> OrtFeatures:
@@ -160,9 +167,8 @@ def test_graph_cache_is_reused_after_a_restart_and_rebuilt_when_corrupt(
 
 
 def test_int8_backbone_agrees_with_fp32(tmp_path: Path, tiny_backbone: VisionTransformer) -> None:
-    bank = AdapterBank(tiny_backbone.cfg, capacity=2)
-    _add(bank, "a", "loaa", dict(CASES["loaa"].mixed[0]), seed=5)
-    model = MultiAdapterModel(tiny_backbone, bank).eval()
+    model = _one_adapter(tiny_backbone, "loaa", dict(CASES["loaa"].mixed[0]), seed=5)
+    bank = model.bank
     spec = torch.randn(16, FRAMES, 128)
     ids = ["a"] * 16
     with torch.inference_mode():
@@ -234,9 +240,8 @@ def test_cuda_io_binding_matches_eager(tmp_path: Path, precision: str) -> None:
 def test_least_recently_used_graph_is_closed_and_reopened_from_disk(
     tmp_path: Path, tiny_backbone: VisionTransformer
 ) -> None:
-    bank = AdapterBank(tiny_backbone.cfg, capacity=2)
-    _add(bank, "a", "bottleneck", {"rank": 2}, seed=4)
-    model = MultiAdapterModel(tiny_backbone, bank).eval()
+    model = _one_adapter(tiny_backbone, "bottleneck", {"rank": 2}, seed=4)
+    bank = model.bank
     runner = OrtFeatures(tiny_backbone, bank, cache_dir=tmp_path, background=False, max_graphs=1)
     model.runner = runner
     short, long = torch.randn(2, FRAMES, 128), torch.randn(2, 2 * FRAMES, 128)
@@ -263,9 +268,8 @@ def test_a_graph_that_fails_to_build_leaves_its_batches_on_pytorch(
 
     monkeypatch.setattr(runner_module, "export_graph", broken)
     monkeypatch.setattr(runner_module, "export_in_child", broken)
-    bank = AdapterBank(tiny_backbone.cfg, capacity=2)
-    _add(bank, "a", "bottleneck", {"rank": 2}, seed=6)
-    model = MultiAdapterModel(tiny_backbone, bank).eval()
+    model = _one_adapter(tiny_backbone, "bottleneck", {"rank": 2}, seed=6)
+    bank = model.bank
     runner = OrtFeatures(tiny_backbone, bank, cache_dir=tmp_path, background=background)
     model.runner = runner
     spec = torch.randn(2, FRAMES, 128)
