@@ -41,6 +41,8 @@ REFUSED_FLAGS = {
     "secret), or set LOOKASIDE_ADMIN_TOKEN in the environment",
 }
 """Settings refused as flags, with the reason and what to do instead."""
+ALIASES = {"ray_replicas": ("--replicas",)}
+"""Short spellings of some flags (``lookaside-serve --ray --replicas 4``)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,7 +58,13 @@ def _parser() -> argparse.ArgumentParser:
         help_text = (field.description or "").replace("%", "%%")
         if name in REFUSED_FLAGS:
             help_text = "refused: " + REFUSED_FLAGS[name]
-        parser.add_argument(flag, dest=name, default=None, help=help_text)
+        flags = [flag, *ALIASES.get(name, ())]
+        if field.annotation is bool:  # ``--warmup`` alone means true; ``--warmup false`` works
+            parser.add_argument(
+                *flags, dest=name, default=None, nargs="?", const="true", help=help_text
+            )
+            continue
+        parser.add_argument(*flags, dest=name, default=None, help=help_text)
     parser.add_argument("--pinned", dest="pinned", default=None, help="comma-separated names")
     return parser
 
@@ -99,6 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lookaside-serve: invalid settings:\n{exc}", file=sys.stderr)  # noqa: T201
         return 2
     service_logging.configure(settings.log_format, settings.log_level)
+    if settings.ray:  # imported only then: the one-process server does not need Ray
+        from service.ray.app import serve_forever
+
+        return serve_forever(settings)
     config = uvicorn_config(create_app(settings), settings)
     # Bind first, so the printed URL has the real port (``--port 0``: the one the OS picked).
     sock = config.bind_socket()

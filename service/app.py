@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
@@ -59,8 +59,21 @@ One frozen ViT backbone, many small audio adapters, served in mixed batches.
 """
 
 
-def create_app(settings: ServiceSettings, *, backbone: VisionTransformer | None = None) -> FastAPI:
-    """The app; the backbone (``backbone`` or ``settings.backbone``) is loaded in the lifespan."""
+Starter = Callable[[AppState], Awaitable[None]]
+"""Builds what serves (engine, store, registry) into the app's state during the lifespan."""
+
+
+def create_app(
+    settings: ServiceSettings,
+    *,
+    backbone: VisionTransformer | None = None,
+    start: Starter | None = None,
+) -> FastAPI:
+    """The app; the backbone (``backbone`` or ``settings.backbone``) is loaded in the lifespan.
+
+    ``start``: what the lifespan builds instead of this process's own engine and registry (the
+    Ray ingress's remote ones, :mod:`service.ray.ingress`); the routes are the same either way.
+    """
     metrics = ServiceMetrics()
     state = AppState(
         settings=settings,
@@ -73,7 +86,7 @@ def create_app(settings: ServiceSettings, *, backbone: VisionTransformer | None 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await _start(state, backbone)
+        await (start(state) if start is not None else start_serving(state, backbone))
         try:
             yield
         finally:
@@ -123,7 +136,9 @@ def _runner_factory(
     return build
 
 
-async def _start(state: AppState, backbone: VisionTransformer | None) -> None:
+async def start_serving(state: AppState, backbone: VisionTransformer | None) -> None:
+    """Load the backbone, start the engine, open the store, start the registry, warm up (the
+    one-process server's lifespan, and each Ray model replica's constructor)."""
     settings = state.settings
     started = time.perf_counter()
     device = settings.torch_device()
@@ -156,7 +171,7 @@ async def _start(state: AppState, backbone: VisionTransformer | None) -> None:
         state.metrics.watch_onnx(stats)
 
     state.reason = "opening the adapter store"
-    store = await asyncio.to_thread(_open_store, settings)
+    store = await asyncio.to_thread(open_store, settings)
     state.store = store
 
     state.reason = "loading the active adapters"
@@ -203,12 +218,17 @@ def _stop_timeout(settings: ServiceSettings) -> float:
     return settings.request_timeout_s + settings.engine_stall_s
 
 
-def _open_store(settings: ServiceSettings) -> AdapterStore:
+def open_store(settings: ServiceSettings) -> AdapterStore:
+    """The store with the server's limits. On Ray (``settings.ray``) it is shared: writes are
+    journalled for the other processes, and no startup repair runs here (another process may be
+    writing; ``lookaside-serve --ray`` repairs it before deploying)."""
     limits = CheckpointLimits(
         max_weights_bytes=settings.max_upload_bytes,
         max_window_tokens=settings.max_batch_tokens,
     )
-    store = AdapterStore(settings.store, limits=limits)
+    store = AdapterStore(settings.store, limits=limits, shared=settings.ray)
+    if settings.ray:
+        return store
     removed = store.cleanup()
     if removed:
         log.warning("removed %d leftovers of an interrupted write: %s", len(removed), removed)
@@ -229,6 +249,8 @@ async def _start_registry(
         pinned=settings.pinned,
         events=state.metrics,
     )
+    if settings.ray:  # a Ray model replica: the router decides what each replica holds
+        return registry
     loaded = await registry.preload()
     log.info("preloaded %d adapter versions: %s", len(loaded), ", ".join(loaded) or "none")
     return registry

@@ -16,11 +16,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.engine import Engine
+from service.backend import Adapters, Jobs
 from service.errors import NotReady
 from service.http_limits import InflightBytes
 from service.metrics import ServiceMetrics
-from service.registry import AdapterRegistry
 from service.settings import ServiceSettings
 from service.store import AdapterStore
 
@@ -37,9 +36,10 @@ class AppState:
     featurize_pool: ThreadPoolExecutor
     body_budget: InflightBytes
     """Request-body bytes in flight over all requests (:class:`service.http_limits.BodyLimits`)."""
-    engine: Engine | None = None
+    engine: Jobs | None = None
+    """The engine (one process) or the Ray ingress's remote engine (:mod:`service.backend`)."""
     store: AdapterStore | None = None
-    registry: AdapterRegistry | None = None
+    registry: Adapters | None = None
     backbone: VisionTransformer | None = None
     ready: bool = False
     reason: str | None = "starting"
@@ -62,7 +62,7 @@ def get_state(request: Request) -> AppState:
     return state
 
 
-def get_engine(request: Request) -> Engine:
+def get_engine(request: Request) -> Jobs:
     state = get_state(request)
     state.require_ready()
     if state.engine is None:
@@ -77,7 +77,7 @@ def get_store(request: Request) -> AdapterStore:
     return state.store
 
 
-def get_registry(request: Request) -> AdapterRegistry:
+def get_registry(request: Request) -> Adapters:
     state = get_state(request)
     if state.registry is None:
         raise NotReady(f"the adapter registry is not ready yet ({state.reason}); retry shortly")
@@ -117,9 +117,9 @@ def require_admin(
 
 
 StateDep = Annotated[AppState, Depends(get_state)]
-EngineDep = Annotated[Engine, Depends(get_engine)]
+EngineDep = Annotated[Jobs, Depends(get_engine)]
 StoreDep = Annotated[AdapterStore, Depends(get_store)]
-RegistryDep = Annotated[AdapterRegistry, Depends(get_registry)]
+RegistryDep = Annotated[Adapters, Depends(get_registry)]
 SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
 AdminDep = Depends(require_admin)
 """Use as ``dependencies=[AdminDep]`` on mutating routes."""

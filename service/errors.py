@@ -114,9 +114,37 @@ class EngineFailure(ServiceError):
 class OverBudget(BadRequest, ValueError):
     """One row (window) of a job needs more tokens than one forward may hold (422)."""
 
+    @classmethod
+    def for_row(
+        cls, adapter_id: str | None, grid: tuple[int, ...], tokens: int, limit: int
+    ) -> OverBudget:
+        """The one message, whichever engine (local or a Ray replica's ingress) refuses."""
+        return cls(
+            f"one window of this request for adapter {adapter_id} (grid "
+            f"{'x'.join(map(str, grid))}) is {tokens} tokens, over the per-forward "
+            f"budget max_batch_tokens={limit}: this server cannot run the "
+            "adapter; raise LOOKASIDE_MAX_BATCH_TOKENS, or use an adapter with fewer mel bins "
+            "or frames per window"
+        )
+
 
 class AdapterUnavailable(ServiceError):
     """A stored adapter version could not be made resident now (HTTP 503, retry later)."""
+
+    status_code = 503
+    retry_after = True
+
+
+class ReplicaUnavailable(ServiceError):
+    """Ray Serve: no model replica answered (one died mid-request and the retry found none, or
+    the deployment is scaling); never a wrong answer (HTTP 503, retry later)."""
+
+    status_code = 503
+    retry_after = True
+
+
+class StoreBusy(ServiceError):
+    """Another process held the shared store's write lock past the wait bound (HTTP 503)."""
 
     status_code = 503
     retry_after = True

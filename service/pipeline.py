@@ -10,7 +10,7 @@ the task kind's inputs, and what to answer.
 
 Threads: :func:`run` runs on the event loop; :meth:`Media.featurize` runs in the featurize pool;
 nothing here touches the engine's objects (jobs are handed over through
-:meth:`service.engine.Engine.submit_task`).
+:meth:`service.backend.Jobs.submit_task`).
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from torch import Tensor
 
 from lookaside.checkpoint import AdapterManifest
 from lookaside.tasks import Inputs, TaskKind
+from service.backend import Adapters, Jobs
 from service.deps import AppState
-from service.engine import Engine
 from service.logging import SCOPE_KEY
-from service.registry import AdapterRegistry, Lease
+from service.registry import Lease
 from service.request_io import gather, in_pool
 
 ADAPTERS_KEY = "lookaside.adapters"
@@ -68,8 +68,8 @@ async def run(
     deadline: float,
     *,
     state: AppState,
-    engine: Engine,
-    registry: AdapterRegistry,
+    engine: Jobs,
+    registry: Adapters,
 ) -> Served:
     """acquire -> featurize -> submit -> gather, then cancel/release on every path.
 

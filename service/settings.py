@@ -157,6 +157,26 @@ class ServiceSettings(BaseSettings):
     """Run one warm-up batch per token grid in use before reporting ready."""
     retry_after_s: int = Field(1, ge=1)
     """``Retry-After`` seconds sent with 429 and 503 answers."""
+    ray: bool = False
+    """Serve on Ray Serve (``lookaside-serve --ray``): an ingress deployment with this HTTP API
+    and ``ray_replicas`` model replicas, each an engine with its own bank, routed by adapter
+    (docs/ray.md). Off: this one process serves everything."""
+    ray_address: str = "auto"
+    """Ray cluster to join: ``auto`` starts a local Ray instance (or joins the one ``RAY_ADDRESS``
+    names); ``<host>:6379`` or ``ray://<host>:10001`` joins that cluster."""
+    ray_replicas: int = Field(1, ge=1, le=1024)
+    """Model replicas (each loads the backbone once and keeps its own resident adapters)."""
+    ray_ingress_replicas: int = Field(1, ge=1, le=64)
+    """Ingress replicas (HTTP, decoding, features, version resolution; no backbone forward)."""
+    ray_adapters_per_replica: int = Field(16, ge=1, le=4096)
+    """Adapter versions one model replica keeps resident (Ray Serve's multiplexing cache); the
+    router sends an adapter's rows to the replicas that hold it."""
+    ray_gpus_per_replica: float | None = Field(None, ge=0.0, le=8.0)
+    """GPUs Ray reserves for each model replica; unset: 1 when ``device`` is not ``cpu`` and the
+    cluster has GPUs, else 0 (fractions share one GPU between replicas)."""
+    ray_sync_s: float = Field(0.5, gt=0.0, le=60.0)
+    """How often each Ray process reads the store's change journal: activations by another
+    ingress replica and deletions reach every process within this (plus one read)."""
 
     @field_validator("pinned", mode="before")
     @classmethod

@@ -245,12 +245,8 @@ class Engine:
 
     def _enqueue(self, job: Job, tokens_per_row: int) -> Future[Tensor]:
         if tokens_per_row > self.max_batch_tokens:
-            raise OverBudget(
-                f"one window of this request for adapter {job.adapter_id} (grid "
-                f"{'x'.join(map(str, job.grid))}) is {tokens_per_row} tokens, over the per-forward "
-                f"budget max_batch_tokens={self.max_batch_tokens}: this server cannot run the "
-                "adapter; raise LOOKASIDE_MAX_BATCH_TOKENS, or use an adapter with fewer mel bins "
-                "or frames per window"
+            raise OverBudget.for_row(
+                job.adapter_id, job.grid, tokens_per_row, self.max_batch_tokens
             )
         job.tokens_per_row = tokens_per_row
         health = self.watchdog.health()

@@ -73,9 +73,9 @@ from service.registry.active import (
 )
 from service.registry.leases import Lease
 from service.registry.loader import RegistryLoader
-from service.registry.refs import adapter_id, parse_ref
+from service.registry.refs import adapter_id, parse_ref, resolve_stored
 from service.residency import AdapterState, Residency
-from service.store import AdapterStore, PutResult, format_versions
+from service.store import AdapterStore, PutResult
 
 __all__ = [
     "AdapterState",
@@ -133,21 +133,9 @@ class AdapterRegistry:
                 lists what exists.
         """
         name, version = parse_ref(ref)
-        if version is not None:
-            if self._active.ready(adapter_id(name, version)):
-                return name, version  # resident and not deleted: no disk read on the hot path
-            if self.store.has_version(name, version):
-                return name, version
-            raise AdapterNotFound(f"unknown adapter {ref.strip()!r}; {self.store.describe(name)}")
-        stored = self.store.get(name)
-        if stored is not None and stored.active is not None:
-            return name, stored.active
-        if stored is not None:
-            raise AdapterNotFound(
-                f"adapter {name!r} has no active version; activate one of "
-                f"{format_versions(list(stored.versions), None)} or ask for 'name@version'"
-            )
-        raise AdapterNotFound(f"unknown adapter {name!r}; {self.store.describe(name)}")
+        if version is not None and self._active.ready(adapter_id(name, version)):
+            return name, version  # resident and not deleted: no index lookup on the hot path
+        return resolve_stored(self.store, ref)
 
     async def acquire(
         self,
@@ -288,6 +276,18 @@ class AdapterRegistry:
         for version in versions:
             await self._retire(adapter_id(name, version))
         return versions
+
+    async def retire_deleted(self, names: Iterable[str]) -> list[str]:
+        """Unload the versions of ``names`` that the store no longer holds (another process
+        deleted them; a shared store's journal said so), as :meth:`delete_version` would."""
+        wanted = set(names)
+        gone = []
+        for aid in self.resident():
+            name, _, version = aid.partition("@")
+            if name in wanted and not self.store.has_version(name, int(version)):
+                gone.append(aid)
+                await self._retire(aid)
+        return gone
 
     async def _retire(self, aid: str) -> None:
         """Unload a deleted version now if no request holds it (waiting for the engine), else

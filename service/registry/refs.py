@@ -6,10 +6,15 @@ Threads: pure functions; called on the event loop (every request) and the regist
 
 from __future__ import annotations
 
-from lookaside.errors import AdapterNotFound
-from service.store import NAME_PATTERN
+from typing import TYPE_CHECKING
 
-__all__ = ["adapter_id", "parse_ref"]
+from lookaside.errors import AdapterNotFound
+from service.store import NAME_PATTERN, format_versions
+
+if TYPE_CHECKING:
+    from service.store import AdapterStore
+
+__all__ = ["adapter_id", "parse_ref", "resolve_stored"]
 
 
 def adapter_id(name: str, version: int) -> str:
@@ -31,3 +36,27 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
             "'name@version' (e.g. 'esc50@3'); names are 1-64 lower-case letters, digits, '-', '_'"
         )
     return name, (int(number) if sep else None)
+
+
+def resolve_stored(store: AdapterStore, ref: str) -> tuple[str, int]:
+    """``name`` / ``name@version`` -> (name, version) of a stored version, from the store's
+    in-memory index (O(1), no disk).
+
+    Raises:
+        AdapterNotFound: unknown name, unknown version or no active version; the message lists
+            what exists.
+    """
+    name, version = parse_ref(ref)
+    if version is not None:
+        if store.has_version(name, version):
+            return name, version
+        raise AdapterNotFound(f"unknown adapter {ref.strip()!r}; {store.describe(name)}")
+    stored = store.get(name)
+    if stored is not None and stored.active is not None:
+        return name, stored.active
+    if stored is not None:
+        raise AdapterNotFound(
+            f"adapter {name!r} has no active version; activate one of "
+            f"{format_versions(list(stored.versions), None)} or ask for 'name@version'"
+        )
+    raise AdapterNotFound(f"unknown adapter {name!r}; {store.describe(name)}")

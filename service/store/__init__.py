@@ -47,6 +47,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,7 +58,6 @@ from lookaside.checkpoint import (
     CheckpointLimits,
     ValidatedCheckpoint,
     load_checkpoint,
-    validate_checkpoint_bytes,
 )
 from lookaside.errors import AdapterNotFound, InvalidCheckpoint
 from service.errors import ActiveVersionConflict, UploadTooLarge
@@ -68,6 +69,7 @@ from service.store.index import (
     identity,
     shown,
 )
+from service.store.journal import ChangeJournal
 from service.store.layout import (
     ACTIVE_FILE,
     LAST_FILE,
@@ -80,6 +82,7 @@ from service.store.layout import (
     write_version,
 )
 from service.store.repair import repair_store
+from service.store.upload import validate_upload
 
 __all__ = [
     "ACTIVE_FILE",
@@ -131,8 +134,12 @@ class AdapterStore:
         max_weights_bytes: int = DEFAULT_MAX_WEIGHTS_BYTES,
         max_manifest_bytes: int = DEFAULT_MAX_MANIFEST_BYTES,
         limits: CheckpointLimits | None = None,
+        shared: bool = False,
     ) -> None:
         """Open (creating it if needed) the store at ``root`` and index it (one scan).
+
+        ``shared``: other processes write this directory too (Ray Serve replicas): every
+        mutation takes the store-wide file lock and is journalled (:mod:`service.store.journal`).
 
         ``limits``: what an adapter may be (the server's); its ``max_weights_bytes`` and
         ``max_manifest_bytes`` are then the store's byte limits and the two arguments above are
@@ -150,6 +157,7 @@ class AdapterStore:
         self.max_manifest_bytes = limits.max_manifest_bytes
         self._lock = threading.Lock()  # serialises mutations; held through their disk writes
         self._index = StoreIndex()  # its own lock, never held for I/O
+        self.journal = ChangeJournal(self.root) if shared else None
         for name_dir in sorted(self.root.iterdir()):
             if NAME_PATTERN.fullmatch(name_dir.name) and name_dir.is_dir():
                 entry = scan_name(name_dir, max_manifest_bytes=self.max_manifest_bytes)
@@ -240,9 +248,9 @@ class AdapterStore:
             IncompatibleBackbone: the manifest names another backbone fingerprint.
             InvalidCheckpoint: anything else is wrong (the message lists what).
         """
-        ckpt = self._validate(manifest_bytes, weights_bytes, backbone)
+        ckpt = validate_upload(manifest_bytes, weights_bytes, backbone, self.limits)
         name = ckpt.manifest.name
-        with self._lock:
+        with self._writing(name):
             entry = self.get(name)
             same = None if entry is None else entry.identities.get(identity(ckpt.manifest))
             try:
@@ -297,7 +305,7 @@ class AdapterStore:
 
     def activate(self, name: str, version: int) -> None:
         """Make ``name@version`` the active version (rollback = activating an older one)."""
-        with self._lock:
+        with self._writing(name):
             self._stored(name, version)  # raises AdapterNotFound with what exists
             entry = self.get(name)
             assert entry is not None
@@ -319,7 +327,7 @@ class AdapterStore:
             AdapterNotFound: no such version (the message lists what exists).
             ActiveVersionConflict: ``version`` is active and ``force`` is False.
         """
-        with self._lock:
+        with self._writing(name):
             self._stored(name, version)  # raises AdapterNotFound with what exists
             entry = self.get(name)
             assert entry is not None
@@ -349,7 +357,7 @@ class AdapterStore:
 
     def delete(self, name: str) -> list[int]:
         """Delete ``name`` and every version of it; returns the versions deleted."""
-        with self._lock:
+        with self._writing(name):
             entry = self.get(name)
             if entry is None:
                 raise AdapterNotFound(f"unknown adapter {shown(name)}: {self.describe(name)}")
@@ -371,25 +379,36 @@ class AdapterStore:
         with self._lock:
             return repair_store(self.root, self._index, self._resync)
 
+    def refresh(self, name: str) -> None:
+        """Re-read ``name`` from disk (a version another process wrote or deleted)."""
+        if NAME_PATTERN.fullmatch(name):
+            with self._lock:
+                self._resync(name)
+
+    def rescan(self) -> list[str]:
+        """Re-read every name from disk (a reader behind the journal); returns the names."""
+        with self._lock:
+            names = set(self._index.names())
+            names.update(d.name for d in self.root.iterdir() if NAME_PATTERN.fullmatch(d.name))
+            for name in sorted(names):
+                self._resync(name)
+        return sorted(names)
+
     # -- helpers -------------------------------------------------------------------------------
-    def _validate(
-        self, manifest_bytes: bytes, weights_bytes: bytes, backbone: VisionTransformer
-    ) -> ValidatedCheckpoint:
-        """The upload parsed and checked by lookaside.checkpoint; raises before any write."""
-        for what, data, limit in (
-            ("manifest", manifest_bytes, self.max_manifest_bytes),
-            ("weights", weights_bytes, self.max_weights_bytes),
-        ):
-            if len(data) > limit:
-                raise UploadTooLarge(
-                    f"the {what} file is {len(data)} bytes, over this server's limit of {limit} "
-                    "bytes; upload a smaller adapter or raise the limit in the settings"
-                )
-        if not weights_bytes:
-            raise InvalidCheckpoint("the weights file is empty; upload adapter.safetensors")
-        return validate_checkpoint_bytes(
-            manifest_bytes, weights_bytes, backbone=backbone, limits=self.limits
-        )
+    @contextmanager
+    def _writing(self, name: str) -> Iterator[None]:
+        """The write lock; shared, also the store-wide file lock, ``name`` re-read first (another
+        process may have written it) and the change journalled after."""
+        with self._lock:
+            if self.journal is None:
+                yield
+                return
+            with self.journal.locked():
+                self._resync(name)
+                try:
+                    yield
+                finally:
+                    self.journal.record(name)
 
     def _stored(self, name: str, version: int) -> StoredVersion:
         """``name@version`` from the index, else :class:`AdapterNotFound` saying what exists."""

@@ -1,0 +1,330 @@
+"""Lookaside on a real local Ray cluster (127.0.0.1), over HTTP through Ray Serve's proxy.
+
+One Ray instance for the module; each test deploys the application (tiny backbone), drives it
+with real HTTP clients on threads, and checks every answer against the library-only reference of
+the version the answer names (:func:`reference_scores`): a wrong adapter or version cannot pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import ray
+from ray import serve
+
+from lookaside.checkpoint import AdapterCheckpoint
+from service.ray.app import build_application
+from service.ray.wire import APP_NAME, MODEL_DEPLOYMENT
+from tests.integration.service.svc_support import (
+    ADMIN,
+    checkpoint_bytes,
+    encode,
+    expected_top,
+    make_checkpoint,
+    put_in_store,
+    reference_scores,
+    settings,
+    tiny,
+)
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(900),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning"),
+]
+
+AUTH = {"Authorization": f"Bearer {ADMIN}"}
+WAV = {"Content-Type": "audio/wav"}
+CLIP = encode(1.0)
+TOP_K = 5
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    """A local Ray instance with Serve's proxy on a free port; its base URL."""
+    port = _free_port()
+    ray.init(num_cpus=8, include_dashboard=False, logging_level=logging.WARNING)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()  # type: ignore[no-untyped-call]
+        ray.shutdown()
+
+
+class Deployment:
+    """The application on the cluster, with its store and the references of every version."""
+
+    def __init__(self, url: str, tmp: Path, **overrides: Any) -> None:
+        self.url = url
+        self.store = tmp / "store"
+        token = tmp / "admin-token"
+        token.write_text(ADMIN)
+        self.overrides = {
+            "admin_token": "",
+            "admin_token_file": token,
+            "ray": True,
+            "ray_replicas": 2,
+            "ray_sync_s": 0.2,
+            "max_wait_ms": 5.0,
+            **overrides,
+        }
+        self.backbone = tiny()
+        self.expected: dict[tuple[str, int], dict[str, float]] = {}
+
+    def add(self, ckpt: AdapterCheckpoint, *, activate: bool = True) -> None:
+        put_in_store(self.store, ckpt, activate=activate)
+        self.remember(ckpt)
+
+    def remember(self, ckpt: AdapterCheckpoint) -> None:
+        scores = reference_scores(self.backbone, ckpt, CLIP)
+        key = (ckpt.manifest.name, ckpt.manifest.version)
+        self.expected[key] = expected_top(scores, ckpt.manifest.labels, TOP_K)
+
+    def deploy(self, **overrides: Any) -> None:
+        cfg = settings(self.store, **{**self.overrides, **overrides})
+        serve.run(build_application(cfg), name=APP_NAME, route_prefix="/")
+
+    def check(self, result: dict[str, Any]) -> tuple[str, int]:
+        """One adapter's result equals the reference of the version it names."""
+        key = (result["adapter"], int(result["version"]))
+        got = {item["label"]: item["score"] for item in result["labels"]}
+        want = self.expected[key]
+        assert got.keys() == want.keys(), (key, got, want)
+        for label, score in want.items():
+            assert got[label] == pytest.approx(score, abs=1e-5), (key, label)
+        return key
+
+    def classify(self, client: httpx.Client, refs: str) -> httpx.Response:
+        return client.post(
+            f"{self.url}/classify",
+            params={"adapter": refs, "top_k": TOP_K},
+            content=CLIP,
+            headers=WAV,
+        )
+
+    def loads(self) -> Counter[str]:
+        """Adapter loads per name, summed over replicas (the ingress's /metrics)."""
+        text = httpx.get(f"{self.url}/metrics", timeout=30).text
+        out: Counter[str] = Counter()
+        for adapter, value in re.findall(
+            r'^lookaside_replica_adapter_loads_total\{adapter="([^"]+)",[^}]*\} (\S+)$', text, re.M
+        ):
+            out[adapter] += int(float(value))
+        return out
+
+    def replicas(self, want: int, timeout: float = 90.0) -> dict[str, int]:
+        """Replica id -> pid, once ``want`` distinct replicas answered."""
+        handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, APP_NAME)
+        seen: dict[str, int] = {}
+        deadline = time.monotonic() + timeout
+        while len(seen) < want and time.monotonic() < deadline:
+            try:
+                info = handle.whoami.remote().result(timeout_s=30)
+            except Exception:  # a replica just killed, not yet replaced: ask again
+                time.sleep(0.5)
+                continue
+            seen[info["replica"]] = info["pid"]
+        assert len(seen) >= want, seen
+        return seen
+
+
+@pytest.fixture
+def deployment(cluster: str, tmp_path: Path) -> Iterator[Callable[..., Deployment]]:
+    made: list[Deployment] = []
+
+    def make(**overrides: Any) -> Deployment:
+        d = Deployment(cluster, tmp_path, **overrides)
+        made.append(d)
+        return d
+
+    yield make
+    serve.delete(APP_NAME)
+
+
+def _traffic(
+    d: Deployment, refs: list[str], stop: threading.Event, out: list[Any], threads: int = 4
+) -> list[threading.Thread]:
+    """Threads classifying ``refs`` round-robin until ``stop``; (time sent, response) to ``out``."""
+
+    def run(offset: int) -> None:
+        with httpx.Client(timeout=60) as client:
+            i = offset
+            while not stop.is_set():
+                sent = time.monotonic()
+                out.append((sent, d.classify(client, refs[i % len(refs)])))
+                i += 1
+
+    workers = [threading.Thread(target=run, args=(k,), daemon=True) for k in range(threads)]
+    for w in workers:
+        w.start()
+    return workers
+
+
+def test_affinity_mixing_and_multi_adapter_requests(deployment: Callable[..., Deployment]) -> None:
+    """2 replicas, 8 adapters, at most 3 resident per replica. Six hot adapters fit the 6 slots:
+    with affinity each loads about once (asserted: at most 2 loads each, 8 in all; routing
+    without affinity sends each adapter to both replicas, 12 loads or more with 6 slots
+    thrashing). Then requests naming 2-3 of all 8 adapters fan out and gather, every answer
+    equal to its version's reference."""
+    d = deployment(ray_adapters_per_replica=3)
+    for i in range(8):
+        d.add(make_checkpoint(d.backbone, f"a{i}", seed=i))
+    d.deploy()
+    hot = [f"a{i}" for i in range(6)]
+    with httpx.Client(timeout=60) as client:
+        for i in range(60):
+            response = d.classify(client, hot[(i * 5) % 6])
+            assert response.status_code == 200, response.text
+            d.check(response.json()["results"][0])
+    loads = d.loads()
+    assert set(loads) == set(hot), loads
+    assert max(loads.values()) <= 2, loads
+    assert sum(loads.values()) <= 8, loads
+
+    combos = ["a6,a1", "a7,a2,a4", "a0,a6", "a3,a7,a5", "a1,a2,a6"]
+    stop, out = threading.Event(), []
+    workers = _traffic(d, combos, stop, out)
+    time.sleep(6.0)
+    stop.set()
+    for w in workers:
+        w.join(60)
+    assert len(out) >= 10
+    for _, response in out:
+        assert response.status_code == 200, response.text
+        results = response.json()["results"]
+        assert len(results) in (2, 3)
+        for result in results:
+            d.check(result)
+
+
+def test_live_swaps_and_rollbacks_reach_every_ingress(
+    deployment: Callable[..., Deployment],
+) -> None:
+    """20 activations (uploads of new versions and rollbacks) during traffic through 2 ingress
+    replicas: 0 errors, 0 misrouted answers, every answer on a version that was active while its
+    request ran, and every request sent later than ``ray_sync_s`` + 1 s after a swap returned
+    served by the version it made active (the journal's bound, with margin for this machine)."""
+    d = deployment(ray_ingress_replicas=2)
+    d.add(make_checkpoint(d.backbone, "other", seed=99))
+    versions = [make_checkpoint(d.backbone, "s", seed=10 + v, version=v) for v in (1, 2, 3)]
+    for ckpt in versions:
+        d.add(ckpt, activate=ckpt.manifest.version == 1)
+    d.deploy()
+    stop, out = threading.Event(), []
+    workers = _traffic(d, ["s", "other,s", "s"], stop, out)
+    history: list[tuple[float, int]] = [(0.0, 1)]  # (time the swap returned, active version)
+    with httpx.Client(timeout=60) as admin:
+        for step in range(20):
+            if step % 5 == 4:  # an upload of a new version, activated at once
+                ckpt = make_checkpoint(d.backbone, "s", seed=50 + step, version=1)
+                manifest, weights = checkpoint_bytes(ckpt)
+                r = admin.post(
+                    f"{d.url}/adapters",
+                    params={"activate": "true"},
+                    files={"manifest": ("manifest.json", manifest), "weights": ("a", weights)},
+                    headers=AUTH,
+                )
+                assert r.status_code == 201, r.text
+                version = r.json()["version"]
+                d.remember(make_checkpoint(d.backbone, "s", seed=50 + step, version=version))
+            else:  # a swap to, or a rollback to, a stored version
+                version = [1, 2, 3][(step * 2 + 1) % 3]
+                r = admin.post(
+                    f"{d.url}/adapters/s/activate", json={"version": version}, headers=AUTH
+                )
+                assert r.status_code == 200, r.text
+            history.append((time.monotonic(), version))
+            time.sleep(0.6)
+    time.sleep(2.0)
+    stop.set()
+    for w in workers:
+        w.join(60)
+    bound = d.overrides["ray_sync_s"] + 1.0
+    for sent, response in out:
+        assert response.status_code == 200, response.text
+        for result in response.json()["results"]:
+            name, version = d.check(result)
+            if name == "s":
+                # active when sent, unless a swap returned less than ``bound`` before (or after)
+                settled = [v for t, v in history if t <= sent - bound][-1]
+                recent = {v for t, v in history if t > sent - bound}
+                assert version in {settled, *recent}, (sent, version, history)
+    assert len(out) >= 40
+
+
+def test_killed_replica_retried_or_503_never_wrong(deployment: Callable[..., Deployment]) -> None:
+    """SIGKILL one of 2 replicas during traffic: Ray restarts it; every answer is either correct
+    for its version or 503; most succeed, and traffic afterwards all succeeds."""
+    d = deployment()
+    for i in range(4):
+        d.add(make_checkpoint(d.backbone, f"k{i}", seed=20 + i))
+    d.deploy()
+    pids = d.replicas(2)
+    stop, out = threading.Event(), []
+    workers = _traffic(d, ["k0", "k1,k2", "k3", "k2"], stop, out)
+    time.sleep(2.0)
+    victim = sorted(pids.values())[0]
+    os.kill(victim, signal.SIGKILL)
+    time.sleep(8.0)
+    stop.set()
+    for w in workers:
+        w.join(60)
+    statuses = Counter(r.status_code for _, r in out)
+    assert set(statuses) <= {200, 503}, statuses
+    assert statuses[200] >= 0.8 * len(out), statuses
+    for _, response in out:
+        if response.status_code == 200:
+            for result in response.json()["results"]:
+                d.check(result)
+    after = d.replicas(2)
+    assert victim not in after.values()
+    with httpx.Client(timeout=60) as client:
+        for refs in ["k0", "k1,k2", "k3"] * 3:
+            response = d.classify(client, refs)
+            assert response.status_code == 200, response.text
+
+
+def test_scale_up_and_down_during_traffic_drops_nothing(
+    deployment: Callable[..., Deployment],
+) -> None:
+    """1 -> 2 -> 1 model replicas during traffic (Ray Serve's in-place update): every request
+    answered 200 and correct; the replica scaled away drained what it had accepted."""
+    d = deployment(ray_replicas=1)
+    for i in range(3):
+        d.add(make_checkpoint(d.backbone, f"c{i}", seed=30 + i))
+    d.deploy()
+    stop, out = threading.Event(), []
+    workers = _traffic(d, ["c0", "c1,c2", "c2"], stop, out)
+    time.sleep(1.0)
+    d.deploy(ray_replicas=2)
+    assert len(d.replicas(2)) == 2
+    time.sleep(2.0)
+    d.deploy(ray_replicas=1)
+    time.sleep(3.0)
+    stop.set()
+    for w in workers:
+        w.join(60)
+    assert len(out) >= 20
+    for _, response in out:
+        assert response.status_code == 200, response.text
+        for result in response.json()["results"]:
+            d.check(result)
