@@ -62,7 +62,11 @@ def build_application(settings: ServiceSettings, *, gpus: float | None = None) -
         graceful_shutdown_timeout_s=drain_s,
         ray_actor_options={"num_cpus": 1},
     )(Ingress)
-    return ingress.bind(payload, model)
+    # A token given as a value (not a file the ingress can read) goes to the ingress as its own
+    # argument: Ray keeps deployment arguments in its control store, readable by whoever can
+    # reach the cluster, who can run code on it anyway (docs/ray.md: the cluster is the boundary).
+    token = None if settings.admin_token_file else settings.admin_token.get_secret_value()
+    return ingress.bind(payload, model, token or None)
 
 
 def app_builder(args: dict[str, Any]) -> Application:
@@ -87,17 +91,7 @@ def start_ray(settings: ServiceSettings) -> bool:
         # a local instance: enough logical CPUs for every replica (they are scheduling tokens;
         # the replicas share the machine's cores)
         cpus = max(os.cpu_count() or 1, settings.ray_replicas + settings.ray_ingress_replicas + 1)
-        # The workers of a local instance see the admin token as this process does (not a
-        # .env file: their working directory is Ray's); a cluster's ingress nodes need
-        # LOOKASIDE_ADMIN_TOKEN_FILE or the variable themselves (docs/ray.md).
-        token = settings.admin_token.get_secret_value()
-        env = {"LOOKASIDE_ADMIN_TOKEN": token} if token and not settings.admin_token_file else {}
-        ray.init(
-            num_cpus=cpus,
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            runtime_env={"env_vars": env} if env else None,
-        )
+        ray.init(num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING)
         return True
     ray.init(address=None if address == "auto" else address, logging_level=logging.WARNING)
     return False

@@ -32,8 +32,8 @@ log = logging.getLogger("service.ray.ingress")
 class Ingress:
     """A Ray Serve deployment class (bound in :mod:`service.ray.app` with the model's handle)."""
 
-    def __init__(self, payload: dict[str, Any], model: Any) -> None:
-        self.settings = ingress_settings(payload)
+    def __init__(self, payload: dict[str, Any], model: Any, admin_token: str | None = None) -> None:
+        self.settings = ingress_settings(payload, admin_token)
         service_logging.configure(self.settings.log_format, self.settings.log_level)
         self.model = model
 

@@ -81,6 +81,8 @@ class ModelReplica:
         self.replica = _replica_id()
         self._cached: set[str] = set()
         """Ids in (or entering) Ray's multiplexing cache; only the event loop adds."""
+        self._holds: dict[str, _Held] = {}
+        """The lease each cached id holds (dropped early when its version is deleted)."""
 
         async def hold(model_id: str) -> _Held:
             return await self._hold(model_id)
@@ -99,7 +101,21 @@ class ModelReplica:
 
     def _retire_deleted(self, names: list[str], loop: asyncio.AbstractEventLoop) -> None:
         """Watcher thread: versions another process deleted leave this replica's bank."""
-        asyncio.run_coroutine_threadsafe(self.registry.retire_deleted(names), loop)
+        asyncio.run_coroutine_threadsafe(self._forget(names), loop)
+
+    async def _forget(self, names: list[str]) -> None:
+        """Release the cache's lease of each deleted version (Ray's cache entry stays until its
+        LRU turn: harmless, every call takes its own lease), then unload them."""
+        store = self.registry.store
+        for aid, held in list(self._holds.items()):
+            name, _, version = aid.partition("@")
+            if name in names and not store.has_version(name, int(version)):
+                held.lease.release()
+                self._holds.pop(aid, None)
+                self._cached.discard(aid)
+        gone = await self.registry.retire_deleted(names)
+        if gone:
+            log.info("unloaded deleted %s", ", ".join(gone))
 
     async def _hold(self, model_id: str) -> _Held:
         """Ray's loader for a multiplexed id: a lease on that exact version (loading it)."""
@@ -114,7 +130,14 @@ class ModelReplica:
         except BaseException:
             self._cached.discard(model_id)
             raise
-        return _Held(lease, self._cached.discard)
+        held = _Held(lease, self._released)
+        self._holds[model_id] = held
+        return held
+
+    def _released(self, model_id: str) -> None:
+        """Ray evicted ``model_id`` from its cache (any thread)."""
+        self._cached.discard(model_id)
+        self._holds.pop(model_id, None)
 
     async def run(
         self, task_name: str, inputs: Inputs, request_id: str, timeout_s: float

@@ -64,8 +64,8 @@ class ReplicaAnswer:
 
 def settings_payload(settings: ServiceSettings) -> dict[str, Any]:
     """``settings`` as plain data for the deployments' constructors: paths made absolute (a Ray
-    worker's working directory is not the caller's) and the admin token left out (it would sit in
-    Ray's deployment records; the ingress reads it from its own environment or token file)."""
+    worker's working directory is not the caller's), the admin token left out (the model replicas
+    never need it; the ingress gets it on its own, :func:`ingress_settings`)."""
     data = settings.model_dump(mode="json", exclude={"admin_token"})
     for key in ("store", "ort_cache", "admin_token_file"):
         if settings_value := getattr(settings, key):
@@ -87,6 +87,8 @@ def replica_settings(payload: dict[str, Any]) -> ServiceSettings:
     return ServiceSettings(**data)
 
 
-def ingress_settings(payload: dict[str, Any]) -> ServiceSettings:
-    """The ingress's settings (the admin token from its environment or ``admin_token_file``)."""
-    return ServiceSettings(**{**payload, "ray": True})
+def ingress_settings(payload: dict[str, Any], admin_token: str | None = None) -> ServiceSettings:
+    """The ingress's settings: the admin token as given, else from ``admin_token_file`` or the
+    ingress's environment."""
+    extra = {"admin_token": admin_token} if admin_token else {}
+    return ServiceSettings(**{**payload, **extra, "ray": True})
