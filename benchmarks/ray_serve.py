@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -211,9 +212,44 @@ def swaps(cluster: Cluster, clip: bytes, args: argparse.Namespace) -> dict[str, 
     return out
 
 
+ROLES = {
+    "ingress": "LookasideIngress",
+    "replicas": "LookasideModel",
+    "proxy": "ProxyActor",
+    "controller": "ServeController",
+    "raylet": "raylet",
+    "gcs": "gcs_server",
+}
+"""Ray's processes by role, found by their process titles (``ray::ServeReplica:...``)."""
+
+
+def _cpu_by_role() -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each role's processes."""
+    import psutil
+
+    out = dict.fromkeys(ROLES, 0.0)
+    for proc in psutil.process_iter(["cmdline", "name"]):
+        text = " ".join(proc.info["cmdline"] or []) + " " + (proc.info["name"] or "")
+        role = next((r for r, needle in ROLES.items() if needle in text), None)
+        if role is not None:
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                out[role] += times.user + times.system
+    return out
+
+
+def _cpu_s(pid: int) -> float:
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
 def overhead(
     cluster: Cluster, clip: bytes, args: argparse.Namespace, preset: Any
 ) -> list[dict[str, Any]]:
+    """Alternating rounds against 2 replicas and one process; latency, clips/s, the mean
+    ingress-to-replica call, and CPU milliseconds per request by process role."""
     names = [f"z{i}" for i in range(8)]
     cluster.deploy(ray_adapters_per_replica=8)
     server = Server(cluster.store, preset, mixing="on", dtype="fp32", threads=1)
@@ -222,23 +258,38 @@ def overhead(
     try:
         for concurrency in (1, 8):
             results: dict[str, list[dict[str, float]]] = {"ray": [], "one_process": []}
+            cpu = dict.fromkeys([*ROLES, "one_process"], 0.0)
+            calls = [0.0, 0.0]
             for _ in range(args.rounds):
+                text = httpx.get(f"{cluster.url}/metrics", timeout=30).text
+                before = _cpu_by_role()
+                calls[0] -= _metric_sum(text, "lookaside_replica_call_seconds_sum")
+                calls[1] -= _metric_sum(text, "lookaside_replica_call_seconds_count")
                 results["ray"].append(
                     asyncio.run(_stream(cluster.url, names, clip, args.stream, concurrency))
                 )
+                after = _cpu_by_role()
+                text = httpx.get(f"{cluster.url}/metrics", timeout=30).text
+                calls[0] += _metric_sum(text, "lookaside_replica_call_seconds_sum")
+                calls[1] += _metric_sum(text, "lookaside_replica_call_seconds_count")
+                for role in ROLES:
+                    cpu[role] += after[role] - before[role]
+                start = _cpu_s(server.proc.pid)
                 results["one_process"].append(
                     asyncio.run(_stream(server.url, names, clip, args.stream, concurrency))
                 )
-            text = httpx.get(f"{cluster.url}/metrics", timeout=30).text
-            call_s = _metric_sum(text, "lookaside_replica_call_seconds_sum") / max(
-                _metric_sum(text, "lookaside_replica_call_seconds_count"), 1
-            )
-            row: dict[str, Any] = {"concurrency": concurrency, "ray_mean_call_ms": 1000 * call_s}
+                cpu["one_process"] += _cpu_s(server.proc.pid) - start
+            row: dict[str, Any] = {
+                "concurrency": concurrency,
+                "ray_mean_call_ms": 1000 * calls[0] / max(calls[1], 1),
+            }
             for kind, runs in results.items():
                 for key in ("clips_per_s", "p50_ms", "p99_ms"):
                     row[f"{kind}_{key}"] = statistics.median(r[key] for r in runs)
                 row[f"{kind}_errors"] = sum(r["errors"] for r in runs)
             row["extra_p50_ms"] = row["ray_p50_ms"] - row["one_process_p50_ms"]
+            requests = args.rounds * args.stream
+            row["cpu_ms_per_request"] = {k: 1000 * v / requests for k, v in cpu.items()}
             print(json.dumps(row), flush=True)  # noqa: T201
             rows.append(row)
     finally:

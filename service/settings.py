@@ -166,6 +166,11 @@ class ServiceSettings(BaseSettings):
     names); ``<host>:6379`` or ``ray://<host>:10001`` joins that cluster."""
     ray_replicas: int = Field(1, ge=1, le=1024)
     """Model replicas (each loads the backbone once and keeps its own resident adapters)."""
+    ray_max_replicas: int | None = Field(None, ge=1, le=1024)
+    """Autoscale the model replicas between ``ray_replicas`` and this many by ongoing calls per
+    replica (Ray Serve's autoscaler; scale-down drains a replica first). Unset: a fixed count."""
+    ray_target_ongoing_requests: float = Field(8.0, gt=0.0, le=4096.0)
+    """With ``ray_max_replicas``: the ongoing calls per model replica the autoscaler aims for."""
     ray_ingress_replicas: int = Field(1, ge=1, le=64)
     """Ingress replicas (HTTP, decoding, features, version resolution; no backbone forward)."""
     ray_adapters_per_replica: int = Field(16, ge=1, le=4096)
@@ -202,6 +207,8 @@ class ServiceSettings(BaseSettings):
                 "`openssl rand -hex 32`), or set LOOKASIDE_ALLOW_NO_ADMIN_TOKEN=true for local "
                 "development only"
             )
+        if self.ray_max_replicas is not None and self.ray_max_replicas < self.ray_replicas:
+            raise ValueError("ray_max_replicas must be at least ray_replicas (the minimum)")
         if self.ort_precision == "int8" and self.device == "cuda":
             raise ValueError("ort_precision int8 is the CPU path; use fp16 (or fp32) on cuda")
         if self.ort_precision == "fp16" and self.device == "cpu":

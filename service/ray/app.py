@@ -35,16 +35,32 @@ from service.settings import ServiceSettings
 log = logging.getLogger("service.ray")
 
 
-def build_application(settings: ServiceSettings, *, gpus: float | None = None) -> Application:
-    """The ingress bound to ``ray_replicas`` model replicas (``gpus`` each; default from
-    ``ray_gpus_per_replica``, else 0 on CPU)."""
+def build_application(
+    settings: ServiceSettings,
+    *,
+    gpus: float | None = None,
+    autoscaling: dict[str, Any] | None = None,
+) -> Application:
+    """The ingress bound to the model replicas: ``ray_replicas`` of them, or autoscaled up to
+    ``ray_max_replicas`` (``autoscaling``: more of Ray's ``autoscaling_config`` keys, e.g.
+    delays). ``gpus`` each; default from ``ray_gpus_per_replica``, else 0."""
     payload = settings_payload(settings)
     if gpus is None:
         gpus = settings.ray_gpus_per_replica or 0.0
     drain_s = settings.request_timeout_s + settings.engine_stall_s
+    scaling: dict[str, Any] = {"num_replicas": settings.ray_replicas}
+    if settings.ray_max_replicas is not None:
+        scaling = {
+            "autoscaling_config": {
+                "min_replicas": settings.ray_replicas,
+                "max_replicas": settings.ray_max_replicas,
+                "target_ongoing_requests": settings.ray_target_ongoing_requests,
+                **(autoscaling or {}),
+            }
+        }
     model = serve.deployment(
         name=MODEL_DEPLOYMENT,
-        num_replicas=settings.ray_replicas,
+        **scaling,
         # one replica's engine bounds its own rows (queue_capacity); Ray's bounds calls
         max_ongoing_requests=settings.queue_capacity,
         max_queued_requests=settings.queue_capacity * 4,

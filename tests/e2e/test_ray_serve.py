@@ -99,9 +99,20 @@ class Deployment:
         key = (ckpt.manifest.name, ckpt.manifest.version)
         self.expected[key] = expected_top(scores, ckpt.manifest.labels, TOP_K)
 
-    def deploy(self, **overrides: Any) -> None:
+    def deploy(self, autoscaling: dict[str, Any] | None = None, **overrides: Any) -> None:
         cfg = settings(self.store, **{**self.overrides, **overrides})
-        serve.run(build_application(cfg), name=APP_NAME, route_prefix="/")
+        serve.run(build_application(cfg, autoscaling=autoscaling), name=APP_NAME, route_prefix="/")
+
+    def running(self) -> int:
+        """Model replicas Ray Serve reports RUNNING."""
+        status = serve.status().applications[APP_NAME].deployments[MODEL_DEPLOYMENT]
+        return int(status.replica_states.get("RUNNING", 0))
+
+    def wait_running(self, want: int, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.running() != want:
+            assert time.monotonic() < deadline, f"{self.running()} replicas, not {want}"
+            time.sleep(0.5)
 
     def check(self, result: dict[str, Any]) -> tuple[str, int]:
         """One adapter's result equals the reference of the version it names."""
@@ -340,6 +351,40 @@ def test_scale_up_and_down_during_traffic_drops_nothing(
     for w in workers:
         w.join(60)
     assert len(out) >= 20
+    for _, response in out:
+        assert response.status_code == 200, response.text
+        for result in response.json()["results"]:
+            d.check(result)
+
+
+def test_autoscaling_by_ongoing_requests_up_and_down(
+    deployment: Callable[..., Deployment],
+) -> None:
+    """``ray_max_replicas``: Ray Serve's autoscaler grows 1 replica to 2 under load (target 1
+    ongoing call per replica) and back to 1 when idle, draining the one it removes: every
+    request answered, and correct."""
+    d = deployment(ray_replicas=1, ray_max_replicas=2, ray_target_ongoing_requests=1.0)
+    for i in range(3):
+        d.add(make_checkpoint(d.backbone, f"u{i}", seed=40 + i))
+    d.deploy(
+        autoscaling={
+            "metrics_interval_s": 0.5,
+            "look_back_period_s": 2.0,
+            "upscale_delay_s": 0.5,
+            "downscale_delay_s": 3.0,
+        }
+    )
+    assert d.running() == 1
+    stop, out = threading.Event(), list[Any]()
+    workers = _traffic(d, ["u0", "u1,u2", "u2"], stop, out, threads=6)
+    try:
+        d.wait_running(2)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(60)
+    d.wait_running(1)
+    assert len(out) >= 10
     for _, response in out:
         assert response.status_code == 200, response.text
         for result in response.json()["results"]:
