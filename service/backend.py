@@ -10,10 +10,14 @@ the same code in both, so both deployments answer with the same routes, errors a
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Protocol
 
 from torch import Tensor
+
+from service.errors import AdapterUnavailable
 
 if TYPE_CHECKING:
     from lookaside.backbone import VisionTransformer
@@ -107,3 +111,29 @@ class Adapters(Protocol):
     def close(self) -> None:
         """Stop background work."""
         ...
+
+
+async def store_and_activate(
+    adapters: Adapters,
+    backbone: VisionTransformer,
+    manifest_bytes: bytes,
+    weights_bytes: bytes,
+    *,
+    activate: bool,
+) -> PutResult:
+    """Both registries' upload: store once (validated first); with ``activate``, make the version
+    servable and live, or say it is stored but not activated and how to retry (503)."""
+    result = await asyncio.to_thread(
+        adapters.store.put, manifest_bytes, weights_bytes, backbone=backbone
+    )
+    if not activate:
+        return result
+    try:
+        await adapters.activate(result.name, result.version, checkpoint=result.checkpoint)
+    except AdapterUnavailable as exc:
+        state = "active but not loaded" if result.active else "not activated"
+        raise AdapterUnavailable(
+            f"stored as {result.name}@{result.version} ({state}): {exc}; retry with "
+            f"POST /adapters/{result.name}/activate"
+        ) from exc
+    return dataclasses.replace(result, active=True)

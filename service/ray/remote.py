@@ -22,7 +22,6 @@ threads, as in one process) and the store watcher thread.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from concurrent.futures import Future
 from typing import Any
@@ -35,6 +34,7 @@ from lookaside.backbone import VisionTransformer
 from lookaside.checkpoint import AdapterCheckpoint
 from lookaside.errors import AdapterNotFound, ConfigError
 from lookaside.tasks import Inputs, TaskKind
+from service.backend import store_and_activate
 from service.engine.watchdog import EngineHealth
 from service.errors import (
     AdapterUnavailable,
@@ -227,20 +227,9 @@ class RemoteRegistry:
         self, manifest_bytes: bytes, weights_bytes: bytes, *, activate: bool = False
     ) -> PutResult:
         """Store once (validated here), then with ``activate`` make it resident and live."""
-        result = await asyncio.to_thread(
-            self.store.put, manifest_bytes, weights_bytes, backbone=self.backbone
+        return await store_and_activate(
+            self, self.backbone, manifest_bytes, weights_bytes, activate=activate
         )
-        if not activate:
-            return result
-        try:
-            await self.activate(result.name, result.version)
-        except AdapterUnavailable as exc:
-            state = "active but not loaded" if result.active else "not activated"
-            raise AdapterUnavailable(
-                f"stored as {result.name}@{result.version} ({state}): {exc}; retry with "
-                f"POST /adapters/{result.name}/activate"
-            ) from exc
-        return dataclasses.replace(result, active=True)
 
     async def activate(
         self, name: str, version: int, *, checkpoint: AdapterCheckpoint | None = None

@@ -54,7 +54,6 @@ eviction; its exceptions are logged and swallowed.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import Iterable
 from concurrent.futures import Future
@@ -62,6 +61,7 @@ from concurrent.futures import Future
 from lookaside.backbone import VisionTransformer
 from lookaside.checkpoint import AdapterCheckpoint, AdapterManifest
 from lookaside.errors import AdapterNotFound, ConfigError
+from service.backend import store_and_activate
 from service.errors import RequestTimeout
 from service.registry.active import (
     ActiveMap,
@@ -224,20 +224,9 @@ class AdapterRegistry:
         upload's validated tensors in memory, not read back and validated again) and active,
         including a first version that the store made active on its own.
         """
-        result = await asyncio.to_thread(
-            self.store.put, manifest_bytes, weights_bytes, backbone=self.backbone
+        return await store_and_activate(
+            self, self.backbone, manifest_bytes, weights_bytes, activate=activate
         )
-        if not activate:
-            return result
-        try:
-            await self.activate(result.name, result.version, checkpoint=result.checkpoint)
-        except AdapterUnavailable as exc:
-            state = "active but not loaded" if result.active else "not activated"
-            raise AdapterUnavailable(
-                f"stored as {result.name}@{result.version} ({state}): {exc}; retry with "
-                f"POST /adapters/{result.name}/activate"
-            ) from exc
-        return dataclasses.replace(result, active=True)
 
     async def activate(
         self, name: str, version: int, *, checkpoint: AdapterCheckpoint | None = None

@@ -171,23 +171,41 @@ def deployment(cluster: str, tmp_path: Path) -> Iterator[Callable[..., Deploymen
     serve.delete(APP_NAME)
 
 
-def _traffic(
-    d: Deployment, refs: list[str], stop: threading.Event, out: list[Any], threads: int = 4
-) -> list[threading.Thread]:
-    """Threads classifying ``refs`` round-robin until ``stop``; (time sent, response) to ``out``."""
+class Traffic:
+    """Threads classifying ``refs`` round-robin until :meth:`stop`: (time sent, response)."""
 
-    def run(offset: int) -> None:
+    def __init__(self, d: Deployment, refs: list[str], threads: int = 4) -> None:
+        self.d = d
+        self.refs = refs
+        self.out: list[tuple[float, httpx.Response]] = []
+        self._stop = threading.Event()
+        self._workers = [
+            threading.Thread(target=self._run, args=(k,), daemon=True) for k in range(threads)
+        ]
+        for w in self._workers:
+            w.start()
+
+    def _run(self, offset: int) -> None:
         with httpx.Client(timeout=60) as client:
             i = offset
-            while not stop.is_set():
+            while not self._stop.is_set():
                 sent = time.monotonic()
-                out.append((sent, d.classify(client, refs[i % len(refs)])))
+                self.out.append((sent, self.d.classify(client, self.refs[i % len(self.refs)])))
                 i += 1
 
-    workers = [threading.Thread(target=run, args=(k,), daemon=True) for k in range(threads)]
-    for w in workers:
-        w.start()
-    return workers
+    def stop(self) -> list[tuple[float, httpx.Response]]:
+        self._stop.set()
+        for w in self._workers:
+            w.join(60)
+        return self.out
+
+
+def _all_correct(d: Deployment, out: list[tuple[float, httpx.Response]]) -> None:
+    """Every answer 200, and every adapter's result equal to its version's reference."""
+    for _, response in out:
+        assert response.status_code == 200, response.text
+        for result in response.json()["results"]:
+            d.check(result)
 
 
 def test_affinity_mixing_and_multi_adapter_requests(deployment: Callable[..., Deployment]) -> None:
@@ -219,19 +237,12 @@ def test_affinity_mixing_and_multi_adapter_requests(deployment: Callable[..., De
     assert sum(loads.values()) <= 8, loads
 
     combos = ["a6,a1", "a7,a2,a4", "a0,a6", "a3,a7,a5", "a1,a2,a6"]
-    stop, out = threading.Event(), list[Any]()
-    workers = _traffic(d, combos, stop, out)
+    traffic = Traffic(d, combos)
     time.sleep(6.0)
-    stop.set()
-    for w in workers:
-        w.join(60)
+    out = traffic.stop()
     assert len(out) >= 10
-    for _, response in out:
-        assert response.status_code == 200, response.text
-        results = response.json()["results"]
-        assert len(results) in (2, 3)
-        for result in results:
-            d.check(result)
+    _all_correct(d, out)
+    assert all(len(r.json()["results"]) in (2, 3) for _, r in out)
 
 
 def test_live_swaps_and_rollbacks_reach_every_ingress(
@@ -247,8 +258,7 @@ def test_live_swaps_and_rollbacks_reach_every_ingress(
     for ckpt in versions:
         d.add(ckpt, activate=ckpt.manifest.version == 1)
     d.deploy()
-    stop, out = threading.Event(), list[Any]()
-    workers = _traffic(d, ["s", "other,s", "s"], stop, out)
+    traffic = Traffic(d, ["s", "other,s", "s"])
     history: list[tuple[float, int]] = [(0.0, 1)]  # (time the swap returned, active version)
     with httpx.Client(timeout=60) as admin:
         for step in range(20):
@@ -273,9 +283,7 @@ def test_live_swaps_and_rollbacks_reach_every_ingress(
             history.append((time.monotonic(), version))
             time.sleep(0.6)
     time.sleep(2.0)
-    stop.set()
-    for w in workers:
-        w.join(60)
+    out = traffic.stop()
     bound = d.overrides["ray_sync_s"] + 1.0
     for sent, response in out:
         assert response.status_code == 200, response.text
@@ -306,15 +314,12 @@ def test_killed_replica_retried_or_503_never_wrong(deployment: Callable[..., Dep
         d.add(make_checkpoint(d.backbone, f"k{i}", seed=20 + i))
     d.deploy()
     pids = {replica: info["pid"] for replica, info in d.replicas(2).items()}
-    stop, out = threading.Event(), list[Any]()
-    workers = _traffic(d, ["k0", "k1,k2", "k3", "k2"], stop, out)
+    traffic = Traffic(d, ["k0", "k1,k2", "k3", "k2"])
     time.sleep(2.0)
     victim = sorted(pids.values())[0]
     os.kill(victim, signal.SIGKILL)
     time.sleep(8.0)
-    stop.set()
-    for w in workers:
-        w.join(60)
+    out = traffic.stop()
     statuses = Counter(r.status_code for _, r in out)
     assert set(statuses) <= {200, 503}, statuses
     assert statuses[200] >= 0.8 * len(out), statuses
@@ -339,22 +344,16 @@ def test_scale_up_and_down_during_traffic_drops_nothing(
     for i in range(3):
         d.add(make_checkpoint(d.backbone, f"c{i}", seed=30 + i))
     d.deploy()
-    stop, out = threading.Event(), list[Any]()
-    workers = _traffic(d, ["c0", "c1,c2", "c2"], stop, out)
+    traffic = Traffic(d, ["c0", "c1,c2", "c2"])
     time.sleep(1.0)
     d.deploy(ray_replicas=2)
     assert len(d.replicas(2)) == 2
     time.sleep(2.0)
     d.deploy(ray_replicas=1)
     time.sleep(3.0)
-    stop.set()
-    for w in workers:
-        w.join(60)
+    out = traffic.stop()
     assert len(out) >= 20
-    for _, response in out:
-        assert response.status_code == 200, response.text
-        for result in response.json()["results"]:
-            d.check(result)
+    _all_correct(d, out)
 
 
 def test_autoscaling_by_ongoing_requests_up_and_down(
@@ -375,17 +374,11 @@ def test_autoscaling_by_ongoing_requests_up_and_down(
         }
     )
     assert d.running() == 1
-    stop, out = threading.Event(), list[Any]()
-    workers = _traffic(d, ["u0", "u1,u2", "u2"], stop, out, threads=6)
+    traffic = Traffic(d, ["u0", "u1,u2", "u2"], threads=6)
     try:
         d.wait_running(2)
     finally:
-        stop.set()
-        for w in workers:
-            w.join(60)
+        out = traffic.stop()
     d.wait_running(1)
     assert len(out) >= 10
-    for _, response in out:
-        assert response.status_code == 200, response.text
-        for result in response.json()["results"]:
-            d.check(result)
+    _all_correct(d, out)
