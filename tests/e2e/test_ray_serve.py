@@ -57,11 +57,20 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+METRICS_PORT = _free_port()
+"""Ray's metrics export port of the module's cluster (the model replicas' own metrics)."""
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[str]:
     """A local Ray instance with Serve's proxy on a free port; its base URL."""
     port = _free_port()
-    ray.init(num_cpus=8, include_dashboard=False, logging_level=logging.WARNING)
+    ray.init(
+        num_cpus=8,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        _metrics_export_port=METRICS_PORT,
+    )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         yield f"http://127.0.0.1:{port}"
@@ -114,14 +123,14 @@ class Deployment:
             assert time.monotonic() < deadline, f"{self.running()} replicas, not {want}"
             time.sleep(0.5)
 
-    def check(self, result: dict[str, Any]) -> tuple[str, int]:
+    def check(self, result: dict[str, Any], tol: float = 1e-5) -> tuple[str, int]:
         """One adapter's result equals the reference of the version it names."""
         key = (result["adapter"], int(result["version"]))
         got = {item["label"]: item["score"] for item in result["labels"]}
         want = self.expected[key]
         assert got.keys() == want.keys(), (key, got, want)
         for label, score in want.items():
-            assert got[label] == pytest.approx(score, abs=1e-5), (key, label)
+            assert got[label] == pytest.approx(score, abs=tol), (key, label)
         return key
 
     def classify(self, client: httpx.Client, refs: str) -> httpx.Response:
@@ -169,6 +178,20 @@ def deployment(cluster: str, tmp_path: Path) -> Iterator[Callable[..., Deploymen
 
     yield make
     serve.delete(APP_NAME)
+
+
+def _exported(name: str, by: str = "adapter") -> dict[Any, float]:
+    """Samples of ``name`` on Ray's metrics export: {replica: value}, or {(replica, <by>):
+    value} when the samples carry the label ``by``."""
+    text = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=30).text
+    out: dict[Any, float] = {}
+    for labels, value in re.findall(rf"^{name}\{{([^}}]*)\}} (\S+)$", text, re.M):
+        tags = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        if tags.get("deployment") != MODEL_DEPLOYMENT:
+            continue
+        key = (tags["replica"], tags[by]) if by in tags else tags["replica"]
+        out[key] = out.get(key, 0.0) + float(value)
+    return out
 
 
 class Traffic:
@@ -243,6 +266,18 @@ def test_affinity_mixing_and_multi_adapter_requests(deployment: Callable[..., De
     assert len(out) >= 10
     _all_correct(d, out)
     assert all(len(r.json()["results"]) in (2, 3) for _, r in out)
+
+    # each replica's own metrics (its batches, its loads) reach Ray's metrics export, by replica
+    replicas = set(d.replicas(2))
+    deadline = time.monotonic() + 60
+    while True:
+        batches = _exported("ray_lookaside_batch_rows_count")
+        loads = _exported("ray_lookaside_adapter_load_seconds_count")
+        if set(batches) == replicas and {a for _, a in loads} >= set(hot):
+            break
+        assert time.monotonic() < deadline, (replicas, batches, loads)
+        time.sleep(2.0)
+    assert all(value > 0 for value in batches.values())
 
 
 def test_live_swaps_and_rollbacks_reach_every_ingress(
@@ -382,3 +417,27 @@ def test_autoscaling_by_ongoing_requests_up_and_down(
     d.wait_running(1)
     assert len(out) >= 10
     _all_correct(d, out)
+
+
+def test_onnxruntime_engine_on_the_replicas(
+    deployment: Callable[..., Deployment], tmp_path: Path
+) -> None:
+    """``engine=onnxruntime`` on Ray: the replica exports its graph in the background (eager
+    PyTorch meanwhile) and then serves on ONNX Runtime, answers equal to the reference (fp32,
+    within 1e-4), counted on Ray's metrics export by runtime."""
+    d = deployment(ray_replicas=1, engine="onnxruntime", ort_cache=tmp_path / "onnx")
+    d.add(make_checkpoint(d.backbone, "o0", seed=60))
+    d.add(make_checkpoint(d.backbone, "o1", seed=61))
+    d.deploy()
+    deadline = time.monotonic() + 240
+    with httpx.Client(timeout=60) as client:
+        while True:
+            response = d.classify(client, "o0,o1")
+            assert response.status_code == 200, response.text
+            for result in response.json()["results"]:
+                d.check(result, tol=1e-4)
+            passes = _exported("ray_lookaside_onnx_batches_total", by="runtime")
+            if any(runtime == "onnxruntime" and n > 0 for (_, runtime), n in passes.items()):
+                break
+            assert time.monotonic() < deadline, passes
+            time.sleep(1.0)
