@@ -57,10 +57,16 @@ class _Held:
     def __init__(self, lease: Lease, on_release: Any) -> None:
         self.lease = lease
         self._on_release = on_release
+        self._done = False
 
     def __del__(self) -> None:
+        # Ray calls it on eviction, the garbage collector again later: only the first counts
+        # (by then the id may be cached again, under a new holder).
+        if self._done:
+            return
+        self._done = True
         self.lease.release()  # idempotent, any thread
-        self._on_release(self.lease.adapter_id)
+        self._on_release(self)
 
 
 class ModelReplica:
@@ -141,10 +147,12 @@ class ModelReplica:
         self._holds[model_id] = held
         return held
 
-    def _released(self, model_id: str) -> None:
-        """Ray evicted ``model_id`` from its cache (any thread)."""
-        self._cached.discard(model_id)
-        self._holds.pop(model_id, None)
+    def _released(self, held: _Held) -> None:
+        """Ray evicted ``held`` from its cache (any thread); a newer holder of the id stays."""
+        model_id = held.lease.adapter_id
+        if self._holds.get(model_id) is held:
+            self._holds.pop(model_id, None)
+            self._cached.discard(model_id)
 
     async def run(
         self, task_name: str, inputs: Inputs, request_id: str, timeout_s: float
