@@ -32,6 +32,10 @@ leftovers (``.<x>.tmp-*``) are invisible to every read and removed by :meth:`cle
 ``ACTIVE`` (a crash between a first version's rename and its pointer write): its newest complete
 version becomes active, logged as a warning.
 
+Shared (``shared=True``, every process of a Ray Serve deployment): each mutation also holds the
+store-wide file lock, re-reads its name from disk first and is journalled, and a
+:class:`~service.store.journal.StoreWatcher` keeps each process's index current with the others'.
+
 Everything an upload brings is validated by :mod:`lookaside.checkpoint` (schema, name, backbone
 fingerprint, size, sha256, safetensors header names/shapes/dtypes, finite values) before anything
 on disk changes; a refused upload leaves the store exactly as it was.
