@@ -1,9 +1,11 @@
-"""A model replica's own metrics, exported through Ray's metrics export, labelled by replica.
+"""Each Ray process's own metrics, exported through Ray's metrics export, labelled by replica.
 
-Each replica's engine and registry record into the same :class:`~service.metrics.ServiceMetrics`
+A model replica's engine and registry record into the same :class:`~service.metrics.ServiceMetrics`
 as one process (rows and adapters per batch, forward and queue-wait seconds, adapter loads,
-evictions and load failures per adapter, engine stalls, the ONNX Runtime engine's counters).
-Nothing serves that registry over HTTP in a replica; :class:`RayExport` copies it every
+evictions and load failures per adapter, engine stalls, the ONNX Runtime engine's counters), and
+an ingress records requests by adapter, route and status as one process does. Nothing serves a
+replica's registry over HTTP, and a scrape of ``/metrics`` through Ray's proxy reaches one ingress
+replica only; so :class:`RayExport` copies each process's registry every
 ``interval_s`` into ``ray.serve.metrics`` gauges, which Ray's metrics agent on each node exposes
 on its metrics export port (``ray start --metrics-export-port``) with Prometheus service
 discovery, tagged with ``application``, ``deployment`` and ``replica``; Ray prefixes the names with
@@ -22,12 +24,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 from ray.serve import metrics as serve_metrics
 
 log = logging.getLogger("service.ray.export")
 
+EXPORT_S = 5.0
+"""How often each Ray process copies its metrics to Ray's metrics export."""
 RESERVED = frozenset({"deployment", "replica", "application", "route"})
 """Tags Ray Serve sets itself; a label of ours with one of these names is exported as
 ``lookaside_<name>``."""
@@ -62,9 +67,10 @@ class RayExport:
                 count += 1
         return count
 
-    async def run(self) -> None:
-        """Copy every ``interval_s`` until cancelled (a failed copy is logged, never raised)."""
-        while True:
+    async def run(self, stopped: Callable[[], bool] = lambda: False) -> None:
+        """Copy every ``interval_s`` until ``stopped()`` or cancelled (a failed copy is logged,
+        never raised)."""
+        while not stopped():
             await asyncio.sleep(self.interval_s)
             try:
                 self.sync()

@@ -21,6 +21,7 @@ from lookaside.backbones import load_backbone
 from service import logging as service_logging
 from service.app import create_app, open_store
 from service.deps import AppState
+from service.ray.export import EXPORT_S, RayExport
 from service.ray.metrics import ReplicaMetrics
 from service.ray.remote import RemoteEngine, RemoteRegistry
 from service.ray.wire import ingress_settings
@@ -55,6 +56,11 @@ class Ingress:
         )
         state.engine = engine
         state.registry = RemoteRegistry(store, engine, backbone=backbone, settings=settings)
+        # this ingress's request metrics, also on Ray's export (a scrape of /metrics through the
+        # proxy reaches one ingress replica only)
+        self._export = asyncio.get_running_loop().create_task(
+            RayExport(state.metrics.registry, interval_s=EXPORT_S).run(lambda: state.shutting_down)
+        )
         state.ready = True
         state.reason = None
         log.info(

@@ -40,15 +40,12 @@ from service.engine import Engine
 from service.errors import RequestTimeout
 from service.http_limits import InflightBytes
 from service.metrics import ServiceMetrics
-from service.ray.export import RayExport
+from service.ray.export import EXPORT_S, RayExport
 from service.ray.wire import RemoteError, ReplicaAnswer, replica_settings
 from service.registry import AdapterRegistry, Lease, parse_ref
 from service.store.journal import StoreWatcher
 
 log = logging.getLogger("service.ray.replica")
-
-EXPORT_S = 5.0
-"""How often the replica's own metrics are copied to Ray's metrics export (:mod:`.export`)."""
 
 
 class _Held:
@@ -106,10 +103,10 @@ class ModelReplica:
             interval_s=settings.ray_sync_s,
             on_change=lambda names: self._retire_deleted(names, loop),
         ).start()
-        self._export = loop.create_task(
-            RayExport(self.state.metrics.registry, interval_s=EXPORT_S).run()
-        )
         self._stopped = False
+        self._export = loop.create_task(
+            RayExport(self.state.metrics.registry, interval_s=EXPORT_S).run(lambda: self._stopped)
+        )
         log.info("replica %s ready (pid %d)", self.replica, os.getpid())
 
     def _retire_deleted(self, names: list[str], loop: asyncio.AbstractEventLoop) -> None:

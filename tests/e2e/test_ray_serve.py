@@ -26,7 +26,7 @@ from ray import serve
 
 from lookaside.checkpoint import AdapterCheckpoint
 from service.ray.app import build_application
-from service.ray.wire import APP_NAME, MODEL_DEPLOYMENT
+from service.ray.wire import APP_NAME, INGRESS_DEPLOYMENT, MODEL_DEPLOYMENT
 from tests.integration.service.svc_support import (
     ADMIN,
     checkpoint_bytes,
@@ -180,14 +180,16 @@ def deployment(cluster: str, tmp_path: Path) -> Iterator[Callable[..., Deploymen
     serve.delete(APP_NAME)
 
 
-def _exported(name: str, by: str = "adapter") -> dict[Any, float]:
-    """Samples of ``name`` on Ray's metrics export: {replica: value}, or {(replica, <by>):
-    value} when the samples carry the label ``by``."""
+def _exported(
+    name: str, by: str = "adapter", deployment: str = MODEL_DEPLOYMENT, **only: str
+) -> dict[Any, float]:
+    """Samples of ``name`` of ``deployment`` on Ray's metrics export (those whose tags include
+    ``only``): {replica: value}, or {(replica, <by>): value} when they carry the tag ``by``."""
     text = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=30).text
     out: dict[Any, float] = {}
     for labels, value in re.findall(rf"^{name}\{{([^}}]*)\}} (\S+)$", text, re.M):
         tags = dict(re.findall(r'(\w+)="([^"]*)"', labels))
-        if tags.get("deployment") != MODEL_DEPLOYMENT:
+        if tags.get("deployment") != deployment or any(tags.get(k) != v for k, v in only.items()):
             continue
         key = (tags["replica"], tags[by]) if by in tags else tags["replica"]
         out[key] = out.get(key, 0.0) + float(value)
@@ -330,6 +332,25 @@ def test_live_swaps_and_rollbacks_reach_every_ingress(
                 recent = {v for t, v in history if t > sent - bound}
                 assert version in {settled, *recent}, (sent, version, history)
     assert len(out) >= 40
+
+    # both ingress replicas' request counts reach Ray's export (a scrape of /metrics through the
+    # proxy sees one of them)
+    deadline = time.monotonic() + 60
+    while True:
+        served = _exported(
+            "ray_lookaside_requests_total",
+            deployment=INGRESS_DEPLOYMENT,
+            lookaside_route="/classify",
+            status="200",
+        )
+        per_ingress: Counter[str] = Counter()
+        for (replica, _adapter), n in served.items():
+            per_ingress[replica] += int(n)
+        names = sum(len(r.json()["results"]) for _, r in out)  # one count per adapter named
+        if len(per_ingress) == 2 and sum(per_ingress.values()) >= names:
+            break
+        assert time.monotonic() < deadline, (per_ingress, names)
+        time.sleep(2.0)
 
     # a deleted version leaves every replica that held it within the journal's bound
     gone = next(v for v in (1, 2, 3) if v != history[-1][1])
