@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import re
 import socket
 import statistics
@@ -43,6 +44,7 @@ from ray import serve
 from benchmarks.serve_http import PRESETS, TOKEN, Server, _checkpoint, _clip, _stream
 from lookaside.backbones import build_random
 from service.ray.app import build_application
+from service.ray.proxy import proxy_environment
 from service.ray.wire import APP_NAME
 from service.settings import ServiceSettings
 from service.store import AdapterStore
@@ -102,6 +104,9 @@ class Cluster:
             self.port = int(s.getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}"
         self.store = store
+        # as lookaside-serve --ray: the proxy runs the body limits (service/ray/proxy.py)
+        limits = ServiceSettings(_env_file=None, allow_no_admin_token=True)  # type: ignore[call-arg]
+        os.environ.update(proxy_environment(limits))
         ray.init(num_cpus=8, include_dashboard=False, logging_level=logging.WARNING)
         serve.start(http_options={"host": "127.0.0.1", "port": self.port})
 

@@ -23,6 +23,7 @@ from ray.serve import Application
 
 from service.app import open_store
 from service.ray.ingress import Ingress
+from service.ray.proxy import proxy_environment
 from service.ray.replica import ModelReplica
 from service.ray.wire import (
     APP_NAME,
@@ -107,6 +108,8 @@ def start_ray(settings: ServiceSettings) -> bool:
         # a local instance: enough logical CPUs for every replica (they are scheduling tokens;
         # the replicas share the machine's cores)
         cpus = max(os.cpu_count() or 1, settings.ray_replicas + settings.ray_ingress_replicas + 1)
+        # the processes of the local instance inherit these: its proxy runs the body limits
+        os.environ.update(proxy_environment(settings))
         ray.init(num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING)
         return True
     ray.init(address=None if address == "auto" else address, logging_level=logging.WARNING)

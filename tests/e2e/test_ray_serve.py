@@ -26,6 +26,7 @@ from ray import serve
 
 from lookaside.checkpoint import AdapterCheckpoint
 from service.ray.app import build_application
+from service.ray.proxy import proxy_environment
 from service.ray.wire import APP_NAME, INGRESS_DEPLOYMENT, MODEL_DEPLOYMENT
 from tests.integration.service.svc_support import (
     ADMIN,
@@ -57,14 +58,19 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+PROXY_BUDGET = 48 * 1024 * 1024
+"""Body bytes in flight in the module's Serve proxy (the deployments keep their own limits)."""
 METRICS_PORT = _free_port()
 """Ray's metrics export port of the module's cluster (the model replicas' own metrics)."""
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[str]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A local Ray instance with Serve's proxy on a free port; its base URL."""
     port = _free_port()
+    limits = settings(tmp_path_factory.mktemp("proxy"), max_inflight_body_bytes=PROXY_BUDGET)
+    saved = dict(os.environ)
+    os.environ.update(proxy_environment(limits))  # what lookaside-serve --ray does
     ray.init(
         num_cpus=8,
         include_dashboard=False,
@@ -75,6 +81,8 @@ def cluster() -> Iterator[str]:
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
+        os.environ.clear()
+        os.environ.update(saved)
         serve.shutdown()  # type: ignore[no-untyped-call]
         ray.shutdown()
 
@@ -462,3 +470,37 @@ def test_onnxruntime_engine_on_the_replicas(
                 break
             assert time.monotonic() < deadline, passes
             time.sleep(1.0)
+
+
+def test_the_proxy_bounds_a_body_before_the_app_reads_it(
+    deployment: Callable[..., Deployment],
+) -> None:
+    """A 1 GiB chunked body: Ray's proxy runs the same body limits as one process, so it refuses
+    past its in-flight budget (413 naming it) instead of buffering ahead of the app; its memory
+    grows by less than the budget plus slack (unbounded, it grew 300 MB in under a second)."""
+    psutil = pytest.importorskip("psutil")
+    d = deployment(ray_replicas=1)
+    d.add(make_checkpoint(d.backbone, "b0", seed=70))
+    d.deploy()
+    (proxy,) = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "ProxyActor" in " ".join(p.info["cmdline"] or [])
+    ]
+    before = proxy.memory_info().rss
+
+    def body() -> Iterator[bytes]:
+        chunk = b"\0" * (1 << 20)
+        for _ in range(1024):
+            yield chunk
+
+    r = httpx.post(
+        f"{d.url}/classify", params={"adapter": "b0"}, content=body(), headers=WAV, timeout=120
+    )
+    assert r.status_code == 413, r.text
+    assert "in-flight body budget" in r.json()["detail"], r.text
+    assert proxy.memory_info().rss - before < PROXY_BUDGET + 64 * 1024 * 1024
+    with httpx.Client(timeout=60) as client:  # and the next request is served as usual
+        response = d.classify(client, "b0")
+        assert response.status_code == 200, response.text
+        d.check(response.json()["results"][0])
