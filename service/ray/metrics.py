@@ -30,7 +30,7 @@ class ReplicaMetrics:
     """Counters and gauges per replica, fed by each answer (event loop), read at scrape time."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.rows = Counter(
+        self.calls = Counter(
             "lookaside_replica_calls",
             "Calls answered by a model replica, by adapter and outcome",
             ["replica", "adapter", "outcome"],
@@ -72,7 +72,7 @@ class ReplicaMetrics:
     def answered(self, answer: ReplicaAnswer, adapter: str, seconds: float) -> None:
         """Record one answer (``adapter``: the name, as the request metrics label it)."""
         outcome = "ok" if answer.error is None else answer.error.kind
-        self.rows.labels(replica=answer.replica, adapter=adapter, outcome=outcome).inc()
+        self.calls.labels(replica=answer.replica, adapter=adapter, outcome=outcome).inc()
         if answer.loaded:
             self.loads.labels(replica=answer.replica, adapter=adapter).inc()
         self.call_seconds.observe(seconds)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import soundfile as sf
 
 from tests.integration.service.av_support import AV_BACKBONE, av_checkpoint, tiny_av
 from tests.integration.service.svc_support import ADMIN, encode, make_checkpoint, put_in_store
-from tests.live_server import wait_until_ready
+from tests.live_server import free_port, wait_until_ready
 
 BUDGET = 2**24
 """The server's default ``max_decoded_samples``."""
@@ -193,12 +192,6 @@ BOMBS: dict[str, Bomb] = {
 
 
 # -- server --------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Server:
     url: str
@@ -211,7 +204,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     backbone = tiny_av()
     put_in_store(store, make_checkpoint(backbone, "esc50", seed=1))
     put_in_store(store, av_checkpoint(backbone, "ave", seed=2))
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "LOOKASIDE_BACKBONE": AV_BACKBONE,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,21 +22,16 @@ from tests.integration.service.svc_support import (
     put_in_store,
     tiny,
 )
+from tests.live_server import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_one_command_serves_on_ray_and_stops_cleanly(tmp_path: Path) -> None:
     store = tmp_path / "store"
     put_in_store(store, make_checkpoint(tiny(), "esc", seed=3))
     put_in_store(store, make_checkpoint(tiny(), "kws", seed=4))
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "LOOKASIDE_BACKBONE": BACKBONE,

@@ -11,7 +11,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import threading
 import time
 from collections import Counter
@@ -39,6 +38,7 @@ from tests.integration.service.svc_support import (
     settings,
     tiny,
 )
+from tests.live_server import free_port
 
 pytestmark = [
     pytest.mark.slow,
@@ -52,22 +52,16 @@ CLIP = encode(1.0)
 TOP_K = 5
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 PROXY_BUDGET = 48 * 1024 * 1024
 """Body bytes in flight in the module's Serve proxy (the deployments keep their own limits)."""
-METRICS_PORT = _free_port()
+METRICS_PORT = free_port()
 """Ray's metrics export port of the module's cluster (the model replicas' own metrics)."""
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A local Ray instance with Serve's proxy on a free port; its base URL."""
-    port = _free_port()
+    port = free_port()
     limits = settings(tmp_path_factory.mktemp("proxy"), max_inflight_body_bytes=PROXY_BUDGET)
     saved = dict(os.environ)
     os.environ.update(proxy_environment(limits))  # what lookaside-serve --ray does

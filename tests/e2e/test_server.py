@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,23 +29,17 @@ from tests.integration.service.svc_support import (
     make_checkpoint,
     tiny,
 )
-from tests.live_server import wait_until_ready
+from tests.live_server import free_port, wait_until_ready
 
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
 WAV = {"Content-Type": "audio/wav"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:
     """``python -m service`` on a free port, its output collected."""
 
     def __init__(self, store: Path, extra_env: dict[str, str] | None = None) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {
             **os.environ,

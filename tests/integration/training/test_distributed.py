@@ -10,18 +10,12 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
-import socket
 from pathlib import Path
 
 import torch
 
+from tests.live_server import free_port
 from training.cli import main
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _rank(rank: int, port: int, argv: list[str]) -> None:
@@ -71,7 +65,7 @@ def test_two_gloo_processes_end_with_identical_adapters(
         "--no-progress",
     ]
     ctx = mp.get_context("fork")
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_rank, args=(r, port, argv)) for r in range(2)]
     for p in procs:
         p.start()
