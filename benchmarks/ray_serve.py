@@ -41,7 +41,7 @@ import numpy as np
 import ray
 from ray import serve
 
-from benchmarks.serve_http import PRESETS, TOKEN, Server, _checkpoint, _clip, _stream
+from benchmarks.serve_http import PRESETS, TOKEN, Server, _checkpoint, _clip, _stream, metric_sum
 from lookaside.backbones import build_random
 from service.ray.app import build_application
 from service.ray.proxy import proxy_environment
@@ -51,15 +51,6 @@ from service.store import AdapterStore
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 WAV = {"Content-Type": "audio/wav"}
-
-
-def _metric_sum(text: str, name: str, label: str | None = None) -> float:
-    """Sum of a metric's samples (optionally only those carrying ``label``)."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and (label is None or label in line):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def _per_adapter(text: str, name: str) -> dict[str, float]:
@@ -105,13 +96,13 @@ class Cluster:
         self.url = f"http://127.0.0.1:{self.port}"
         self.store = store
         # as lookaside-serve --ray: the proxy runs the body limits (service/ray/proxy.py)
-        limits = ServiceSettings(_env_file=None, allow_no_admin_token=True)  # type: ignore[call-arg]
+        limits = ServiceSettings(_env_file=None, allow_no_admin_token=True)
         os.environ.update(proxy_environment(limits))
         ray.init(num_cpus=8, include_dashboard=False, logging_level=logging.WARNING)
         serve.start(http_options={"host": "127.0.0.1", "port": self.port})
 
     def deploy(self, **overrides: Any) -> None:
-        cfg = ServiceSettings(  # type: ignore[call-arg]
+        cfg = ServiceSettings(
             _env_file=None,
             backbone="random:test_vit",
             device="cpu",
@@ -123,6 +114,7 @@ class Cluster:
             log_level="warning",
             request_timeout_s=600.0,
             max_batch_size=self.batch,
+            metrics_max_age_s=0.0,  # before/after snapshots must not share one cached render
             **overrides,
         )
         serve.run(build_application(cfg), name=APP_NAME, route_prefix="/")
@@ -142,7 +134,7 @@ def affinity(
         errors = asyncio.run(_send(cluster.url, refs, clip, args.concurrency))
         text = httpx.get(f"{cluster.url}/metrics", timeout=30).text
         loads = _per_adapter(text, "lookaside_replica_adapter_loads_total")
-        calls = _metric_sum(text, "lookaside_replica_calls_total{")
+        calls = metric_sum(text, "lookaside_replica_calls_total{")
         server = Server(
             cluster.store,
             preset,
@@ -160,7 +152,7 @@ def affinity(
             one_text = httpx.get(f"{server.url}/metrics", timeout=30).text
         finally:
             server.stop()
-        one_loads = _metric_sum(one_text, "lookaside_adapter_load_seconds_count")
+        one_loads = metric_sum(one_text, "lookaside_adapter_load_seconds_count")
         requested = len(set(refs))
         row = {
             "slots_per_replica": slots,
@@ -268,15 +260,15 @@ def overhead(
             for _ in range(args.rounds):
                 text = httpx.get(f"{cluster.url}/metrics", timeout=30).text
                 before = _cpu_by_role()
-                calls[0] -= _metric_sum(text, "lookaside_replica_call_seconds_sum")
-                calls[1] -= _metric_sum(text, "lookaside_replica_call_seconds_count")
+                calls[0] -= metric_sum(text, "lookaside_replica_call_seconds_sum")
+                calls[1] -= metric_sum(text, "lookaside_replica_call_seconds_count")
                 results["ray"].append(
                     asyncio.run(_stream(cluster.url, names, clip, args.stream, concurrency))
                 )
                 after = _cpu_by_role()
                 text = httpx.get(f"{cluster.url}/metrics", timeout=30).text
-                calls[0] += _metric_sum(text, "lookaside_replica_call_seconds_sum")
-                calls[1] += _metric_sum(text, "lookaside_replica_call_seconds_count")
+                calls[0] += metric_sum(text, "lookaside_replica_call_seconds_sum")
+                calls[1] += metric_sum(text, "lookaside_replica_call_seconds_count")
                 for role in ROLES:
                     cpu[role] += after[role] - before[role]
                 start = _cpu_s(server.proc.pid)

@@ -177,6 +177,14 @@ def _ceiling(
     return runs * preset.batch / elapsed
 
 
+def metric_sum(text: str, prefix: str) -> float:
+    """Sum of the samples in a Prometheus exposition ``text`` whose line starts with ``prefix``
+    (a metric name, or a name and ``{`` for its labelled samples only)."""
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
+    )
+
+
 class Server:
     """``python -m service`` in its own process."""
 
@@ -236,11 +244,7 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = httpx.get(f"{self.url}/metrics", timeout=10).text
-            ready = sum(
-                float(line.rsplit(" ", 1)[1])
-                for line in text.splitlines()
-                if line.startswith("lookaside_onnx_graphs_total{")
-            )
+            ready = metric_sum(text, "lookaside_onnx_graphs_total{")
             if ready >= 1 and "lookaside_onnx_graphs_building 0.0" in text:
                 return
             time.sleep(2)
