@@ -51,7 +51,7 @@ from lookaside.bank import AdapterBank
 from lookaside.errors import ConfigError
 from lookaside.model import FeatureRunner, MultiAdapterModel
 from lookaside.tasks import AV_EVENTS, CLIP, Inputs, TaskKind
-from service.engine.batcher import Batcher, Job, Slice, deliver, describe, fail
+from service.engine.batcher import Batcher, Job, Slice, deliver, describe, fail, row_tokens
 from service.engine.forward import forward_batch
 from service.engine.loads import EngineLoads
 from service.engine.watchdog import Activity, EngineHealth, Watchdog
@@ -238,17 +238,9 @@ class Engine:
         tokens, :class:`QueueFull` (429) when the queue is at capacity and :class:`NotReady`
         (503) when the engine is stalled or stopping.
         """
-        task.check_inputs(inputs)  # ConfigError, a ValueError: a caller's bug, not a client's
-        tokens = task.tokens_per_row(self.backbone.cfg, inputs)
+        tokens = row_tokens(task, inputs, self.backbone.cfg, adapter_id, self.max_batch_tokens)
         job = Job(task, inputs, adapter_id, request_id, time.monotonic() + timeout_s)
-        return self._enqueue(job, tokens)
-
-    def _enqueue(self, job: Job, tokens_per_row: int) -> Future[Tensor]:
-        if tokens_per_row > self.max_batch_tokens:
-            raise OverBudget.for_row(
-                job.adapter_id, job.grid, tokens_per_row, self.max_batch_tokens
-            )
-        job.tokens_per_row = tokens_per_row
+        job.tokens_per_row = tokens
         health = self.watchdog.health()
         if health.stalled:
             raise NotReady(

@@ -41,14 +41,28 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from lookaside.backbone_config import BackboneConfig
 from lookaside.tasks import Inputs, TaskKind
-from service.errors import NotReady, QueueFull, RequestTimeout
+from service.errors import NotReady, OverBudget, QueueFull, RequestTimeout
 from service.metrics import ServiceMetrics
 
 __all__ = ["Batcher", "Job", "Slice", "deliver", "describe", "fail"]
 
 _SHOWN_IDS = 16
 """Most request ids a batch's description names (in the stall log line and reason)."""
+
+
+def row_tokens(
+    task: TaskKind, inputs: Inputs, cfg: BackboneConfig, adapter_id: str | None, limit: int
+) -> int:
+    """Tokens one row of these inputs needs in a forward, after checking their shapes; raises
+    :class:`OverBudget` (422) past ``limit`` (``max_batch_tokens``), before anything is queued
+    or sent (the engine, and a Ray ingress before it calls a replica)."""
+    task.check_inputs(inputs)  # ConfigError, a ValueError: a caller's bug, not a client's
+    tokens = task.tokens_per_row(cfg, inputs)
+    if tokens > limit:
+        raise OverBudget.for_row(adapter_id, task.grid(inputs), tokens, limit)
+    return tokens
 
 
 @dataclass(eq=False)

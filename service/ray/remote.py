@@ -35,11 +35,11 @@ from lookaside.checkpoint import AdapterCheckpoint
 from lookaside.errors import AdapterNotFound, ConfigError
 from lookaside.tasks import Inputs, TaskKind
 from service.backend import store_and_activate
+from service.engine.batcher import row_tokens
 from service.engine.watchdog import EngineHealth
 from service.errors import (
     AdapterUnavailable,
     NotReady,
-    OverBudget,
     QueueFull,
     ReplicaUnavailable,
     RequestTimeout,
@@ -105,10 +105,7 @@ class RemoteEngine:
             raise NotReady("the server is shutting down; retry shortly", reason="shutting_down")
         if adapter_id is None:
             raise ConfigError("a Ray model replica runs rows for a named adapter only")
-        task.check_inputs(inputs)
-        tokens = task.tokens_per_row(self.backbone.cfg, inputs)
-        if tokens > self.max_batch_tokens:
-            raise OverBudget.for_row(adapter_id, task.grid(inputs), tokens, self.max_batch_tokens)
+        row_tokens(task, inputs, self.backbone.cfg, adapter_id, self.max_batch_tokens)
         fut: Future[Tensor] = Future()
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + timeout_s
