@@ -60,6 +60,9 @@ class ServiceSettings(BaseSettings):
     store: Path = Path("adapters_store")
     """Directory of the adapter store: ``<name>/<version>/{manifest.json, adapter.safetensors}``
     plus ``<name>/ACTIVE``. Created if missing."""
+    examples_dir: Path | None = None
+    """Folder of example clips (audio or video files) the web page offers to try with one click
+    (``GET /examples``); unset, the page offers none. ``make demo`` writes a few generated ones."""
     host: str = "127.0.0.1"
     """Interface to listen on; use ``0.0.0.0`` inside a container."""
     port: int = Field(8000, ge=0, le=65535)
