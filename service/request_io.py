@@ -34,25 +34,39 @@ TIMEOUT_MESSAGE = (
 )
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it passes ``limit`` bytes."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(
-            f"the body is {int(declared)} bytes, over the limit of {limit} bytes; send a shorter "
-            "clip or raise LOOKASIDE_MAX_MEDIA_BYTES"
+async def read_body(request: Request, allowed: int, *, why: str, advice: str) -> bytes:
+    """The body, refused with 413 as soon as it passes ``allowed`` bytes.
+
+    ``why`` says how ``allowed`` follows from the documented settings (e.g. the per-file limit
+    plus the multipart framing), so the refusal names the limit a user can look up and raise,
+    not an unexplained sum; ``advice`` says what to do.
+    """
+
+    def refuse(size: str) -> PayloadTooLarge:
+        return PayloadTooLarge(
+            f"the body is {size} bytes, over the {allowed} bytes allowed ({why}); {advice}"
         )
+
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > allowed:
+        raise refuse(declared)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(
-                f"the body is over the limit of {limit} bytes; send a shorter clip or raise "
-                "LOOKASIDE_MAX_MEDIA_BYTES"
-            )
+        if size > allowed:
+            raise refuse(f"more than {allowed}")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def media_allowance(limit: int, files: int = 1) -> tuple[int, str]:
+    """(bytes allowed, why) for a multipart body of ``files`` media files of ``limit`` each."""
+    why = f"LOOKASIDE_MAX_MEDIA_BYTES = {limit} per file"
+    if files > 1:
+        why += f", {files} files"
+    why += f", plus {MULTIPART_SLACK // 1024} KiB of multipart framing"
+    return files * limit + MULTIPART_SLACK, why
 
 
 async def parse_form(request: Request, body: bytes, *, max_files: int, max_fields: int) -> FormData:

@@ -25,20 +25,19 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import AsyncGenerator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
 
 from lookaside.checkpoint import AdapterManifest
 from lookaside.errors import AdapterNotFound
 from service.deps import AdminDep, RegistryDep, SettingsDep
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from service.registry import VersionStatus
+from service.request_io import MULTIPART_SLACK, parse_form, read_body
 from service.schemas import ErrorBody
 from service.schemas.adapters import (
     ActivateRequest,
@@ -54,7 +53,6 @@ from service.store import DEFAULT_MAX_MANIFEST_BYTES, NAME_PATTERN
 
 router = APIRouter(prefix="/adapters", tags=["adapters"])
 
-_MULTIPART_SLACK = 64 * 1024  # part headers and boundaries
 DEFAULT_PAGE = 100
 """Adapters per ``GET /adapters`` page unless ``limit`` says otherwise."""
 MAX_PAGE = 1000
@@ -349,21 +347,15 @@ async def _read_upload(request: Request, limit: int) -> tuple[bytes, bytes]:
             "with a `manifest` part (manifest.json) and a `weights` part (adapter.safetensors), "
             "e.g. curl -F manifest=@manifest.json -F weights=@adapter.safetensors"
         )
-    body_limit = limit + DEFAULT_MAX_MANIFEST_BYTES + _MULTIPART_SLACK
-    body = await _read_body(request, body_limit, limit)
+    allowed = limit + DEFAULT_MAX_MANIFEST_BYTES + MULTIPART_SLACK
+    why = (
+        f"LOOKASIDE_MAX_UPLOAD_BYTES = {limit} for the weights, {DEFAULT_MAX_MANIFEST_BYTES} for "
+        f"the manifest, plus {MULTIPART_SLACK // 1024} KiB of multipart framing"
+    )
+    advice = "upload a smaller adapter or raise LOOKASIDE_MAX_UPLOAD_BYTES"
+    body = await read_body(request, allowed, why=why, advice=advice)
 
-    async def stream() -> AsyncGenerator[bytes, None]:
-        yield body
-
-    # Starlette's parser, but the file parts stay in memory (the body is already bounded and
-    # read): its default spools parts over 1 MB to disk and reads them back, ~40 % of the
-    # route's time for an 8 MB adapter.
-    parser = MultiPartParser(request.headers, stream(), max_files=2, max_fields=2)
-    parser.spool_max_size = len(body) + 1
-    try:
-        form = await parser.parse()
-    except MultiPartException as exc:
-        raise BadRequest(f"malformed multipart body: {exc.message}") from None
+    form = await parse_form(request, body, max_files=2, max_fields=2)
     try:
         parts = {}
         for field, what in (("manifest", "manifest.json"), ("weights", "adapter.safetensors")):
@@ -385,24 +377,3 @@ async def _read_upload(request: Request, limit: int) -> tuple[bytes, bytes]:
         return parts["manifest"], parts["weights"]
     finally:
         await form.close()
-
-
-async def _read_body(request: Request, limit: int, file_limit: int) -> bytes:
-    """The body, refused with 413 as soon as it passes ``limit`` bytes."""
-    message = (
-        "the upload is {size} bytes, over the limit of {limit} bytes ({file_limit} per file); "
-        "upload a smaller adapter or raise LOOKASIDE_MAX_UPLOAD_BYTES"
-    )
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(message.format(size=declared, limit=limit, file_limit=file_limit))
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(
-                message.format(size=f"more than {limit}", limit=limit, file_limit=file_limit)
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)

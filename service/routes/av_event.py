@@ -31,7 +31,7 @@ from service.av import AvClip, WindowGroup, assemble, featurize_av, window_group
 from service.deps import EngineDep, RegistryDep, StateDep
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from service.pipeline import run
-from service.request_io import MULTIPART_SLACK, parse_form, read_body
+from service.request_io import media_allowance, parse_form, read_body
 from service.schemas import AvEvent, AvEventResponse, ErrorBody, SecondLabel
 from service.settings import ServiceSettings
 
@@ -197,7 +197,9 @@ async def _read_upload(request: Request, limit: int) -> tuple[bytes, bytes | Non
             "with a `video` part (and optionally an `audio` part and an `adapter` field), e.g. "
             "curl -F video=@clip.mp4 -F adapter=ave .../av-event"
         )
-    body = await read_body(request, 2 * limit + MULTIPART_SLACK)
+    allowed, why = media_allowance(limit, files=2)
+    advice = "send a shorter video or raise LOOKASIDE_MAX_MEDIA_BYTES"
+    body = await read_body(request, allowed, why=why, advice=advice)
     form = await parse_form(request, body, max_files=2, max_fields=8)
     try:
         parts: dict[str, bytes | None] = {}

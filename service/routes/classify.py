@@ -31,7 +31,7 @@ from service.deps import EngineDep, RegistryDep, StateDep
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from service.featurize import ClipWindows, Featurized, featurize
 from service.pipeline import run
-from service.request_io import MULTIPART_SLACK, parse_form, read_body
+from service.request_io import media_allowance, parse_form, read_body
 from service.schemas import AdapterResult, ClassifyResponse, ErrorBody, LabelScore, Window
 from service.settings import ServiceSettings
 
@@ -172,14 +172,19 @@ class ClipMedia:
 
 
 # -- input ----------------------------------------------------------------------------------------
+_SHORTER = "send a shorter clip or raise LOOKASIDE_MAX_MEDIA_BYTES"
+
+
 async def _read_clip(request: Request, limit: int) -> tuple[bytes, str | None, str | None]:
     """(audio bytes, adapter form field, top_k form field) from multipart or a raw body."""
     content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith("multipart/form-data"):
-        body = await read_body(request, limit + MULTIPART_SLACK)
+        allowed, why = media_allowance(limit)
+        body = await read_body(request, allowed, why=why, advice=_SHORTER)
         return await _parse_multipart(request, body, limit)
     if content_type.startswith(_RAW_TYPES):
-        return await read_body(request, limit), None, None
+        why = f"LOOKASIDE_MAX_MEDIA_BYTES = {limit}"
+        return await read_body(request, limit, why=why, advice=_SHORTER), None, None
     raise UnsupportedMediaType(
         f"Content-Type {content_type or '(none)'!r} is not accepted: send multipart/form-data "
         "with a `file` part, or the raw clip as audio/* or application/octet-stream with "

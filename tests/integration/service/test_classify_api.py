@@ -260,6 +260,16 @@ def test_request_shape_errors(
         big = struct.pack("<I", 1)  # Content-Length over the limit is refused before reading
         r = await client.post("/classify?adapter=esc50", content=big * 100_000, headers=_WAV)
         assert r.status_code == 413
+        assert "over the 100000 bytes allowed (LOOKASIDE_MAX_MEDIA_BYTES = 100000)" in r.text
+        # multipart: the refusal names the documented per-file limit and the framing it adds,
+        # not an unexplained sum of the two
+        r = await client.post(
+            "/classify", data={"adapter": "esc50"}, files={"file": ("a.wav", big * 50_000)}
+        )
+        assert r.status_code == 413
+        detail = r.json()["detail"]
+        assert f"over the {100_000 + 64 * 1024} bytes allowed" in detail
+        assert "LOOKASIDE_MAX_MEDIA_BYTES = 100000 per file, plus 64 KiB of multipart" in detail
 
     _run(tmp_path, svc_backbone, check, max_media_bytes=100_000)
 
