@@ -30,6 +30,7 @@ params: setup
 
 docs: params
 	$(BIN)/python -m service.settings_table --write README.md
+	$(BIN)/python -m training.recipe_table --write docs/training.md
 
 demo: setup
 	$(BIN)/python -m examples.demo

@@ -6,16 +6,12 @@
 
 from __future__ import annotations
 
-import argparse
-import re
 from pathlib import Path
 
 from pydantic import SecretStr
 
+from lookaside import docblock
 from service.settings import ServiceSettings
-
-START = "<!-- settings:start -->"
-END = "<!-- settings:end -->"
 
 
 def _default(name: str) -> str:
@@ -39,23 +35,8 @@ def table() -> str:
     return "\n".join(lines)
 
 
-def write(path: Path, text: str) -> None:
-    """Replace the block between the markers in ``path``."""
-    content = path.read_text()
-    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
-    if not pattern.search(content):
-        raise SystemExit(f"{path} has no {START} ... {END} block")
-    path.write_text(pattern.sub(lambda _: f"{START}\n{text}\n{END}", content))
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--write", type=Path, help="replace the marked block in this file")
-    args = parser.parse_args()
-    if args.write:
-        write(args.write, table())
-    else:
-        print(table())  # noqa: T201
+def main(argv: list[str] | None = None) -> None:
+    docblock.main("settings", table, __doc__.split("\n")[0], argv)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,9 @@ frames), the backbone they need; their note splits the per-block adapters from t
 
 from __future__ import annotations
 
-import argparse
-import re
-from pathlib import Path
 from typing import Any
 
+from lookaside import docblock
 from lookaside.adapters import ADAPTERS, HeadConfig
 from lookaside.backbone import VisionTransformer
 from lookaside.backbone_config import BackboneConfig
@@ -45,7 +43,6 @@ PAPER_CONFIGS: list[tuple[str, dict[str, Any], str]] = [
     ("prompt", {"num_tokens": 10}, "deep prompt tuning"),
     ("avpea", {"reduction": 8, "segments": 10}, "AV-PEA, audio + visual streams"),
 ]
-START, END = "<!-- params:start -->", "<!-- params:end -->"
 
 
 def backbone_params(cfg: BackboneConfig) -> int:
@@ -106,26 +103,8 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
-def write(readme: Path, text: str) -> None:
-    """Replace the block between the markers in ``readme``."""
-    content = readme.read_text()
-    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
-    if not pattern.search(content):
-        raise SystemExit(f"{readme} has no {START} ... {END} block")
-    readme.write_text(pattern.sub(f"{START}\n{text}\n{END}", content))
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--write", type=Path, help="README to update in place")
-    args = parser.parse_args()
-    text = table()
-    if args.write:
-        write(args.write, text)
-    else:
-        print(text)
+def main(argv: list[str] | None = None) -> None:
+    docblock.main("params", table, __doc__.split("\n")[0], argv)
 
 
 if __name__ == "__main__":

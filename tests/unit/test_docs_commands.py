@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from lookaside.docblock import read_block
 from service.__main__ import _parser as serve_parser
 from service.app import create_app
 from service.settings import ServiceSettings
-from service.settings_table import END, START, table
+from service.settings_table import table
+from training import recipe_table
 from training.cli import parser as train_parser
 from training.recipes import RECIPES
 
@@ -134,8 +136,15 @@ def test_shown_command_names_something_real(doc: str, line: str) -> None:
 
 def test_readme_settings_table_is_current() -> None:
     """``make docs`` regenerates it from ServiceSettings; a new setting must show up."""
-    readme = (ROOT / "README.md").read_text()
-    block = readme.split(START)[1].split(END)[0].strip()
+    block = read_block(ROOT / "README.md", "settings")
     assert block == table()
     for name in ServiceSettings.model_fields:
         assert f"LOOKASIDE_{name.upper()}" in block
+
+
+def test_training_docs_recipe_table_is_current() -> None:
+    """``make docs`` regenerates it from RECIPES: every recipe is listed with its source."""
+    block = read_block(ROOT / "docs" / "training.md", "recipes")
+    assert block == recipe_table.table(), "docs/training.md is stale: run `make docs`"
+    for name in RECIPES:
+        assert f"| `{name}` |" in block

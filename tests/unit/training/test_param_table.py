@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,8 @@ import pytest
 from lookaside.adapters import ADAPTERS, HeadConfig
 from lookaside.backbones import PRESETS
 from lookaside.bank import HEAD_PREFIX, AdapterBank
-from training.param_table import END, PAPER_CONFIGS, START, backbone_params, table
+from lookaside.docblock import read_block
+from training.param_table import PAPER_CONFIGS, backbone_params, table
 
 VIT_B = PRESETS["vit_base_patch16"]
 
@@ -53,7 +53,5 @@ def test_every_method_appears_in_the_table() -> None:
 
 
 def test_readme_table_is_current() -> None:
-    readme = (Path(__file__).parents[3] / "README.md").read_text()
-    block = re.search(re.escape(START) + "\n(.*?)\n" + re.escape(END), readme, re.S)
-    assert block is not None, "README lost its parameter table markers"
-    assert block.group(1) == table(), "README table is stale: run `make params` and commit"
+    block = read_block(Path(__file__).parents[3] / "README.md", "params")
+    assert block == table(), "README table is stale: run `make params` and commit"
