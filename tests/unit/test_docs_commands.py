@@ -148,3 +148,39 @@ def test_training_docs_recipe_table_is_current() -> None:
     assert block == recipe_table.table(), "docs/training.md is stale: run `make docs`"
     for name in RECIPES:
         assert f"| `{name}` |" in block
+
+
+_REPO_PATH = re.compile(
+    r"`((?:service|training|lookaside|docker|tests|benchmarks|examples|docs|adapters_store)"
+    r"/[\w./-]*\w)(?::\d+)?`"
+)
+
+_LINK = re.compile(r"\]\((?!https?:|mailto:|#)([^)#\s]+)(?:#[^)]*)?\)")
+
+
+def _named_paths() -> list[tuple[str, str]]:
+    found = []
+    for doc in [*DOCS, *sorted(ROOT.glob("*/README.md"))]:
+        text = doc.read_text()
+        for path in _REPO_PATH.findall(text):
+            found.append((doc.relative_to(ROOT).as_posix(), path))
+        for link in _LINK.findall(text):  # relative to the document
+            target = (doc.parent / link).resolve().relative_to(ROOT.resolve()).as_posix()
+            found.append((doc.relative_to(ROOT).as_posix(), target))
+    return sorted(set(found))
+
+
+NAMED_PATHS = _named_paths()
+
+
+def test_the_docs_name_repository_files() -> None:
+    assert len(NAMED_PATHS) > 20  # the pattern still finds what the docs name
+
+
+@pytest.mark.parametrize(("doc", "path"), NAMED_PATHS, ids=[f"{d}:{p}" for d, p in NAMED_PATHS])
+def test_a_file_the_docs_name_exists(doc: str, path: str) -> None:
+    """A path in backticks (``service/engine/batcher.py``, ``docker/grafana/``) is in the repo:
+    a module that moved or a file that never existed is caught here, not by a reader."""
+    if "*" in path or "<" in path:
+        return
+    assert (ROOT / path).exists(), f"{doc} names {path}, which does not exist"
