@@ -211,7 +211,12 @@ def cmd_push(ns: argparse.Namespace) -> int:
     from training.push import describe, push
 
     answer = push(
-        ns.checkpoint, ns.url, token=ns.token, token_file=ns.token_file, activate=ns.activate
+        ns.checkpoint,
+        ns.url,
+        token=ns.token,
+        token_file=ns.token_file,
+        activate=ns.activate,
+        force=ns.force,
     )
     _say(describe(answer))
     return 0
@@ -270,6 +275,11 @@ def parser() -> argparse.ArgumentParser:
         help="admin token (default: $LOOKASIDE_ADMIN_TOKEN); visible in ps, prefer --token-file",
     )
     p.add_argument("--activate", action="store_true", help="serve the new version at once")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="upload without first comparing the server's backbone with the checkpoint's",
+    )
     p = sub.add_parser(
         "export",
         help="one adapter + the backbone + the fbank as a self-contained ONNX model (edge)",

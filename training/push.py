@@ -1,42 +1,40 @@
-"""Upload a checkpoint directory to a running Lookaside server (``POST {url}/adapters``).
+"""Upload a checkpoint directory to a running Lookaside server (``lookaside-train push``).
 
-Multipart with two files, ``manifest`` (manifest.json) and ``weights`` (adapter.safetensors), the
-admin token as ``Authorization: Bearer <token>``, ``?activate=true`` to serve it at once. The
-server assigns the version; its JSON answer is returned. A refusal raises :class:`PushError` with
-the server's own ``detail`` message.
+Through :class:`lookaside.client.Client`: the checkpoint is validated here, then the server's
+backbone (``GET /info``) is compared with the one the manifest was made for, so a checkpoint the
+server would refuse (409) is refused before any byte is sent, naming both backbones; ``force``
+skips that comparison (the server still checks). Then ``POST /adapters`` (``?activate=true`` to
+serve it at once) with the admin token. A refusal raises :class:`PushError` with the server's own
+``detail`` message.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 
-from lookaside.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, load_checkpoint
+from lookaside.checkpoint import AdapterManifest, load_manifest
+from lookaside.client import ApiError, Client, ClientError, NotFound, read_token_file
+from lookaside.client.models import Info, UploadResult
 from lookaside.errors import LookasideError
 
 TOKEN_ENV = "LOOKASIDE_ADMIN_TOKEN"
 TOKEN_FILE_ENV = "LOOKASIDE_ADMIN_TOKEN_FILE"
-_MAX_TOKEN_FILE_BYTES = 4096
 
 
 class PushError(LookasideError):
-    """The upload failed: no server, no token, or the server refused it (its message)."""
+    """The upload failed: no server, no token, another backbone, or the server refused it."""
 
 
-def read_token_file(path: Path) -> str:
-    """The admin token stored in ``path`` (whitespace stripped), read with a size bound."""
-    try:
-        with path.open("rb") as f:
-            data = f.read(_MAX_TOKEN_FILE_BYTES + 1)
-    except OSError as exc:
-        raise PushError(f"cannot read the token file {str(path)!r}: {exc.strerror}") from None
-    token = data.decode("utf-8", errors="replace").strip()
-    if len(data) > _MAX_TOKEN_FILE_BYTES or not token:
-        raise PushError(f"the token file {str(path)!r} is empty or over 4096 bytes: not a token")
-    return token
+@dataclass(frozen=True)
+class Pushed:
+    """The server's answer to the upload, and the version it serves afterwards (None: none)."""
+
+    upload: UploadResult
+    serving: int | None
 
 
 def push(
@@ -46,82 +44,88 @@ def push(
     token: str | None = None,
     token_file: Path | None = None,
     activate: bool = False,
+    force: bool = False,
     timeout: float = 120.0,
     transport: httpx.BaseTransport | None = None,
-) -> dict[str, Any]:
-    """Validate ``directory`` locally, upload it, return the server's JSON answer.
+) -> Pushed:
+    """Validate ``directory`` locally, check the server's backbone, upload it.
 
     The token comes from ``token``, else ``token_file``, else ``$LOOKASIDE_ADMIN_TOKEN``, else the
     file ``$LOOKASIDE_ADMIN_TOKEN_FILE`` names (a file keeps it out of ``ps`` and shell history).
     """
-    env_file = os.environ.get(TOKEN_FILE_ENV)
-    token = (
-        token
-        or (read_token_file(token_file) if token_file is not None else None)
-        or os.environ.get(TOKEN_ENV)
-        or (read_token_file(Path(env_file)) if env_file else None)
-    )
-    if not token:
+    token = _token(token, token_file)
+    manifest = load_manifest(directory)
+    with Client(url, token=token, timeout=timeout, transport=transport) as client:
+        try:
+            if not force:
+                _same_backbone(manifest, _info(client), url)
+            answer = client.upload(directory, activate=activate)
+            serving = _serving(client, answer)
+        except ApiError as exc:
+            status = exc.status_code
+            raise PushError(f"server refused the upload ({status}): {exc.detail}") from None
+        except ClientError as exc:
+            raise PushError(str(exc)) from None
+    return Pushed(answer, serving)
+
+
+def _token(token: str | None, token_file: Path | None) -> str:
+    try:
+        env_file = os.environ.get(TOKEN_FILE_ENV)
+        found = (
+            token
+            or (read_token_file(token_file) if token_file is not None else None)
+            or os.environ.get(TOKEN_ENV)
+            or (read_token_file(Path(env_file)) if env_file else None)
+        )
+    except ClientError as exc:
+        raise PushError(str(exc)) from None
+    if not found:
         raise PushError(
             f"no admin token: pass --token-file FILE (or --token), or set {TOKEN_ENV} or "
             f"{TOKEN_FILE_ENV}"
         )
-    load_checkpoint(directory)  # refuse a broken checkpoint before sending megabytes
-    files = {
-        "manifest": (MANIFEST_FILE, (directory / MANIFEST_FILE).read_bytes(), "application/json"),
-        "weights": (
-            WEIGHTS_FILE,
-            (directory / WEIGHTS_FILE).read_bytes(),
-            "application/octet-stream",
-        ),
-    }
-    params = {"activate": "true"} if activate else {}
-    endpoint = url.rstrip("/") + "/adapters"
-    with httpx.Client(timeout=timeout, transport=transport) as client:
-        try:
-            response = client.post(
-                endpoint, files=files, params=params, headers={"Authorization": f"Bearer {token}"}
-            )
-        except httpx.HTTPError as exc:
-            raise PushError(f"could not reach {endpoint}: {exc}") from None
-        if response.status_code >= 400:
-            raise PushError(
-                f"server refused the upload ({response.status_code}): {_detail(response)}"
-            )
-        try:
-            body: dict[str, Any] = response.json()
-        except ValueError:
-            raise PushError(f"{endpoint} answered {response.status_code} without JSON") from None
-        name = body.get("name")
-        if name is not None:  # what the server serves now (activation may be a separate step)
-            info = client.get(f"{endpoint}/{name}")
-            if info.status_code == 200:
-                body["serving"] = info.json().get("active")
-    return body
+    return found
 
 
-def _detail(response: httpx.Response) -> str:
+def _info(client: Client) -> Info | None:
+    """The server's build info; None from a server older than ``GET /info`` (the upload then
+    meets the server's own backbone check)."""
     try:
-        detail = response.json().get("detail")
-    except (ValueError, AttributeError):
-        detail = None
-    if detail is None:
-        return response.text[:500] or response.reason_phrase
-    return detail if isinstance(detail, str) else str(detail)
+        return client.info()
+    except NotFound:
+        return None
 
 
-def describe(answer: dict[str, Any]) -> str:
-    """One line saying what the server now serves, from its answer."""
-    name = answer.get("name", "?")
-    version = answer.get("version", "?")
-    serving = answer.get("serving")
-    if serving is None and answer.get("active") is True:
-        serving = version
-    text = f"uploaded {name}@{version}"
-    if answer.get("created") is False:
+def _serving(client: Client, answer: UploadResult) -> int | None:
+    """The version the server serves now (activation may have been a separate step)."""
+    try:
+        return client.adapter(answer.name).active
+    except ClientError:  # stored all the same: say what the upload's answer knows
+        return answer.version if answer.active else None
+
+
+def _same_backbone(manifest: AdapterManifest, info: Info | None, url: str) -> None:
+    """Refuse, naming both backbones, a checkpoint made for another backbone than the server's."""
+    ref = manifest.backbone
+    if info is None or info.backbone_fingerprint == ref.fingerprint:
+        return
+    raise PushError(
+        f"checkpoint {manifest.id} was made for backbone {ref.name}@{ref.fingerprint} (source "
+        f"{ref.source}); the server at {url} runs {info.backbone}. Push it to a server running "
+        f"{ref.name}@{ref.fingerprint}, or retrain it on the server's backbone; nothing was "
+        "uploaded (--force skips this check; the server checks again)"
+    )
+
+
+def describe(pushed: Pushed) -> str:
+    """One line saying what the server now serves."""
+    answer = pushed.upload
+    text = f"uploaded {answer.name}@{answer.version}"
+    if not answer.created:
         text += " (identical content: already stored as this version)"
-    if serving is None:
-        text += f"; no version of {name} is active (activate it with --activate)"
+    if pushed.serving is None:
+        text += f"; no version of {answer.name} is active (activate it with --activate)"
     else:
-        text += f"; the server now serves {name}@{serving}"
+        text += f"; the server now serves {answer.name}@{pushed.serving}"
     return text

@@ -1,0 +1,54 @@
+"""A typed Python client of the Lookaside HTTP API, blocking (:class:`Client`) and async
+(:class:`AsyncClient`), with the same methods.
+
+::
+
+    from lookaside.client import Client, NotFound
+
+    with Client("http://127.0.0.1:8000") as lookaside:
+        answer = lookaside.classify("clip.wav", "esc50", top_k=3)
+        for label in answer.results[0].labels:
+            print(label.label, label.score)
+        lookaside.upload("runs/esc50/2", activate=True)  # admin: $LOOKASIDE_ADMIN_TOKEN(_FILE)
+        lookaside.rollback("esc50")
+
+Answers are pydantic models (:mod:`lookaside.client.models`) mirroring the server's schemas. An
+error answer raises :class:`ApiError` carrying the server's ``status_code`` and ``detail``, as a
+subclass where a caller acts differently: :class:`Unauthorized` (401/403), :class:`NotFound`,
+:class:`Conflict` (409), :class:`PayloadTooLarge` (413), :class:`Overloaded` (429/503, with
+``retry_after``). Without an answer: :class:`ConnectionFailed` (naming the URL); an answer over
+``max_response_bytes`` or not the expected JSON: :class:`InvalidResponse`. Every call is bounded
+by ``timeout``; ``retries=N`` sends a call refused with 429/503 again after ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+from lookaside.client._async import AsyncClient
+from lookaside.client._core import read_token_file
+from lookaside.client._sync import Client
+from lookaside.client.errors import (
+    ApiError,
+    ClientError,
+    Conflict,
+    ConnectionFailed,
+    InvalidResponse,
+    NotFound,
+    Overloaded,
+    PayloadTooLarge,
+    Unauthorized,
+)
+
+__all__ = [
+    "ApiError",
+    "AsyncClient",
+    "Client",
+    "ClientError",
+    "Conflict",
+    "ConnectionFailed",
+    "InvalidResponse",
+    "NotFound",
+    "Overloaded",
+    "PayloadTooLarge",
+    "Unauthorized",
+    "read_token_file",
+]
