@@ -9,12 +9,25 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+
 ARTIFACTS = Path(os.environ.get("LOOKASIDE_ARTIFACTS", "build/test-artifacts"))
 """Where screenshots are saved (test artefacts)."""
+
+FAKE_MEDIA = (
+    "--use-fake-ui-for-media-stream",  # grant the microphone without a prompt
+    "--use-fake-device-for-media-stream",  # a synthetic microphone (a beep)
+    "--autoplay-policy=no-user-gesture-required",
+)
+"""Chromium switches for the recording and playback tests."""
 
 
 def chromium() -> str:
@@ -27,3 +40,17 @@ def chromium() -> str:
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)
+
+
+@contextmanager
+def browser_session(*args: str) -> Iterator[Browser]:
+    """One headless Chromium (shared by a test module: starting one costs about a second)."""
+    from playwright.sync_api import sync_playwright
+
+    path = chromium()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=path, args=["--no-sandbox", *args])
+        try:
+            yield browser
+        finally:
+            browser.close()

@@ -107,8 +107,13 @@ def test_page_classifies_a_clip_and_lists_adapters(
             page.get_by_role("button", name="Upload").click()
             expect(page.locator("#upload-status")).to_contain_text("Stored tones v2")
             expect(page.get_by_role("button", name="version 2 of tones is active")).to_be_disabled()
-            page.get_by_role("button", name="activate version 1 of tones").click()
+            # Rolling back asks first, then says so.
+            page.once("dialog", lambda dialog: dialog.accept())
+            page.get_by_role("button", name="roll back to version 1 of tones").click()
             expect(page.get_by_role("button", name="version 1 of tones is active")).to_be_disabled()
+            expect(page.locator("#adapters-status")).to_have_text(
+                "Rolled back tones to version 1 (was 2)."
+            )
             assert httpx.get(f"{url}/adapters/tones").json()["active"] == 1
             page.screenshot(path=str(ARTIFACTS / "adapters.png"), full_page=True)
 

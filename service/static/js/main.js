@@ -1,0 +1,33 @@
+// Lookaside web page: vanilla ES modules over the public HTTP API (no build step). Each module
+// has one job; this one wires them together.
+import { $ } from "./dom.js";
+import { rememberToken } from "./api.js";
+import { setUpTabs } from "./tabs.js";
+import { setUpClipInputs } from "./clip.js";
+import { toggleRecording } from "./record.js";
+import { loadAdapterChoices, setUpClassify } from "./classify.js";
+import { loadExamples } from "./examples.js";
+import { setUpSnippet } from "./snippet.js";
+import { watchSpans } from "./timeline.js";
+import { loadAdapterTable, setUpAdapters } from "./adapters.js";
+import { loadAvChoices, setUpAv } from "./av.js";
+
+function start() {
+  setUpTabs((tab) => {
+    if (tab.id === "tab-adapters") loadAdapterTable();
+    if (tab.id === "tab-av") loadAvChoices();
+  });
+  rememberToken($("#admin-token"));
+  setUpSnippet();
+  setUpClipInputs();
+  setUpClassify();
+  watchSpans($("#player"));
+  $("#record-button").addEventListener("click", toggleRecording);
+  setUpAdapters(() => Promise.all([loadAdapterChoices(), loadAvChoices()]));
+  setUpAv();
+  loadAdapterChoices();
+  loadExamples();
+}
+
+if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+else start();
