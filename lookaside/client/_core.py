@@ -31,7 +31,7 @@ from lookaside.client.errors import (
 
 Model = TypeVar("Model", bound=BaseModel)
 Media = str | os.PathLike[str] | bytes | IO[bytes]
-"""A clip or video: a path, its bytes, or a binary file object (read from where it stands)."""
+"""A clip or video: a path, its bytes, or a binary file object (sent whole, from its start)."""
 
 TOKEN_ENV = "LOOKASIDE_ADMIN_TOKEN"
 TOKEN_FILE_ENV = "LOOKASIDE_ADMIN_TOKEN_FILE"
@@ -83,8 +83,8 @@ class Part:
     source: Media
     filename: str
     content_type: str
-    start: int | None = None
-    """Where a file object's content begins (sent again from there on a retry)."""
+    replayable: bool = True
+    """False for a file object that cannot seek back to its start (no retry then)."""
 
 
 @dataclass(frozen=True)
@@ -103,10 +103,7 @@ class Call(Generic[Model]):
     @property
     def replayable(self) -> bool:
         """Whether the body can be sent again (a file object only if it can seek back)."""
-        return all(
-            isinstance(p.source, bytes | str | os.PathLike) or p.start is not None
-            for p in self.parts
-        )
+        return all(p.replayable for p in self.parts)
 
     @contextmanager
     def body(self) -> Iterator[dict[str, Any]]:
@@ -123,10 +120,8 @@ class Call(Generic[Model]):
                         content = p.source
                     elif isinstance(p.source, str | os.PathLike):
                         content = stack.enter_context(Path(p.source).open("rb"))
-                    else:
+                    else:  # httpx seeks it to its start, if it can, each time it is sent
                         content = p.source
-                        if p.start is not None:
-                            content.seek(p.start)
                     files[p.field] = (p.filename, content, p.content_type)
                 kwargs["files"] = files
                 kwargs["data"] = self.data
@@ -142,10 +137,8 @@ def part(name: str, source: Media, default_name: str) -> Part:
     else:
         filename = Path(str(getattr(source, "name", "") or default_name)).name
     content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
-    start = None
-    if not isinstance(source, str | os.PathLike) and source.seekable():
-        start = source.tell()
-    return Part(name, source, filename or default_name, content_type, start)
+    replayable = isinstance(source, str | os.PathLike) or source.seekable()
+    return Part(name, source, filename or default_name, content_type, replayable)
 
 
 def adapter_refs(adapter: str | Sequence[str]) -> str:
