@@ -10,6 +10,7 @@ import base64
 import re
 import shlex
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -273,6 +274,20 @@ def test_the_api_snippet_is_the_current_request_and_runs(
     assert [r["adapter"] for r in answer["results"]] == ["noises", "tones"]
     assert len(answer["results"][0]["labels"]) == 3
     assert answer["results"][0]["labels"][0]["label"] == top_of(things, clip)
+    # So does the Python, with lookaside.client.
+    done = subprocess.run(
+        [sys.executable, "-c", python.inner_text()],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    lines = done.stdout.splitlines()
+    assert [line.split()[:2] for line in lines] == [["noises", "1"], ["tones", "1"]], done.stdout
+    first = re.search(r"label='([^']*)'", lines[0])  # the labels' repr, best first
+    assert first is not None
+    assert first[1] == top_of(things, clip), lines[0]
 
 
 def test_the_page_follows_a_dark_system_scheme(
@@ -291,6 +306,9 @@ def test_the_page_follows_a_dark_system_scheme(
         expect(page.get_by_label("noises")).to_be_visible()
         assert page.evaluate(background) == want, scheme
         if scheme == "dark":
+            classify(page, click="try example dog-bark.wav")
+            expect(page.locator("article.result")).to_have_count(1)
+            page.get_by_text("Use via API").click()
             page.screenshot(path=str(ARTIFACTS / "web-dark.png"), full_page=True)
         context.close()
 
@@ -308,3 +326,37 @@ def test_the_av_tab_without_an_av_adapter_shows_how_to_make_one(page: Page) -> N
     )
     expect(howto).to_contain_text("RGB patch kernel")
     expect(page.get_by_role("button", name="Copy commands")).to_be_visible()
+
+
+def test_progress_shows_the_upload_then_goes(page: Page, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    clip = tmp_path / "big.wav"
+    clip.write_bytes(encode(8.0, seed=7))  # 256 KB: about 2 s at the throttled 128 KB/s
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send(
+        "Network.emulateNetworkConditions",
+        {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": 128_000},
+    )
+    page.get_by_label("Audio or video file").set_input_files(str(clip))
+    page.evaluate(
+        """() => {
+            window.seen = [];
+            const box = document.querySelector('#classify-progress');
+            new MutationObserver(() => { if (!box.hidden) window.seen.push(box.textContent); })
+                .observe(box, { subtree: true, childList: true, characterData: true });
+        }"""
+    )
+    progress = page.locator("#classify-progress")
+    page.get_by_role("button", name="Classify", exact=True).click()
+    expect(progress).to_be_visible()
+    expect(progress.locator("progress")).to_be_visible()
+    expect(page.locator("article.result")).to_have_count(1, timeout=60_000)
+    expect(progress).to_be_hidden()
+    seen: list[str] = page.evaluate("window.seen")
+    sending = [re.fullmatch(r"Sending big\.wav: (\d+) % ([\d.]+) s", s) for s in seen]
+    percents = [int(m[1]) for m in sending if m]
+    assert any(0 < p < 100 for p in percents), seen  # real upload progress, not a jump
+    assert percents == sorted(percents), seen
+    assert any(re.fullmatch(r"big\.wav sent; waiting for the answer… [\d.]+ s", s) for s in seen)

@@ -5,7 +5,7 @@ import { fetchAdapters, sendForm } from "./api.js";
 import { currentClip, onClipChange } from "./clip.js";
 import { Progress } from "./progress.js";
 import { drawSpectrogram } from "./spectrogram.js";
-import { drawTimelines } from "./timeline.js";
+import { drawAxis, drawTimelines } from "./timeline.js";
 import { updateSnippet } from "./snippet.js";
 
 const AV_METHODS = ["avpea"]; // served by POST /av-event, not /classify
@@ -126,9 +126,11 @@ async function showClip(clip) {
   $("#clip-view").hidden = false;
   spectrogramDuration = null;
   canvas.hidden = false;
+  $("#time-axis").replaceChildren();
   try {
     spectrogramDuration = await drawSpectrogram(canvas, clip.blob);
     if (currentClip() !== clip) return; // another clip was selected meanwhile
+    drawAxis($("#time-axis"), spectrogramDuration);
     canvas.setAttribute("aria-label", `spectrogram of ${clip.name}, ${spectrogramDuration.toFixed(2)} s`);
     note.textContent = `${clip.name}: ${spectrogramDuration.toFixed(2)} s, 0–8 kHz`;
   } catch (err) {

@@ -14,7 +14,7 @@ export class Progress {
   start(what) {
     this.what = what;
     this.started = performance.now();
-    this.phase = "Uploading";
+    this.phase = "upload";
     this.bar.value = 0;
     this.box.hidden = false;
     this.box.setAttribute("aria-busy", "true");
@@ -29,15 +29,17 @@ export class Progress {
   }
 
   sent() {
-    this.phase = "Waiting for the server";
+    this.phase = "wait";
     this.bar.removeAttribute("value"); // indeterminate
     this.tick();
   }
 
   tick() {
     const s = (performance.now() - this.started) / 1000;
-    const pct = this.phase === "Uploading" && this.bar.hasAttribute("value") ? ` ${Math.round(this.bar.value * 100)} %` : "";
-    this.text.textContent = `${this.phase} ${this.what}…${pct} ${s.toFixed(1)} s`;
+    const doing = this.phase === "upload"
+      ? `Sending ${this.what}: ${Math.round(this.bar.value * 100)} %`
+      : `${this.what} sent; waiting for the answer…`;
+    this.text.textContent = `${doing} ${s.toFixed(1)} s`;
   }
 
   stop() {

@@ -63,6 +63,21 @@ function track(result, duration, player) {
   return el("div", { class: "track", "data-adapter": result.adapter }, el("h4", { text: result.adapter }), list);
 }
 
+const STEPS = [0.25, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300];
+
+/** Seconds marked under the spectrogram (at most about 8 ticks). */
+export function drawAxis(box, duration) {
+  const step = STEPS.find((s) => duration / s <= 8) || 600;
+  const ticks = [];
+  for (let t = 0; t <= duration + 1e-9; t += step) {
+    const tick = el("span", { text: `${Number(t.toFixed(2))} s` });
+    tick.style.left = `${(t / duration) * 100}%`;
+    if (t > duration - step / 2 && t > 0) tick.classList.add("last");
+    ticks.push(tick);
+  }
+  box.replaceChildren(...ticks);
+}
+
 /** One track per result that has a timeline (clips longer than one window). */
 export function drawTimelines(box, results, duration, player) {
   const tracks = results.filter((r) => r.timeline && r.timeline.length).map((r) => track(r, duration, player));
