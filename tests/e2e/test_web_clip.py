@@ -137,6 +137,16 @@ def test_a_recording_after_a_file_is_what_classify_sends(
     expect(card.locator(".meta")).to_contain_text(f"{body['duration_s']:.2f} s of audio")
     # The player plays what is selected.
     expect(page.locator("#player")).to_have_attribute("src", re.compile("^blob:"))
+    # Classify pressed during a recording stops it and sends it.
+    page.get_by_label("Audio or video file").set_input_files(str(clip))
+    expect(page.locator("#clip-status")).to_contain_text("file: clip.wav")
+    page.get_by_role("button", name="Record from microphone").click()
+    expect(page.get_by_role("button", name="Stop recording")).to_be_visible()
+    page.wait_for_timeout(800)
+    body = classify(page)
+    assert 0.3 < body["duration_s"] < FILE_S - 0.5, body["duration_s"]
+    expect(page.get_by_role("button", name="Record from microphone")).to_be_visible()
+    expect(page.locator("#clip-status")).to_contain_text("Selected recording")
 
 
 def test_an_example_click_classifies_that_example(

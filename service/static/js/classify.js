@@ -3,6 +3,7 @@
 import { $, el, showError } from "./dom.js";
 import { fetchAdapters, sendForm } from "./api.js";
 import { currentClip, onClipChange } from "./clip.js";
+import { finishRecording } from "./record.js";
 import { Progress } from "./progress.js";
 import { drawSpectrogram } from "./spectrogram.js";
 import { drawAxis, drawTimelines } from "./timeline.js";
@@ -89,6 +90,7 @@ export async function classify(event) {
   const errorBox = $("#classify-error");
   showError(errorBox, "");
   clearResults(); // a new request: the previous clip's answer goes
+  await finishRecording(); // Classify during a recording sends that recording
   const chosen = chosenAdapters();
   const clip = currentClip();
   if (!chosen.length) return showError(errorBox, "Pick at least one adapter.");
