@@ -1,5 +1,5 @@
-"""``GET /healthz`` (liveness), ``GET /readyz`` (ready to serve, or why not) and ``GET /metrics``
-(Prometheus exposition of this app's registry).
+"""``GET /healthz`` (liveness), ``GET /readyz`` (ready to serve, or why not), ``GET /info`` (what
+this server runs) and ``GET /metrics`` (Prometheus exposition of this app's registry).
 
 An orchestrator routes traffic by ``/readyz`` and restarts by ``/healthz`` (``docs/probes.md``):
 readiness fails while the engine is stalled (a forward, bank command or adapter load has run
@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import asyncio
 
+import torch
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
-from service.deps import StateDep
+from lookaside import __version__
+from service.deps import AppState, StateDep
+from service.errors import NotReady
 from service.metrics import CONTENT_TYPE
-from service.schemas import Health, Readiness
+from service.schemas import ErrorBody, Health, Readiness
+from service.schemas.health import ServerInfo
 
 router = APIRouter(tags=["health"])
 
@@ -70,6 +74,47 @@ async def readyz(state: StateDep) -> Response:
         status_code=503,
         headers={"Retry-After": str(state.settings.retry_after_s)},
     )
+
+
+@router.get(
+    "/info",
+    response_model=ServerInfo,
+    responses={503: {"model": ErrorBody, "description": "the backbone is not loaded yet"}},
+)
+async def info(state: StateDep) -> ServerInfo:
+    """The package version, the backbone (``name@fingerprint``: what an adapter's manifest must
+    match), device, compute dtype and engine; 503 until the backbone is loaded. No token needed."""
+    described = await asyncio.to_thread(server_info, state)  # a first fingerprint hashes weights
+    if described is None:
+        raise NotReady(f"the backbone is not loaded yet ({state.reason}); retry shortly")
+    return described
+
+
+def server_info(state: AppState) -> ServerInfo | None:
+    """What :func:`info` answers, or None before the backbone is loaded."""
+    backbone = state.backbone
+    if backbone is None:
+        return None
+    settings = state.settings
+    onnx = settings.engine == "onnxruntime"
+    return ServerInfo(
+        version=__version__,
+        backbone=f"{backbone.cfg.name}@{backbone.fingerprint()}",
+        device=_device(state),
+        dtype=settings.ort_precision if onnx else settings.dtype,
+        engine=settings.engine,
+    )
+
+
+def _device(state: AppState) -> str:
+    """The engine's device (``cuda`` with its index); on Ray, where the ingress runs no forward,
+    the replicas' ``device`` setting."""
+    device = getattr(state.engine, "device", None)
+    if not isinstance(device, torch.device):
+        return state.settings.device
+    if device.type == "cuda" and device.index is None:
+        return f"cuda:{torch.cuda.current_device()}"
+    return str(device)
 
 
 @router.get(
