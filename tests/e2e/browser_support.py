@@ -7,6 +7,7 @@ through ``executable_path``. Outside CI a missing Chromium skips with the reason
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser
+    from playwright.sync_api import Browser, Page
 
 ARTIFACTS = Path(os.environ.get("LOOKASIDE_ARTIFACTS", "build/test-artifacts"))
 """Where screenshots are saved (test artefacts)."""
@@ -54,3 +55,22 @@ def browser_session(*args: str) -> Iterator[Browser]:
             yield browser
         finally:
             browser.close()
+
+
+def drop_files(page: Page, files: list[tuple[bytes, str, str]]) -> None:
+    """Drop ``(data, name, mime)`` files on the page as a user's drag would: a DataTransfer
+    built in the page, dragenter / dragover / drop dispatched on the body."""
+    page.evaluate(
+        """(files) => {
+            const dt = new DataTransfer();
+            for (const [b64, name, mime] of files) {
+                const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+                dt.items.add(new File([bytes], name, { type: mime }));
+            }
+            for (const type of ["dragenter", "dragover", "drop"]) {
+                document.body.dispatchEvent(
+                    new DragEvent(type, { bubbles: true, cancelable: true, dataTransfer: dt }));
+            }
+        }""",
+        [[base64.b64encode(data).decode(), name, mime] for data, name, mime in files],
+    )

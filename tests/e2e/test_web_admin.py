@@ -12,9 +12,10 @@ import httpx
 import pytest
 
 from service.app import create_app
-from tests.e2e.browser_support import ARTIFACTS, browser_session
+from tests.e2e.browser_support import ARTIFACTS, browser_session, drop_files
 from tests.integration.service.svc_support import (
     ADMIN,
+    checkpoint_bytes,
     make_checkpoint,
     put_in_store,
     settings,
@@ -173,3 +174,22 @@ def test_a_refused_upload_shows_the_reason_as_an_error(
     page.get_by_label("Admin token").fill("")
     page.get_by_role("button", name="Upload").click()
     expect(error).to_contain_text("Upload refused: 401: ")
+
+
+def test_dropping_a_checkpoint_on_the_adapters_view_uploads_it(page: Page, server: str) -> None:
+    from playwright.sync_api import expect
+
+    manifest, weights = checkpoint_bytes(make_checkpoint(tiny(), "dropped", method="lora", seed=3))
+    name_w = "adapter.safetensors"
+    drop_files(
+        page,
+        [
+            (manifest, "manifest.json", "application/json"),
+            (weights, "adapter.safetensors", "application/octet-stream"),
+        ],
+    )
+    for label, name in (("manifest.json", "manifest.json"), ("adapter.safetensors", name_w)):
+        assert page.get_by_label(label).evaluate("i => i.files[0].name") == name
+    page.get_by_role("button", name="Upload").click()
+    expect(page.locator("#upload-status")).to_have_text("Stored dropped v1, active.")
+    assert versions(server, "dropped") == ([1], 1)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from service.app import create_app
-from tests.e2e.browser_support import ARTIFACTS, chromium
+from tests.e2e.browser_support import ARTIFACTS, browser_session, chromium, drop_files
 from tests.integration.service.av_support import (
     AV_BACKBONE,
     AV_LABELS,
@@ -97,3 +97,24 @@ def test_av_tab_shows_the_video_the_strip_and_the_events(
             page.screenshot(path=str(ARTIFACTS / "av.png"), full_page=True)
         finally:
             browser.close()
+
+
+def test_a_video_dropped_on_the_av_tab_is_sent(av_server: tuple[str, object]) -> None:
+    from playwright.sync_api import expect
+
+    url, _ = av_server
+    with browser_session() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(url)
+        page.get_by_role("tab", name="AV events").click()
+        expect(page.get_by_label("Adapter", exact=True)).to_have_value("scene")
+        expect(page.locator("#av-howto")).to_be_hidden()  # an AV adapter exists: no how-to
+        drop_files(page, [(clip_bytes(webm=True), "dropped.webm", "video/webm")])
+        video = page.get_by_label("Video file (with its sound track)")
+        assert video.evaluate("i => i.files[0].name") == "dropped.webm"
+        with page.expect_response(lambda r: r.url.endswith("/av-event"), timeout=60_000) as info:
+            page.get_by_role("button", name="Find events").click()
+        assert info.value.status == 200
+        card = page.locator('#av-results article.result[data-adapter="scene"]')
+        expect(card.locator("ol.strip button")).to_have_count(len(info.value.json()["seconds"]))
+        expect(page.locator("#clip-status")).to_have_text("No clip selected yet.")  # not Classify's

@@ -6,7 +6,6 @@ reference (tests/integration/service/svc_support.py), not against the page's own
 
 from __future__ import annotations
 
-import base64
 import re
 import shlex
 import subprocess
@@ -19,7 +18,7 @@ import httpx
 import pytest
 
 from service.app import create_app
-from tests.e2e.browser_support import ARTIFACTS, FAKE_MEDIA, browser_session
+from tests.e2e.browser_support import ARTIFACTS, FAKE_MEDIA, browser_session, drop_files
 from tests.integration.service.svc_support import (
     LABELS,
     encode,
@@ -165,19 +164,7 @@ def test_an_example_click_classifies_that_example(
 
 
 def drop_file(page: Page, data: bytes, name: str, mime: str) -> None:
-    """Drop a file on the page as a user's drag would (a DataTransfer built in the page)."""
-    page.evaluate(
-        """([b64, name, mime]) => {
-            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-            const dt = new DataTransfer();
-            dt.items.add(new File([bytes], name, { type: mime }));
-            for (const type of ["dragenter", "dragover", "drop"]) {
-                document.body.dispatchEvent(
-                    new DragEvent(type, { bubbles: true, cancelable: true, dataTransfer: dt }));
-            }
-        }""",
-        [base64.b64encode(data).decode(), name, mime],
-    )
+    drop_files(page, [(data, name, mime)])
 
 
 def test_a_dropped_file_is_classified(page: Page, server: tuple[str, dict[str, Any]]) -> None:

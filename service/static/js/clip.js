@@ -28,38 +28,11 @@ export function selectClip(blob, name, source) {
   for (const fn of listeners) fn(current);
 }
 
-/** Wire the file picker and drag-and-drop anywhere on the page. */
-export function setUpClipInputs() {
+/** Wire the file picker. */
+export function setUpClipInput() {
   const input = $("#audio-file");
   input.addEventListener("change", () => {
     const file = input.files[0];
     if (file) selectClip(file, file.name, "file");
-  });
-  const zone = document.body;
-  let depth = 0; // dragenter/dragleave fire for every child crossed
-  const hasFiles = (e) => [...(e.dataTransfer?.types || [])].includes("Files");
-  zone.addEventListener("dragenter", (e) => {
-    if (!hasFiles(e)) return;
-    depth += 1;
-    zone.classList.add("dragging");
-  });
-  zone.addEventListener("dragleave", () => {
-    depth = Math.max(0, depth - 1);
-    if (!depth) zone.classList.remove("dragging");
-  });
-  zone.addEventListener("dragover", (e) => {
-    if (hasFiles(e)) e.preventDefault(); // allow the drop
-  });
-  zone.addEventListener("drop", (e) => {
-    e.preventDefault();
-    depth = 0;
-    zone.classList.remove("dragging");
-    const file = e.dataTransfer?.files?.[0];
-    if (!file) return;
-    if (!/^(audio|video)\//.test(file.type) && file.type !== "") {
-      $("#clip-status").textContent = `${file.name} is not an audio or video file (${file.type}).`;
-      return;
-    }
-    selectClip(file, file.name, "dropped file");
   });
 }

@@ -3,7 +3,8 @@
 import { $ } from "./dom.js";
 import { rememberToken } from "./api.js";
 import { setUpTabs } from "./tabs.js";
-import { setUpClipInputs } from "./clip.js";
+import { setUpClipInput } from "./clip.js";
+import { setUpDrop } from "./drop.js";
 import { toggleRecording } from "./record.js";
 import { loadAdapterChoices, setUpClassify } from "./classify.js";
 import { loadExamples } from "./examples.js";
@@ -19,7 +20,8 @@ function start() {
   });
   rememberToken($("#admin-token"));
   setUpSnippet();
-  setUpClipInputs();
+  setUpClipInput();
+  setUpDrop();
   setUpClassify();
   watchSpans($("#player"));
   $("#record-button").addEventListener("click", toggleRecording);
