@@ -58,7 +58,7 @@ def push(
     with Client(url, token=token, timeout=timeout, transport=transport) as client:
         try:
             if not force:
-                _same_backbone(manifest, _info(client), url)
+                _same_backbone(manifest, _info(client, url), url)
             answer = client.upload(directory, activate=activate)
             serving = _serving(client, answer)
         except ApiError as exc:
@@ -88,13 +88,18 @@ def _token(token: str | None, token_file: Path | None) -> str:
     return found
 
 
-def _info(client: Client) -> Info | None:
+def _info(client: Client, url: str) -> Info | None:
     """The server's build info; None from a server older than ``GET /info`` (the upload then
     meets the server's own backbone check)."""
     try:
         return client.info()
     except NotFound:
         return None
+    except ApiError as exc:  # e.g. 503 while the server is still loading its backbone
+        raise PushError(
+            f"the server at {url} did not say which backbone it runs ({exc.status_code}): "
+            f"{exc.detail}; nothing was uploaded (retry, or pass --force to skip this check)"
+        ) from None
 
 
 def _serving(client: Client, answer: UploadResult) -> int | None:

@@ -17,6 +17,7 @@ from service.settings import ServiceSettings
 from tests.integration.training.synth_data import synth
 from tests.live_server import serve_in_thread
 from training.cli import main
+from training.push import PushError, describe, push
 
 TOKEN = "test-admin-token"
 
@@ -138,3 +139,36 @@ def test_push_reads_the_token_from_a_file(
         main(["push", str(checkpoint), "--url", server, "--token-file", str(tmp_path / "no")]) == 2
     )
     assert "cannot read the token file" in capsys.readouterr().err
+
+
+def test_push_without_the_servers_backbone_uploads_only_where_it_cannot_ask(
+    checkpoint: Path,
+) -> None:
+    """A server still loading (503 on /info) gets nothing; one older than GET /info (404) gets
+    the upload, whose own backbone check then applies."""
+    sent: list[str] = []
+
+    def loading(request: httpx.Request) -> httpx.Response:
+        sent.append(request.url.path)
+        return httpx.Response(503, json={"detail": "the backbone is not loaded yet"})
+
+    with pytest.raises(PushError, match=r"did not say which backbone it runs \(503\)") as exc:
+        push(checkpoint, "http://gpu-box", token=TOKEN, transport=httpx.MockTransport(loading))
+    assert "the backbone is not loaded yet" in str(exc.value)
+    assert sent == ["/info"]
+
+    def older(request: httpx.Request) -> httpx.Response:
+        sent.append(request.url.path)
+        if request.url.path == "/adapters":
+            return httpx.Response(201, json={**UPLOADED, "active": True})
+        if request.url.path == "/adapters/sounds":
+            return httpx.Response(500, text="listing broke")
+        return httpx.Response(404, json={"detail": "Not Found"})
+
+    sent.clear()
+    pushed = push(checkpoint, "http://gpu-box", token=TOKEN, transport=httpx.MockTransport(older))
+    assert sent == ["/info", "/adapters", "/adapters/sounds"]
+    assert describe(pushed) == "uploaded sounds@4; the server now serves sounds@4"
+
+
+UPLOADED = {"name": "sounds", "version": 4, "created": True}
