@@ -15,7 +15,7 @@ let progress = null;
 async function showHowTo() {
   const train = `lookaside-train train --dataset ave --data-dir data/AVE --method avpea --backbone ${AV_BACKBONE} --name ave`;
   const push = `lookaside-train push runs/ave/1 --url ${window.location.origin} --token-file admin.token --activate`;
-  const code = el("pre", { tabindex: "0", "aria-label": "commands that train and upload an AV adapter", text: `${train}\n${push}` });
+  const code = el("pre", { tabindex: "0", text: `${train}\n${push}` });
   const backbone = el("p", { class: "hint" });
   $("#av-howto").replaceChildren(
     el("h3", { text: "No audio-visual adapter yet" }),

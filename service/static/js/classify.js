@@ -71,6 +71,7 @@ function bars(labels) {
 function clearResults() {
   $("#results").replaceChildren();
   $("#timelines").replaceChildren();
+  $("#clip-inner").style.width = "";
 }
 
 function showResults(body, latency) {

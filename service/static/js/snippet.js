@@ -6,8 +6,8 @@ const py = (s) => JSON.stringify(String(s));
 
 export function setUpSnippet() {
   const box = $("#api-snippet");
-  const curl = el("pre", { id: "api-curl", tabindex: "0", "aria-label": "curl command" });
-  const python = el("pre", { id: "api-python", tabindex: "0", "aria-label": "Python code" });
+  const curl = el("pre", { id: "api-curl", tabindex: "0" }); // focusable: scrolls by keyboard
+  const python = el("pre", { id: "api-python", tabindex: "0" });
   box.replaceChildren(
     el("h3", { text: "curl" }), curl, copyButton(curl, "curl command"),
     el("h3", { text: "Python" }), python, copyButton(python, "Python code"),

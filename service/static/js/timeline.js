@@ -80,6 +80,9 @@ export function drawAxis(box, duration) {
 
 /** One track per result that has a timeline (clips longer than one window). */
 export function drawTimelines(box, results, duration, player) {
+  // Long clips: at least 2.8rem per window, the spectrogram widened with them (it scrolls).
+  const most = Math.max(0, ...results.map((r) => (r.timeline ? r.timeline.length : 0)));
+  box.parentElement.style.width = most ? `max(100%, ${most * 2.8}rem)` : "";
   const tracks = results.filter((r) => r.timeline && r.timeline.length).map((r) => track(r, duration, player));
   box.replaceChildren(...tracks);
   if (!tracks.length && results.length) {
