@@ -8,6 +8,7 @@ by tests/e2e/test_demo.py); this test keeps every other shown command honest.
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import re
 import shlex
@@ -184,3 +185,27 @@ def test_a_file_the_docs_name_exists(doc: str, path: str) -> None:
     if "*" in path or "<" in path:
         return
     assert (ROOT / path).exists(), f"{doc} names {path}, which does not exist"
+
+
+def _python_blocks() -> list[tuple[str, str]]:
+    return [
+        (doc.relative_to(ROOT).as_posix(), block)
+        for doc in DOCS
+        for block in re.findall(r"```python\n(.*?)```", doc.read_text(), re.S)
+    ]
+
+
+PYTHON_BLOCKS = _python_blocks()
+
+
+@pytest.mark.parametrize(
+    ("doc", "code"), PYTHON_BLOCKS, ids=[f"{d}:{i}" for i, (d, _) in enumerate(PYTHON_BLOCKS)]
+)
+def test_shown_python_compiles_and_imports_real_names(doc: str, code: str) -> None:
+    """A Python example compiles, and each ``from lookaside... import X`` names a real X (the
+    README's library example also runs for real: tests/integration/test_readme_example.py)."""
+    compile(code, doc, "exec")
+    for module, names in re.findall(r"^from (lookaside[\w.]*) import ([\w, ]+)$", code, re.M):
+        imported = importlib.import_module(module)
+        for name in (n.strip() for n in names.split(",")):
+            assert hasattr(imported, name), f"{doc}: {module} has no {name}"
