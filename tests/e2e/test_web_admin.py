@@ -170,6 +170,7 @@ def test_a_refused_upload_shows_the_reason_as_an_error(
     expect(error).to_have_attribute("role", "alert")
     expect(error).to_contain_text("Upload refused: 422: ")
     expect(page.locator("#upload-status")).to_have_text("")
+    expect(page.locator("#upload-progress")).to_be_hidden()
     # Without the token the server's 401 reason is shown the same way.
     page.get_by_label("Admin token").fill("")
     page.get_by_role("button", name="Upload").click()

@@ -6,6 +6,7 @@ reference (tests/integration/service/svc_support.py), not against the page's own
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import subprocess
@@ -30,6 +31,7 @@ from tests.integration.service.svc_support import (
     tiny,
 )
 from tests.live_server import serve_in_thread
+from training.cli import parser
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -264,10 +266,10 @@ def test_the_api_snippet_is_the_current_request_and_runs(
     # The shown command, run as shown, gets the answer the page shows.
     (tmp_path / "snippet.wav").write_bytes(clip)
     command = curl.inner_text().replace("\\\n", " ")
-    done = subprocess.run(
+    shown = subprocess.run(
         shlex.split(command), cwd=tmp_path, capture_output=True, timeout=60, check=True
     )
-    answer = httpx.Response(200, content=done.stdout).json()
+    answer = json.loads(shown.stdout)
     assert [r["adapter"] for r in answer["results"]] == ["noises", "tones"]
     assert len(answer["results"][0]["labels"]) == 3
     assert answer["results"][0]["labels"][0]["label"] == top_of(things, clip)
@@ -317,12 +319,17 @@ def test_the_av_tab_without_an_av_adapter_shows_how_to_make_one(page: Page) -> N
     howto = page.locator("#av-howto")
     expect(howto).to_be_visible()
     expect(howto).to_contain_text("No audio-visual adapter yet")
-    expect(howto.locator("pre")).to_contain_text(
+    commands = howto.locator("pre").inner_text().replace("\\\n", " ").splitlines()
+    assert " ".join(commands[0].split()) == (
         "lookaside-train train --dataset ave --data-dir data/AVE --method avpea "
-        "--backbone timm:vit_base_patch16_224.augreg_in21k"
+        "--backbone timm:vit_base_patch16_224.augreg_in21k --name ave"
     )
+    assert commands[1].split()[:3] == ["lookaside-train", "push", "runs/ave/1"]
+    for command in commands:  # both parse with the real CLI
+        parser().parse_args(command.split()[1:])
     expect(howto).to_contain_text("RGB patch kernel")
     expect(page.get_by_role("button", name="Copy commands")).to_be_visible()
+    page.screenshot(path=str(ARTIFACTS / "web-av-howto.png"), full_page=True)
 
 
 def test_progress_shows_the_upload_then_goes(page: Page, tmp_path: Path) -> None:

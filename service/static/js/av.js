@@ -13,8 +13,8 @@ let progress = null;
 
 /** The commands that make an AV adapter (docs/training.md) and the backbone it needs. */
 async function showHowTo() {
-  const train = `lookaside-train train --dataset ave --data-dir data/AVE --method avpea --backbone ${AV_BACKBONE} --name ave`;
-  const push = `lookaside-train push runs/ave/1 --url ${window.location.origin} --token-file admin.token --activate`;
+  const train = `lookaside-train train --dataset ave --data-dir data/AVE --method avpea \\\n  --backbone ${AV_BACKBONE} --name ave`;
+  const push = `lookaside-train push runs/ave/1 --url ${window.location.origin} \\\n  --token-file admin.token --activate`;
   const code = el("pre", { tabindex: "0", text: `${train}\n${push}` });
   const backbone = el("p", { class: "hint" });
   $("#av-howto").replaceChildren(
