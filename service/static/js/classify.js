@@ -37,10 +37,11 @@ export async function loadAdapterChoices() {
       box.textContent = "No audio adapters in the store yet: upload one in the Adapters view.";
       return;
     }
+    const kept = adapters.some((a) => keep.has(a.name)); // else the first one is picked
     adapters.forEach((a, i) => {
       const id = `choice-${a.name}`;
       const input = el("input", { type: "checkbox", id, name: "adapter", value: a.name });
-      input.checked = keep.size ? keep.has(a.name) : i === 0;
+      input.checked = kept ? keep.has(a.name) : i === 0;
       input.addEventListener("change", refreshSnippet);
       const label = el("label", { for: id }, input, `${a.name}`);
       if (a.active != null) label.append(el("small", { text: ` v${a.active}` }));
