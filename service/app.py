@@ -37,10 +37,11 @@ from service.errors import OverBudget
 from service.http_contract import AllowMethods, install_openapi
 from service.http_limits import CLIENT_GONE_KEY, BodyLimits, InflightBytes
 from service.logging import RequestIdMiddleware
-from service.metrics import ServiceMetrics
+from service.metrics import ServiceMetrics, route_label
 from service.pipeline import ADAPTERS_KEY
 from service.registry import AdapterRegistry
 from service.routes import install_routes
+from service.routes.docs import install_docs
 from service.settings import ServiceSettings
 from service.store import AdapterStore
 
@@ -53,9 +54,10 @@ One frozen ViT backbone, many small audio adapters, served in mixed batches.
   more adapters (`adapter=esc50`, `esc50@2`, or `esc50,speech`); one result per adapter.
   For clips longer than an adapter's window, `timeline` scores each window and the clip-level
   `labels` are the mean of the window scores.
-* `GET /healthz`, `GET /readyz`, `GET /metrics` (Prometheus).
+* `GET /healthz`, `GET /readyz`, `GET /info` (version, backbone, device), `GET /metrics`
+  (Prometheus).
 * `/adapters`: upload, list, activate (rollback = activate an older version), delete;
-  mutating routes need `Authorization: Bearer <admin token>`.
+  mutating routes need `Authorization: Bearer <admin token>` ("Authorize" on this page).
 """
 
 
@@ -97,10 +99,13 @@ def create_app(
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served from the package by install_docs (FastAPI's use a CDN)
+        redoc_url=None,
     )
     app.state.lookaside = state
     errors.install(app, retry_after_s=settings.retry_after_s)
     install_routes(app)
+    install_docs(app)
     install_openapi(app)
     # Innermost first, so the body limits' 408/413/503 answers are counted by the metrics and
     # carry the request id.
@@ -326,8 +331,7 @@ class _MetricsMiddleware:
             self._record(scope, status, time.perf_counter() - started)
 
     def _record(self, scope: Scope, status: int, elapsed: float) -> None:
-        route = scope.get("route")
-        path = str(getattr(route, "path", "unmatched"))
+        path = route_label(scope)
         adapters = scope.get(ADAPTERS_KEY) or [""]
 
         def record() -> None:

@@ -32,7 +32,14 @@ Names (all prefixed ``lookaside_``):
 ``onnx_graphs_building``                    graphs being built now (gauge)
 ``onnx_graph_failures_total``               graphs that failed to build (their batches stay on
                                             PyTorch; the log has the trace)
+``build_info{version,backbone,fingerprint,  1, once the backbone is loaded (``GET /info``'s
+device,dtype,engine}``                      fields; join on it to label a panel by backbone)
 ==========================================  ======================================================
+
+Besides these, unprefixed: ``process_*`` (CPU seconds, resident memory, open files, start time;
+on Linux) and ``python_*`` (version, garbage collections), as prometheus_client's default registry
+has them. ``route`` is the route's template (``/adapters/{name}``), a mount's path for the files
+under it (``/static``, ``/docs/assets``), or ``unmatched`` for an unknown path: never the raw URL.
 
 Adapter names are real label values (``adapter="esc50"``), never joined strings. Recording never
 fails a request: :meth:`ServiceMetrics.safe` swallows and logs a metrics error.
@@ -46,9 +53,20 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 
 import torch
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
+from starlette.routing import Mount, Route
+from starlette.types import Scope
 
 log = logging.getLogger("service.metrics")
 
@@ -56,6 +74,32 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _TOKENS = (64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+
+
+UNMATCHED = "unmatched"
+"""The ``route`` label of a request no route answered (a 404 of an unknown path)."""
+
+
+def route_label(scope: Scope) -> str:
+    """The ``route`` label of an answered request: the route's path template (``/adapters/{name}``),
+    a mount's path for the files under it (``/static``, ``/docs/assets``), or ``unmatched``; never
+    the raw URL, so the label's values are the app's routes however many URLs are asked for.
+
+    FastAPI's routes put themselves in ``scope["route"]``; a mount or a plain Starlette route
+    (``/openapi.json``) only leaves its ``endpoint`` there, found here among the app's routes.
+    """
+    route = scope.get("route")
+    if route is not None:
+        return str(getattr(route, "path", UNMATCHED))
+    endpoint = scope.get("endpoint")
+    if endpoint is None:
+        return UNMATCHED
+    for candidate in getattr(scope.get("app"), "routes", ()):
+        if isinstance(candidate, Mount) and candidate.app is endpoint:
+            return candidate.path
+        if isinstance(candidate, Route) and candidate.endpoint is endpoint:
+            return candidate.path
+    return UNMATCHED
 
 
 class _CudaMemory(Collector):
@@ -79,6 +123,26 @@ class _CudaMemory(Collector):
             reserved.add_metric([str(i)], float(torch.cuda.memory_reserved(i)))
         yield allocated
         yield reserved
+
+
+class _BuildInfo(Collector):
+    """``lookaside_build_info``: no series until its labels are known (an Info metric would show
+    an unlabelled one meanwhile)."""
+
+    def __init__(self) -> None:
+        self.labels: dict[str, str] | None = None
+
+    def collect(self) -> Iterator[InfoMetricFamily]:
+        labels = self.labels
+        if labels is None:
+            return
+        family = InfoMetricFamily(
+            "lookaside_build",
+            "What this server runs: package version, backbone name and fingerprint, device, "
+            "compute dtype, engine (from the first scrape after the backbone is loaded)",
+        )
+        family.add_metric([], labels)
+        yield family
 
 
 class _OnnxRuntime(Collector):
@@ -164,6 +228,13 @@ class ServiceMetrics:
         )
         self._add_residency_metrics(r)
         r.register(_CudaMemory())
+        # the process's CPU, memory, open files and start time; the interpreter's version and
+        # garbage collections (what prometheus_client puts on its default registry)
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        self._build = _BuildInfo()
+        r.register(self._build)
 
     def _add_residency_metrics(self, r: CollectorRegistry) -> None:
         """The queue and adapter residency gauges and counters (part of ``__init__``)."""
@@ -190,6 +261,24 @@ class ServiceMetrics:
         self.adapter_load_failures = Counter(
             "lookaside_adapter_load_failures", "Adapter loads that failed", ["adapter"], registry=r
         )
+
+    def set_build_info(
+        self, *, version: str, backbone: str, fingerprint: str, device: str, dtype: str, engine: str
+    ) -> None:
+        """``lookaside_build_info{version,backbone,fingerprint,device,dtype,engine} 1``."""
+        self._build.labels = {
+            "version": version,
+            "backbone": backbone,
+            "fingerprint": fingerprint,
+            "device": device,
+            "dtype": dtype,
+            "engine": engine,
+        }
+
+    @property
+    def build_info_set(self) -> bool:
+        """Whether :meth:`set_build_info` has run (the series exists only from then on)."""
+        return self._build.labels is not None
 
     # -- RegistryEvents (service.registry calls these; adapter names are the label values) -----
     def watch_onnx(self, stats: Callable[[], Mapping[str, int]]) -> None:

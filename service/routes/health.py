@@ -78,6 +78,7 @@ async def readyz(state: StateDep) -> Response:
 
 @router.get(
     "/info",
+    summary="What this server runs",
     response_model=ServerInfo,
     responses={503: {"model": ErrorBody, "description": "the backbone is not loaded yet"}},
 )
@@ -133,5 +134,28 @@ async def metrics(state: StateDep) -> Response:
         state.metrics.safe(lambda: state.metrics.adapters_in_store.set(store.name_count()))
     # Rendering takes milliseconds whatever the store's size: off the event loop, and at most
     # once a second however fast a client scrapes, so a scraper never stalls other requests.
-    body = await asyncio.to_thread(state.metrics.render_cached, state.settings.metrics_max_age_s)
+    body = await asyncio.to_thread(_scrape, state)
     return Response(body, media_type=CONTENT_TYPE)
+
+
+def _scrape(state: AppState) -> bytes:
+    """The exposition text, with ``lookaside_build_info`` set at the first scrape after the
+    backbone is loaded (here, not in the lifespan, so a Ray ingress's app gets it too)."""
+    if not state.metrics.build_info_set:
+        state.metrics.safe(lambda: _set_build_info(state))
+    return state.metrics.render_cached(state.settings.metrics_max_age_s)
+
+
+def _set_build_info(state: AppState) -> None:
+    described = server_info(state)
+    if described is None:
+        return
+    name, _, fingerprint = described.backbone.rpartition("@")
+    state.metrics.set_build_info(
+        version=described.version,
+        backbone=name,
+        fingerprint=fingerprint,
+        device=described.device,
+        dtype=described.dtype,
+        engine=described.engine,
+    )
