@@ -10,12 +10,21 @@ Sources:
   key layout (written by :func:`save_backbone`) or in the Hugging Face AST layout.
 - ``random:<preset>``: a preset from :data:`PRESETS` with deterministic random weights, for tests
   and the offline demo. Never used silently in place of a real source.
+
+:data:`DEFAULT_BACKBONE` is the one default of ``lookaside-serve``, ``lookaside-train`` and
+docker-compose. A hub source that is neither cached nor reachable fails in seconds with the fix
+(:func:`check_available`), not after a minute of download retries.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
+import threading
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +44,14 @@ from lookaside.backbone_registry import build_backbone
 from lookaside.errors import ConfigError, WeightLoadError
 
 log = logging.getLogger(__name__)
+
+DEFAULT_BACKBONE = "timm:vit_base_patch16_224.augreg_in21k"
+"""The default backbone everywhere: ViT-B/16 supervised on ImageNet-21K. It serves audio (its RGB
+patch kernel summed for spectrograms) and AV-PEA (the RGB kernel kept for frames), so adapters of
+every method trained on the default load on a server started with the default."""
+HUB_CONNECT_TIMEOUT_S = 3.0
+"""How long :func:`check_available` tries to reach the hub (or the proxy) before calling it
+unreachable."""
 
 PRESETS: dict[str, BackboneConfig] = {
     # ViT-B/16 on a 5 s ESC-50 clip: 128 mel x 512 frames -> 8 x 32 = 256 tokens.
@@ -181,6 +198,7 @@ def load_backbone(
 ) -> VisionTransformer:
     """Load a frozen backbone from ``source`` (see the module docstring for the forms)."""
     kind, _, rest = source.partition(":")
+    check_available(source)
     if kind == "timm":
         backbone = _load_timm(rest)
     elif kind == "hf":
@@ -200,10 +218,97 @@ def load_backbone(
             f"'file:<path.safetensors>' or 'random:<preset>' (presets: {', '.join(PRESETS)})"
         )
     log.info(
-        "backbone %s: %s, %.1fM params, fingerprint %s",
+        "backbone %s@%s loaded (%s, %.1fM params)",
         source,
+        backbone.fingerprint(),
         backbone.cfg.name,
         backbone.num_params / 1e6,
-        backbone.fingerprint(),
     )
     return backbone.to(device=device, dtype=dtype)
+
+
+def _hub_files(source: str) -> tuple[str, list[str]] | None:
+    """(hub repo, files any one of which suffices) of a ``timm:`` / ``hf:`` source, else None."""
+    kind, _, rest = source.partition(":")
+    if kind == "hf":
+        return rest, ["model.safetensors"]
+    if kind != "timm":
+        return None
+    from timm.models import get_pretrained_cfg  # heavy import, only for timm sources
+
+    cfg = get_pretrained_cfg(rest)
+    if cfg is None or not cfg.hf_hub_id:  # unknown name or URL weights: the loader says so
+        return None
+    return cfg.hf_hub_id, [cfg.hf_hub_filename or "model.safetensors", "pytorch_model.bin"]
+
+
+def _is_cached(repo: str, filenames: list[str]) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return any(isinstance(try_to_load_from_cache(repo, f), str) for f in filenames)
+
+
+def _unreachable(endpoint: str) -> str | None:
+    """Why the hub (or the HTTPS proxy in front of it) cannot be reached, or None if it can."""
+    proxy = urllib.request.getproxies().get("https") or urllib.request.getproxies().get("all")
+    url = urllib.parse.urlsplit(proxy or endpoint)
+    host = url.hostname or ""
+    port = url.port or (443 if url.scheme == "https" else 80)
+    outcome: list[str | None] = []
+
+    def attempt() -> None:  # in a thread: name resolution has no timeout of its own
+        try:
+            socket.create_connection((host, port), timeout=HUB_CONNECT_TIMEOUT_S).close()
+            outcome.append(None)
+        except OSError as exc:
+            outcome.append(exc.strerror or str(exc))
+
+    thread = threading.Thread(target=attempt, name="lookaside-hub-check", daemon=True)
+    thread.start()
+    thread.join(HUB_CONNECT_TIMEOUT_S + 0.5)
+    if not outcome:
+        return f"no answer from {host}:{port} within {HUB_CONNECT_TIMEOUT_S:.0f} s"
+    return None if outcome[0] is None else f"{host}:{port}: {outcome[0]}"
+
+
+def check_available(source: str) -> None:
+    """Raise :class:`WeightLoadError` at once when a hub source is not in the Hugging Face cache
+    and the hub cannot be reached (``HF_HUB_OFFLINE=1``, or no connection within
+    :data:`HUB_CONNECT_TIMEOUT_S`); the message names the backbone and how to get it offline.
+
+    Cached but unreachable: huggingface_hub is switched to offline mode, so loading reads the
+    cache at once instead of retrying the network first. Other sources: a missing ``file:``
+    raises here too; ``random:`` needs nothing.
+    """
+    kind, _, rest = source.partition(":")
+    if kind == "file" or (kind not in {"timm", "hf", "random"} and source.endswith(".safetensors")):
+        path = Path(rest if kind == "file" else source)
+        if not path.is_file():
+            raise WeightLoadError(f"backbone weights file {str(path)!r} does not exist")
+        return
+    files = _hub_files(source)
+    if files is None:
+        return
+    from huggingface_hub import constants
+
+    cached = _is_cached(*files)
+    if constants.is_offline_mode():
+        why: str | None = "HF_HUB_OFFLINE is set"
+    else:
+        why = _unreachable(constants.ENDPOINT)
+    if why is None:
+        return
+    if cached:
+        log.info("the Hugging Face hub is unreachable (%s): %s loads from the cache", why, source)
+        constants.HF_HUB_OFFLINE = True
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        return
+    raise WeightLoadError(
+        f"backbone {source!r} is not in the Hugging Face cache and the hub cannot be reached "
+        f"({why}). Loading it needs network access once (it is cached after that), or a local "
+        'file: on a machine with network run `python -c "from lookaside.backbones import '
+        f"load_backbone, save_backbone; save_backbone(load_backbone('{source}'), "
+        "'backbone.safetensors')\"`, copy the file here and pass --backbone "
+        "file:backbone.safetensors (or LOOKASIDE_BACKBONE). Without weights, random:test_vit "
+        "is a tiny offline backbone for trying things out"
+    )

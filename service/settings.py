@@ -36,10 +36,11 @@ class ServiceSettings(BaseSettings):
         validate_default=True,
     )
 
-    backbone: str = "random:test_vit"
-    """Backbone weights, as ``lookaside.backbones.load_backbone`` reads them: ``timm:<name>``,
-    ``hf:<repo>``, ``file:<path.safetensors>`` or ``random:<preset>[:seed]``. The default is a tiny
-    random backbone so the server starts offline; adapters must match its fingerprint."""
+    backbone: str = "timm:vit_base_patch16_224.augreg_in21k"  # backbones.DEFAULT_BACKBONE
+    """Backbone weights: ``timm:<name>``, ``hf:<repo>``, ``file:<path.safetensors>`` or
+    ``random:<preset>[:seed]``. The default is the one ``lookaside-train`` uses too (downloaded
+    once, then cached; offline use a ``file:`` copy); ``random:test_vit`` is a tiny random one
+    that needs no download. Adapters load only on the backbone they were trained on."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the model runs: ``auto`` picks ``cuda`` when a GPU is visible, else ``cpu``."""
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"

@@ -44,10 +44,16 @@ def test_dotenv_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert s.url == "http://127.0.0.1:9123"
 
 
-def test_defaults_start_offline_on_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_defaults_share_the_backbone_and_listen_on_loopback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server's default backbone is the one lookaside-train defaults to (issue 18: adapters
+    trained with defaults must load on a server started with defaults)."""
+    from lookaside.backbones import DEFAULT_BACKBONE
+
     _clean_env(monkeypatch)
     s = ServiceSettings(_env_file=None, allow_no_admin_token=True)  # type: ignore[call-arg]
-    assert s.backbone.startswith("random:")
+    assert s.backbone == DEFAULT_BACKBONE == "timm:vit_base_patch16_224.augreg_in21k"
     assert s.host == "127.0.0.1"
     assert s.log_format == "text"
 
