@@ -12,17 +12,24 @@ after the leak. It comes from ``LOOKASIDE_ADMIN_TOKEN_FILE`` (a Docker secret) o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import signal
+import socket
 import sys
-from collections.abc import Sequence
-from typing import Any
+import threading
+from collections.abc import Generator, Sequence
+from typing import Any, Literal, get_args, get_origin
 
 import uvicorn
 from pydantic import ValidationError
 from starlette.types import ASGIApp
+from uvicorn.server import HANDLED_SIGNALS
 
+from lookaside.backbones import check_available
+from lookaside.cli_help import HelpFormatter, validation_lines, with_default
+from lookaside.errors import LookasideError
 from service import logging as service_logging
 from service.app import create_app
 from service.http_limits import bounded_h11
@@ -45,28 +52,70 @@ ALIASES = {"ray_replicas": ("--replicas",)}
 """Short spellings of some flags (``lookaside-serve --ray --replicas 4``)."""
 
 
+_EXAMPLES = """examples:
+  LOOKASIDE_ALLOW_NO_ADMIN_TOKEN=true lookaside-serve          # local try-out, admin routes open
+  lookaside-serve --admin-token-file /run/secrets/lookaside_admin --host 0.0.0.0 --dtype bf16
+  lookaside-serve --backbone random:test_vit --no-warmup       # tiny offline backbone (tests)
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lookaside-serve",
-        description="Serve Lookaside adapters over HTTP. Every setting is also read from "
-        "LOOKASIDE_<NAME> environment variables and .env; flags win.",
+        description="Serve Lookaside adapters over HTTP (web page at /, API docs at /docs).\n"
+        "Every option is also read from its LOOKASIDE_<NAME> environment variable and from .env;\n"
+        "an option given here wins.",
+        epilog=_EXAMPLES,
+        formatter_class=HelpFormatter,
     )
+    # One option per ServiceSettings field, help from its docstring: a new setting appears here
+    # without editing this file.
     for name, field in ServiceSettings.model_fields.items():
-        if name in ("pinned",):
-            continue
-        flag = "--" + name.replace("_", "-")
-        help_text = (field.description or "").replace("%", "%%")
+        flags = ["--" + name.replace("_", "-"), *ALIASES.get(name, ())]
+        env = f"LOOKASIDE_{name.upper()}"
         if name in REFUSED_FLAGS:
-            help_text = "refused: " + REFUSED_FLAGS[name]
-        flags = [flag, *ALIASES.get(name, ())]
-        if field.annotation is bool:  # ``--warmup`` alone means true; ``--warmup false`` works
+            why = f"not accepted (visible to every local user): use --{flags[0][2:]}-file or {env}"
+            parser.add_argument(*flags, dest=name, default=None, metavar="TOKEN", help=why)
+            continue
+        default = field.get_default(call_default_factory=True)
+        help_text = with_default(field.description or "", default, env)
+        if field.annotation is bool:  # a switch: ``--warmup`` alone means true
+            action: Any = argparse.BooleanOptionalAction if default else "store_const"
+            extra: dict[str, Any] = {} if default else {"const": True}
             parser.add_argument(
-                *flags, dest=name, default=None, nargs="?", const="true", help=help_text
+                *flags, dest=name, default=None, action=action, help=help_text, **extra
             )
             continue
-        parser.add_argument(*flags, dest=name, default=None, help=help_text)
-    parser.add_argument("--pinned", dest="pinned", default=None, help="comma-separated names")
+        choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else None
+        parser.add_argument(
+            *flags,
+            dest=name,
+            default=None,
+            choices=choices,
+            metavar=_metavar(name, field.annotation, choices),
+            help=help_text,
+        )
     return parser
+
+
+def _metavar(name: str, annotation: Any, choices: tuple[Any, ...] | None) -> str:
+    """``{cpu,cuda}`` for a choice, else a word saying what to type."""
+    if choices:
+        return "{" + ",".join(str(c) for c in choices) + "}"
+    if name == "pinned":
+        return "NAME,..."
+    if name.endswith(("_s", "_seconds")):
+        return "SECONDS"
+    if name.endswith("_ms"):
+        return "MS"
+    if name.endswith("_bytes"):
+        return "BYTES"
+    text = str(annotation)
+    if "Path" in text:
+        return "FILE" if name.endswith("_file") else "DIR"
+    if "int" in text or "float" in text:
+        return "N"
+    return name.rsplit("_", 1)[-1].upper()
 
 
 def uvicorn_config(app: ASGIApp, settings: ServiceSettings, **overrides: Any) -> uvicorn.Config:
@@ -92,9 +141,54 @@ def uvicorn_config(app: ASGIApp, settings: ServiceSettings, **overrides: Any) ->
     return uvicorn.Config(app, **options)
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, minus its re-raise of the signals it handled.
+
+    uvicorn re-raises each signal it caught with ``signal.raise_signal`` inside the running event
+    loop after shutting down. There asyncio's own SIGINT handler turns the first into a
+    cancellation of the main task and a second one (a second Ctrl-C, or the terminal's SIGINT plus
+    the one ``make demo`` forwards) into a KeyboardInterrupt in the middle of the lifespan task:
+    the ``CancelledError`` ... ``KeyboardInterrupt`` tracebacks printed after a clean shutdown.
+    The exit status comes from :attr:`interrupted` instead.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in HANDLED_SIGNALS}
+        try:
+            yield
+        finally:  # a signal after this point: asyncio's handler, caught by main()
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().shutdown(sockets)
+        if self.force_exit and not self.lifespan.shutdown_event.is_set():
+            # A second Ctrl-C stops the wait for open connections; uvicorn would also skip the
+            # app's shutdown, leaving the lifespan task to be cancelled (and logged with a
+            # traceback) as the loop closes. The engine's drain is bounded: run it anyway.
+            await self.lifespan.shutdown()
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether Ctrl-C (SIGINT) stopped it."""
+        return signal.SIGINT in self._captured_signals
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse flags, build the settings, print the URL, run uvicorn until stopped (Ctrl-C or
-    SIGTERM: uvicorn drains, then one log line, no traceback)."""
+    SIGTERM: uvicorn drains, then one log line, no traceback; Ctrl-C exits 130)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C before the server runs, or a late second one
+        print("lookaside-serve: interrupted (Ctrl-C)", file=sys.stderr)  # noqa: T201
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if v is not None}
     for name, why in REFUSED_FLAGS.items():
@@ -104,32 +198,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = ServiceSettings(**overrides)
     except ValidationError as exc:
-        print(f"lookaside-serve: invalid settings:\n{exc}", file=sys.stderr)  # noqa: T201
+        lines = "\n".join("  " + line for line in validation_lines(exc))
+        print(f"lookaside-serve: invalid settings:\n{lines}", file=sys.stderr)  # noqa: T201
         return 2
     service_logging.configure(settings.log_format, settings.log_level)
     if settings.ray:  # imported only then: the one-process server does not need Ray
         from service.ray.app import serve_forever
 
         return serve_forever(settings)
+    try:  # offline and not cached: one sentence now, not a minute of hub retries then a traceback
+        check_available(settings.backbone)
+    except LookasideError as exc:
+        print(f"lookaside-serve: {exc}", file=sys.stderr)  # noqa: T201
+        return 2
     config = uvicorn_config(create_app(settings), settings)
     # Bind first, so the printed URL has the real port (``--port 0``: the one the OS picked).
     sock = config.bind_socket()
     url = settings.model_copy(update={"port": int(sock.getsockname()[1])}).url
     print(  # noqa: T201
-        f"Lookaside serving on {url} (docs: {url}/docs, ready: {url}/readyz)", flush=True
+        f"Lookaside serving on {url} with backbone {settings.backbone} "
+        f"(web page: {url}/ , API docs: {url}/docs, ready: {url}/readyz)",
+        flush=True,
     )
-    server = uvicorn.Server(config)
-    try:
+    server = _Server(config)
+    with contextlib.suppress(KeyboardInterrupt):  # a SIGINT after uvicorn restored the handler
         server.run(sockets=[sock])
-    except KeyboardInterrupt:
-        # uvicorn has already shut down gracefully; it re-raises SIGINT afterwards so the exit
-        # status says "interrupted" -- keep that status, without the traceback.
-        interrupted = True
-    else:
-        # Seen in loaded test runs: the re-raised SIGINT did not surface as KeyboardInterrupt
-        # and the process exited 0; uvicorn's record of the signals it handled decides instead.
-        interrupted = signal.SIGINT in getattr(server, "_captured_signals", ())
-    if interrupted:
+    if server.interrupted:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # another Ctrl-C now would only add noise
         log.info("interrupted (SIGINT): shut down cleanly")
         return 130
     return 0
