@@ -19,9 +19,9 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from lookaside.adapters import ADAPTERS, AdapterConfig, get_method
+from lookaside.backbones import DEFAULT_BACKBONE
 from lookaside.errors import ConfigError
 from training.datasets import DATASETS
-from training.recipes import AST_BACKBONE
 from training.tasks import check_method, kind_of_dataset
 
 TRAIN_FIELDS_ORDER = ("method", "dataset", "data_dir")
@@ -49,8 +49,10 @@ class TrainArgs:
     """EPIC-SOUNDS audio (HDF5 file or folder of per-video files)."""
     h5_sample_rate: int = 24_000
     """Sample rate of HDF5 audio."""
-    backbone: str = AST_BACKBONE
-    """Backbone source: timm:<name>, hf:<repo>, file:<path>, random:<preset>."""
+    backbone: str = DEFAULT_BACKBONE
+    """Frozen backbone: timm:<name>, hf:<repo>, file:<path.safetensors> or random:<preset>; the
+    same default as lookaside-serve, so a server started with defaults serves what this trains
+    (paper recipes set their paper's backbone)."""
     out: Path = Path("runs")
     """Output root: the checkpoint goes to <out>/<name>/<version>/."""
     name: str | None = None
@@ -112,7 +114,7 @@ class TrainArgs:
     recipe: str | None = None
     """The recipe these arguments came from (recorded in metrics.json)."""
     progress: bool = True
-    """Progress bars."""
+    """Progress output: bars when stderr is a terminal, else one line per epoch."""
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -162,6 +164,56 @@ class TrainArgs:
 
 
 TRAIN_FIELDS = {f.name for f in fields(TrainArgs)} - {"method_config"}
+
+OPTION_GROUPS: dict[str, tuple[str, ...]] = {
+    "data": (
+        "dataset",
+        "data_dir",
+        "fold",
+        "val_fraction",
+        "test_fraction",
+        "audio",
+        "h5_sample_rate",
+    ),
+    "model": ("method", "backbone", "pool", "frames", "mean", "std", "compute_stats"),
+    "training": (
+        "epochs",
+        "lr",
+        "batch_size",
+        "optimizer",
+        "weight_decay",
+        "warmup_epochs",
+        "grad_clip",
+        "mixup",
+        "specaug",
+        "freq_mask",
+        "time_mask",
+    ),
+    "output": ("out", "name", "version", "task", "resume"),
+    "runtime": (
+        "seed",
+        "device",
+        "precision",
+        "workers",
+        "eval_batch_size",
+        "cache_dir",
+        "feature_cache",
+        "token_cache",
+        "progress",
+    ),
+}
+"""The ``--help`` sections of the TrainArgs options (every field but method_config and recipe,
+which have their own flags, is in exactly one)."""
+COMMAND_FIELDS: dict[str, frozenset[str]] = {
+    "train": frozenset(TRAIN_FIELDS - {"recipe"}),
+    "crossval": frozenset(TRAIN_FIELDS - {"recipe", "fold", "version", "resume"}),
+    "evaluate": frozenset(
+        {*OPTION_GROUPS["data"], "backbone", "out", "seed", "device", "precision", "workers"}
+        | {"eval_batch_size", "cache_dir", "feature_cache", "progress"}
+    ),
+}
+"""The TrainArgs options each command reads (``evaluate`` takes the method, features and head
+from the checkpoint; ``crossval`` sets the fold, version and resume point of each run itself)."""
 
 
 def method_fields() -> dict[str, dict[str, Any]]:

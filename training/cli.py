@@ -1,68 +1,32 @@
 """``lookaside-train`` / ``python -m training``: train, evaluate, crossval, methods, push, export.
 
-Options of ``train`` are generated from :class:`training.args.TrainArgs` and from every
-registered adapter config class, so a new method or field appears here without editing this file.
-Multi-GPU: ``torchrun --nproc_per_node N -m training train ...`` (DistributedDataParallel over the
-adapter's parameters only; each process reads its share of every batch).
+The commands; their parser (options, help, examples) is :mod:`training.cli_parser`.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
+import textwrap
 from collections.abc import Sequence
-from dataclasses import fields, replace
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
+from lookaside.cli_help import plain
 from lookaside.errors import ConfigError, LookasideError
-from training.args import TrainArgs, build_args, field_docs, load_yaml, method_fields
-from training.recipes import RECIPES, get_recipe
+from training.args import TrainArgs, build_args, load_yaml, method_fields
+from training.cli_parser import parser
+from training.recipes import get_recipe
 
-_EPILOG = "recipes: " + ", ".join(RECIPES)
+__all__ = ["COMMANDS", "main", "parser"]
 
 
 def _say(text: str = "") -> None:
     """Command output (stdout; progress bars and logs go to stderr)."""
     sys.stdout.write(text + "\n")
-
-
-def _add_train_options(p: argparse.ArgumentParser) -> None:
-    docs = field_docs(TrainArgs)
-    g = p.add_argument_group("training")
-    g.add_argument("--recipe", help=f"a paper preset: {', '.join(RECIPES)}")
-    g.add_argument("--config", type=Path, help="YAML file of settings (command line overrides it)")
-    for f in fields(TrainArgs):
-        if f.name in {"method_config", "recipe"}:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        kind = str(f.type)
-        kw: dict[str, Any] = {
-            "dest": f.name,
-            "default": argparse.SUPPRESS,
-            "help": docs.get(f.name, ""),
-        }
-        if kind == "bool":
-            kw["action"] = argparse.BooleanOptionalAction
-        elif kind.startswith("Literal"):
-            kw["choices"] = [c.strip(" '\"") for c in kind[8:-1].split(",")]
-        elif kind.startswith("int"):
-            kw["type"] = int
-        elif kind.startswith("float"):
-            kw["type"] = float
-        elif kind.startswith("Path"):
-            kw["type"] = Path
-        g.add_argument(flag, **kw)
-    m = p.add_argument_group("method options (each applies to the methods named)")
-    for name, info in method_fields().items():
-        m.add_argument(
-            "--" + name.replace("_", "-"),
-            dest=name,
-            default=argparse.SUPPRESS,
-            help=f"{info['help']} [{', '.join(info['methods'])}]",
-        )
 
 
 def _train_args(ns: argparse.Namespace, **fixed: Any) -> TrainArgs:
@@ -72,19 +36,39 @@ def _train_args(ns: argparse.Namespace, **fixed: Any) -> TrainArgs:
         if k not in {"command", "recipe", "config", "checkpoint", "split", "folds"}
     }
     layers: list[dict[str, Any]] = []
-    if ns.recipe:
+    if getattr(ns, "recipe", None):
         layers.append({**get_recipe(ns.recipe).settings, "recipe": ns.recipe})
-    if ns.config:
+    if getattr(ns, "config", None):
         layers.append(load_yaml(ns.config))
     layers += [given, fixed]
     return build_args(layers)
 
 
-def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
-    out = [line, "  ".join("-" * w for w in widths)]
-    out += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+def _table(
+    rows: Sequence[Sequence[str]], header: Sequence[str], wrap: dict[int, int] | None = None
+) -> str:
+    """Aligned columns; a column in ``wrap`` (index -> width) wraps at word boundaries."""
+    wrap = wrap or {}
+    cells = [
+        [
+            textwrap.wrap(str(c), wrap[i], break_on_hyphens=False) or [""]
+            if i in wrap
+            else [str(c)]
+            for i, c in enumerate(r)
+        ]
+        for r in [header, *rows]
+    ]
+    cells = [[[line.replace("\u00a0", " ") for line in c] for c in r] for r in cells]
+    widths = [max(len(line) for r in cells for line in r[i]) for i in range(len(header))]
+    out: list[str] = []
+    for n, row in enumerate(cells):
+        for k in range(max(len(c) for c in row)):
+            parts = [
+                (c[k] if k < len(c) else "").ljust(w) for c, w in zip(row, widths, strict=True)
+            ]
+            out.append("  ".join(parts).rstrip())
+        if n == 0:
+            out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)
 
 
@@ -167,16 +151,14 @@ def cmd_crossval(ns: argparse.Namespace) -> int:
 
 
 def cmd_methods(ns: argparse.Namespace) -> int:
-    from lookaside.adapters import ADAPTERS
-    from lookaside.backbones import PRESETS, build_random, load_backbone
+    from lookaside.adapters import ADAPTERS, HeadConfig
+    from lookaside.backbones import DEFAULT_BACKBONE, PRESETS, build_random, load_backbone
     from training.export import make_bank
     from training.param_table import PAPER_CONFIGS
 
-    backbone = (
-        load_backbone(ns.backbone) if ns.backbone else build_random(PRESETS["vit_base_patch16"])
-    )
-    from lookaside.adapters import HeadConfig
-
+    # The default backbone's shape (RGB kernel kept, so AV-PEA counts too) with random weights.
+    source = ns.backbone or f"random:{_default_preset(DEFAULT_BACKBONE, PRESETS)}"
+    backbone = load_backbone(ns.backbone) if ns.backbone else build_random(source[7:])
     head = HeadConfig(num_classes=ns.num_classes)
     bank = make_bank(backbone, trainable=False)
     total = backbone.num_params
@@ -185,19 +167,40 @@ def cmd_methods(ns: argparse.Namespace) -> int:
     configs += [(m, {}, "defaults") for m in ADAPTERS if m not in {c[0] for c in PAPER_CONFIGS}]
     for method, config, note in configs:
         shown = ADAPTERS[method].parse_config(config).model_dump(exclude={"layers", "variant"})
-        text = ", ".join(f"{k}={v}" for k, v in shown.items()) or "-"
+        # NBSP keeps each "--option value" on one line of the wrapped column
+        text = " ".join(f"--{k.replace('_', '-')}\u00a0{_cli_value(v)}" for k, v in shown.items())
         try:
             n = sum(_numel(s) for s in bank.expected_shapes(method, config, head).values())
         except LookasideError as exc:  # e.g. AV-PEA on a spectrogram-only backbone
-            rows.append([method, text, note, "n/a", str(exc).split(";")[0][:60]])
+            rows.append([method, text or "-", note, "n/a", str(exc).split(";")[0]])
             continue
-        rows.append([method, text, note, f"{n:,}", f"{100 * n / total:.3f} %"])
-    _say(f"backbone {backbone.cfg.name} ({total:,} parameters); head with {ns.num_classes} classes")
-    _say(_table(rows, ["method", "config", "note", "params (+head)", "% of backbone"]))
+        rows.append([method, text or "-", note, f"{n:,}", f"{100 * n / total:.3f} %"])
+    shape = "" if ns.backbone else f" (the shape of {DEFAULT_BACKBONE}, random weights)"
+    _say(f"backbone {source}{shape}: {total:,} parameters; head with {ns.num_classes} classes\n")
+    width = max(shutil.get_terminal_size((100, 24)).columns, 100)
+    header = ["method", "options", "note", "params", "% of backbone"]
+    _say(_table(rows, header, wrap={1: 32, 2: 20, 4: max(24, width - 84)}))
     _say("\noptions (lookaside-train train --method M --OPTION VALUE):")
     for name, info in method_fields().items():
-        _say(f"  --{name.replace('_', '-'):18} {', '.join(info['methods'])}: {info['help']}")
+        text = f"{plain(info['help'])} [{', '.join(info['methods'])}]"
+        lines = textwrap.wrap(text, width - 24, break_on_hyphens=False)
+        _say(f"  {'--' + name.replace('_', '-'):<20}" + ("\n" + " " * 22).join(lines))
     return 0
+
+
+def _default_preset(source: str, presets: dict[str, Any]) -> str:
+    """The random preset with the architecture of ``source`` (a timm name's base)."""
+    name = source.split(":", 1)[-1].split(".", 1)[0]
+    return name if name in presets else "vit_base_patch16"
+
+
+def _cli_value(value: Any) -> str:
+    """A config value as the command line takes it (``attn,ffn``; ``attn:T,ffn:F``)."""
+    if isinstance(value, dict):
+        return ",".join(f"{k}:{v}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -236,62 +239,6 @@ def cmd_export(ns: argparse.Namespace) -> int:
     meta = export_standalone(backbone, ckpt, ns.onnx)
     _say(f"wrote {ns.onnx} ({ns.onnx.stat().st_size / 1e6:.1f} MB) and {meta}")
     return 0
-
-
-def parser() -> argparse.ArgumentParser:
-    """The command-line parser (all subcommands)."""
-    root = argparse.ArgumentParser(
-        prog="lookaside-train",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = root.add_subparsers(dest="command", required=True)
-    p = sub.add_parser(
-        "train", help="train an adapter, write <out>/<name>/<version>/", epilog=_EPILOG
-    )
-    _add_train_options(p)
-    p = sub.add_parser("evaluate", help="evaluate a checkpoint on a dataset split")
-    p.add_argument("checkpoint", type=Path, help="a <name>/<version> directory")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    _add_train_options(p)
-    p = sub.add_parser(
-        "crossval", help="train once per fold (ESC-50: 1-5), mean +- std", epilog=_EPILOG
-    )
-    p.add_argument("--folds", default="1,2,3,4,5", help="comma-separated test folds")
-    _add_train_options(p)
-    p = sub.add_parser("methods", help="methods, their options and parameter counts")
-    p.add_argument("--backbone", help="backbone source (default: ViT-B/16 shape, random weights)")
-    p.add_argument("--num-classes", type=int, default=50)
-    p = sub.add_parser("push", help="upload a checkpoint to a running server")
-    p.add_argument("checkpoint", type=Path, help="a <name>/<version> directory")
-    p.add_argument("--url", required=True, help="server base URL, e.g. http://gpu-box:8000")
-    p.add_argument(
-        "--token-file",
-        type=Path,
-        help="file holding the admin token (default: $LOOKASIDE_ADMIN_TOKEN_FILE)",
-    )
-    p.add_argument(
-        "--token",
-        help="admin token (default: $LOOKASIDE_ADMIN_TOKEN); visible in ps, prefer --token-file",
-    )
-    p.add_argument("--activate", action="store_true", help="serve the new version at once")
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="upload without first comparing the server's backbone with the checkpoint's",
-    )
-    p = sub.add_parser(
-        "export",
-        help="one adapter + the backbone + the fbank as a self-contained ONNX model (edge)",
-        description="Write a self-contained ONNX model: 16 kHz mono waveform in, each label's "
-        "score out (the adapter's first window), runnable with onnxruntime alone; a JSON with "
-        "the labels and settings is written beside it. See docs/edge.md.",
-    )
-    p.add_argument("checkpoint", type=Path, help="a <name>/<version> directory")
-    p.add_argument("--onnx", type=Path, required=True, help="the model file to write")
-    p.add_argument("--backbone", help="backbone source (default: the one the checkpoint records)")
-    p.add_argument("--force", action="store_true", help="replace an existing file")
-    return root
 
 
 COMMANDS = {

@@ -12,6 +12,7 @@ backbone) is wrapped in DistributedDataParallel, so only adapter gradients are a
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -60,7 +61,7 @@ class LoopConfig:
     precision: Precision = "fp32"
     """Autocast dtype; fp16 uses a GradScaler (CUDA only)."""
     progress: bool = True
-    """Show tqdm bars."""
+    """Report progress: tqdm bars when stderr is a terminal, one line per epoch either way."""
 
 
 @dataclass
@@ -234,6 +235,12 @@ def fit(
     return state
 
 
+def bars(progress: bool) -> bool:
+    """Whether to draw tqdm bars: asked for and stderr is a terminal (a log file or pipe would
+    collect every carriage-return frame of a bar; it gets the per-epoch lines instead)."""
+    return progress and sys.stderr.isatty()
+
+
 @dataclass(frozen=True)
 class _Schedule:
     """Optimizer steps in the whole run and in the warm-up (for :func:`get_lr`)."""
@@ -264,7 +271,7 @@ def _train_epoch(
         train_loader,
         desc=f"epoch {epoch}/{cfg.epochs}",
         unit="batch",
-        disable=not cfg.progress,
+        disable=not bars(cfg.progress),
         leave=False,
     )
     lr = cfg.lr
@@ -334,8 +341,9 @@ def evaluate(
     was_training = module.training
     module.eval()
     scores, labels, loss_sum = [], [], 0.0
+    batches = tqdm(loader, desc="evaluate", unit="batch", disable=not bars(progress), leave=False)
     with torch.inference_mode():
-        for x, y in tqdm(loader, desc="evaluate", unit="batch", disable=not progress, leave=False):
+        for x, y in batches:
             with autocast(device, precision):
                 logits = module(x.to(device, non_blocking=True)).float()
             y = y.to(device)

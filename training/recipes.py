@@ -3,6 +3,11 @@
 Each preset sets the dataset, method + config and the loop's hyper-parameters; anything also given
 on the command line or in ``--config`` overrides it. Where a paper leaves a value out, the preset
 says which source it comes from instead (mostly AST's recipe, which LoAA builds on).
+
+Every preset names its paper's backbone explicitly (AST's DeiT initialisation for LoAA, AST on
+AudioSet for MoA, ViT-B/16 ImageNet-21K for AV-PEA), never the command line's default
+(``lookaside.backbones.DEFAULT_BACKBONE``): a server must be started with that backbone to serve
+what such a recipe trains.
 """
 
 from __future__ import annotations
