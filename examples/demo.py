@@ -11,10 +11,10 @@ Offline, on CPU, in about a minute the first time and seconds after that:
    ``python -m training push --activate``;
 4. sends generated clips through ``POST /classify`` for each adapter and one request naming both,
    prints the answers and the versions that served them;
-5. keeps serving (the web page's URL is printed) until Ctrl-C, or exits with
-   ``--exit-after-requests``.
+5. keeps serving (the web page's URL is printed; it offers a few generated example clips, written
+   to ``<work>/examples``) until Ctrl-C, or exits with ``--exit-after-requests``.
 
-The second run finds the trained adapters in the store and skips steps 1-3's training.
+The second run finds the trained adapters in the store, says so, and skips the training.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import argparse
 import io
 import os
 import secrets
+import shlex
 import signal
 import socket
 import subprocess
@@ -41,6 +42,8 @@ DEMO_BACKBONE = "random:test_vit"
 ``LOOKASIDE_DEVICE`` (``cuda``) run the same demo on a real backbone."""
 RATE = 16_000
 SECONDS = 1.0
+EXAMPLES = [("tones", "hum"), ("tones", "chirp-up"), ("noises", "hiss"), ("noises", "clicks")]
+"""The generated clips the web page offers to try (``<work>/examples/<label>.wav``)."""
 CLIPS_PER_CLASS = 24
 Synth = Callable[[np.random.Generator, np.ndarray], np.ndarray]
 
@@ -110,8 +113,20 @@ def write_dataset(task: str, root: Path) -> None:
 
 
 def run(cmd: list[str], env: dict[str, str]) -> None:
-    print("$", " ".join(cmd), flush=True)
+    """Run ``cmd``, printed first as a line that can be pasted into a shell."""
+    print("$", shlex.join(cmd), flush=True)
     subprocess.run(cmd, check=True, env=env)
+
+
+def write_examples(folder: Path) -> list[Path]:
+    """A few new clips (seeds the training data never used) for the page's example list."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for n, (task, label) in enumerate(EXAMPLES):
+        path = folder / f"{label}.wav"
+        path.write_bytes(clip(task, label, 77_000 + n))
+        paths.append(path)
+    return paths
 
 
 def free_port(preferred: int) -> int:
@@ -194,26 +209,53 @@ def main(argv: list[str] | None = None) -> int:
         "--exit-after-requests", action="store_true", help="stop after the demo requests"
     )
     args = parser.parse_args(argv)
-    work: Path = args.work.resolve()
-    backbone = os.environ.get("LOOKASIDE_BACKBONE", DEMO_BACKBONE)
-    device = os.environ.get("LOOKASIDE_DEVICE", "cpu")
+    # SIGTERM / a closed terminal: leave through the ``finally`` below, which stops the server.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, _frame: sys.exit(128 + signum))
+    try:
+        return _run(args.work.resolve(), args.port, args.exit_after_requests)
+    except KeyboardInterrupt:  # Ctrl-C while training or pushing (the child said so already)
+        print("Demo interrupted.", file=sys.stderr)
+        return 130
+
+
+def _prepare(work: Path, backbone: str, device: str) -> tuple[Path, list[str]]:
+    """The store for ``backbone`` and the tasks it lacks (none: say that it is reused)."""
     # Adapters only load on the backbone they were trained on: one store per backbone.
     store = work / ("store" if backbone == DEMO_BACKBONE else "store-" + backbone.replace("/", "_"))
-    token = os.environ.get("LOOKASIDE_ADMIN_TOKEN") or secrets.token_hex(16)
-    env = {**os.environ, "LOOKASIDE_ADMIN_TOKEN": token, "PYTHONUNBUFFERED": "1"}
     if backbone == DEMO_BACKBONE:
-        print(f"Demo backbone {backbone}: random frozen weights, offline (not a pretrained model).")
+        print(
+            f"Demo backbone {backbone} (passed explicitly): random frozen weights, offline, not a "
+            "pretrained model. Lookaside's default backbone needs a download; see the README."
+        )
     else:
         print(f"Demo backbone {backbone} on {device}.")
     missing = [t for t in TASKS if not (store / t).is_dir()]
-    trained = {task: train(task, work, env, backbone, device) for task in missing}
+    if not missing:
+        print(
+            f"Reusing the adapters trained by an earlier run ({', '.join(TASKS)} in {store}): "
+            f"no training this time. Delete {work} to train them again."
+        )
+    return store, missing
 
-    port = free_port(args.port)
+
+def _run(work: Path, preferred_port: int, exit_after_requests: bool) -> int:
+    backbone = os.environ.get("LOOKASIDE_BACKBONE", DEMO_BACKBONE)
+    device = os.environ.get("LOOKASIDE_DEVICE", "cpu")
+    token = os.environ.get("LOOKASIDE_ADMIN_TOKEN") or secrets.token_hex(16)
+    env = {**os.environ, "LOOKASIDE_ADMIN_TOKEN": token, "PYTHONUNBUFFERED": "1"}
+    store, missing = _prepare(work, backbone, device)
+    trained = {task: train(task, work, env, backbone, device) for task in missing}
+    examples = work / "examples"
+    write_examples(examples)
+
+    port = free_port(preferred_port)
     url = f"http://127.0.0.1:{port}"
     # fmt: off
     server = subprocess.Popen(
         [sys.executable, "-m", "service", "--backbone", backbone, "--store", str(store),
-         "--port", str(port), "--device", "cpu", "--max-wait-ms", "5", "--log-level", "warning"],
+         "--examples-dir", str(examples), "--port", str(port), "--device", "cpu",
+         "--max-wait-ms", "5", "--log-level", "warning"],
         env=env)
     # fmt: on
     try:
@@ -225,22 +267,37 @@ def main(argv: list[str] | None = None) -> int:
             )
         demo_requests(url)
         print(f"\nLookaside is serving at {url}  (web page: {url}/ , API docs: {url}/docs)")
+        print(f"The page offers {len(EXAMPLES)} example clips from {examples}.")
         if "LOOKASIDE_ADMIN_TOKEN" not in os.environ:
             print(f"Admin token for this run: {token}")
-        if args.exit_after_requests:
+        if exit_after_requests:
             return 0
         print("Press Ctrl-C to stop.", flush=True)
         server.wait()
         return server.returncode or 0
     except KeyboardInterrupt:
-        return 0
+        _stop(server, interrupted=True)
+        print("Stopped the demo server (Ctrl-C).", flush=True)
+        return 130
     finally:
-        if server.poll() is None:
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+        _stop(server)
+
+
+def _stop(server: subprocess.Popen[bytes], interrupted: bool = False) -> None:
+    """Stop the server with one SIGINT. Ctrl-C in a terminal reaches the server too (same
+    process group): then give it a moment to stop on that before sending one of our own."""
+    if server.poll() is not None:
+        return
+    try:
+        server.wait(timeout=3 if interrupted else 0.01)
+        return
+    except subprocess.TimeoutExpired:
+        server.send_signal(signal.SIGINT)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait(5)
 
 
 if __name__ == "__main__":
