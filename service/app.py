@@ -338,5 +338,7 @@ class _MetricsMiddleware:
             self.metrics.request_seconds.labels(route=path).observe(elapsed)
             for adapter in adapters:
                 self.metrics.requests.labels(adapter=adapter, route=path, status=str(status)).inc()
+                if adapter:
+                    self.metrics.adapter_request_seconds.labels(adapter=adapter).observe(elapsed)
 
         self.metrics.safe(record)

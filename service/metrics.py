@@ -8,6 +8,8 @@ Names (all prefixed ``lookaside_``):
                                             sample per adapter of a multi-adapter request), or
                                             ``""`` where no adapter was resolved
 ``request_seconds{route}``                  total latency (histogram)
+``adapter_request_seconds{adapter}``        total latency of the requests naming an adapter (a
+                                            multi-adapter request counts under each of them)
 ``queue_wait_seconds``                      submit -> batch start, per job
 ``featurize_seconds``                       decode + features per request
 ``forward_seconds``                         one batch's forward (incl. host<->device copies)
@@ -193,6 +195,13 @@ class ServiceMetrics:
         )
         self.request_seconds = Histogram(
             "lookaside_request_seconds", "Total latency", ["route"], buckets=_LATENCY, registry=r
+        )
+        self.adapter_request_seconds = Histogram(
+            "lookaside_adapter_request_seconds",
+            "Total latency of the requests naming this adapter (each adapter of a request)",
+            ["adapter"],
+            buckets=_LATENCY,
+            registry=r,
         )
         self.queue_wait = Histogram(
             "lookaside_queue_wait_seconds", "Submit to batch start", buckets=_LATENCY, registry=r
