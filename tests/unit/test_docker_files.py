@@ -1,10 +1,13 @@
-"""The Dockerfile and docker-compose.yml hold the essentials (no Docker engine here: parsed)."""
+"""The Dockerfile, .dockerignore, docker-compose.yml and Grafana's provisioning hold the
+essentials and agree with each other (no Docker engine here: parsed)."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import shlex
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +51,9 @@ def _env(dockerfile: list[tuple[str, str]]) -> dict[str, str]:
     return env
 
 
-def test_dockerfile_runs_the_console_script_as_non_root_on_cuda(
+def test_dockerfile_runs_the_console_script_as_non_root(
     dockerfile: list[tuple[str, str]],
 ) -> None:
-    froms = [rest for word, rest in dockerfile if word == "FROM"]
-    assert froms
-    assert all("nvidia/cuda" in f and "runtime" in f for f in froms)  # final stage: CUDA runtime
     users = [rest for word, rest in dockerfile if word == "USER"]
     assert users
     assert users[-1].split(":")[0] not in ("root", "0")
@@ -98,3 +98,152 @@ def test_compose_reserves_a_gpu_mounts_the_store_and_is_scraped(
     targets = [t for sc in job["static_configs"] for t in sc["targets"]]
     port = _env(dockerfile)["LOOKASIDE_PORT"]
     assert f"lookaside:{port}" in targets
+
+
+def test_the_image_has_one_copy_of_cuda_from_the_wheels(dockerfile: list[tuple[str, str]]) -> None:
+    """No CUDA base image: torch's and onnxruntime-gpu's CUDA come from NVIDIA's wheels, whose
+    folders LD_LIBRARY_PATH names in the venv of the base image's own Python version."""
+    froms = [rest.split()[0] for word, rest in dockerfile if word == "FROM"]
+    assert len(set(froms)) == 1  # the venv built in one stage runs in the other: same Python
+    match = re.fullmatch(r"python:(3\.\d+)-slim(-\w+)?", froms[0])
+    assert match, froms[0]
+    env = _env(dockerfile)
+    folders = env["LD_LIBRARY_PATH"].split(":")
+    site = f"/opt/venv/lib/python{match.group(1)}/site-packages/nvidia/"
+    assert folders
+    assert all(f.startswith(site) for f in folders), folders
+    assert "compute" in env["NVIDIA_DRIVER_CAPABILITIES"].split(",")
+    # the torch this repository pins is a CUDA build whose libraries come as wheels
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert any(d.startswith("torch==") for d in deps)
+    assert any(d.startswith("onnxruntime-gpu") for d in deps)
+
+
+def _ignored(patterns: list[str], path: str) -> bool:
+    """Whether .dockerignore's patterns leave ``path`` out (the last matching pattern wins)."""
+    out = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        pattern = pattern.lstrip("!").strip("/")
+        parts = path.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        if any(fnmatch.fnmatch(p, pattern) for p in prefixes) or any(
+            pattern.startswith("**/") and fnmatch.fnmatch(part, pattern[3:]) for part in parts
+        ):
+            out = not negate
+    return out
+
+
+def test_dockerignore_keeps_the_build_context_to_what_the_image_copies(
+    dockerfile: list[tuple[str, str]],
+) -> None:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    for heavy in (".venv", ".git", "build", "runs", "data", "adapters_store", ".mypy_cache"):
+        assert _ignored(patterns, heavy), heavy
+    assert _ignored(patterns, "service/routes/__pycache__")
+    assert _ignored(patterns, "admin_token")  # a secret never enters the context
+    copied = [
+        src
+        for word, rest in dockerfile
+        if word == "COPY" and not rest.startswith("--from")
+        for src in shlex.split(rest)[:-1]
+    ]
+    assert {"pyproject.toml", "README.md", "lookaside", "service"} <= set(copied)
+    for src in copied:
+        assert (ROOT / src).exists(), src
+        assert not _ignored(patterns, src), f".dockerignore leaves out {src}, which is copied"
+    for path in (ROOT / "service" / "static").rglob("*"):
+        assert not _ignored(patterns, path.relative_to(ROOT).as_posix()), path
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="pyproject.toml's package-data 'static/*' leaves out service/static/js/*.js: a "
+    "non-editable install (the image) serves the page without its scripts; the fix is "
+    "'static/**/*' (pyproject.toml is not this change's to edit)",
+)
+def test_the_installed_package_carries_every_static_file() -> None:
+    """``pip install .`` (the image) installs what package-data's globs match, and nothing
+    else of service/static."""
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["service"]
+    static = ROOT / "service"
+    files = [p for p in (static / "static").rglob("*") if p.is_file()]
+    assert files
+    matched = {p for pattern in globs for p in static.glob(pattern) if p.is_file()}
+    missing = sorted(p.relative_to(ROOT).as_posix() for p in files if p not in matched)
+    assert not missing, missing
+
+
+def _volume(spec: str) -> list[str]:
+    """``source:target[:mode]`` of a volume, a ``${VAR:-default}`` source read as its default."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", spec).split(":")
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Container path -> host path of a service's bind mounts (named volumes left out)."""
+    return {dst: src for src, dst, *_ in map(_volume, service["volumes"]) if src[0] in "./"}
+
+
+def test_compose_grafana_is_provisioned_from_the_mounted_files(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    grafana = services["grafana"]
+    image, _, tag = grafana["image"].partition(":")
+    assert image == "grafana/grafana-oss"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", tag), "pin a release, not latest"
+    assert "prometheus" in grafana["depends_on"]
+    assert any(p.endswith(":3000") for p in grafana["ports"])
+    assert "grafana_data" in compose["volumes"]
+    mounts = _mounts(grafana)
+    provisioning = ROOT / mounts["/etc/grafana/provisioning"]
+    (datasource,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ]
+    # the data source is docker-compose's prometheus service on its container port
+    prom_port = services["prometheus"]["ports"][0].rsplit(":", 1)[1]
+    assert datasource["url"] == f"http://prometheus:{prom_port}"
+    assert datasource["type"] == "prometheus"
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "lookaside.yml").read_text())[
+        "providers"
+    ]
+    folder = provider["options"]["path"]
+    dashboards = ROOT / mounts[folder]  # the provider reads a folder compose mounts
+    dashboard = json.loads((dashboards / "lookaside.json").read_text())
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == f"{folder}/lookaside.json"
+    uids = {
+        t["datasource"]["uid"]
+        for panel in dashboard["panels"]
+        for t in [panel, *panel["targets"]]
+        if "datasource" in t
+    }
+    assert uids == {datasource["uid"]}
+
+
+def test_compose_offline_file_backbone_loads_from_the_models_mount(
+    compose: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/gpu.md's offline command: LOOKASIDE_BACKBONE=file:/models/<file> with ./models
+    mounted read-only; a backbone written where the docs say loads from that path with the hub
+    switched off (the container's /models replaced by the host folder)."""
+    from lookaside.backbones import build_random, load_backbone, save_backbone
+
+    svc = compose["services"]["lookaside"]
+    (models,) = [v for v in svc["volumes"] if _volume(v)[1] == "/models"]
+    assert models.startswith("${LOOKASIDE_MODELS_DIR:-./models}:")
+    assert _volume(models)[2] == "ro"
+    text = (ROOT / "docs" / "gpu.md").read_text()
+    shown = re.findall(r"LOOKASIDE_BACKBONE=(file:/models/[\w.-]+\.safetensors)", text)
+    assert shown, "docs/gpu.md shows the offline file: backbone"
+    saved = re.findall(r"save_backbone\(.*?, ['\"]models/([\w.-]+)['\"]\)", text)
+    assert saved, "docs/gpu.md shows how to write the file into ./models"
+    assert {s.removeprefix("file:/models/") for s in shown} == set(saved)
+    host = tmp_path / "models"
+    host.mkdir()
+    original = build_random("test_vit", seed=3)
+    save_backbone(original, host / saved[0])
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    loaded = load_backbone(shown[0].replace("file:/models", f"file:{host}"))
+    assert loaded.fingerprint() == original.fingerprint()
