@@ -160,7 +160,7 @@ class _Server(uvicorn.Server):
         original = {sig: signal.signal(sig, self.handle_exit) for sig in HANDLED_SIGNALS}
         try:
             yield
-        finally:  # a signal after this point: asyncio's handler, caught by main()
+        finally:
             for sig, handler in original.items():
                 signal.signal(sig, handler)
 
@@ -183,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     SIGTERM: uvicorn drains, then one log line, no traceback; Ctrl-C exits 130)."""
     try:
         return _main(argv)
-    except KeyboardInterrupt:  # Ctrl-C before the server runs, or a late second one
+    except KeyboardInterrupt:  # Ctrl-C before the server runs (loading, binding)
         print("lookaside-serve: interrupted (Ctrl-C)", file=sys.stderr)  # noqa: T201
         return 130
 
@@ -221,11 +221,17 @@ def _main(argv: Sequence[str] | None) -> int:
         flush=True,
     )
     server = _Server(config)
-    with contextlib.suppress(KeyboardInterrupt):  # a SIGINT after uvicorn restored the handler
-        server.run(sockets=[sock])
+    main_thread = threading.current_thread() is threading.main_thread()
+    # Around the run, SIGINT only counts (uvicorn's handler): asyncio then installs no handler of
+    # its own, and a Ctrl-C after uvicorn restores this one cannot become a KeyboardInterrupt or
+    # a cancellation of the finished main task (the window the tracebacks came through).
+    previous = signal.signal(signal.SIGINT, server.handle_exit) if main_thread else None
+    server.run(sockets=[sock])
+    if main_thread:
+        # Interrupted: ignore further Ctrl-Cs to the end (Python resets a handler of its own to
+        # the default as it finalises, where one would kill the process, status -2, not 130).
+        signal.signal(signal.SIGINT, signal.SIG_IGN if server.interrupted else previous)
     if server.interrupted:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # another Ctrl-C now would only add noise
         log.info("interrupted (SIGINT): shut down cleanly")
         return 130
     return 0

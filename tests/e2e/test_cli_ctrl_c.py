@@ -73,7 +73,9 @@ class Serve:
         return "".join(self.lines)
 
 
-@pytest.mark.parametrize("gap_s", [None, 0.0, 0.05, 0.15], ids=["once", "twice", "50ms", "150ms"])
+@pytest.mark.parametrize(
+    "gap_s", [None, 0.0, 0.05, 0.15, 0.3], ids=["once", "twice", "50ms", "150ms", "300ms"]
+)
 def test_ctrl_c_is_one_line_and_status_130(tmp_path: Path, gap_s: float | None) -> None:
     server = Serve(tmp_path / "store")
     try:
