@@ -19,7 +19,10 @@ from lookaside.cli_help import HelpFormatter, plain, with_default
 from training.args import COMMAND_FIELDS, OPTION_GROUPS, TrainArgs, field_docs, method_fields
 from training.recipes import RECIPES
 
-_DESCRIPTION = """Train audio adapters on a frozen backbone, evaluate them, push them to a server.
+_DESCRIPTION = f"""Train audio adapters on a frozen backbone, evaluate them, push them to a server.
+
+Default backbone: {DEFAULT_BACKBONE}
+(lookaside-serve's default too; downloaded once; paper recipes use their paper's backbone).
 
 Multi-GPU: torchrun --nproc_per_node N -m training train ... (each process reads its share of
 every batch; only the adapter's parameters are synchronised)."""

@@ -81,6 +81,7 @@ def test_defaults_are_shown() -> None:
     assert f"(default: {DEFAULT_BACKBONE}; env LOOKASIDE_BACKBONE)" in serve
     assert "(default: 8000; env LOOKASIDE_PORT)" in serve
     assert "(default: on; env LOOKASIDE_WARMUP)" in serve
+    assert f"Default backbone: {DEFAULT_BACKBONE}" in HELPS["lookaside-train"]
     train = " ".join(HELPS["lookaside-train train"].split())
     assert f"(default: {DEFAULT_BACKBONE})" in train
     assert "(default: 25)" in train  # --epochs
