@@ -63,6 +63,7 @@ def test_every_command_has_a_help() -> None:
 def test_help_is_plain_text_with_examples(command: str) -> None:
     text = HELPS[command]
     assert not MARKUP.search(text), MARKUP.search(text)
+    assert not re.search(r"\w-\n\s+\w", text), "a word (an option name?) split at a hyphen"
     assert "\nexamples:\n" in text
     examples = text.split("\nexamples:\n", 1)[1].splitlines()
     assert sum(line.strip().startswith(command.split()[0]) for line in examples) >= 1
