@@ -198,8 +198,9 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         settings = ServiceSettings(**overrides)
     except ValidationError as exc:
-        lines = "\n".join("  " + line for line in validation_lines(exc))
-        print(f"lookaside-serve: invalid settings:\n{lines}", file=sys.stderr)  # noqa: T201
+        problems = validation_lines(exc)
+        text = problems[0] if len(problems) == 1 else "\n  ".join(["invalid settings:", *problems])
+        print(f"lookaside-serve: {text}", file=sys.stderr)  # noqa: T201
         return 2
     service_logging.configure(settings.log_format, settings.log_level)
     if settings.ray:  # imported only then: the one-process server does not need Ray

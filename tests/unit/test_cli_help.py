@@ -167,7 +167,23 @@ def test_missing_admin_token_is_one_sentence(tmp_path: Path) -> None:
     assert "admin_token is empty: set LOOKASIDE_ADMIN_TOKEN" in err, err
     for noise in ("validation error", "pydantic", "Traceback", "type=value_error", "errors.pydan"):
         assert noise not in err, err
-    assert len(err.strip().splitlines()) == 2, err  # the heading and the one problem
+    assert err.startswith("lookaside-serve: admin_token is empty")
+    assert len(err.strip().splitlines()) == 1, err
+    proc = subprocess.run(
+        [str(BIN / "lookaside-serve"), "--port", "-1", "--mixing", "off", "--max-batch-size", "0"],
+        cwd=tmp_path,
+        env={**_clean_env(), "LOOKASIDE_ADMIN_TOKEN": "x"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "lookaside-serve: invalid settings:",
+        "  port: Input should be greater than or equal to 0",
+        "  max_batch_size: Input should be greater than or equal to 1",
+    ]
 
 
 def test_validation_lines_name_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
