@@ -157,12 +157,6 @@ def test_dockerignore_keeps_the_build_context_to_what_the_image_copies(
         assert not _ignored(patterns, path.relative_to(ROOT).as_posix()), path
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pyproject.toml's package-data 'static/*' leaves out service/static/js/*.js: a "
-    "non-editable install (the image) serves the page without its scripts; the fix is "
-    "'static/**/*' (pyproject.toml is not this change's to edit)",
-)
 def test_the_installed_package_carries_every_static_file() -> None:
     """``pip install .`` (the image) installs what package-data's globs match, and nothing
     else of service/static."""
