@@ -33,7 +33,7 @@ from lookaside.tasks import CLIP, get_task, task_for
 from service import errors
 from service.deps import AppState
 from service.engine import Engine
-from service.errors import OverBudget
+from service.errors import OverBudget, StartupFailed
 from service.http_contract import AllowMethods, install_openapi
 from service.http_limits import CLIENT_GONE_KEY, BodyLimits, InflightBytes
 from service.logging import RequestIdMiddleware
@@ -88,7 +88,12 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await (start(state) if start is not None else start_serving(state, backbone))
+        try:
+            await (start(state) if start is not None else start_serving(state, backbone))
+        except LookasideError as exc:  # ours: one line says why; a bug keeps its traceback
+            log.error("cannot start: %s", exc)
+            await _stop(state)
+            raise StartupFailed(str(exc)) from None
         try:
             yield
         finally:

@@ -35,6 +35,12 @@ _BAD_AUDIO_STATUS = {"not_audio": 415, "unsupported": 415, "too_long": 413, "too
 _BAD_VIDEO_STATUS = {"not_video": 415, "unsupported": 415}
 
 
+class StartupFailed(LookasideError):
+    """The server cannot start for a reason already logged in one line (a bad backbone file, a
+    store that cannot be opened); uvicorn's copy of its traceback is dropped
+    (:class:`service.logging.OwnStartupFailureFilter`) and the process exits 3."""
+
+
 class ServiceError(LookasideError):
     """An error of the service itself, carrying its HTTP status."""
 

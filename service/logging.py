@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.errors import StartupFailed
+
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 HEADER = "x-request-id"
 SCOPE_KEY = "lookaside.request_id"
@@ -55,6 +57,26 @@ class RedactQueryFilter(logging.Filter):
         return True
 
 
+_STARTUP_FAILED = f"{StartupFailed.__module__}.{StartupFailed.__qualname__}"
+
+
+class OwnStartupFailureFilter(logging.Filter):
+    """Drops uvicorn's traceback of a lifespan that failed with :class:`StartupFailed`.
+
+    Starlette hands uvicorn the failed lifespan's whole traceback, which uvicorn logs. When the
+    cause is one of ours (a corrupt backbone file, a store that cannot be opened), the lifespan
+    has already logged the reason in one line, so the frames only bury it; any other failure
+    keeps its traceback (a bug must stay debuggable).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.startswith("Traceback"):
+            return True
+        last = message.rstrip().rsplit("\n", 1)[-1]
+        return last.split(":", 1)[0] != _STARTUP_FAILED
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, request_id, message (+ exc)."""
 
@@ -87,6 +109,7 @@ def configure(log_format: str, level: str) -> None:
         logger.handlers = [handler]
         logger.setLevel(level.upper())
         logger.propagate = False
+    logging.getLogger("uvicorn.error").addFilter(OwnStartupFailureFilter())
 
 
 def new_request_id() -> str:

@@ -39,7 +39,7 @@ def _unique_sublayers(v: tuple[SubLayer, ...]) -> tuple[SubLayer, ...]:
 
 
 SubLayers = Annotated[tuple[SubLayer, ...], AfterValidator(_unique_sublayers)]
-"""Sub-layers an adapter runs beside: ``("attn",)`` (Pfeiffer), ``("attn", "ffn")`` (Houlsby)."""
+"""Sub-layers an adapter runs beside: attn (Pfeiffer) or attn,ffn (Houlsby)."""
 
 
 class AdapterConfig(BaseModel):

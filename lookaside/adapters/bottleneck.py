@@ -71,7 +71,7 @@ class BottleneckConfig(AdapterConfig):
     rank: int = Field(64, gt=0)
     """Bottleneck width r."""
     sites: SubLayers = ("attn", "ffn")
-    """Sub-layers the adapter runs beside: ``("attn",)`` Pfeiffer, ``("attn", "ffn")`` Houlsby."""
+    """Sub-layers the adapter runs beside: attn (Pfeiffer) or attn,ffn (Houlsby)."""
     scale: float = 1.0
     """Output scale s."""
 

@@ -94,3 +94,28 @@ def test_ctrl_c_is_one_line_and_status_130(tmp_path: Path, gap_s: float | None) 
     assert rc == 130, out[-2000:]
     assert out.count(SHUTDOWN_LINE) == 1, out[-2000:]
     assert "service.app [-] stopped" in out  # the app's own shutdown ran (engine drained)
+
+
+def test_a_backbone_that_cannot_load_is_one_line_and_status_3(tmp_path: Path) -> None:
+    """A corrupt ``file:`` backbone (past the pre-bind check: the file exists) fails in the
+    lifespan: one line with the reason, status 3, no traceback (before: uvicorn logged the
+    lifespan's whole traceback)."""
+    bad = tmp_path / "backbone.safetensors"
+    bad.write_bytes(b"\xff" * 1000)  # a header length no safetensors file has
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOOKASIDE_")}
+    env["LOOKASIDE_ALLOW_NO_ADMIN_TOKEN"] = "true"
+    done = subprocess.run(
+        [str(BIN / "lookaside-serve"), "--backbone", f"file:{bad}", "--port", "0"]
+        + ["--store", str(tmp_path / "store"), "--device", "cpu"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 3, output
+    assert "Traceback" not in output
+    reason = [line for line in output.splitlines() if "cannot start:" in line]
+    assert len(reason) == 1, output
+    assert str(bad) in reason[0]
+    assert "is not a safetensors file" in reason[0]

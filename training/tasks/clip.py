@@ -27,7 +27,7 @@ from training.augment import BackgroundNoise
 from training.cache import FeatureCache
 from training.data import ClipDataset, make_loader
 from training.datasets import DatasetSplits
-from training.loop import AdapterForward, PooledHead
+from training.loop import AdapterForward, PooledHead, bars
 from training.tasks.base import (
     Batches,
     RunSetup,
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 def compute_stats(ds: ClipDataset, progress: bool) -> tuple[float, float]:
     """Mean and std of the unnormalised fbank over a split (AST's ``get_norm_stats``)."""
     total, total_sq, count = 0.0, 0.0, 0
-    for i in tqdm(range(len(ds)), desc="stats", unit="clip", disable=not progress):
+    for i in tqdm(range(len(ds)), desc="stats", unit="clip", disable=not bars(progress)):
         fb = ds.raw(i).double()
         total += float(fb.sum())
         total_sq += float((fb * fb).sum())
@@ -89,7 +89,7 @@ def pooled_tokens(
     chunks, labels = [], []
     with torch.inference_mode():
         loader = DataLoader(ds, batch_size=batch_size, shuffle=False)
-        for x, y in tqdm(loader, desc="pooled tokens", unit="batch", disable=not progress):
+        for x, y in tqdm(loader, desc="pooled tokens", unit="batch", disable=not bars(progress)):
             tokens, layout = backbone.forward_features(x.to(device))
             chunks.append(head.pool(tokens, layout).float().cpu())
             labels.append(y)
