@@ -19,21 +19,6 @@ from lookaside.client._core import Call, Media, Model
 class AsyncClient:
     """Async client of a Lookaside server; ``async with`` it (or await :meth:`aclose`). Same
     arguments, methods and errors as :class:`~lookaside.client.Client`, each method awaitable.
-
-    Args:
-        base_url: the server, e.g. ``http://127.0.0.1:8000``.
-        token: the admin token for upload, activate, rollback and delete; default
-            ``$LOOKASIDE_ADMIN_TOKEN``, else the file ``$LOOKASIDE_ADMIN_TOKEN_FILE`` names (read
-            at the first admin call).
-        timeout: seconds for each call: to connect, between bytes, and for the whole answer.
-        retries: times a call refused with 429 or 503 is sent again after the server's
-            ``Retry-After`` (0, the default: never; at most 5; a wait over 30 s is not waited).
-        max_response_bytes: largest answer read (64 MiB); a larger one raises InvalidResponse.
-        transport: an ``httpx`` transport (tests, proxies, Unix sockets).
-
-    Raises (every method): :class:`~lookaside.client.ApiError` or a subclass for an error answer,
-    with the server's ``detail``; :class:`~lookaside.client.ConnectionFailed` without an answer;
-    :class:`~lookaside.client.InvalidResponse` for an answer over the limit or not the schema.
     """
 
     def __init__(

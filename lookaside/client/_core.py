@@ -26,7 +26,7 @@ from lookaside.client.errors import (
     ConnectionFailed,
     InvalidResponse,
     api_error,
-    retry_after,
+    parse_retry_after,
 )
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -305,7 +305,7 @@ def retry_delay(
     """
     if status not in RETRY_STATUSES or attempt >= retries or not call.replayable:
         return None
-    wait = retry_after(headers.get("retry-after"))
+    wait = parse_retry_after(headers.get("retry-after"))
     if wait is None:
         wait = float(2**attempt)
     return wait if wait <= MAX_RETRY_WAIT_S else None

@@ -89,23 +89,12 @@ class PayloadTooLarge(ApiError):
 
 
 class Overloaded(ApiError):
-    """429 (queue full) or 503 (not ready, shutting down, cannot load now): retry later.
+    """429 (queue full) or 503 (not ready, shutting down, cannot load now): retry later."""
 
-    Attributes:
-        retry_after: seconds the server asked to wait (its ``Retry-After``), or None.
-    """
-
-    def __init__(
-        self,
-        status_code: int,
-        detail: str,
-        headers: Mapping[str, str] | None = None,
-        *,
-        error: str | None = None,
-        reason: str | None = None,
-    ) -> None:
-        super().__init__(status_code, detail, headers, error=error, reason=reason)
-        self.retry_after = retry_after(self.headers.get("retry-after"))
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds the server asked to wait (its ``Retry-After``), or None."""
+        return parse_retry_after(self.headers.get("retry-after"))
 
 
 _CLASSES: dict[int, type[ApiError]] = {
@@ -119,7 +108,7 @@ _CLASSES: dict[int, type[ApiError]] = {
 }
 
 
-def retry_after(value: str | None) -> float | None:
+def parse_retry_after(value: str | None) -> float | None:
     """Seconds of a ``Retry-After`` header (delta-seconds or an HTTP date); None if absent/bad."""
     if value is None:
         return None
