@@ -12,6 +12,7 @@ from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 from transformers import ASTConfig, ASTModel
 
+import lookaside.backbones
 from lookaside.backbones import from_ast_state_dict, from_timm_model, load_backbone
 from tests.support import randomise_module, tiny_ast
 
@@ -151,7 +152,10 @@ def test_load_backbone_timm_source_goes_through_timm(monkeypatch: pytest.MonkeyP
         return ref
 
     monkeypatch.setattr(timm, "create_model", fake_create_model)
+    checked: list[str] = []  # the offline check runs first (no network here: it is recorded)
+    monkeypatch.setattr(lookaside.backbones, "check_available", checked.append)
     ours = load_backbone("timm:vit_base_patch16_224.augreg_in21k")
+    assert checked == ["timm:vit_base_patch16_224.augreg_in21k"]
     assert calls == [("vit_base_patch16_224.augreg_in21k", {"pretrained": True, "num_classes": 0})]
     assert ours.source == "timm:vit_base_patch16_224.augreg_in21k"
     spec = torch.randn(1, 64, 32)
@@ -181,7 +185,10 @@ def test_load_backbone_hf_source_reads_the_hub_files(
         return str(tmp_path / filename)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    checked: list[str] = []  # the offline check runs first (no network here: it is recorded)
+    monkeypatch.setattr(lookaside.backbones, "check_available", checked.append)
     ours = load_backbone("hf:MIT/ast-finetuned-audioset-10-10-0.4593")
+    assert checked == ["hf:MIT/ast-finetuned-audioset-10-10-0.4593"]
     assert ("MIT/ast-finetuned-audioset-10-10-0.4593", "model.safetensors") in asked
     spec = torch.randn(2, 64, 32)
     with torch.no_grad():
