@@ -231,7 +231,7 @@ def test_compose_offline_file_backbone_loads_from_the_models_mount(
     text = (ROOT / "docs" / "gpu.md").read_text()
     shown = re.findall(r"LOOKASIDE_BACKBONE=(file:/models/[\w.-]+\.safetensors)", text)
     assert shown, "docs/gpu.md shows the offline file: backbone"
-    saved = re.findall(r"save_backbone\(.*?, ['\"]models/([\w.-]+)['\"]\)", text)
+    saved = re.findall(r"save_backbone\(.*?,\s*['\"]models/([\w.-]+)['\"]\s*\)", text, re.S)
     assert saved, "docs/gpu.md shows how to write the file into ./models"
     assert {s.removeprefix("file:/models/") for s in shown} == set(saved)
     host = tmp_path / "models"
