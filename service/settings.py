@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from lookaside.errors import ConfigError
+from lookaside.token_file import read_token_file
 
 DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
@@ -199,7 +200,7 @@ class ServiceSettings(BaseSettings):
         if self.admin_token_file is not None:
             if self.admin_token.get_secret_value():
                 raise ValueError("set admin_token or admin_token_file, not both")
-            self.admin_token = SecretStr(_read_token_file(self.admin_token_file))
+            self.admin_token = SecretStr(read_token_file(self.admin_token_file))
         if self.engine_dead_s < self.engine_stall_s:
             raise ValueError(
                 f"engine_dead_s ({self.engine_dead_s}) must be >= engine_stall_s "
@@ -240,21 +241,3 @@ class ServiceSettings(BaseSettings):
         """Base URL clients use."""
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
         return f"http://{host}:{self.port}"
-
-
-def _read_token_file(path: Path) -> str:
-    """The token in ``path`` (surrounding whitespace stripped), read with a size bound."""
-    try:
-        with path.open("rb") as f:
-            data = f.read(4097)
-    except OSError as exc:
-        raise ValueError(f"admin_token_file {str(path)!r} cannot be read: {exc.strerror}") from None
-    if len(data) > 4096:
-        raise ValueError(f"admin_token_file {str(path)!r} is over 4096 bytes: not a token")
-    try:
-        token = data.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        raise ValueError(f"admin_token_file {str(path)!r} is not UTF-8 text") from None
-    if not token:
-        raise ValueError(f"admin_token_file {str(path)!r} is empty")
-    return token

@@ -20,6 +20,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from lookaside import token_file
 from lookaside.client import models as m
 from lookaside.client.errors import (
     ClientError,
@@ -28,6 +29,7 @@ from lookaside.client.errors import (
     api_error,
     parse_retry_after,
 )
+from lookaside.errors import ConfigError
 
 Model = TypeVar("Model", bound=BaseModel)
 Media = str | os.PathLike[str] | bytes | IO[bytes]
@@ -35,7 +37,6 @@ Media = str | os.PathLike[str] | bytes | IO[bytes]
 
 TOKEN_ENV = "LOOKASIDE_ADMIN_TOKEN"
 TOKEN_FILE_ENV = "LOOKASIDE_ADMIN_TOKEN_FILE"
-MAX_TOKEN_FILE_BYTES = 4096
 DEFAULT_TIMEOUT_S = 60.0
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 """Largest answer read (a 1000-adapter listing is ~300 KB; a classify answer a few KB)."""
@@ -50,19 +51,12 @@ RETRY_STATUSES = frozenset({429, 503})
 
 
 def read_token_file(path: Path) -> str:
-    """The admin token stored in ``path`` (whitespace stripped), read with a size bound."""
+    """The admin token stored in ``path`` (:func:`lookaside.token_file.read_token_file`), its
+    refusal raised as the client's own :class:`ClientError`."""
     try:
-        with Path(path).open("rb") as f:
-            data = f.read(MAX_TOKEN_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ClientError(f"cannot read the token file {str(path)!r}: {exc.strerror}") from None
-    token = data.decode("utf-8", errors="replace").strip()
-    if len(data) > MAX_TOKEN_FILE_BYTES or not token:
-        raise ClientError(
-            f"the token file {str(path)!r} is empty or over {MAX_TOKEN_FILE_BYTES} bytes: "
-            "not a token"
-        )
-    return token
+        return token_file.read_token_file(path)
+    except ConfigError as exc:
+        raise ClientError(str(exc)) from None
 
 
 def env_token() -> str | None:
