@@ -74,3 +74,26 @@ def wait_until_ready(
             pass
         time.sleep(0.1)
     raise AssertionError(f"the server did not become ready within {timeout:g} s:\n{output()}")
+
+
+class Output:
+    """A child process's output (stdout, stderr merged into it), collected line by line by a
+    daemon thread: a pipe nobody reads would block the child once the pipe is full."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def close(self) -> str:
+        """Wait (bounded) for the reader after the process ended; the whole output."""
+        self._reader.join(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return "".join(self.lines)

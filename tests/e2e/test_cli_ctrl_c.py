@@ -11,12 +11,13 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.live_server import Output
 
 BIN = Path(sys.executable).parent
 SHUTDOWN_LINE = "interrupted (SIGINT): shut down cleanly"
@@ -37,14 +38,8 @@ class Serve:
             text=True,
             start_new_session=True,  # like a terminal: a signal to the group reaches it
         )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
+        self.output = Output(self.proc)
+        self.lines = self.output.lines
 
     def wait_ready(self, timeout: float = 60.0) -> str:
         deadline = time.monotonic() + timeout
@@ -67,10 +62,7 @@ class Serve:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(10)
-        self._reader.join(10)
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
-        return "".join(self.lines)
+        return self.output.close()
 
 
 @pytest.mark.parametrize(

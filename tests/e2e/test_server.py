@@ -29,7 +29,7 @@ from tests.integration.service.svc_support import (
     make_checkpoint,
     tiny,
 )
-from tests.live_server import free_port, wait_until_ready
+from tests.live_server import Output, free_port, wait_until_ready
 
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
 WAV = {"Content-Type": "audio/wav"}
@@ -60,14 +60,8 @@ class Server:
             stderr=subprocess.STDOUT,
             text=True,
         )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
+        self.output = Output(self.proc)
+        self.lines = self.output.lines
 
     def wait_ready(self, timeout: float = 120) -> None:
         wait_until_ready(self.url, self.proc, timeout, lambda: "".join(self.lines))
@@ -84,9 +78,7 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(30)
-        self._reader.join(10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        self.output.close()
 
 
 @pytest.fixture
