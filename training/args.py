@@ -40,7 +40,16 @@ class TrainArgs:
     data_dir: Path | None = None
     """Dataset root (the CSV file for ``csv``)."""
     fold: int | None = None
-    """Test fold (ESC-50: 1-5)."""
+    """Test fold: one of the dataset's own folds (ESC-50: 1-5), or of a seeded K-fold drawn over a
+    folder / CSV without folds (1..--num-folds). Refused where the dataset fixes its test split."""
+    num_folds: int = 5
+    """K of the K-fold drawn over a dataset without folds of its own (the test fold is one of
+    1..K)."""
+    group_by: str | None = None
+    """Keep each group (speaker, recording session) inside one split of a drawn split: a CSV
+    column, or a regular expression over each clip's path (its first group, else the whole match).
+    Default: the CSV's ``speaker`` column, or the speaker hash of Speech-Commands-style file names
+    (``<speaker>_nohash_<n>.wav``) when every clip has one; ``none``: by label only."""
     val_fraction: float = 0.1
     """Share of training clips held out for validation when the layout has no val split."""
     test_fraction: float = 0.0
@@ -77,6 +86,8 @@ class TrainArgs:
     """Linear warm-up, in epochs."""
     grad_clip: float = 1.0
     """Max gradient norm (0: off)."""
+    early_stop: int = 0
+    """Stop after this many epochs without a better validation accuracy (0: train every epoch)."""
     mixup: float = 0.0
     """Mixup Beta alpha (0: off)."""
     specaug: bool = False
@@ -89,6 +100,9 @@ class TrainArgs:
     """Head pooling: prefix tokens (cls) or patch tokens (mean)."""
     frames: int | None = None
     """Frames per window (default: the dataset's)."""
+    window_hop: int | None = None
+    """Frames between the starts of a long clip's windows when served (timelines, streaming);
+    recorded in the checkpoint (default: the window length, no overlap)."""
     mean: float | None = None
     """Feature normalisation mean (default: the dataset's, AudioSet's)."""
     std: float | None = None
@@ -115,6 +129,9 @@ class TrainArgs:
     """The recipe these arguments came from (recorded in metrics.json)."""
     progress: bool = True
     """Progress output: bars when stderr is a terminal, else one line per epoch."""
+    tensorboard: bool = True
+    """Write TensorBoard events (scalars, PR curves, confusion images, hparams) to
+    <out>/<name>/<version>/tensorboard/."""
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -133,6 +150,10 @@ class TrainArgs:
             (self.mixup >= 0, "--mixup (Beta alpha) must be >= 0"),
             (self.workers >= 0, "--workers must be >= 0"),
             (self.frames is None or self.frames >= 16, "--frames must be >= 16 (one patch)"),
+            (self.num_folds >= 2, "--num-folds must be at least 2"),
+            (self.fold is None or self.fold >= 1, "--fold counts from 1"),
+            (self.early_stop >= 0, "--early-stop must be >= 0 (0: off)"),
+            (self.window_hop is None or self.window_hop >= 1, "--window-hop must be >= 1 frame"),
         ]
         for ok, message in checks:
             if not ok:
@@ -170,12 +191,23 @@ OPTION_GROUPS: dict[str, tuple[str, ...]] = {
         "dataset",
         "data_dir",
         "fold",
+        "num_folds",
+        "group_by",
         "val_fraction",
         "test_fraction",
         "audio",
         "h5_sample_rate",
     ),
-    "model": ("method", "backbone", "pool", "frames", "mean", "std", "compute_stats"),
+    "model": (
+        "method",
+        "backbone",
+        "pool",
+        "frames",
+        "window_hop",
+        "mean",
+        "std",
+        "compute_stats",
+    ),
     "training": (
         "epochs",
         "lr",
@@ -184,12 +216,13 @@ OPTION_GROUPS: dict[str, tuple[str, ...]] = {
         "weight_decay",
         "warmup_epochs",
         "grad_clip",
+        "early_stop",
         "mixup",
         "specaug",
         "freq_mask",
         "time_mask",
     ),
-    "output": ("out", "name", "version", "task", "resume"),
+    "output": ("out", "name", "version", "task", "resume", "tensorboard"),
     "runtime": (
         "seed",
         "device",

@@ -1,4 +1,5 @@
-"""``lookaside-train`` / ``python -m training``: train, evaluate, crossval, methods, push, export.
+"""``lookaside-train`` / ``python -m training``: train, evaluate, crossval, methods, push, export,
+reproduce.
 
 The commands; their parser (options, help, examples) is :mod:`training.cli_parser`.
 """
@@ -8,74 +9,25 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import sys
 import textwrap
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 from lookaside.cli_help import plain
 from lookaside.errors import ConfigError, LookasideError
-from training.args import TrainArgs, build_args, load_yaml, method_fields
+from training import crossval, reproduce
+from training.args import method_fields
+from training.cli_common import format_table, say, train_args_of
 from training.cli_parser import parser
-from training.recipes import get_recipe
 
 __all__ = ["COMMANDS", "main", "parser"]
-
-
-def _say(text: str = "") -> None:
-    """Command output (stdout; progress bars and logs go to stderr)."""
-    sys.stdout.write(text + "\n")
-
-
-def _train_args(ns: argparse.Namespace, **fixed: Any) -> TrainArgs:
-    given = {
-        k: v
-        for k, v in vars(ns).items()
-        if k not in {"command", "recipe", "config", "checkpoint", "split", "folds"}
-    }
-    layers: list[dict[str, Any]] = []
-    if getattr(ns, "recipe", None):
-        layers.append({**get_recipe(ns.recipe).settings, "recipe": ns.recipe})
-    if getattr(ns, "config", None):
-        layers.append(load_yaml(ns.config))
-    layers += [given, fixed]
-    return build_args(layers)
-
-
-def _table(
-    rows: Sequence[Sequence[str]], header: Sequence[str], wrap: dict[int, int] | None = None
-) -> str:
-    """Aligned columns; a column in ``wrap`` (index -> width) wraps at word boundaries."""
-    wrap = wrap or {}
-    cells = [
-        [
-            textwrap.wrap(str(c), wrap[i], break_on_hyphens=False) or [""]
-            if i in wrap
-            else [str(c)]
-            for i, c in enumerate(r)
-        ]
-        for r in [header, *rows]
-    ]
-    cells = [[[line.replace("\u00a0", " ") for line in c] for c in r] for r in cells]
-    widths = [max(len(line) for r in cells for line in r[i]) for i in range(len(header))]
-    out: list[str] = []
-    for n, row in enumerate(cells):
-        for k in range(max(len(c) for c in row)):
-            parts = [
-                (c[k] if k < len(c) else "").ljust(w) for c, w in zip(row, widths, strict=True)
-            ]
-            out.append("  ".join(parts).rstrip())
-        if n == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return "\n".join(out)
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
     from training.pipeline import train
 
-    args = _train_args(ns)
+    args = train_args_of(ns)
     report = train(args)
     if int(os.environ.get("RANK", "0")) == 0:
         rows = [
@@ -92,13 +44,13 @@ def cmd_train(ns: argparse.Namespace) -> int:
             ["wall time", f"{report.seconds:.1f} s"],
             ["checkpoint", str(report.run_dir)],
         ]
-        _say(_table(rows, ["summary", "value"]))
+        say(format_table(rows, ["summary", "value"]))
     return 0
 
 
 def cmd_evaluate(ns: argparse.Namespace) -> int:
     from lookaside.checkpoint import load_manifest
-    from training.pipeline import evaluate_dir
+    from training.evaluation import evaluate_dir
     from training.reports import per_class
     from training.tasks import kind_of_dataset
 
@@ -106,11 +58,11 @@ def cmd_evaluate(ns: argparse.Namespace) -> int:
     fixed: dict[str, Any] = {"method": manifest.method}
     if "backbone" not in vars(ns):
         fixed["backbone"] = manifest.backbone.source
-    args = _train_args(ns, **fixed)
+    args = train_args_of(ns, **fixed)
     res, ckpt, labels = evaluate_dir(ns.checkpoint, args, ns.split)
     unit = kind_of_dataset(args.dataset).unit  # AVE: scored per second
-    _say(
-        _table(
+    say(
+        format_table(
             [
                 [
                     r["label"],
@@ -123,29 +75,10 @@ def cmd_evaluate(ns: argparse.Namespace) -> int:
             ["class", unit, "recall", "precision"],
         )
     )
-    _say(
+    say(
         f"{ckpt.manifest.id} on {ns.split} ({res.count} {unit}): "
         f"top-1 {100 * res.accuracy:.2f} % (accuracy {res.accuracy!r}, loss {res.loss!r}), "
         f"mAP {res.mean_ap:.4f}"
-    )
-    return 0
-
-
-def cmd_crossval(ns: argparse.Namespace) -> int:
-    from training.pipeline import train
-
-    base = _train_args(ns)
-    folds = [int(f) for f in ns.folds.split(",")]
-    rows, scores = [], []
-    for fold in folds:
-        report = train(replace(base, fold=fold, name=f"{base.adapter_name}-fold{fold}"))
-        scores.append(report.metrics["accuracy"])
-        rows.append([str(fold), f"{100 * scores[-1]:.2f} %", str(report.run_dir)])
-    spread = statistics.stdev(scores) if len(scores) > 1 else 0.0
-    _say(_table(rows, ["test fold", "top-1", "checkpoint"]))
-    _say(
-        f"mean top-1 over {len(folds)} folds: {100 * statistics.mean(scores):.2f} % "
-        f"+- {100 * spread:.2f}"
     )
     return 0
 
@@ -176,15 +109,15 @@ def cmd_methods(ns: argparse.Namespace) -> int:
             continue
         rows.append([method, text or "-", note, f"{n:,}", f"{100 * n / total:.3f} %"])
     shape = "" if ns.backbone else f" (the shape of {DEFAULT_BACKBONE}, random weights)"
-    _say(f"backbone {source}{shape}: {total:,} parameters; head with {ns.num_classes} classes\n")
+    say(f"backbone {source}{shape}: {total:,} parameters; head with {ns.num_classes} classes\n")
     width = max(shutil.get_terminal_size((100, 24)).columns, 100)
     header = ["method", "options", "note", "params", "% of backbone"]
-    _say(_table(rows, header, wrap={1: 32, 2: 20, 4: max(24, width - 84)}))
-    _say("\noptions (lookaside-train train --method M --OPTION VALUE):")
+    say(format_table(rows, header, wrap={1: 32, 2: 20, 4: max(24, width - 84)}))
+    say("\noptions (lookaside-train train --method M --OPTION VALUE):")
     for name, info in method_fields().items():
         text = f"{plain(info['help'])} [{', '.join(info['methods'])}]"
         lines = textwrap.wrap(text, width - 24, break_on_hyphens=False)
-        _say(f"  {'--' + name.replace('_', '-'):<20}" + ("\n" + " " * 22).join(lines))
+        say(f"  {'--' + name.replace('_', '-'):<20}" + ("\n" + " " * 22).join(lines))
     return 0
 
 
@@ -221,7 +154,7 @@ def cmd_push(ns: argparse.Namespace) -> int:
         activate=ns.activate,
         force=ns.force,
     )
-    _say(describe(answer))
+    say(describe(answer))
     return 0
 
 
@@ -237,14 +170,15 @@ def cmd_export(ns: argparse.Namespace) -> int:
     backbone = load_backbone(source, device="cpu").eval()
     ckpt = load_checkpoint(ns.checkpoint, backbone=backbone)
     meta = export_standalone(backbone, ckpt, ns.onnx)
-    _say(f"wrote {ns.onnx} ({ns.onnx.stat().st_size / 1e6:.1f} MB) and {meta}")
+    say(f"wrote {ns.onnx} ({ns.onnx.stat().st_size / 1e6:.1f} MB) and {meta}")
     return 0
 
 
 COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
-    "crossval": cmd_crossval,
+    "crossval": crossval.cmd_crossval,
+    "reproduce": reproduce.cmd_reproduce,
     "methods": cmd_methods,
     "push": cmd_push,
     "export": cmd_export,

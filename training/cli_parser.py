@@ -16,6 +16,7 @@ from typing import Any
 
 from lookaside.backbones import DEFAULT_BACKBONE
 from lookaside.cli_help import HelpFormatter, plain, with_default
+from training import crossval, reproduce
 from training.args import COMMAND_FIELDS, OPTION_GROUPS, TrainArgs, field_docs, method_fields
 from training.recipes import RECIPES
 
@@ -51,6 +52,8 @@ recipes (--recipe): """,
     "push": """examples:
   lookaside-train push runs/folder/1 --url http://127.0.0.1:8000 --activate
   lookaside-train push runs/folder/1 --url http://gpu-box:8000 --token-file ~/.lookaside-token""",
+    "reproduce": """examples:
+  lookaside-train reproduce --help""",
     "export": """examples:
   lookaside-train export runs/folder/1 --onnx folder.onnx""",
 }
@@ -158,7 +161,7 @@ def parser() -> argparse.ArgumentParser:
     )
     _add_train_options(p, "evaluate")
     p = _sub(sub, "crossval", "train once per test fold (ESC-50: 1-5); mean and spread")
-    p.add_argument("--folds", default="1,2,3,4,5", help="comma-separated test folds")
+    crossval.add_arguments(p)
     _add_train_options(p, "crossval")
     p = _sub(sub, "methods", "list the adapter methods, their options and parameter counts")
     p.add_argument(
@@ -198,4 +201,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", type=Path, required=True, metavar="FILE", help="the model to write")
     p.add_argument("--backbone", help="backbone source (default: the one the checkpoint records)")
     p.add_argument("--force", action="store_true", help="replace an existing file")
+    p = _sub(sub, "reproduce", "train and evaluate every row of a paper's table (GPU host)")
+    reproduce.add_arguments(p)
     return root

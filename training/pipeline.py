@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ from tqdm import tqdm
 from lookaside.adapters import HeadConfig
 from lookaside.backbone import VisionTransformer
 from lookaside.backbones import load_backbone
-from lookaside.checkpoint import AdapterCheckpoint, load_checkpoint
+from lookaside.checkpoint import AdapterCheckpoint
 from lookaside.errors import ConfigError
 from lookaside.model import MultiAdapterModel
 from training.args import TrainArgs
@@ -43,7 +43,7 @@ from training.tasks.base import Batches
 
 ADAPTER_ID = "train"
 
-__all__ = ["FitState", "TrainReport", "evaluate_checkpoint", "evaluate_dir", "train"]
+__all__ = ["FitState", "TrainReport", "evaluate_checkpoint", "train"]
 
 
 @dataclass
@@ -91,6 +91,8 @@ def data_options(args: TrainArgs) -> DataOptions:
     return DataOptions(
         root=args.data_dir,
         fold=args.fold,
+        num_folds=args.num_folds,
+        group_by=args.group_by,
         seed=args.seed,
         val_fraction=args.val_fraction,
         test_fraction=args.test_fraction,
@@ -253,47 +255,6 @@ def evaluate_checkpoint(
         num_classes=len(ckpt.manifest.labels),
         progress=progress,
     )
-
-
-def evaluate_dir(
-    directory: Path,
-    args: TrainArgs,
-    split: str,
-) -> tuple[EvalResult, AdapterCheckpoint, list[str]]:
-    """The ``evaluate`` command: a checkpoint directory on a dataset split.
-
-    Without ``--data-dir``, the run's own ``split.csv`` (written beside a checkpoint trained on a
-    drawn split) is used.
-    """
-    device = resolve_device(args.device)
-    backbone = load_backbone(args.backbone, device=device)
-    ckpt = load_checkpoint(directory, backbone=backbone)
-    if args.data_dir is None:
-        if not (directory / "split.csv").is_file():
-            raise ConfigError(f"--data-dir is required ({directory} has no split.csv)")
-        args = replace(args, dataset="csv", data_dir=directory / "split.csv")
-    splits = load_dataset(args.dataset, data_options(args))
-    kind = kind_of_dataset(args.dataset)
-    kind.check_backbone(backbone)
-    if splits.labels != ckpt.manifest.labels:
-        raise ConfigError(
-            f"the dataset's labels {splits.labels[:5]}... differ from the checkpoint's "
-            f"{ckpt.manifest.labels[:5]}...: evaluate on the dataset it was trained for"
-        )
-    batches = kind.eval_batches(args, splits, split, ckpt.manifest.features, backbone)
-    if batches is None:
-        raise ConfigError(f"split {split!r} of {args.dataset} is empty; choose train, val or test")
-    res = evaluate_checkpoint(
-        kind,
-        ckpt,
-        backbone,
-        batches,
-        splits,
-        device=device,
-        precision=args.precision,
-        progress=args.progress,
-    )
-    return res, ckpt, splits.labels
 
 
 def _init_distributed(device: torch.device) -> tuple[int, int]:

@@ -29,7 +29,7 @@ from training.recipes import RECIPES
 ROOT = Path(__file__).parents[2]
 BIN = Path(sys.executable).parent
 MARKUP = re.compile(r"``|:(class|func|mod|meth|data|attr|obj|exc):|`~")
-TRAIN_COMMANDS = ["train", "evaluate", "crossval", "methods", "push", "export"]
+TRAIN_COMMANDS = ["train", "evaluate", "crossval", "methods", "push", "export", "reproduce"]
 
 
 def _subparsers(root: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

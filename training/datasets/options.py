@@ -13,7 +13,12 @@ class DataOptions:
     root: Path
     """Dataset directory (or a CSV file for the ``csv`` layout)."""
     fold: int | None = None
-    """Test fold of a folded dataset (ESC-50: 1-5)."""
+    """Test fold: one of the dataset's own (ESC-50: 1-5) or of a drawn K-fold (1..num_folds)."""
+    num_folds: int = 5
+    """K of a K-fold drawn over a dataset without folds of its own."""
+    group_by: str | None = None
+    """Group key of drawn splits: a CSV column or a path regex (``None``: the layout's default,
+    ``"none"``: by label only); see :class:`training.args.TrainArgs`."""
     seed: int = 0
     """Seed of any split drawn here."""
     val_fraction: float = 0.1

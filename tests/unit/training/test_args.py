@@ -9,7 +9,8 @@ import pytest
 from lookaside.adapters import ADAPTERS
 from lookaside.errors import ConfigError
 from training.args import build_args, method_fields
-from training.cli import _train_args, parser
+from training.cli import parser
+from training.cli_common import train_args_of as _train_args
 from training.recipes import RECIPES
 
 
