@@ -4,7 +4,6 @@ prints."""
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -16,6 +15,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from training import plots
+from training.datasets.base import write_split_csv
 
 if TYPE_CHECKING:
     from training.args import TrainArgs
@@ -95,11 +95,7 @@ def write_reports(
         run_dir / "confusion_matrix.png",
         f"{title}, {final} split",
     )
-    if splits.split_rows is not None:
-        with (run_dir / "split.csv").open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["path", "label", "start_s", "end_s", "split"])
-            writer.writerows(splits.split_rows)
+    write_split_csv(splits.split_rows, run_dir / "split.csv")
     body = {
         "metrics": report.metrics,
         "best_epoch": state.best_epoch,

@@ -81,6 +81,16 @@ class DatasetSplits:
         return clips
 
 
+def write_split_csv(rows: Sequence[Sequence[str]] | None, path: Path) -> None:
+    """``split.csv`` of a split drawn here (``rows`` None: the dataset gave its own split)."""
+    if rows is None:
+        return
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "start_s", "end_s", "split"])
+        writer.writerows(rows)
+
+
 def require_dir(path: Path, what: str) -> Path:
     """``path`` if it is a directory, else a :class:`DatasetError` saying what belongs there."""
     if not path.is_dir():
