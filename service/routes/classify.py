@@ -19,13 +19,12 @@ import time
 from collections.abc import Sequence
 from typing import Annotated, Any
 
-import torch
 from fastapi import APIRouter, Query, Request
 from starlette.datastructures import UploadFile
 from torch import Tensor
 
-from lookaside.adapters.head import scores_of
 from lookaside.checkpoint import AdapterManifest
+from lookaside.clip_scores import clip_scores, top_labels, window_end
 from lookaside.tasks import CLIP, Inputs, TaskKind
 from service.deps import EngineDep, RegistryDep, StateDep
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
@@ -258,25 +257,20 @@ def _parse_top_k(form_value: str | None, query_value: int | None) -> int:
 
 # -- output ---------------------------------------------------------------------------------------
 def _top(scores: Tensor, labels: list[str], k: int) -> list[LabelScore]:
-    values, index = torch.topk(scores, min(k, len(labels)))
-    return [
-        LabelScore(label=labels[int(i)], score=float(v))
-        for v, i in zip(values.tolist(), index.tolist(), strict=True)
-    ]
+    return [LabelScore(label=label, score=score) for label, score in top_labels(scores, labels, k)]
 
 
 def _result(
     manifest: AdapterManifest, windows: ClipWindows, logits: Tensor, k: int, duration_s: float
 ) -> AdapterResult:
-    scores = scores_of(logits, multi_label=manifest.task_type == "multilabel")
+    scores, clip = clip_scores(logits, multi_label=manifest.task_type == "multilabel")
     labels = list(manifest.labels)
-    clip = scores.mean(dim=0)
     timeline = None
     if scores.shape[0] > 1:
         timeline = [
             Window(
                 start_s=round(start, 6),
-                end_s=round(min(start + windows.window_s, duration_s), 6),
+                end_s=round(window_end(start, windows.window_s, duration_s), 6),
                 labels=_top(row, labels, k),
             )
             for start, row in zip(windows.start_s, scores, strict=True)
