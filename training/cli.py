@@ -1,5 +1,5 @@
-"""``lookaside-train`` / ``python -m training``: train, evaluate, crossval, methods, push, export,
-reproduce.
+"""``lookaside-train`` / ``python -m training``: train, evaluate, predict, crossval, methods, push,
+export, reproduce.
 
 The commands; their parser (options, help, examples) is :mod:`training.cli_parser`.
 """
@@ -14,8 +14,10 @@ import textwrap
 from collections.abc import Sequence
 from typing import Any
 
+from lookaside.checkpoint import load_manifest
 from lookaside.cli_help import plain
 from lookaside.errors import ConfigError, LookasideError
+from lookaside.token_file import read_token_file
 from training import crossval, reproduce
 from training.args import method_fields
 from training.cli_common import format_table, say, train_args_of
@@ -49,16 +51,25 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(ns: argparse.Namespace) -> int:
-    from lookaside.checkpoint import load_manifest
-    from training.evaluation import evaluate_dir
+    from training.args import load_yaml
+    from training.evaluation import evaluate_dir, evaluation_args
+    from training.predict import resolve_checkpoint
     from training.reports import per_class
     from training.tasks import kind_of_dataset
 
+    ns.checkpoint, which = resolve_checkpoint(ns.checkpoint)
+    if which:
+        say(which)
     manifest = load_manifest(ns.checkpoint)
     fixed: dict[str, Any] = {"method": manifest.method}
     if "backbone" not in vars(ns):
         fixed["backbone"] = manifest.backbone.source
-    args = train_args_of(ns, **fixed)
+    skip = {"command", "config", "checkpoint", "split"}
+    layers = [load_yaml(ns.config)] if getattr(ns, "config", None) else []
+    layers.append({k: v for k, v in vars(ns).items() if k not in skip})
+    args, note = evaluation_args(ns.checkpoint, layers, fixed)
+    if note:
+        say(f"evaluating on {note}")
     res, ckpt, labels = evaluate_dir(ns.checkpoint, args, ns.split)
     unit = kind_of_dataset(args.dataset).unit  # AVE: scored per second
     say(
@@ -80,6 +91,55 @@ def cmd_evaluate(ns: argparse.Namespace) -> int:
         f"top-1 {100 * res.accuracy:.2f} % (accuracy {res.accuracy!r}, loss {res.loss!r}), "
         f"mAP {res.mean_ap:.4f}"
     )
+    return 0
+
+
+def cmd_predict(ns: argparse.Namespace) -> int:
+    from training.pipeline import resolve_device
+    from training.predict import (
+        LibraryScorer,
+        Limits,
+        Scorer,
+        ServerScorer,
+        collect_files,
+        output_format,
+        resolve_checkpoint,
+        run_predict,
+    )
+
+    directory, note = resolve_checkpoint(ns.checkpoint)
+    if note:
+        sys.stderr.write(note + "\n")
+    fmt = output_format(ns.out, ns.timeline)
+    if ns.top_k < 1 or ns.batch_size < 1:
+        raise ConfigError("--top-k and --batch-size must be at least 1")
+    files = collect_files(ns.paths, ns.max_files)
+    manifest = load_manifest(directory)
+    k = min(ns.top_k, len(manifest.labels))
+    scorer: Scorer
+    if ns.url:
+        token = read_token_file(ns.token_file) if ns.token_file else None
+        ref = ns.adapter or f"{manifest.name}@{manifest.version}"
+        scorer = ServerScorer(
+            ns.url, ref, manifest, token=token, top_k=k, timeline=ns.timeline, timeout=ns.timeout
+        )
+    else:
+        limits = Limits(ns.max_seconds, ns.max_windows)
+        scorer = LibraryScorer(
+            directory,
+            backbone=ns.backbone,
+            device=resolve_device(ns.device),
+            batch_size=ns.batch_size,
+            top_k=k,
+            timeline=ns.timeline,
+            limits=limits,
+        )
+    total, failed = run_predict(scorer, files, ns.out, fmt, k, ns.progress)
+    where = "stdout" if ns.out in (None, "-") else ns.out
+    sys.stderr.write(f"{manifest.id}: {total} file(s) -> {where} ({fmt})\n")
+    if failed:
+        sys.stderr.write(f"error: {failed} of {total} file(s) failed (see their error field)\n")
+        return 1
     return 0
 
 
@@ -179,6 +239,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "crossval": crossval.cmd_crossval,
     "reproduce": reproduce.cmd_reproduce,
+    "predict": cmd_predict,
     "methods": cmd_methods,
     "push": cmd_push,
     "export": cmd_export,

@@ -41,6 +41,10 @@ recipes (--recipe): """,
     "evaluate": """examples:
   lookaside-train evaluate runs/folder/1                    # the run's own held-out split
   lookaside-train evaluate runs/esc50/1 --dataset esc50 --data-dir ESC-50-master --fold 1""",
+    "predict": """examples:
+  lookaside-train predict runs/folder new_clips/ --out predictions.csv
+  lookaside-train predict runs/folder/1 a.wav b.mp3 --timeline --out predictions.jsonl
+  lookaside-train predict runs/folder/1 new/ --url http://127.0.0.1:8000 --out labels.jsonl""",
     "crossval": """examples:
   lookaside-train crossval --recipe esc50-loaa-attn-t --data-dir ESC-50-master
   lookaside-train crossval --dataset esc50 --data-dir ESC-50-master --folds 1,2 --epochs 5
@@ -112,6 +116,54 @@ def _add_train_options(p: argparse.ArgumentParser, command: str) -> None:
         )
 
 
+def _add_predict_options(p: argparse.ArgumentParser) -> None:
+    """``predict``: what to label, where to write it, and through what (library or server)."""
+    from training import predict as pr
+
+    p.add_argument(
+        "checkpoint", type=Path, help="a <name>/<version> directory, or <name>/ (its highest run)"
+    )
+    p.add_argument(
+        "paths", type=Path, nargs="+", metavar="PATH", help="audio/video files and folders"
+    )
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        help="FILE.csv or FILE.jsonl (default, or -: JSONL on stdout)",
+    )
+    p.add_argument("--top-k", type=int, default=5, help="labels per clip (at most the labels)")
+    p.add_argument("--timeline", action="store_true", help="each window's top-k too (JSONL only)")
+    lib = p.add_argument_group("through the library (default)")
+    lib.add_argument(
+        "--backbone", help="backbone to load it on (default: the one the checkpoint records)"
+    )
+    lib.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    lib.add_argument("--batch-size", type=int, default=32, help="windows per forward")
+    srv = p.add_argument_group("through a server (the same scores from its /classify)")
+    srv.add_argument("--url", help="server base URL, e.g. http://gpu-box:8000")
+    srv.add_argument(
+        "--adapter",
+        metavar="NAME[@VERSION]",
+        help="the adapter the server serves (default: the checkpoint's name@version)",
+    )
+    srv.add_argument("--token-file", type=Path, metavar="FILE", help="file holding a token")
+    srv.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    lim = p.add_argument_group("limits")
+    lim.add_argument("--max-files", type=int, default=pr.MAX_FILES, help="most files in one run")
+    lim.add_argument(
+        "--max-seconds", type=float, default=pr.MAX_SECONDS, help="longest clip decoded"
+    )
+    lim.add_argument(
+        "--max-windows", type=int, default=pr.MAX_WINDOWS, help="most windows of one clip"
+    )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a progress bar on stderr when it is a terminal",
+    )
+
+
 def _option_kind(kind: str) -> dict[str, Any]:
     """argparse settings of a TrainArgs field from its annotation (a string here)."""
     if kind == "bool":
@@ -160,6 +212,8 @@ def parser() -> argparse.ArgumentParser:
         "--split", default="test", choices=["train", "val", "test"], help="split to score"
     )
     _add_train_options(p, "evaluate")
+    p = _sub(sub, "predict", "label new clips (files or folders) with a checkpoint: CSV or JSONL")
+    _add_predict_options(p)
     p = _sub(sub, "crossval", "train once per test fold (ESC-50: 1-5); mean and spread")
     crossval.add_arguments(p)
     _add_train_options(p, "crossval")

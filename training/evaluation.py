@@ -1,21 +1,88 @@
-"""The ``evaluate`` command as a function: a checkpoint directory scored on a dataset split,
-exactly as training scored it (:func:`training.pipeline.evaluate_checkpoint`)."""
+"""The ``evaluate`` command as functions: a checkpoint directory scored on a dataset split, exactly
+as training scored it (:func:`training.pipeline.evaluate_checkpoint`), by default on the dataset
+and split the run recorded in its ``metrics.json``."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from lookaside.backbones import load_backbone
 from lookaside.checkpoint import AdapterCheckpoint, load_checkpoint
 from lookaside.errors import ConfigError
-from training.args import TrainArgs
-from training.datasets import load_dataset
+from training.args import TrainArgs, build_args
+from training.datasets import Splits, load_dataset
 from training.loop import EvalResult
 from training.pipeline import data_options, evaluate_checkpoint, resolve_device
 from training.tasks import kind_of_dataset
 
-__all__ = ["evaluate_dir"]
+__all__ = ["RECORDED_FIELDS", "evaluate_dir", "evaluation_args", "recorded_args"]
+
+RECORDED_FIELDS = (
+    "dataset",
+    "data_dir",
+    "fold",
+    "num_folds",
+    "group_by",
+    "seed",
+    "val_fraction",
+    "test_fraction",
+    "audio",
+    "h5_sample_rate",
+    "eval_batch_size",
+    "precision",
+)
+"""What ``evaluate RUN`` takes from the run's ``metrics.json`` ``args``: the dataset, how its
+split was drawn, and how it was scored."""
+MAX_METRICS_BYTES = 16 * 1024 * 1024
+
+
+def recorded_args(run_dir: Path) -> dict[str, Any] | None:
+    """The data settings ``run_dir/metrics.json`` recorded (None: no such file)."""
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return None
+    if path.stat().st_size > MAX_METRICS_BYTES:
+        raise ConfigError(f"{path} is over {MAX_METRICS_BYTES} bytes; not a run's metrics.json")
+    try:
+        args = json.loads(path.read_text(encoding="utf-8")).get("args") or {}
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+    out = {k: args[k] for k in RECORDED_FIELDS if args.get(k) is not None}
+    if out.get("precision") == "fp16":  # CUDA only; evaluate may run elsewhere
+        del out["precision"]
+    return out
+
+
+def evaluation_args(
+    run_dir: Path, layers: list[dict[str, Any]], fixed: dict[str, Any]
+) -> tuple[TrainArgs, str | None]:
+    """Settings of ``evaluate RUN``: the run's recorded data settings < ``layers`` (``--config``,
+    then the command line) < ``fixed``; and a line saying where the data comes from.
+
+    A ``--dataset`` other than the recorded one drops the record; a recorded data directory that
+    no longer exists falls back to the run's ``split.csv``.
+    """
+    given = {k: v for layer in layers for k, v in layer.items()}
+    recorded = recorded_args(run_dir) or {}
+    if "dataset" in given and given["dataset"] != recorded.get("dataset"):
+        recorded = {}
+    note = None
+    if recorded and "data_dir" not in given:
+        where = Path(recorded["data_dir"]).expanduser()
+        note = f"dataset {recorded['dataset']} at {where} (recorded in {run_dir}/metrics.json)"
+        if not where.exists():
+            split_csv = run_dir / "split.csv"
+            if not split_csv.is_file():
+                raise ConfigError(
+                    f"the run's recorded data directory {where} no longer exists and {run_dir} "
+                    "has no split.csv; pass --dataset and --data-dir"
+                )
+            recorded = {"dataset": "csv", "data_dir": str(split_csv), "seed": recorded.get("seed")}
+            note = f"the recorded {where} no longer exists; using the run's split {split_csv}"
+    return build_args([recorded, *layers, fixed]), note
 
 
 def evaluate_dir(
@@ -33,7 +100,10 @@ def evaluate_dir(
     ckpt = load_checkpoint(directory, backbone=backbone)
     if args.data_dir is None:
         if not (directory / "split.csv").is_file():
-            raise ConfigError(f"--data-dir is required ({directory} has no split.csv)")
+            raise ConfigError(
+                f"--data-dir is required ({directory} has no metrics.json recording the dataset "
+                "and no split.csv)"
+            )
         args = replace(args, dataset="csv", data_dir=directory / "split.csv")
     splits = load_dataset(args.dataset, data_options(args))
     kind = kind_of_dataset(args.dataset)
@@ -45,7 +115,7 @@ def evaluate_dir(
         )
     batches = kind.eval_batches(args, splits, split, ckpt.manifest.features, backbone)
     if batches is None:
-        raise ConfigError(f"split {split!r} of {args.dataset} is empty; choose train, val or test")
+        raise ConfigError(empty_split_message(splits, split, args, directory))
     res = evaluate_checkpoint(
         kind,
         ckpt,
@@ -57,3 +127,21 @@ def evaluate_dir(
         progress=args.progress,
     )
     return res, ckpt, splits.labels
+
+
+def empty_split_message(splits: Splits, split: str, args: TrainArgs, run_dir: Path) -> str:
+    """Which splits have clips, and how to get the one asked for."""
+    counts = {s: len(getattr(splits, s)) for s in ("train", "val", "test")}
+    have = ", ".join(f"{s} ({n})" for s, n in counts.items() if n) or "none"
+    others = [s for s in ("val", "test") if counts[s] and s != split]
+    advice = (
+        "train with a test split (e.g. --test-fraction 0.2)"
+        if split == "test"
+        else f"train with a {split} split"
+    )
+    if others:
+        advice += f", or evaluate another: lookaside-train evaluate {run_dir} --split {others[0]}"
+    return (
+        f"split {split!r} of {args.dataset} at {args.data_dir} has no clips; the splits with "
+        f"clips: {have}. To score a {split} split, {advice}"
+    )

@@ -1,0 +1,369 @@
+"""``lookaside-train predict``: label a folder of new clips with a trained adapter, to CSV or JSONL.
+
+Through the library (default) each file is decoded, resampled and cut into windows exactly as
+``POST /classify`` does it (:func:`lookaside.decode.decode_audio` downmixing and resampling while
+decoding, :func:`lookaside.features.extract_windows` at the checkpoint's ``window_hop_frames``),
+each window is scored and the clip's scores are the mean of the windows'
+(:mod:`lookaside.clip_scores`, the module the service answers with); so a file gets the scores
+the server would give it. With ``--url`` each file is sent to a server's ``/classify`` instead.
+
+Bounded: at most ``--max-files`` files, each at most :data:`MAX_FILE_BYTES` on disk,
+``--max-seconds`` long, :data:`MAX_DECODED_SAMPLES` decoded samples and ``--max-windows`` windows
+(counted by arithmetic before any is built). A file that fails gets an ``error`` entry; the run
+goes on and exits 1 at the end with the count.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+import torch
+from tqdm import tqdm
+
+from lookaside.checkpoint import MANIFEST_FILE, AdapterManifest, load_checkpoint, load_manifest
+from lookaside.clip_scores import clip_scores, top_labels, window_end
+from lookaside.decode import decode_audio
+from lookaside.errors import ConfigError, LookasideError
+from lookaside.features import extract_windows, window_count
+from lookaside.tasks import CLIP
+from training.datasets.base import AUDIO_SUFFIXES
+
+__all__ = ["MEDIA_SUFFIXES", "Prediction", "collect_files", "resolve_checkpoint", "run_predict"]
+
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi")
+"""Video containers whose first audio track the decoder (PyAV) reads, as the service does."""
+MEDIA_SUFFIXES = frozenset({*AUDIO_SUFFIXES, ".oga", *VIDEO_SUFFIXES})
+"""What a folder contributes (explicitly named files are taken whatever their suffix)."""
+MAX_FILES = 100_000
+MAX_FILE_BYTES = 1 << 30
+"""Largest file read (1 GiB): a file is read whole before it is decoded."""
+MAX_SECONDS = 600.0
+"""Longest clip decoded (lookaside-serve's LOOKASIDE_MAX_AUDIO_SECONDS default)."""
+MAX_DECODED_SAMPLES = 1 << 26
+"""Decoded samples (channels x frames at the file's rate) one file may make: 10 minutes of 48 kHz
+stereo fit; a header that lies cannot make the decoder hold more."""
+MAX_WINDOWS = 4096
+"""Windows one file may make (lookaside-serve refuses over LOOKASIDE_MAX_REQUEST_ROWS, 1024)."""
+
+
+@dataclass
+class Prediction:
+    """One file's output row."""
+
+    path: str
+    duration_s: float | None = None
+    top_k: list[tuple[str, float]] = field(default_factory=list)
+    timeline: list[tuple[float, float, list[tuple[str, float]]]] | None = None
+    """``(start_s, end_s, top_k)`` per window (``--timeline``)."""
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_seconds: float = MAX_SECONDS
+    max_windows: int = MAX_WINDOWS
+    max_samples: int = MAX_DECODED_SAMPLES
+
+
+class Scorer(Protocol):
+    """Turns files into predictions, in order (library or server)."""
+
+    def predict(self, paths: list[Path]) -> Iterator[Prediction]: ...
+
+
+# -- inputs ---------------------------------------------------------------------------------------
+def resolve_checkpoint(path: Path) -> tuple[Path, str | None]:
+    """``path`` if it holds a checkpoint, else its highest numbered run (and a line saying so)."""
+    if (path / MANIFEST_FILE).is_file():
+        return path, None
+    if path.is_dir():
+        runs = [p for p in path.iterdir() if p.name.isdigit() and (p / MANIFEST_FILE).is_file()]
+        if runs:
+            best = max(runs, key=lambda p: int(p.name))
+            return best, f"using {best} (the highest of the {len(runs)} run(s) in {path})"
+    raise ConfigError(
+        f"{path} is not a checkpoint (no {MANIFEST_FILE}) nor a folder of numbered runs; pass "
+        "<out>/<name>/<version> or <out>/<name>"
+    )
+
+
+def collect_files(paths: list[Path], max_files: int) -> list[Path]:
+    """Files named, and the media files under folders named (recursive, sorted), deduplicated;
+    refused past ``max_files`` before more are listed."""
+    found: dict[Path, None] = {}
+
+    def add(p: Path) -> None:
+        found[p] = None
+        if len(found) > max_files:
+            raise ConfigError(
+                f"more than {max_files} files to predict; pass fewer paths or raise --max-files"
+            )
+
+    for path in paths:
+        if path.is_file():
+            add(path)
+        elif path.is_dir():
+            for p in sorted(path.rglob("*")):
+                if p.suffix.lower() in MEDIA_SUFFIXES and p.is_file():
+                    add(p)
+        else:
+            raise ConfigError(f"{path} is neither a file nor a folder")
+    if not found:
+        suffixes = ", ".join(sorted(MEDIA_SUFFIXES))
+        raise ConfigError(
+            f"no audio or video files ({suffixes}) under {', '.join(map(str, paths))}"
+        )
+    return list(found)
+
+
+def read_file(path: Path) -> bytes:
+    """The file's bytes, refused over :data:`MAX_FILE_BYTES` before it is read."""
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise ConfigError(f"the file is {size} bytes, over the limit of {MAX_FILE_BYTES}")
+    return path.read_bytes()
+
+
+# -- through the library --------------------------------------------------------------------------
+@dataclass
+class _Pending:
+    prediction: Prediction
+    features: torch.Tensor | None = None
+    start_s: list[float] = field(default_factory=list)
+
+
+class LibraryScorer:
+    """The checkpoint in a fresh serving bank on its backbone; windows batched across files."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        backbone: str | None,
+        device: torch.device,
+        batch_size: int,
+        top_k: int,
+        timeline: bool,
+        limits: Limits,
+    ) -> None:
+        from lookaside.backbones import load_backbone
+        from lookaside.model import MultiAdapterModel
+        from training.export import make_bank
+
+        self.manifest = load_manifest(directory)
+        net = load_backbone(backbone or self.manifest.backbone.source, device=device).eval()
+        CLIP.check_method(self.manifest.id, self.manifest.method)
+        ckpt = load_checkpoint(directory, backbone=net)
+        bank = make_bank(net, trainable=False)
+        self.adapter_id = ckpt.load_into(bank)
+        self.model = MultiAdapterModel(net, bank)
+        self.device, self.batch_size = device, batch_size
+        self.top_k, self.timeline, self.limits = top_k, timeline, limits
+        self.cfg = self.manifest.features
+
+    def featurize(self, path: Path) -> _Pending:
+        """Decode and window one file as ``/classify`` does; a failure becomes its error."""
+        pending = _Pending(Prediction(str(path)))
+        cfg, limits = self.cfg, self.limits
+        try:
+            wave, rate = decode_audio(
+                read_file(path),
+                max_seconds=min(limits.max_seconds, cfg.max_seconds),
+                max_samples=limits.max_samples,
+                mono=True,
+                resample_to=cfg.sample_rate,
+            )
+            count = window_count(wave.shape[-1], rate, cfg)
+            if count > limits.max_windows:
+                raise ConfigError(
+                    f"{count} windows, over the limit of {limits.max_windows} (--max-windows)"
+                )
+            windows = extract_windows(wave, rate, cfg)
+        except (LookasideError, OSError, ValueError, RuntimeError) as exc:
+            pending.prediction.error = str(exc) or type(exc).__name__
+            return pending
+        pending.prediction.duration_s = round(wave.shape[-1] / rate, 6)
+        pending.features = windows.features.float().contiguous()
+        pending.start_s = [float(s) for s in windows.start_seconds]
+        return pending
+
+    def predict(self, paths: list[Path]) -> Iterator[Prediction]:
+        queue: list[_Pending] = []
+        rows = 0
+        for path in paths:
+            pending = self.featurize(path)
+            queue.append(pending)
+            rows += 0 if pending.features is None else pending.features.shape[0]
+            if rows >= self.batch_size:
+                yield from self._flush(queue)
+                queue, rows = [], 0
+        yield from self._flush(queue)
+
+    def _flush(self, queue: list[_Pending]) -> Iterator[Prediction]:
+        """Score the queued files' windows (in batches of ``batch_size``), in file order."""
+        feats = [p.features for p in queue if p.features is not None]
+        logits = self._logits(torch.cat(feats)) if feats else torch.empty(0)
+        offset = 0
+        for pending in queue:
+            if pending.features is not None:
+                n = pending.features.shape[0]
+                self._fill(pending, logits[offset : offset + n])
+                offset += n
+            yield pending.prediction
+
+    def _logits(self, features: torch.Tensor) -> torch.Tensor:
+        out = []
+        with torch.inference_mode():
+            for i in range(0, features.shape[0], self.batch_size):
+                batch = features[i : i + self.batch_size].to(self.device)
+                out.append(CLIP.logits(self.model, (batch,), self.adapter_id).float().cpu())
+        return torch.cat(out)
+
+    def _fill(self, pending: _Pending, logits: torch.Tensor) -> None:
+        m, p = self.manifest, pending.prediction
+        windows, clip = clip_scores(logits, multi_label=m.task_type == "multilabel")
+        labels = list(m.labels)
+        p.top_k = top_labels(clip, labels, self.top_k)
+        if self.timeline:
+            assert p.duration_s is not None
+            span = self.cfg.window_seconds
+            p.timeline = [
+                (
+                    round(s, 6),
+                    round(window_end(s, span, p.duration_s), 6),
+                    top_labels(row, labels, self.top_k),
+                )
+                for s, row in zip(pending.start_s, windows, strict=True)
+            ]
+
+
+# -- through a server -----------------------------------------------------------------------------
+class ServerScorer:
+    """Each file sent to ``/classify`` with :class:`lookaside.client.Client`."""
+
+    def __init__(
+        self,
+        url: str,
+        adapter: str,
+        manifest: AdapterManifest,
+        *,
+        token: str | None,
+        top_k: int,
+        timeline: bool,
+        timeout: float,
+    ) -> None:
+        self.url, self.adapter, self.manifest = url, adapter, manifest
+        self.token, self.top_k, self.timeline, self.timeout = token, top_k, timeline, timeout
+
+    def predict(self, paths: list[Path]) -> Iterator[Prediction]:
+        from lookaside.client import ApiError, Client
+
+        with Client(self.url, token=self.token, timeout=self.timeout) as client:
+            for path in paths:
+                p = Prediction(str(path))
+                try:
+                    answer = client.classify(read_file(path), self.adapter, top_k=self.top_k)
+                except (ApiError, ConfigError, OSError) as exc:
+                    p.error = str(exc)
+                    yield p
+                    continue
+                (result,) = answer.results
+                p.duration_s = answer.duration_s
+                p.top_k = [(s.label, s.score) for s in result.labels]
+                if self.timeline:
+                    p.timeline = self._timeline(result, answer.duration_s, p.top_k)
+                yield p
+
+    def _timeline(
+        self, result: Any, duration_s: float, top_k: list[tuple[str, float]]
+    ) -> list[tuple[float, float, list[tuple[str, float]]]]:
+        """The server's windows; a one-window clip (no timeline in the answer) is its own."""
+        if result.timeline is None:
+            end = window_end(0.0, self.manifest.features.window_seconds, duration_s)
+            return [(0.0, round(end, 6), top_k)]
+        return [
+            (w.start_s, w.end_s, [(s.label, s.score) for s in w.labels]) for w in result.timeline
+        ]
+
+
+# -- output ---------------------------------------------------------------------------------------
+def _json_row(p: Prediction) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "path": p.path,
+        "duration_s": p.duration_s,
+        "top_k": [{"label": label, "score": score} for label, score in p.top_k],
+    }
+    if p.timeline is not None:
+        row["timeline"] = [
+            {"start_s": a, "end_s": b, "top_k": [{"label": x, "score": s} for x, s in top]}
+            for a, b, top in p.timeline
+        ]
+    row["error"] = p.error
+    return row
+
+
+class Writer:
+    """Rows to ``.csv`` (one column pair per rank) or ``.jsonl`` (one object per file)."""
+
+    def __init__(self, stream: IO[str], fmt: str, k: int) -> None:
+        self.stream, self.fmt, self.k = stream, fmt, k
+        self.csv = csv.writer(stream) if fmt == "csv" else None
+        if self.csv is not None:
+            ranks = [f"{c}_{i}" for i in range(1, k + 1) for c in ("label", "score")]
+            self.csv.writerow(["path", "duration_s", *ranks, "error"])
+
+    def write(self, p: Prediction) -> None:
+        if self.csv is None:
+            self.stream.write(json.dumps(_json_row(p)) + "\n")
+            return
+        cells: list[Any] = []
+        for i in range(self.k):
+            cells += [*p.top_k[i]] if i < len(p.top_k) else ["", ""]
+        duration = "" if p.duration_s is None else p.duration_s
+        self.csv.writerow([p.path, duration, *cells, p.error or ""])
+        self.stream.flush()
+
+
+def output_format(out: str | None, timeline: bool) -> str:
+    """``csv`` or ``jsonl`` from the output's suffix (stdout: JSONL)."""
+    if out is None or out == "-" or out.lower().endswith(".jsonl"):
+        return "jsonl"
+    if out.lower().endswith(".csv"):
+        if timeline:
+            raise ConfigError("--timeline needs JSONL output (--out FILE.jsonl or stdout)")
+        return "csv"
+    raise ConfigError(f"--out {out}: name a .csv or .jsonl file, or - for JSONL on stdout")
+
+
+def run_predict(
+    scorer: Scorer, files: list[Path], out: str | None, fmt: str, k: int, progress: bool
+) -> tuple[int, int]:
+    """Write every file's prediction; returns (files, failed)."""
+    failed = 0
+    stream: IO[str] = sys.stdout
+    if out is not None and out != "-":
+        stream = open(out, "w", newline="", encoding="utf-8")  # noqa: SIM115 (closed below)
+    try:
+        writer = Writer(stream, fmt, k)
+        bar = tqdm(total=len(files), unit="file", disable=not (progress and sys.stderr.isatty()))
+        for p in scorer.predict(files):
+            writer.write(p)
+            failed += p.error is not None
+            bar.update()
+        bar.close()
+    finally:
+        if stream is not sys.stdout:
+            stream.close()
+    return len(files), failed
+
+
+def read_predictions(text: str) -> list[dict[str, Any]]:
+    """Rows of a JSONL predictions file (tests and comparisons)."""
+    return [json.loads(line) for line in io.StringIO(text) if line.strip()]
