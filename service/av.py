@@ -38,6 +38,11 @@ class AvClip:
     """``[seconds, 3, height, width]`` ImageNet-normalised frames, float32 host."""
     featurize_s: float
     """Time spent decoding and featurising (for the metrics)."""
+    audio_s: float = 0.0
+    """Length of the sound track (the video's own, or the separate audio file)."""
+    scored_audio_s: float = 0.0
+    """Seconds of sound the per-second spectrograms read (one second per video second, the last
+    one window long); sound after that is not scored."""
 
     @property
     def seconds(self) -> int:
@@ -76,10 +81,28 @@ def featurize_av(
     spec, pixels = av_inputs(decoded, features, image_size)
     return AvClip(
         duration_s=float(decoded.duration),
+        audio_s=decoded.audio.shape[-1] / decoded.sample_rate,
+        scored_audio_s=decoded.seconds - 1 + features.window_seconds,
         spec=spec.float().contiguous(),
         pixels=pixels.float().contiguous(),
         featurize_s=time.perf_counter() - started,
     )
+
+
+AUDIO_CUT_TOLERANCE_S = 0.05
+"""Sound this much longer than the video is not worth a note (encoder padding, rounding)."""
+
+
+def cut_audio_notes(clip: AvClip) -> list[str]:
+    """A note when the sound runs past the video and its end was not scored (empty otherwise)."""
+    cut = clip.audio_s - clip.scored_audio_s
+    if clip.audio_s - clip.duration_s <= AUDIO_CUT_TOLERANCE_S or cut <= AUDIO_CUT_TOLERANCE_S:
+        return []
+    return [
+        f"the audio ({clip.audio_s:.2f} s) is longer than the video ({clip.duration_s:.2f} s): "
+        f"its last {cut:.2f} s, after {clip.scored_audio_s:.2f} s, were cut and not scored (one "
+        "label per second of the video); send audio as long as the video to score it all"
+    ]
 
 
 def window_groups(clip: AvClip, segments: int) -> list[WindowGroup]:

@@ -116,6 +116,8 @@ class AvEventResponse(_Answer):
     duration_s: float
     seconds: list[SecondLabel]
     events: list[AvEvent]
+    notes: list[str] = []
+    """What the answer leaves out, e.g. the cut end of an audio track longer than the video."""
 
 
 class AdapterSummary(_Answer):

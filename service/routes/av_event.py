@@ -27,7 +27,14 @@ from lookaside.checkpoint import AdapterManifest
 from lookaside.tasks import AV_EVENTS, Inputs, TaskKind
 from lookaside.tasks.av_events import per_second_events, window_segments
 from lookaside.video import VideoLimits
-from service.av import AvClip, WindowGroup, assemble, featurize_av, window_groups
+from service.av import (
+    AvClip,
+    WindowGroup,
+    assemble,
+    cut_audio_notes,
+    featurize_av,
+    window_groups,
+)
 from service.deps import EngineDep, RegistryDep, StateDep
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from service.pipeline import run
@@ -130,6 +137,7 @@ async def av_event(
         events=[
             AvEvent(start_s=e.start_s, end_s=e.end_s, label=e.label, score=e.score) for e in events
         ],
+        notes=cut_audio_notes(clip),
     )
 
 

@@ -39,6 +39,7 @@ class AvEventResponse(BaseModel):
                         {"t": 2, "label": "Dog barking", "score": 0.7},
                     ],
                     "events": [{"start_s": 1, "end_s": 3, "label": "Dog barking", "score": 0.75}],
+                    "notes": [],
                 }
             ]
         }
@@ -50,3 +51,8 @@ class AvEventResponse(BaseModel):
     duration_s: float = Field(description="duration of the video track, seconds")
     seconds: list[SecondLabel] = Field(description="every second of the video, in order")
     events: list[AvEvent] = Field(description="merged non-background runs, in order")
+    notes: list[str] = Field(
+        default_factory=list,
+        description="what the answer leaves out, e.g. the seconds of an audio track longer than "
+        "the video that were cut and not scored; empty when nothing was",
+    )
