@@ -17,7 +17,6 @@ from typing import Any
 from lookaside.checkpoint import load_manifest
 from lookaside.cli_help import plain
 from lookaside.errors import ConfigError, LookasideError
-from lookaside.token_file import read_token_file
 from training import crossval, reproduce
 from training.args import method_fields
 from training.cli_common import format_table, say, train_args_of
@@ -118,10 +117,9 @@ def cmd_predict(ns: argparse.Namespace) -> int:
     k = min(ns.top_k, len(manifest.labels))
     scorer: Scorer
     if ns.url:
-        token = read_token_file(ns.token_file) if ns.token_file else None
         ref = ns.adapter or f"{manifest.name}@{manifest.version}"
         scorer = ServerScorer(
-            ns.url, ref, manifest, token=token, top_k=k, timeline=ns.timeline, timeout=ns.timeout
+            ns.url, ref, manifest, top_k=k, timeline=ns.timeline, timeout=ns.timeout
         )
     else:
         limits = Limits(ns.max_seconds, ns.max_windows)

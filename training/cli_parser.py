@@ -146,7 +146,6 @@ def _add_predict_options(p: argparse.ArgumentParser) -> None:
         metavar="NAME[@VERSION]",
         help="the adapter the server serves (default: the checkpoint's name@version)",
     )
-    srv.add_argument("--token-file", type=Path, metavar="FILE", help="file holding a token")
     srv.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     lim = p.add_argument_group("limits")
     lim.add_argument("--max-files", type=int, default=pr.MAX_FILES, help="most files in one run")

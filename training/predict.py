@@ -67,6 +67,8 @@ class Prediction:
 
 @dataclass(frozen=True)
 class Limits:
+    """What one file may cost (the options ``--max-seconds``, ``--max-windows``)."""
+
     max_seconds: float = MAX_SECONDS
     max_windows: int = MAX_WINDOWS
     max_samples: int = MAX_DECODED_SAMPLES
@@ -246,7 +248,8 @@ class LibraryScorer:
 
 # -- through a server -----------------------------------------------------------------------------
 class ServerScorer:
-    """Each file sent to ``/classify`` with :class:`lookaside.client.Client`."""
+    """Each file sent to ``/classify`` with :class:`lookaside.client.Client` (no token: the
+    route is open; the admin token only guards the routes that change adapters)."""
 
     def __init__(
         self,
@@ -254,18 +257,17 @@ class ServerScorer:
         adapter: str,
         manifest: AdapterManifest,
         *,
-        token: str | None,
         top_k: int,
         timeline: bool,
         timeout: float,
     ) -> None:
         self.url, self.adapter, self.manifest = url, adapter, manifest
-        self.token, self.top_k, self.timeline, self.timeout = token, top_k, timeline, timeout
+        self.top_k, self.timeline, self.timeout = top_k, timeline, timeout
 
     def predict(self, paths: list[Path]) -> Iterator[Prediction]:
         from lookaside.client import ApiError, Client
 
-        with Client(self.url, token=self.token, timeout=self.timeout) as client:
+        with Client(self.url, timeout=self.timeout) as client:
             for path in paths:
                 p = Prediction(str(path))
                 try:

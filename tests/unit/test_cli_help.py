@@ -29,7 +29,16 @@ from training.recipes import RECIPES
 ROOT = Path(__file__).parents[2]
 BIN = Path(sys.executable).parent
 MARKUP = re.compile(r"``|:(class|func|mod|meth|data|attr|obj|exc):|`~")
-TRAIN_COMMANDS = ["train", "evaluate", "crossval", "methods", "push", "export", "reproduce"]
+TRAIN_COMMANDS = [
+    "train",
+    "evaluate",
+    "predict",
+    "crossval",
+    "methods",
+    "push",
+    "export",
+    "reproduce",
+]
 
 
 def _subparsers(root: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -108,6 +117,24 @@ def test_each_subcommand_lists_only_its_options() -> None:
     push = _options(HELPS["lookaside-train push"])
     assert "--epochs" not in push
     assert "--url" in push
+    predict = _options(HELPS["lookaside-train predict"])
+    assert {"--out", "--top-k", "--timeline", "--url", "--adapter", "--batch-size"} <= predict
+    assert {"--device", "--backbone", "--max-files", "--max-seconds", "--max-windows"} <= predict
+    for foreign in ("--epochs", "--split", "--data-dir", "--method", "--activate"):
+        assert foreign not in predict, foreign
+
+
+def test_predict_and_evaluate_defaults() -> None:
+    predict = " ".join(HELPS["lookaside-train predict"].split())
+    assert "(default: 5)" in predict  # --top-k
+    assert "(default: 100000)" in predict  # --max-files
+    assert "(default: the one the checkpoint records)" in predict  # --backbone
+    ns = train_parser().parse_args(["predict", "runs/x", "a.wav", "clips/"])
+    assert (ns.top_k, ns.timeline, ns.out, ns.url, ns.progress) == (5, False, None, None, True)
+    assert [str(p) for p in ns.paths] == ["a.wav", "clips"]
+    ns = train_parser().parse_args(["evaluate", "runs/x/1"])
+    assert "data_dir" not in vars(ns)  # unset: evaluate reads the run's recorded dataset
+    assert "dataset" not in vars(ns)
 
 
 def test_every_train_field_is_in_one_help_section() -> None:
