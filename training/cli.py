@@ -63,13 +63,13 @@ def cmd_evaluate(ns: argparse.Namespace) -> int:
     fixed: dict[str, Any] = {"method": manifest.method}
     if "backbone" not in vars(ns):
         fixed["backbone"] = manifest.backbone.source
-    skip = {"command", "config", "checkpoint", "split"}
+    skip = {"command", "config", "checkpoint", "split", "predictions"}
     layers = [load_yaml(ns.config)] if getattr(ns, "config", None) else []
     layers.append({k: v for k, v in vars(ns).items() if k not in skip})
     args, note = evaluation_args(ns.checkpoint, layers, fixed)
     if note:
         say(f"evaluating on {note}")
-    res, ckpt, labels = evaluate_dir(ns.checkpoint, args, ns.split)
+    res, ckpt, labels = evaluate_dir(ns.checkpoint, args, ns.split, predictions=ns.predictions)
     unit = kind_of_dataset(args.dataset).unit  # AVE: scored per second
     say(
         format_table(

@@ -210,6 +210,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--split", default="test", choices=["train", "val", "test"], help="split to score"
     )
+    p.add_argument(
+        "--predictions",
+        type=Path,
+        metavar="FILE",
+        help="also write each clip's scores to FILE.csv or FILE.jsonl, in predict's format",
+    )
     _add_train_options(p, "evaluate")
     p = _sub(sub, "predict", "label new clips (files or folders) with a checkpoint: CSV or JSONL")
     _add_predict_options(p)

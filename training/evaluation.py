@@ -9,16 +9,28 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from lookaside.backbone import VisionTransformer
 from lookaside.backbones import load_backbone
 from lookaside.checkpoint import AdapterCheckpoint, load_checkpoint
+from lookaside.clip_scores import top_labels
 from lookaside.errors import ConfigError
+from lookaside.model import MultiAdapterModel
 from training.args import TrainArgs, build_args
-from training.datasets import Splits, load_dataset
+from training.datasets import DatasetSplits, Splits, load_dataset
+from training.export import make_bank
 from training.loop import EvalResult
 from training.pipeline import data_options, evaluate_checkpoint, resolve_device
 from training.tasks import kind_of_dataset
 
-__all__ = ["RECORDED_FIELDS", "evaluate_dir", "evaluation_args", "recorded_args"]
+__all__ = [
+    "RECORDED_FIELDS",
+    "evaluate_dir",
+    "evaluation_args",
+    "recorded_args",
+    "write_clip_predictions",
+]
 
 RECORDED_FIELDS = (
     "dataset",
@@ -89,11 +101,14 @@ def evaluate_dir(
     directory: Path,
     args: TrainArgs,
     split: str,
+    *,
+    predictions: Path | None = None,
 ) -> tuple[EvalResult, AdapterCheckpoint, list[str]]:
     """The ``evaluate`` command: a checkpoint directory on a dataset split.
 
     Without ``--data-dir``, the run's own ``split.csv`` (written beside a checkpoint trained on a
-    drawn split) is used.
+    drawn split) is used. ``predictions``: also write every clip's scores there, in
+    ``predict``'s format (:func:`write_clip_predictions`).
     """
     device = resolve_device(args.device)
     backbone = load_backbone(args.backbone, device=device)
@@ -126,7 +141,48 @@ def evaluate_dir(
         precision=args.precision,
         progress=args.progress,
     )
+    if predictions is not None:
+        write_clip_predictions(predictions, ckpt, backbone, splits, split, args, device)
     return res, ckpt, splits.labels
+
+
+def write_clip_predictions(
+    out: Path,
+    ckpt: AdapterCheckpoint,
+    backbone: VisionTransformer,
+    splits: Splits,
+    split: str,
+    args: TrainArgs,
+    device: torch.device,
+) -> None:
+    """Every clip's scores on ``split`` (every label, best first) in ``predict``'s CSV / JSONL
+    format, from the batches and module ``evaluate`` scores: a clip's first window, as training
+    sees it (``predict`` averages every window of a longer clip)."""
+    from training.predict import Prediction, Writer, output_format
+
+    if not isinstance(splits, DatasetSplits):
+        raise ConfigError("--predictions writes per-clip scores of audio clip datasets only")
+    fmt = output_format(str(out), timeline=False)
+    kind = kind_of_dataset(args.dataset)
+    batches = kind.eval_batches(args, splits, split, ckpt.manifest.features, backbone)
+    bank = make_bank(backbone, trainable=False)
+    module = kind.eval_module(
+        MultiAdapterModel(backbone, bank), ckpt.load_into(bank), ckpt.manifest.features, splits
+    )
+    module.eval()
+    labels = list(ckpt.manifest.labels)
+    clips = iter(splits.split(split))
+    with out.open("w", newline="", encoding="utf-8") as f, torch.inference_mode():
+        writer = Writer(f, fmt, len(labels))
+        for x, _ in batches or []:
+            for row in module(x.to(device)).float().softmax(-1).cpu():
+                clip = next(clips)
+                where = str(clip.path)
+                if clip.start_s is not None or clip.end_s is not None:
+                    where += (
+                        f"#{clip.start_s or 0:g}-{clip.end_s if clip.end_s is not None else ''}"
+                    )
+                writer.write(Prediction(where, top_k=top_labels(row, labels, len(labels))))
 
 
 def empty_split_message(splits: Splits, split: str, args: TrainArgs, run_dir: Path) -> str:

@@ -266,3 +266,23 @@ def test_limits_and_bad_arguments_are_refused(
     )
     assert code == 1
     assert json.loads(out)["error"]
+
+
+def test_evaluate_predictions_equal_predict_on_the_same_clips(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scored = tmp_path / "val.jsonl"
+    capsys.readouterr()
+    argv = ["evaluate", str(run), "--split", "val", "--predictions", str(scored)]
+    assert main([*argv, "--device", "cpu", "--no-progress"]) == 0
+    evaluated = [json.loads(line) for line in scored.read_text().splitlines()]
+    paths = [row["path"] for row in evaluated]
+    assert len(paths) == len(set(paths)) >= 4
+    code, out, err = _predict([str(run), *paths, "--device", "cpu"], capsys)
+    assert code == 0, err
+    predicted = [json.loads(line) for line in out.splitlines()]
+    assert [row["path"] for row in predicted] == paths
+    for mine, theirs in zip(predicted, evaluated, strict=True):
+        assert len(theirs["top_k"]) == len(KINDS)  # every label
+        want = {e["label"]: e["score"] for e in theirs["top_k"]}
+        assert {e["label"]: e["score"] for e in mine["top_k"]} == pytest.approx(want, abs=1e-5)
