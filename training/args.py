@@ -36,7 +36,8 @@ class TrainArgs:
     method_config: dict[str, Any] = field(default_factory=dict)
     """The method's config fields, e.g. ``{"rank": 36, "kernels": "attn:T,ffn:F"}``."""
     dataset: str = "folder"
-    """Dataset layout: esc50, speech_commands, epic_sounds, folder, csv, ave (audio-visual)."""
+    """Dataset layout: esc50, esc10, speech_commands, epic_sounds, folder, csv, ave
+    (audio-visual)."""
     data_dir: Path | None = None
     """Dataset root (the CSV file for ``csv``)."""
     fold: int | None = None

@@ -18,20 +18,27 @@ Splits = DatasetSplits | AveSplits
 Loader = Callable[[DataOptions], Splits]
 
 
+Folds = Callable[[DataOptions], list[int]]
+
+
 class DatasetEntry(NamedTuple):
-    """One ``--dataset`` choice: its loader and the task kind it trains."""
+    """One ``--dataset`` choice: its loader, its test folds and the task kind it trains."""
 
     load: Loader
+    folds: Folds
+    """The folds ``crossval`` runs (the dataset's own, or 1..K of a drawn K-fold); raises a
+    :class:`DatasetError` with the reason where the layout fixes its test split."""
     task: str = "clip"
 
 
 DATASETS: dict[str, DatasetEntry] = {
-    "esc50": DatasetEntry(esc50.load),
-    "speech_commands": DatasetEntry(speech_commands.load),
-    "epic_sounds": DatasetEntry(epic_sounds.load),
-    "folder": DatasetEntry(folder.load_folder),
-    "csv": DatasetEntry(folder.load_csv),
-    "ave": DatasetEntry(ave.load, task="av_events"),
+    "esc50": DatasetEntry(esc50.load, esc50.folds),
+    "esc10": DatasetEntry(esc50.load_esc10, esc50.folds),
+    "speech_commands": DatasetEntry(speech_commands.load, speech_commands.folds),
+    "epic_sounds": DatasetEntry(epic_sounds.load, epic_sounds.folds),
+    "folder": DatasetEntry(folder.load_folder, folder.folder_folds),
+    "csv": DatasetEntry(folder.load_csv, folder.csv_folds),
+    "ave": DatasetEntry(ave.load, ave.folds, task="av_events"),
 }
 """``--dataset`` choices."""
 
@@ -44,6 +51,7 @@ __all__ = [
     "DatasetError",
     "DatasetSplits",
     "Splits",
+    "cv_folds",
     "dataset_entry",
     "datasets_of",
     "load_dataset",
@@ -68,3 +76,9 @@ def datasets_of(task: str) -> list[str]:
 def load_dataset(name: str, opts: DataOptions) -> Splits:
     """Read dataset ``name`` (a key of :data:`DATASETS`)."""
     return dataset_entry(name).load(opts)
+
+
+def cv_folds(name: str, opts: DataOptions) -> list[int]:
+    """The test folds of dataset ``name`` for ``crossval`` (reads its index at most, no audio);
+    a :class:`DatasetError` with the reason where it cannot be cross-validated."""
+    return dataset_entry(name).folds(opts)

@@ -40,6 +40,7 @@ from lookaside.tasks.av_events import BACKGROUND_LABEL
 from lookaside.video import VideoLimits, av_inputs, decode_video
 from training.datasets.base import DatasetError, require_dir, require_file
 from training.datasets.options import DataOptions
+from training.datasets.splitting import fixed_split
 
 AVE_SEGMENTS = 10
 """One-second segments per AVE video."""
@@ -144,8 +145,17 @@ def _video_dir(root: Path) -> Path:
     )
 
 
+FIXED = "AVE fixes its splits (trainSet.txt, valSet.txt, testSet.txt)"
+
+
+def folds(opts: DataOptions) -> list[int]:
+    """None: the official split is fixed, so there is nothing to cross-validate."""
+    raise DatasetError(f"cannot cross-validate ave: {FIXED}")
+
+
 def load(opts: DataOptions) -> AveSplits:
     """Read the official AVE layout under ``opts.root`` (see the module docstring)."""
+    fixed_split(opts, FIXED)
     root = require_dir(opts.root, "the AVE dataset (Annotations.txt, trainSet.txt, AVE/)")
     annotations = parse_annotations(root / "Annotations.txt")
     labels = [*sorted({a.category for a in annotations}), BACKGROUND_LABEL]

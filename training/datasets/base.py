@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import csv
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lookaside.errors import ConfigError
 from lookaside.features import FeatureConfig
@@ -68,10 +69,13 @@ class DatasetSplits:
     """Also report mAP (EPIC-SOUNDS does)."""
     noise_dir: Path | None = None
     """Background-noise recordings mixed into training clips (Speech Commands)."""
-    split_rows: list[tuple[str, str, str, str, str]] | None = None
-    """``(path, label, start_s, end_s, split)`` of a split drawn here (none was given): written
-    beside the checkpoint as ``split.csv``, itself a loadable CSV dataset, so the run can be
-    reproduced."""
+    split_rows: list[tuple[str, ...]] | None = None
+    """``(path, label, start_s, end_s, split[, group])`` of a split drawn here (none was given):
+    written beside the checkpoint as ``split.csv``, itself a loadable CSV dataset, so the run can
+    be reproduced."""
+    scheme: dict[str, Any] = field(default_factory=dict)
+    """How the test and validation clips were chosen (``crossval`` records it): e.g.
+    ``{"scheme": "drawn K-fold", "k": 5, "fold": 2, "seed": 0, "group_key": "..."}``."""
 
     def split(self, name: str) -> list[Clip]:
         """Clips of ``train``, ``val`` or ``test``."""
@@ -81,13 +85,17 @@ class DatasetSplits:
         return clips
 
 
+SPLIT_COLUMNS = ("path", "label", "start_s", "end_s", "split", "group")
+"""``split.csv``'s header; ``group`` only when the split was drawn by group."""
+
+
 def write_split_csv(rows: Sequence[Sequence[str]] | None, path: Path) -> None:
     """``split.csv`` of a split drawn here (``rows`` None: the dataset gave its own split)."""
     if rows is None:
         return
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "label", "start_s", "end_s", "split"])
+        writer.writerow(SPLIT_COLUMNS[: len(rows[0]) if rows else 5])
         writer.writerows(rows)
 
 
@@ -160,3 +168,74 @@ def stratified_split(
             start += n
         out["train"] += keys[start:]
     return out
+
+
+GroupedItem = tuple[str, int, str]
+"""``(key, label, group)`` of one clip: clips sharing a group always land in the same split."""
+
+
+def assign_groups(
+    items: Sequence[GroupedItem], shares: dict[str, float], seed: int, fix: str
+) -> dict[str, list[str]]:
+    """Whole groups to bins of the given shares, stratified by label (seeded, reproducible).
+
+    Groups are shuffled by ``seed`` and taken largest first; each goes to the bin whose label
+    counts it brings closest to the bin's targets (``share x clips of the label``), measured as the
+    rise of the chi-square distance ``sum (have - target)^2 / target``; ties go to the bin least
+    full. Every bin with a positive share gets at least one group (the last groups are kept for
+    bins still empty), else a :class:`DatasetError` says how many groups there are and ``fix``.
+    """
+    members: dict[str, Counter[int]] = defaultdict(Counter)
+    for _, label, group in items:
+        members[group][label] += 1
+    bins = [b for b, w in shares.items() if w > 0]
+    if len(members) < len(bins):
+        raise DatasetError(
+            f"{len(members)} groups cannot fill {len(bins)} disjoint splits ({', '.join(bins)}) "
+            f"without a group in two of them; {fix}"
+        )
+    n_label = Counter(label for _, label, _ in items)
+    total = sum(n_label.values())
+    target = {b: {lab: shares[b] * n for lab, n in n_label.items()} for b in bins}
+    have: dict[str, Counter[int]] = {b: Counter() for b in bins}
+    filled = dict.fromkeys(bins, 0)
+    order = sorted(members)
+    random.Random(seed).shuffle(order)
+    order.sort(key=lambda g: -sum(members[g].values()))  # stable: the shuffle breaks ties
+    bin_of: dict[str, str] = {}
+    for i, group in enumerate(order):
+        empty = [b for b in bins if not filled[b]]
+        counts = members[group]
+
+        def cost(b: str, counts: Counter[int] = counts) -> tuple[float, float, int]:
+            rise = sum(
+                c * (2 * (have[b][lab] - target[b][lab]) + c) / target[b][lab]
+                for lab, c in counts.items()
+            )
+            return rise, filled[b] / (shares[b] * total), bins.index(b)
+
+        best = min(empty if len(order) - i <= len(empty) else bins, key=cost)
+        bin_of[group] = best
+        have[best].update(counts)
+        filled[best] += sum(counts.values())
+    out: dict[str, list[str]] = {b: [] for b in shares}
+    for key, _, group in items:
+        out[bin_of[group]].append(key)
+    return out
+
+
+def group_split(
+    items: Sequence[GroupedItem], fractions: dict[str, float], seed: int, fix: str
+) -> dict[str, list[str]]:
+    """``train`` and the ``fractions`` splits, no group in two of them. Where every clip is its
+    own group this is :func:`stratified_split` exactly (so ungrouped splits keep their seeds)."""
+    if len({g for _, _, g in items}) == len(items):
+        return stratified_split([(k, lab) for k, lab, _ in items], fractions, seed)
+    rest = 1.0 - sum(fractions.values())
+    return assign_groups(items, {"train": rest, **fractions}, seed, fix)
+
+
+def group_kfold(items: Sequence[GroupedItem], k: int, seed: int, fix: str) -> list[list[str]]:
+    """``k`` test folds (keys), stratified by label, no group in two folds (seeded)."""
+    folds = assign_groups(items, {str(i): 1.0 / k for i in range(1, k + 1)}, seed, fix)
+    return [folds[str(i)] for i in range(1, k + 1)]

@@ -25,6 +25,7 @@ from training.datasets.base import (
     require_dir,
 )
 from training.datasets.options import DataOptions
+from training.datasets.splitting import fixed_split
 
 COLUMNS = (
     "annotation_id",
@@ -39,6 +40,7 @@ COLUMNS = (
     "class_id",
 )
 FILES = {"train": "EPIC_Sounds_train.csv", "val": "EPIC_Sounds_validation.csv"}
+FIXED = "EPIC-SOUNDS fixes its splits (EPIC_Sounds_train.csv, EPIC_Sounds_validation.csv)"
 FEATURES = FeatureConfig(target_frames=1024)
 """1024 frames (10.24 s, AST's AudioSet input); EPIC-SOUNDS segments average 4.9 s."""
 
@@ -78,6 +80,7 @@ def _video_file(audio_dir: Path, participant: str, video: str) -> Path | None:
 
 def load(opts: DataOptions) -> DatasetSplits:
     """Train on the train CSV, select and report on the validation CSV."""
+    fixed_split(opts, FIXED)
     root = require_dir(opts.root, "the EPIC-SOUNDS directory with EPIC_Sounds_*.csv")
     audio = _audio_source(opts, root)
     h5_keys: set[str] | None = None
@@ -138,3 +141,8 @@ def load(opts: DataOptions) -> DatasetSplits:
         task="sound event recognition in egocentric video (EPIC-SOUNDS)",
         report_map=True,
     )
+
+
+def folds(opts: DataOptions) -> list[int]:
+    """None: the official split is fixed, so there is nothing to cross-validate."""
+    raise DatasetError(f"cannot cross-validate epic_sounds: {FIXED}")

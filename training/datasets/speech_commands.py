@@ -21,8 +21,13 @@ from training.datasets.base import (
     require_file,
 )
 from training.datasets.options import DataOptions
+from training.datasets.splitting import fixed_split
 
 NOISE_DIR = "_background_noise_"
+FIXED = (
+    "Speech Commands fixes its splits (validation_list.txt and testing_list.txt, which keep "
+    "each speaker in one split)"
+)
 FEATURES = FeatureConfig(target_frames=128)
 """1 s clips: 128 frames (AST's Speech Commands setting), AudioSet mean / std."""
 
@@ -45,6 +50,7 @@ def _read_list(path: Path, root: Path, words: set[str]) -> set[str]:
 
 def load(opts: DataOptions) -> DatasetSplits:
     """The official train / validation / test split."""
+    fixed_split(opts, FIXED)
     root = require_dir(opts.root, "the Speech Commands v2 directory (one folder per word)")
     words = sorted(
         p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))
@@ -55,8 +61,8 @@ def load(opts: DataOptions) -> DatasetSplits:
     val = _read_list(root / "validation_list.txt", root, set(words))
     test = _read_list(root / "testing_list.txt", root, set(words))
     every = {f"{w}/{p.name}" for w in words for p in sorted((root / w).glob("*.wav"))}
-    listed = [root / e for e in sorted(val | test)]
-    check_files([Clip(p, 0) for p in listed], root / "validation_list.txt")
+    for entries, name in ((val, "validation_list.txt"), (test, "testing_list.txt")):
+        check_files([Clip(root / e, 0) for e in sorted(entries)], root / name)
 
     def clips(entries: set[str]) -> list[Clip]:
         return [Clip(root / e, label_of[e.split("/", 1)[0]]) for e in sorted(entries)]
@@ -72,3 +78,8 @@ def load(opts: DataOptions) -> DatasetSplits:
         task="keyword spotting (Speech Commands v2)",
         noise_dir=noise if noise.is_dir() else None,
     )
+
+
+def folds(opts: DataOptions) -> list[int]:
+    """None: the official lists fix the test split, so there is nothing to cross-validate."""
+    raise DatasetError(f"cannot cross-validate speech_commands: {FIXED}")
