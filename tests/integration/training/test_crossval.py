@@ -1,0 +1,114 @@
+"""``crossval`` end to end on a speaker-grouped CSV: a real K-fold (different test sets and
+checkpoints, no speaker in two test folds), and a refusal before training where the split is
+fixed."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lookaside.checkpoint.manifest import load_manifest
+from tests.integration.training.synth_data import write_clip
+from training.cli import main
+
+FAST = [
+    "--backbone",
+    "random:test_vit",
+    "--device",
+    "cpu",
+    "--frames",
+    "64",
+    "--batch-size",
+    "4",
+    "--epochs",
+    "1",
+    "--method",
+    "loaa",
+    "--rank",
+    "4",
+    "--no-progress",
+    "--no-tensorboard",
+]
+SPEAKERS = [f"spk{i}" for i in range(6)]
+KINDS = ("tone", "chirp", "clicks")
+
+
+def grouped_csv(root: Path) -> Path:
+    """6 speakers x 3 labels x 1 short clip, with a speaker column."""
+    rng = np.random.default_rng(7)
+    rows = []
+    for speaker in SPEAKERS:
+        for kind in KINDS:
+            rel = f"{speaker}/{kind}.wav"
+            write_clip(root / rel, kind, 0.7, rng)
+            rows.append([rel, kind, speaker])
+    index = root / "clips.csv"
+    with index.open("w", newline="") as f:
+        csv.writer(f).writerows([["path", "label", "speaker"], *rows])
+    return index
+
+
+def test_crossval_draws_a_grouped_kfold(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    index = grouped_csv(tmp_path / "data")
+    out = tmp_path / "out"
+    argv = ["crossval", "--dataset", "csv", "--data-dir", str(index), "--out", str(out)]
+    assert main([*argv, "--num-folds", "3", "--name", "kw", *FAST]) == 0
+    summary = json.loads((out / "kw-crossval.json").read_text())
+    assert summary["folds"] == [1, 2, 3]
+    scheme = summary["split_scheme"]
+    assert (scheme["scheme"], scheme["k"], scheme["group_key"]) == (
+        "drawn K-fold",
+        3,
+        "column speaker",
+    )
+    runs = summary["runs"]
+    digests = [load_manifest(Path(r["run_dir"])).weights_sha256 for r in runs]
+    assert digests == [r["weights_sha256"] for r in runs]
+    assert len(set(digests)) == 3  # three different checkpoints
+    tests: list[set[str]] = []
+    speakers: list[set[str]] = []
+    for fold, run in zip((1, 2, 3), runs, strict=True):
+        assert Path(run["run_dir"]) == out / f"kw-fold{fold}" / "1"
+        with (Path(run["run_dir"]) / "split.csv").open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        test = {r["path"] for r in rows if r["split"] == "test"}
+        assert test
+        assert {r["group"] for r in rows if r["split"] == "test"}.isdisjoint(
+            r["group"] for r in rows if r["split"] != "test"
+        )
+        tests.append(test)
+        speakers.append({Path(p).parent.name for p in test})
+    everything = {
+        str((tmp_path / "data" / s / f"{k}.wav").resolve()) for s in SPEAKERS for k in KINDS
+    }
+    assert set().union(*tests) == everything
+    assert sum(len(t) for t in tests) == 18
+    assert sum(len(s) for s in speakers) == 6  # each speaker in exactly one test fold
+    accs = [r["accuracy"] for r in runs]
+    assert summary["mean_accuracy"] == pytest.approx(sum(accs) / 3)
+    assert f"mean top-1 over 3 folds: {100 * sum(accs) / 3:.2f} %" in capsys.readouterr().out
+
+
+def test_crossval_refuses_a_fixed_split_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "sc"
+    rng = np.random.default_rng(8)
+    for word, kind in (("yes", "tone"), ("no", "clicks")):
+        for i in range(3):
+            write_clip(root / word / f"{i:08x}_nohash_0.wav", kind, 0.5, rng)
+    (root / "validation_list.txt").write_text("yes/00000000_nohash_0.wav\n")
+    (root / "testing_list.txt").write_text("no/00000001_nohash_0.wav\n")
+    out = tmp_path / "out"
+    argv = ["crossval", "--dataset", "speech_commands", "--data-dir", str(root), "--out", str(out)]
+    assert main([*argv, *FAST]) == 2
+    assert "cannot cross-validate speech_commands" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["train", "--dataset", "speech_commands", "--data-dir", str(root), "--fold", "2",
+                 "--out", str(out), *FAST]) == 2  # fmt: skip
+    assert "--fold 2 cannot apply" in capsys.readouterr().err
+    assert not out.exists()
