@@ -3,6 +3,8 @@
 Two bottleneck adapters per block:
 - a spatial adapter after MHSA, with a shortcut: ``y_attn <- y_attn + S(y_attn)``;
 - an MLP adapter parallel to the FFN, without a shortcut: ``y_ffn <- FFN(h) + s * M(h)``.
+``spatial=False`` keeps the MLP adapter alone (the paper's MLP-only variant, Table 1's first AAT
+row).
 Down projections random; up projections and all biases zero (the paper's Section 3.1.2), so a
 fresh AAT adapter leaves the backbone unchanged.
 """
@@ -23,15 +25,19 @@ class AatConfig(AdapterConfig):
     """Bottleneck width of both adapters."""
     mlp_scale: float = 0.5
     """Scale s of the MLP adapter's output."""
+    spatial: bool = True
+    """Also the spatial adapter after MHSA (false: the MLP adapter alone, AAT Table 1's
+    3.567M row)."""
 
 
 def _make_sites(config: AdapterConfig, site: SiteContext) -> dict[SitePosition, StackedSite]:
     assert isinstance(config, AatConfig)
     D = site.width
-    return {
-        "attn.post": BottleneckSite(D, config.rank, site.num_slots),
-        "ffn.parallel": BottleneckSite(D, config.rank, site.num_slots, scale=config.mlp_scale),
-    }
+    sites: dict[SitePosition, StackedSite] = {}
+    if config.spatial:
+        sites["attn.post"] = BottleneckSite(D, config.rank, site.num_slots)
+    sites["ffn.parallel"] = BottleneckSite(D, config.rank, site.num_slots, scale=config.mlp_scale)
+    return sites
 
 
 AAT = AdapterMethod(
