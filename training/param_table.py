@@ -1,106 +1,161 @@
-"""The method / config / parameter-% table of the README, generated so it stays true.
+"""The README's parameter table: every paper row's printed size beside ours, generated so it stays
+true.
 
     python -m training.param_table            # print the markdown table
     python -m training.param_table --write README.md   # replace the table between the markers
 
-Counts are for ViT-B/16 on 128 x 512 spectrograms (the ESC-50 setting); percentages are of the
-backbone's own parameters, adapter sites only (the head is listed apart: it depends on the task).
-Audio-visual methods (AV-PEA) are counted on ViT-B/16 with its RGB patch kernel (224 x 224
-frames), the backbone they need; their note splits the per-block adapters from the ``clip``
-(temporal) site.
+Rows are :data:`training.paper_tables.TABLES`. Each is counted on its table's backbone shape
+(random weights on the ``meta`` device: nothing is downloaded or allocated): the adapter's sites,
+plus a head where the paper's count includes one (``head_classes``), plus what the paper counts
+that Lookaside cannot train (``extra``). A row matches when that lies within the paper's rounding;
+a row that does not says why (``gap``). Percentages are of our backbone shape's parameters.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from lookaside import docblock
-from lookaside.adapters import ADAPTERS, HeadConfig
+from lookaside.adapters import HeadConfig
+from lookaside.adapters.shapes import HEAD_PREFIX, expected_shapes, numel
 from lookaside.backbone import VisionTransformer
 from lookaside.backbone_config import BackboneConfig
-from lookaside.backbones import PRESETS
-from lookaside.bank import HEAD_PREFIX, AdapterBank
-from lookaside.tasks import AV_EVENTS, CLIP, task_for
+from training.paper_tables import TABLES, PaperRow, PaperTable
+from training.recipes import ROW_RECIPES
 
-# The papers' configurations (LoAA Table 2, MoA Table 1, AAT, baselines).
+# One configuration per method as the papers size it (``lookaside-train methods`` lists these).
 PAPER_CONFIGS: list[tuple[str, dict[str, Any], str]] = [
     ("linear", {}, "linear probe"),
-    ("bottleneck", {"rank": 24, "sites": ["attn"]}, "Pfeiffer, MoA paper's single adapter"),
-    (
-        "bottleneck",
-        {"rank": 108, "sites": ["attn", "ffn"]},
-        "Houlsby, LoAA paper's parallel adapter",
-    ),
-    ("lora", {"rank": 8, "alpha": 8.0}, "q and v"),
-    ("convpass", {"rank": 8}, "attn + ffn"),
+    ("bottleneck", {"rank": 24, "sites": ["attn"]}, "Soft-MoA's single adapter"),
+    ("bottleneck", {"rank": 108, "sites": ["attn", "ffn"]}, "LoAA's parallel adapter"),
+    ("lora", {"rank": 6, "alpha": 8.0}, "Soft-MoA's LoRA, q and v"),
+    ("convpass", {"rank": 8}, "attn + ffn, Convpass's own rank"),
     ("loaa", {"rank": 36, "kernels": "attn:T"}, "LoAA Attn(T)"),
     ("loaa", {"rank": 36, "kernels": "ffn:F"}, "LoAA FFN(F)"),
     ("loaa", {"rank": 36, "kernels": "attn:T,ffn:F"}, "LoAA Attn(T) FFN(F)"),
     ("loaa", {"rank": 72, "kernels": "attn:T,ffn:F"}, "LoAA Attn(T) FFN(F)"),
     ("dense_moa", {"num_experts": 14, "rank": 1}, "Dense-MoA, Pfeiffer"),
     ("soft_moa", {"num_experts": 14, "rank": 1, "slots_per_expert": 1}, "Soft-MoA, Pfeiffer"),
-    ("aat", {"rank": 64}, "spatial + MLP adapter"),
-    ("prompt", {"num_tokens": 10}, "deep prompt tuning"),
+    ("aat", {"rank": 192, "spatial": False}, "AAT, MLP adapter"),
+    ("aat", {"rank": 192}, "AAT, spatial + MLP adapter"),
+    ("prompt", {"num_tokens": 25}, "Soft-MoA's deep prompt tuning"),
+    ("prompt", {"num_tokens": 12}, "AAT's prompt tuning"),
     ("avpea", {"reduction": 8, "segments": 10}, "AV-PEA, audio + visual streams"),
 ]
 
 
+@dataclass(frozen=True)
+class RowCount:
+    """Our count of one paper row."""
+
+    params: int
+    """Adapter sites (+ head where the paper counts one); what ``percent`` is of the backbone."""
+    percent: float
+    """``params`` as a share of the backbone shape's parameters."""
+    matches: bool
+    """Within the paper's rounding (with ``extra`` added)."""
+    backbone_params: int
+    """The backbone shape's parameters."""
+
+
 def backbone_params(cfg: BackboneConfig) -> int:
-    """Parameter count of a backbone of this shape."""
-    return VisionTransformer(cfg).num_params
+    """Parameter count of a backbone of this shape (built on ``meta``: nothing is allocated)."""
+    with torch.device("meta"):
+        return VisionTransformer(cfg).num_params
 
 
-def table(cfg: BackboneConfig | None = None, num_classes: int = 50) -> str:
-    """Markdown table of every paper configuration."""
-    cfg = cfg or PRESETS["vit_base_patch16"]
-    # The backbone each task kind's methods are counted on (AV-PEA needs the RGB patch kernel).
-    counted_on = {CLIP.name: cfg, AV_EVENTS.name: PRESETS["vit_base_patch16_224"]}
-    banks = {kind: AdapterBank(c) for kind, c in counted_on.items()}
-    totals = {kind: backbone_params(c) for kind, c in counted_on.items()}
-    total = totals[CLIP.name]
-    head = HeadConfig(num_classes=num_classes)
-    lines = [
-        f"ViT-B/16 backbone: {total / 1e6:.2f}M parameters "
-        "(1-channel patch embedding, 256 tokens).",
-        "",
-        "| method | config | note | adapter params | % of backbone | + head (50 classes) |",
-        "|---|---|---|---:|---:|---:|",
-    ]
-    for method, config, note in PAPER_CONFIGS:
-        parsed = ADAPTERS[method].parse_config(config)
-        kind = task_for(method).name
-        shapes = banks[kind].expected_shapes(method, parsed, head)
-        sites = sum(_numel(s) for k, s in shapes.items() if not k.startswith(HEAD_PREFIX))
-        heads = sum(_numel(s) for k, s in shapes.items() if k.startswith(HEAD_PREFIX))
-        sites_total = totals[kind]
-        clip = sum(_numel(s) for k, s in shapes.items() if k.startswith("clip."))
-        if clip:  # a clip (temporal) site besides the per-block ones
-            note += (
-                f"; of {sites_total / 1e6:.2f}M (RGB kernel): blocks {(sites - clip) / 1e6:.3f}M "
-                f"({100 * (sites - clip) / sites_total:.2f} %) + temporal {clip / 1e6:.3f}M"
-            )
-        shown = parsed.model_dump(exclude_defaults=False, exclude={"layers"})
-        cfg_text = ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items() if k != "variant")
-        lines.append(
-            f"| {method} | {cfg_text or '-'} | {note} | {sites / 1e6:.3f}M | "
-            f"{100 * sites / sites_total:.2f} % | {heads / 1e3:.1f}K |"
+def count_row(table: PaperTable, row: PaperRow) -> RowCount | None:
+    """Our count of ``row`` on its table's backbone shape (None for a row we cannot train)."""
+    if row.method is None:
+        return None
+    cfg = row.backbone or table.backbone
+    head = HeadConfig(num_classes=row.head_classes or 2)
+    shapes = expected_shapes(cfg, row.method, row.config, head)
+    params = sum(
+        numel(s)
+        for k, s in shapes.items()
+        if not k.startswith((HEAD_PREFIX, "clip."))  # AV-PEA's temporal layer: not the paper's
+    )
+    if row.head_classes:
+        params += sum(numel(s) for k, s in shapes.items() if k.startswith(HEAD_PREFIX))
+    total = backbone_params(cfg)
+    percent = 100 * params / total
+    if row.params is not None:
+        matches = abs(params + row.extra - row.params) <= row.half_unit
+    else:
+        assert row.percent is not None, f"{table.name} {row.key}: no size to compare"
+        matches = abs(percent - row.percent) <= row.percent_half
+    return RowCount(params, percent, matches, total)
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.3f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
+
+
+def _cfg_text(config: dict[str, Any]) -> str:
+    def value(v: object) -> str:
+        return "+".join(map(str, v)) if isinstance(v, list | tuple) else str(v)
+
+    return ", ".join(f"{k}={value(v)}" for k, v in config.items()) or "-"
+
+
+def table_rows(table: PaperTable, notes: dict[str, int]) -> list[list[str]]:
+    """One line per row: row, recipes, config, paper's size, ours, ours %, and the verdict (a
+    reason shared by several rows is numbered in ``notes``, text -> number)."""
+    out = []
+    for row in table.rows:
+        key = (table.name, row.key)
+        recipes = sorted({v for (t, k, _), v in ROW_RECIPES.items() if (t, k) == key})
+        count = count_row(table, row)
+        if count is None:
+            note = notes.setdefault(str(row.skip), len(notes) + 1)
+            out.append([row.row, "-", "-", row.printed, "-", "-", f"skipped ({note})"])
+            continue
+        extra = f" + {_size(row.extra)} (paper's extra)" if row.extra else ""
+        verdict = (
+            "matches"
+            if count.matches
+            else f"differs ({notes.setdefault(str(row.gap), len(notes) + 1)})"
         )
+        out.append(
+            [
+                row.row,
+                " ".join(f"`{r}`" for r in recipes),
+                _cfg_text(row.config),
+                row.printed,
+                _size(count.params) + extra,
+                f"{count.percent:.2f} %",
+                verdict,
+            ]
+        )
+    return out
+
+
+def table() -> str:
+    """Markdown: per paper table, each row's printed size beside our count."""
+    lines = [
+        "Counted on each table's backbone shape with random weights; `ours` adds a head where "
+        "the paper's count has one. Sources, derivations and settings: `training/paper_tables.py` "
+        "and `docs/reproduce.md`."
+    ]
+    for t in TABLES.values():
+        notes: dict[str, int] = {}
+        lines += [
+            "",
+            f"**{t.name}**: {t.paper}; backbone shape `{t.backbone.name}` "
+            f"({backbone_params(t.backbone) / 1e6:.2f}M)",
+            "",
+            "| row | recipe | config | paper | ours | ours % | |",
+            "|---|---|---|---:|---:|---:|---|",
+        ]
+        for cells in table_rows(t, notes):
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        if notes:
+            lines += [""] + [f"- ({n}) {text}" for text, n in notes.items()]
     return "\n".join(lines)
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
-def _fmt(value: object) -> str:
-    if isinstance(value, dict):
-        return ",".join(f"{k}:{v}" for k, v in sorted(value.items()))
-    if isinstance(value, list | tuple):
-        return "+".join(str(v) for v in value)
-    return str(value)
 
 
 def main(argv: list[str] | None = None) -> None:
