@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 from lookaside.checkpoint.manifest import load_manifest
 from tests.integration.training.synth_data import write_clip
 from training.cli import main
+from training.datasets import DataOptions, Splits, load_dataset
 
 FAST = [
     "--backbone",
@@ -111,4 +113,26 @@ def test_crossval_refuses_a_fixed_split_before_training(
     assert main(["train", "--dataset", "speech_commands", "--data-dir", str(root), "--fold", "2",
                  "--out", str(out), *FAST]) == 2  # fmt: skip
     assert "--fold 2 cannot apply" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_crossval_checks_folds_and_test_sets_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    index = grouped_csv(tmp_path / "data")
+    out = tmp_path / "out"
+    argv = ["crossval", "--dataset", "csv", "--data-dir", str(index), "--out", str(out), *FAST]
+    assert main([*argv, "--num-folds", "3", "--folds", "1,4"]) == 2
+    assert "out of the dataset's folds [1, 2, 3]" in capsys.readouterr().err
+    assert main([*argv, "--num-folds", "7"]) == 2  # 6 speakers cannot fill 7 folds
+    assert "6 groups cannot fill 7 disjoint splits" in capsys.readouterr().err
+    import training.crossval as crossval
+
+    def ignoring_fold(name: str, opts: DataOptions) -> Splits:
+        return load_dataset(name, replace(opts, fold=1))
+
+    # A loader that ignored --fold (what issue 19 found) is caught before anything trains.
+    monkeypatch.setattr(crossval, "load_dataset", ignoring_fold)
+    assert main([*argv, "--num-folds", "3"]) == 2
+    assert "folds 1 and 2 of csv have the same test clips" in capsys.readouterr().err
     assert not out.exists()
