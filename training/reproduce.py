@@ -64,7 +64,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data",
         action="append",
-        default=[],
         metavar="DATASET=PATH",
         help=f"a dataset's directory (repeatable); DATASET is one of {', '.join(DATA_SUBDIRS)}",
     )
@@ -77,7 +76,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         + ", ".join(f"{d} in {s}/" for d, s in DATA_SUBDIRS.items())
         + " (default: data)",
     )
-    p.add_argument("--rows", help="comma-separated row keys to run (default: every row)")
+    p.add_argument(
+        "--rows", help="comma-separated row keys to run, as the reports show them (default: all)"
+    )
     p.add_argument("--datasets", help="comma-separated datasets to run (default: every one)")
     p.add_argument("--folds", default="1,2,3,4,5", help="ESC-50 test folds averaged")
     p.add_argument("--dry-run", action="store_true", help="print the commands, train nothing")
@@ -96,7 +97,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _data_dirs(ns: argparse.Namespace) -> dict[str, Path]:
     dirs = {d: ns.data_root / sub for d, sub in DATA_SUBDIRS.items()}
-    for item in ns.data:
+    for item in ns.data or []:
         name, sep, path = item.partition("=")
         if not sep or name not in DATA_SUBDIRS:
             raise ConfigError(
