@@ -61,7 +61,10 @@ class LoopConfig:
     precision: Precision = "fp32"
     """Autocast dtype; fp16 uses a GradScaler (CUDA only)."""
     progress: bool = True
-    """Report progress: tqdm bars when stderr is a terminal, one line per epoch either way."""
+    """Draw tqdm bars (when stderr is a terminal); the per-epoch lines are the caller's
+    ``on_epoch_end`` (:class:`training.tracking.Tracker`), printed either way."""
+    early_stop: int = 0
+    """Stop after this many epochs without a better validation accuracy (0: run every epoch)."""
 
 
 @dataclass
@@ -89,6 +92,10 @@ class EvalResult:
     confusion: np.ndarray
     """``[true, predicted]`` counts."""
     count: int
+    scores: np.ndarray | None = None
+    """``[clips, classes]`` softmax scores, kept only when asked (``keep_scores``: PR curves)."""
+    labels: np.ndarray | None = None
+    """``[clips]`` true labels, beside ``scores``."""
 
 
 @dataclass
@@ -105,6 +112,10 @@ class FitState:
     history: list[EpochLog] = field(default_factory=list)
     optimizer: dict[str, Any] | None = None
     scaler: dict[str, Any] | None = None
+    stopped_at: int | None = None
+    """The epoch early stopping ended the run at (a resumed run that was stopped stays stopped)."""
+    warnings: list[str] = field(default_factory=list)
+    """Warnings raised while training (the collapse warning), kept for metrics.json."""
 
 
 def get_lr(step: int, total: int, warmup: int, cfg: LoopConfig) -> float:
@@ -185,7 +196,8 @@ def fit(
         params: exactly the tensors to train (``bank.trainable_parameters(adapter_id)``).
         snapshot: detached *copies* of the adapter's tensors (the best epoch is kept this way).
         state: resume from this state (``epoch`` epochs done).
-        on_epoch_end: called with the state after every epoch (saves resume files).
+        on_epoch_end: called with the state after every epoch (prints its line, saves resume
+            files); ``state.stopped_at`` is set when early stopping ends the run there.
         set_epoch: called before each epoch (DistributedSampler.set_epoch).
     """
     state = state or FitState()
@@ -198,6 +210,8 @@ def fit(
     steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
     sched = _Schedule(cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch))
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
+        if state.stopped_at is not None:
+            break
         if set_epoch is not None:
             set_epoch(epoch)
         train_loss, seen, lr, seconds = _train_epoch(
@@ -224,12 +238,8 @@ def fit(
         state.epoch = epoch
         state.optimizer = optimizer.state_dict()
         state.scaler = scaler.state_dict()
-        if cfg.progress:  # one line per epoch stays above the bars
-            tqdm.write(
-                f"epoch {epoch}: train loss {train_loss:.4f}, "
-                f"val loss {val.loss:.4f}, val acc {100 * val.accuracy:.2f} %, "
-                f"{log.clips_per_s:.1f} clips/s"
-            )
+        if cfg.early_stop and epoch < cfg.epochs and epoch - state.best_epoch >= cfg.early_stop:
+            state.stopped_at = epoch
         if on_epoch_end is not None:
             on_epoch_end(state)
     return state
@@ -336,8 +346,10 @@ def evaluate(
     precision: Precision = "fp32",
     num_classes: int,
     progress: bool = False,
+    keep_scores: bool = False,
 ) -> EvalResult:
-    """Loss, top-1, mAP and confusion matrix of ``module`` on ``loader`` (no augmentation)."""
+    """Loss, top-1, mAP and confusion matrix of ``module`` on ``loader`` (no augmentation);
+    with ``keep_scores`` also every clip's softmax scores and label (the same numbers)."""
     was_training = module.training
     module.eval()
     scores, labels, loss_sum = [], [], 0.0
@@ -363,6 +375,8 @@ def evaluate(
         mean_ap=mean_average_precision(s, t),
         confusion=confusion,
         count=len(t),
+        scores=s.astype(np.float32) if keep_scores else None,
+        labels=t if keep_scores else None,
     )
 
 

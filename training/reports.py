@@ -86,7 +86,9 @@ def write_reports(
     ranks_sha: list[str],
     world: int,
 ) -> None:
-    """Plots, ``split.csv`` (when the split was drawn here) and ``metrics.json`` of a run."""
+    """Plots, ``split.csv`` (when the split was drawn here) and ``metrics.json`` of a run
+    (``stopped_at_epoch``: where ``--early-stop`` ended it, null when it ran every epoch;
+    ``warnings``: e.g. the collapse warning of :mod:`training.tracking`)."""
     title = f"{run_dir.parent.name}@{run_dir.name} ({args.method}, {splits.name})"
     plots.training_curve(state.history, run_dir / "training_curve.png", title)
     plots.confusion_matrix(
@@ -99,6 +101,9 @@ def write_reports(
     body = {
         "metrics": report.metrics,
         "best_epoch": state.best_epoch,
+        "early_stop": args.early_stop,
+        "stopped_at_epoch": state.stopped_at,
+        "warnings": state.warnings,
         "history": [asdict(h) for h in state.history],
         "per_class": per_class(results[final].confusion, splits.labels),
         "eval_split": final,

@@ -1,7 +1,8 @@
 """Resume files: ``state.safetensors`` (tensors) + ``state.json`` (everything else).
 
-Holds the best-so-far adapter copy, the current adapter, the optimizer and grad-scaler state and
-the history, written atomically after every epoch. Never pickled.
+Holds the best-so-far adapter copy, the current adapter, the optimizer and grad-scaler state, the
+history, the early-stop epoch and the warnings, written atomically after every epoch. Never
+pickled.
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ from lookaside.errors import ConfigError
 from training.loop import EpochLog, FitState
 
 TENSORS, META = "state.safetensors", "state.json"
+_STATE_KEYS = frozenset(
+    {"epoch", "step", "best_accuracy", "best_epoch", "history", "optimizer", "scaler"}
+    | {"stopped_at", "warnings"}
+)
+"""The keys of ``state.json`` that are :class:`FitState`; the rest is the caller's ``extra``."""
 
 
 def save_state(
@@ -48,6 +54,8 @@ def save_state(
         "history": [asdict(h) for h in state.history],
         "optimizer": opt_meta,
         "scaler": state.scaler or {},
+        "stopped_at": state.stopped_at,
+        "warnings": state.warnings,
         **extra,
     }
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -92,12 +100,9 @@ def load_state(directory: Path) -> tuple[FitState, dict[str, Tensor], dict[str, 
         if meta["optimizer"]["param_groups"]
         else None,
         scaler=meta["scaler"] or None,
+        stopped_at=meta.get("stopped_at"),  # absent in files written before early stopping
+        warnings=list(meta.get("warnings", [])),
     )
     current = {k[4:]: v for k, v in tensors.items() if k.startswith("cur.")}
-    extra = {
-        k: v
-        for k, v in meta.items()
-        if k
-        not in {"epoch", "step", "best_accuracy", "best_epoch", "history", "optimizer", "scaler"}
-    }
+    extra = {k: v for k, v in meta.items() if k not in _STATE_KEYS}
     return state, current, extra

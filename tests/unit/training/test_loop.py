@@ -132,3 +132,22 @@ def test_mean_average_precision() -> None:
     # class 0 ranking: rows 0 (+), 1 (-), 3 (+), 2 (-) -> AP = (1/1 + 2/3) / 2
     # class 1 ranking: rows 2 (+), 3 (-), 1 (+), 0 (-) -> AP = (1/1 + 2/3) / 2
     assert mean_average_precision(scores, labels) == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_evaluate_keeps_the_scores_it_counted_when_asked(tiny_backbone: VisionTransformer) -> None:
+    _, module = _setup(tiny_backbone)
+    data = _toy(10)
+    loader = DataLoader(data, batch_size=3)
+    plain = evaluate(module, loader, device=torch.device("cpu"), num_classes=2)
+    kept = evaluate(module, loader, device=torch.device("cpu"), num_classes=2, keep_scores=True)
+    assert plain.scores is None
+    assert plain.labels is None
+    assert (kept.loss, kept.accuracy, kept.mean_ap) == (plain.loss, plain.accuracy, plain.mean_ap)
+    assert np.array_equal(kept.confusion, plain.confusion)
+    assert kept.scores is not None
+    assert kept.labels is not None
+    with torch.no_grad():
+        reference = module(data.tensors[0]).softmax(-1).numpy()
+    np.testing.assert_allclose(kept.scores, reference, rtol=1e-5, atol=1e-6)
+    assert np.array_equal(kept.labels, data.tensors[1].numpy())
+    assert kept.accuracy == float((kept.scores.argmax(1) == kept.labels).mean())
