@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
+from lookaside.checkpoint.limits import CheckpointLimits
+from lookaside.errors import ConfigError
 from lookaside.tasks import TaskKind
 
 if TYPE_CHECKING:
@@ -61,13 +63,40 @@ def cache_root(args: TrainArgs) -> Path | None:
 
 
 def feature_config(args: TrainArgs, splits: Splits) -> FeatureConfig:
-    """The dataset's feature defaults with ``--frames`` / ``--mean`` / ``--std`` applied."""
-    update = {
-        k: v
-        for k, v in {"target_frames": args.frames, "mean": args.mean, "std": args.std}.items()
-        if v is not None
+    """The dataset's feature defaults with ``--frames`` / ``--mean`` / ``--std`` /
+    ``--window-hop`` applied (the checkpoint records them; the service windows long clips by the
+    hop)."""
+    given = {
+        "target_frames": args.frames,
+        "mean": args.mean,
+        "std": args.std,
+        "window_hop_frames": args.window_hop,
     }
-    return splits.features.model_copy(update=update) if update else splits.features
+    update = {k: v for k, v in given.items() if v is not None}
+    feats = splits.features.model_copy(update=update) if update else splits.features
+    check_window_hop(feats)
+    return feats
+
+
+def check_window_hop(feats: FeatureConfig) -> None:
+    """Refuse a ``--window-hop`` the checkpoint could not record, before any training: over the
+    window (audio skipped) or under the checkpoint limits' least hop (too many windows per clip,
+    :func:`lookaside.checkpoint.limits.check_features`)."""
+    hop, frames = feats.window_hop_frames, feats.target_frames
+    if hop is None:
+        return
+    if hop > frames:
+        raise ConfigError(
+            f"--window-hop {hop} is over the window's {frames} frames (--frames), so windows "
+            f"would skip audio; use a hop of at most {frames}"
+        )
+    overlap = CheckpointLimits().max_window_overlap
+    least = -(-frames // overlap)
+    if hop < least:
+        raise ConfigError(
+            f"--window-hop {hop} is under {least} frames: at most {overlap} windows may cover one "
+            f"frame (the checkpoint limit max_window_overlap); use a hop of {least}..{frames}"
+        )
 
 
 class TrainingKind(ABC):
