@@ -88,7 +88,8 @@ class TrainArgs:
     grad_clip: float = 1.0
     """Max gradient norm (0: off)."""
     early_stop: int = 0
-    """Stop after this many epochs without a better validation accuracy (0: train every epoch)."""
+    """Stop after this many epochs without a better validation accuracy (0: train every epoch);
+    the best epoch is still the one exported."""
     mixup: float = 0.0
     """Mixup Beta alpha (0: off)."""
     specaug: bool = False
@@ -129,7 +130,8 @@ class TrainArgs:
     recipe: str | None = None
     """The recipe these arguments came from (recorded in metrics.json)."""
     progress: bool = True
-    """Progress output: bars when stderr is a terminal, else one line per epoch."""
+    """tqdm bars when stderr is a terminal (--no-progress turns them off); the per-epoch lines
+    (loss, accuracy, lr, clips/s, best so far) go to stderr either way."""
     tensorboard: bool = True
     """Write TensorBoard events (scalars, PR curves, confusion images, hparams) to
     <out>/<name>/<version>/tensorboard/."""

@@ -2,7 +2,8 @@
 
 ``train(args)`` = :func:`prepare` (device, dataset, its task kind, features, the run's directory)
 -> :func:`build` (backbone + one trainable adapter, the kind's loaders and module) ->
-:func:`fit_run` (:func:`~training.loop.fit`, resume files each epoch) -> :func:`export` (frozen
+:func:`fit_run` (:func:`~training.loop.fit`; each epoch the :class:`~training.tracking.Tracker`'s
+line and TensorBoard scalars, then the resume files) -> :func:`export` (frozen
 check, best epoch restored, checkpoint scored in a *fresh* bank by :func:`evaluate_checkpoint`, the
 function ``evaluate`` runs, so the manifest's number is the number ``evaluate`` prints) ->
 :func:`report` (``<out>/<name>/<run>/`` with the reports beside it). The dataset's task kind
@@ -22,7 +23,6 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from lookaside.adapters import HeadConfig
 from lookaside.backbone import VisionTransformer
@@ -35,11 +35,26 @@ from training.augment import SpecAugment
 from training.datasets import DataOptions, Splits, load_dataset
 from training.export import check_name, checkpoint_of, make_bank, next_run
 from training.frozen import check_frozen, tensor_digests
-from training.loop import EvalResult, FitState, LoopConfig, evaluate, fit, load_adapter_tensors
+from training.loop import (
+    EvalResult,
+    FitState,
+    LoopConfig,
+    bars,
+    evaluate,
+    fit,
+    load_adapter_tensors,
+)
 from training.reports import TrainReport, jsonable, rank_hashes, write_reports
 from training.state import load_state, save_state
 from training.tasks import RunSetup, TrainData, TrainingKind, kind_of_dataset
 from training.tasks.base import Batches
+from training.tracking import (
+    TENSORBOARD_DIR,
+    Tracker,
+    only_tensorboard,
+    say,
+    tensorboard_aside,
+)
 
 ADAPTER_ID = "train"
 
@@ -106,9 +121,24 @@ def train(args: TrainArgs) -> TrainReport:
     started = time.perf_counter()
     setup, kind, run = prepare(args)
     built = build(setup, kind, run)
-    state = fit_run(setup, run, built)
-    ckpt, results, final, ranks_sha = export(setup, kind, run, built, state)
+    with tracker_of(setup, run) as tracker:  # closes the event file on errors too
+        state = fit_run(setup, run, built, tracker)
+        ckpt, results, final, ranks_sha = export(setup, kind, run, built, state)
+        tracker.on_end(state, results[final], final, ckpt.manifest.metrics)
     return report(setup, run, ckpt, state, results, final, ranks_sha, started)
+
+
+def tracker_of(setup: RunSetup, run: Run) -> Tracker:
+    """Per-epoch lines and TensorBoard (``<run>/tensorboard/``) on rank 0."""
+    args = setup.args
+    return Tracker(
+        args,
+        setup.splits.labels,
+        log_dir=run.dir / TENSORBOARD_DIR if args.tensorboard else None,
+        done_epochs=run.state.epoch if run.state else 0,
+        bars=bars(args.progress),
+        active=setup.rank == 0,
+    )
 
 
 def prepare(args: TrainArgs) -> tuple[RunSetup, TrainingKind, Run]:
@@ -133,7 +163,7 @@ def build(setup: RunSetup, kind: TrainingKind, run: Run) -> Built:
     backbone = load_backbone(args.backbone, device=setup.device)
     kind.check_backbone(backbone)
     frozen = tensor_digests(backbone)
-    model, params = _model(args, backbone, len(setup.splits.labels), run.current, setup.progress)
+    model, params = _model(args, backbone, len(setup.splits.labels), run.current, setup.rank == 0)
     data = kind.train_data(setup, model, ADAPTER_ID)
     if setup.world > 1:
         device = setup.device
@@ -143,8 +173,9 @@ def build(setup: RunSetup, kind: TrainingKind, run: Run) -> Built:
     return Built(backbone, model, params, data, frozen)
 
 
-def fit_run(setup: RunSetup, run: Run, built: Built) -> FitState:
-    """:func:`~training.loop.fit`, saving resume files (rank 0) after every epoch."""
+def fit_run(setup: RunSetup, run: Run, built: Built, tracker: Tracker) -> FitState:
+    """:func:`~training.loop.fit`: after every epoch the tracker's line and log, then the resume
+    files (rank 0)."""
     args, bank, data = setup.args, built.model.bank, built.data
     state_dir = args.out / run.name / f".state-v{run.number}"
 
@@ -152,6 +183,7 @@ def fit_run(setup: RunSetup, run: Run, built: Built) -> FitState:
         return bank.adapter_tensors(ADAPTER_ID)
 
     def on_epoch_end(s: FitState) -> None:
+        tracker.on_epoch(s)  # before saving: the state then carries its warnings
         if setup.rank == 0:
             save_state(state_dir, s, snapshot(), {"version": run.number, "args": jsonable(args)})
 
@@ -224,7 +256,8 @@ def report(
         seconds=time.perf_counter() - started,
     )
     if setup.rank == 0:
-        ckpt.save(run.dir)
+        with tensorboard_aside(run.dir):
+            ckpt.save(run.dir)
         args, world = setup.args, setup.world
         write_reports(run.dir, args, setup.splits, state, results, final, summary, ranks_sha, world)
     if setup.world > 1:
@@ -242,8 +275,10 @@ def evaluate_checkpoint(
     device: torch.device,
     precision: str = "fp32",
     progress: bool = False,
+    keep_scores: bool = False,
 ) -> EvalResult:
-    """A checkpoint in a fresh (serving) bank, scored on ``batches``: what ``evaluate`` runs."""
+    """A checkpoint in a fresh (serving) bank, scored on ``batches``: what ``evaluate`` runs
+    (``keep_scores``: with every clip's scores, see :func:`~training.loop.evaluate`)."""
     bank = make_bank(backbone, trainable=False)
     adapter_id = ckpt.load_into(bank)
     model = MultiAdapterModel(backbone, bank)
@@ -254,6 +289,7 @@ def evaluate_checkpoint(
         precision=precision,  # type: ignore[arg-type]
         num_classes=len(ckpt.manifest.labels),
         progress=progress,
+        keep_scores=keep_scores,
     )
 
 
@@ -281,7 +317,7 @@ def _open_run(args: TrainArgs, world: int) -> Run:
         dist.broadcast_object_list(box, src=0)
         number = int(box[0])
     run_dir = args.out / name / str(number)
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if run_dir.exists() and not only_tensorboard(run_dir):
         raise ConfigError(f"{run_dir} already holds a checkpoint; pick another --version")
     return Run(name, number, run_dir, state, current)
 
@@ -291,7 +327,7 @@ def _model(
     backbone: VisionTransformer,
     num_classes: int,
     current: dict[str, Tensor] | None,
-    progress: bool,
+    verbose: bool,
 ) -> tuple[MultiAdapterModel, list[torch.nn.Parameter]]:
     """The backbone with one fresh (or resumed) trainable adapter, and its parameters."""
     bank = make_bank(backbone, trainable=True)
@@ -301,10 +337,11 @@ def _model(
         load_adapter_tensors(bank, ADAPTER_ID, current)
     params = bank.trainable_parameters(ADAPTER_ID)
     n = sum(p.numel() for p in params)
-    if progress:
-        tqdm.write(
+    if verbose:
+        say(
             f"{args.method}: {n:,} trainable parameters ({100 * n / backbone.num_params:.3f} % "
-            f"of the backbone's {backbone.num_params:,}, which stay frozen)"
+            f"of the backbone's {backbone.num_params:,}, which stay frozen)",
+            bars(args.progress),
         )
     return MultiAdapterModel(backbone, bank), params
 
@@ -322,6 +359,7 @@ def _loop_config(args: TrainArgs, progress: bool) -> LoopConfig:
         seed=args.seed,
         precision=args.precision,
         progress=progress,
+        early_stop=args.early_stop,
     )
 
 
@@ -345,6 +383,7 @@ def _score(
             device=setup.device,
             precision=args.precision,
             progress=setup.progress,
+            keep_scores=args.tensorboard and setup.rank == 0,  # the PR curves
         )
         metrics.update(kind.split_metrics(splits, split, results[split]))
     if not results:

@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 from training.loop import EpochLog  # noqa: E402
 
@@ -31,7 +32,14 @@ def training_curve(history: Sequence[EpochLog], path: Path, title: str) -> None:
 
 
 def confusion_matrix(confusion: np.ndarray, labels: Sequence[str], path: Path, title: str) -> None:
-    """Row-normalised confusion matrix (true label per row); labels shown up to 60 classes."""
+    """Row-normalised confusion matrix (true label per row) as a PNG."""
+    fig = confusion_figure(confusion, labels, title)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def confusion_figure(confusion: np.ndarray, labels: Sequence[str], title: str) -> Figure:
+    """The confusion matrix figure (the PNG and TensorBoard's image); labels up to 60 classes."""
     totals = confusion.sum(axis=1, keepdims=True).clip(min=1)
     size = max(4.0, min(16.0, 0.3 * len(labels) + 2))
     fig, ax = plt.subplots(figsize=(size, size))
@@ -42,5 +50,4 @@ def confusion_matrix(confusion: np.ndarray, labels: Sequence[str], path: Path, t
     ax.set(xlabel="predicted", ylabel="true", title=title)
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
