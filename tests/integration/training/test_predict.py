@@ -45,9 +45,7 @@ def run(synth_folder: Path, backbone_file: Path, tmp_path_factory: pytest.TempPa
     assert main(argv) == 0
     run_dir = out / "sounds" / "1"
     manifest = json.loads((run_dir / MANIFEST_FILE).read_text())
-    if manifest["features"]["window_hop_frames"] != HOP:  # until --window-hop reaches the manifest
-        manifest["features"]["window_hop_frames"] = HOP
-        (run_dir / MANIFEST_FILE).write_text(json.dumps(manifest))
+    assert manifest["features"]["window_hop_frames"] == HOP
     return run_dir
 
 
