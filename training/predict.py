@@ -51,6 +51,8 @@ MAX_DECODED_SAMPLES = 1 << 26
 stereo fit; a header that lies cannot make the decoder hold more."""
 MAX_WINDOWS = 4096
 """Windows one file may make (lookaside-serve refuses over LOOKASIDE_MAX_REQUEST_ROWS, 1024)."""
+MAX_FEATURE_BYTES = 256 * 1024 * 1024
+"""float32 window features one file may hold (windows x frames x mel bins x 4)."""
 
 
 @dataclass
@@ -187,6 +189,12 @@ class LibraryScorer:
                 raise ConfigError(
                     f"{count} windows, over the limit of {limits.max_windows} (--max-windows)"
                 )
+            size = count * cfg.target_frames * cfg.num_mel_bins * 4
+            if size > MAX_FEATURE_BYTES:
+                raise ConfigError(
+                    f"{count} windows would hold {size >> 20} MiB of features, over the "
+                    f"limit of {MAX_FEATURE_BYTES >> 20} MiB"
+                )
             windows = extract_windows(wave, rate, cfg)
         except (LookasideError, OSError, ValueError, RuntimeError) as exc:
             pending.prediction.error = str(exc) or type(exc).__name__
@@ -271,7 +279,8 @@ class ServerScorer:
             for path in paths:
                 p = Prediction(str(path))
                 try:
-                    answer = client.classify(read_file(path), self.adapter, top_k=self.top_k)
+                    data = read_file(path)
+                    answer = client.classify(data, self.adapter, top_k=min(self.top_k, 1000))
                 except (ApiError, ConfigError, OSError) as exc:
                     p.error = str(exc)
                     yield p
