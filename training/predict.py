@@ -16,7 +16,6 @@ goes on and exits 1 at the end with the count.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import sys
 from collections.abc import Iterator
@@ -373,8 +372,3 @@ def run_predict(
         if stream is not sys.stdout:
             stream.close()
     return len(files), failed
-
-
-def read_predictions(text: str) -> list[dict[str, Any]]:
-    """Rows of a JSONL predictions file (tests and comparisons)."""
-    return [json.loads(line) for line in io.StringIO(text) if line.strip()]
