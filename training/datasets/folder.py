@@ -192,6 +192,15 @@ def _splits(ix: Index, opts: DataOptions) -> DatasetSplits:
             f"{ix.where}: the split has {len(out['train'])} training and {len(out['val'])} "
             "validation clips; both need at least one (add clips or change --val-fraction)"
         )
+    untrained = sorted(set(labels) - {labels[clips[i].label] for i in out["train"]})
+    if grouping is not None and untrained:
+        key = "each clip" if grouping.groups is None else grouping.key
+        raise DatasetError(
+            f"{ix.where}: the drawn split leaves no training clips for {untrained} (groups by "
+            f"{key} are kept whole, and these labels have too few of them); add clips of more "
+            "groups, lower --val-fraction / --test-fraction, or split by label only "
+            "(--group-by none)"
+        )
     return DatasetSplits(
         name=ix.name,
         labels=labels,

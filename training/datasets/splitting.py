@@ -85,7 +85,7 @@ def resolve_groups(
     ``group_by``: a column name, else a regular expression searched in the clip's path relative
     to ``root`` (its first group, else the whole match); ``none``: no groups. Default: the first
     of ``defaults`` that is a column, else the speaker hash when every file name is Speech
-    Commands-style, else no groups.
+    Commands-style, else the file when the index cuts several segments from one, else no groups.
     """
     if group_by is not None and group_by.strip().lower() == NO_GROUPS:
         return Grouping(None, NO_GROUPS)
@@ -97,6 +97,8 @@ def resolve_groups(
         if paths and all(hashes):
             found = [m.group(1).lower() for m in hashes if m]
             return Grouping(found, "speaker hash of Speech Commands file names")
+        if len(set(paths)) < len(paths):  # segments of one recording: never in two splits
+            return Grouping([p.as_posix() for p in paths], "source file (its segments together)")
         return Grouping(None, NO_GROUPS)
     if group_by in columns:
         return _column(group_by, columns[group_by], index)

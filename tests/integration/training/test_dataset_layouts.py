@@ -239,10 +239,16 @@ def test_csv_with_segments_draws_and_writes_a_split(tmp_path: Path, backbone_fil
     index = tmp_path / "clips.csv"
     with index.open("w", newline="") as f:
         csv.writer(f).writerows([["path", "label", "start_s", "end_s"], *rows])
-    _train(index, "csv", tmp_path / "out", backbone_file, "--val-fraction", "0.3")
+    # One recording per label: by default its segments stay in one split, so no validation
+    # split can be drawn, and the error says so; --group-by none splits the segments.
+    with pytest.raises(DatasetError, match="group-by none"):
+        load_dataset("csv", DataOptions(index, val_fraction=0.3))
+    _train(
+        index, "csv", tmp_path / "out", backbone_file, "--val-fraction", "0.3", "--group-by", "none"
+    )
     written = (tmp_path / "out" / "t" / "1" / "split.csv").read_text().splitlines()
     assert written[0] == "path,label,start_s,end_s,split"
     assert len(written) == 13
     again = load_dataset("csv", DataOptions(tmp_path / "out" / "t" / "1" / "split.csv"))
-    first = load_dataset("csv", DataOptions(index, val_fraction=0.3))
+    first = load_dataset("csv", DataOptions(index, val_fraction=0.3, group_by="none"))
     assert [(c.path, c.start_s) for c in again.val] == [(c.path, c.start_s) for c in first.val]

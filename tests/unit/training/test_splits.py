@@ -277,3 +277,25 @@ def test_split_csv_reads_back_as_the_same_grouped_split(tmp_path: Path) -> None:
     again = load_dataset("csv", DataOptions(tmp_path / "split.csv"))
     for s in ("train", "val", "test"):
         assert [c.path for c in again.split(s)] == [c.path for c in first.split(s)]
+
+
+def test_segments_of_one_file_stay_in_one_split_by_default(tmp_path: Path) -> None:
+    rows = []
+    for lab, kind in enumerate(("tone", "noise")):
+        for f in range(6):
+            rel = f"{kind}{f}.wav"
+            (tmp_path / rel).write_bytes(b"")  # the index is read, not the audio
+            rows += [[rel, f"l{lab}", f"{s * 0.5}", f"{s * 0.5 + 0.5}"] for s in range(4)]
+    index = _csv(tmp_path / "segments.csv", ["path", "label", "start_s", "end_s"], rows)
+    splits = load_dataset("csv", DataOptions(index, val_fraction=0.3, test_fraction=0.3))
+    assert splits.scheme["group_key"] == "source file (its segments together)"
+    files = [{c.path for c in splits.split(s)} for s in ("train", "val", "test")]
+    assert all(files)
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        assert not files[a] & files[b]
+    # by label only, 24 segments per label spread over every split: files straddle splits
+    plain = load_dataset(
+        "csv", DataOptions(index, val_fraction=0.3, test_fraction=0.3, group_by="none")
+    )
+    straddle = [{c.path for c in plain.split(s)} for s in ("train", "val")]
+    assert straddle[0] & straddle[1]
