@@ -31,7 +31,7 @@ def test_training_into_a_log_writes_epoch_lines_and_no_bars(tmp_path: Path) -> N
             wave = 0.5 * np.sin(2 * np.pi * (200 + 2000 * k) * t) + 0.01 * rng.standard_normal(8000)
             sf.write(tmp_path / "data" / label / f"{n}.wav", wave.astype(np.float32), 16_000)
     log = tmp_path / "train.log"
-    for extra, out_dir in (([], "runs"), (["--no-progress"], "quiet")):
+    for extra, out_dir in (([], "runs"), (["--no-progress", "--no-tensorboard"], "quiet")):
         with log.open("w") as err:
             proc = subprocess.run(
                 [str(BIN / "lookaside-train"), "train", "--data-dir", str(tmp_path / "data")]
@@ -55,3 +55,5 @@ def test_training_into_a_log_writes_epoch_lines_and_no_bars(tmp_path: Path) -> N
         assert all("train loss" in line and "val acc" in line for line in lines)
         assert "epoch 1/2" not in proc.stdout  # stdout: the summary table only
         assert "best epoch" in proc.stdout
+        events = list((tmp_path / out_dir / "folder" / "1" / "tensorboard").glob("events.out.*"))
+        assert len(events) == (0 if "--no-tensorboard" in extra else 1)
