@@ -37,6 +37,11 @@ def cmd_train(ns: argparse.Namespace) -> int:
         ]
         rows += [
             ["best epoch", str(report.best_epoch)],
+            *(
+                [["stopped early", f"after epoch {report.stopped_at_epoch} (--early-stop)"]]
+                if report.stopped_at_epoch is not None
+                else []
+            ),
             [
                 "trainable params",
                 f"{report.trainable_params:,} ({report.trainable_percent:.3f} % of backbone)",

@@ -30,7 +30,8 @@ every batch; only the adapter's parameters are synchronised)."""
 _EXAMPLES = {
     "root": """examples:
   lookaside-train train --dataset folder --data-dir clips/ --epochs 10
-  lookaside-train evaluate runs/folder/1 --data-dir clips/ --split test
+  lookaside-train evaluate runs/folder/1 --split val
+  lookaside-train predict runs/folder/1 new_clips/ --out predictions.csv
   lookaside-train push runs/folder/1 --url http://127.0.0.1:8000 --activate""",
     "train": """examples:
   lookaside-train train --dataset folder --data-dir clips/ --method lora --rank 8
@@ -48,6 +49,7 @@ recipes (--recipe): """,
     "crossval": """examples:
   lookaside-train crossval --recipe esc50-loaa-attn-t --data-dir ESC-50-master
   lookaside-train crossval --dataset esc50 --data-dir ESC-50-master --folds 1,2 --epochs 5
+  lookaside-train crossval --dataset csv --data-dir clips.csv --num-folds 5 --group-by speaker
 
 recipes (--recipe): """,
     "methods": """examples:
@@ -219,7 +221,12 @@ def parser() -> argparse.ArgumentParser:
     _add_train_options(p, "evaluate")
     p = _sub(sub, "predict", "label new clips (files or folders) with a checkpoint: CSV or JSONL")
     _add_predict_options(p)
-    p = _sub(sub, "crossval", "train once per test fold (ESC-50: 1-5); mean and spread")
+    p = _sub(
+        sub,
+        "crossval",
+        "train once per test fold (the dataset's own folds, else a grouped K-fold); mean and "
+        "spread",
+    )
     crossval.add_arguments(p)
     _add_train_options(p, "crossval")
     p = _sub(sub, "methods", "list the adapter methods, their options and parameter counts")

@@ -254,6 +254,7 @@ def report(
         if state.history
         else 0.0,
         seconds=time.perf_counter() - started,
+        stopped_at_epoch=state.stopped_at,
     )
     if setup.rank == 0:
         with tensorboard_aside(run.dir):

@@ -34,6 +34,8 @@ class TrainReport:
     trainable_percent: float
     train_clips_per_s: float
     seconds: float
+    stopped_at_epoch: int | None = None
+    """Where ``--early-stop`` ended the run (None: it ran every epoch)."""
 
 
 def jsonable(args: TrainArgs) -> dict[str, Any]:

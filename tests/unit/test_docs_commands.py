@@ -127,6 +127,9 @@ def test_shown_command_names_something_real(doc: str, line: str) -> None:
         _check_training(words[i + 2 :])
     elif head == "python" and args[:1] == ["-m"]:
         assert importlib.util.find_spec(args[1]) is not None, f"no module {args[1]}"
+    elif head == "tensorboard":  # the console script of the tensorboard dependency
+        assert importlib.util.find_spec("tensorboard") is not None
+        assert args[:1] == ["--logdir"], f"{doc}: {line!r} names no --logdir"
     elif head == "curl":
         _check_curl(args)
     elif head == "docker":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,8 @@ def test_a_run_prints_live_lines_logs_tensorboard_and_stops_early(
     monkeypatch.setattr(pipeline, "save_state", save)
     argv = _argv(synth_folder, backbone_file, tmp_path, "--epochs", "8", "--early-stop", "2")
     assert main([*argv, "--window-hop", "32"]) == 0
-    err = "".join(seen_at_save) + capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = "".join(seen_at_save) + captured.err
     run_dir = tmp_path / "folder" / "1"
     body = json.loads((run_dir / "metrics.json").read_text())
     history, stopped = body["history"], body["stopped_at_epoch"]
@@ -83,6 +85,7 @@ def test_a_run_prints_live_lines_logs_tensorboard_and_stops_early(
     assert stopped == len(history) == best + 2 < 8
     assert body["metrics"]["val_accuracy"] == accuracies[best - 1]  # the best epoch exported
     assert f"early stop at epoch {stopped}" in err
+    assert re.search(rf"stopped early +after epoch {stopped} \(--early-stop\)", captured.out)
 
     # Live lines: epoch k's line was on stderr before its resume files were written.
     assert len(seen_at_save) == stopped
