@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import re
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,19 @@ def test_the_docs_show_commands() -> None:
     assert ("README.md", "make test") in COMMANDS
 
 
+def _check_tensorboard(args: list[str]) -> None:
+    """The console script of the tensorboard dependency, pointed at a runs folder."""
+    assert importlib.util.find_spec("tensorboard") is not None
+    assert args[:1] == ["--logdir"], f"tensorboard {args} names no --logdir"
+
+
+_OTHER_TOOLS: dict[str, Callable[[list[str]], None]] = {
+    "curl": _check_curl,
+    "docker": _check_docker,
+    "tensorboard": _check_tensorboard,
+}
+
+
 @pytest.mark.parametrize(("doc", "line"), COMMANDS, ids=[f"{d}:{c[:60]}" for d, c in COMMANDS])
 def test_shown_command_names_something_real(doc: str, line: str) -> None:
     if re.fullmatch(r"[A-Z_][A-Z0-9_]*=(\"[^\"]*\"|'[^']*'|\S*)", line):
@@ -127,13 +141,8 @@ def test_shown_command_names_something_real(doc: str, line: str) -> None:
         _check_training(words[i + 2 :])
     elif head == "python" and args[:1] == ["-m"]:
         assert importlib.util.find_spec(args[1]) is not None, f"no module {args[1]}"
-    elif head == "tensorboard":  # the console script of the tensorboard dependency
-        assert importlib.util.find_spec("tensorboard") is not None
-        assert args[:1] == ["--logdir"], f"{doc}: {line!r} names no --logdir"
-    elif head == "curl":
-        _check_curl(args)
-    elif head == "docker":
-        _check_docker(args)
+    elif head in _OTHER_TOOLS:
+        _OTHER_TOOLS[head](args)
     elif head not in _SHELL_TOOLS:  # plain shell (the admin-token file) names nothing of ours
         pytest.fail(f"{doc}: unrecognised command {line!r}: teach this test what it names")
 
