@@ -79,8 +79,12 @@ CASES: dict[str, MethodCases] = {
         checkpoint={"num_experts": 3, "rank": 2, "slots_per_expert": 2},
     ),
     "aat": MethodCases(
-        mixed=({"rank": 6}, {"rank": 4, "layers": [1, 3]}),
-        oracle=({"rank": 6, "mlp_scale": 0.5}, {"rank": 4, "layers": [1, 3]}),
+        mixed=({"rank": 6}, {"rank": 4, "layers": [1, 3], "spatial": False}),
+        oracle=(
+            {"rank": 6, "mlp_scale": 0.5},
+            {"rank": 4, "layers": [1, 3]},
+            {"rank": 5, "spatial": False},  # the MLP adapter alone
+        ),
         checkpoint={"rank": 4, "layers": [1, 3]},
     ),
     "prompt": MethodCases(
