@@ -17,7 +17,8 @@ from pathlib import Path
 import soundfile as sf
 
 from examples.demo import EXAMPLES, TASKS
-from training.cli import _train_args, parser
+from training.cli import parser
+from training.cli_common import train_args_of
 
 ROOT = Path(__file__).parents[2]
 
@@ -68,7 +69,7 @@ def _check_printed_commands(out: str) -> None:
     for argv in trains:
         ns = parser().parse_args(argv[3:])
         assert ns.task == f"demo: synthetic {ns.name}"  # one argument, spaces and all
-        args = _train_args(ns)
+        args = train_args_of(ns)
         assert args.backbone == "random:test_vit"
     assert any(argv[1:4] == ["-m", "training", "push"] for argv in commands)
 

@@ -10,7 +10,7 @@ from lookaside.adapters import ADAPTERS
 from lookaside.errors import ConfigError
 from training.args import build_args, method_fields
 from training.cli import parser
-from training.cli_common import train_args_of as _train_args
+from training.cli_common import train_args_of
 from training.recipes import RECIPES
 
 
@@ -40,7 +40,7 @@ def test_precedence_recipe_then_yaml_then_command_line(tmp_path: Path) -> None:
             "x",
         ]
     )
-    args = _train_args(ns)
+    args = train_args_of(ns)
     assert args.method == "loaa"
     assert args.dataset == "esc50"
     assert args.epochs == 3  # yaml over recipe
