@@ -22,6 +22,7 @@ from lookaside.errors import ConfigError
 from training.args import TrainArgs
 from training.cli_common import format_table, say, train_args_of
 from training.datasets import DatasetSplits, cv_folds, load_dataset
+from training.reports import TrainReport
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -82,14 +83,18 @@ def plan(args: TrainArgs, folds_text: str | None) -> tuple[list[int], dict[str, 
     return folds, scheme
 
 
-def cmd_crossval(ns: argparse.Namespace) -> int:
+def run_folds(base: TrainArgs, folds: list[int]) -> list[TrainReport]:
+    """One training run per test fold (checked by :func:`plan`), named ``<name>-fold<k>``."""
     from training.pipeline import train
 
+    return [train(replace(base, fold=f, name=f"{base.adapter_name}-fold{f}")) for f in folds]
+
+
+def cmd_crossval(ns: argparse.Namespace) -> int:
     base = train_args_of(ns)
     folds, scheme = plan(base, ns.folds)
     rows, scores, runs = [], [], []
-    for fold in folds:
-        report = train(replace(base, fold=fold, name=f"{base.adapter_name}-fold{fold}"))
+    for fold, report in zip(folds, run_folds(base, folds), strict=True):
         accuracy = float(report.metrics["accuracy"])
         scores.append(accuracy)
         rows.append([str(fold), f"{100 * accuracy:.2f} %", str(report.run_dir)])

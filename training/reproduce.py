@@ -15,7 +15,7 @@ import argparse
 import json
 import shlex
 import statistics
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +146,7 @@ def command_line(recipe: str, dataset: str, data: Path, out: Path, ns: argparse.
 def _run(recipe: str, dataset: str, data: Path, ns: argparse.Namespace, res: Result) -> None:
     """Train (per fold for ESC-50) and fill ``res`` with our score."""
     from training.args import build_args
+    from training.crossval import plan, run_folds
     from training.pipeline import train
     from training.recipes import RECIPES
 
@@ -154,11 +155,10 @@ def _run(recipe: str, dataset: str, data: Path, ns: argparse.Namespace, res: Res
         {"data_dir": data, "out": ns.out / "runs", "name": recipe, **_overrides(ns)},
     ]
     args = build_args(layers)
-    folds = [int(f) for f in ns.folds.split(",")] if dataset == "esc50" else [None]
+    # ESC-50: crossval's checks (every fold a different test set) and runs
+    reports = run_folds(args, plan(args, ns.folds)[0]) if dataset == "esc50" else [train(args)]
     maps = []
-    for fold in folds:
-        run_args = args if fold is None else replace(args, fold=fold, name=f"{recipe}-fold{fold}")
-        report = train(run_args)
+    for report in reports:
         res.folds.append(100 * report.metrics["accuracy"])
         res.runs.append(str(report.run_dir))
         found = [v for k, v in report.metrics.items() if k.endswith("_map")]
@@ -170,7 +170,13 @@ def _run(recipe: str, dataset: str, data: Path, ns: argparse.Namespace, res: Res
 
 
 def _row_result(
-    table: PaperTable, row: PaperRow, dataset: str, dirs: dict[str, Path], ns: argparse.Namespace
+    table: PaperTable,
+    row: PaperRow,
+    dataset: str,
+    dirs: dict[str, Path],
+    ns: argparse.Namespace,
+    *,
+    dry_run: bool = False,
 ) -> Result:
     """One (row, dataset): its command, and its scores unless this is a dry run."""
     from training.param_table import count_row
@@ -188,7 +194,7 @@ def _row_result(
     res.command = command_line(res.recipe, dataset, dirs[dataset], ns.out, ns)
     if not dirs[dataset].exists():
         res.status = f"missing data: {dirs[dataset]}"
-    elif ns.dry_run:
+    elif dry_run:
         res.status = "dry run"
     else:
         try:
@@ -234,17 +240,39 @@ def write_reports(table: PaperTable, results: list[Result], out: Path) -> tuple[
     return json_path, md_path
 
 
+def finished_rows(path: Path) -> dict[tuple[str, str, str], Result]:
+    """Rows an earlier run of the same table finished (status ok), by (row, dataset, command):
+    a rerun after a crash or Ctrl-C trains only what is left. A changed command (other options,
+    data or overrides) trains again."""
+    try:
+        data = json.loads(path.read_text())
+        rows = [Result(**r) for r in data["rows"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return {(r.key, r.dataset, r.command or ""): r for r in rows if r.status == "ok"}
+
+
 def cmd_reproduce(ns: argparse.Namespace) -> int:
-    """Run (or, with ``--dry-run``, list) every selected row; print and write the table."""
+    """Run (or, with ``--dry-run``, list) every selected row; print and write the table (after
+    every row, so finished rows survive a crash and are reused by the next run)."""
     table = get_table(ns.table)
     dirs = _data_dirs(ns)
-    results = []
+    done = {} if ns.dry_run else finished_rows(ns.out / f"{table.name}.json")
+    results: list[Result] = []
     for row, dataset in _selected(table, ns):
-        res = _row_result(table, row, dataset, dirs, ns)
+        planned = _row_result(table, row, dataset, dirs, ns, dry_run=True)
+        earlier = done.get((row.key, dataset, planned.command or ""))
+        if earlier is not None:
+            say(f"{row.key} ({DATASET_LABELS[dataset]}): finished earlier, {earlier.ours:.2f}")
+            results.append(earlier)
+            continue
+        res = planned if ns.dry_run else _row_result(table, row, dataset, dirs, ns)
         if ns.dry_run:
             say(res.command or f"# {row.key} ({DATASET_LABELS[dataset]}) {res.status}")
             if res.command and res.status.startswith("missing"):
                 say(f"# {res.status}")
+        else:
+            write_reports(table, [*results, res], ns.out)
         results.append(res)
     if ns.dry_run:
         return 0

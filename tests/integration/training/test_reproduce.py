@@ -109,6 +109,16 @@ def test_reproduce_trains_rows_and_reports_ours_beside_the_paper(
     printed = capsys.readouterr().out
     assert f"{esc['ours']:.2f} / 96.10" in printed
 
+    # A rerun (after a crash, say) trains only what is left: the finished row is reused.
+    before = sorted((out / "runs").rglob("manifest.json"))
+    assert main([*argv, "--out", str(out), *SMOKE, "--batch-size", "4"]) == 0
+    assert sorted((out / "runs").rglob("manifest.json")) == before
+    assert json.loads((out / "aat-table1.json").read_text())["rows"] == report["rows"]
+    assert "mlp (ESC-50): finished earlier" in capsys.readouterr().out
+    # other options are another experiment: trained again
+    assert main([*argv, "--out", str(out), *SMOKE, "--batch-size", "3"]) == 0
+    assert len(sorted((out / "runs").rglob("manifest.json"))) == 2 * len(before)
+
 
 def test_a_failing_row_fails_the_command_but_not_the_others(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
