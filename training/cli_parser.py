@@ -196,6 +196,28 @@ def _sub(
     )
 
 
+def _add_push_options(p: argparse.ArgumentParser) -> None:
+    """The options of ``push``."""
+    p.add_argument("checkpoint", type=Path, help="a <name>/<version> directory")
+    p.add_argument("--url", required=True, help="server base URL, e.g. http://gpu-box:8000")
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help="file holding the admin token (default: $LOOKASIDE_ADMIN_TOKEN_FILE)",
+    )
+    p.add_argument(
+        "--token",
+        help="admin token (default: $LOOKASIDE_ADMIN_TOKEN); visible in ps, prefer --token-file",
+    )
+    p.add_argument("--activate", action="store_true", help="serve the new version at once")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="upload without first comparing the server's backbone with the checkpoint's",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     """The command-line parser (all subcommands)."""
     root = argparse.ArgumentParser(
@@ -236,25 +258,7 @@ def parser() -> argparse.ArgumentParser:
         "nothing is downloaded)",
     )
     p.add_argument("--num-classes", type=int, default=50, help="classes of the head")
-    p = _sub(sub, "push", "upload a checkpoint to a running server")
-    p.add_argument("checkpoint", type=Path, help="a <name>/<version> directory")
-    p.add_argument("--url", required=True, help="server base URL, e.g. http://gpu-box:8000")
-    p.add_argument(
-        "--token-file",
-        type=Path,
-        metavar="FILE",
-        help="file holding the admin token (default: $LOOKASIDE_ADMIN_TOKEN_FILE)",
-    )
-    p.add_argument(
-        "--token",
-        help="admin token (default: $LOOKASIDE_ADMIN_TOKEN); visible in ps, prefer --token-file",
-    )
-    p.add_argument("--activate", action="store_true", help="serve the new version at once")
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="upload without first comparing the server's backbone with the checkpoint's",
-    )
+    _add_push_options(_sub(sub, "push", "upload a checkpoint to a running server"))
     p = _sub(
         sub,
         "export",

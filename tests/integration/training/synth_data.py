@@ -40,3 +40,8 @@ KINDS = ("tone", "chirp", "noise", "clicks")
 def write_clip(path: Path, kind: str, seconds: float, rng: np.random.Generator) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(path, synth(kind, seconds, rng), RATE, subtype="PCM_16")
+
+
+FAST_TRAIN = ["--frames", "64", "--batch-size", "4", "--epochs", "1", "--method", "loaa"]
+FAST_TRAIN += ["--rank", "4", "--no-progress"]
+"""Options of a training run the integration tests keep short (one epoch, short windows)."""

@@ -13,28 +13,11 @@ import numpy as np
 import pytest
 
 from lookaside.checkpoint.manifest import load_manifest
-from tests.integration.training.synth_data import write_clip
+from tests.integration.training.synth_data import FAST_TRAIN, write_clip
 from training.cli import main
 from training.datasets import DataOptions, Splits, load_dataset
 
-FAST = [
-    "--backbone",
-    "random:test_vit",
-    "--device",
-    "cpu",
-    "--frames",
-    "64",
-    "--batch-size",
-    "4",
-    "--epochs",
-    "1",
-    "--method",
-    "loaa",
-    "--rank",
-    "4",
-    "--no-progress",
-    "--no-tensorboard",
-]
+FAST = ["--backbone", "random:test_vit", "--device", "cpu", *FAST_TRAIN, "--no-tensorboard"]
 SPEAKERS = [f"spk{i}" for i in range(6)]
 KINDS = ("tone", "chirp", "clicks")
 

@@ -11,23 +11,9 @@ import numpy as np
 import pytest
 
 from lookaside.checkpoint import load_checkpoint
-from tests.integration.training.synth_data import RATE, synth, write_clip
+from tests.integration.training.synth_data import FAST_TRAIN, RATE, synth, write_clip
 from training.cli import main
 from training.datasets import DataOptions, DatasetError, load_dataset
-
-FAST = [
-    "--frames",
-    "64",
-    "--batch-size",
-    "4",
-    "--epochs",
-    "1",
-    "--method",
-    "loaa",
-    "--rank",
-    "4",
-    "--no-progress",
-]
 
 
 def _train(root: Path, dataset: str, out: Path, backbone: Path, *extra: str) -> dict[str, object]:
@@ -44,7 +30,7 @@ def _train(root: Path, dataset: str, out: Path, backbone: Path, *extra: str) -> 
             f"file:{backbone}",
             "--name",
             "t",
-            *FAST,
+            *FAST_TRAIN,
             *extra,
         ]
     )
@@ -99,7 +85,7 @@ def test_crossval_over_two_folds(
             str(tmp_path / "out"),
             "--backbone",
             f"file:{backbone_file}",
-            *FAST,
+            *FAST_TRAIN,
         ]
     )
     assert rc == 0

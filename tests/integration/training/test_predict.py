@@ -20,10 +20,8 @@ from lookaside.backbones import load_backbone
 from lookaside.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, load_checkpoint
 from lookaside.client import Client
 from lookaside.model import MultiAdapterModel
-from service.app import create_app
-from service.settings import ServiceSettings
+from tests.integration.training.server_support import serve_store
 from tests.integration.training.synth_data import KINDS, RATE, synth, write_clip
-from tests.live_server import serve_in_thread
 from training.cache import FeatureCache
 from training.cli import main
 from training.data import ClipDataset
@@ -80,18 +78,7 @@ def server(
         shutil.copy(run / name, store / "sounds" / "1" / name)
     (store / "sounds" / "LAST").write_text("1\n")
     (store / "sounds" / "ACTIVE").write_text("1\n")
-    settings = ServiceSettings(  # type: ignore[call-arg]
-        _env_file=None,
-        backbone=f"file:{backbone_file}",
-        device="cpu",
-        store=store,
-        admin_token="test-admin-token",
-        max_wait_ms=2.0,
-        max_batch_size=8,
-        featurize_threads=1,
-    )
-    app = create_app(settings, backbone=load_backbone(f"file:{backbone_file}"))
-    with serve_in_thread(app) as url:
+    with serve_store(backbone_file, store) as url:
         yield url
 
 

@@ -11,31 +11,17 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from lookaside.backbones import load_backbone
-from service.app import create_app
-from service.settings import ServiceSettings
+from tests.integration.training.server_support import ADMIN_TOKEN, serve_store
 from tests.integration.training.synth_data import synth
-from tests.live_server import serve_in_thread
 from training.cli import main
 from training.push import PushError, describe, push
 
-TOKEN = "test-admin-token"
+TOKEN = ADMIN_TOKEN
 
 
 @pytest.fixture(scope="module")
 def server(backbone_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    settings = ServiceSettings(  # type: ignore[call-arg]
-        _env_file=None,
-        backbone=f"file:{backbone_file}",
-        device="cpu",
-        store=tmp_path_factory.mktemp("store"),
-        admin_token=TOKEN,
-        max_wait_ms=2.0,
-        max_batch_size=8,
-        featurize_threads=1,
-    )
-    app = create_app(settings, backbone=load_backbone(f"file:{backbone_file}"))
-    with serve_in_thread(app) as url:
+    with serve_store(backbone_file, tmp_path_factory.mktemp("store")) as url:
         yield url
 
 
