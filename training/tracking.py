@@ -62,11 +62,22 @@ def collapse_warning(history: Sequence[EpochLog], num_classes: int, lr: float) -
     last = history[-COLLAPSE_EPOCHS:]
     if any(abs(h.val_loss - chance) > COLLAPSE_TOLERANCE * chance for h in last):
         return None
-    return (
+    head = (
         f"{COLLAPSE_PREFIX} validation loss stayed at ln({num_classes}) = {chance:.4f}, the loss "
         f"of a uniform prediction, for epochs {last[0].epoch}-{last[-1].epoch}: the adapter "
-        f"predicts no better than chance. Try a lower --lr (now {lr:g}, e.g. {lr / 10:g}), and "
-        "check that the labels match the clips and the features suit them (--frames, "
+        "predicts no better than chance."
+    )
+    train = last[-1].train_loss
+    if train < (1 - COLLAPSE_TOLERANCE) * chance:  # it fits the training clips, not validation
+        return (
+            f"{head} The training loss fell to {train:.4f}, so it fits the training clips "
+            "only: check that validation holds the same kind of sound (labels, --frames, "
+            "--compute-stats), or add data or augmentation (--specaug, --mixup)."
+        )
+    return (
+        f"{head} The training loss sits there too ({train:.4f}): try a lower --lr (now {lr:g}, "
+        f"e.g. {lr / 10:g}; too high a rate often ends at uniform), or more epochs if it is "
+        "still warming up, and check that the labels match the clips (--frames, "
         "--compute-stats)."
     )
 

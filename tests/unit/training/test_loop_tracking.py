@@ -101,6 +101,19 @@ def test_collapse_needs_every_one_of_the_last_epochs_at_chance() -> None:
     assert collapse_warning(_logs([0.0] * COLLAPSE_EPOCHS), 1, 1e-3) is None  # one class
 
 
+def test_collapse_advice_follows_the_training_loss() -> None:
+    chance = math.log(10)
+    stuck = [EpochLog(i + 1, chance, chance, 0.1, 1e-3, 1.0, 1.0) for i in range(COLLAPSE_EPOCHS)]
+    not_learning = collapse_warning(stuck, 10, 1e-3)
+    assert not_learning is not None
+    assert "sits there too (2.3026): try a lower --lr (now 0.001, e.g. 0.0001" in not_learning
+    fits = [EpochLog(i + 1, 0.2, chance, 0.1, 1e-3, 1.0, 1.0) for i in range(COLLAPSE_EPOCHS)]
+    overfit = collapse_warning(fits, 10, 1e-3)
+    assert overfit is not None
+    assert "fell to 0.2000, so it fits the training clips only" in overfit
+    assert "--lr" not in overfit
+
+
 def _scripted(monkeypatch: pytest.MonkeyPatch, accuracies: list[float]) -> list[int]:
     """Replace the loop's validation by ``accuracies`` in turn; returns the calls made."""
     calls: list[int] = []
