@@ -56,7 +56,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
 def cmd_evaluate(ns: argparse.Namespace) -> int:
     from training.args import load_yaml
-    from training.evaluation import evaluate_dir, evaluation_args
+    from training.evaluation import evaluate_dir, evaluation_args, recorded_split
     from training.predict import resolve_checkpoint
     from training.reports import per_class
     from training.tasks import kind_of_dataset
@@ -74,6 +74,8 @@ def cmd_evaluate(ns: argparse.Namespace) -> int:
     args, note = evaluation_args(ns.checkpoint, layers, fixed)
     if note:
         say(f"evaluating on {note}")
+    if ns.split is None:  # the split the run itself was scored on (test, else val)
+        ns.split = recorded_split(ns.checkpoint) if note else "test"
     res, ckpt, labels = evaluate_dir(ns.checkpoint, args, ns.split, predictions=ns.predictions)
     unit = kind_of_dataset(args.dataset).unit  # AVE: scored per second
     say(

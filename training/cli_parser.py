@@ -232,7 +232,10 @@ def parser() -> argparse.ArgumentParser:
     p = _sub(sub, "evaluate", "score a trained checkpoint on a dataset split")
     p.add_argument("checkpoint", type=Path, help="a <name>/<version> directory")
     p.add_argument(
-        "--split", default="test", choices=["train", "val", "test"], help="split to score"
+        "--split",
+        choices=["train", "val", "test"],
+        help="split to score (default: the one the run was scored on, test when it had one, "
+        "else val; test when a dataset is given)",
     )
     p.add_argument(
         "--predictions",

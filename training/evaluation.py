@@ -68,6 +68,16 @@ def recorded_args(run_dir: Path) -> dict[str, Any] | None:
     return out
 
 
+def recorded_split(run_dir: Path) -> str:
+    """The split ``train`` scored the run on (``eval_split`` of its metrics.json: test when it
+    had one, else val); ``test`` when nothing is recorded."""
+    try:
+        split = json.loads((run_dir / "metrics.json").read_text()).get("eval_split")
+    except (OSError, ValueError, AttributeError):
+        return "test"
+    return split if split in ("train", "val", "test") else "test"
+
+
 def evaluation_args(
     run_dir: Path, layers: list[dict[str, Any]], fixed: dict[str, Any]
 ) -> tuple[TrainArgs, str | None]:

@@ -98,7 +98,7 @@ def test_defaults_are_shown() -> None:
     assert "(default: folder)" in train
     evaluate = " ".join(HELPS["lookaside-train evaluate"].split())
     assert "(default: the one the checkpoint records)" in evaluate
-    assert "(default: test)" in evaluate  # --split
+    assert "(default: the one the run was scored on" in evaluate  # --split
 
 
 def test_each_subcommand_lists_only_its_options() -> None:

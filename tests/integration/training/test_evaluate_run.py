@@ -77,7 +77,12 @@ def test_an_empty_split_names_the_splits_with_clips(
     synth_folder: Path, backbone_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = _train(synth_folder, tmp_path, backbone_file)
-    code, _, err = _evaluate([str(run)], capsys)
+    # Without --split, the run's own scored split: val, as it has no test split.
+    code, out, err = _evaluate([str(run)], capsys)
+    assert code == 0, err
+    assert "on val (" in out
+    assert _scores(out) == _recorded(run, "val")
+    code, _, err = _evaluate([str(run), "--split", "test"], capsys)
     assert code == 2
     assert "split 'test' of folder" in err
     counts = re.search(r"the splits with clips: train \((\d+)\), val \((\d+)\)\.", err)
