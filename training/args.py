@@ -41,8 +41,9 @@ class TrainArgs:
     data_dir: Path | None = None
     """Dataset root (the CSV file for ``csv``)."""
     fold: int | None = None
-    """Test fold: one of the dataset's own folds (ESC-50: 1-5), or of a seeded K-fold drawn over a
-    folder / CSV without folds (1..--num-folds). Refused where the dataset fixes its test split."""
+    """Test fold: one of the dataset's own folds (ESC-50: 1-5; a CSV fold column: any integers it
+    holds), or of a seeded K-fold drawn over a folder / CSV without folds (1..--num-folds). Refused
+    where the dataset fixes its test split; the loader checks the number."""
     num_folds: int = 5
     """K of the K-fold drawn over a dataset without folds of its own (the test fold is one of
     1..K)."""
@@ -154,7 +155,6 @@ class TrainArgs:
             (self.workers >= 0, "--workers must be >= 0"),
             (self.frames is None or self.frames >= 16, "--frames must be >= 16 (one patch)"),
             (self.num_folds >= 2, "--num-folds must be at least 2"),
-            (self.fold is None or self.fold >= 1, "--fold counts from 1"),
             (self.early_stop >= 0, "--early-stop must be >= 0 (0: off)"),
             (self.window_hop is None or self.window_hop >= 1, "--window-hop must be >= 1 frame"),
         ]

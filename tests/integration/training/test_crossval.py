@@ -119,3 +119,24 @@ def test_crossval_checks_folds_and_test_sets_before_training(
     assert main([*argv, "--num-folds", "3"]) == 2
     assert "folds 1 and 2 of csv have the same test clips" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_fold_column_counting_from_zero_trains_and_crossvalidates(tmp_path: Path) -> None:
+    """Own folds are any integers: --fold 0 trains, crossval runs folds 0, 1 and 2."""
+    rng = np.random.default_rng(9)
+    rows = []
+    for i in range(9):
+        kind = KINDS[i % 3]
+        rel = f"c{i}.wav"
+        write_clip(tmp_path / "data" / rel, kind, 0.5, rng)
+        rows.append([rel, kind, i // 3])
+    index = tmp_path / "data" / "folds.csv"
+    with index.open("w", newline="") as f:
+        csv.writer(f).writerows([["path", "label", "fold"], *rows])
+    out = tmp_path / "out"
+    common = ["--dataset", "csv", "--data-dir", str(index), "--out", str(out), *FAST]
+    assert main(["train", *common, "--fold", "0", "--val-fraction", "0.2", "--name", "z"]) == 0
+    assert main(["crossval", *common, "--val-fraction", "0.2", "--name", "cv"]) == 0
+    summary = json.loads((out / "cv-crossval.json").read_text())
+    assert [r["fold"] for r in summary["runs"]] == [0, 1, 2]
+    assert summary["split_scheme"]["folds"] == [0, 1, 2]

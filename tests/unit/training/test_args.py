@@ -83,3 +83,9 @@ def test_every_recipe_builds_and_cites_its_source(name: str) -> None:
 def test_audio_visual_methods_are_refused_with_the_audio_ones() -> None:
     with pytest.raises(ConfigError, match=r"'avpea' is audio-visual.*loaa"):
         build_args([{"method": "avpea"}])
+
+
+def test_fold_numbers_are_checked_by_the_layout_not_here() -> None:
+    """A CSV's own folds may count from 0 or hold negatives; the loader checks membership."""
+    assert build_args([{"fold": 0}]).fold == 0
+    assert build_args([{"fold": -2}]).fold == -2
