@@ -151,6 +151,11 @@ class TrainArgs:
                 0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1,
                 "--val-fraction and --test-fraction must be in [0, 1)",
             ),
+            (
+                self.val_fraction + self.test_fraction < 1,
+                f"--val-fraction {self.val_fraction} + --test-fraction {self.test_fraction} "
+                "leaves no training clips; lower them so their sum is below 1",
+            ),
             (self.mixup >= 0, "--mixup (Beta alpha) must be >= 0"),
             (self.workers >= 0, "--workers must be >= 0"),
             (self.frames is None or self.frames >= 16, "--frames must be >= 16 (one patch)"),

@@ -89,3 +89,9 @@ def test_fold_numbers_are_checked_by_the_layout_not_here() -> None:
     """A CSV's own folds may count from 0 or hold negatives; the loader checks membership."""
     assert build_args([{"fold": 0}]).fold == 0
     assert build_args([{"fold": -2}]).fold == -2
+
+
+def test_validation_and_test_shares_must_leave_training_clips() -> None:
+    with pytest.raises(ConfigError, match=r"--val-fraction 0.5 \+ --test-fraction 0.5 .* below 1"):
+        build_args([{"val_fraction": 0.5, "test_fraction": 0.5}])
+    assert build_args([{"val_fraction": 0.4, "test_fraction": 0.5}]).test_fraction == 0.5
