@@ -23,7 +23,13 @@ from lookaside.errors import InvalidCheckpoint
 from lookaside.features import FRAME_LENGTH_MS
 from lookaside.tasks import task_for
 
-__all__ = ["CheckpointLimits", "check_features", "check_manifest_limits", "fft_bins"]
+__all__ = [
+    "CheckpointLimits",
+    "check_features",
+    "check_manifest_limits",
+    "fft_bins",
+    "min_window_hop",
+]
 
 
 class CheckpointLimits(BaseModel):
@@ -164,6 +170,13 @@ def fft_bins(sample_rate: int) -> int:
     return (1 << (window - 1).bit_length()) // 2
 
 
+def min_window_hop(target_frames: int, limits: CheckpointLimits) -> int:
+    """Least ``features.window_hop_frames`` for a ``target_frames`` window:
+    ``ceil(target_frames / max_window_overlap)``, so at most that many windows cover one frame
+    (training refuses a smaller ``--window-hop`` with the same number)."""
+    return -(-target_frames // limits.max_window_overlap)
+
+
 def check_features(
     manifest: AdapterManifest, backbone_cfg: BackboneConfig, limits: CheckpointLimits
 ) -> list[str]:
@@ -177,7 +190,7 @@ def check_features(
     """
     problems = _grid_problems(manifest, backbone_cfg, limits)
     f = manifest.features
-    min_hop = -(-f.target_frames // limits.max_window_overlap)
+    min_hop = min_window_hop(f.target_frames, limits)
     if f.window_hop_frames is not None and f.window_hop_frames < min_hop:
         problems.append(
             f"features.window_hop_frames={f.window_hop_frames} is under {min_hop} "

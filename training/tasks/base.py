@@ -14,17 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
 from torch import Tensor, nn
 
-from lookaside.checkpoint.limits import CheckpointLimits
+from lookaside.checkpoint.limits import CheckpointLimits, min_window_hop
 from lookaside.errors import ConfigError
+from lookaside.features import FeatureConfig
 from lookaside.tasks import TaskKind
 
 if TYPE_CHECKING:
     import torch
 
     from lookaside.backbone import VisionTransformer
-    from lookaside.features import FeatureConfig
     from lookaside.model import MultiAdapterModel
     from training.args import TrainArgs
     from training.datasets import Splits
@@ -62,40 +63,57 @@ def cache_root(args: TrainArgs) -> Path | None:
     return (args.cache_dir or args.out / ".cache") if args.feature_cache else None
 
 
+_OPTION_OF = {
+    "target_frames": "frames",
+    "mean": "mean",
+    "std": "std",
+    "window_hop_frames": "window_hop",
+}
+"""The TrainArgs field (``--frames`` ...) that sets each FeatureConfig field."""
+
+
 def feature_config(args: TrainArgs, splits: Splits) -> FeatureConfig:
     """The dataset's feature defaults with ``--frames`` / ``--mean`` / ``--std`` /
-    ``--window-hop`` applied (the checkpoint records them; the service windows long clips by the
-    hop)."""
-    given = {
-        "target_frames": args.frames,
-        "mean": args.mean,
-        "std": args.std,
-        "window_hop_frames": args.window_hop,
-    }
+    ``--window-hop`` applied and validated as the checkpoint will be (the service windows long
+    clips by the hop): a bad value fails here, before any training."""
+    given = {field: getattr(args, name) for field, name in _OPTION_OF.items()}
     update = {k: v for k, v in given.items() if v is not None}
-    feats = splits.features.model_copy(update=update) if update else splits.features
+    if not update:
+        return splits.features
+    try:
+        feats = FeatureConfig.model_validate({**splits.features.model_dump(), **update})
+    except ValidationError as exc:
+        raise ConfigError(_option_errors(exc, {**splits.features.model_dump(), **update})) from None
     check_window_hop(feats)
     return feats
 
 
+def _option_errors(exc: ValidationError, values: dict[str, Any]) -> str:
+    """Pydantic's errors, each named by the option that set the value."""
+    parts = []
+    for err in exc.errors():
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        field = str(err["loc"][0]) if err["loc"] else ""
+        if field in _OPTION_OF:
+            option = "--" + _OPTION_OF[field].replace("_", "-")
+            parts.append(f"{option} {values.get(field)}: {msg}")
+        else:  # the model's own check: the hop against the window
+            hop, frames = values["window_hop_frames"], values["target_frames"]
+            parts.append(f"--window-hop {hop} / --frames {frames}: {msg}")
+    return "; ".join(parts)
+
+
 def check_window_hop(feats: FeatureConfig) -> None:
-    """Refuse a ``--window-hop`` the checkpoint could not record, before any training: over the
-    window (audio skipped) or under the checkpoint limits' least hop (too many windows per clip,
-    :func:`lookaside.checkpoint.limits.check_features`)."""
+    """Refuse a ``--window-hop`` under the checkpoint limits' least hop (too many windows per
+    clip: :func:`lookaside.checkpoint.limits.min_window_hop`, which the service checks too)."""
     hop, frames = feats.window_hop_frames, feats.target_frames
-    if hop is None:
-        return
-    if hop > frames:
+    limits = CheckpointLimits()
+    least = min_window_hop(frames, limits)
+    if hop is not None and hop < least:
         raise ConfigError(
-            f"--window-hop {hop} is over the window's {frames} frames (--frames), so windows "
-            f"would skip audio; use a hop of at most {frames}"
-        )
-    overlap = CheckpointLimits().max_window_overlap
-    least = -(-frames // overlap)
-    if hop < least:
-        raise ConfigError(
-            f"--window-hop {hop} is under {least} frames: at most {overlap} windows may cover one "
-            f"frame (the checkpoint limit max_window_overlap); use a hop of {least}..{frames}"
+            f"--window-hop {hop} is under {least} frames: at most {limits.max_window_overlap} "
+            f"windows may cover one frame of the {frames}-frame window (--frames; the checkpoint "
+            f"limit max_window_overlap); use a hop of {least}..{frames}"
         )
 
 

@@ -157,5 +157,5 @@ def test_a_window_hop_over_the_window_is_refused_before_training(
 ) -> None:
     argv = _argv(synth_folder, backbone_file, tmp_path, "--epochs", "1", "--window-hop", "65")
     assert main(argv) == 2
-    assert "--window-hop 65 is over the window's 64 frames" in capsys.readouterr().err
+    assert "--window-hop 65 / --frames 64: window_hop_frames (65)" in capsys.readouterr().err
     assert not (tmp_path / "folder").exists()

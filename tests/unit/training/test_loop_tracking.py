@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import training.loop as loop
-from lookaside.checkpoint.limits import CheckpointLimits
+from lookaside.checkpoint.limits import CheckpointLimits, min_window_hop
 from lookaside.errors import ConfigError
 from lookaside.features import FeatureConfig
 from training.args import TrainArgs
@@ -175,11 +175,23 @@ def test_window_hop_is_recorded_and_checked_before_training() -> None:
     feats = feature_config(_args(window_hop=48), splits)  # type: ignore[arg-type]
     assert (feats.window_hop_frames, feats.hop_frames) == (48, 48)
     assert feature_config(_args(), splits).window_hop_frames is None  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match=r"--window-hop 129 is over the window's 128 frames"):
+    with pytest.raises(ConfigError, match=r"--window-hop 129 / --frames 128: .*exceeds"):
         feature_config(_args(window_hop=129), splits)  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match=r"--window-hop 100 is over the window's 64 frames"):
+    with pytest.raises(ConfigError, match=r"--window-hop 100 / --frames 64: .*exceeds"):
         feature_config(_args(window_hop=100, frames=64), splits)  # type: ignore[arg-type]
-    least = -(-128 // CheckpointLimits().max_window_overlap)  # 8 with the default 16
+    limits = CheckpointLimits()
+    least = min_window_hop(128, limits)
+    assert least == -(-128 // limits.max_window_overlap) == 8  # the default overlap of 16
     assert feature_config(_args(window_hop=least), splits).hop_frames == least  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match=rf"under {least} frames"):
+    with pytest.raises(ConfigError, match=rf"--window-hop {least - 1} is under {least} frames"):
         feature_config(_args(window_hop=least - 1), splits)  # type: ignore[arg-type]
+
+
+def test_feature_options_are_validated_as_the_checkpoint_is() -> None:
+    # Every option goes through FeatureConfig's own checks, named by the option that set it.
+    splits = SimpleNamespace(features=FeatureConfig(target_frames=128))
+    with pytest.raises(ConfigError, match=r"--std 0.0: Input should be greater than 0"):
+        feature_config(_args(std=0.0), splits)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"--mean inf: "):
+        feature_config(_args(mean=float("inf")), splits)  # type: ignore[arg-type]
+    assert feature_config(_args(mean=-1.5, std=2.0), splits).std == 2.0  # type: ignore[arg-type]
