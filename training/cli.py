@@ -56,11 +56,12 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
 def cmd_evaluate(ns: argparse.Namespace) -> int:
     from training.args import load_yaml
-    from training.evaluation import evaluate_dir, evaluation_args, recorded_split
+    from training.evaluation import evaluate_dir, evaluation_args, predictions_format
     from training.predict import resolve_checkpoint
     from training.reports import per_class
     from training.tasks import kind_of_dataset
 
+    predictions_format(ns.predictions)  # a wrong suffix is refused before anything is scored
     ns.checkpoint, which = resolve_checkpoint(ns.checkpoint)
     if which:
         say(which)
@@ -71,11 +72,11 @@ def cmd_evaluate(ns: argparse.Namespace) -> int:
     skip = {"command", "config", "checkpoint", "split", "predictions"}
     layers = [load_yaml(ns.config)] if getattr(ns, "config", None) else []
     layers.append({k: v for k, v in vars(ns).items() if k not in skip})
-    args, note = evaluation_args(ns.checkpoint, layers, fixed)
+    args, note, own_split = evaluation_args(ns.checkpoint, layers, fixed)
     if note:
         say(f"evaluating on {note}")
     if ns.split is None:  # the split the run itself was scored on (test, else val)
-        ns.split = recorded_split(ns.checkpoint) if note else "test"
+        ns.split = own_split
     res, ckpt, labels = evaluate_dir(ns.checkpoint, args, ns.split, predictions=ns.predictions)
     unit = kind_of_dataset(args.dataset).unit  # AVE: scored per second
     say(

@@ -5,30 +5,30 @@ and split the run recorded in its ``metrics.json``."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lookaside.backbone import VisionTransformer
 from lookaside.backbones import load_backbone
 from lookaside.checkpoint import AdapterCheckpoint, load_checkpoint
 from lookaside.clip_scores import top_labels
 from lookaside.errors import ConfigError
-from lookaside.model import MultiAdapterModel
 from training.args import TrainArgs, build_args
 from training.datasets import DatasetSplits, Splits, load_dataset
-from training.export import make_bank
+from training.datasets.base import Clip
 from training.loop import EvalResult
 from training.pipeline import data_options, evaluate_checkpoint, resolve_device
 from training.tasks import kind_of_dataset
 
 __all__ = [
     "RECORDED_FIELDS",
+    "Recorded",
     "evaluate_dir",
     "evaluation_args",
-    "recorded_args",
+    "predictions_format",
+    "read_recorded",
     "write_clip_predictions",
 ]
 
@@ -48,63 +48,114 @@ RECORDED_FIELDS = (
 )
 """What ``evaluate RUN`` takes from the run's ``metrics.json`` ``args``: the dataset, how its
 split was drawn, and how it was scored."""
+DRAW_FIELDS = ("fold", "num_folds", "group_by", "seed", "val_fraction", "test_fraction")
+"""Options that draw a split: given on the command line, the split is drawn again from the data."""
+SCORE_FIELDS = ("eval_batch_size", "precision")
+"""Recorded settings that still apply when the run's ``split.csv`` gives the clips."""
 MAX_METRICS_BYTES = 16 * 1024 * 1024
 
 
-def recorded_args(run_dir: Path) -> dict[str, Any] | None:
-    """The data settings ``run_dir/metrics.json`` recorded (None: no such file)."""
+@dataclass(frozen=True)
+class Recorded:
+    """What a run's ``metrics.json`` says about its data, read once."""
+
+    args: dict[str, Any]
+    """The :data:`RECORDED_FIELDS` it holds."""
+    eval_split: str
+    """The split training scored (test when it had one, else val)."""
+
+
+def read_recorded(run_dir: Path) -> Recorded | None:
+    """``run_dir/metrics.json``'s data settings and scored split (None: no such file), read once
+    and refused over :data:`MAX_METRICS_BYTES` before it is read."""
     path = run_dir / "metrics.json"
     if not path.is_file():
         return None
     if path.stat().st_size > MAX_METRICS_BYTES:
         raise ConfigError(f"{path} is over {MAX_METRICS_BYTES} bytes; not a run's metrics.json")
     try:
-        args = json.loads(path.read_text(encoding="utf-8")).get("args") or {}
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
-        raise ConfigError(f"{path} is not valid JSON: {exc}") from None
-    out = {k: args[k] for k in RECORDED_FIELDS if args.get(k) is not None}
-    if out.get("precision") == "fp16":  # CUDA only; evaluate may run elsewhere
-        del out["precision"]
-    return out
-
-
-def recorded_split(run_dir: Path) -> str:
-    """The split ``train`` scored the run on (``eval_split`` of its metrics.json: test when it
-    had one, else val); ``test`` when nothing is recorded."""
-    try:
-        split = json.loads((run_dir / "metrics.json").read_text()).get("eval_split")
-    except (OSError, ValueError, AttributeError):
-        return "test"
-    return split if split in ("train", "val", "test") else "test"
+        data = json.loads(path.read_text(encoding="utf-8"))
+        args = data.get("args") or {}
+        split = data.get("eval_split")
+        out = {k: args[k] for k in RECORDED_FIELDS if args.get(k) is not None}
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError) as exc:
+        raise ConfigError(f"{path} is not a run's metrics.json: {exc}") from None
+    return Recorded(out, split if split in ("train", "val", "test") else "test")
 
 
 def evaluation_args(
     run_dir: Path, layers: list[dict[str, Any]], fixed: dict[str, Any]
-) -> tuple[TrainArgs, str | None]:
-    """Settings of ``evaluate RUN``: the run's recorded data settings < ``layers`` (``--config``,
-    then the command line) < ``fixed``; and a line saying where the data comes from.
+) -> tuple[TrainArgs, str | None, str]:
+    """Settings of ``evaluate RUN``: where its clips come from < ``layers`` (``--config``, then
+    the command line) < ``fixed``; a line saying where the clips come from; the default split.
 
-    A ``--dataset`` other than the recorded one drops the record; a recorded data directory that
-    no longer exists falls back to the run's ``split.csv``.
+    The clips: ``--data-dir`` when given; else the run's ``split.csv`` (the exact split training
+    scored, whatever the data folder holds now) unless an option that draws a split is given;
+    else the dataset and directory ``metrics.json`` recorded (a dataset's own split: ESC-50's
+    folds). A ``--dataset`` other than the recorded one needs ``--data-dir``.
     """
     given = {k: v for layer in layers for k, v in layer.items()}
-    recorded = recorded_args(run_dir) or {}
+    rec = read_recorded(run_dir)
+    recorded = rec.args if rec else {}
+    split = rec.eval_split if rec else "test"
+    if "data_dir" in given:
+        if given.get("dataset", recorded.get("dataset")) != recorded.get("dataset"):
+            recorded = {}
+        return _fp16_checked(build_args([recorded, *layers, fixed]), given, None, "test")
     if "dataset" in given and given["dataset"] != recorded.get("dataset"):
-        recorded = {}
-    note = None
-    if recorded and "data_dir" not in given:
-        where = Path(recorded["data_dir"]).expanduser()
-        note = f"dataset {recorded['dataset']} at {where} (recorded in {run_dir}/metrics.json)"
-        if not where.exists():
-            split_csv = run_dir / "split.csv"
-            if not split_csv.is_file():
-                raise ConfigError(
-                    f"the run's recorded data directory {where} no longer exists and {run_dir} "
-                    "has no split.csv; pass --dataset and --data-dir"
-                )
-            recorded = {"dataset": "csv", "data_dir": str(split_csv), "seed": recorded.get("seed")}
-            note = f"the recorded {where} no longer exists; using the run's split {split_csv}"
-    return build_args([recorded, *layers, fixed]), note
+        had = f"the recorded {recorded['dataset']}" if recorded else "none recorded"
+        raise ConfigError(
+            f"--dataset {given['dataset']} is not the dataset {run_dir} was trained on ({had}); "
+            "pass --data-dir with it"
+        )
+    base, note = _clips_of(run_dir, recorded, [k for k in DRAW_FIELDS if k in given])
+    return _fp16_checked(build_args([base, *layers, fixed]), given, note, split)
+
+
+def _clips_of(
+    run_dir: Path, recorded: dict[str, Any], drawn: list[str]
+) -> tuple[dict[str, Any], str]:
+    """The base settings and the note of :func:`evaluation_args` without ``--data-dir``."""
+    split_csv = run_dir / "split.csv"
+    where = Path(recorded["data_dir"]).expanduser() if recorded.get("data_dir") else None
+    origin = f"dataset {recorded.get('dataset')} at {where} (recorded in {run_dir}/metrics.json)"
+    if drawn:
+        options = ", ".join("--" + k.replace("_", "-") for k in drawn)
+        if where is None or not where.exists():
+            gone = "records no data directory" if where is None else f"'s {where} is gone"
+            raise ConfigError(
+                f"{options} draw the split again from the data, but {run_dir}{gone}; pass "
+                "--dataset and --data-dir"
+            )
+        return recorded, f"{origin}, the split drawn again ({options} given)"
+    if split_csv.is_file():
+        base = {k: recorded[k] for k in SCORE_FIELDS if k in recorded}
+        base |= {"dataset": "csv", "data_dir": str(split_csv)}
+        since = f"; {where} may hold other clips now" if where is not None else ""
+        return base, f"the run's own split {split_csv} (the clips training scored{since})"
+    if where is None:
+        raise ConfigError(
+            f"--data-dir is required ({run_dir} has no metrics.json recording the dataset and "
+            "no split.csv)"
+        )
+    if not where.exists():
+        raise ConfigError(
+            f"the run's recorded data directory {where} no longer exists and {run_dir} has no "
+            "split.csv; pass --dataset and --data-dir"
+        )
+    return recorded, origin
+
+
+def _fp16_checked(
+    args: TrainArgs, given: dict[str, Any], note: str | None, split: str
+) -> tuple[TrainArgs, str | None, str]:
+    """A recorded fp16 (CUDA only) kept on CUDA, scored in fp32 on any other device."""
+    if args.precision != "fp16" or "precision" in given:
+        return args, note, split
+    if resolve_device(args.device).type == "cuda":
+        return args, note, split
+    said = "the run was scored in fp16, which needs CUDA: scoring in fp32"
+    return replace(args, precision="fp32"), f"{note}; {said}" if note else said, split
 
 
 def evaluate_dir(
@@ -114,22 +165,16 @@ def evaluate_dir(
     *,
     predictions: Path | None = None,
 ) -> tuple[EvalResult, AdapterCheckpoint, list[str]]:
-    """The ``evaluate`` command: a checkpoint directory on a dataset split.
-
-    Without ``--data-dir``, the run's own ``split.csv`` (written beside a checkpoint trained on a
-    drawn split) is used. ``predictions``: also write every clip's scores there, in
-    ``predict``'s format (:func:`write_clip_predictions`).
+    """The ``evaluate`` command: a checkpoint directory on a dataset split (``args.data_dir``:
+    see :func:`evaluation_args`). ``predictions``: also write every clip's scores there, in
+    ``predict``'s format, from the same pass (:func:`write_clip_predictions`).
     """
+    fmt = predictions_format(predictions)
+    if args.data_dir is None:
+        raise ConfigError(f"--data-dir is required to evaluate {directory}")
     device = resolve_device(args.device)
     backbone = load_backbone(args.backbone, device=device)
     ckpt = load_checkpoint(directory, backbone=backbone)
-    if args.data_dir is None:
-        if not (directory / "split.csv").is_file():
-            raise ConfigError(
-                f"--data-dir is required ({directory} has no metrics.json recording the dataset "
-                "and no split.csv)"
-            )
-        args = replace(args, dataset="csv", data_dir=directory / "split.csv")
     splits = load_dataset(args.dataset, data_options(args))
     kind = kind_of_dataset(args.dataset)
     kind.check_backbone(backbone)
@@ -138,6 +183,8 @@ def evaluate_dir(
             f"the dataset's labels {splits.labels[:5]}... differ from the checkpoint's "
             f"{ckpt.manifest.labels[:5]}...: evaluate on the dataset it was trained for"
         )
+    if fmt is not None and not isinstance(splits, DatasetSplits):
+        raise ConfigError("--predictions writes per-clip scores of audio clip datasets only")
     batches = kind.eval_batches(args, splits, split, ckpt.manifest.features, backbone)
     if batches is None:
         raise ConfigError(empty_split_message(splits, split, args, directory))
@@ -150,49 +197,48 @@ def evaluate_dir(
         device=device,
         precision=args.precision,
         progress=args.progress,
+        keep_scores=fmt is not None,
     )
-    if predictions is not None:
-        write_clip_predictions(predictions, ckpt, backbone, splits, split, args, device)
+    if predictions is not None and fmt is not None:
+        assert isinstance(splits, DatasetSplits)
+        write_clip_predictions(
+            predictions, fmt, res, list(ckpt.manifest.labels), splits.split(split)
+        )
     return res, ckpt, splits.labels
 
 
-def write_clip_predictions(
-    out: Path,
-    ckpt: AdapterCheckpoint,
-    backbone: VisionTransformer,
-    splits: Splits,
-    split: str,
-    args: TrainArgs,
-    device: torch.device,
-) -> None:
-    """Every clip's scores on ``split`` (every label, best first) in ``predict``'s CSV / JSONL
-    format, from the batches and module ``evaluate`` scores: a clip's first window, as training
-    sees it (``predict`` averages every window of a longer clip)."""
-    from training.predict import Prediction, Writer, output_format
+def predictions_format(out: Path | None) -> str | None:
+    """``csv`` or ``jsonl`` from ``--predictions``' suffix, checked before anything is scored
+    (``-`` is refused: evaluate prints its table on stdout)."""
+    if out is None:
+        return None
+    if str(out) == "-":
+        raise ConfigError(
+            "--predictions -: name a .csv or .jsonl file (evaluate prints its table on stdout)"
+        )
+    if out.suffix.lower() not in (".csv", ".jsonl"):
+        raise ConfigError(f"--predictions {out}: name a .csv or .jsonl file")
+    return out.suffix.lower()[1:]
 
-    if not isinstance(splits, DatasetSplits):
-        raise ConfigError("--predictions writes per-clip scores of audio clip datasets only")
-    fmt = output_format(str(out), timeline=False)
-    kind = kind_of_dataset(args.dataset)
-    batches = kind.eval_batches(args, splits, split, ckpt.manifest.features, backbone)
-    bank = make_bank(backbone, trainable=False)
-    module = kind.eval_module(
-        MultiAdapterModel(backbone, bank), ckpt.load_into(bank), ckpt.manifest.features, splits
-    )
-    module.eval()
-    labels = list(ckpt.manifest.labels)
-    clips = iter(splits.split(split))
-    with out.open("w", newline="", encoding="utf-8") as f, torch.inference_mode():
+
+def write_clip_predictions(
+    out: Path, fmt: str, res: EvalResult, labels: list[str], clips: list[Clip]
+) -> None:
+    """Every clip's scores (every label, best first) in ``predict``'s CSV / JSONL format: the
+    softmax scores of the pass ``evaluate`` printed (``res.scores``, same precision), a clip's
+    first window as training sees it (``predict`` averages every window of a longer clip)."""
+    from training.predict import Prediction, Writer
+
+    if res.scores is None or len(res.scores) != len(clips):
+        n = "no" if res.scores is None else len(res.scores)
+        raise ConfigError(f"{n} scored rows for {len(clips)} clips: cannot write --predictions")
+    with out.open("w", newline="", encoding="utf-8") as f:
         writer = Writer(f, fmt, len(labels))
-        for x, _ in batches or []:
-            for row in module(x.to(device)).float().softmax(-1).cpu():
-                clip = next(clips)
-                where = str(clip.path)
-                if clip.start_s is not None or clip.end_s is not None:
-                    where += (
-                        f"#{clip.start_s or 0:g}-{clip.end_s if clip.end_s is not None else ''}"
-                    )
-                writer.write(Prediction(where, top_k=top_labels(row, labels, len(labels))))
+        for clip, row in zip(clips, torch.from_numpy(res.scores), strict=True):
+            where = str(clip.path)
+            if clip.start_s is not None or clip.end_s is not None:
+                where += f"#{clip.start_s or 0:g}-{clip.end_s if clip.end_s is not None else ''}"
+            writer.write(Prediction(where, top_k=top_labels(row, labels, len(labels))))
 
 
 def empty_split_message(splits: Splits, split: str, args: TrainArgs, run_dir: Path) -> str:
