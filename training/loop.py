@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.amp.grad_scaler import GradScaler
@@ -197,7 +198,8 @@ def fit(
         snapshot: detached *copies* of the adapter's tensors (the best epoch is kept this way).
         state: resume from this state (``epoch`` epochs done).
         on_epoch_end: called with the state after every epoch (prints its line, saves resume
-            files); ``state.stopped_at`` is set when early stopping ends the run there.
+            files); ``state.stopped_at`` is set when early stopping ends the run there (under
+            torchrun on every rank at once, by rank 0's validation).
         set_epoch: called before each epoch (DistributedSampler.set_epoch).
     """
     state = state or FitState()
@@ -238,11 +240,24 @@ def fit(
         state.epoch = epoch
         state.optimizer = optimizer.state_dict()
         state.scaler = scaler.state_dict()
-        if cfg.early_stop and epoch < cfg.epochs and epoch - state.best_epoch >= cfg.early_stop:
+        # The first two terms are the same on every rank, so every rank or none calls _agreed.
+        late = epoch - state.best_epoch >= cfg.early_stop
+        if cfg.early_stop and epoch < cfg.epochs and _agreed(late, device):
             state.stopped_at = epoch
         if on_epoch_end is not None:
             on_epoch_end(state)
     return state
+
+
+def _agreed(stop: bool, device: torch.device) -> bool:
+    """Rank 0's stop decision on every rank: each rank validates on its own, and a rank that
+    broke out alone would leave the others blocked in DDP's next all-reduce. Rank 0's, since
+    its best epoch is the one exported."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
+        return stop
+    flag = torch.tensor([int(stop)], device=device if device.type == "cuda" else "cpu")
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
 
 
 def bars(progress: bool) -> bool:

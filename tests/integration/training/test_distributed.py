@@ -12,8 +12,13 @@ import multiprocessing as mp
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
+import training.loop as loop
 from tests.live_server import free_port
 from training.cli import main
 
@@ -78,3 +83,48 @@ def test_two_gloo_processes_end_with_identical_adapters(
     assert len(hashes) == 2
     assert hashes[0] == hashes[1]
     assert not (tmp_path / "folder" / "2").exists()  # one checkpoint, written by rank 0
+
+
+def _stop_rank(rank: int, port: int, accuracies: list[float], out: Path) -> None:
+    """One rank of a plain fit whose validation is scripted per rank."""
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    epochs = iter(accuracies)
+
+    def scripted(*_: object, **__: object) -> loop.EvalResult:
+        acc = next(epochs)
+        return loop.EvalResult(1 - acc, acc, 0.0, np.zeros((2, 2), dtype=np.int64), 4)
+
+    loop.evaluate = scripted  # type: ignore[assignment]
+    module = nn.Linear(8, 2)
+    data = DataLoader(TensorDataset(torch.randn(8, 8), torch.arange(8) % 2), batch_size=4)
+    state = loop.fit(
+        module,
+        list(module.parameters()),
+        data,
+        data,
+        loop.LoopConfig(epochs=6, lr=1e-3, progress=False, early_stop=2),
+        num_classes=2,
+        device=torch.device("cpu"),
+        snapshot=lambda: {},
+    )
+    out.write_text(json.dumps({"stopped_at": state.stopped_at, "epoch": state.epoch}))
+    dist.destroy_process_group()
+    os._exit(0)
+
+
+def test_ranks_that_disagree_stop_early_together_at_rank_0s_epoch(tmp_path: Path) -> None:
+    # Rank 0's accuracy stalls after epoch 1 (it would stop after epoch 3); rank 1's keeps
+    # improving. A rank stopping alone would leave the other blocked in DDP's next all-reduce.
+    scripts = [[0.5, 0.4, 0.3, 0.2, 0.1, 0.0], [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]]
+    ctx = mp.get_context("fork")
+    port = free_port()
+    outs = [tmp_path / f"rank{r}.json" for r in range(2)]
+    procs = [ctx.Process(target=_stop_rank, args=(r, port, scripts[r], outs[r])) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    results = [json.loads(o.read_text()) for o in outs]
+    assert results == [{"stopped_at": 3, "epoch": 3}] * 2
