@@ -367,28 +367,31 @@ def _loop_config(args: TrainArgs, progress: bool) -> LoopConfig:
 def _score(
     setup: RunSetup, kind: TrainingKind, ckpt: AdapterCheckpoint, backbone: VisionTransformer
 ) -> tuple[dict[str, float], dict[str, EvalResult], str]:
-    """The checkpoint scored on val (and test) exactly as ``evaluate`` does it."""
+    """The checkpoint scored on val (and test) exactly as ``evaluate`` does it; the final split
+    (test when there is one, else val) keeps its clips' scores for the tracker's PR curves."""
     args, splits = setup.args, setup.splits
+    batches = {
+        split: b
+        for split in ("val", "test")
+        if (b := kind.eval_batches(args, splits, split, setup.features, backbone)) is not None
+    }
+    if not batches:
+        raise ConfigError(f"{splits.name} has no val or test split to score the checkpoint on")
+    final = "test" if "test" in batches else "val"
     metrics: dict[str, float] = {}
     results: dict[str, EvalResult] = {}
-    for split in ("val", "test"):
-        batches = kind.eval_batches(args, splits, split, setup.features, backbone)
-        if batches is None:
-            continue
+    for split, split_batches in batches.items():
         results[split] = evaluate_checkpoint(
             kind,
             ckpt,
             backbone,
-            batches,
+            split_batches,
             splits,
             device=setup.device,
             precision=args.precision,
             progress=setup.progress,
-            keep_scores=args.tensorboard and setup.rank == 0,  # the PR curves
+            keep_scores=split == final and args.tensorboard and setup.rank == 0,
         )
         metrics.update(kind.split_metrics(splits, split, results[split]))
-    if not results:
-        raise ConfigError(f"{splits.name} has no val or test split to score the checkpoint on")
-    final = "test" if "test" in results else "val"
     metrics["accuracy"] = results[final].accuracy
     return metrics, results, final

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import training.loop as loop
+import training.pipeline as pipeline
 from lookaside.checkpoint.limits import CheckpointLimits, min_window_hop
 from lookaside.errors import ConfigError
 from lookaside.features import FeatureConfig
@@ -195,3 +196,29 @@ def test_feature_options_are_validated_as_the_checkpoint_is() -> None:
     with pytest.raises(ConfigError, match=r"--mean inf: "):
         feature_config(_args(mean=float("inf")), splits)  # type: ignore[arg-type]
     assert feature_config(_args(mean=-1.5, std=2.0), splits).std == 2.0  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("splits", "final"), [(("val", "test"), "test"), (("val",), "val")])
+def test_only_the_final_splits_scores_are_kept(
+    monkeypatch: pytest.MonkeyPatch, splits: tuple[str, ...], final: str
+) -> None:
+    kept: dict[str, bool] = {}
+
+    def scored(
+        _k: object, _c: object, _b: object, batches: list[str], _s: object, **kw: Any
+    ) -> EvalResult:
+        kept[batches[0]] = kw["keep_scores"]
+        return EvalResult(0.5, 0.25, 0.0, np.zeros((2, 2), dtype=np.int64), 4)
+
+    def eval_batches(_a: object, _s: object, split: str, *_: object) -> list[str] | None:
+        return [split] if split in splits else None
+
+    monkeypatch.setattr(pipeline, "evaluate_checkpoint", scored)
+    kind = SimpleNamespace(eval_batches=eval_batches, split_metrics=lambda *_: {})
+    setup = SimpleNamespace(
+        args=_args(), splits=SimpleNamespace(name="x"), features=None, device=CPU, progress=False,
+        rank=0,
+    )  # fmt: skip
+    metrics, results, chosen = pipeline._score(setup, kind, None, None)  # type: ignore[arg-type]
+    assert (chosen, metrics["accuracy"], sorted(results)) == (final, 0.25, sorted(splits))
+    assert kept == {s: s == final for s in splits}  # val's scores only when val is final
