@@ -44,9 +44,10 @@ class TrainArgs:
     """Test fold: one of the dataset's own folds (ESC-50: 1-5; a CSV fold column: any integers it
     holds), or of a seeded K-fold drawn over a folder / CSV without folds (1..--num-folds). Refused
     where the dataset fixes its test split; the loader checks the number."""
-    num_folds: int = 5
-    """K of the K-fold drawn over a dataset without folds of its own (the test fold is one of
-    1..K)."""
+    num_folds: int | None = None
+    """K of the K-fold drawn over a folder / CSV without folds of its own (the test fold is one of
+    1..K); 5 when not given. Only with a test fold (train) or in crossval; refused where the
+    dataset has its own folds or fixes its test split."""
     group_by: str | None = None
     """Keep each group (speaker, recording session) inside one split of a drawn split: a CSV
     column, or a regular expression over each clip's path (its first group, else the whole match).
@@ -159,7 +160,7 @@ class TrainArgs:
             (self.mixup >= 0, "--mixup (Beta alpha) must be >= 0"),
             (self.workers >= 0, "--workers must be >= 0"),
             (self.frames is None or self.frames >= 16, "--frames must be >= 16 (one patch)"),
-            (self.num_folds >= 2, "--num-folds must be at least 2"),
+            (self.num_folds is None or self.num_folds >= 2, "--num-folds must be at least 2"),
             (self.early_stop >= 0, "--early-stop must be >= 0 (0: off)"),
             (self.window_hop is None or self.window_hop >= 1, "--window-hop must be >= 1 frame"),
         ]

@@ -23,7 +23,7 @@ from training.datasets.base import (
     require_dir,
 )
 from training.datasets.options import DataOptions
-from training.datasets.splitting import draw, resolve_groups
+from training.datasets.splitting import draw, no_num_folds, resolve_groups
 
 COLUMNS = ("filename", "fold", "target", "category", "esc10", "src_file", "take")
 FEATURES = FeatureConfig(target_frames=512)
@@ -51,11 +51,7 @@ def folds(opts: DataOptions) -> list[int]:
 
 
 def _check_num_folds(opts: DataOptions) -> None:
-    if opts.num_folds != len(FOLDS):
-        raise DatasetError(
-            f"ESC-50 has its own 5 folds (the fold column of meta/esc50.csv); --num-folds "
-            f"{opts.num_folds} cannot apply, drop it"
-        )
+    no_num_folds(opts, "ESC-50", len(FOLDS))
 
 
 def _ints(index: Path, line: int, row: dict[str, str]) -> tuple[int, int]:

@@ -27,7 +27,14 @@ from training.datasets.base import (
     require_dir,
 )
 from training.datasets.options import DataOptions
-from training.datasets.splitting import Grouping, draw, fixed_split, resolve_groups
+from training.datasets.splitting import (
+    Grouping,
+    draw,
+    drawn_folds,
+    fixed_split,
+    no_num_folds,
+    resolve_groups,
+)
 
 FEATURES = FeatureConfig(target_frames=1024)
 """Up to 10.24 s per window by default (AST's AudioSet length); set ``--frames`` for your clips."""
@@ -106,13 +113,15 @@ def csv_folds(opts: DataOptions) -> list[int]:
             "column to draw folds, or add a fold column"
         )
     if "fold" in table[0]:
-        return sorted({_fold_of(opts.root, n, row) for n, row in enumerate(table, start=2)})
-    return list(range(1, opts.num_folds + 1))
+        folds = sorted({_fold_of(opts.root, n, row) for n, row in enumerate(table, start=2)})
+        no_num_folds(opts, f"{opts.root} (its fold column)", len(folds))
+        return folds
+    return drawn_folds(opts)
 
 
 def folder_folds(opts: DataOptions) -> list[int]:
-    """The drawn K-fold's test folds (1..``--num-folds``)."""
-    return list(range(1, opts.num_folds + 1))
+    """The drawn K-fold's test folds (1..``--num-folds``, default 5)."""
+    return drawn_folds(opts)
 
 
 def _row(index: Path, line: int, row: dict[str, str]) -> Row:
@@ -157,14 +166,9 @@ def _draw(
     own = None
     if rows[0].fold is not None:
         own = {r.key: r.fold or 0 for r in rows}
-        n = len(set(own.values()))
-        if opts.num_folds not in (5, n):  # 5: the default, which a fold column overrides
-            raise DatasetError(
-                f"{ix.where} has its own {n} folds (its fold column); drop --num-folds "
-                f"{opts.num_folds}"
-            )
+    where = f"{ix.where} (its fold column)" if own is not None else str(ix.where)
     items = [(r.key, c.label) for r, c in zip(rows, clips, strict=True)]
-    split_of, scheme = draw(items, grouping, opts, str(ix.where), own)
+    split_of, scheme = draw(items, grouping, opts, where, own)
     return split_of, grouping, scheme
 
 

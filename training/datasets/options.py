@@ -14,8 +14,9 @@ class DataOptions:
     """Dataset directory (or a CSV file for the ``csv`` layout)."""
     fold: int | None = None
     """Test fold: one of the dataset's own (ESC-50: 1-5) or of a drawn K-fold (1..num_folds)."""
-    num_folds: int = 5
-    """K of a K-fold drawn over a dataset without folds of its own."""
+    num_folds: int | None = None
+    """K of a K-fold drawn over a dataset without folds of its own (None: not given, so
+    :data:`training.datasets.splitting.DEFAULT_FOLDS` where a K-fold is drawn)."""
     group_by: str | None = None
     """Group key of drawn splits: a CSV column or a path regex (``None``: the layout's default,
     ``"none"``: by label only); see :class:`training.args.TrainArgs`."""

@@ -21,6 +21,22 @@ from training.datasets.options import DataOptions
 SPEECH_COMMANDS_NAME = re.compile(r"^([0-9a-f]{8})_nohash_\d+\.\w+$", re.IGNORECASE)
 """Speech Commands file names, ``<speaker hash>_nohash_<n>.wav``: the hash names the speaker."""
 NO_GROUPS = "none"
+DEFAULT_FOLDS = 5
+"""K of a drawn K-fold when ``--num-folds`` is not given."""
+
+
+def drawn_folds(opts: DataOptions) -> list[int]:
+    """The test folds of a K-fold drawn over a layout without folds of its own: 1..K."""
+    return list(range(1, (opts.num_folds or DEFAULT_FOLDS) + 1))
+
+
+def no_num_folds(opts: DataOptions, where: str, n: int) -> None:
+    """Refuse ``--num-folds`` on a dataset with its own ``n`` folds (it sizes a drawn K-fold)."""
+    if opts.num_folds is not None:
+        raise DatasetError(
+            f"{where} has its own {n} folds; drop --num-folds {opts.num_folds} (it sizes a K-fold "
+            "drawn over a dataset without folds)"
+        )
 
 
 @dataclass(frozen=True)
@@ -134,6 +150,11 @@ def draw(
     elif opts.fold is not None:
         test_keys = _drawn_fold(grouped, grouping, opts, where, scheme)
     else:
+        if opts.num_folds is not None:
+            raise DatasetError(
+                f"--num-folds {opts.num_folds} needs --fold k (the test fold of the K-fold drawn "
+                f"over {where}), or use crossval (every fold)"
+            )
         fractions = {"val": opts.val_fraction, "test": opts.test_fraction}
         scheme.update(scheme="drawn split", **{f"{s}_fraction": f for s, f in fractions.items()})
         drawn = group_split(grouped, fractions, opts.seed, _fix(grouping))
@@ -151,6 +172,7 @@ def _own_fold(
     own_folds: Mapping[str, int], opts: DataOptions, where: str, scheme: dict[str, Any]
 ) -> set[str]:
     folds = sorted(set(own_folds.values()))
+    no_num_folds(opts, where, len(folds))
     fold = opts.fold if opts.fold is not None else folds[0]
     if fold not in folds:
         raise DatasetError(f"{where} has folds {folds}; --fold {fold} is not one of them")
@@ -170,7 +192,7 @@ def _drawn_fold(
     where: str,
     scheme: dict[str, Any],
 ) -> set[str]:
-    k, fold = opts.num_folds, opts.fold
+    k, fold = opts.num_folds or DEFAULT_FOLDS, opts.fold
     if fold is None or not 1 <= fold <= k:
         raise DatasetError(
             f"--fold {fold} is not a fold of the {k}-fold drawn over {where} (1..{k}); pick one "
@@ -189,11 +211,14 @@ def _drawn_fold(
 
 
 def fixed_split(opts: DataOptions, why: str) -> None:
-    """Refuse ``--fold`` and ``--group-by`` on a layout whose split is given (``why`` says so)."""
-    if opts.fold is not None:
-        raise DatasetError(
-            f"--fold {opts.fold} cannot apply: {why}; drop --fold (there are no folds to choose)"
-        )
+    """Refuse ``--fold``, ``--num-folds`` and ``--group-by`` on a layout whose split is given
+    (``why`` says so)."""
+    for option, value in (("--fold", opts.fold), ("--num-folds", opts.num_folds)):
+        if value is not None:
+            raise DatasetError(
+                f"{option} {value} cannot apply: {why}; drop {option} (there are no folds to "
+                "choose)"
+            )
     if opts.group_by is not None:
         raise DatasetError(
             f"--group-by {opts.group_by} cannot apply: {why}, so no split is drawn to group; "

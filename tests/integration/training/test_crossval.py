@@ -109,6 +109,9 @@ def test_crossval_checks_folds_and_test_sets_before_training(
     assert "out of the dataset's folds [1, 2, 3]" in capsys.readouterr().err
     assert main([*argv, "--num-folds", "7"]) == 2  # 6 speakers cannot fill 7 folds
     assert "6 groups cannot fill 7 disjoint splits" in capsys.readouterr().err
+    train = ["train", *argv[1:], "--num-folds", "3"]  # without --fold it would do nothing
+    assert main(train) == 2
+    assert "--num-folds 3 needs --fold k" in capsys.readouterr().err
     import training.crossval as crossval
 
     def ignoring_fold(name: str, opts: DataOptions) -> Splits:

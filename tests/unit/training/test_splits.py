@@ -183,8 +183,22 @@ def test_csv_fold_column_gives_its_own_folds(tmp_path: Path) -> None:
     assert splits.scheme["scheme"] == "dataset folds"
     with pytest.raises(DatasetError, match=r"has folds \[1, 2, 3\]; --fold 4 is not one"):
         load_dataset("csv", DataOptions(index, fold=4))
-    with pytest.raises(DatasetError, match=r"its own 3 folds .* drop --num-folds 4"):
-        load_dataset("csv", DataOptions(index, num_folds=4))
+    # --num-folds sizes a drawn K-fold: refused on own folds, even at the default K or their own
+    for k in (4, 5, 3):
+        with pytest.raises(DatasetError, match=rf"its own 3 folds; drop --num-folds {k}"):
+            load_dataset("csv", DataOptions(index, fold=2, num_folds=k))
+        with pytest.raises(DatasetError, match=rf"its own 3 folds; drop --num-folds {k}"):
+            cv_folds("csv", DataOptions(index, num_folds=k))
+
+
+def test_num_folds_needs_a_drawn_fold(tmp_path: Path) -> None:
+    index = _speakers(tmp_path)
+    for k in (3, 5):
+        with pytest.raises(DatasetError, match=rf"--num-folds {k} needs --fold k .*crossval"):
+            load_dataset("csv", DataOptions(index, num_folds=k))
+    assert load_dataset("csv", DataOptions(index, fold=2)).scheme["k"] == 5  # not given: 5
+    assert cv_folds("csv", DataOptions(index)) == [1, 2, 3, 4, 5]
+    assert cv_folds("folder", DataOptions(tmp_path, num_folds=3)) == [1, 2, 3]
 
 
 def test_fixed_splits_refuse_fold_and_group_by(tmp_path: Path) -> None:
@@ -205,6 +219,8 @@ def test_fixed_splits_refuse_fold_and_group_by(tmp_path: Path) -> None:
     for name, listing in fixed.items():
         with pytest.raises(DatasetError, match=rf"--fold 1 cannot apply: .*{listing}"):
             load_dataset(name, DataOptions(tmp_path, fold=1))
+        with pytest.raises(DatasetError, match=rf"--num-folds 5 cannot apply: .*{listing}"):
+            load_dataset(name, DataOptions(tmp_path, num_folds=5))
         with pytest.raises(DatasetError, match=rf"cannot cross-validate {name}: .*{listing}"):
             cv_folds(name, DataOptions(tmp_path))
     with pytest.raises(DatasetError, match=r"--group-by speaker cannot apply: Speech Commands"):
@@ -244,8 +260,12 @@ def test_esc50_validation_keeps_source_recordings_together(tmp_path: Path) -> No
     assert not src["train"] & src["val"]
     assert all(c.path.name.startswith("3-") for c in splits.test)
     assert len(splits.test) == 6
-    with pytest.raises(DatasetError, match=r"ESC-50 has its own 5 folds.*--num-folds 4"):
-        load_dataset("esc50", DataOptions(tmp_path, num_folds=4))
+    for k in (4, 5):
+        refusal = rf"ESC-50 has its own 5 folds; drop --num-folds {k}"
+        with pytest.raises(DatasetError, match=refusal):
+            load_dataset("esc50", DataOptions(tmp_path, num_folds=k))
+        with pytest.raises(DatasetError, match=refusal):
+            cv_folds("esc50", DataOptions(tmp_path, num_folds=k))
     with pytest.raises(DatasetError, match=r"has folds \[1, 2, 3, 4, 5\]; --fold 6 is not"):
         load_dataset("esc50", DataOptions(tmp_path, fold=6))
 
