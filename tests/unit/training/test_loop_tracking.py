@@ -4,6 +4,7 @@ checks."""
 
 from __future__ import annotations
 
+import argparse
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,7 +21,8 @@ import training.pipeline as pipeline
 from lookaside.checkpoint.limits import CheckpointLimits, min_window_hop
 from lookaside.errors import ConfigError
 from lookaside.features import FeatureConfig
-from training.args import TrainArgs
+from training.args import TrainArgs, build_args
+from training.benchmark import common_args
 from training.loop import EpochLog, EvalResult, FitState, LoopConfig, fit
 from training.state import load_state, save_state
 from training.tasks.base import feature_config
@@ -222,3 +224,10 @@ def test_only_the_final_splits_scores_are_kept(
     metrics, results, chosen = pipeline._score(setup, kind, None, None)  # type: ignore[arg-type]
     assert (chosen, metrics["accuracy"], sorted(results)) == (final, 0.25, sorted(splits))
     assert kept == {s: s == final for s in splits}  # val's scores only when val is final
+
+
+def test_the_training_benchmark_times_training_without_tensorboard(tmp_path: Path) -> None:
+    ns = argparse.Namespace(clips=16, batch_size=8, device="cpu", precision="fp32", workers=0)
+    args = build_args([common_args(ns, tmp_path, tmp_path / "out"), {"method": "linear"}])
+    assert args.tensorboard is False  # no event file written, no per-clip scores kept
+    assert _args().tensorboard is True  # the default it overrides
