@@ -51,8 +51,8 @@ from training.tasks.base import Batches
 from training.tracking import (
     TENSORBOARD_DIR,
     Tracker,
+    note,
     only_tensorboard,
-    say,
     tensorboard_aside,
 )
 
@@ -339,7 +339,7 @@ def _model(
     params = bank.trainable_parameters(ADAPTER_ID)
     n = sum(p.numel() for p in params)
     if verbose:
-        say(
+        note(
             f"{args.method}: {n:,} trainable parameters ({100 * n / backbone.num_params:.3f} % "
             f"of the backbone's {backbone.num_params:,}, which stay frozen)",
             bars(args.progress),

@@ -82,7 +82,7 @@ def collapse_warning(history: Sequence[EpochLog], num_classes: int, lr: float) -
     )
 
 
-def say(line: str, bars: bool) -> None:
+def note(line: str, bars: bool) -> None:
     """One line to stderr now: above the tqdm bars when they are drawn, else plain and flushed."""
     if bars:
         tqdm.write(line, file=sys.stderr)
@@ -138,13 +138,13 @@ class Tracker:
         if not self.active or not state.history:
             return
         log = state.history[-1]
-        say(epoch_line(log, self.args.epochs, state), self.bars)
+        note(epoch_line(log, self.args.epochs, state), self.bars)
         warning = collapse_warning(state.history, len(self.labels), self.args.lr)
         if warning and not any(w.startswith(COLLAPSE_PREFIX) for w in state.warnings):
             state.warnings.append(warning)
-            say(f"warning: {warning.removeprefix(COLLAPSE_PREFIX).strip()}", self.bars)
+            note(f"warning: {warning.removeprefix(COLLAPSE_PREFIX).strip()}", self.bars)
         if state.stopped_at == log.epoch:
-            say(
+            note(
                 f"early stop at epoch {log.epoch}: no better validation accuracy for "
                 f"{log.epoch - state.best_epoch} epochs (--early-stop {self.args.early_stop}); "
                 f"the best epoch, {state.best_epoch} ({100 * state.best_accuracy:.2f} %), "
