@@ -13,38 +13,43 @@ a row that does not says why (``gap``). Percentages are of our backbone shape's 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from lookaside import docblock
-from lookaside.adapters import HeadConfig
+from lookaside.adapters import ADAPTERS, HeadConfig
 from lookaside.adapters.shapes import HEAD_PREFIX, expected_shapes, numel
 from lookaside.backbone import VisionTransformer
 from lookaside.backbone_config import BackboneConfig
 from training.paper_tables import TABLES, PaperRow, PaperTable
 from training.recipes import ROW_RECIPES
 
-# One configuration per method as the papers size it (``lookaside-train methods`` lists these).
-PAPER_CONFIGS: list[tuple[str, dict[str, Any], str]] = [
-    ("linear", {}, "linear probe"),
-    ("bottleneck", {"rank": 24, "sites": ["attn"]}, "Soft-MoA's single adapter"),
-    ("bottleneck", {"rank": 108, "sites": ["attn", "ffn"]}, "LoAA's parallel adapter"),
-    ("lora", {"rank": 6, "alpha": 8.0}, "Soft-MoA's LoRA, q and v"),
+OWN_CONFIGS: list[tuple[str, dict[str, Any], str]] = [
     ("convpass", {"rank": 8}, "attn + ffn, Convpass's own rank"),
-    ("loaa", {"rank": 36, "kernels": "attn:T"}, "LoAA Attn(T)"),
-    ("loaa", {"rank": 36, "kernels": "ffn:F"}, "LoAA FFN(F)"),
-    ("loaa", {"rank": 36, "kernels": "attn:T,ffn:F"}, "LoAA Attn(T) FFN(F)"),
-    ("loaa", {"rank": 72, "kernels": "attn:T,ffn:F"}, "LoAA Attn(T) FFN(F)"),
-    ("dense_moa", {"num_experts": 14, "rank": 1}, "Dense-MoA, Pfeiffer"),
-    ("soft_moa", {"num_experts": 14, "rank": 1, "slots_per_expert": 1}, "Soft-MoA, Pfeiffer"),
-    ("aat", {"rank": 192, "spatial": False}, "AAT, MLP adapter"),
-    ("aat", {"rank": 192}, "AAT, spatial + MLP adapter"),
-    ("prompt", {"num_tokens": 25}, "Soft-MoA's deep prompt tuning"),
-    ("prompt", {"num_tokens": 12}, "AAT's prompt tuning"),
-    ("avpea", {"reduction": 8, "segments": 10}, "AV-PEA, audio + visual streams"),
 ]
+"""Methods no paper table sizes, with the configuration ``methods`` shows for them."""
+
+
+def paper_configs() -> list[tuple[str, dict[str, Any], str]]:
+    """(method, config, note): each distinct method config of the paper tables, noted by its
+    first row (``table: row``), then :data:`OWN_CONFIGS`; grouped by method in ADAPTERS order."""
+    seen: dict[tuple[str, str], tuple[str, dict[str, Any], str]] = {}
+    for t in TABLES.values():
+        for row in t.rows:
+            if row.method is not None:
+                key = (row.method, json.dumps(row.config, sort_keys=True))
+                seen.setdefault(key, (row.method, row.config, f"{t.name}: {row.row}"))
+    configs = [*seen.values(), *OWN_CONFIGS]
+    order = list(ADAPTERS)
+    return sorted(configs, key=lambda c: order.index(c[0]))  # stable: table order per method
+
+
+PAPER_CONFIGS = paper_configs()
+"""One configuration per method config the papers train (``lookaside-train methods`` lists
+these)."""
 
 
 @dataclass(frozen=True)

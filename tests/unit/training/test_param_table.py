@@ -3,6 +3,7 @@ independent arithmetic, and the README table staying true."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from lookaside.adapters.shapes import expected_shapes, total_numel
 from lookaside.backbones import PRESETS, build_random
 from lookaside.docblock import read_block
 from training.paper_tables import BLOCK_LN, TABLES, VIT_L_224
-from training.param_table import PAPER_CONFIGS, backbone_params, count_row, table
+from training.param_table import OWN_CONFIGS, PAPER_CONFIGS, backbone_params, count_row, table
 
 D = 768
 ROWS = [(t.name, r.key) for t in TABLES.values() for r in t.rows if r.method]
@@ -125,6 +126,21 @@ def test_backbone_params_on_meta_equal_a_real_build() -> None:
 
 def test_every_method_appears_in_the_method_configs() -> None:
     assert {m for m, _, _ in PAPER_CONFIGS} == set(ADAPTERS)
+
+
+def test_method_configs_are_the_paper_rows_once_each_plus_our_own() -> None:
+    keys = [(m, json.dumps(c, sort_keys=True)) for m, c, _ in PAPER_CONFIGS]
+    assert len(keys) == len(set(keys))  # one entry per distinct method config
+    rows = {
+        (r.method, json.dumps(r.config, sort_keys=True)): f"{t.name}: {r.row}"
+        for t in reversed(TABLES.values())  # the first row that trains a config names it
+        for r in reversed(t.rows)
+        if r.method is not None
+    }
+    notes = dict(zip(keys, [n for _, _, n in PAPER_CONFIGS], strict=True))
+    assert {k: notes[k] for k in rows} == rows  # every trainable row, by its first row
+    own = [(m, c, n) for (m, c, n), k in zip(PAPER_CONFIGS, keys, strict=True) if k not in rows]
+    assert own == OWN_CONFIGS == [("convpass", {"rank": 8}, "attn + ffn, Convpass's own rank")]
 
 
 def test_readme_table_is_current() -> None:
