@@ -5,14 +5,18 @@ otherwise a seeded K-fold, stratified by label and grouped (:mod:`training.datas
 is drawn (:data:`training.args.TrainArgs.num_folds`); a layout whose test split is fixed is
 refused with the reason, before anything is trained. Every fold's split is loaded first (the
 index, no audio) and two folds with the same test clips are refused. The runs, their scores and
-weights digests and the split scheme go to ``<out>/<name>-crossval.json``.
+weights digests and the split scheme go to ``<out>/<name>-crossval.json``, rewritten after every
+fold (``complete`` false until the last; a failure keeps the folds done). Under torchrun only
+rank 0 prints and writes it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -83,39 +87,77 @@ def plan(args: TrainArgs, folds_text: str | None) -> tuple[list[int], dict[str, 
     return folds, scheme
 
 
-def run_folds(base: TrainArgs, folds: list[int]) -> list[TrainReport]:
-    """One training run per test fold (checked by :func:`plan`), named ``<name>-fold<k>``."""
+def run_folds(
+    base: TrainArgs,
+    folds: list[int],
+    done: Callable[[int, TrainReport], None] | None = None,
+) -> list[TrainReport]:
+    """One training run per test fold (checked by :func:`plan`), named ``<name>-fold<k>``;
+    ``done(fold, report)`` is called after each, so a later failure keeps the earlier ones."""
     from training.pipeline import train
 
-    return [train(replace(base, fold=f, name=f"{base.adapter_name}-fold{f}")) for f in folds]
+    reports: list[TrainReport] = []
+    for fold in folds:
+        reports.append(train(replace(base, fold=fold, name=f"{base.adapter_name}-fold{fold}")))
+        if done is not None:
+            done(fold, reports[-1])
+    return reports
+
+
+def summary(
+    base: TrainArgs, folds: list[int], runs: list[dict[str, Any]], scheme: dict[str, Any]
+) -> dict[str, Any]:
+    """``<name>-crossval.json``: the planned folds, those done so far and their mean / spread
+    (``complete`` is false until every planned fold is done)."""
+    scores = [float(r["accuracy"]) for r in runs]
+    return {
+        "dataset": base.dataset,
+        "data_dir": str(base.data_dir),
+        "folds": folds,
+        "folds_done": [r["fold"] for r in runs],
+        "complete": len(runs) == len(folds),
+        "runs": runs,
+        "mean_accuracy": statistics.mean(scores) if scores else None,
+        "stdev_accuracy": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+        "split_scheme": scheme,
+    }
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Replace ``path`` whole (a crash while writing leaves the previous summary)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def cmd_crossval(ns: argparse.Namespace) -> int:
     base = train_args_of(ns)
     folds, scheme = plan(base, ns.folds)
-    rows, scores, runs = [], [], []
-    for fold, report in zip(folds, run_folds(base, folds), strict=True):
-        accuracy = float(report.metrics["accuracy"])
-        scores.append(accuracy)
-        rows.append([str(fold), f"{100 * accuracy:.2f} %", str(report.run_dir)])
-        sha = load_manifest(report.run_dir).weights_sha256
-        runs.append({"fold": fold, "accuracy": accuracy, "run_dir": str(report.run_dir)})
-        runs[-1]["weights_sha256"] = sha
-    mean = statistics.mean(scores)
-    spread = statistics.stdev(scores) if len(scores) > 1 else 0.0
-    say(format_table(rows, ["test fold", "top-1", "checkpoint"]))
-    say(f"mean top-1 over {len(folds)} folds: {100 * mean:.2f} % +- {100 * spread:.2f}")
-    summary = {
-        "dataset": base.dataset,
-        "data_dir": str(base.data_dir),
-        "folds": folds,
-        "runs": runs,
-        "mean_accuracy": mean,
-        "stdev_accuracy": spread,
-        "split_scheme": scheme,
-    }
+    lead = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
     path = Path(base.out) / f"{base.adapter_name}-crossval.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=2) + "\n")
+    runs: list[dict[str, Any]] = []
+
+    def record(fold: int, report: TrainReport) -> None:
+        if not lead:
+            return
+        sha = load_manifest(report.run_dir).weights_sha256
+        accuracy = float(report.metrics["accuracy"])
+        run_dir = str(report.run_dir)
+        runs.append({"fold": fold, "accuracy": accuracy, "run_dir": run_dir, "weights_sha256": sha})
+        _write_json(path, summary(base, folds, runs, scheme))
+
+    if lead:
+        _write_json(path, summary(base, folds, runs, scheme))
+    run_folds(base, folds, record)
+    if not lead:
+        return 0
+    rows = [[str(r["fold"]), f"{100 * r['accuracy']:.2f} %", r["run_dir"]] for r in runs]
+    done = summary(base, folds, runs, scheme)
+    say(format_table(rows, ["test fold", "top-1", "checkpoint"]))
+    say(
+        f"mean top-1 over {len(folds)} folds: {100 * done['mean_accuracy']:.2f} % "
+        f"+- {100 * done['stdev_accuracy']:.2f}"
+    )
     say(f"summary: {path}")
     return 0

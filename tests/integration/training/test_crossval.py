@@ -14,8 +14,10 @@ import pytest
 
 from lookaside.checkpoint.manifest import load_manifest
 from tests.integration.training.synth_data import FAST_TRAIN, write_clip
+from training.args import TrainArgs
 from training.cli import main
 from training.datasets import DataOptions, Splits, load_dataset
+from training.reports import TrainReport
 
 FAST = ["--backbone", "random:test_vit", "--device", "cpu", *FAST_TRAIN, "--no-tensorboard"]
 SPEAKERS = [f"spk{i}" for i in range(6)]
@@ -143,3 +145,47 @@ def test_a_fold_column_counting_from_zero_trains_and_crossvalidates(tmp_path: Pa
     summary = json.loads((out / "cv-crossval.json").read_text())
     assert [r["fold"] for r in summary["runs"]] == [0, 1, 2]
     assert summary["split_scheme"]["folds"] == [0, 1, 2]
+
+
+def test_the_summary_is_written_after_every_fold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A failure at fold 2 keeps fold 1 recorded, marked incomplete."""
+    import training.pipeline as pipeline
+
+    index = grouped_csv(tmp_path / "data")
+    out = tmp_path / "out"
+    real_train = pipeline.train
+
+    def failing_at_fold_2(args: TrainArgs) -> TrainReport:
+        if args.fold == 2:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real_train(args)
+
+    monkeypatch.setattr(pipeline, "train", failing_at_fold_2)
+    argv = ["crossval", "--dataset", "csv", "--data-dir", str(index), "--out", str(out), *FAST]
+    with pytest.raises(RuntimeError, match="simulated"):
+        main([*argv, "--num-folds", "3", "--name", "kw"])
+    summary = json.loads((out / "kw-crossval.json").read_text())
+    assert (summary["folds"], summary["folds_done"], summary["complete"]) == ([1, 2, 3], [1], False)
+    assert [r["fold"] for r in summary["runs"]] == [1]
+    assert summary["mean_accuracy"] == summary["runs"][0]["accuracy"]
+    assert Path(summary["runs"][0]["run_dir"]) == out / "kw-fold1" / "1"
+
+
+def test_only_rank_0_reports_under_torchrun(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    index = grouped_csv(tmp_path / "data")
+    out = tmp_path / "out"
+    argv = ["crossval", "--dataset", "csv", "--data-dir", str(index), "--out", str(out), *FAST]
+    monkeypatch.setenv("RANK", "1")  # WORLD_SIZE unset: each run trains alone, as rank 0 would
+    assert main([*argv, "--num-folds", "2", "--name", "kw"]) == 0
+    assert (out / "kw-fold2" / "1").is_dir()  # the folds ran
+    assert not (out / "kw-crossval.json").exists()
+    assert "mean top-1" not in capsys.readouterr().out
+    monkeypatch.setenv("RANK", "0")
+    assert main([*argv, "--num-folds", "2", "--name", "kw0"]) == 0
+    summary = json.loads((out / "kw0-crossval.json").read_text())
+    assert (summary["folds_done"], summary["complete"]) == ([1, 2], True)
+    assert "mean top-1 over 2 folds" in capsys.readouterr().out
