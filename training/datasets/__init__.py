@@ -33,7 +33,7 @@ class DatasetEntry(NamedTuple):
 
 DATASETS: dict[str, DatasetEntry] = {
     "esc50": DatasetEntry(esc50.load, esc50.folds),
-    "esc10": DatasetEntry(esc50.load_esc10, esc50.folds),
+    "esc10": DatasetEntry(esc50.load_esc10, esc50.folds_esc10),
     "speech_commands": DatasetEntry(speech_commands.load, speech_commands.folds),
     "epic_sounds": DatasetEntry(epic_sounds.load, epic_sounds.folds),
     "folder": DatasetEntry(folder.load_folder, folder.folder_folds),

@@ -149,7 +149,8 @@ FIXED = "AVE fixes its splits (trainSet.txt, valSet.txt, testSet.txt)"
 
 
 def folds(opts: DataOptions) -> list[int]:
-    """None: the official split is fixed, so there is nothing to cross-validate."""
+    """Never returns: raises a :class:`DatasetError` (the official split is fixed, so there is
+    nothing to cross-validate)."""
     raise DatasetError(f"cannot cross-validate ave: {FIXED}")
 
 

@@ -144,5 +144,6 @@ def load(opts: DataOptions) -> DatasetSplits:
 
 
 def folds(opts: DataOptions) -> list[int]:
-    """None: the official split is fixed, so there is nothing to cross-validate."""
+    """Never returns: raises a :class:`DatasetError` (the official split is fixed, so there is
+    nothing to cross-validate)."""
     raise DatasetError(f"cannot cross-validate epic_sounds: {FIXED}")

@@ -45,13 +45,15 @@ def load_esc10(opts: DataOptions) -> DatasetSplits:
 
 
 def folds(opts: DataOptions) -> list[int]:
-    """ESC-50's (and ESC-10's) own five folds."""
-    _check_num_folds(opts)
+    """ESC-50's own five folds."""
+    no_num_folds(opts, "ESC-50", len(FOLDS))
     return list(FOLDS)
 
 
-def _check_num_folds(opts: DataOptions) -> None:
-    no_num_folds(opts, "ESC-50", len(FOLDS))
+def folds_esc10(opts: DataOptions) -> list[int]:
+    """ESC-10's folds: ESC-50's five."""
+    no_num_folds(opts, "ESC-10", len(FOLDS))
+    return list(FOLDS)
 
 
 def _ints(index: Path, line: int, row: dict[str, str]) -> tuple[int, int]:
@@ -100,7 +102,8 @@ def _rows(index: Path, esc10: bool) -> tuple[dict[str, tuple[int, dict[str, str]
 def _load(opts: DataOptions, esc10: bool) -> DatasetSplits:
     root = require_dir(opts.root, "the ESC-50 directory holding meta/esc50.csv and audio/")
     index = root / "meta" / "esc50.csv"
-    _check_num_folds(opts)
+    name = "ESC-10" if esc10 else "ESC-50"  # what messages call the dataset
+    no_num_folds(opts, name, len(FOLDS))
     rows, names = _rows(index, esc10)
     targets = sorted(names)  # ESC-10: its targets re-indexed 0..9 in target order
     keys = sorted(rows)
@@ -112,8 +115,7 @@ def _load(opts: DataOptions, esc10: bool) -> DatasetSplits:
     )
     items = [(k, clips[k].label) for k in keys]
     own = {k: rows[k][0] for k in keys}
-    split_of, scheme = draw(items, grouping, opts, "ESC-50", own)
-    name = "ESC-10" if esc10 else "ESC-50"
+    split_of, scheme = draw(items, grouping, opts, name, own)
     return DatasetSplits(
         name=name.lower().replace("-", ""),
         labels=[names[t] for t in targets],

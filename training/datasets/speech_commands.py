@@ -81,5 +81,6 @@ def load(opts: DataOptions) -> DatasetSplits:
 
 
 def folds(opts: DataOptions) -> list[int]:
-    """None: the official lists fix the test split, so there is nothing to cross-validate."""
+    """Never returns: raises a :class:`DatasetError` (the official lists fix the test split, so
+    there is nothing to cross-validate)."""
     raise DatasetError(f"cannot cross-validate speech_commands: {FIXED}")

@@ -281,6 +281,13 @@ def test_esc10_is_the_marked_rows_reindexed(tmp_path: Path) -> None:
     assert rain.label == 2
     assert len(splits.test) == 8
     assert cv_folds("esc10", DataOptions(tmp_path)) == [1, 2, 3, 4, 5]
+    # messages name the dataset loaded, ESC-10, not ESC-50
+    with pytest.raises(DatasetError, match=r"^ESC-10 has folds \[1, 2, 3, 4, 5\]; --fold 6"):
+        load_dataset("esc10", DataOptions(tmp_path, fold=6))
+    with pytest.raises(DatasetError, match=r"^ESC-10 has its own 5 folds; drop --num-folds 3"):
+        load_dataset("esc10", DataOptions(tmp_path, num_folds=3))
+    with pytest.raises(DatasetError, match=r"^ESC-10 has its own 5 folds; drop --num-folds 3"):
+        cv_folds("esc10", DataOptions(tmp_path, num_folds=3))
     index = tmp_path / "meta" / "esc50.csv"
     rows = [r for r in csv.reader(index.read_text().splitlines()) if r[4] != "False"]
     _csv(index, ESC_HEADER, rows[1:])  # only ESC-10's rows: ESC-50 refuses and names esc10
