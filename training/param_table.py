@@ -13,6 +13,7 @@ a row that does not says why (``gap``). Percentages are of our backbone shape's 
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -66,8 +67,10 @@ class RowCount:
     """The backbone shape's parameters."""
 
 
+@functools.cache
 def backbone_params(cfg: BackboneConfig) -> int:
-    """Parameter count of a backbone of this shape (built on ``meta``: nothing is allocated)."""
+    """Parameter count of a backbone of this shape (built on ``meta``: nothing is allocated;
+    cached, as every row of a table counts on the same few shapes)."""
     with torch.device("meta"):
         return VisionTransformer(cfg).num_params
 

@@ -17,11 +17,14 @@ import shlex
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lookaside.errors import ConfigError
 from training.cli_common import format_table, say
 from training.paper_tables import DATASET_LABELS, TABLES, PaperRow, PaperTable, get_table
+
+if TYPE_CHECKING:
+    from training.reports import TrainReport
 
 DATA_SUBDIRS = {
     "esc50": "ESC-50-master",
@@ -31,7 +34,8 @@ DATA_SUBDIRS = {
 }
 """Folder of each dataset under ``--data-root`` (the names the public archives unpack to; the
 EPIC-SOUNDS folder holds the annotation CSVs and the HDF5 audio)."""
-ESC50_FOLDS = (1, 2, 3, 4, 5)
+PLANNED = "planned"
+"""Status of a row that can run, before it is trained (a dry run stops there)."""
 OVERRIDES = ("epochs", "backbone", "device", "batch_size", "frames", "precision", "workers")
 """Options passed on to every row (a smoke run: ``--epochs 1 --backbone random:test_vit``)."""
 
@@ -161,24 +165,26 @@ def _run(recipe: str, dataset: str, data: Path, ns: argparse.Namespace, res: Res
     for report in reports:
         res.folds.append(100 * report.metrics["accuracy"])
         res.runs.append(str(report.run_dir))
-        found = [v for k, v in report.metrics.items() if k.endswith("_map")]
-        maps += found[-1:]
+        found = final_map(report)
+        maps += [] if found is None else [found]
     res.ours = statistics.mean(res.folds)
     res.ours_map = statistics.mean(maps) if maps and res.paper_map is not None else None
     res.delta = None if res.paper is None else res.ours - res.paper
     res.status = "ok"
 
 
-def _row_result(
-    table: PaperTable,
-    row: PaperRow,
-    dataset: str,
-    dirs: dict[str, Path],
-    ns: argparse.Namespace,
-    *,
-    dry_run: bool = False,
+def final_map(report: TrainReport) -> float | None:
+    """The run's mAP on the split its accuracy is (metrics.json's ``eval_split``: test when the
+    run had one, else val); None where the dataset reports no mAP."""
+    split = json.loads((report.run_dir / "metrics.json").read_text())["eval_split"]
+    return report.metrics.get(f"{split}_map")
+
+
+def _plan(
+    table: PaperTable, row: PaperRow, dataset: str, dirs: dict[str, Path], ns: argparse.Namespace
 ) -> Result:
-    """One (row, dataset): its command, and its scores unless this is a dry run."""
+    """One (row, dataset) before training: its sizes and command, status ``planned`` (or why it
+    cannot run: skipped, missing data)."""
     from training.param_table import count_row
     from training.recipes import ROW_RECIPES
 
@@ -192,15 +198,19 @@ def _row_result(
         res.params_ours = f"{count.params / 1e6:.3f}M"
     res.recipe = ROW_RECIPES[(table.name, row.key, dataset)]
     res.command = command_line(res.recipe, dataset, dirs[dataset], ns.out, ns)
-    if not dirs[dataset].exists():
-        res.status = f"missing data: {dirs[dataset]}"
-    elif dry_run:
-        res.status = "dry run"
-    else:
-        try:
-            _run(res.recipe, dataset, dirs[dataset], ns, res)
-        except Exception as exc:  # noqa: BLE001 - one failed row must not stop the others
-            res.status = f"failed: {type(exc).__name__}: {exc}"
+    exists = dirs[dataset].exists()
+    res.status = PLANNED if exists else f"missing data: {dirs[dataset]}"
+    return res
+
+
+def _train(res: Result, dirs: dict[str, Path], ns: argparse.Namespace) -> Result:
+    """Train a planned row and fill in its scores (a failure is its status, not an exception)."""
+    if res.status != PLANNED or res.recipe is None:
+        return res
+    try:
+        _run(res.recipe, res.dataset, dirs[res.dataset], ns, res)
+    except Exception as exc:  # noqa: BLE001 - one failed row must not stop the others
+        res.status = f"failed: {type(exc).__name__}: {exc}"
     return res
 
 
@@ -260,13 +270,13 @@ def cmd_reproduce(ns: argparse.Namespace) -> int:
     done = {} if ns.dry_run else finished_rows(ns.out / f"{table.name}.json")
     results: list[Result] = []
     for row, dataset in _selected(table, ns):
-        planned = _row_result(table, row, dataset, dirs, ns, dry_run=True)
+        planned = _plan(table, row, dataset, dirs, ns)
         earlier = done.get((row.key, dataset, planned.command or ""))
         if earlier is not None:
             say(f"{row.key} ({DATASET_LABELS[dataset]}): finished earlier, {earlier.ours:.2f}")
             results.append(earlier)
             continue
-        res = planned if ns.dry_run else _row_result(table, row, dataset, dirs, ns)
+        res = planned if ns.dry_run else _train(planned, dirs, ns)
         if ns.dry_run:
             say(res.command or f"# {row.key} ({DATASET_LABELS[dataset]}) {res.status}")
             if res.command and res.status.startswith("missing"):

@@ -8,6 +8,7 @@ import json
 import shlex
 import statistics
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -132,3 +133,50 @@ def test_a_failing_row_fails_the_command_but_not_the_others(
     assert status["esc50"].startswith("failed: ")
     assert "esc50.csv" in status["esc50"]
     assert status["speech_commands"].startswith("missing data: ")
+
+
+def test_each_row_is_counted_once_and_trained_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The planned row (sizes, command) is the one trained: count_row runs once per row.
+    import training.param_table as param_table
+    import training.reproduce as reproduce
+
+    counted: list[str] = []
+    trained: list[str] = []
+    real_count = param_table.count_row
+
+    def count(table: Any, row: Any) -> Any:
+        counted.append(row.key)
+        return real_count(table, row)
+
+    def run(recipe: str, dataset: str, data: Path, ns: Any, res: reproduce.Result) -> None:
+        trained.append(recipe)
+        res.ours, res.status = 50.0, "ok"
+
+    monkeypatch.setattr(param_table, "count_row", count)
+    monkeypatch.setattr(reproduce, "_run", run)
+    (tmp_path / "esc").mkdir()
+    argv = ["reproduce", "soft-moa-table1", "--rows", "lora,dpt", "--datasets", "esc50"]
+    argv += ["--data", f"esc50={tmp_path / 'esc'}", "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    assert sorted(counted) == ["dpt", "lora"]
+    assert sorted(trained) == ["esc50-smoa-lora", "esc50-smoa-prompt"]
+    rows = json.loads((tmp_path / "out" / "soft-moa-table1.json").read_text())["rows"]
+    assert [(r["status"], r["params_ours"] is not None) for r in rows] == [("ok", True)] * 2
+
+
+def test_the_map_is_the_final_splits(tmp_path: Path) -> None:
+    from training.reports import TrainReport
+    from training.reproduce import final_map
+
+    def report(split: str, metrics: dict[str, float]) -> TrainReport:
+        run = tmp_path / split
+        run.mkdir()
+        (run / "metrics.json").write_text(json.dumps({"eval_split": split}))
+        return TrainReport(run, metrics, 1, 10, 0.1, 1.0, 1.0)
+
+    # Whatever order the metrics are in, the one named by metrics.json's eval_split.
+    assert final_map(report("test", {"test_map": 0.9, "val_map": 0.3})) == 0.9
+    assert final_map(report("val", {"val_map": 0.3, "accuracy": 0.5})) == 0.3
+    assert final_map(TrainReport(tmp_path / "val", {"val_accuracy": 0.5}, 1, 1, 1, 1, 1)) is None
