@@ -15,10 +15,10 @@ import httpx
 import pytest
 import torch
 
+from lookaside import clip_windows as featurize_module
 from lookaside.backbone import VisionTransformer
 from lookaside.checkpoint import AdapterCheckpoint
 from lookaside.features import window_count
-from service import featurize as featurize_module
 from service.app import create_app
 from service.logging import REQUEST_ID
 from tests.integration.service.svc_support import (
