@@ -21,11 +21,8 @@ def say(text: str = "") -> None:
 
 
 def train_args_of(ns: argparse.Namespace, **fixed: Any) -> TrainArgs:
-    given = {
-        k: v
-        for k, v in vars(ns).items()
-        if k not in {"command", "recipe", "config", "checkpoint", "split", "folds"}
-    }
+    """The TrainArgs of ``train`` / ``crossval``: their namespace less what is not a setting."""
+    given = {k: v for k, v in vars(ns).items() if k not in {"command", "recipe", "config", "folds"}}
     layers: list[dict[str, Any]] = []
     if getattr(ns, "recipe", None):
         layers.append({**get_recipe(ns.recipe).settings, "recipe": ns.recipe})

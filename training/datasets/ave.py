@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 from lookaside.features import FeatureConfig, frames_to_pixels
 from lookaside.tasks.av_events import BACKGROUND_LABEL
 from lookaside.video import VideoLimits, av_inputs, decode_video
-from training.datasets.base import DatasetError, require_dir, require_file
+from training.datasets.base import DatasetError, first_few, require_dir, require_file
 from training.datasets.options import DataOptions
 from training.datasets.splitting import fixed_split
 
@@ -180,10 +180,8 @@ def load(opts: DataOptions) -> AveSplits:
         ]
     missing = sorted(str(v.path) for vs in splits.values() for v in vs if not v.path.is_file())
     if missing:
-        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise DatasetError(
-            f"{len(missing)} AVE videos listed in the split files are missing: "
-            f"{', '.join(missing[:5])}{more}"
+            f"{len(missing)} AVE videos listed in the split files are missing: {first_few(missing)}"
         )
     return AveSplits(labels, splits["train"], splits["val"], splits["test"])
 

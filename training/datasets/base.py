@@ -131,14 +131,19 @@ def read_csv(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
     return rows
 
 
+def first_few(names: Sequence[str], shown: int = 5) -> str:
+    """``a, b, c, d, e and 7 more``: the first names of a list an error is about."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 def check_files(clips: Sequence[Clip], index: Path) -> None:
     """Every clip's file exists; else one error naming the index and the first missing files."""
     missing = sorted({str(c.path) for c in clips if not c.path.is_file()})
     if missing:
-        shown = ", ".join(missing[:5]) + (
-            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise DatasetError(
+            f"{index} lists {len(missing)} audio files that do not exist: {first_few(missing)}"
         )
-        raise DatasetError(f"{index} lists {len(missing)} audio files that do not exist: {shown}")
 
 
 def stratified_split(

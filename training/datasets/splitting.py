@@ -15,7 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.datasets.base import DatasetError, GroupedItem, group_kfold, group_split
+from training.datasets.base import (
+    DatasetError,
+    GroupedItem,
+    first_few,
+    group_kfold,
+    group_split,
+)
 from training.datasets.options import DataOptions
 
 SPEECH_COMMANDS_NAME = re.compile(r"^([0-9a-f]{8})_nohash_\d+\.\w+$", re.IGNORECASE)
@@ -47,17 +53,12 @@ class Grouping:
     key: str
 
 
-def _shown(names: Sequence[str]) -> str:
-    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
-    return ", ".join(names[:5]) + more
-
-
 def _column(name: str, values: Sequence[str], index: Path) -> Grouping:
     empty = [str(line) for line, v in enumerate(values, start=2) if not v]
     if empty:
         raise DatasetError(
             f"{index}: column {name!r} (the group of each clip) is empty on lines "
-            f"{_shown(empty)}; fill it, or pass --group-by none to split by label only"
+            f"{first_few(empty)}; fill it, or pass --group-by none to split by label only"
         )
     return Grouping(list(values), f"column {name}")
 
@@ -83,7 +84,7 @@ def _regex(pattern: str, relative: Sequence[str], root: Path, columns: Sequence[
         raise DatasetError(
             f"--group-by {pattern!r} ({not_column}a regular expression over each clip's path "
             f"relative to {root}) matches no group in {len(unmatched)} clips: "
-            f"{_shown(unmatched)}; fix the pattern, or pass --group-by none"
+            f"{first_few(unmatched)}; fix the pattern, or pass --group-by none"
         )
     return Grouping(groups, f"regex {pattern}")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from training.datasets import DataOptions, DatasetError, load_dataset
-from training.datasets.base import stratified_split
+from training.datasets.base import first_few, stratified_split
 from training.datasets.epic_sounds import timestamp_seconds
 
 
@@ -56,3 +56,9 @@ def test_epic_needs_audio(tmp_path: Path) -> None:
 def test_timestamps() -> None:
     assert timestamp_seconds("00:01:02.500") == pytest.approx(62.5)
     assert timestamp_seconds("3.25") == pytest.approx(3.25)
+
+
+def test_first_few_names_five_and_counts_the_rest() -> None:
+    names = [f"f{i}.wav" for i in range(7)]
+    assert first_few(names) == "f0.wav, f1.wav, f2.wav, f3.wav, f4.wav and 2 more"
+    assert first_few(names[:5]) == "f0.wav, f1.wav, f2.wav, f3.wav, f4.wav"
