@@ -102,6 +102,7 @@ def cmd_evaluate(ns: argparse.Namespace) -> int:
 
 
 def cmd_predict(ns: argparse.Namespace) -> int:
+    from lookaside.checkpoint import load_checkpoint
     from training.pipeline import resolve_device
     from training.predict import (
         LibraryScorer,
@@ -114,31 +115,40 @@ def cmd_predict(ns: argparse.Namespace) -> int:
         run_predict,
     )
 
+    for flag, value in (
+        ("--top-k", ns.top_k),
+        ("--batch-size", ns.batch_size),
+        ("--max-files", ns.max_files),
+        ("--max-windows", ns.max_windows),
+        ("--max-seconds", ns.max_seconds),
+    ):
+        if not value > 0:  # NaN too
+            raise ConfigError(f"{flag} must be greater than 0 (got {value:g})")
     directory, note = resolve_checkpoint(ns.checkpoint)
     if note:
         sys.stderr.write(note + "\n")
     fmt = output_format(ns.out, ns.timeline)
-    if ns.top_k < 1 or ns.batch_size < 1:
-        raise ConfigError("--top-k and --batch-size must be at least 1")
     files = collect_files(ns.paths, ns.max_files)
-    manifest = load_manifest(directory)
-    k = min(ns.top_k, len(manifest.labels))
     scorer: Scorer
     if ns.url:
+        manifest = load_manifest(directory)
+        k = min(ns.top_k, len(manifest.labels))
         ref = ns.adapter or f"{manifest.name}@{manifest.version}"
         scorer = ServerScorer(
             ns.url, ref, manifest, top_k=k, timeline=ns.timeline, timeout=ns.timeout
         )
     else:
-        limits = Limits(ns.max_seconds, ns.max_windows)
+        ckpt = load_checkpoint(directory)  # the manifest is read once, with the weights
+        manifest = ckpt.manifest
+        k = min(ns.top_k, len(manifest.labels))
         scorer = LibraryScorer(
-            directory,
+            ckpt,
             backbone=ns.backbone,
             device=resolve_device(ns.device),
             batch_size=ns.batch_size,
             top_k=k,
             timeline=ns.timeline,
-            limits=limits,
+            limits=Limits(ns.max_seconds, ns.max_windows),
         )
     total, failed = run_predict(scorer, files, ns.out, fmt, k, ns.progress)
     where = "stdout" if ns.out in (None, "-") else ns.out

@@ -1,11 +1,11 @@
 """``lookaside-train predict``: label a folder of new clips with a trained adapter, to CSV or JSONL.
 
-Through the library (default) each file is decoded, resampled and cut into windows exactly as
-``POST /classify`` does it (:func:`lookaside.decode.decode_audio` downmixing and resampling while
-decoding, :func:`lookaside.features.extract_windows` at the checkpoint's ``window_hop_frames``),
-each window is scored and the clip's scores are the mean of the windows'
-(:mod:`lookaside.clip_scores`, the module the service answers with); so a file gets the scores
-the server would give it. With ``--url`` each file is sent to a server's ``/classify`` instead.
+Through the library (default) each file is decoded, resampled and cut into windows by the
+function ``POST /classify`` runs (:func:`lookaside.clip_windows.featurize_clip`: downmixed and
+resampled while decoding, windows at the checkpoint's ``window_hop_frames``), each window is
+scored and the clip's scores are the mean of the windows' (:mod:`lookaside.clip_scores`, the
+module the service answers with); so a file gets the scores the server would give it. With
+``--url`` each file is sent to a server's ``/classify`` instead.
 
 Bounded: at most ``--max-files`` files, each at most :data:`MAX_FILE_BYTES` on disk,
 ``--max-seconds`` long, :data:`MAX_DECODED_SAMPLES` decoded samples and ``--max-windows`` windows
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,11 +27,10 @@ from typing import IO, Any, Protocol
 import torch
 from tqdm import tqdm
 
-from lookaside.checkpoint import MANIFEST_FILE, AdapterManifest, load_checkpoint, load_manifest
+from lookaside.checkpoint import MANIFEST_FILE, AdapterCheckpoint, AdapterManifest
 from lookaside.clip_scores import clip_scores, top_labels, window_end
-from lookaside.decode import decode_audio
+from lookaside.clip_windows import TooManyWindows, featurize_clip
 from lookaside.errors import ConfigError, LookasideError
-from lookaside.features import extract_windows, window_count
 from lookaside.tasks import CLIP
 from training.datasets.base import AUDIO_SUFFIXES
 
@@ -52,6 +52,8 @@ MAX_WINDOWS = 4096
 """Windows one file may make (lookaside-serve refuses over LOOKASIDE_MAX_REQUEST_ROWS, 1024)."""
 MAX_FEATURE_BYTES = 256 * 1024 * 1024
 """float32 window features one file may hold (windows x frames x mel bins x 4)."""
+MAX_QUEUED_BYTES = 256 * 1024 * 1024
+"""Features queued across files before they are scored, whatever ``--batch-size``."""
 
 
 @dataclass
@@ -98,32 +100,52 @@ def resolve_checkpoint(path: Path) -> tuple[Path, str | None]:
 
 
 def collect_files(paths: list[Path], max_files: int) -> list[Path]:
-    """Files named, and the media files under folders named (recursive, sorted), deduplicated;
-    refused past ``max_files`` before more are listed."""
+    """Files named, and the media files under folders named (recursive, in path order),
+    deduplicated; refused as soon as there are more than ``max_files`` (folders are walked one
+    directory at a time, so the list never grows past it)."""
     found: dict[Path, None] = {}
-
-    def add(p: Path) -> None:
-        found[p] = None
-        if len(found) > max_files:
-            raise ConfigError(
-                f"more than {max_files} files to predict; pass fewer paths or raise --max-files"
-            )
-
     for path in paths:
         if path.is_file():
-            add(path)
+            media: Iterator[Path] = iter([path])
         elif path.is_dir():
-            for p in sorted(path.rglob("*")):
-                if p.suffix.lower() in MEDIA_SUFFIXES and p.is_file():
-                    add(p)
+            media = media_under(path)
         else:
             raise ConfigError(f"{path} is neither a file nor a folder")
+        for p in media:
+            found[p] = None
+            if len(found) > max_files:
+                raise ConfigError(
+                    f"more than {max_files} files to predict; pass fewer paths or raise --max-files"
+                )
     if not found:
         suffixes = ", ".join(sorted(MEDIA_SUFFIXES))
         raise ConfigError(
             f"no audio or video files ({suffixes}) under {', '.join(map(str, paths))}"
         )
     return list(found)
+
+
+def media_under(root: Path) -> Iterator[Path]:
+    """The media files under ``root`` in path order (each directory's names sorted, a
+    subdirectory's files where its name sorts), walked lazily; symlinked folders not followed."""
+    stack = [iter(_entries(root))]
+    while stack:
+        entry = next(stack[-1], None)
+        if entry is None:
+            stack.pop()
+        elif entry.is_dir(follow_symlinks=False):
+            stack.append(iter(_entries(Path(entry.path))))
+        elif Path(entry.name).suffix.lower() in MEDIA_SUFFIXES and entry.is_file():
+            yield Path(entry.path)
+
+
+def _entries(folder: Path) -> list[os.DirEntry[str]]:
+    """One directory's entries, sorted by name (an unreadable one is skipped)."""
+    try:
+        with os.scandir(folder) as it:
+            return sorted(it, key=lambda e: e.name)
+    except OSError:
+        return []
 
 
 def read_file(path: Path) -> bytes:
@@ -143,11 +165,13 @@ class _Pending:
 
 
 class LibraryScorer:
-    """The checkpoint in a fresh serving bank on its backbone; windows batched across files."""
+    """The checkpoint in a fresh serving bank on its backbone; windows batched across files
+    (at most ``batch_size`` windows per forward, scored once ``batch_size`` windows or
+    :data:`MAX_QUEUED_BYTES` of features are queued)."""
 
     def __init__(
         self,
-        directory: Path,
+        ckpt: AdapterCheckpoint,
         *,
         backbone: str | None,
         device: torch.device,
@@ -160,80 +184,92 @@ class LibraryScorer:
         from lookaside.model import MultiAdapterModel
         from training.export import make_bank
 
-        self.manifest = load_manifest(directory)
-        net = load_backbone(backbone or self.manifest.backbone.source, device=device).eval()
+        self.manifest = ckpt.manifest
         CLIP.check_method(self.manifest.id, self.manifest.method)
-        ckpt = load_checkpoint(directory, backbone=net)
+        net = load_backbone(backbone or self.manifest.backbone.source, device=device).eval()
         bank = make_bank(net, trainable=False)
-        self.adapter_id = ckpt.load_into(bank)
+        self.adapter_id = ckpt.load_into(bank)  # refuses a backbone of another fingerprint
         self.model = MultiAdapterModel(net, bank)
         self.device, self.batch_size = device, batch_size
         self.top_k, self.timeline, self.limits = top_k, timeline, limits
         self.cfg = self.manifest.features
 
     def featurize(self, path: Path) -> _Pending:
-        """Decode and window one file as ``/classify`` does; a failure becomes its error."""
+        """Decode and window one file with ``/classify``'s own function
+        (:func:`lookaside.clip_windows.featurize_clip`); a failure becomes its error."""
         pending = _Pending(Prediction(str(path)))
         cfg, limits = self.cfg, self.limits
         try:
-            wave, rate = decode_audio(
+            clip = featurize_clip(
                 read_file(path),
+                [cfg],
                 max_seconds=min(limits.max_seconds, cfg.max_seconds),
                 max_samples=limits.max_samples,
-                mono=True,
-                resample_to=cfg.sample_rate,
+                max_rows=limits.max_windows,
+                max_feature_bytes=MAX_FEATURE_BYTES,
             )
-            count = window_count(wave.shape[-1], rate, cfg)
-            if count > limits.max_windows:
-                raise ConfigError(
-                    f"{count} windows, over the limit of {limits.max_windows} (--max-windows)"
-                )
-            size = count * cfg.target_frames * cfg.num_mel_bins * 4
-            if size > MAX_FEATURE_BYTES:
-                raise ConfigError(
-                    f"{count} windows would hold {size >> 20} MiB of features, over the "
-                    f"limit of {MAX_FEATURE_BYTES >> 20} MiB"
-                )
-            windows = extract_windows(wave, rate, cfg)
+        except TooManyWindows as exc:
+            flag = "--max-windows" if exc.reason == "too_many_rows" else "a shorter clip"
+            pending.prediction.error = f"{exc} ({flag})"
+            return pending
         except (LookasideError, OSError, ValueError, RuntimeError) as exc:
             pending.prediction.error = str(exc) or type(exc).__name__
             return pending
-        pending.prediction.duration_s = round(wave.shape[-1] / rate, 6)
-        pending.features = windows.features.float().contiguous()
-        pending.start_s = [float(s) for s in windows.start_seconds]
+        windows = clip.by_config[cfg]
+        pending.prediction.duration_s = round(clip.duration_s, 6)
+        pending.features, pending.start_s = windows.features, windows.start_s
         return pending
 
     def predict(self, paths: list[Path]) -> Iterator[Prediction]:
         queue: list[_Pending] = []
-        rows = 0
+        rows = size = 0
         for path in paths:
             pending = self.featurize(path)
             queue.append(pending)
-            rows += 0 if pending.features is None else pending.features.shape[0]
-            if rows >= self.batch_size:
+            if pending.features is not None:
+                rows += pending.features.shape[0]
+                size += pending.features.nbytes
+            if rows >= self.batch_size or size >= MAX_QUEUED_BYTES:
                 yield from self._flush(queue)
-                queue, rows = [], 0
+                queue, rows, size = [], 0, 0
         yield from self._flush(queue)
 
     def _flush(self, queue: list[_Pending]) -> Iterator[Prediction]:
-        """Score the queued files' windows (in batches of ``batch_size``), in file order."""
-        feats = [p.features for p in queue if p.features is not None]
-        logits = self._logits(torch.cat(feats)) if feats else torch.empty(0)
-        offset = 0
+        """Score the queued files' windows, in file order."""
+        scored = [p for p in queue if p.features is not None]
+        logits = self._logits([p.features for p in scored if p.features is not None])
+        for pending, rows in zip(scored, logits, strict=True):
+            self._fill(pending, rows)
         for pending in queue:
-            if pending.features is not None:
-                n = pending.features.shape[0]
-                self._fill(pending, logits[offset : offset + n])
-                offset += n
             yield pending.prediction
 
-    def _logits(self, features: torch.Tensor) -> torch.Tensor:
-        out = []
+    def _logits(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each tensor's ``[windows, classes]`` logits, in batches of ``batch_size`` windows cut
+        across tensors (only a batch's own windows are copied together)."""
+        out: list[torch.Tensor] = []
+        batch: list[torch.Tensor] = []
+        queued = 0
+        for f in feats:
+            i = 0
+            while i < f.shape[0]:
+                part = f[i : i + self.batch_size - queued]
+                batch.append(part)
+                queued += part.shape[0]
+                i += part.shape[0]
+                if queued == self.batch_size:
+                    out.append(self._forward(batch))
+                    batch, queued = [], 0
+        if batch:
+            out.append(self._forward(batch))
+        if not feats:
+            return []
+        return list(torch.split(torch.cat(out), [f.shape[0] for f in feats]))
+
+    def _forward(self, batch: list[torch.Tensor]) -> torch.Tensor:
+        x = batch[0] if len(batch) == 1 else torch.cat(batch)
         with torch.inference_mode():
-            for i in range(0, features.shape[0], self.batch_size):
-                batch = features[i : i + self.batch_size].to(self.device)
-                out.append(CLIP.logits(self.model, (batch,), self.adapter_id).float().cpu())
-        return torch.cat(out)
+            logits = CLIP.logits(self.model, (x.to(self.device),), self.adapter_id)
+        return logits.float().cpu()
 
     def _fill(self, pending: _Pending, logits: torch.Tensor) -> None:
         m, p = self.manifest, pending.prediction

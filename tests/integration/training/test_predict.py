@@ -1,7 +1,8 @@
 """`lookaside-train predict`: a folder of clips labelled by a trained adapter equals (a) evaluate's
 per-clip scores (the training feature path, softmax of the checkpoint's logits in a fresh bank)
 and (b) the real service's /classify for the same files, timeline windows included; `--url`
-gives the same through the server; CSV and JSONL parse back; bad files and limits are reported."""
+gives the same through the server; CSV and JSONL parse back; bad files and limits are reported;
+folders are walked lazily in path order; windows are batched across files, flushed at a byte cap."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,9 +21,11 @@ import torch
 from lookaside.backbones import load_backbone
 from lookaside.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, load_checkpoint
 from lookaside.client import Client
+from lookaside.errors import ConfigError
 from lookaside.model import MultiAdapterModel
 from tests.integration.training.server_support import serve_store
 from tests.integration.training.synth_data import KINDS, RATE, synth, write_clip
+from training import predict
 from training.cache import FeatureCache
 from training.cli import main
 from training.data import ClipDataset
@@ -271,3 +275,78 @@ def test_evaluate_predictions_equal_predict_on_the_same_clips(
         assert len(theirs["top_k"]) == len(KINDS)  # every label
         want = {e["label"]: e["score"] for e in theirs["top_k"]}
         assert {e["label"]: e["score"] for e in mine["top_k"]} == pytest.approx(want, abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    "flag", ["--top-k", "--batch-size", "--max-files", "--max-windows", "--max-seconds"]
+)
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_non_positive_numbers_are_refused(
+    run: Path, clips: Path, flag: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = _predict([str(run), str(clips), flag, value], capsys)
+    assert code == 2
+    assert f"{flag} must be greater than 0 (got {value})" in err
+    assert out == ""
+
+
+def test_folders_are_walked_lazily_in_path_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("b.wav", "a/z.wav", "a/y/x.flac", "c.mp3", "d/e.wav", "d/skip.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    want = [p for p in sorted(tmp_path.rglob("*")) if p.suffix in (".wav", ".flac", ".mp3")]
+    assert predict.collect_files([tmp_path], 10) == want
+    listed: list[Path] = []
+    real = predict._entries
+
+    def counting(folder: Path) -> Any:
+        listed.append(folder)
+        return real(folder)
+
+    monkeypatch.setattr(predict, "_entries", counting)
+    with pytest.raises(ConfigError, match="more than 2 files to predict"):
+        predict.collect_files([tmp_path], 2)
+    assert listed == [tmp_path, tmp_path / "a", tmp_path / "a" / "y"]  # d/ is never listed
+
+
+def _library(run: Path, backbone_file: Path, batch_size: int) -> predict.LibraryScorer:
+    return predict.LibraryScorer(
+        load_checkpoint(run),
+        backbone=f"file:{backbone_file}",
+        device=torch.device("cpu"),
+        batch_size=batch_size,
+        top_k=4,
+        timeline=True,
+        limits=predict.Limits(),
+    )
+
+
+def test_windows_are_batched_across_files_and_flushed_at_the_byte_cap(
+    run: Path, clips: Path, backbone_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = predict.collect_files([clips], 100)
+    whole = list(_library(run, backbone_file, 1000).predict(files))
+    scorer = _library(run, backbone_file, 3)  # batches cut across files' windows
+    cut = list(scorer.predict(files))
+    assert [p.path for p in cut] == [p.path for p in whole]
+    for a, b in zip(cut, whole, strict=True):
+        assert [x for x, _ in a.top_k] == [x for x, _ in b.top_k]
+        assert [s for _, s in a.top_k] == pytest.approx([s for _, s in b.top_k], abs=1e-6)
+        assert len(a.timeline or []) == len(b.timeline or [])
+    # a byte cap below one file's features: each file is scored before the next is decoded
+    events: list[str] = []
+    real = scorer.featurize
+
+    def featurize(path: Path) -> Any:
+        events.append(f"decode {path.name}")
+        return real(path)
+
+    monkeypatch.setattr(scorer, "featurize", featurize)
+    monkeypatch.setattr(scorer, "batch_size", 1000)
+    monkeypatch.setattr(predict, "MAX_QUEUED_BYTES", 1)
+    for p in scorer.predict(files[:3]):
+        events.append(f"out {Path(p.path).name}")
+    names = [f.name for f in files[:3]]
+    assert events == [e for n in names for e in (f"decode {n}", f"out {n}")]
