@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--folds",
         default=None,
         help="comma-separated test folds (default: every fold: the dataset's own, or "
-        "1..--num-folds of a drawn K-fold)",
+        "1..--num-folds (default 5) of a drawn K-fold)",
     )
 
 
