@@ -240,13 +240,18 @@ def fit(
         state.epoch = epoch
         state.optimizer = optimizer.state_dict()
         state.scaler = scaler.state_dict()
-        # The first two terms are the same on every rank, so every rank or none calls _agreed.
-        late = epoch - state.best_epoch >= cfg.early_stop
-        if cfg.early_stop and epoch < cfg.epochs and _agreed(late, device):
+        if _stops(state, epoch, cfg, device):
             state.stopped_at = epoch
         if on_epoch_end is not None:
             on_epoch_end(state)
     return state
+
+
+def _stops(state: FitState, epoch: int, cfg: LoopConfig, device: torch.device) -> bool:
+    """Whether early stopping ends the run after ``epoch`` (every rank gets the same answer)."""
+    if not cfg.early_stop or epoch >= cfg.epochs:  # the same on every rank: all or none agree
+        return False
+    return _agreed(epoch - state.best_epoch >= cfg.early_stop, device)
 
 
 def _agreed(stop: bool, device: torch.device) -> bool:

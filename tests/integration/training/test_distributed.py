@@ -87,6 +87,7 @@ def test_two_gloo_processes_end_with_identical_adapters(
 
 def _stop_rank(rank: int, port: int, accuracies: list[float], out: Path) -> None:
     """One rank of a plain fit whose validation is scripted per rank."""
+    torch.set_num_threads(1)  # a forked child must not use the parent's OpenMP pool (it hangs)
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     dist.init_process_group("gloo", rank=rank, world_size=2)
     epochs = iter(accuracies)
@@ -120,11 +121,16 @@ def test_ranks_that_disagree_stop_early_together_at_rank_0s_epoch(tmp_path: Path
     ctx = mp.get_context("fork")
     port = free_port()
     outs = [tmp_path / f"rank{r}.json" for r in range(2)]
-    procs = [ctx.Process(target=_stop_rank, args=(r, port, scripts[r], outs[r])) for r in range(2)]
+    procs = [
+        ctx.Process(target=_stop_rank, args=(r, port, scripts[r], outs[r]), daemon=True)
+        for r in range(2)
+    ]
     for p in procs:
         p.start()
     for p in procs:
         p.join(timeout=60)
+        if p.is_alive():  # a hung rank fails the test instead of blocking pytest's exit
+            p.kill()
     assert [p.exitcode for p in procs] == [0, 0]
     results = [json.loads(o.read_text()) for o in outs]
     assert results == [{"stopped_at": 3, "epoch": 3}] * 2
