@@ -20,12 +20,13 @@ from lookaside.checkpoint.manifest import (
     describe,
 )
 from lookaside.errors import InvalidCheckpoint
-from lookaside.features import FRAME_LENGTH_MS
+from lookaside.features import FRAME_LENGTH_MS, FeatureConfig
 from lookaside.tasks import task_for
 
 __all__ = [
     "CheckpointLimits",
     "check_features",
+    "feature_stat_problems",
     "check_manifest_limits",
     "fft_bins",
     "min_window_hop",
@@ -202,7 +203,14 @@ def check_features(
             f"features.max_seconds={f.max_seconds:g} is over "
             f"max_clip_seconds={limits.max_clip_seconds:g}"
         )
+    return problems + feature_stat_problems(f, limits)
+
+
+def feature_stat_problems(f: FeatureConfig, limits: CheckpointLimits) -> list[str]:
+    """Problems of the normalisation ``mean`` / ``std`` against ``max_feature_stat`` (training
+    checks measured stats with this before it trains, so the checkpoint is not refused after)."""
     stat = limits.max_feature_stat
+    problems = []
     if abs(f.mean) > stat:
         problems.append(f"features.mean={f.mean:g} is outside +-{stat:g} (max_feature_stat)")
     if not 1 / stat <= f.std <= stat:

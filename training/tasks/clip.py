@@ -22,6 +22,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorData
 from tqdm import tqdm
 
 from lookaside.adapters import get_method
+from lookaside.checkpoint.limits import CheckpointLimits, feature_stat_problems
+from lookaside.errors import ConfigError
 from lookaside.tasks import CLIP
 from training.augment import BackgroundNoise
 from training.cache import FeatureCache
@@ -117,6 +119,13 @@ class ClipTraining(TrainingKind):
             train = ClipDataset(_clips(splits).train, feats, FeatureCache(cache_root(args), feats))
             mean, std = compute_stats(train, progress)
             feats = feats.model_copy(update={"mean": mean, "std": std})
+            problems = feature_stat_problems(feats, CheckpointLimits())
+            if problems:  # refused now, not by the checkpoint's limits after training
+                raise ConfigError(
+                    f"--compute-stats measured mean {mean:g}, std {std:g} on the training "
+                    f"split: {'; '.join(problems)}; are the clips (nearly) silent? Check the "
+                    "data, or give --mean and --std"
+                )
         return feats
 
     def train_data(self, setup: RunSetup, model: MultiAdapterModel, adapter_id: str) -> TrainData:

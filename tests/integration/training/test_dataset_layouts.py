@@ -238,3 +238,22 @@ def test_csv_with_segments_draws_and_writes_a_split(tmp_path: Path, backbone_fil
     again = load_dataset("csv", DataOptions(tmp_path / "out" / "t" / "1" / "split.csv"))
     first = load_dataset("csv", DataOptions(index, val_fraction=0.3, group_by="none"))
     assert [(c.path, c.start_s) for c in again.val] == [(c.path, c.start_s) for c in first.val]
+
+
+def test_compute_stats_of_silent_clips_is_refused_before_training(
+    tmp_path: Path, backbone_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import soundfile as sf
+
+    for label in ("a", "b"):
+        for i in range(4):
+            (tmp_path / "clips" / label).mkdir(parents=True, exist_ok=True)
+            sf.write(tmp_path / "clips" / label / f"{i}.wav", np.zeros(RATE, np.float32), RATE)
+    argv = ["train", "--dataset", "folder", "--data-dir", str(tmp_path / "clips")]
+    argv += ["--out", str(tmp_path / "out"), "--backbone", f"file:{backbone_file}", "--name", "t"]
+    assert main([*argv, *FAST_TRAIN, "--compute-stats", "--val-fraction", "0.25"]) == 2
+    err = capsys.readouterr().err
+    assert "--compute-stats measured mean" in err
+    assert "features.std=" in err
+    assert "max_feature_stat" in err
+    assert not (tmp_path / "out" / "t" / "1").exists()  # nothing trained, nothing written
