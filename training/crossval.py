@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from lookaside.checkpoint.atomic import write_file_atomic
 from lookaside.checkpoint.manifest import load_manifest
 from lookaside.errors import ConfigError
 from training.args import TrainArgs
@@ -125,10 +126,7 @@ def summary(
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     """Replace ``path`` whole (a crash while writing leaves the previous summary)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_file_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
 def cmd_crossval(ns: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lookaside.checkpoint.atomic import write_file_atomic
 from lookaside.errors import ConfigError
 from training.cli_common import format_table, say
 from training.paper_tables import DATASET_LABELS, TABLES, PaperRow, PaperTable, get_table
@@ -241,12 +242,13 @@ def write_reports(table: PaperTable, results: list[Result], out: Path) -> tuple[
         "rows": [asdict(r) for r in results],
     }
     json_path, md_path = out / f"{table.name}.json", out / f"{table.name}.md"
-    json_path.write_text(json.dumps(data, indent=2) + "\n")
+    # atomic: a rerun reuses the finished rows of this file, so a crash must not tear it
+    write_file_atomic(json_path, (json.dumps(data, indent=2) + "\n").encode())
     header, rows = _table_lines(results)
     md = [f"# {table.paper}", "", f"Metric: {table.metric}.", ""]
     md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
-    md_path.write_text("\n".join(md) + "\n")
+    write_file_atomic(md_path, ("\n".join(md) + "\n").encode())
     return json_path, md_path
 
 
