@@ -21,7 +21,14 @@ from lookaside.decode import decode_audio
 from lookaside.errors import LookasideError
 from lookaside.features import FeatureConfig, extract_windows, window_count
 
-__all__ = ["ClipWindows", "Featurized", "TooManyWindows", "check_windows", "featurize_clip"]
+__all__ = [
+    "ClipWindows",
+    "Featurized",
+    "TooManyWindows",
+    "check_windows",
+    "featurize_clip",
+    "featurize_wave",
+]
 
 
 class TooManyWindows(LookasideError):
@@ -106,6 +113,20 @@ def featurize_clip(
         resample_to=rates.pop() if len(rates) == 1 else None,
     )
     check_windows(wave.shape[-1], rate, configs, max_rows, max_feature_bytes)
+    by_config = featurize_wave(wave, rate, configs)
+    return Featurized(wave.shape[-1] / rate, by_config, time.perf_counter() - started)
+
+
+def featurize_wave(
+    wave: Tensor, rate: int, configs: Iterable[FeatureConfig]
+) -> dict[FeatureConfig, ClipWindows]:
+    """A decoded mono clip's windows, once per distinct config: the step after decoding that
+    :func:`featurize_clip` runs, and the one a ``/stream`` window runs on the samples it cut, so
+    a streamed window equals ``/classify`` on the same samples.
+
+    ``wave`` is ``[samples]`` float32 at ``rate`` (downmixed; resampled to the config's rate
+    here unless it is at it already). The caller bounds its length.
+    """
     by_config: dict[FeatureConfig, ClipWindows] = {}
     for cfg in configs:
         if cfg in by_config:
@@ -116,7 +137,7 @@ def featurize_clip(
             start_s=[float(s) for s in windows.start_seconds],
             window_s=cfg.window_seconds,
         )
-    return Featurized(wave.shape[-1] / rate, by_config, time.perf_counter() - started)
+    return by_config
 
 
 def check_windows(

@@ -188,6 +188,29 @@ class ServiceSettings(BaseSettings):
     """How often each Ray process reads the store's change journal: activations by another
     ingress replica and deletions reach every process within this (plus one read)."""
 
+    stream_max_sessions: int = Field(64, ge=1, le=100_000)
+    """Live ``/stream`` sessions at once; one more is closed with 4429. Each holds at most a
+    window of audio (plus one frame) and ``stream_max_pending_windows`` windows of features."""
+    stream_max_seconds: float = Field(3600.0, gt=0.0)
+    """Most seconds of audio one ``/stream`` session may send; then it is closed with 4413."""
+    stream_idle_timeout_s: float = Field(30.0, gt=0.0)
+    """A ``/stream`` session with no frame for this long (or no opening message) is closed
+    with 4408."""
+    stream_max_ahead_s: float = Field(5.0, gt=0.0)
+    """How far ahead of real time a ``/stream`` client may send (audio seconds received minus
+    wall seconds since its first frame); beyond it the session is closed with 4430."""
+    stream_max_frame_bytes: int = Field(1024 * 1024, ge=4096, le=64 * 1024 * 1024)
+    """Largest WebSocket message (binary frame or text) a client may send; a larger one is
+    closed by the WebSocket layer with 1009."""
+    stream_max_pending_windows: int = Field(8, ge=1, le=1024)
+    """Windows of one ``/stream`` session in the engine at once; a window cut beyond this is
+    dropped (the client gets a ``dropped`` message) rather than letting the lag grow."""
+    stream_max_unsent: int = Field(64, ge=1, le=100_000)
+    """Answered windows of one ``/stream`` session waiting for the client to read them; beyond
+    it the session is closed with 4431."""
+    stream_min_hop_s: float = Field(0.1, ge=0.01)
+    """Shortest hop a ``/stream`` client may ask for (each window is one engine row)."""
+
     @field_validator("pinned", mode="before")
     @classmethod
     def _split_pinned(cls, v: object) -> object:
