@@ -12,11 +12,13 @@ import { setUpSnippet } from "./snippet.js";
 import { watchSpans } from "./timeline.js";
 import { loadAdapterTable, setUpAdapters } from "./adapters.js";
 import { loadAvChoices, setUpAv } from "./av.js";
+import { loadLiveChoices, refreshLiveChoices, setUpLive } from "./live.js";
 
 function start() {
   setUpTabs((tab) => {
     if (tab.id === "tab-adapters") loadAdapterTable();
     if (tab.id === "tab-av") loadAvChoices();
+    if (tab.id === "tab-live") loadLiveChoices();
   });
   rememberToken($("#admin-token"));
   setUpSnippet();
@@ -25,8 +27,9 @@ function start() {
   setUpClassify();
   watchSpans($("#player"));
   $("#record-button").addEventListener("click", toggleRecording);
-  setUpAdapters(() => Promise.all([loadAdapterChoices(), loadAvChoices()]));
+  setUpAdapters(() => Promise.all([loadAdapterChoices(), loadAvChoices(), refreshLiveChoices()]));
   setUpAv();
+  setUpLive();
   loadAdapterChoices();
   loadExamples();
 }
