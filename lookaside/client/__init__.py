@@ -19,6 +19,11 @@ subclass where a caller acts differently: :class:`Unauthorized` (401/403), :clas
 ``retry_after``). Without an answer: :class:`ConnectionFailed` (naming the URL); an answer over
 ``max_response_bytes`` or not the expected JSON: :class:`InvalidResponse`. Every call is bounded
 by ``timeout``; ``retries=N`` sends a call refused with 429/503 again after ``Retry-After``.
+
+Live streaming (``GET /stream``, a WebSocket): ``lookaside.client.stream.stream`` sends a file, an
+array or the microphone and yields the windows as the server answers them (docs/stream-client.md;
+the function is not exported here: ``lookaside.client.stream`` names its module); a session the
+server closes with an error raises :class:`StreamClosed`.
 """
 
 from __future__ import annotations
@@ -37,9 +42,12 @@ from lookaside.client.errors import (
     PayloadTooLarge,
     Unauthorized,
 )
+from lookaside.client.stream_session import StreamClosed, StreamSession
+from lookaside.client.stream_sources import ArraySource, file_source, open_device
 
 __all__ = [
     "ApiError",
+    "ArraySource",
     "AsyncClient",
     "Client",
     "ClientError",
@@ -49,6 +57,10 @@ __all__ = [
     "NotFound",
     "Overloaded",
     "PayloadTooLarge",
+    "StreamClosed",
+    "StreamSession",
     "Unauthorized",
+    "file_source",
+    "open_device",
     "read_token_file",
 ]
