@@ -80,7 +80,7 @@ EXAMPLES = """examples:
   lookaside-stream --mic --mic-format alsa --mic-device hw:1 --adapter speech"""
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Stream a file or the microphone to a Lookaside server (GET /stream) and "
@@ -231,7 +231,7 @@ def _run(session: StreamSession, printer: _Printer) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """``lookaside-stream FILE|--mic --adapter NAME[,NAME] [--url URL] [--hop S] [--follow]
     [--top-k K] [--no-realtime] [--json]``; returns the exit status (module docstring)."""
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.mic == (args.file is not None):
         parser.error("name a FILE or --mic (one of them)")

@@ -112,8 +112,16 @@ def _check_tensorboard(args: list[str]) -> None:
     assert args[:1] == ["--logdir"], f"tensorboard {args} names no --logdir"
 
 
+def _check_stream(args: list[str]) -> None:
+    """The streaming client's console script (``lookaside.client.stream:main``)."""
+    from lookaside.client.stream import build_parser
+
+    _parse(build_parser(), args)
+
+
 _OTHER_TOOLS: dict[str, Callable[[list[str]], None]] = {
     "curl": _check_curl,
+    "lookaside-stream": _check_stream,
     "docker": _check_docker,
     "tensorboard": _check_tensorboard,
 }
