@@ -34,6 +34,7 @@ from service import logging as service_logging
 from service.app import create_app
 from service.http_limits import bounded_h11
 from service.settings import ServiceSettings
+from service.stream.ws_protocol import GoingAwayWebSockets
 
 log = logging.getLogger("service")
 
@@ -120,7 +121,8 @@ def _metavar(name: str, annotation: Any, choices: tuple[Any, ...] | None) -> str
 
 def uvicorn_config(app: ASGIApp, settings: ServiceSettings, **overrides: Any) -> uvicorn.Config:
     """The uvicorn config of ``settings``: h11 with the header timeout, the keep-alive timeout,
-    the connection cap and the header size bound (``overrides``: e.g. ``port=0`` in tests)."""
+    the connection cap and the header size bound; WebSockets (``/stream``) with the frame size
+    bound, no compression and keep-alive pings (``overrides``: e.g. ``port=0`` in tests)."""
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -136,6 +138,17 @@ def uvicorn_config(app: ASGIApp, settings: ServiceSettings, **overrides: Any) ->
         "limit_concurrency": settings.max_connections,
         "h11_max_incomplete_event_size": MAX_HEADER_BYTES,
         "timeout_graceful_shutdown": max(int(settings.request_timeout_s), 1),
+        # GET /stream: uvicorn's sans-I/O websockets protocol, closing with 1001 at shutdown
+        # (service.stream.ws_protocol); it reads one message at a time, so a connection holds at
+        # most one unread message of ws_max_size bytes (ws_max_queue bounds the same for the
+        # legacy implementation). No compression: a small deflated frame cannot inflate to a
+        # large one. Pings find dead peers (a NAT that dropped the connection) within 40 s.
+        "ws": GoingAwayWebSockets,
+        "ws_max_size": settings.stream_max_frame_bytes,
+        "ws_max_queue": 1,
+        "ws_per_message_deflate": False,
+        "ws_ping_interval": 20.0,
+        "ws_ping_timeout": 20.0,
     }
     options.update(overrides)
     return uvicorn.Config(app, **options)

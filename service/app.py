@@ -6,8 +6,9 @@ open the store (removing what a crash left) -> load every adapter's active versi
 resident limit (through the registry) -> one warm-up batch per token grid in use -> ready.
 
 Shutdown (uvicorn stops accepting connections and waits for the requests in flight, then runs the
-lifespan's exit): new requests get 503 + Retry-After, the engine drains its queue and answers every
-job it accepted, then its worker stops.
+lifespan's exit): new requests get 503 + Retry-After, every live ``/stream`` session is closed
+with 1001 (its queued windows cancelled), then the engine drains its queue and answers every job
+it accepted, and its worker stops.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from service.pipeline import ADAPTERS_KEY
 from service.registry import AdapterRegistry
 from service.routes import install_routes
 from service.routes.docs import install_docs
+from service.routes.stream import live_sessions
 from service.settings import ServiceSettings
 from service.store import AdapterStore
 
@@ -54,12 +56,23 @@ One frozen ViT backbone, many small audio adapters, served in mixed batches.
   more adapters (`adapter=esc50`, `esc50@2`, or `esc50,speech`); one result per adapter.
   For clips longer than an adapter's window, `timeline` scores each window and the clip-level
   `labels` are the mean of the window scores.
+* Live streaming (WebSocket `GET /stream`): open with a JSON message naming the adapters
+  (`{"adapters": ["speech"], "sample_rate": 16000, "format": "pcm16"}`), then send binary audio
+  frames; the server answers one JSON message per window (start and end in the stream, top-k
+  per adapter, the version that served it, the lag), cut at the hop and scored by the same
+  engine and batches as `/classify`. Versions are pinned for the session unless `follow` is
+  set. Limits close the socket with a code of their own (4400 bad message, 4404 unknown
+  adapter, 4408 idle, 4413 too long, 4429 too many sessions, 4430 ahead of real time, 4431
+  not reading, 4503 not ready, 1001 shutdown). Protocol and limits: docs/streaming.md.
 * `GET /healthz`, `GET /readyz`, `GET /info` (version, backbone, device), `GET /metrics`
   (Prometheus).
 * `/adapters`: upload, list, activate (rollback = activate an older version), delete;
   mutating routes need `Authorization: Bearer <admin token>` ("Authorize" on this page).
 """
 
+
+STREAM_CLOSE_TIMEOUT_S = 5.0
+"""Longest wait at shutdown for the live stream sessions to close (each close is bounded)."""
 
 Starter = Callable[[AppState], Awaitable[None]]
 """Builds what serves (engine, store, registry) into the app's state during the lifespan."""
@@ -108,6 +121,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.lookaside = state
+    live_sessions(state)  # the session cap and the shutdown's close-all
     errors.install(app, retry_after_s=settings.retry_after_s)
     install_routes(app)
     install_docs(app)
@@ -209,6 +223,8 @@ async def _stop(state: AppState) -> None:
     state.shutting_down = True
     state.ready = False
     state.reason = "shutting down"
+    # before the drain: a session's windows would otherwise keep feeding the engine
+    await live_sessions(state).close_all(timeout=STREAM_CLOSE_TIMEOUT_S)
     if state.engine is not None:
         log.info("draining %d queued jobs", state.engine.queue_depth)
         # bounded: a wedged forward must not hold the process past its grace period

@@ -34,6 +34,20 @@ Names (all prefixed ``lookaside_``):
 ``onnx_graphs_building``                    graphs being built now (gauge)
 ``onnx_graph_failures_total``               graphs that failed to build (their batches stay on
                                             PyTorch; the log has the trace)
+``stream_sessions``                         live ``GET /stream`` sessions (gauge; opening ones
+                                            included, at most ``stream_max_sessions``)
+``stream_sessions_closed_total{code}``      sessions ended, by close code (``1000`` after
+                                            ``end``, ``44xx``/``4503``/``1011`` as sent,
+                                            ``1001`` at shutdown, ``client`` when the client
+                                            left)
+``stream_windows_total{adapter}``           streamed windows answered (one per adapter of the
+                                            window's track)
+``stream_dropped_windows_total{reason}``    windows answered ``dropped`` (``overloaded``,
+                                            ``queue_full``, ``timeout``, ``not_ready``,
+                                            ``failed``)
+``stream_lag_seconds``                      arrival of a window's last sample -> its message
+                                            sent (histogram; the ``lag_s`` of each window)
+``stream_audio_seconds_total``              seconds of audio received over every session
 ``build_info{version,backbone,fingerprint,  1, once the backbone is loaded (``GET /info``'s
 device,dtype,engine}``                      fields; join on it to label a panel by backbone)
 ==========================================  ======================================================
@@ -75,6 +89,7 @@ log = logging.getLogger("service.metrics")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_LAG = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 _TOKENS = (64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 
 
@@ -236,6 +251,7 @@ class ServiceMetrics:
             "lookaside_engine_stalls", "Stalls detected by the engine watchdog", registry=r
         )
         self._add_residency_metrics(r)
+        self._add_stream_metrics(r)
         r.register(_CudaMemory())
         # the process's CPU, memory, open files and start time; the interpreter's version and
         # garbage collections (what prometheus_client puts on its default registry)
@@ -269,6 +285,39 @@ class ServiceMetrics:
         )
         self.adapter_load_failures = Counter(
             "lookaside_adapter_load_failures", "Adapter loads that failed", ["adapter"], registry=r
+        )
+
+    def _add_stream_metrics(self, r: CollectorRegistry) -> None:
+        """The live-streaming (``GET /stream``) metrics (part of ``__init__``)."""
+        self.stream_sessions = Gauge(
+            "lookaside_stream_sessions", "Live stream sessions (opening ones included)", registry=r
+        )
+        self.stream_closed = Counter(
+            "lookaside_stream_sessions_closed",
+            "Stream sessions ended, by close code (client: the client left)",
+            ["code"],
+            registry=r,
+        )
+        self.stream_windows = Counter(
+            "lookaside_stream_windows",
+            "Streamed windows answered, per adapter",
+            ["adapter"],
+            registry=r,
+        )
+        self.stream_dropped = Counter(
+            "lookaside_stream_dropped_windows",
+            "Streamed windows answered as dropped, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.stream_lag = Histogram(
+            "lookaside_stream_lag_seconds",
+            "A window's last sample received -> its message sent",
+            buckets=_LAG,
+            registry=r,
+        )
+        self.stream_audio_seconds = Counter(
+            "lookaside_stream_audio_seconds", "Audio received by stream sessions", registry=r
         )
 
     def set_build_info(

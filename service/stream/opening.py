@@ -1,0 +1,160 @@
+"""A ``/stream`` session's opening: the client's :class:`~lookaside.stream_protocol.StreamOpen`
+-> the adapters resolved (pinned versions, or names to follow) -> the tracks and their hops ->
+the :class:`~lookaside.stream_protocol.StreamReady` answer.
+
+Each adapter is resolved as ``/classify`` resolves it (``registry.acquire``: 404 lists what
+exists, a load on demand waits at most ``request_timeout_s``); that first lease is released at
+once: a session holds a version only while one of its windows runs.
+
+Hop: ``hop_s`` is rounded to 10 ms frames and must be at least ``stream_min_hop_s`` and at most
+every adapter's window. Without it each adapter keeps its own hop (its checkpoint's
+``window_hop_frames``, else its window), raised to ``stream_min_hop_s`` if shorter.
+
+Threads: event loop only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from pydantic import ValidationError
+
+from lookaside.errors import LookasideError
+from lookaside.stream_protocol import (
+    CloseCode,
+    StreamAdapter,
+    StreamLimits,
+    StreamOpen,
+    StreamReady,
+    StreamTrack,
+)
+from lookaside.tasks import CLIP
+from service.backend import Adapters
+from service.errors import status_of
+from service.settings import ServiceSettings
+from service.stream.tracks import StreamAdapterRef, Track, build_tracks
+from service.stream.windows import StreamClose
+
+__all__ = ["opening_text", "parse_open", "ready_message", "resolve_tracks"]
+
+_STATUS_CODES = {404: CloseCode.NOT_FOUND, 503: CloseCode.NOT_READY, 504: CloseCode.NOT_READY}
+
+
+def parse_open(text: str | None) -> StreamOpen:
+    """The opening message, or :class:`StreamClose` 4400 saying what is wrong."""
+    if text is None:
+        raise StreamClose(
+            CloseCode.BAD_REQUEST,
+            "bad_opening",
+            "the first message must be a text frame holding the opening JSON "
+            '({"adapters": [...], "sample_rate": ..., "format": "pcm16"}); audio comes after '
+            "the ready message",
+        )
+    try:
+        return StreamOpen.model_validate_json(text)
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}"
+            for e in exc.errors()[:5]
+        ]
+        raise StreamClose(
+            CloseCode.BAD_REQUEST, "bad_opening", "bad opening message: " + "; ".join(problems)
+        ) from None
+
+
+async def resolve_tracks(
+    opening: StreamOpen, registry: Adapters, settings: ServiceSettings
+) -> list[Track]:
+    """Resolve every adapter named and group them into tracks (or :class:`StreamClose`)."""
+    resolved: list[StreamAdapterRef] = []
+    for ref in opening.adapters:
+        try:
+            lease = await registry.acquire(ref, timeout=settings.request_timeout_s)
+        except LookasideError as exc:
+            code = _STATUS_CODES.get(status_of(exc), CloseCode.BAD_REQUEST)
+            slug = {CloseCode.NOT_FOUND: "unknown_adapter", CloseCode.NOT_READY: "not_ready"}
+            raise StreamClose(code, slug.get(code, "bad_adapter"), str(exc)) from None
+        with lease:
+            manifest = lease.manifest
+            if not CLIP.serves(manifest.method):
+                raise StreamClose(
+                    CloseCode.UNSUPPORTED,
+                    "audio_visual",
+                    f"adapter {manifest.id} ({manifest.method}) is audio-visual and cannot "
+                    "classify an audio stream: use POST /av-event",
+                )
+            resolved.append(
+                StreamAdapterRef(
+                    ref=manifest.name if opening.follow else manifest.id,
+                    name=manifest.name,
+                    version=manifest.version,
+                    features=manifest.features,
+                )
+            )
+    hops = _hops(opening, resolved, settings)
+    return build_tracks(list(zip(resolved, hops, strict=True)), opening.sample_rate)
+
+
+def _hops(
+    opening: StreamOpen, adapters: list[StreamAdapterRef], settings: ServiceSettings
+) -> list[int]:
+    """Each adapter's hop in 10 ms frames (module docstring)."""
+    min_hop = max(1, math.ceil(round(settings.stream_min_hop_s * 100, 6)))
+    if opening.hop_s is None:
+        return [
+            min(max(a.features.hop_frames, min_hop), a.features.target_frames) for a in adapters
+        ]
+    hop = round(opening.hop_s * 100)
+    if hop < min_hop:
+        raise StreamClose(
+            CloseCode.BAD_REQUEST,
+            "bad_hop",
+            f"hop_s {opening.hop_s:g} is under this server's minimum of "
+            f"{settings.stream_min_hop_s:g} s (stream_min_hop_s; each window is one engine row)",
+        )
+    for a in adapters:
+        if hop > a.features.target_frames:
+            raise StreamClose(
+                CloseCode.BAD_REQUEST,
+                "bad_hop",
+                f"hop_s {opening.hop_s:g} is longer than adapter {a.name}@{a.version}'s window "
+                f"of {a.features.window_seconds:g} s, so windows would skip audio; use a hop "
+                "no longer than the shortest window",
+            )
+    return [hop] * len(adapters)
+
+
+def ready_message(
+    session: str, opening: StreamOpen, tracks: list[Track], settings: ServiceSettings
+) -> StreamReady:
+    return StreamReady(
+        session=session,
+        sample_rate=opening.sample_rate,
+        format=opening.format,
+        channels=opening.channels,
+        follow=opening.follow,
+        tracks=[
+            StreamTrack(
+                track=t.index,
+                window_s=round(t.window_s, 6),
+                hop_s=t.hop_s,
+                adapters=[StreamAdapter(adapter=a.name, version=a.version) for a in t.adapters],
+            )
+            for t in tracks
+        ],
+        limits=StreamLimits(
+            max_seconds=settings.stream_max_seconds,
+            idle_timeout_s=settings.stream_idle_timeout_s,
+            max_ahead_s=settings.stream_max_ahead_s,
+            max_frame_bytes=settings.stream_max_frame_bytes,
+            max_pending_windows=settings.stream_max_pending_windows,
+            max_unsent=settings.stream_max_unsent,
+        ),
+    )
+
+
+def opening_text(message: Mapping[str, object]) -> str | None:
+    """The text of a first message (None for a binary one)."""
+    text = message.get("text")
+    return text if isinstance(text, str) else None
