@@ -86,6 +86,14 @@ class HeaderTimeoutH11(H11Protocol):
         if not self.transport.is_closing():
             self._arm_header_timer()
 
+    def handle_websocket_upgrade(self, event: Any) -> None:
+        # the connection now belongs to the WebSocket protocol (GET /stream), whose own limits
+        # apply; a header timer left armed would close its transport mid-session
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        super().handle_websocket_upgrade(event)
+
     def connection_lost(self, exc: Exception | None) -> None:
         if self._header_timer is not None:
             self._header_timer.cancel()
