@@ -111,6 +111,8 @@ class Session:
         self.wake = asyncio.Event()
         self.ended = False
         self.first_audio: float | None = None
+        self.overdue: asyncio.TimerHandle | None = None
+        """After ``end``: closes the session if its last windows are not answered in time."""
         self.closing: asyncio.Future[StreamClose] = asyncio.get_running_loop().create_future()
 
     @property
@@ -141,6 +143,8 @@ class Session:
         try:
             close = await self.closing
         finally:
+            if self.overdue is not None:
+                self.overdue.cancel()
             await _cancel_all([receiver, sender, *self.tasks])
         await close_socket(self.ws, close)
         return close
@@ -194,7 +198,9 @@ class Session:
             if tail is not None:
                 self._enqueue(track, tail, now)
         loop = asyncio.get_running_loop()
-        loop.call_later(self.settings.request_timeout_s + SEND_TIMEOUT_S, self._end_overdue)
+        self.overdue = loop.call_later(
+            self.settings.request_timeout_s + SEND_TIMEOUT_S, self._end_overdue
+        )
         self.wake.set()
 
     def _end_overdue(self) -> None:

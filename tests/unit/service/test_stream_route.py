@@ -15,6 +15,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from lookaside.stream_protocol import CloseCode
 from service.app import create_app
+from service.routes.stream import live_sessions
 from tests.integration.service.svc_support import make_checkpoint, put_in_store, settings, tiny
 
 
@@ -90,3 +91,22 @@ def test_a_partial_sample_frame_closes_with_4400(client: TestClient) -> None:
     metrics = client.get("/metrics").text
     assert 'lookaside_stream_sessions_closed_total{code="4400"}' in metrics
     assert "lookaside_stream_sessions 0.0" in metrics
+
+
+def test_shutdown_closes_live_sessions_with_1001_and_frees_their_slots(
+    client: TestClient,
+) -> None:
+    state = client.app.state.lookaside  # type: ignore[attr-defined]
+    live = live_sessions(state)
+    with client.websocket_connect("/stream") as ws:
+        ws.send_text(json.dumps(OPEN))
+        assert ws.receive_json()["type"] == "ready"
+        assert len(live) == 1
+        portal = client.portal
+        assert portal is not None
+        portal.call(live.close_all, 5.0)  # what the lifespan's shutdown runs first
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_text()
+    assert (closed.value.code, closed.value.reason) == (1001, "shutting_down")
+    assert len(live) == 0
+    live.closing = False  # the module's other tests keep using this app
