@@ -1,0 +1,285 @@
+"""``GET /stream``'s limits through a real server: each refusal sends StreamError with its close
+code and a message, then closes with that code (and the error's reason): a bad opening, an
+unknown adapter, an audio-visual adapter, malformed frames, too many sessions, idle, too long,
+ahead of real time, a frame over the size limit (1009), a client that never reads."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from lookaside.backbone import VisionTransformer
+from service.app import create_app
+from tests.integration.service.av_support import AV_BACKBONE, av_checkpoint, tiny_av
+from tests.integration.service.stream_support import (
+    Session,
+    assert_refused,
+    changing_signal,
+    frame_bytes_of,
+    metric,
+    open_ws,
+    ready,
+    session,
+    wait_metric,
+)
+from tests.integration.service.svc_support import (
+    SHORT_FEATURES,
+    make_checkpoint,
+    put_in_store,
+    settings,
+)
+from tests.live_server import serve_in_thread
+
+RATE = 16_000
+OPEN = {"adapters": ["kws"], "sample_rate": RATE, "format": "f32"}
+FRAME_LIMIT = 65_536
+
+
+def _serve(store: Path, model: VisionTransformer, **overrides: Any) -> Iterator[str]:
+    with serve_in_thread(create_app(settings(store, **overrides), backbone=model)) as url:
+        yield url
+
+
+def _store(tmp_path_factory: pytest.TempPathFactory, backbone: VisionTransformer) -> Path:
+    store = tmp_path_factory.mktemp("stream") / "store"
+    put_in_store(store, make_checkpoint(backbone, "kws", method="lora", features=SHORT_FEATURES))
+    return store
+
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One session at a time, 1 s idle timeout, 1 s ahead of real time, 64 KiB frames; kws (an
+    audio adapter) and avx (audio-visual) on the two-stream tiny backbone."""
+    backbone = tiny_av()
+    store = _store(tmp_path_factory, backbone)
+    put_in_store(store, av_checkpoint(backbone, "avx", seed=1))
+    yield from _serve(
+        store,
+        backbone,
+        backbone=AV_BACKBONE,
+        stream_max_sessions=1,
+        stream_idle_timeout_s=1.0,
+        stream_max_ahead_s=1.0,
+        stream_max_frame_bytes=FRAME_LIMIT,
+    )
+
+
+@pytest.fixture
+def idle_strict(strict: str) -> str:
+    """The strict server once the previous test's session has ended there (it allows one)."""
+    deadline = time.monotonic() + 5.0
+    while metric(strict, "lookaside_stream_sessions") not in (0.0, None):
+        assert time.monotonic() < deadline, "a session of an earlier test is still live"
+        time.sleep(0.05)
+    return strict
+
+
+def _f32(seconds: float, seed: int = 0) -> bytes:
+    return frame_bytes_of(changing_signal(seconds, RATE, 1, seed=seed))
+
+
+# -- the opening message ----------------------------------------------------------------------
+BAD_OPENINGS: dict[str, str | bytes] = {
+    "not_json": "hello",
+    "json_list": "[1, 2]",
+    "no_sample_rate": json.dumps({"adapters": ["kws"]}),
+    "no_adapters": json.dumps({**OPEN, "adapters": []}),
+    "unknown_field": json.dumps({**OPEN, "colour": "red"}),
+    "bad_format": json.dumps({**OPEN, "format": "mp3"}),
+    "nine_channels": json.dumps({**OPEN, "channels": 9}),
+    "rate_too_low": json.dumps({**OPEN, "sample_rate": 10}),
+    "hop_under_min": json.dumps({**OPEN, "hop_s": 0.05}),
+    "top_k_zero": json.dumps({**OPEN, "top_k": 0}),
+    "end_first": json.dumps({"type": "end"}),
+    "binary_first": _f32(0.1),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_OPENINGS))
+def test_bad_opening_is_refused_with_4400(idle_strict: str, case: str) -> None:
+    with session(idle_strict, None) as s:
+        s.ws.send(BAD_OPENINGS[case])
+        assert_refused(s, 4400)
+        assert not s.of_type("ready")
+
+
+@pytest.mark.parametrize(
+    ("adapter", "code", "word"),
+    [("nope", 4404, "nope"), ("kws@7", 4404, "kws"), ("avx", 4415, "avx")],
+)
+def test_unknown_or_audio_visual_adapter_is_refused(
+    idle_strict: str, adapter: str, code: int, word: str
+) -> None:
+    with session(idle_strict, {**OPEN, "adapters": ["kws", adapter]}) as s:
+        assert_refused(s, code, word)
+
+
+# -- malformed frames -------------------------------------------------------------------------
+def _nan_frame() -> bytes:
+    x = changing_signal(0.1, RATE, 1, seed=2)
+    x[700, 0] = np.nan
+    return frame_bytes_of(x)
+
+
+def _inf_frame() -> bytes:
+    x = changing_signal(0.1, RATE, 1, seed=3)
+    x[5, 0] = np.inf
+    return frame_bytes_of(x)
+
+
+MALFORMED: dict[str, tuple[dict[str, Any], str | bytes]] = {
+    "f32_partial_sample": (OPEN, b"\x00" * 6),
+    "pcm16_stereo_partial_frame": ({**OPEN, "format": "pcm16", "channels": 2}, b"\x00" * 6),
+    "f32_nan": (OPEN, _nan_frame()),
+    "f32_inf": (OPEN, _inf_frame()),
+    "text_not_end": (OPEN, "hello"),
+    "json_not_end": (OPEN, json.dumps({"type": "pause"})),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_frame_mid_stream_is_refused_with_4400(idle_strict: str, case: str) -> None:
+    opening, frame = MALFORMED[case]
+    with session(idle_strict, opening) as s:
+        ready(s)
+        s.ws.send(b"\x00" * 3200)  # 0.1 s (f32 mono) or 0.05 s (pcm16 stereo) of silence first
+        s.ws.send(frame)
+        assert_refused(s, 4400)
+
+
+# -- sessions, time -----------------------------------------------------------------------
+def test_one_session_over_the_cap_is_refused_and_the_first_goes_on(idle_strict: str) -> None:
+    with session(idle_strict, OPEN) as first:
+        ready(first)
+        with session(idle_strict, OPEN) as second:
+            assert_refused(second, 4429)
+        first.ws.send(_f32(0.9))
+        first.end()
+    assert first.close_code == 1000, (first.close_code, first.types())
+    assert first.types() == ["ready", "window", "window", "end"], first.types()
+
+
+def test_idle_session_and_silent_connection_are_closed_with_4408(idle_strict: str) -> None:
+    started = time.monotonic()
+    with session(idle_strict, OPEN) as s:
+        ready(s)
+        s.ws.send(_f32(0.1))
+        assert_refused(s, 4408)
+    assert 0.9 < time.monotonic() - started < 10
+    started = time.monotonic()
+    with session(idle_strict, None) as s:  # never sends its opening message
+        assert_refused(s, 4408)
+    assert 0.9 < time.monotonic() - started < 10
+
+
+def test_sending_ahead_of_real_time_is_refused_with_4430(idle_strict: str) -> None:
+    data = _f32(3.0)
+    with session(idle_strict, OPEN) as s:
+        ready(s)
+        s.send_until_closed(data, 16_000)  # 0.25 s frames, as fast as it can
+        assert_refused(s, 4430)
+    # refused at the frame that put it over 1 s ahead (a slow machine may take one more): at
+    # most 1.5 s received, which holds 2 windows of 0.645 s at a 0.64 s hop
+    assert len(s.of_type("window")) <= 2, s.types()
+
+
+def test_a_frame_over_the_size_limit_is_closed_with_1009(idle_strict: str) -> None:
+    opening = {**OPEN, "sample_rate": 48_000}  # 64 KiB of f32 is 0.34 s: not ahead
+    with session(idle_strict, opening) as s:
+        ready(s)
+        s.ws.send(b"\x00" * FRAME_LIMIT)  # at the limit: accepted
+        s.end()
+    assert s.close_code == 1000, (s.close_code, s.types())
+    assert s.of_type("end")[0]["seconds"] == pytest.approx(FRAME_LIMIT / 4 / 48_000)
+    with session(idle_strict, opening) as s:
+        ready(s)
+        s.ws.send(b"\x00" * (FRAME_LIMIT + 4))
+        s.until_close()
+    assert s.close_code == 1009, (s.close_code, s.close_reason, s.types())
+
+
+# -- too long, not reading (servers of their own) ------------------------------------------
+@pytest.fixture(scope="module")
+def short_sessions(
+    tmp_path_factory: pytest.TempPathFactory, svc_backbone: VisionTransformer
+) -> Iterator[str]:
+    """Sessions of at most 1 s of audio (sent as fast as the client likes)."""
+    store = _store(tmp_path_factory, svc_backbone)
+    yield from _serve(store, svc_backbone, stream_max_seconds=1.0, stream_max_ahead_s=1000.0)
+
+
+def test_more_audio_than_max_seconds_is_refused_with_4413(short_sessions: str) -> None:
+    data = _f32(2.0)
+    with session(short_sessions, OPEN) as s:
+        ready(s)
+        s.send_until_closed(data, 16_000)  # 0.25 s frames, as fast as it can
+        assert_refused(s, 4413, "stream_max_seconds")
+    assert len(s.of_type("window")) <= 1  # 1 s makes one 0.645 s window (hop 0.64 s)
+
+
+WIDE_LABELS = [
+    f"{i:04d}-" + "".join(chr(97 + (i * 7 + j * 13) % 26) for j in range(240)) for i in range(1000)
+]
+"""1000 labels of 245 characters: each window message carries ~0.3 MB with top_k=1000."""
+
+
+@pytest.fixture(scope="module")
+def unsent_two(
+    tmp_path_factory: pytest.TempPathFactory, svc_backbone: VisionTransformer
+) -> Iterator[str]:
+    """At most 2 answered windows may wait for the client; a 1000-label adapter ("wide"). The
+    idle timeout (12 s; a send that waits that long also ends a session) is longer than the test
+    waits (8 s), so only the unsent bound can close the session in time."""
+    store = tmp_path_factory.mktemp("unread") / "store"
+    wide = make_checkpoint(
+        svc_backbone, "wide", method="linear", labels=WIDE_LABELS, features=SHORT_FEATURES
+    )
+    put_in_store(store, wide)
+    yield from _serve(
+        store,
+        svc_backbone,
+        stream_max_unsent=2,
+        stream_max_ahead_s=1000.0,
+        stream_max_pending_windows=64,
+        stream_idle_timeout_s=12.0,
+    )
+
+
+def test_a_client_that_never_reads_is_closed_with_4431(unsent_two: str) -> None:
+    opening = {"adapters": ["wide"], "sample_rate": RATE, "format": "f32", "hop_s": 0.1}
+    opening["top_k"] = 1000
+    data = _f32(6.0)  # 54 windows, ~16 MB of results: far more than the socket buffers hold
+    started = time.monotonic()
+    with open_ws(unsent_two, small_receive_buffer=True) as ws:
+        s = Session(ws)
+        ws.send(json.dumps(opening))
+        sender_done = threading.Event()
+
+        def send_all() -> None:  # never reads; a daemon, so a send stuck forever cannot hang
+            for start in range(0, len(data), 32_000):
+                ws.send(data[start : start + 32_000])
+            sender_done.set()
+
+        threading.Thread(target=send_all, daemon=True).start()
+        assert sender_done.wait(10), "the server stopped reading frames while results waited"
+        closes = wait_metric(
+            unsent_two, "lookaside_stream_sessions_closed_total", 1.0, timeout=8, code="4431"
+        )
+        waited = time.monotonic() - started
+        if closes == 1.0:
+            s.until_close()  # read what the socket buffers held, then the close
+    assert closes == 1.0, (
+        f"no session closed with 4431 within {waited:.1f} s of its start (live sessions: "
+        f"{metric(unsent_two, 'lookaside_stream_sessions')})"
+    )
+    assert wait_metric(unsent_two, "lookaside_stream_sessions", 0.0) == 0.0
+    assert s.types()[:1] == ["ready"], s.types()[:3]
+    assert len(s.of_type("window")) < 54, "every window reached a client that did not read"
+    assert_refused(s, 4431)  # queued behind the windows the socket buffers held
