@@ -98,7 +98,9 @@ class CloseCode(IntEnum):
     AHEAD_OF_REAL_TIME = 4430
     """The client sent audio faster than real time by more than ``stream_max_ahead_s``."""
     NOT_READING = 4431
-    """More than ``stream_max_unsent`` answered windows waited for the client to read them."""
+    """More than ``stream_max_unsent`` answered windows waited for the client to read them. The
+    error and close frame are sent with a short bound: a client that does not read may see only
+    the connection drop (1006)."""
     NOT_READY = 4503
     """The server is not ready (starting, or the engine is stalled)."""
 
