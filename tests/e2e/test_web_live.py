@@ -235,3 +235,15 @@ def test_a_refused_microphone_is_said_and_nothing_is_sent(page: Page) -> None:
     expect(page.get_by_role("button", name="Start listening")).to_be_enabled()
     assert page.evaluate("window.__gum") == 1
     assert opened == []
+
+
+def test_a_hop_outside_the_bounds_is_refused_before_the_microphone(page: Page) -> None:
+    from playwright.sync_api import expect
+
+    opened: list[str] = []
+    page.on("websocket", lambda ws: opened.append(ws.url))
+    page.locator("#live-hop").fill("-1")
+    page.get_by_role("button", name="Start listening").click()
+    expect(page.locator("#live-error")).to_contain_text("The hop must be a number of seconds")
+    assert page.evaluate("window.__gum") == 0
+    assert opened == []
