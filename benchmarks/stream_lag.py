@@ -67,28 +67,21 @@ class Backbone:
     methods: list[tuple[str, dict[str, Any]]]
 
 
+Methods = list[tuple[str, dict[str, Any]]]
+_TINY: Methods = [("lora", {"rank": 4, "alpha": 8.0}), ("bottleneck", {"rank": 8})]
+_VIT_B: Methods = [("lora", {"rank": 8}), ("bottleneck", {"rank": 108, "sites": ["attn", "ffn"]})]
 BACKBONES: dict[str, Backbone] = {
     "tiny": Backbone(
         "random:test_vit:1",
         "test_vit",
         1,
-        [
-            ("linear", {}),
-            ("lora", {"rank": 4, "alpha": 8.0}),
-            ("bottleneck", {"rank": 8}),
-            ("loaa", {"rank": 4, "kernels": {"attn": "T"}}),
-        ],
+        [("linear", {}), *_TINY, ("loaa", {"rank": 4, "kernels": {"attn": "T"}})],
     ),
     "vit-b": Backbone(
         "random:vit_base_patch16",
         "vit_base_patch16",
         0,
-        [
-            ("linear", {}),
-            ("lora", {"rank": 8}),
-            ("bottleneck", {"rank": 108, "sites": ["attn", "ffn"]}),
-            ("loaa", {"rank": 36, "kernels": {"attn": "T"}}),
-        ],
+        [("linear", {}), *_VIT_B, ("loaa", {"rank": 36, "kernels": {"attn": "T"}})],
     ),
 }
 ENGINES: dict[str, dict[str, str]] = {
@@ -424,10 +417,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return results
 
 
-def _share(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0%}"
-
-
 def table(results: dict[str, Any]) -> str:
     """The results as a Markdown table (lags in seconds), and the most real-time sessions."""
     rows = [
@@ -442,7 +431,7 @@ def table(results: dict[str, Any]) -> str:
                 f"| {lv['lag_p50_s']:.3f} | {lv['lag_p99_s']:.3f} | {lv['server_lag_p50_s']:.3f} "
                 f"| {lv['server_lag_p99_s']:.3f} | {lv['windows_per_s']:.1f} "
                 f"| {lv['windows']}/{lv['expected']} | {lv['dropped']} "
-                f"| {'yes' if lv['realtime'] else 'no'} | {_share(lv.get('other_cpu'))} |"
+                f"| {'yes' if lv['realtime'] else 'no'} | {lv.get('other_cpu', math.nan):.0%} |"
             )
     rows.append("")
     for run in results["runs"]:
