@@ -5,10 +5,12 @@ until the end): load the backbone once (or take the injected one) -> start the e
 open the store (removing what a crash left) -> load every adapter's active version up to the
 resident limit (through the registry) -> one warm-up batch per token grid in use -> ready.
 
-Shutdown (uvicorn stops accepting connections and waits for the requests in flight, then runs the
-lifespan's exit): new requests get 503 + Retry-After, every live ``/stream`` session is closed
-with 1001 (its queued windows cancelled), then the engine drains its queue and answers every job
-it accepted, and its worker stops.
+Shutdown (uvicorn stops accepting connections, closes every WebSocket itself with 1001 -- our
+protocol subclass, :mod:`service.stream.ws_protocol` -- so each ``/stream`` session ends and
+cancels its queued windows, waits for the requests in flight, then runs the lifespan's exit): new
+requests get 503 + Retry-After, any ``/stream`` session still live (another server, or one that
+had not ended yet) is closed with 1001, then the engine drains its queue and answers every job it
+accepted, and its worker stops.
 """
 
 from __future__ import annotations
@@ -61,9 +63,11 @@ One frozen ViT backbone, many small audio adapters, served in mixed batches.
   frames; the server answers one JSON message per window (start and end in the stream, top-k
   per adapter, the version that served it, the lag), cut at the hop and scored by the same
   engine and batches as `/classify`. Versions are pinned for the session unless `follow` is
-  set. Limits close the socket with a code of their own (4400 bad message, 4404 unknown
-  adapter, 4408 idle, 4413 too long, 4429 too many sessions, 4430 ahead of real time, 4431
-  not reading, 4503 not ready, 1001 shutdown). Protocol and limits: docs/streaming.md.
+  set. Limits close the socket with a code of their own, after an `error` message naming it
+  (4400 bad message, hop or rate, 4404 unknown adapter, 4408 idle or slower than real time,
+  4413 too long, 4415 audio-visual adapter, 4429 too many sessions, 4430 ahead of real time,
+  4431 not reading, 4503 not ready, 1009 frame too big, 1011 server error); 1000 ends a
+  session after `end`, 1001 at shutdown. Protocol and limits: docs/streaming.md.
 * `GET /healthz`, `GET /readyz`, `GET /info` (version, backbone, device), `GET /metrics`
   (Prometheus).
 * `/adapters`: upload, list, activate (rollback = activate an older version), delete;

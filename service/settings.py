@@ -189,25 +189,46 @@ class ServiceSettings(BaseSettings):
     ingress replica and deletions reach every process within this (plus one read)."""
 
     stream_max_sessions: int = Field(64, ge=1, le=100_000)
-    """Live ``/stream`` sessions at once; one more is closed with 4429. Each holds at most a
-    window of audio (plus one frame) and ``stream_max_pending_windows`` windows of features."""
+    """Live ``/stream`` sessions at once (opening ones included); one more is closed with 4429.
+    Must be under ``max_connections`` (left unset, it is lowered to ``max_connections - 1``): a
+    WebSocket upgrade bypasses uvicorn's ``limit_concurrency``, yet each session holds a
+    connection. Worst case of one session
+    (docs/streaming.md has the formula): the ring (longest window plus one frame, float32), one
+    frame and its decoded copies, the samples and features of ``stream_max_pending_windows``
+    windows, ``stream_max_unsent_bytes`` of answered messages and the small records queued
+    behind a pending window: about 22 MiB with the defaults for a 5.12 s adapter at 48 kHz, so
+    64 sessions hold about 1.4 GiB at most (more with many adapters of distinct features)."""
     stream_max_seconds: float = Field(3600.0, gt=0.0)
     """Most seconds of audio one ``/stream`` session may send; then it is closed with 4413."""
     stream_idle_timeout_s: float = Field(30.0, gt=0.0)
-    """A ``/stream`` session with no frame for this long (or no opening message) is closed
-    with 4408."""
+    """A ``/stream`` session with no frame for this long, or whose wall time since its first
+    audio frame passes the audio it sent by more than this (a trickle slower than real time), is
+    closed with 4408; so a session lasts at most ``stream_max_seconds`` plus this."""
+    stream_open_timeout_s: float = Field(5.0, gt=0.0, le=300.0)
+    """A ``/stream`` connection must send its opening message within this many seconds (else
+    4408); resolving its adapters then has at most ``request_timeout_s`` more."""
     stream_max_ahead_s: float = Field(5.0, gt=0.0)
     """How far ahead of real time a ``/stream`` client may send (audio seconds received minus
     wall seconds since its first frame); beyond it the session is closed with 4430."""
     stream_max_frame_bytes: int = Field(1024 * 1024, ge=4096, le=64 * 1024 * 1024)
-    """Largest WebSocket message (binary frame or text) a client may send; a larger one is
-    closed by the WebSocket layer with 1009."""
+    """Largest WebSocket message (binary frame or text) a client may send: uvicorn's
+    ``ws_max_size`` refuses a larger one with 1009, and the session itself checks every frame
+    (1009 ``frame_too_big``) for servers configured otherwise (Ray Serve's proxy)."""
     stream_max_pending_windows: int = Field(8, ge=1, le=1024)
     """Windows of one ``/stream`` session in the engine at once; a window cut beyond this is
     dropped (the client gets a ``dropped`` message) rather than letting the lag grow."""
     stream_max_unsent: int = Field(64, ge=1, le=100_000)
-    """Answered windows of one ``/stream`` session waiting for the client to read them; beyond
-    it the session is closed with 4431."""
+    """Answered ``/stream`` window messages of one session that could be sent now (the
+    answered front of each track's queue: one window still in the engine holds back only its
+    own track) and wait for the client to read them; beyond it the session is closed with
+    4431."""
+    stream_max_unsent_bytes: int = Field(4 * 1024 * 1024, ge=64 * 1024, le=1024 * 1024 * 1024)
+    """Bytes of every ``/stream`` message (windows and ``dropped``) of one session that could
+    be sent now (one window may carry ``top_k`` 1000 labels x 16 adapters); beyond it, with more
+    than one message waiting, the session is closed with 4431."""
+    stream_max_sample_rate: int = Field(48_000, ge=1_000, le=384_000)
+    """Highest ``sample_rate`` a ``/stream`` client may open with (4400 beyond: resample before
+    sending); pending windows hold their samples at the client's rate."""
     stream_min_hop_s: float = Field(0.1, ge=0.01)
     """Shortest hop a ``/stream`` client may ask for (each window is one engine row)."""
 
@@ -246,6 +267,22 @@ class ServiceSettings(BaseSettings):
                 "dtype fp16 needs device cuda (or auto on a GPU host); use bf16 on cpu"
             )
         return self
+
+    @model_validator(mode="after")
+    def _stream_sessions_under_connections(self) -> ServiceSettings:
+        """Live sessions must leave connections for the rest of the API: a WebSocket upgrade
+        is not counted by uvicorn's ``limit_concurrency``, yet each session holds one."""
+        if self.stream_max_sessions < self.max_connections:
+            return self
+        if "stream_max_sessions" not in self.model_fields_set and self.max_connections > 1:
+            self.stream_max_sessions = self.max_connections - 1  # the default, lowered
+            return self
+        raise ValueError(
+            f"stream_max_sessions ({self.stream_max_sessions}) must be under max_connections "
+            f"({self.max_connections}): each live /stream session holds a connection, and "
+            "WebSocket upgrades are not counted by uvicorn's limit_concurrency, so sessions "
+            "could take every connection; raise max_connections or lower stream_max_sessions"
+        )
 
     def torch_device(self) -> torch.device:
         """The device ``device`` names (``auto`` resolved now)."""

@@ -4,24 +4,29 @@
 The connection is always accepted first, so a refusal reaches the client as a
 :class:`~lookaside.stream_protocol.StreamError` and a close code it can read (a WebSocket
 refused during the handshake only shows the client an HTTP 403). Order: accept -> ready? (4503)
--> a session slot (4429) -> the opening message within ``stream_idle_timeout_s`` (4408; 4400 if
-malformed) -> resolve the adapters (4404, 4415, 4503) -> ``ready`` -> the session
-(:mod:`service.stream.session`). One INFO line per session when it closes.
+-> a session slot (4429) -> the opening message within ``stream_open_timeout_s`` (4408; 1009
+over ``stream_max_frame_bytes``; 4400 if malformed) -> resolve the adapters (4404, 4415, 4503,
+1011), all by one deadline: ``stream_open_timeout_s + request_timeout_s`` after the accept, so an
+opening holds its slot no longer -> ``ready`` -> the session (:mod:`service.stream.session`).
+One INFO line per session when it closes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
+from collections.abc import Mapping
 
 from fastapi import APIRouter, WebSocket
 
 from lookaside.stream_protocol import CloseCode, StreamOpen
 from service.deps import AppState
+from service.stream.closing import close_socket, disconnect_close, frame_too_big
 from service.stream.live import LiveSessions, Slot
 from service.stream.opening import opening_text, parse_open, ready_message, resolve_tracks
-from service.stream.session import Session, close_socket
+from service.stream.session import Session
 from service.stream.tracks import Track
 from service.stream.windows import StreamClose, WindowContext
 
@@ -110,19 +115,48 @@ async def _serve(websocket: WebSocket, state: AppState, slot: Slot, session_id: 
 
 async def _open(websocket: WebSocket, state: AppState) -> tuple[StreamOpen, list[Track]]:
     settings = state.settings
-    idle = settings.stream_idle_timeout_s
+    wait = settings.stream_open_timeout_s
+    deadline = time.monotonic() + wait + settings.request_timeout_s
     try:
-        async with asyncio.timeout(idle):
+        async with asyncio.timeout(wait):
             message = await websocket.receive()
     except TimeoutError:
         raise StreamClose(
-            CloseCode.IDLE, "idle", f"no opening message within {idle:g} s (stream_idle_timeout_s)"
+            CloseCode.IDLE, "idle", f"no opening message within {wait:g} s (stream_open_timeout_s)"
         ) from None
     if message["type"] == "websocket.disconnect":
-        raise StreamClose(int(message.get("code") or 1005), "disconnected", "")
-    opening = parse_open(opening_text(message))
+        raise disconnect_close(message)
+    size = _frame_size(message)
+    if size > settings.stream_max_frame_bytes:
+        raise frame_too_big(size, settings.stream_max_frame_bytes)
+    opening = parse_open(opening_text(message), settings)
     assert state.registry is not None
-    return opening, await resolve_tracks(opening, state.registry, settings)
+    try:
+        async with asyncio.timeout_at(_loop_time(deadline)):
+            return opening, await resolve_tracks(opening, state.registry, settings, deadline)
+    except TimeoutError:
+        raise StreamClose(
+            CloseCode.NOT_READY,
+            "not_ready",
+            f"the adapters could not be resolved within {settings.request_timeout_s:g} s "
+            "(request_timeout_s); retry shortly",
+        ) from None
+
+
+def _frame_size(message: Mapping[str, object]) -> int:
+    """Bytes of a received message (a text's UTF-8 length; counted only when not ASCII)."""
+    data = message.get("bytes")
+    if isinstance(data, bytes):
+        return len(data)
+    text = message.get("text")
+    if not isinstance(text, str):
+        return 0
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def _loop_time(deadline: float) -> float:
+    """A ``time.monotonic`` deadline on the event loop's clock."""
+    return asyncio.get_running_loop().time() + deadline - time.monotonic()
 
 
 async def _run_session(

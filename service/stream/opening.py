@@ -3,12 +3,20 @@
 the :class:`~lookaside.stream_protocol.StreamReady` answer.
 
 Each adapter is resolved as ``/classify`` resolves it (``registry.acquire``: 404 lists what
-exists, a load on demand waits at most ``request_timeout_s``); that first lease is released at
-once: a session holds a version only while one of its windows runs.
+exists); every adapter of the opening shares one deadline (the caller's: the opening message's
+wait plus ``request_timeout_s``), so a list of slow loads cannot hold a session slot longer. That
+first lease is released at once: a session holds a version only while one of its windows runs.
+A refusal keeps ``/classify``'s meaning: 404 -> 4404, 503/504 (retry) -> 4503, another 4xx ->
+4400, a server error (5xx: a failed load, the engine failing) -> 1011 with the server's message.
 
 Hop: ``hop_s`` is rounded to 10 ms frames and must be at least ``stream_min_hop_s`` and at most
 every adapter's window. Without it each adapter keeps its own hop (its checkpoint's
-``window_hop_frames``, else its window), raised to ``stream_min_hop_s`` if shorter.
+``window_hop_frames``, else its window); one shorter than ``stream_min_hop_s`` is refused
+(4400 ``bad_hop`` naming the adapter): ask for a ``hop_s`` within the bounds instead.
+
+Sizes: the opening text is at most ``stream_max_frame_bytes`` (checked by the route before
+parsing); pydantic's JSON parser bounds its nesting depth itself (a ValidationError, 4400), and a
+RecursionError is caught as well, so no opening can log a trace.
 
 Threads: event loop only.
 """
@@ -16,6 +24,7 @@ Threads: event loop only.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 
 from pydantic import ValidationError
@@ -39,9 +48,24 @@ from service.stream.windows import StreamClose
 __all__ = ["opening_text", "parse_open", "ready_message", "resolve_tracks"]
 
 _STATUS_CODES = {404: CloseCode.NOT_FOUND, 503: CloseCode.NOT_READY, 504: CloseCode.NOT_READY}
+_SLUGS = {
+    CloseCode.NOT_FOUND: "unknown_adapter",
+    CloseCode.NOT_READY: "not_ready",
+    CloseCode.BAD_REQUEST: "bad_adapter",
+    CloseCode.INTERNAL: "internal",
+}
 
 
-def parse_open(text: str | None) -> StreamOpen:
+def refusal_of(exc: LookasideError) -> StreamClose:
+    """A resolution error -> its close, keeping ``/classify``'s status meaning (module doc)."""
+    status = status_of(exc)
+    code = _STATUS_CODES.get(status)
+    if code is None:
+        code = CloseCode.INTERNAL if status >= 500 else CloseCode.BAD_REQUEST
+    return StreamClose(code, _SLUGS[code], str(exc))
+
+
+def parse_open(text: str | None, settings: ServiceSettings) -> StreamOpen:
     """The opening message, or :class:`StreamClose` 4400 saying what is wrong."""
     if text is None:
         raise StreamClose(
@@ -52,7 +76,7 @@ def parse_open(text: str | None) -> StreamOpen:
             "the ready message",
         )
     try:
-        return StreamOpen.model_validate_json(text)
+        opening = StreamOpen.model_validate_json(text)
     except ValidationError as exc:
         problems = [
             f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}"
@@ -61,20 +85,32 @@ def parse_open(text: str | None) -> StreamOpen:
         raise StreamClose(
             CloseCode.BAD_REQUEST, "bad_opening", "bad opening message: " + "; ".join(problems)
         ) from None
+    except RecursionError:
+        raise StreamClose(
+            CloseCode.BAD_REQUEST, "bad_opening", "bad opening message: nested too deeply"
+        ) from None
+    if opening.sample_rate > settings.stream_max_sample_rate:
+        raise StreamClose(
+            CloseCode.BAD_REQUEST,
+            "bad_rate",
+            f"sample_rate {opening.sample_rate} Hz is over this server's maximum of "
+            f"{settings.stream_max_sample_rate} Hz (stream_max_sample_rate); resample the audio "
+            "to a lower rate before sending it",
+        )
+    return opening
 
 
 async def resolve_tracks(
-    opening: StreamOpen, registry: Adapters, settings: ServiceSettings
+    opening: StreamOpen, registry: Adapters, settings: ServiceSettings, deadline: float
 ) -> list[Track]:
-    """Resolve every adapter named and group them into tracks (or :class:`StreamClose`)."""
+    """Resolve every adapter named (all by the monotonic ``deadline``) and group them into
+    tracks (or :class:`StreamClose`)."""
     resolved: list[StreamAdapterRef] = []
     for ref in opening.adapters:
         try:
-            lease = await registry.acquire(ref, timeout=settings.request_timeout_s)
+            lease = await registry.acquire(ref, timeout=max(deadline - time.monotonic(), 0.0))
         except LookasideError as exc:
-            code = _STATUS_CODES.get(status_of(exc), CloseCode.BAD_REQUEST)
-            slug = {CloseCode.NOT_FOUND: "unknown_adapter", CloseCode.NOT_READY: "not_ready"}
-            raise StreamClose(code, slug.get(code, "bad_adapter"), str(exc)) from None
+            raise refusal_of(exc) from None
         with lease:
             manifest = lease.manifest
             if not CLIP.serves(manifest.method):
@@ -102,9 +138,18 @@ def _hops(
     """Each adapter's hop in 10 ms frames (module docstring)."""
     min_hop = max(1, math.ceil(round(settings.stream_min_hop_s * 100, 6)))
     if opening.hop_s is None:
-        return [
-            min(max(a.features.hop_frames, min_hop), a.features.target_frames) for a in adapters
-        ]
+        for a in adapters:
+            if a.features.hop_frames < min_hop:
+                raise StreamClose(
+                    CloseCode.BAD_REQUEST,
+                    "bad_hop",
+                    f"adapter {a.name}@{a.version}'s own hop of "
+                    f"{a.features.hop_frames / 100:g} s is under "
+                    f"this server's minimum of {settings.stream_min_hop_s:g} s "
+                    "(stream_min_hop_s; each window is one engine row); send a hop_s of at least "
+                    "that",
+                )
+        return [a.features.hop_frames for a in adapters]
     hop = round(opening.hop_s * 100)
     if hop < min_hop:
         raise StreamClose(

@@ -2,14 +2,18 @@
 
 Three kinds of coroutine per session, all on the event loop:
 
-- the **receiver** reads frames (each wait bounded by ``stream_idle_timeout_s``), checks them
-  (whole sample frames, finite floats, not ahead of real time, not over the session length),
+- the **receiver** reads frames (each wait bounded by ``stream_idle_timeout_s``, and by the
+  moment the session would fall more than that behind real time), checks them (at most
+  ``stream_max_frame_bytes``, checked here too since only uvicorn's own ``ws_max_size`` enforces
+  it in the WebSocket layer; not empty; whole sample frames; finite floats; not ahead of real
+  time; not over the session length; text: only a short ``end``),
   downmixes them as ``/classify``'s decoder does, appends them to the ring and cuts every window
   they complete;
 - one **window task** per window in flight (at most ``stream_max_pending_windows``; a window cut
   beyond that is answered ``dropped: overloaded`` at once):
   :func:`service.stream.windows.answer_window`;
-- the **sender** sends the answers in the order the windows were cut, each send bounded.
+- the **sender** sends the answers in cut order per track (:mod:`service.stream.outbox`), each
+  send bounded.
 
 The session owns its ring and records; the featurize pool computes the features and the engine
 worker runs the rows (:mod:`service.stream.windows`). Whatever ends the session (``end``, a
@@ -18,8 +22,9 @@ then cancels every task (their ``finally`` releases the leases and cancels queue
 closes the socket, bounded.
 
 Memory per session: the ring (the longest window span plus the largest frame, in samples), the
-features of at most ``stream_max_pending_windows`` windows, and at most ``stream_max_unsent``
-answered messages (docs/streaming.md).
+samples and features of at most ``stream_max_pending_windows`` windows, at most
+``stream_max_unsent_bytes`` of sendable messages and the small records queued behind a pending
+window (:mod:`service.stream.outbox`; docs/streaming.md has the worst case).
 """
 
 from __future__ import annotations
@@ -44,35 +49,26 @@ from lookaside.stream_protocol import (
     CloseCode,
     StreamDropped,
     StreamEnd,
-    StreamError,
     StreamOpen,
     StreamReady,
     StreamWindow,
     bytes_per_frame,
 )
 from service.settings import ServiceSettings
+from service.stream.closing import SEND_TIMEOUT_S, close_socket, disconnect_close, frame_too_big
+from service.stream.outbox import Outbox, Record
 from service.stream.ring import SampleRing
 from service.stream.tracks import Cut, Track
 from service.stream.windows import StreamClose, WindowContext, answer_window
 
-__all__ = ["SEND_TIMEOUT_S", "Session", "close_socket"]
+__all__ = ["Session"]
 
 log = logging.getLogger("service.stream")
 
-SEND_TIMEOUT_S = 2.0
-"""Longest wait for the last messages (the error, the close) of a session that is ending."""
 _LAGS_KEPT = 4096
 """Lags kept for the close log's p50 (the most recent ones)."""
-
-
-@dataclass(eq=False)
-class _Record:
-    """One cut window, in cut order, until its message is sent."""
-
-    cut: Cut
-    arrived: float
-    """Monotonic arrival of the frame that completed it (or of ``end``, for a tail)."""
-    message: StreamWindow | StreamDropped | None = None
+MAX_TEXT_CHARS = 64
+"""Longest text frame after the opening (``{"type": "end"}`` is 15): refused before parsing."""
 
 
 @dataclass
@@ -102,10 +98,8 @@ class Session:
         self.frame_bytes = bytes_per_frame(opening.format, opening.channels)
         largest_frame = settings.stream_max_frame_bytes // self.frame_bytes
         self.ring = SampleRing(max(t.span for t in tracks) + largest_frame)
-        self.records: deque[_Record] = deque()
+        self.outbox = Outbox(tracks, settings)
         self.pending = 0
-        self.unsent = 0
-        """Records answered and not yet sent."""
         self.counts = _Counts()
         self.tasks: set[asyncio.Task[None]] = set()
         self.wake = asyncio.Event()
@@ -163,10 +157,19 @@ class Session:
     async def _receive_loop(self) -> None:
         idle = self.settings.stream_idle_timeout_s
         while not self.closing.done():
+            wait: float | None = None if self.ended else idle
+            starving = False
+            if wait is not None and self.first_audio is not None:
+                # falls more than ``idle`` behind real time then (a trickle of audio)
+                behind = self.first_audio + self.seconds + idle - time.monotonic()
+                starving = behind < idle
+                wait = max(min(wait, behind), 0.0)
             try:
-                async with asyncio.timeout(None if self.ended else idle):
+                async with asyncio.timeout(wait):
                     message = await self.ws.receive()
             except TimeoutError:
+                if starving:
+                    raise self._starved(time.monotonic()) from None
                 raise StreamClose(
                     CloseCode.IDLE,
                     "idle",
@@ -174,15 +177,26 @@ class Session:
                     '{"type": "end"}',
                 ) from None
             if message["type"] == "websocket.disconnect":
-                raise StreamClose(int(message.get("code") or 1005), "disconnected", "")
+                raise disconnect_close(message)
             data = message.get("bytes")
             if data is not None:
                 self._on_audio(data, time.monotonic())
             else:
                 self._on_text(message.get("text") or "")
 
+    def _starved(self, now: float) -> StreamClose:
+        assert self.first_audio is not None
+        wall = now - self.first_audio
+        return StreamClose(
+            CloseCode.IDLE,
+            "starved",
+            f"{self.seconds:.2f} s of audio arrived in {wall:.2f} s, more than "
+            f"{self.settings.stream_idle_timeout_s:g} s (stream_idle_timeout_s) behind real "
+            "time; send audio at its real rate",
+        )
+
     def _on_text(self, text: str) -> None:
-        if self.ended or not _is_end(text):
+        if self.ended or len(text) > MAX_TEXT_CHARS or not _is_end(text):
             raise StreamClose(
                 CloseCode.BAD_REQUEST,
                 "bad_message",
@@ -211,12 +225,22 @@ class Session:
         )
 
     def _on_audio(self, data: bytes, arrived: float) -> None:
+        if len(data) > self.settings.stream_max_frame_bytes:
+            raise frame_too_big(len(data), self.settings.stream_max_frame_bytes)
         if self.ended:
             raise StreamClose(CloseCode.BAD_REQUEST, "after_end", "audio sent after end")
+        if not data:
+            raise StreamClose(
+                CloseCode.BAD_REQUEST,
+                "empty_frame",
+                'an empty binary frame; send audio (at least one sample frame) or {"type": "end"}',
+            )
         samples = self._decode(data)
         n = int(samples.shape[0])
         if self.first_audio is None:
             self.first_audio = arrived
+        elif arrived - self.first_audio - self.seconds > self.settings.stream_idle_timeout_s:
+            raise self._starved(arrived)
         total_s = (self.ring.end + n) / self.rate
         ahead = total_s - (arrived - self.first_audio)
         if ahead > self.settings.stream_max_ahead_s:
@@ -268,8 +292,14 @@ class Session:
 
     # -- windows ----------------------------------------------------------------------------
     def _enqueue(self, track: Track, cut: Cut, arrived: float) -> None:
-        record = _Record(cut, arrived)
-        self.records.append(record)
+        record = Record(cut, arrived)
+        if not self.outbox.add(record):
+            log.error(
+                "stream session %s: track %d queued more windows than its deadlines allow",
+                self.ctx.session,
+                cut.track,
+            )
+            raise StreamClose(CloseCode.INTERNAL, "internal", "server error")
         if self.pending >= self.settings.stream_max_pending_windows:
             self._answered(record, _overloaded(cut, self.pending))
             return
@@ -279,7 +309,7 @@ class Session:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _answer(self, track: Track, record: _Record, samples: NDArray[np.float32]) -> None:
+    async def _answer(self, track: Track, record: Record, samples: NDArray[np.float32]) -> None:
         try:
             message = await answer_window(self.ctx, track, record.cut, samples)
         except StreamClose as close:
@@ -289,20 +319,24 @@ class Session:
             self.pending -= 1
         self._answered(record, message)
 
-    def _answered(self, record: _Record, message: StreamWindow | StreamDropped) -> None:
-        record.message = message
-        self.unsent += 1
+    def _answered(self, record: Record, message: StreamWindow | StreamDropped) -> None:
+        self.outbox.answered(record, message)
         if isinstance(message, StreamDropped):
             self.ctx.metrics.safe(
                 lambda: self.ctx.metrics.stream_dropped.labels(reason=message.reason).inc()
             )
-        if self.unsent > self.settings.stream_max_unsent:
+        out, limits = self.outbox, self.settings
+        if out.windows > limits.stream_max_unsent or (
+            out.bytes > limits.stream_max_unsent_bytes and out.messages > 1
+        ):
             self.finish(
                 StreamClose(
                     CloseCode.NOT_READING,
                     "not_reading",
-                    f"more than {self.settings.stream_max_unsent} answered windows waited for "
-                    "the client to read them (stream_max_unsent); read messages as they come",
+                    f"{out.windows} answered windows ({out.bytes} bytes of messages) waited for "
+                    f"the client to read them, over stream_max_unsent ({limits.stream_max_unsent})"
+                    f" or stream_max_unsent_bytes ({limits.stream_max_unsent_bytes}); read "
+                    "messages as they come",
                 )
             )
         self.wake.set()
@@ -312,11 +346,9 @@ class Session:
         while not self.closing.done():
             await self.wake.wait()
             self.wake.clear()
-            while self.records and self.records[0].message is not None:
-                record = self.records.popleft()
-                self.unsent -= 1
+            while (record := self.outbox.pop()) is not None:
                 await self._send_record(record)
-            if self.ended and not self.records:
+            if self.ended and not self.outbox:
                 c = self.counts
                 await self._send(
                     StreamEnd(windows=c.windows, dropped=c.dropped, seconds=self.seconds)
@@ -324,7 +356,7 @@ class Session:
                 self.finish(StreamClose(CloseCode.NORMAL, "end", ""))
                 return
 
-    async def _send_record(self, record: _Record) -> None:
+    async def _send_record(self, record: Record) -> None:
         message = record.message
         metrics = self.ctx.metrics
         if isinstance(message, StreamWindow):
@@ -369,22 +401,6 @@ class Session:
         )
 
 
-async def close_socket(ws: WebSocket, close: StreamClose) -> None:
-    """Send the error message (codes >= 4000) and the close frame, each bounded; nothing once
-    the client has left."""
-    if close.reason == "disconnected":
-        return
-    try:
-        if close.code >= 4000:
-            error = StreamError(code=close.code, reason=close.reason, message=close.message)
-            async with asyncio.timeout(SEND_TIMEOUT_S):
-                await ws.send_text(error.model_dump_json())
-        async with asyncio.timeout(SEND_TIMEOUT_S):
-            await ws.close(close.code, close.reason[:120])
-    except Exception:  # gone or not reading: uvicorn closes the transport when the route returns
-        log.debug("closing message not sent (%d %s)", close.code, close.reason)
-
-
 async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
     """Cancel ``tasks`` and wait until they end (their ``finally`` releases the leases and
     cancels queued jobs). Cancelled again while any runs, bounded: a cancellation that lands as
@@ -403,7 +419,7 @@ async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
 def _is_end(text: str) -> bool:
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return isinstance(value, dict) and value == {"type": "end"}
 

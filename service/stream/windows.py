@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -57,9 +57,11 @@ log = logging.getLogger("service.stream")
 class StreamClose(Exception):
     """End the session with ``code`` (a :class:`StreamError` first when ``code >= 4000``)."""
 
-    def __init__(self, code: int, reason: str, message: str) -> None:
+    def __init__(self, code: int, reason: str, message: str, *, gone: bool = False) -> None:
         super().__init__(message)
         self.code, self.reason, self.message = code, reason, message
+        self.gone = gone
+        """The connection is closed already (send nothing)."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,8 @@ class WindowContext:
     timeout_s: float
     """Each window's deadline (``request_timeout_s``), from its cut to its answer."""
     top_k: int
+    logged: set[str] = field(default_factory=set)
+    """Failures already logged at ERROR in this session (each kind once; then only counted)."""
 
 
 async def answer_window(
@@ -111,11 +115,8 @@ async def answer_window(
         raise
     except (QueueFull, RequestTimeout, NotReady, AdapterUnavailable) as exc:
         return _dropped(cut, exc)
-    except LookasideError as exc:
-        log.error("window %s-%d-%d failed: %s", ctx.session, cut.track, cut.index, exc)
-        return _dropped(cut, exc)
     except Exception as exc:
-        log.exception("window %s-%d-%d failed", ctx.session, cut.track, cut.index)
+        _log_failure(ctx, cut, exc)
         return _dropped(cut, exc)
     finally:
         for fut in futures:
@@ -131,6 +132,23 @@ async def answer_window(
         results=results,
         lag_s=0.0,
     )
+
+
+def _log_failure(ctx: WindowContext, cut: Cut, exc: Exception) -> None:
+    """Log a failed window at ERROR (with the trace unless a project error) once per session
+    and kind of failure: a failure that repeats on every window would flood the log, and
+    ``lookaside_stream_dropped_windows_total{reason="failed"}`` counts them all."""
+    kind = type(exc).__name__
+    where = f"{ctx.session}-{cut.track}-{cut.index}"
+    if kind in ctx.logged:
+        log.debug("window %s failed again (%s): %s", where, kind, exc)
+        return
+    ctx.logged.add(kind)
+    more = "; later failures of this kind in this session are only counted"
+    if isinstance(exc, LookasideError):
+        log.error("window %s failed: %s%s", where, exc, more)
+    else:
+        log.error("window %s failed%s", where, more, exc_info=exc)
 
 
 async def _results(futures: list[Future[Tensor]], timeout: float) -> list[Tensor]:

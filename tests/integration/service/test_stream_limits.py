@@ -1,8 +1,10 @@
 """``GET /stream``'s limits through a real server: each refusal sends StreamError with its close
 code and a message, then closes with that code (and the error's reason): a bad opening, an
 unknown adapter, an audio-visual adapter, malformed frames, too many sessions, idle, too long,
-ahead of real time, a frame over the size limit (1009), a client that never reads; and windows
-over the pending bound are answered ``dropped``, in order, and counted."""
+ahead of real time, a trickle slower than real time, a frame over the size limit (1009), a
+client that never reads; windows over the pending bound are answered ``dropped``, in order, and
+counted, and a burst of them on one track does not close a reading client; a server that stops
+closes its sessions with 1001 and counts them so."""
 
 from __future__ import annotations
 
@@ -15,8 +17,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from prometheus_client import generate_latest
+from websockets.exceptions import ConnectionClosed
 
 from lookaside.backbone import VisionTransformer
+from lookaside.features import FeatureConfig
 from service.app import create_app
 from tests.integration.service.av_support import AV_BACKBONE, av_checkpoint, tiny_av
 from tests.integration.service.stream_support import (
@@ -70,6 +75,7 @@ def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stream_idle_timeout_s=1.0,
         stream_max_ahead_s=1.0,
         stream_max_frame_bytes=FRAME_LIMIT,
+        stream_open_timeout_s=1.0,
     )
 
 
@@ -143,6 +149,8 @@ MALFORMED: dict[str, tuple[dict[str, Any], str | bytes]] = {
     "f32_inf": (OPEN, _inf_frame()),
     "text_not_end": (OPEN, "hello"),
     "json_not_end": (OPEN, json.dumps({"type": "pause"})),
+    "empty_frame": (OPEN, b""),
+    "deeply_nested_text": (OPEN, "[" * 60_000),
 }
 
 
@@ -179,6 +187,26 @@ def test_idle_session_and_silent_connection_are_closed_with_4408(idle_strict: st
     with session(idle_strict, None) as s:  # never sends its opening message
         assert_refused(s, 4408)
     assert 0.9 < time.monotonic() - started < 10
+
+
+def test_a_trickle_slower_than_real_time_is_closed_with_4408(idle_strict: str) -> None:
+    """0.1 s of audio every 0.3 s keeps the idle timer (1 s) alive but falls 1 s behind real
+    time within ~1.5 s: closed as ``starved``, not served for ever."""
+    started = time.monotonic()
+    with session(idle_strict, OPEN) as s:
+        ready(s)
+        for _ in range(30):  # 9 s at most
+            try:
+                s.ws.send(_f32(0.1))
+            except ConnectionClosed:
+                break
+            s.drain()
+            if s.close_code is not None:
+                break
+            time.sleep(0.3)
+        err = assert_refused(s, 4408, "stream_idle_timeout_s")
+    assert err["reason"] == "starved", err
+    assert time.monotonic() - started < 5
 
 
 def test_sending_ahead_of_real_time_is_refused_with_4430(idle_strict: str) -> None:
@@ -326,3 +354,72 @@ def test_windows_over_the_pending_bound_are_dropped_in_order_and_counted(
     assert (end["windows"], end["dropped"]) == (len(s.of_type("window")), len(dropped))
     after = metric(one_pending, "lookaside_stream_dropped_windows_total", reason="overloaded")
     assert after == (before or 0.0) + len(dropped)
+
+
+# -- a burst on two tracks; shutdown ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def two_tracks(
+    tmp_path_factory: pytest.TempPathFactory, svc_backbone: VisionTransformer
+) -> Iterator[str]:
+    """The default stream limits; kws (0.645 s windows) and kws2 (0.485 s): two tracks."""
+    store = _store(tmp_path_factory, svc_backbone)
+    kws2 = make_checkpoint(
+        svc_backbone, "kws2", method="lora", features=FeatureConfig(target_frames=48)
+    )
+    put_in_store(store, kws2)
+    yield from _serve(store, svc_backbone)
+
+
+def test_a_burst_dropped_behind_a_pending_window_does_not_close_a_reading_client(
+    two_tracks: str,
+) -> None:
+    """4.9 s in one frame (under stream_max_ahead_s) at hop 0.1 s cuts ~90 windows at once: 8
+    go to the engine, the rest are dropped ``overloaded`` at once, most of them behind a window
+    still pending. A client that reads gets every one, in order per track, and its end."""
+    samples = changing_signal(4.9, RATE, 1, seed=5)
+    opening = {**OPEN, "adapters": ["kws", "kws2"], "hop_s": 0.1}
+    with session(two_tracks, opening) as s:
+        tracks = ready(s)["tracks"]
+        s.ws.send(frame_bytes_of(samples))
+        s.end()
+    assert s.close_code == 1000, (s.close_code, s.close_reason, s.of_type("error"))
+    assert len(tracks) == 2, tracks
+    answers = [m for m in s.messages if m["type"] in ("window", "dropped")]
+    for track in tracks:
+        frames = 64 if track["adapters"][0]["adapter"] == "kws" else 48
+        want = expected_windows(samples.shape[0], frames, 10, RATE)
+        got = [m["index"] for m in answers if m["track"] == track["track"]]
+        assert got == list(range(len(want))), (track, got)
+    assert s.of_type("window"), "every window was dropped"
+    (end,) = s.of_type("end")
+    assert end["windows"] + end["dropped"] == len(answers)
+
+
+def test_stopping_the_server_closes_a_live_session_with_1001_counted_as_1001(
+    tmp_path_factory: pytest.TempPathFactory, svc_backbone: VisionTransformer
+) -> None:
+    """uvicorn closes the WebSocket itself (before the lifespan's exit): the client reads 1001
+    ``shutting_down`` and the server counts it under code="1001", not as the client leaving."""
+    store = _store(tmp_path_factory, svc_backbone)
+    app = create_app(settings(store), backbone=svc_backbone)
+    server = serve_in_thread(app)
+    url = server.__enter__()
+    with session(url, OPEN) as s:
+        try:
+            ready(s)
+            s.ws.send(_f32(1.0))
+            s.wait_for("window", 1)
+            reader = threading.Thread(target=s.until_close, daemon=True)
+            reader.start()
+        finally:
+            server.__exit__(None, None, None)  # stops uvicorn with the session live
+        reader.join(30)
+        assert not reader.is_alive()
+    assert (s.close_code, s.close_reason) == (1001, "shutting_down"), s.types()[-3:]
+    text = generate_latest(app.state.lookaside.metrics.registry).decode()
+    closes = {
+        line.split('code="')[1].split('"')[0]: float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("lookaside_stream_sessions_closed_total{")
+    }
+    assert closes == {"1001": 1.0}, closes

@@ -4,7 +4,9 @@ tests/integration/service/test_stream.py."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,10 +15,16 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
+from lookaside.errors import LookasideError
+from lookaside.features import FeatureConfig
 from lookaside.stream_protocol import CloseCode
 from service.app import create_app
+from service.deps import AppState
+from service.errors import NotReady
 from service.routes.stream import live_sessions
 from tests.integration.service.svc_support import make_checkpoint, put_in_store, settings, tiny
+
+FRAME_LIMIT = 8192
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +32,18 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     store: Path = tmp_path_factory.mktemp("store")
     backbone = tiny()
     put_in_store(store, make_checkpoint(backbone, "speech"))
-    app = create_app(settings(store, warmup=False, stream_idle_timeout_s=0.5), backbone=backbone)
+    fast = FeatureConfig(target_frames=64, window_hop_frames=5)  # its own hop: 0.05 s
+    put_in_store(store, make_checkpoint(backbone, "fasthop", method="lora", features=fast))
+    app = create_app(
+        settings(
+            store,
+            warmup=False,
+            stream_idle_timeout_s=0.5,
+            stream_open_timeout_s=0.5,
+            stream_max_frame_bytes=FRAME_LIMIT,
+        ),
+        backbone=backbone,
+    )
     with TestClient(app) as test_client:
         yield test_client
 
@@ -57,6 +76,11 @@ OPEN = {"adapters": ["speech"], "sample_rate": 16000, "format": "pcm16"}
         (json.dumps({**OPEN, "adapters": ["nope"]}), CloseCode.NOT_FOUND, "unknown_adapter"),
         (json.dumps({**OPEN, "adapters": ["speech@9"]}), CloseCode.NOT_FOUND, "unknown_adapter"),
         (None, CloseCode.IDLE, "idle"),
+        (json.dumps({**OPEN, "adapters": ["speech", "fasthop"]}), CloseCode.BAD_REQUEST, "bad_hop"),
+        (json.dumps({**OPEN, "sample_rate": 96_000}), CloseCode.BAD_REQUEST, "bad_rate"),
+        ("[" * 200_000, CloseCode.TOO_BIG, "frame_too_big"),
+        ("[" * 8000, CloseCode.BAD_REQUEST, "bad_opening"),
+        (b"\x00" * (FRAME_LIMIT + 2), CloseCode.TOO_BIG, "frame_too_big"),
     ],
 )
 def test_bad_openings_close_with_their_code(
@@ -70,6 +94,100 @@ def test_bad_openings_close_with_their_code(
         code,
     )
     assert error["message"]
+
+
+def test_an_adapter_hop_under_the_minimum_is_named_with_the_setting(client: TestClient) -> None:
+    error, _ = _refused(client, json.dumps({**OPEN, "adapters": ["fasthop"]}))
+    assert "fasthop@1" in error["message"]
+    assert "stream_min_hop_s" in error["message"]
+
+
+def test_the_opening_waits_stream_open_timeout_s(client: TestClient) -> None:
+    error, _ = _refused(client, None)
+    assert "stream_open_timeout_s" in error["message"]
+
+
+def _state(client: TestClient) -> AppState:
+    state = client.app.state.lookaside  # type: ignore[attr-defined]
+    assert isinstance(state, AppState)
+    return state
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "reason"),
+    [
+        (LookasideError("the adapter failed to load: bad weights"), 1011, "internal"),
+        (NotReady("the engine is stalled"), 4503, "not_ready"),
+    ],
+)
+def test_a_server_error_resolving_an_adapter_is_not_a_bad_request(
+    client: TestClient,
+    monkeypatch: pytest.MonkeyPatch,
+    error: LookasideError,
+    code: int,
+    reason: str,
+) -> None:
+    async def failing(ref: str, timeout: float | None = None) -> Any:
+        raise error
+
+    monkeypatch.setattr(_state(client).registry, "acquire", failing)
+    got, closed_with = _refused(client, json.dumps(OPEN))
+    assert (got["code"], got["reason"], closed_with) == (code, reason, code)
+    assert str(error) in got["message"]
+
+
+def test_every_adapter_of_an_opening_shares_one_deadline(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = _state(client).registry
+    assert registry is not None
+    real = registry.acquire
+    timeouts: list[float] = []
+
+    async def timed(ref: str, timeout: float | None = None) -> Any:
+        assert timeout is not None
+        timeouts.append(timeout)
+        await asyncio.sleep(0.05)
+        return await real(ref, timeout=timeout)
+
+    monkeypatch.setattr(registry, "acquire", timed)
+    with client.websocket_connect("/stream") as ws:
+        ws.send_text(json.dumps({**OPEN, "adapters": ["speech", "speech@1"]}))
+        assert ws.receive_json()["type"] == "ready"
+    limit = _state(client).settings.request_timeout_s + 0.5  # + stream_open_timeout_s
+    assert len(timeouts) == 2, timeouts
+    assert limit >= timeouts[0] > timeouts[1] + 0.04, timeouts
+
+
+@pytest.mark.parametrize(
+    ("frame", "code", "reason"),
+    [
+        (b"", 4400, "empty_frame"),
+        ("[" * 5000, 4400, "bad_message"),
+        (b"\x00" * (FRAME_LIMIT + 2), 1009, "frame_too_big"),
+    ],
+)
+def test_frames_refused_mid_session_without_a_server_error(
+    client: TestClient,
+    caplog: pytest.LogCaptureFixture,
+    frame: str | bytes,
+    code: int,
+    reason: str,
+) -> None:
+    caplog.set_level(logging.WARNING)
+    with client.websocket_connect("/stream") as ws:
+        ws.send_text(json.dumps(OPEN))
+        assert ws.receive_json()["type"] == "ready"
+        ws.send_bytes(b"\x00" * 3200)
+        if isinstance(frame, bytes):
+            ws.send_bytes(frame)
+        else:
+            ws.send_text(frame)
+        error = ws.receive_json()
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_text()
+    assert (error["code"], error["reason"], closed.value.code) == (code, reason, code)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
 def test_unknown_adapter_lists_what_exists(client: TestClient) -> None:
