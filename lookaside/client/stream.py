@@ -32,6 +32,7 @@ from typing import Any
 from lookaside.client.errors import ClientError
 from lookaside.client.stream_session import (
     DEFAULT_TIMEOUT_S,
+    MAX_MESSAGE_BYTES,
     StreamClosed,
     StreamMessage,
     StreamSession,
@@ -120,11 +121,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_TIMEOUT_S,
         help="seconds to wait for a message beyond a window of audio",
     )
+    p.add_argument(
+        "--max-message-bytes",
+        type=_positive_int,
+        default=MAX_MESSAGE_BYTES,
+        help="largest message read from the server (4 MiB; adapters x top-k make it grow)",
+    )
     p.add_argument("--mic-format", help="FFmpeg input device (pulse, alsa, avfoundation, dshow)")
     p.add_argument("--mic-device", help="the device's name (default, hw:1, :0, audio=NAME)")
     p.add_argument("--mic-rate", type=int, default=16_000, help="microphone rate, Hz (16000)")
     p.add_argument("--mic-channels", type=int, default=1, choices=(1, 2))
     return p
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
 
 
 def format_window(message: StreamWindow | StreamDropped, tracks: int = 1) -> str:
@@ -252,6 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             realtime=not args.no_realtime,
             chunk_s=args.chunk,
             timeout=args.timeout,
+            max_message_bytes=args.max_message_bytes,
         )
     except ClientError as exc:  # the opening message's own checks (hop, top-k, adapters)
         source.close()

@@ -5,8 +5,9 @@ The messages are :mod:`lookaside.stream_protocol`'s models: :class:`StreamReady`
 :class:`StreamWindow` or :class:`StreamDropped` per window, and :class:`StreamEnd` last (after the
 source ends or :meth:`StreamSession.stop`, the sender sends ``{"type": "end"}``). A session the
 server closes with an error raises :class:`StreamClosed` with its close code and message. Every
-wait is bounded: the opening handshake (``open_timeout``), each message (``timeout`` beyond what
-the audio itself needs) and the closing handshake (``close_timeout``).
+wait is bounded: the opening handshake (``open_timeout``), each message and each send of audio
+(``timeout`` beyond what the audio itself needs) and the closing (``close_timeout``), also
+against a server that stops reading (:meth:`StreamSession._close_ws`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import socket
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from types import TracebackType
 
@@ -55,7 +58,7 @@ _MESSAGES: dict[str, type[StreamMessage] | type[StreamError]] = {
 }
 _CLOSES = {
     CloseCode.GOING_AWAY: "the server is shutting down; reconnect (to another replica if any)",
-    CloseCode.TOO_BIG: "a frame was over the server's stream_max_frame_bytes",
+    CloseCode.TOO_BIG: "a frame of audio was over the server's stream_max_frame_bytes",
     CloseCode.INTERNAL: "the server failed (its log has the trace)",
     1006: "the connection dropped without a closing handshake",
 }
@@ -63,18 +66,20 @@ _CLOSES = {
 
 class StreamClosed(ClientError):
     """The server closed the session with an error (a :class:`~lookaside.stream_protocol.
-    CloseCode`: 4404 unknown adapter, 4430 ahead of real time, ...).
+    CloseCode`: 4404 unknown adapter, 4430 ahead of real time, ...), or this client closed it
+    over a limit of its own (1009: a message over ``max_message_bytes``).
 
     Attributes:
         code: the close code.
         reason: the server's slug (``not_found``, ``idle``, ...) or the close frame's reason.
         message: what happened and what to change (the server's own sentence where it sent one).
+        by: ``"server"`` or ``"client"``: which side closed first.
     """
 
-    def __init__(self, code: int, reason: str, message: str) -> None:
+    def __init__(self, code: int, reason: str, message: str, *, by: str = "server") -> None:
         name = next((c.name.lower() for c in CloseCode if c == code), "unknown")
-        super().__init__(f"the server closed the stream with {code} ({reason or name}): {message}")
-        self.code, self.reason, self.message = code, reason, message
+        super().__init__(f"the {by} closed the stream with {code} ({reason or name}): {message}")
+        self.code, self.reason, self.message, self.by = code, reason, message, by
 
 
 def ws_url(url: str) -> str:
@@ -147,6 +152,7 @@ class StreamSession:
         self._source_lock = threading.Lock()
         self._source_closed = False
         self._wait = timeout
+        self._sending_since: float | None = None  # monotonic start of the send in progress
 
     # -- lifecycle ------------------------------------------------------------------------------
     def __enter__(self) -> StreamSession:
@@ -159,6 +165,8 @@ class StreamSession:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if isinstance(exc, KeyboardInterrupt):
+            self._abort()  # quit now: no closing handshake behind a send that may be blocked
         self.close()
 
     def open(self) -> StreamReady:
@@ -208,15 +216,37 @@ class StreamSession:
         self._stopping.set()
 
     def close(self) -> None:
-        """Close the connection (bounded by ``close_timeout``) and the source."""
+        """Close the connection and the source; bounded in every state (about twice
+        ``close_timeout`` at most: the lock, then the closing handshake)."""
         self._stopping.set()
         self._done = True
         if self._ws is not None:
-            self._ws.close()
+            self._close_ws(self._ws)
         if self._sender is not None and self._sender is not threading.current_thread():
             self._sender.join(self._close_timeout + 1.0)
         if self._sender is None or not self._sender.is_alive():
             self._close_source()
+
+    def _close_ws(
+        self, ws: ClientConnection, code: int = CloseCode.NORMAL, reason: str = ""
+    ) -> None:
+        """``websockets.sync`` sends under the connection's lock with a blocking ``sendall``
+        and no timeout, so a send to a server that stopped reading (TCP window shut) holds the
+        lock ``ws.close()`` waits for, for ever: past ``close_timeout`` the socket is shut down
+        (and the receiving side ends a session whose send is blocked past its bound)."""
+        timer = threading.Timer(self._close_timeout, self._abort)
+        timer.daemon = True
+        timer.start()
+        try:
+            ws.close(code, reason)
+        finally:
+            timer.cancel()
+
+    def _abort(self) -> None:
+        """Shut the socket down: a blocked ``sendall`` fails at once, freeing the lock."""
+        if self._ws is not None:
+            with contextlib.suppress(OSError):
+                self._ws.socket.shutdown(socket.SHUT_RDWR)
 
     def _close_source(self) -> None:
         with self._source_lock:  # the caller's close and the sender's end may both get here
@@ -234,11 +264,32 @@ class StreamSession:
             return self.open()
         if self._done:
             raise StopIteration
-        message = self._receive(self._wait)
+        message = self._receive(self._message_wait())
         if isinstance(message, StreamEnd):
             self.end = message
             self.close()
         return message
+
+    def _message_wait(self) -> float:
+        """``_wait``, less the time a send has been blocked (a send's bound is ``_wait`` too)."""
+        since = self._sending_since
+        if since is None:
+            return self._wait
+        left = since + self._wait - time.monotonic()
+        if left <= 0:
+            raise self._failed(self._stalled(since))
+        return left
+
+    def _stalled(self, since: float) -> str:
+        waited = f"{time.monotonic() - since:.1f} s to be sent (bound: {self._wait:g} s)"
+        return f"{self.url}: the server stopped reading the audio: a frame waited {waited}"
+
+    def _failed(self, why: str) -> ConnectionFailed:
+        """Close (at once when the sender is blocked in a send) and say ``why``."""
+        if self._sending_since is not None:
+            self._abort()
+        self.close()
+        return ConnectionFailed(why)
 
     def _receive(self, wait: float) -> StreamMessage:
         """The next message; a :class:`StreamError` (and the close after it) raised."""
@@ -246,23 +297,39 @@ class StreamSession:
         try:
             data = self._ws.recv(timeout=wait)
         except TimeoutError:
-            self.close()
-            raise ConnectionFailed(
-                f"{self.url}: no message from the server in {wait:g} s"
-            ) from None
+            since = self._sending_since
+            if since is not None and time.monotonic() - since >= self._wait - 0.01:
+                raise self._failed(self._stalled(since)) from None
+            raise self._failed(f"{self.url}: no message from the server in {wait:g} s") from None
         except ConnectionClosed as exc:
             self.close()
             if self._sender_error is not None:
                 raise self._sender_error from None
-            code = exc.rcvd.code if exc.rcvd is not None else 1006
-            reason = exc.rcvd.reason if exc.rcvd is not None else ""
-            why = _CLOSES.get(code, "the server closed the session before its end message")
-            raise StreamClosed(code, reason, why) from None
+            raise self._closed(exc) from None
         message = self._parse(data)
         if isinstance(message, StreamError):
             self.close()
             raise StreamClosed(message.code, message.reason, message.message)
         return message
+
+    def _closed(self, exc: ConnectionClosed) -> StreamClosed:
+        """Which side closed first says whose limit a 1009 was: one this client sent is its
+        own ``max_message_bytes``; one it received, the server's ``stream_max_frame_bytes``."""
+        sent, rcvd = exc.sent, exc.rcvd
+        if sent is not None and (rcvd is None or exc.rcvd_then_sent is False):
+            if sent.code == CloseCode.TOO_BIG:
+                why = (
+                    f"a message from the server was over this client's max_message_bytes "
+                    f"({self._max_message_bytes} bytes); raise max_message_bytes (a window's "
+                    "message grows with its adapters x top_k)"
+                )
+            else:
+                why = f"the client failed the connection: {sent.reason or 'no reason given'}"
+            return StreamClosed(sent.code, sent.reason, why, by="client")
+        code = rcvd.code if rcvd is not None else 1006
+        reason = rcvd.reason if rcvd is not None else ""
+        why = _CLOSES.get(code, "the server closed the session before its end message")
+        return StreamClosed(code, reason, why)
 
     def _parse(self, data: str | bytes) -> StreamMessage | StreamError:
         if isinstance(data, bytes):
@@ -300,17 +367,25 @@ class StreamSession:
                     break
                 if not source.live and self._stopping.wait(pacer.delay(sent + len(block))):
                     break
-                ws.send(f32le(block))
+                self._send(ws, f32le(block))
                 sent += len(block)
-            ws.send(_END)
+            self._send(ws, _END)
         except ConnectionClosed:
             return  # the receiving side reports why
         except Exception as exc:  # a thread boundary: the caller's thread raises it
             self._sender_error = exc
-            ws.close(CloseCode.NORMAL, "the client's audio source failed")
+            self._close_ws(ws, CloseCode.NORMAL, "the client's audio source failed")
         finally:
             if self._done:
                 self._close_source()
+
+    def _send(self, ws: ClientConnection, data: str | bytes) -> None:
+        """``ws.send``, timed: the receiving side ends a session whose send blocks too long."""
+        self._sending_since = time.monotonic()
+        try:
+            ws.send(data)
+        finally:
+            self._sending_since = None
 
 
 def stream(
@@ -344,13 +419,17 @@ def stream(
             the server's ``max_ahead_s`` allows (less ``AHEAD_MARGIN_S``). A device is never
             paced (it is real time itself).
         chunk_s: seconds of audio per binary frame (capped at the server's frame limit).
-        timeout: seconds to wait for a message beyond a full window and hop of audio.
+        timeout: seconds to wait for a message, or for a send of audio to go through,
+            beyond a full window and hop of audio.
         open_timeout, close_timeout: bounds of the opening and closing handshakes.
-        max_message_bytes: largest message read from the server.
+        max_message_bytes: largest message read from the server (over it: 1009, by the
+            client).
 
     Raises:
-        StreamClosed: the server closed the session with an error (code, reason, message).
-        ConnectionFailed: no server, a handshake refused, or no message within the timeout.
+        StreamClosed: the server closed the session with an error (code, reason, message), or
+            the client closed it with 1009 over ``max_message_bytes`` (``by="client"``).
+        ConnectionFailed: no server, a handshake refused, no message within the timeout, or a
+            server that stopped reading the audio (a send blocked as long).
         InvalidResponse: a message that is not the protocol's.
         ClientError: bad arguments (the opening message's own checks).
     """

@@ -2,7 +2,8 @@
 127.0.0.1, the service's own app and ``GET /stream``, the tiny backbone).
 
 A WAV file streamed unpaced (the server's ``stream_max_ahead_s`` raised) must yield exactly the
-windows :mod:`lookaside.stream_protocol`'s arithmetic implies for its length and the hop, each
+windows its length and the hop imply (counted by the stream tests' own arithmetic,
+``stream_support.expected_windows``, not by the functions the server cuts with), each
 scoring what ``POST /classify`` scores on the same samples cut offline (the file decoded by
 soundfile, written back as a float WAV); the command prints those windows; an unknown adapter
 closes the session with 4404 and the server's message.
@@ -27,17 +28,9 @@ import soundfile as sf
 from lookaside.client import ArraySource, Client, StreamClosed, file_source
 from lookaside.client.stream import main, stream
 from lookaside.features import FeatureConfig
-from lookaside.stream_protocol import (
-    StreamDropped,
-    StreamEnd,
-    StreamReady,
-    StreamWindow,
-    full_windows,
-    tail_window,
-    window_span,
-    window_start,
-)
+from lookaside.stream_protocol import StreamDropped, StreamEnd, StreamReady, StreamWindow
 from service.app import create_app
+from tests.integration.service.stream_support import expected_windows
 from tests.integration.service.svc_support import (
     LABELS,
     make_checkpoint,
@@ -88,18 +81,6 @@ def wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _expected_ranges(samples: int) -> list[tuple[int, int]]:
-    """Each window's (start, stop) from the protocol's arithmetic: full windows, then the tail."""
-    span = window_span(TARGET_FRAMES, RATE)
-    count = full_windows(samples, TARGET_FRAMES, HOP_FRAMES, RATE)
-    ranges = [
-        (window_start(k, HOP_FRAMES, RATE), window_start(k, HOP_FRAMES, RATE) + span)
-        for k in range(count)
-    ]
-    tail = tail_window(samples, TARGET_FRAMES, HOP_FRAMES, RATE)
-    return ranges + ([tail] if tail is not None else [])
-
-
 def _classify_offline(url: str, samples: np.ndarray) -> dict[str, float]:
     """``POST /classify`` of ``[frames, channels]`` float32 samples written as a float WAV."""
     buf = io.BytesIO()
@@ -131,8 +112,12 @@ def _stream_windows(url: str, wav: Path) -> tuple[list[StreamWindow], StreamRead
 def test_a_streamed_file_yields_the_windows_classify_scores(served: Served, wav: Path) -> None:
     samples, rate = sf.read(wav, dtype="float32", always_2d=True)
     assert rate == RATE
-    ranges = _expected_ranges(samples.shape[0])
-    assert len(ranges) >= 6
+    ranges = expected_windows(samples.shape[0], TARGET_FRAMES, HOP_FRAMES, RATE)
+    # by hand: 1295 ms = 28555 samples at 22.05 kHz, starts every 0.5 s = 11025 samples; the
+    # 96358 samples hold 7 full windows, then the tail from 77175
+    assert ranges[:2] == [(0, 28_555), (11_025, 39_580)]
+    assert ranges[-1] == (77_175, samples.shape[0]) == (77_175, 96_358)
+    assert len(ranges) == 8
     windows, ready, end = _stream_windows(served.url, wav)
     assert (ready.sample_rate, ready.channels, ready.format) == (RATE, 2, "f32")
     ((track,),) = [ready.tracks]
@@ -207,15 +192,13 @@ def test_a_device_streams_through_the_command(
     argv = ["--mic", "--mic-format", "lavfi", "--mic-device", device, "--mic-rate", "16000"]
     assert main([*argv, "--adapter", "speech", "--url", served.url, "--json"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    samples = 32_000
-    span = window_span(TARGET_FRAMES, 16_000)
-    assert full_windows(samples, TARGET_FRAMES, TARGET_FRAMES, 16_000) == 1
-    assert tail_window(samples, TARGET_FRAMES, TARGET_FRAMES, 16_000) == (20_480, samples)
+    cuts = expected_windows(32_000, TARGET_FRAMES, TARGET_FRAMES, 16_000)
+    assert cuts == [(0, 20_720), (20_480, 32_000)]  # 1.295 s, then the tail from 1.28 s
     assert [line["type"] for line in lines] == ["ready", "window", "window", "end"]
     assert lines[0]["sample_rate"] == 16_000
     assert lines[-1]["seconds"] == pytest.approx(2.0)
     times = [t for w in lines[1:3] for t in (w["start_s"], w["end_s"])]
-    assert times == pytest.approx([0.0, span / 16_000, 1.28, 2.0])
+    assert times == pytest.approx([t / 16_000 for cut in cuts for t in cut], abs=1e-6)
 
 
 def test_an_unpaced_stream_stays_within_the_servers_ahead_bound(tmp_path: Path) -> None:

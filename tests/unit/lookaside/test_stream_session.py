@@ -7,12 +7,17 @@ tests/integration/test_client_stream.py."""
 from __future__ import annotations
 
 import json
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -128,14 +133,18 @@ def _answers(ws: ServerConnection, seen: Seen) -> None:
 
 
 @contextmanager
-def scripted(script: Callable[[ServerConnection, Seen], None]) -> Iterator[tuple[str, Seen]]:
+def scripted(
+    script: Callable[[ServerConnection, Seen], None], **serving: Any
+) -> Iterator[tuple[str, Seen]]:
     seen = Seen()
 
     def handler(ws: ServerConnection) -> None:
         with suppress(ConnectionClosed):
             script(ws, seen)
 
-    with serve(handler, "127.0.0.1", 0, compression=None) as server:
+    if "sock" not in serving:
+        serving.update(host="127.0.0.1", port=0)
+    with serve(handler, compression=None, **serving) as server:
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         try:
@@ -256,6 +265,153 @@ def test_a_silent_server_times_out() -> None:
 
     with scripted(silent) as (url, _), pytest.raises(ConnectionFailed, match="no message"):
         list(stream(url, ArraySource(_stereo(0.2), 8000), "speech", timeout=0.3))
+
+
+# -- a server that stops reading: every wait still ends -----------------------------------------
+@contextmanager
+def never_reading() -> Iterator[str]:
+    """A server that answers ready and never reads again: a 4 kB receive buffer and a
+    one-message queue, so the client's TCP window shuts and its ``sendall`` blocks (as in
+    ``websockets.sync``: under the connection's lock, without a timeout)."""
+    released = threading.Event()
+
+    def script(ws: ServerConnection, seen: Seen) -> None:
+        ws.recv(timeout=10)
+        ws.send(_ready())
+        released.wait(60)
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # accepted sockets inherit it
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    serving = {"sock": listener, "max_queue": 1, "ping_interval": None, "close_timeout": 1}
+    with listener, scripted(script, **serving) as (url, _):
+        try:
+            yield url
+        finally:
+            released.set()  # before the server's shutdown waits for its handler
+
+
+def _in_thread(work: Callable[[], object], bound: float) -> object:
+    """``work()``'s result or exception, failing the test if it has not returned in ``bound``
+    seconds (a client stuck for good must fail the test, not hang it)."""
+    box: list[object] = []
+
+    def run() -> None:
+        try:
+            box.append(work())
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            box.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(bound)
+    assert not thread.is_alive(), f"still blocked after {bound} s"
+    return box[0]
+
+
+def _long_source() -> ArraySource:
+    return ArraySource(_stereo(120.0), 8000)  # 7.7 MB: far more than the socket buffers hold
+
+
+def test_a_server_that_stops_reading_ends_the_session_within_its_bounds() -> None:
+    """The send blocks; the session gives up when the send has waited its bound (``timeout``
+    plus the ready's window and hop: 1.2 s), with an error that says so, and returns."""
+    with never_reading() as url:
+        session = stream(url, _long_source(), "speech", realtime=False, timeout=1.0,
+                         close_timeout=1.0, chunk_s=1.0)  # fmt: skip
+        started = time.monotonic()
+        got = _in_thread(lambda: list(session), 15.0)
+        took = time.monotonic() - started
+    assert isinstance(got, ConnectionFailed), got
+    assert "the server stopped reading the audio" in str(got)
+    assert 1.2 <= took < 6.0  # the bound, plus the close (shut down at once: no lock to wait)
+
+
+def test_closing_is_bounded_while_a_send_is_blocked() -> None:
+    """Leaving the ``with`` block while the sender is blocked (a long ``timeout``: the send's
+    own bound is far away) closes within ``close_timeout`` and a margin."""
+
+    def open_then_leave() -> float:
+        with stream(url, _long_source(), "speech", realtime=False, timeout=60.0,
+                    close_timeout=1.0, chunk_s=1.0) as session:  # fmt: skip
+            assert isinstance(next(session), StreamReady)
+            time.sleep(1.0)  # the buffers fill in milliseconds
+            leaving = time.monotonic()
+        return time.monotonic() - leaving
+
+    with never_reading() as url:
+        took = _in_thread(open_then_leave, 20.0)
+    assert isinstance(took, float), took
+    assert took < 4.0
+
+
+def test_a_second_ctrl_c_quits_the_command_while_a_send_is_blocked(tmp_path: Path) -> None:
+    """The command against a server that stopped reading: the first Ctrl-C asks for ``end``
+    (which cannot be sent), the second quits at once with 130."""
+    path = tmp_path / "long.wav"
+    sf.write(path, _stereo(120.0).T, 8000, subtype="FLOAT")
+    with never_reading() as url:
+        argv = [str(path), "--adapter", "speech", "--url", url, "--json", "--no-realtime"]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lookaside.client.stream", *argv, "--timeout", "60"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).parents[3],
+        )
+        try:
+            assert proc.stdout is not None
+            assert json.loads(proc.stdout.readline())["type"] == "ready"
+            time.sleep(1.0)
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.5)
+            started = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=20)
+            took = time.monotonic() - started
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+    assert proc.returncode == 130, err
+    assert "stopping: sending end" in err
+    assert "interrupted" in err
+    assert took < 3.0
+
+
+# -- 1009: whose limit ------------------------------------------------------------------------
+def test_a_message_over_max_message_bytes_names_the_clients_limit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def big(ws: ServerConnection, seen: Seen) -> None:
+        ws.recv(timeout=10)
+        ws.send(_ready())
+        labels = [{"label": f"label-{i:04d}", "score": 0.001} for i in range(200)]
+        window = json.loads(_window(0))
+        window["results"][0]["labels"] = labels
+        ws.send(json.dumps(window))  # about 8 kB
+        while True:  # reads the audio until the client closes
+            ws.recv(timeout=10)
+
+    with scripted(big) as (url, _), pytest.raises(StreamClosed) as info:
+        list(stream(url, ArraySource(_stereo(0.2), 8000), "speech", max_message_bytes=4000))
+    assert (info.value.code, info.value.by) == (1009, "client")
+    assert "max_message_bytes (4000 bytes)" in info.value.message
+    assert "stream_max_frame_bytes" not in str(info.value)
+    assert str(info.value).startswith("the client closed the stream with 1009")
+    with scripted(big) as (url, _):
+        argv = [str(_wav(tmp_path)), "--adapter", "speech", "--url", url]
+        assert main([*argv, "--max-message-bytes", "4000"]) == 1
+    assert "over this client's max_message_bytes (4000 bytes)" in capsys.readouterr().err
+
+
+def test_a_1009_from_the_server_names_its_frame_limit() -> None:
+    with scripted(_refuse(1009, False)) as (url, _), pytest.raises(StreamClosed) as info:
+        list(stream(url, ArraySource(_stereo(1.0), 8000), "speech", max_message_bytes=4000))
+    assert (info.value.code, info.value.by) == (1009, "server")
+    assert "stream_max_frame_bytes" in info.value.message
+    assert "max_message_bytes" not in info.value.message
 
 
 def test_a_message_outside_the_protocol_is_refused() -> None:
