@@ -71,15 +71,17 @@ _FRAME_LENGTH_MS = 25
 
 
 class CloseCode(IntEnum):
-    """WebSocket close codes of a session. Before closing with a code of 4000 or more the server
-    sends :class:`StreamError` with the same ``code`` and a sentence saying what to change."""
+    """WebSocket close codes of a session. Before every close but 1000 and 1001 the server sends
+    :class:`StreamError` with the same ``code``, the reason slug and a sentence saying what to
+    change (docs/streaming.md lists every reason)."""
 
     NORMAL = 1000
     """The client sent ``end``; every window was answered."""
     GOING_AWAY = 1001
     """The server is shutting down (reconnect, to another replica if there is one)."""
     TOO_BIG = 1009
-    """One frame over ``stream_max_frame_bytes`` (closed by the WebSocket layer itself)."""
+    """One message over ``stream_max_frame_bytes`` (``frame_too_big``; under uvicorn the
+    WebSocket layer may close first, without the error message)."""
     INTERNAL = 1011
     """A server error (the log has the trace)."""
     BAD_REQUEST = 4400
@@ -88,7 +90,9 @@ class CloseCode(IntEnum):
     NOT_FOUND = 4404
     """An adapter or version that does not exist (or was deleted while pinned)."""
     IDLE = 4408
-    """No frame for ``stream_idle_timeout_s`` (or no opening message within it)."""
+    """No opening message within ``stream_open_timeout_s``, no frame for
+    ``stream_idle_timeout_s`` (``idle``), or audio arriving so much slower than real time that it
+    falls ``stream_idle_timeout_s`` behind (``starved``)."""
     TOO_LONG = 4413
     """The session sent more than ``stream_max_seconds`` of audio."""
     UNSUPPORTED = 4415
@@ -98,9 +102,9 @@ class CloseCode(IntEnum):
     AHEAD_OF_REAL_TIME = 4430
     """The client sent audio faster than real time by more than ``stream_max_ahead_s``."""
     NOT_READING = 4431
-    """More than ``stream_max_unsent`` answered windows waited for the client to read them. The
-    error and close frame are sent with a short bound: a client that does not read may see only
-    the connection drop (1006)."""
+    """More than ``stream_max_unsent`` answered windows (or ``stream_max_unsent_bytes`` of
+    messages) waited for the client to read them. The error and close frame are sent with a short
+    bound: a client that does not read may see only the connection drop (1006)."""
     NOT_READY = 4503
     """The server is not ready (starting, or the engine is stalled)."""
 
@@ -155,12 +159,16 @@ class StreamTrack(BaseModel):
 
 
 class StreamLimits(BaseModel):
+    """The server's ``stream_*`` settings, as the session is held to them."""
+
     max_seconds: float
     idle_timeout_s: float
     max_ahead_s: float
     max_frame_bytes: int
     max_pending_windows: int
     max_unsent: int
+    max_unsent_bytes: int | None = None
+    max_sample_rate: int | None = None
 
 
 class StreamReady(BaseModel):
@@ -222,7 +230,8 @@ class StreamEnd(BaseModel):
 class StreamError(BaseModel):
     type: Literal["error"] = "error"
     code: int
-    """The close code that follows (:class:`CloseCode`)."""
+    """The close code that follows (:class:`CloseCode`; sent before every close but 1000 and
+    1001)."""
     reason: str
     """A slug (``ahead_of_real_time``, ``idle``, ...), also the close frame's reason."""
     message: str

@@ -195,6 +195,8 @@ def ready_message(
             max_frame_bytes=settings.stream_max_frame_bytes,
             max_pending_windows=settings.stream_max_pending_windows,
             max_unsent=settings.stream_max_unsent,
+            max_unsent_bytes=settings.stream_max_unsent_bytes,
+            max_sample_rate=settings.stream_max_sample_rate,
         ),
     )
 
