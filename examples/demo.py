@@ -268,6 +268,10 @@ def _run(work: Path, preferred_port: int, exit_after_requests: bool) -> int:
         demo_requests(url)
         print(f"\nLookaside is serving at {url}  (web page: {url}/ , API docs: {url}/docs)")
         print(f"The page offers {len(EXAMPLES)} example clips from {examples}.")
+        print(
+            "Live: the page's Live tab streams your microphone; from a terminal, "
+            f"lookaside-stream {examples / 'hum.wav'} --adapter tones,noises --url {url}"
+        )
         if "LOOKASIDE_ADMIN_TOKEN" not in os.environ:
             print(f"Admin token for this run: {token}")
         if exit_after_requests:

@@ -17,6 +17,7 @@ from pathlib import Path
 import soundfile as sf
 
 from examples.demo import EXAMPLES, TASKS
+from lookaside.client.stream import build_parser
 from training.cli import parser
 from training.cli_common import train_args_of
 
@@ -72,6 +73,13 @@ def _check_printed_commands(out: str) -> None:
         args = train_args_of(ns)
         assert args.backbone == "random:test_vit"
     assert any(argv[1:4] == ["-m", "training", "push"] for argv in commands)
+    live = [line.split("from a terminal, ", 1)[1] for line in out.splitlines() if "Live:" in line]
+    assert len(live) == 1, out
+    argv = shlex.split(live[0])
+    assert argv[0] == "lookaside-stream"
+    ns = build_parser().parse_args(argv[1:])
+    assert Path(ns.file).is_file(), ns
+    assert ns.adapter == [",".join(TASKS)], ns
 
 
 def _ctrl_c(work: Path) -> tuple[int, str]:
