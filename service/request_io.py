@@ -110,7 +110,11 @@ async def in_pool(pool: Any, fn: Callable[[], T], *, deadline: float | None = No
     if deadline is None:
         return await result
     try:
-        return await asyncio.wait_for(result, max(deadline - time.monotonic(), 0.0))
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+        # lands as the result arrives (a client gone at that moment would leave the request
+        # running on)
+        async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+            return await result
     except TimeoutError:
         raise RequestTimeout(TIMEOUT_MESSAGE) from None
 
@@ -118,6 +122,7 @@ async def in_pool(pool: Any, fn: Callable[[], T], *, deadline: float | None = No
 async def gather(futures: list[Future[Tensor]], timeout: float) -> list[Tensor]:
     wrapped = [asyncio.wrap_future(f) for f in futures]
     try:
-        return list(await asyncio.wait_for(asyncio.gather(*wrapped), max(timeout, 0.0)))
+        async with asyncio.timeout(max(timeout, 0.0)):  # not wait_for: see in_pool
+            return list(await asyncio.gather(*wrapped))
     except TimeoutError:
         raise RequestTimeout(TIMEOUT_MESSAGE) from None
