@@ -167,12 +167,15 @@ def test_live_windows_arrive_with_the_adapters_labels_and_stop_releases_everythi
     # The page's opening message, and its labels and scores are the library's on the very
     # samples it sent (each window cut offline as the protocol says).
     opening = sent.texts[0]
-    assert {k: opening[k] for k in ("adapters", "format", "channels", "top_k", "hop_s")} == {
+    assert {
+        k: opening[k] for k in ("adapters", "format", "channels", "top_k", "hop_s", "follow")
+    } == {
         "adapters": ["words"],
         "format": "f32",
         "channels": 1,
         "top_k": 3,
         "hop_s": HOP_S,
+        "follow": False,  # pinned unless the box is ticked
     }
     assert sent.texts[-1] == {"type": "end"}
     rate = int(opening["sample_rate"])
@@ -247,3 +250,16 @@ def test_a_hop_outside_the_bounds_is_refused_before_the_microphone(page: Page) -
     expect(page.locator("#live-error")).to_contain_text("The hop must be a number of seconds")
     assert page.evaluate("window.__gum") == 0
     assert opened == []
+
+
+def test_follow_the_active_version_is_asked_for_when_ticked(page: Page) -> None:
+    from playwright.sync_api import expect
+
+    sent = Sent()
+    page.on("websocket", sent.watch)
+    page.get_by_label("Follow the active version").check()
+    page.get_by_role("button", name="Start listening").click()
+    expect(page.locator("#live-tracks")).to_contain_text("words@1")
+    page.get_by_role("button", name="Stop listening").click()
+    expect(page.locator("#live-status")).to_contain_text("Stopped:")
+    assert sent.texts[0]["follow"] is True

@@ -311,7 +311,7 @@ async function startLive(event) {
   if (!navigator.mediaDevices || !window.AudioWorkletNode) {
     return showError(errorBox, "This browser cannot stream the microphone here (it needs https, or http://localhost, and AudioWorklet).");
   }
-  const open = { adapters, format: "f32", channels: 1, top_k: Math.max(1, Math.min(10, Number($("#live-top-k").value) || 3)) };
+  const open = { adapters, format: "f32", channels: 1, follow: $("#live-follow").checked, top_k: Math.max(1, Math.min(10, Number($("#live-top-k").value) || 3)) };
   const hop = hopSeconds();
   if (Number.isNaN(hop) || (hop !== null && !(hop > 0 && hop <= 60))) {
     return showError(errorBox, "The hop must be a number of seconds between 0 and 60 (e.g. 0.5), or empty for each adapter's own hop.");
