@@ -16,7 +16,7 @@ let progress = null;
 let spectrogramDuration = null; // seconds of the clip as the page decoded it, or null
 
 function chosenAdapters() {
-  return [...document.querySelectorAll('input[name="adapter"]:checked')].map((i) => i.value);
+  return checkedValues("adapter");
 }
 
 function topK() {
@@ -27,10 +27,16 @@ export function refreshSnippet() {
   updateSnippet({ adapters: chosenAdapters(), topK: topK(), fileName: currentClip()?.name });
 }
 
-export async function loadAdapterChoices() {
-  const box = $("#adapter-choices");
+/** The checked values of the checkboxes named ``name``. */
+export function checkedValues(name) {
+  return [...document.querySelectorAll(`input[name="${name}"]:checked`)].map((i) => i.value);
+}
+
+/** Fill ``box`` with one checkbox per audio adapter (named ``name``, ids ``<prefix><adapter>``),
+ * keeping what was checked, else checking the first; ``onChange`` runs when one is toggled. */
+export async function renderAudioChoices(box, name, prefix, onChange = null) {
   try {
-    const keep = new Set(chosenAdapters());
+    const keep = new Set(checkedValues(name));
     const adapters = (await fetchAdapters()).filter((a) => !isAudioVisual(a));
     box.replaceChildren();
     if (!adapters.length) {
@@ -39,10 +45,10 @@ export async function loadAdapterChoices() {
     }
     const kept = adapters.some((a) => keep.has(a.name)); // else the first one is picked
     adapters.forEach((a, i) => {
-      const id = `choice-${a.name}`;
-      const input = el("input", { type: "checkbox", id, name: "adapter", value: a.name });
+      const id = `${prefix}${a.name}`;
+      const input = el("input", { type: "checkbox", id, name, value: a.name });
       input.checked = kept ? keep.has(a.name) : i === 0;
-      input.addEventListener("change", refreshSnippet);
+      if (onChange) input.addEventListener("change", onChange);
       const label = el("label", { for: id }, input, `${a.name}`);
       if (a.active != null) label.append(el("small", { text: ` v${a.active}` }));
       box.append(label);
@@ -50,10 +56,15 @@ export async function loadAdapterChoices() {
   } catch (err) {
     box.textContent = `Could not list adapters: ${err.message}`;
   }
+}
+
+export async function loadAdapterChoices() {
+  await renderAudioChoices($("#adapter-choices"), "adapter", "choice-", refreshSnippet);
   refreshSnippet();
 }
 
-function bars(labels) {
+/** Score bars of ``labels`` ({label, score}), as both views show them. */
+export function bars(labels) {
   const list = el("ul", { class: "bars" });
   for (const { label, score } of labels) {
     const fill = el("span");

@@ -3,8 +3,7 @@
 // -> ~100 ms binary f32 frames -> one message per window back, shown newest first with the lag.
 // The microphone is asked for only when Start is pressed; Stop or any close releases it.
 import { $, el, showError } from "./dom.js";
-import { fetchAdapters } from "./api.js";
-import { isAudioVisual } from "./classify.js";
+import { bars, checkedValues, renderAudioChoices } from "./classify.js";
 
 const BATCH_S = 0.1; // seconds of audio per WebSocket frame
 const MAX_ROWS = 200; // windows kept in the timeline (older ones leave the page)
@@ -27,51 +26,18 @@ let choicesLoaded = false;
 const fmtS = (s) => `${s.toFixed(2)} s`;
 
 function chosenAdapters() {
-  return [...document.querySelectorAll('input[name="live-adapter"]:checked')].map((i) => i.value);
+  return checkedValues("live-adapter");
 }
 
 /** The audio adapters to pick from (loaded when the Live view is first opened). */
 export async function loadLiveChoices() {
-  const box = $("#live-choices");
   choicesLoaded = true;
-  try {
-    const keep = new Set(chosenAdapters());
-    const adapters = (await fetchAdapters()).filter((a) => !isAudioVisual(a));
-    box.replaceChildren();
-    if (!adapters.length) {
-      box.textContent = "No audio adapters in the store yet: upload one in the Adapters view.";
-      return;
-    }
-    const kept = adapters.some((a) => keep.has(a.name));
-    adapters.forEach((a, i) => {
-      const id = `live-choice-${a.name}`;
-      const input = el("input", { type: "checkbox", id, name: "live-adapter", value: a.name });
-      input.checked = kept ? keep.has(a.name) : i === 0;
-      const label = el("label", { for: id }, input, a.name);
-      if (a.active != null) label.append(el("small", { text: ` v${a.active}` }));
-      box.append(label);
-    });
-  } catch (err) {
-    box.textContent = `Could not list adapters: ${err.message}`;
-  }
+  await renderAudioChoices($("#live-choices"), "live-adapter", "live-choice-");
 }
 
 /** After an adapter changed in the Adapters view: reload the picker if it was shown. */
 export function refreshLiveChoices() {
   return choicesLoaded ? loadLiveChoices() : Promise.resolve();
-}
-
-function bars(labels) {
-  const list = el("ul", { class: "bars" });
-  for (const { label, score } of labels) {
-    const fill = el("span");
-    fill.style.width = `${Math.max(0, Math.min(1, score)) * 100}%`;
-    list.append(el("li", {},
-      el("span", { class: "label", text: label }),
-      el("span", { class: "bar", role: "img", "aria-label": `${label} ${(score * 100).toFixed(1)} percent` }, fill),
-      el("span", { class: "score", text: score.toFixed(3) })));
-  }
-  return list;
 }
 
 function addRow(row) {
