@@ -11,12 +11,13 @@ Threads and what they own (nothing else touches these objects):
   a checkpoint, then call :meth:`Engine.load_adapter` and wait on its future, bounded.
 - **engine worker** (this module, one thread named ``lookaside-engine``): the backbone, the
   :class:`~lookaside.bank.AdapterBank` and the :class:`~lookaside.model.MultiAdapterModel`.
-  It alternates between applying pending bank commands (:meth:`Engine.call`: reserve / publish /
-  abort / unload / grow) and running one batch that :mod:`service.engine.batcher` formed, so a slot
-  is never written while a batch reads it and a stack never grows under a batch.
-- **engine loader** (``lookaside-loader``, one thread, :mod:`service.engine.loads`): runs each
-  adapter load top to bottom, one at a time: reserve (worker) -> copy the tensors into the slot
-  while batches keep running -> publish (worker).
+  It alternates between applying pending bank commands (:meth:`Engine.call`: a whole load, or
+  reserve / publish / abort / unload / grow) and running one batch that
+  :mod:`service.engine.batcher` formed, so a slot is never written while a batch reads it and a
+  stack never grows under a batch.
+- **engine loader** (``lookaside-loader``, one thread, :mod:`service.engine.loads`): only loads
+  of large adapters on CUDA: reserve (worker) -> copy into the slot while batches keep running ->
+  publish (worker). Every other load is one worker command (:mod:`service.engine.loads`).
 - **watchdog** (:mod:`service.engine.watchdog`, a daemon thread named ``lookaside-watchdog``): owns
   nothing of the model; it watches every forward, bank command and adapter copy, and when one
   runs longer than ``stall_s`` it logs the batch (adapters, request ids, rows) at ERROR, sets the
@@ -53,14 +54,13 @@ from lookaside.model import FeatureRunner, MultiAdapterModel
 from lookaside.tasks import AV_EVENTS, CLIP, Inputs, TaskKind
 from service.engine.batcher import Batcher, Job, Slice, deliver, describe, fail, row_tokens
 from service.engine.forward import forward_batch
-from service.engine.loads import EngineLoads
+from service.engine.loads import EngineLoads, Loadable
 from service.engine.watchdog import Activity, EngineHealth, Watchdog
 from service.errors import EngineFailure, NotReady, OverBudget
 from service.metrics import ServiceMetrics
 
 if TYPE_CHECKING:
     from lookaside.backbone import VisionTransformer
-    from lookaside.checkpoint import AdapterCheckpoint
 
 __all__ = ["Engine", "EngineHealth", "OverBudget"]
 
@@ -181,8 +181,12 @@ class Engine:
         return len(self.batcher)
 
     def health(self) -> EngineHealth:
-        """Stalled (not ready) or dead (liveness fails), and why (the watchdog's view)."""
-        return self.watchdog.health()
+        """Stalled (not ready) or dead (liveness fails), and why (the watchdog's view). Once dead,
+        loads not applied yet fail (callers waiting on them give up now: never applied later)."""
+        health = self.watchdog.health()
+        if health.dead:
+            self._loads.give_up(f"the engine is stuck ({health.reason})", "engine_stalled")
+        return health
 
     # -- requests -------------------------------------------------------------------------------
     def submit(
@@ -267,15 +271,14 @@ class Engine:
             self._apply_commands()
         return fut
 
-    def load_adapter(
-        self, checkpoint: AdapterCheckpoint, adapter_id: str | None = None
-    ) -> Future[None]:
-        """Load a checkpoint into the bank as ``adapter_id`` (default ``name@version``).
+    def load_adapter(self, checkpoint: Loadable, adapter_id: str | None = None) -> Future[None]:
+        """Load a checkpoint into the bank as ``adapter_id`` (default ``name@version``); the
+        future completes once it is published.
 
-        The load runs top to bottom on the engine's loader thread (:mod:`service.engine.loads`):
-        reserve a slot on the worker between batches (a full stack grows there) -> copy the
-        tensors on the loader thread while batches keep running -> publish on the worker between
-        batches. A :class:`~lookaside.checkpoint.ValidatedCheckpoint` (from ``load_checkpoint`` /
+        One worker command at the next batch boundary reserves a slot (a full stack grows there),
+        copies the tensors and publishes; on CUDA an adapter over ``INLINE_COPY_BYTES`` copies on
+        the loader thread between a reserve and a publish command (:mod:`service.engine.loads`).
+        A :class:`~lookaside.checkpoint.ValidatedCheckpoint` (from ``load_checkpoint`` /
         ``validate_checkpoint_bytes``) skips the bank's finite scan; names and shapes are always
         checked. A failure at any step gives the slot back and fails the returned future only.
         """
