@@ -1,9 +1,13 @@
 """The one request pipeline behind ``POST /classify`` and ``POST /av-event``.
 
-:func:`run` does, for every media route, in this order: acquire a lease on each adapter named
-(a load on demand counts against the request's deadline) -> let the task kind refuse an adapter
+:func:`run` does, for every media route, in this order: resolve each adapter named to a stored
+version (its manifest from the store's in-memory index) and start acquiring a lease on each (a
+load on demand counts against the request's deadline) -> let the task kind refuse an adapter
 that does not serve it -> decode and featurise once in the featurize pool (a bad upload fails
-here, alone) -> submit one engine job per row group -> wait for every result within the deadline.
+here, alone), *while* the adapters load -> wait for the leases -> submit one engine job per row
+group -> wait for every result within the deadline. So a cold adapter's load overlaps the
+request's own featurising, and its rows reach the batcher only once it is published: they never
+hold back other adapters' rows.
 On every path out (answer, error, timeout, client gone) it cancels what is still queued and
 releases the leases. What differs per route is a :class:`Media` object: how its upload becomes
 the task kind's inputs, and what to answer.
@@ -15,6 +19,8 @@ nothing here touches the engine's objects (jobs are handed over through
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -25,15 +31,23 @@ from fastapi import Request
 from torch import Tensor
 
 from lookaside.checkpoint import AdapterManifest
+from lookaside.errors import InvalidCheckpoint
 from lookaside.tasks import Inputs, TaskKind
 from service.backend import Adapters, Jobs
 from service.deps import AppState
+from service.errors import AdapterUnavailable
 from service.logging import SCOPE_KEY
-from service.registry import Lease
+from service.registry import Lease, adapter_id
+from service.registry.refs import resolve_stored
 from service.request_io import gather, in_pool
+from service.store import AdapterStore
+
+log = logging.getLogger("service.pipeline")
 
 ADAPTERS_KEY = "lookaside.adapters"
 """Scope key of the adapter names a request resolved (the metrics middleware labels by them)."""
+TIERS_KEY = "lookaside.tiers"
+"""Scope key of where each adapter was found (``device``, ``host``, ``disk``), in order."""
 
 
 class Media(Protocol):
@@ -80,18 +94,34 @@ async def run(
     leases: list[Lease] = []
     futures: list[Future[Tensor]] = []
     counts: list[int] = []
+    acquiring: list[asyncio.Task[Lease]] = []
     try:
-        for ref in refs:
+        manifests = [_stored_manifest(registry.store, ref) for ref in refs]
+        request.scope[ADAPTERS_KEY] = [m.name for m in manifests]
+        for manifest in manifests:
+            media.refuse(manifest)
+        for manifest in manifests:
             # a load on demand counts against the request's timeout (504; the load goes on)
-            leases.append(await registry.acquire(ref, timeout=deadline - time.monotonic()))
-        request.scope[ADAPTERS_KEY] = [lease.manifest.name for lease in leases]
-        for lease in leases:
-            media.refuse(lease.manifest)
-        manifests = [lease.manifest for lease in leases]
+            acquiring.append(
+                asyncio.ensure_future(
+                    registry.acquire(
+                        adapter_id(manifest.name, manifest.version),
+                        timeout=deadline - time.monotonic(),
+                    )
+                )
+            )
         seconds = await in_pool(
             state.featurize_pool, lambda: media.featurize(manifests), deadline=deadline
         )
         state.metrics.safe(lambda: state.metrics.featurize.observe(seconds))
+        for task in acquiring:
+            leases.append(await task)
+        request.scope[TIERS_KEY] = [lease.tier for lease in leases]
+        log.debug(
+            "request %s: %s",
+            request_id,
+            ", ".join(f"{lease.adapter_id} ({lease.tier})" for lease in leases),
+        )
         for lease in leases:
             jobs = media.inputs(lease.manifest)
             counts.append(len(jobs))
@@ -109,6 +139,7 @@ async def run(
     finally:
         for fut in futures:
             fut.cancel()  # no-op once running or done; drops rows of an abandoned request
+        _abandon(acquiring, leases)
         for lease in leases:
             lease.release()
     per_lease: list[list[Tensor]] = []
@@ -117,3 +148,32 @@ async def run(
         per_lease.append(outputs[start : start + count])
         start += count
     return Served(request_id, leases, per_lease)
+
+
+def _stored_manifest(store: AdapterStore, ref: str) -> AdapterManifest:
+    """The manifest of the version ``ref`` names, from the store's index (O(1), no disk): 404
+    lists what exists; a manifest that does not parse is a 503, as its load would be."""
+    name, version = resolve_stored(store, ref)
+    try:
+        return store.manifest(name, version)
+    except InvalidCheckpoint as exc:
+        raise AdapterUnavailable(
+            f"adapter {adapter_id(name, version)} could not be loaded: {exc}"
+        ) from exc
+
+
+def _abandon(acquiring: Sequence[asyncio.Task[Lease]], taken: Sequence[Lease]) -> None:
+    """Cancel the acquisitions still waiting (each gives its lease back itself) and release the
+    leases acquired but not yet in ``taken`` (a failure or a timeout before they were awaited)."""
+    for task in acquiring:
+        if not task.done():
+            task.cancel()
+            task.add_done_callback(_retrieve)
+        elif not task.cancelled() and task.exception() is None and task.result() not in taken:
+            task.result().release()
+
+
+def _retrieve(task: asyncio.Task[Lease]) -> None:
+    """Consume a cancelled acquisition's outcome: a lease it got after all goes back at once."""
+    if not task.cancelled() and task.exception() is None:
+        task.result().release()

@@ -96,6 +96,7 @@ class ModelReplica:
 
         self._resident = serve.multiplexed(
             max_num_models_per_replica=settings.max_resident_adapters
+            or settings.ray_adapters_per_replica
         )(hold)
         loop = asyncio.get_running_loop()
         self._watcher = StoreWatcher(

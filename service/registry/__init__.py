@@ -2,7 +2,13 @@
 
 vLLM's ``LoRAModelManager`` role: resolves what a request names (``esc50``: the store's
 active version; ``esc50@3``: that version) to a bank adapter id ``"esc50@3"``, loads it on demand,
-and keeps at most ``resident_limit`` versions resident, evicting the least recently used one.
+and keeps what is resident within the device tier's budget in bytes (and an optional count),
+evicting in the eviction policy's order (:mod:`service.residency`).
+
+Tiers (docs/many-adapters.md): the **device** tier is the bank (what batches read); below it the
+**host** tier (:class:`~service.tiers.host_cache.HostCache`) keeps validated, packed adapters in
+host memory (pinned on CUDA) within its own byte budget, so a reload is one copy with no disk
+read and no validation; below that, the store on disk.
 
 Rules:
 
@@ -12,15 +18,17 @@ Rules:
   (:mod:`service.registry.leases`).
 - Load on demand: a request for a non-resident version waits for its load, at most its remaining
   request time (then 504; the load goes on for later requests); requests for other adapters keep
-  flowing. Reading and validating the checkpoint (disk, sha256, header, host tensors) runs on the
-  registry's loader threads; the engine then copies the host tensors into a free slot between
-  batches (``engine.load_adapter``).
+  flowing (the request featurizes meanwhile: :mod:`service.pipeline`). Reading and validating the
+  checkpoint (disk, sha256, header, host tensors) runs on the registry's loader threads
+  (``max_loading_adapters``); the engine then copies the packed adapter into a free slot at the
+  next batch boundary (``engine.load_adapter``). At most ``max_pending_loads`` loads are in
+  progress; past that a request for another cold version gets 503 at once.
 - Validate once: an upload activated at once (``upload(..., activate=True)``) is loaded from the
   :class:`AdapterCheckpoint` the store validated in memory, not read back and validated again,
   and the bank skips its own finite scan for every checkpoint handed over here (each is a
   :class:`~lookaside.checkpoint.ValidatedCheckpoint` from ``store.put`` or ``store.load``).
-- What stays resident (the resident limit, a full stack, pins) is decided by one policy,
-  :mod:`service.residency`.
+- What stays resident (the device budget, a full stack, pins) is decided by one policy,
+  :mod:`service.residency`. A deleted version is dropped from the host tier too.
 - Hot swap (:meth:`activate`): the new version is loaded first, then the store's pointer flips.
   The previous version stays resident (idle, so first in line for eviction) until evicted.
 - States per version (:mod:`service.registry.active`): ``unloaded`` | ``loading`` | ``ready`` |
@@ -59,6 +67,7 @@ from collections.abc import Iterable
 from concurrent.futures import Future
 
 from lookaside.backbone import VisionTransformer
+from lookaside.bank.packed import PackedAdapter
 from lookaside.checkpoint import AdapterCheckpoint, AdapterManifest
 from lookaside.errors import AdapterNotFound, ConfigError
 from service.backend import store_and_activate
@@ -67,15 +76,19 @@ from service.registry.active import (
     ActiveMap,
     AdapterUnavailable,
     EngineAdapters,
+    Entry,
     RegistryEvents,
     RegistryStats,
     VersionStatus,
 )
 from service.registry.leases import Lease
 from service.registry.loader import RegistryLoader
+from service.registry.packing import AdapterPacking
 from service.registry.refs import adapter_id, parse_ref, resolve_stored
 from service.residency import AdapterState, Residency
 from service.store import AdapterStore, PutResult
+from service.tiers.host_cache import HostCache, TierStats
+from service.tiers.policy import make_policy
 
 __all__ = [
     "AdapterState",
@@ -102,23 +115,47 @@ class AdapterRegistry:
         engine: EngineAdapters,
         *,
         backbone: VisionTransformer,
-        resident_limit: int,
+        resident_limit: int | None = None,
+        device_budget_bytes: int | None = None,
+        policy: str = "lru",
+        host: HostCache[PackedAdapter] | None = None,
+        packing: AdapterPacking | None = None,
         pinned: Iterable[str] = (),
         events: RegistryEvents | None = None,
         loader_threads: int = 2,
+        max_pending_loads: int | None = None,
     ) -> None:
         self.store = store
         self.engine = engine
         self.backbone = backbone
-        self.residency = Residency(resident_limit, pinned, store.active)
+        self.residency = Residency(
+            pinned,
+            store.active,
+            budget_bytes=device_budget_bytes,
+            count_limit=resident_limit,
+            policy=make_policy(policy, device_budget_bytes or 0),
+        )
+        self._packing = packing
         self._active = ActiveMap(engine, self.residency, events)
         self._loader = RegistryLoader(
-            store, engine, self._active, backbone=backbone, threads=loader_threads
+            store,
+            engine,
+            self._active,
+            backbone=backbone,
+            threads=loader_threads,
+            max_pending=max_pending_loads,
+            host=host,
+            packing=packing,
         )
 
     @property
-    def resident_limit(self) -> int:
-        return self.residency.resident_limit
+    def resident_limit(self) -> int | None:
+        return self.residency.count_limit
+
+    @property
+    def host(self) -> HostCache[PackedAdapter] | None:
+        """The host tier (None: off)."""
+        return self._loader.host
 
     @property
     def pinned(self) -> frozenset[str]:
@@ -163,7 +200,8 @@ class AdapterRegistry:
         name, version = self.resolve(ref)
         if checkpoint is not None and checkpoint.manifest.id != adapter_id(name, version):
             raise ConfigError(f"checkpoint {checkpoint.manifest.id} handed in for {ref!r}")
-        done = self._lease(name, version, count=count, checkpoint=checkpoint)
+        entry = self._lease(name, version, count=count, checkpoint=checkpoint)
+        hit, done = entry.state == "ready", entry.done
         waiter: asyncio.Future[AdapterManifest] | None = None
         try:
             if done.done() and not done.cancelled() and done.exception() is None:
@@ -185,12 +223,12 @@ class AdapterRegistry:
         except BaseException:  # failed load, or the request was cancelled while waiting
             self._release(adapter_id(name, version))
             raise
-        return Lease(self._release, manifest)
+        return Lease(self._release, manifest, tier="device" if hit else entry.source)
 
     def acquire_blocking(self, ref: str, *, timeout: float | None = None) -> Lease:
         """:meth:`acquire` for code on a plain thread (never call it on the event loop)."""
         name, version = self.resolve(ref)
-        done = self._lease(name, version, count=True)
+        done = self._lease(name, version, count=True).done
         try:
             manifest = done.result(timeout)
         except BaseException:
@@ -205,11 +243,25 @@ class AdapterRegistry:
         *,
         count: bool,
         checkpoint: AdapterCheckpoint | None = None,
-    ) -> Future[AdapterManifest]:
-        """Take a lease on ``name@version`` (starting its load if needed); its readiness."""
+    ) -> Entry:
+        """Take a lease on ``name@version`` (starting its load if needed); its entry."""
         return self._active.lease(
-            name, version, count=count, load=lambda entry: self._loader.start(entry, checkpoint)
+            name,
+            version,
+            count=count,
+            load=lambda entry: self._loader.start(entry, checkpoint),
+            device_bytes=lambda: self._device_bytes(name, version, checkpoint),
         )
+
+    def _device_bytes(self, name: str, version: int, given: AdapterCheckpoint | None) -> int:
+        """Device bytes of a version about to load (arithmetic from its manifest; 0 unknown)."""
+        if self._packing is None:
+            return 0
+        try:
+            manifest = given.manifest if given is not None else self.store.manifest(name, version)
+            return self._packing.device_bytes(manifest)
+        except Exception:  # an unreadable manifest: the load itself reports why
+            return 0
 
     def _release(self, aid: str) -> None:
         self._active.release(aid)
@@ -281,6 +333,9 @@ class AdapterRegistry:
     async def _retire(self, aid: str) -> None:
         """Unload a deleted version now if no request holds it (waiting for the engine), else
         mark it so the last lease's release unloads it."""
+        host = self._loader.host
+        if host is not None:  # never served from host memory again
+            host.discard(aid)
         unloaded: Future[None] | None = self._active.retire(aid)
         if unloaded is not None:
             try:
@@ -289,7 +344,7 @@ class AdapterRegistry:
                 log.error("unloading deleted %s failed: %s", aid, exc)
 
     async def preload(self) -> list[str]:
-        """Startup: load active versions (pinned names first) up to the resident limit.
+        """Startup: load active versions (pinned names first) while the device tier has room.
 
         A version that fails to load is logged and left ``failed``; the others still load.
         Returns the ids now resident.
@@ -298,7 +353,9 @@ class AdapterRegistry:
         names.sort(key=lambda n: n not in self.pinned)
         loaded: list[str] = []
         for name in names:
-            if len(loaded) >= self.resident_limit:
+            if not self.residency.fits(*self._active.resident_bytes()):
+                break
+            if self.resident_limit is not None and len(loaded) >= self.resident_limit:
                 break
             version = self.store.active(name)
             if version is None:
@@ -333,6 +390,20 @@ class AdapterRegistry:
     def stats(self) -> RegistryStats:
         """Counters for metrics (a consistent snapshot)."""
         return self._active.stats()
+
+    def tier_stats(self, device_allocated: int | None = None) -> dict[str, TierStats]:
+        """Hits, misses, evictions and bytes per tier (``device``, and ``host`` when on);
+        ``device_allocated``: the bank's allocated bytes, when the caller has them."""
+        out = {"device": self._active.device_tier(device_allocated)}
+        host = self._loader.host
+        if host is not None:
+            out["host"] = host.stats()
+        return out
+
+    @property
+    def loads_in_progress(self) -> int:
+        """Loads started and not finished (bounded by ``max_pending_loads``)."""
+        return self._loader.in_progress
 
 
 def _retrieve(future: asyncio.Future[AdapterManifest]) -> None:

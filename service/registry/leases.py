@@ -26,12 +26,18 @@ class Lease:
     Args:
         release: gives the version back to the registry (called once, with the adapter id).
         manifest: the version's manifest as stored.
+        tier: where the version was found (:attr:`tier`).
     """
 
-    def __init__(self, release: Callable[[str], None], manifest: AdapterManifest) -> None:
+    def __init__(
+        self, release: Callable[[str], None], manifest: AdapterManifest, *, tier: str = "device"
+    ) -> None:
         self._give_back = release
         self.manifest = manifest
         """The version's manifest (labels, features, head) as stored."""
+        self.tier = tier
+        """Where the version was when this request asked for it: ``device`` (resident), else
+        the tier its load read it from (``host`` or ``disk``)."""
         self._released = False
         self._lock = threading.Lock()
 
