@@ -144,7 +144,7 @@ class ServiceSettings(BaseSettings):
     host_cache_bytes: int | None = Field(None, ge=0)
     """Bytes of validated, packed adapters kept in host memory (pinned on CUDA), so a reload
     reads no disk and validates nothing again; 0 turns the tier off. Unset: derived at startup
-    (12.5 % of available memory, at most 4 GiB on CPU, 16 GiB pinned on CUDA) and logged."""
+    (CPU: 12.5 % of available memory, at most 4 GiB; CUDA: 25 %, at most 16 GiB) and logged."""
     device_cache_policy: Literal["2q", "lru"] = "2q"
     """Which idle version leaves the device first: ``2q`` (a first touch waits in a short
     probation queue, so a burst of one-off adapters cannot flush the hot ones) or ``lru``."""

@@ -5,9 +5,10 @@ Derived defaults (an explicit setting always wins, tier by tier):
 - **device**, CUDA: half the device memory free after the backbone and warm-up (the other half
   is left for activations and runtime arenas). CPU: the device tier *is* host RAM, so
   ``min(25 % of MemAvailable, 8 GiB)``.
-- **host**: ``min(25 % of MemAvailable, 16 GiB)``. On CUDA it is pinned (unswappable) memory;
-  on CPU the host tier holds only adapters that are not on the device, and the device tier
-  comes out of the same RAM, so the device budget is subtracted.
+- **host**: CUDA ``min(25 % of MemAvailable, 16 GiB)`` of pinned (unswappable) memory; CPU
+  ``min(12.5 % of MemAvailable, 4 GiB)``. The host tier is inclusive (it may hold a copy of a
+  device-resident adapter, so an eviction from the device costs nothing to undo); on CPU both
+  tiers come out of the same RAM, hence its smaller share there.
 - Replicas on one node start together and each sees the same free host memory, so host-memory
   shares are divided by ``replicas_per_node``. Each CUDA replica measures its own device after
   its own backbone loaded, so the device share is not divided.
@@ -32,6 +33,9 @@ HOST_SHARE = 0.25
 """Share of MemAvailable (per replica) each host-memory tier may take."""
 CPU_DEVICE_CAP = 8 * GiB
 HOST_CAP = 16 * GiB
+CPU_HOST_SHARE = 0.125
+"""Share of MemAvailable (per replica) the host tier takes on CPU (the device tier is RAM too)."""
+CPU_HOST_CAP = 4 * GiB
 ASSUMED_AVAILABLE = 4 * GiB
 """MemAvailable assumed when it cannot be read (said so in the note)."""
 ASSUMED_DEVICE_FREE = 1 * GiB
@@ -93,13 +97,16 @@ def derive_budgets(
 
     if host_bytes is not None:
         host, host_why = host_bytes, "set"
-    else:
+    elif cuda:
         host = min(share, HOST_CAP)
         host_why = f"derived: {host_source}" + (", capped" if share > HOST_CAP else "")
-        if not cuda:
-            host = max(0, host - dev)
-            host_why += " minus the device tier"
-    kind = "pinned" if cuda else "not on the device"
+    else:
+        cpu_share = int(CPU_HOST_SHARE * available) // replicas_per_node
+        host = min(cpu_share, CPU_HOST_CAP)
+        host_why = f"derived: 12.5 % of {shown} available{per}" + (
+            ", capped" if cpu_share > CPU_HOST_CAP else ""
+        )
+    kind = "pinned" if cuda else "in RAM"
     note = (
         f"adapter tiers: device {format_bytes(dev)} ({dev_why}), "
         f"host {format_bytes(host)} ({host_why}; {kind})"

@@ -38,19 +38,18 @@ def test_replicas_on_a_node_divide_host_memory_not_each_ones_device() -> None:
     assert cpu.device == 2 * GiB  # the device tier is host RAM on a CPU
 
 
-def test_on_cpu_the_device_tier_comes_out_of_the_host_share() -> None:
+def test_on_cpu_both_tiers_share_the_ram() -> None:
     small = derive_budgets("cpu", None, 16 * GiB, 1, None, None)
-    assert (small.device, small.host) == (4 * GiB, 0)
-    assert small.note.endswith(
-        "host 0 B (derived: 25 % of 16.0 GiB available minus the device tier; not on the device)"
-    )
+    assert (small.device, small.host) == (4 * GiB, 2 * GiB)  # 25 % and 12.5 %
+    assert small.note.endswith("host 2.0 GiB (derived: 12.5 % of 16.0 GiB available; in RAM)")
     large = derive_budgets("cpu", None, 128 * GiB, 1, None, None)
-    assert (large.device, large.host) == (8 * GiB, 8 * GiB)  # both capped: 8 and 16 GiB
+    assert (large.device, large.host) == (8 * GiB, 4 * GiB)  # both capped: 8 and 4 GiB
     assert "capped" in large.note
-    set_device = derive_budgets("cpu", None, 16 * GiB, 1, 1 * GiB, None)
-    assert (set_device.device, set_device.host) == (1 * GiB, 3 * GiB)
-    too_big = derive_budgets("cpu", None, 16 * GiB, 1, 10 * GiB, None)
-    assert too_big.host == 0
+    two = derive_budgets("cpu", None, 16 * GiB, 2, None, None)
+    assert (two.device, two.host) == (2 * GiB, 1 * GiB)  # per replica on the node
+    set_both = derive_budgets("cpu", None, 16 * GiB, 1, 1 * GiB, 0)
+    assert (set_both.device, set_both.host) == (1 * GiB, 0)
+    assert "device 1.0 GiB (set)" in set_both.note
 
 
 def test_unknown_memory_is_assumed_and_said() -> None:
