@@ -53,6 +53,7 @@ from lookaside.errors import ConfigError
 from lookaside.model import FeatureRunner, MultiAdapterModel
 from lookaside.tasks import AV_EVENTS, CLIP, Inputs, TaskKind
 from service.engine.batcher import Batcher, Job, Slice, deliver, describe, fail, row_tokens
+from service.engine.device_tier import DeviceTier, DeviceTierStats
 from service.engine.forward import forward_batch
 from service.engine.loads import EngineLoads, Loadable
 from service.engine.watchdog import Activity, EngineHealth, Watchdog
@@ -93,6 +94,8 @@ class Engine:
             engine stalled (not ready; queued jobs fail with 503).
         dead_s: running longer than this, :meth:`health` says dead (liveness fails).
         runner: makes the model's feature runner (``OrtFeatures``); None: eager PyTorch.
+        device_budget_bytes: most bytes the bank's adapters may take (stacks at capacity and
+            heads; :mod:`service.engine.device_tier`); None: no byte limit.
     """
 
     def __init__(
@@ -111,6 +114,7 @@ class Engine:
         stall_s: float = 120.0,
         dead_s: float = 600.0,
         runner: Callable[[VisionTransformer, AdapterBank], FeatureRunner] | None = None,
+        device_budget_bytes: int | None = None,
     ) -> None:
         if max_batch_size < 1 or max_batch_tokens < 1:
             raise ConfigError(
@@ -122,7 +126,8 @@ class Engine:
         self.compute_dtype = compute_dtype
         self.max_batch_tokens = max_batch_tokens
         self.metrics = metrics or ServiceMetrics()
-        self.bank = AdapterBank.for_backbone(backbone, capacity=bank_capacity, device=device)
+        tier = self.tier = DeviceTier(device_budget_bytes, stack_slots=bank_capacity)
+        self.bank = AdapterBank.for_backbone(backbone, capacity=tier.bank_capacity, device=device)
         self.model = MultiAdapterModel(backbone, self.bank).eval()
         self.model.runner = runner(backbone, self.bank) if runner is not None else None
         self._commands: collections.deque[_Command] = collections.deque()
@@ -289,6 +294,10 @@ class Engine:
         after the last route holding it is released)."""
         return self.call(lambda: self.bank.remove(adapter_id), what=f"unload {adapter_id}")
 
+    def tier_stats(self) -> DeviceTierStats:
+        """The bank's bytes after the worker's last command (any thread, no lock)."""
+        return self.tier.stats()
+
     def resident(self) -> list[str]:
         """Adapter ids published in the bank."""
         return self.bank.ids()
@@ -369,7 +378,7 @@ class Engine:
                 continue
             try:
                 with self.watchdog.watch("bank command", cmd.what):
-                    result = cmd.fn()
+                    result = self.tier.apply(self.bank, cmd.fn)  # then a new snapshot
                 cmd.future.set_result(result)
             except BaseException as exc:  # handed to the caller, never kills the worker
                 cmd.future.set_exception(exc)

@@ -15,9 +15,10 @@ Threads and what they own:
 
 The inline path (the CPU, and adapters of at most :data:`INLINE_COPY_BYTES` on CUDA): ``submit``
 enqueues ONE worker command (an :class:`_Install`) that reserves a slot (a full stack first grows
-to the size :func:`service.residency.grown_capacity` decides: between batches, where no route
-holds it), copies the tensors into it (``bank.load``; on the CPU a memcpy, on CUDA an
-asynchronous copy on the side stream) and publishes it; a failure aborts the reservation in the
+to the size :func:`service.residency.grown_capacity` decides, capped by the device tier's byte
+budget, :mod:`service.engine.device_tier`: between batches, where no route holds it), copies the
+tensors into it (``bank.load``; on the CPU a memcpy, on CUDA an asynchronous copy on the side
+stream) and publishes it; a failure aborts the reservation in the
 same command. The worker drains every queued command at a batch boundary, so the N loads
 submitted during one forward are all published at the next boundary, back to back; the command
 is watched as a ``bank command``. The bank skips its finite scan iff the checkpoint is a
@@ -54,9 +55,8 @@ import torch
 from lookaside.bank import AdapterBank, PackedAdapter, Reservation
 from lookaside.checkpoint import AdapterCheckpoint
 from lookaside.checkpoint.compat import require_backbone
-from lookaside.errors import BankFull
+from service.engine.device_tier import DeviceTier
 from service.errors import NotReady
-from service.residency import grown_capacity
 
 if TYPE_CHECKING:
     from service.engine.watchdog import EngineHealth, Watchdog
@@ -79,6 +79,7 @@ class _Worker(Protocol):
     """What the loader needs of the engine (``service.engine.Engine`` provides it)."""
 
     bank: AdapterBank
+    tier: DeviceTier
     watchdog: Watchdog
 
     def call(self, fn: Callable[[], T], *, what: str = "a bank command") -> Future[T]:
@@ -174,7 +175,7 @@ class EngineLoads:
         self.commands += 1
         error: BaseException | None = None
         try:
-            reservation = _reserve(bank, install.checkpoint, target)
+            reservation = _reserve(bank, self._engine.tier, install.checkpoint, target)
             try:
                 bank.load(reservation, install.checkpoint)  # the type decides the finite scan
                 bank.publish(reservation)
@@ -183,6 +184,7 @@ class EngineLoads:
                 raise
         except BaseException as exc:  # handed to the caller, never kills the worker
             error = exc
+        self._engine.tier.refresh(bank)  # before its caller can see the future complete
         with self._lock:
             self._pending.discard(install)
             abandoned = install.state != "running"  # give_up marked it meanwhile
@@ -202,7 +204,7 @@ class EngineLoads:
         started = time.perf_counter()
         engine, bank = self._engine, self._engine.bank
         reservation = self._on_worker(
-            lambda: _reserve(bank, checkpoint, target),
+            lambda: _reserve(bank, engine.tier, checkpoint, target),
             f"reserve a slot for {target}",
             undo=lambda r: engine.call(lambda: bank.abort(r), what=f"abort the load of {target}"),
         )
@@ -253,17 +255,15 @@ def _undo(future: Future[T], undo: Callable[[T], object]) -> None:
         undo(future.result())
 
 
-def _reserve(bank: AdapterBank, checkpoint: Loadable, adapter_id: str) -> Reservation:
-    """A slot for ``checkpoint`` (worker thread); a full stack grows first (module docstring)."""
+def _reserve(
+    bank: AdapterBank, tier: DeviceTier, checkpoint: Loadable, adapter_id: str
+) -> Reservation:
+    """A slot for ``checkpoint`` (worker thread) within the device tier's budget; a full stack
+    grows first (module docstring, :mod:`service.engine.device_tier`)."""
     manifest = checkpoint.manifest
     if bank.fingerprint is not None:
         require_backbone(manifest, name=bank.backbone_cfg.name, fingerprint=bank.fingerprint)
-    head = manifest.head_config()
-    try:
-        return bank.reserve(adapter_id, manifest.method, manifest.config, head)
-    except BankFull:
-        config = manifest.adapter_config()
-        capacity = grown_capacity(bank.stack_capacity(manifest.method, config))
-        bank.grow(manifest.method, config, capacity)  # between batches: no route holds it
-        log.info("grew the %s stack to %d slots", manifest.method, capacity)
-        return bank.reserve(adapter_id, manifest.method, manifest.config, head)
+    head, config = manifest.head_config(), manifest.adapter_config()
+    if adapter_id not in bank:  # else reserve refuses it, and nothing should grow first
+        tier.make_room(bank, manifest.method, config, head)
+    return bank.reserve(adapter_id, manifest.method, manifest.config, head)
