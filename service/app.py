@@ -96,7 +96,7 @@ def create_app(
     ``start``: what the lifespan builds instead of this process's own engine and registry (the
     Ray ingress's remote ones, :mod:`service.ray.ingress`); the routes are the same either way.
     """
-    metrics = ServiceMetrics()
+    metrics = ServiceMetrics(max_adapters=settings.metrics_max_adapters)
     state = AppState(
         settings=settings,
         metrics=metrics,

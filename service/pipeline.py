@@ -85,7 +85,8 @@ async def run(
     engine: Jobs,
     registry: Adapters,
 ) -> Served:
-    """acquire -> featurize -> submit -> gather, then cancel/release on every path.
+    """resolve -> featurize while acquiring -> submit -> gather, then cancel/release on every
+    path.
 
     ``engine`` and ``registry`` are the route's declared dependencies (``EngineDep``,
     ``RegistryDep``); ``state`` gives the featurize pool and the metrics.
@@ -96,32 +97,7 @@ async def run(
     counts: list[int] = []
     acquiring: list[asyncio.Task[Lease]] = []
     try:
-        manifests = [_stored_manifest(registry.store, ref) for ref in refs]
-        request.scope[ADAPTERS_KEY] = [m.name for m in manifests]
-        for manifest in manifests:
-            media.refuse(manifest)
-        for manifest in manifests:
-            # a load on demand counts against the request's timeout (504; the load goes on)
-            acquiring.append(
-                asyncio.ensure_future(
-                    registry.acquire(
-                        adapter_id(manifest.name, manifest.version),
-                        timeout=deadline - time.monotonic(),
-                    )
-                )
-            )
-        seconds = await in_pool(
-            state.featurize_pool, lambda: media.featurize(manifests), deadline=deadline
-        )
-        state.metrics.safe(lambda: state.metrics.featurize.observe(seconds))
-        for task in acquiring:
-            leases.append(await task)
-        request.scope[TIERS_KEY] = [lease.tier for lease in leases]
-        log.debug(
-            "request %s: %s",
-            request_id,
-            ", ".join(f"{lease.adapter_id} ({lease.tier})" for lease in leases),
-        )
+        await _admit(request, media, refs, deadline, state, registry, acquiring, leases)
         for lease in leases:
             jobs = media.inputs(lease.manifest)
             counts.append(len(jobs))
@@ -148,6 +124,42 @@ async def run(
         per_lease.append(outputs[start : start + count])
         start += count
     return Served(request_id, leases, per_lease)
+
+
+async def _admit(
+    request: Request,
+    media: Media,
+    refs: Sequence[str],
+    deadline: float,
+    state: AppState,
+    registry: Adapters,
+    acquiring: list[asyncio.Task[Lease]],
+    leases: list[Lease],
+) -> None:
+    """resolve -> refuse -> featurize while acquiring: fills ``acquiring`` (the acquisitions
+    started) and ``leases`` (those awaited), which the caller abandons or releases."""
+    manifests = [_stored_manifest(registry.store, ref) for ref in refs]
+    request.scope[ADAPTERS_KEY] = [m.name for m in manifests]
+    for manifest in manifests:
+        media.refuse(manifest)
+    for manifest in manifests:
+        # a load on demand counts against the request's timeout (504; the load goes on)
+        aid = adapter_id(manifest.name, manifest.version)
+        acquiring.append(
+            asyncio.ensure_future(registry.acquire(aid, timeout=deadline - time.monotonic()))
+        )
+    seconds = await in_pool(
+        state.featurize_pool, lambda: media.featurize(manifests), deadline=deadline
+    )
+    state.metrics.safe(lambda: state.metrics.featurize.observe(seconds))
+    for task in acquiring:
+        leases.append(await task)
+    request.scope[TIERS_KEY] = [lease.tier for lease in leases]
+    log.debug(
+        "request %s: %s",
+        request.scope.get(SCOPE_KEY, "-"),
+        ", ".join(f"{lease.adapter_id} ({lease.tier})" for lease in leases),
+    )
 
 
 def _stored_manifest(store: AdapterStore, ref: str) -> AdapterManifest:

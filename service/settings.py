@@ -154,8 +154,9 @@ class ServiceSettings(BaseSettings):
     max_loading_adapters: int = Field(4, ge=1, le=64)
     """Adapter versions read and validated from disk at once (the registry's loader threads)."""
     max_pending_loads: int = Field(256, ge=1)
-    """Distinct cold adapter versions waiting for a loader; past it a request for another
-    non-resident version gets 503 + Retry-After at once (requests for resident versions never do)."""
+    """Most adapter loads in progress at once (queued for a loader, reading, or waiting for the
+    engine); past it a request for another non-resident version gets 503 + Retry-After at once
+    (``cold_overload``). Requests for resident versions are never refused for it."""
     pinned: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Adapter names that are never evicted (comma-separated in the environment)."""
     bank_capacity: int = Field(8, ge=1)

@@ -76,7 +76,7 @@ class ModelReplica:
         self.settings = settings
         self.state = AppState(
             settings=settings,
-            metrics=ServiceMetrics(),
+            metrics=ServiceMetrics(max_adapters=settings.metrics_max_adapters),
             featurize_pool=ThreadPoolExecutor(1, thread_name_prefix="lookaside-unused"),
             body_budget=InflightBytes(settings.max_inflight_body_bytes),
         )
