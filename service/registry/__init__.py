@@ -333,10 +333,10 @@ class AdapterRegistry:
     async def _retire(self, aid: str) -> None:
         """Unload a deleted version now if no request holds it (waiting for the engine), else
         mark it so the last lease's release unloads it."""
-        host = self._loader.host
-        if host is not None:  # never served from host memory again
-            host.discard(aid)
         unloaded: Future[None] | None = self._active.retire(aid)
+        host = self._loader.host
+        if host is not None:  # after the mark: a load in progress sees it and drops its copy
+            host.discard(aid)
         if unloaded is not None:
             try:
                 await asyncio.wrap_future(unloaded)
@@ -353,13 +353,12 @@ class AdapterRegistry:
         names.sort(key=lambda n: n not in self.pinned)
         loaded: list[str] = []
         for name in names:
-            if not self.residency.fits(*self._active.resident_bytes()):
-                break
-            if self.resident_limit is not None and len(loaded) >= self.resident_limit:
-                break
             version = self.store.active(name)
             if version is None:
                 continue
+            count, nbytes = self._active.resident_bytes()
+            if not self.residency.fits(count + 1, nbytes + self._device_bytes(name, version, None)):
+                break  # the next one would evict what was just preloaded
             try:
                 lease = await self.acquire(adapter_id(name, version), count=False)
             except (AdapterNotFound, AdapterUnavailable) as exc:

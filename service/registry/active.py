@@ -174,7 +174,7 @@ class ActiveMap:
         self.hits = 0
         """Leases that found their version ready on the device (the device tier's hits)."""
         self.misses = 0
-        """Leases that started a load (the device tier's misses)."""
+        """Leases that did not find their version ready: they started or joined a load."""
         self.evicted = 0
 
     def ready(self, aid: str) -> bool:
@@ -226,6 +226,8 @@ class ActiveMap:
             elif entry.state == "ready":
                 self.residency.policy.touch(aid)
                 self.hits += 1
+            else:  # joins a load in progress: not found resident either
+                self.misses += 1
             entry.leases += 1
             entry.last_used = next(self._clock)
             if count:

@@ -183,6 +183,8 @@ class RegistryLoader:
         packed = self._packing.pack(ckpt)
         if host is not None:
             host.put(entry.id, packed)
+            if entry.retired:  # deleted meanwhile (marked before its copy was discarded)
+                host.discard(entry.id)
         return packed
 
     def _hand_over(self, entry: Entry, item: Loadable, start: float) -> None:

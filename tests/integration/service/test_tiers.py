@@ -440,15 +440,9 @@ def test_an_upload_activated_at_once_seeds_the_host_tier_without_a_read(
     assert rig.reads == Counter({"t00@1": 1})
 
 
-# -- bugs found while writing these tests (xfail until fixed) --------------------------------
+# -- preload and a delete racing a load ------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="AdapterRegistry.preload checks that what is resident fits the device budget, not "
-    "that the next version would: with a byte budget it loads every active version, evicting "
-    "the earlier ones, and returns ids that are no longer resident",
-)
 def test_preload_stops_once_the_device_tier_is_full(make_rig: RigFactory) -> None:
     rig = make_rig(6, device=3, host=None)
     loaded = run(rig.registry.preload)
@@ -458,12 +452,6 @@ def test_preload_stops_once_the_device_tier_is_full(make_rig: RigFactory) -> Non
     assert rig.registry.tier_stats()["device"].evictions == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a version deleted while its load is between store.load and HostCache.put is put "
-    "back into the host tier after _retire discarded it (RegistryLoader._fetch puts without "
-    "checking entry.retired), so a deleted version's bytes stay in host memory until evicted",
-)
 def test_a_version_deleted_while_it_loads_leaves_nothing_in_the_host_tier(
     make_rig: RigFactory, svc_backbone: VisionTransformer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
