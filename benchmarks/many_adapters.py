@@ -60,6 +60,14 @@ COUNTERS = {
     "loads": "lookaside_adapter_load_seconds_count{",
     "load_s": "lookaside_adapter_load_seconds_sum{",
     "evictions": "lookaside_adapter_evictions_total{",
+    "host_loads": 'lookaside_adapter_load_seconds_count{tier="host"}',
+    "host_load_s": 'lookaside_adapter_load_seconds_sum{tier="host"}',
+    "disk_loads": 'lookaside_adapter_load_seconds_count{tier="disk"}',
+    "disk_load_s": 'lookaside_adapter_load_seconds_sum{tier="disk"}',
+    "device_hits": 'lookaside_adapter_tier_hits_total{tier="device"}',
+    "device_misses": 'lookaside_adapter_tier_misses_total{tier="device"}',
+    "host_hits": 'lookaside_adapter_tier_hits_total{tier="host"}',
+    "host_misses": 'lookaside_adapter_tier_misses_total{tier="host"}',
 }
 
 
@@ -170,12 +178,12 @@ def rss_mb(pid: int) -> float | None:
 
 
 def scrape(url: str) -> dict[str, float]:
-    """The adapter counters, the resident count and every ``lookaside_tier*`` sample."""
+    """The adapter counters, the resident count and every ``lookaside_adapter_tier*`` sample."""
     text = httpx.get(f"{url}/metrics", timeout=120).raise_for_status().text
     out = {key: metric_sum(text, prefix) for key, prefix in COUNTERS.items()}
     out["resident"] = metric_sum(text, "lookaside_adapters_resident ")
     for line in text.splitlines():
-        if line.startswith("lookaside_tier") and "_created" not in line:
+        if line.startswith("lookaside_adapter_tier") and "_created" not in line:
             key, value = line.rsplit(" ", 1)
             out[key] = float(value)
     return out
@@ -250,6 +258,8 @@ def run_rounds(server: Served, args: argparse.Namespace, clip: bytes) -> list[di
             row = {"round": k + 1, "traffic": kind, "distinct": len(set(trace)), **stats}
             row.update(deltas(before, after))
             row["loads_per_s"] = row["loads"] / stats["seconds"]
+            row["device_hit"] = _rate(row["device_hits"], row["device_misses"])
+            row["host_hit"] = _rate(row["host_hits"], row["host_misses"])
             row["rss_mb"] = rss_mb(server.pid)
             rows.append(row)
             before = after
@@ -279,17 +289,33 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 HEADER = (
-    "| round | traffic | clips/s | p50 ms | p99 ms | errors | distinct | loads | loads/s "
-    "| load s | evictions | RSS MB |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| round | traffic | clips/s | p50 ms | p99 ms | errors | distinct | device hit | host hit "
+    "| loads host/disk | ms/load host/disk | loads/s | evictions | RSS MB |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
+
+
+def _rate(hits: float, misses: float) -> float | None:
+    """Hits over lookups, or None when there were none."""
+    return hits / (hits + misses) if hits + misses else None
+
+
+def _per_load_ms(seconds: float, loads: float) -> str:
+    return f"{1000 * seconds / loads:.1f}" if loads else "-"
 
 
 def _row_line(r: dict[str, Any]) -> str:
     rss = "-" if r["rss_mb"] is None else f"{r['rss_mb']:.0f}"
+    hits = ["-" if v is None else f"{100 * v:.0f} %" for v in (r["device_hit"], r["host_hit"])]
+    per_load = (
+        f"{_per_load_ms(r['host_load_s'], r['host_loads'])} / "
+        f"{_per_load_ms(r['disk_load_s'], r['disk_loads'])}"
+    )
     return (
         f"| {r['round']} | {r['traffic']} | {r['clips_per_s']:.1f} | {r['p50_ms']:.0f} "
-        f"| {r['p99_ms']:.0f} | {r['errors']} | {r['distinct']} | {r['loads']:.0f} "
-        f"| {r['loads_per_s']:.1f} | {r['load_s']:.2f} | {r['evictions']:.0f} | {rss} |"
+        f"| {r['p99_ms']:.0f} | {r['errors']} | {r['distinct']} | {hits[0]} | {hits[1]} "
+        f"| {r['host_loads']:.0f} / {r['disk_loads']:.0f} | {per_load} "
+        f"| {r['loads_per_s']:.1f} | {r['evictions']:.0f} | {rss} |"
     )
 
 

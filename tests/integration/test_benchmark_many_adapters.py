@@ -42,6 +42,7 @@ def test_many_adapters_reports_rounds_and_counts_loads(tmp_path: Path) -> None:
     out = tmp_path / "many.json"
     argv = ["--adapters", str(ADAPTERS), "--requests", str(REQUESTS), "--concurrency", "1"]
     argv += ["--rounds", "1", "--server-env", f"LOOKASIDE_MAX_RESIDENT_ADAPTERS={LIMIT}"]
+    argv += ["--server-env", "LOOKASIDE_DEVICE_CACHE_POLICY=lru"]
     returned = main([*argv, "--json", str(out)])
     report = json.loads(out.read_text())
     assert report == json.loads(json.dumps(returned))
@@ -64,8 +65,13 @@ def test_many_adapters_reports_rounds_and_counts_loads(tmp_path: Path) -> None:
     cache = OrderedDict.fromkeys(names[:LIMIT])
     hot = [names[i] for i in order[:HOT]]
     _lru(cache, [hot[i % HOT] for i in range(2 * HOT)])
+    read = set(names[:LIMIT]) | set(hot)  # the host tier (derived: far larger) keeps them all
     for row in (uniform, zipf):
         trace = traces[row["traffic"]]
+        first_reads = len(set(trace) - read)
+        read |= set(trace)
+        assert (row["disk_loads"], row["host_loads"]) == (first_reads, row["loads"] - first_reads)
+        assert (row["device_hits"], row["device_misses"]) == (REQUESTS - row["loads"], row["loads"])
         assert row["requests"] == REQUESTS
         assert row["errors"] == 0
         assert row["failures"] == {}
