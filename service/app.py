@@ -297,7 +297,7 @@ async def _start_registry(
     state.metrics.watch_tiers(lambda: registry.tier_stats(engine.tier_stats().allocated))
     if settings.ray:  # a Ray model replica: the router decides what each replica holds
         return registry
-    loaded = await registry.preload()
+    loaded = await registry.preload(settings.preload_adapters)
     log.info("preloaded %d adapter versions: %s", len(loaded), ", ".join(loaded) or "none")
     return registry
 

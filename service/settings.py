@@ -151,6 +151,9 @@ class ServiceSettings(BaseSettings):
     max_resident_adapters: int | None = Field(None, ge=1)
     """Optional cap on the number of adapter versions on the device, on top of
     ``device_cache_bytes`` (unset: bytes only)."""
+    preload_adapters: int = Field(64, ge=0)
+    """Active versions loaded at startup (pinned names first) while the device tier has room;
+    the rest load on first use, so startup time does not grow with the store."""
     max_loading_adapters: int = Field(4, ge=1, le=64)
     """Adapter versions read and validated from disk at once (the registry's loader threads)."""
     max_pending_loads: int = Field(256, ge=1)

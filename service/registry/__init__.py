@@ -343,8 +343,9 @@ class AdapterRegistry:
             except Exception as exc:  # the store change stands; the slot stays until restart
                 log.error("unloading deleted %s failed: %s", aid, exc)
 
-    async def preload(self) -> list[str]:
-        """Startup: load active versions (pinned names first) while the device tier has room.
+    async def preload(self, limit: int | None = None) -> list[str]:
+        """Startup: load active versions (pinned names first) while the device tier has room,
+        at most ``limit`` of them (None: no count).
 
         A version that fails to load is logged and left ``failed``; the others still load.
         Returns the ids now resident.
@@ -353,6 +354,8 @@ class AdapterRegistry:
         names.sort(key=lambda n: n not in self.pinned)
         loaded: list[str] = []
         for name in names:
+            if limit is not None and len(loaded) >= limit:
+                break
             version = self.store.active(name)
             if version is None:
                 continue

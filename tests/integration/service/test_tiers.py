@@ -452,6 +452,16 @@ def test_preload_stops_once_the_device_tier_is_full(make_rig: RigFactory) -> Non
     assert rig.registry.tier_stats()["device"].evictions == 0
 
 
+def test_preload_loads_at_most_its_limit(make_rig: RigFactory) -> None:
+    """The startup preload is bounded by a count too, so startup does not grow with the store."""
+    rig = make_rig(6, device=5, host=None)
+    loaded = run(lambda: rig.registry.preload(2))
+    rig.settle()
+    assert len(loaded) == 2
+    assert sorted(loaded) == sorted(rig.registry.resident())
+    assert sum(rig.reads.values()) == 2
+
+
 def test_a_version_deleted_while_it_loads_leaves_nothing_in_the_host_tier(
     make_rig: RigFactory, svc_backbone: VisionTransformer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
