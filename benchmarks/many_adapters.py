@@ -20,8 +20,8 @@ interleaved rounds, each of ``--requests`` requests kept ``--concurrency`` in fl
 
 Before the first round, a warm-up (round-robin over the 8, not measured) loads them. Per round:
 clips/s, p50/p99 latency, errors, distinct adapters; from ``GET /metrics`` before and after it:
-adapter loads (and loads/s), load seconds, evictions, the resident count, any
-``lookaside_tier*`` sample; the server's RSS. Per round pair: zipf/uniform of clips/s and of p99.
+adapter loads (and loads/s), load seconds, evictions, the resident count, the device and host
+tiers' hit rates and loads from each (``lookaside_adapter_tier_*``); the server's RSS. Per round pair: zipf/uniform of clips/s and of p99.
 The first Zipf round is cold (about a third of its requests name an adapter for the first time:
 no cache helps there) and is reported apart; the median ratios are over the later rounds.
 """
