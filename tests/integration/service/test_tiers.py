@@ -503,3 +503,64 @@ def test_a_version_deleted_while_it_loads_leaves_nothing_in_the_host_tier(
     assert "t00@2" not in registry.resident()
     assert "t00@2" not in host
     assert registry.tier_stats()["host"].bytes == 0
+
+
+def test_a_cold_burst_neither_refuses_nor_evicts_nor_holds_back_the_hot_adapters(
+    make_rig: RigFactory,
+) -> None:
+    """Fairness by ordering: waves of cold adapters (more than max_pending_loads each) whose
+    disk reads hang; meanwhile the hot adapters are served from the device, never refused, and
+    answered before any of the wave's loads completes; the cold overflow gets cold_overload;
+    2Q evicts the previous wave, never the hot adapters."""
+    rig = make_rig(20, device=6, host=None, policy="2q", max_pending_loads=4)
+    registry, engine = rig.registry, rig.engine
+    feats = torch.randn(2, 128, 128, generator=torch.Generator().manual_seed(9))
+    order: list[str] = []
+
+    async def hot_request(name: str) -> str:
+        lease = await registry.acquire(f"{name}@1")
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(engine.submit(feats, lease.adapter_id)), 30)
+            return lease.tier
+        finally:
+            lease.release()
+
+    async def main() -> None:
+        for _ in range(2):  # a second touch each: the hot adapters are in 2Q's main queue
+            for name in ("t00", "t01"):
+                await hot_request(name)
+        for wave in range(3):
+            names = NAMES[2 + 6 * wave : 8 + 6 * wave]
+            rig.gate.clear()
+            tasks = [asyncio.create_task(registry.acquire(f"{n}@1")) for n in names]
+            await asyncio.sleep(0)  # each takes its lease (or is refused) in its first step
+            for _ in range(4):  # four loader threads... two by default: wait for those reading
+                if not await asyncio.to_thread(rig.reading.acquire, True, 0.5):
+                    break
+            refused = [t for t in tasks if t.done()]
+            assert len(refused) == 2
+            for task in refused:
+                with pytest.raises(AdapterUnavailable, match="cold_overload"):
+                    task.result()
+            tiers = [await hot_request(n) for n in ("t00", "t01", "t00", "t01")]
+            assert tiers == ["device"] * 4, (wave, tiers)
+            order.append(f"hot {wave}")
+            assert not any(t.done() for t in tasks if t not in refused)
+            rig.gate.set()
+            leases = await asyncio.wait_for(
+                asyncio.gather(*(t for t in tasks if t not in refused)), 30
+            )
+            order.append(f"cold {wave}")
+            assert [lease.tier for lease in leases] == ["disk"] * 4
+            for lease in leases:
+                lease.release()
+            while rig.reading.acquire(blocking=False):  # the reads counted after the check
+                pass
+
+    run(main)
+    rig.settle()
+    assert order == ["hot 0", "cold 0", "hot 1", "cold 1", "hot 2", "cold 2"]
+    resident = set(registry.resident())
+    assert {"t00@1", "t01@1"} <= resident  # never evicted by the waves
+    assert resident - {"t00@1", "t01@1"} == {f"{n}@1" for n in NAMES[14:18]}  # the last wave
+    assert rig.reads["t00@1"] == rig.reads["t01@1"] == 1
