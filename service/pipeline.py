@@ -1,13 +1,13 @@
 """The one request pipeline behind ``POST /classify`` and ``POST /av-event``.
 
 :func:`run` does, for every media route, in this order: resolve each adapter named to a stored
-version (its manifest from the store's in-memory index) and start acquiring a lease on each (a
-load on demand counts against the request's deadline) -> let the task kind refuse an adapter
-that does not serve it -> decode and featurise once in the featurize pool (a bad upload fails
-here, alone), *while* the adapters load -> wait for the leases -> submit one engine job per row
-group -> wait for every result within the deadline. So a cold adapter's load overlaps the
-request's own featurising, and its rows reach the batcher only once it is published: they never
-hold back other adapters' rows.
+version (its manifest from the store's in-memory index) -> let the task kind refuse an adapter
+that does not serve it -> admit each (a lease now; a cold version's load starts, or a 503 comes
+at once) -> decode and featurise once in the featurize pool (a bad upload fails here, alone)
+*while* cold adapters load -> submit one engine job per row group (a cold adapter's jobs carry
+its load's future: they wait in the queue, parked, without holding back other adapters' rows,
+and join the first batch after the load is published) -> wait for every result within the
+deadline (a load on demand counts against it: 504, the load goes on).
 On every path out (answer, error, timeout, client gone) it cancels what is still queued and
 releases the leases. What differs per route is a :class:`Media` object: how its upload becomes
 the task kind's inputs, and what to answer.
@@ -19,7 +19,6 @@ nothing here touches the engine's objects (jobs are handed over through
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -35,9 +34,9 @@ from lookaside.errors import InvalidCheckpoint
 from lookaside.tasks import Inputs, TaskKind
 from service.backend import Adapters, Jobs
 from service.deps import AppState
-from service.errors import AdapterUnavailable
+from service.errors import AdapterUnavailable, RequestTimeout
 from service.logging import SCOPE_KEY
-from service.registry import Lease, adapter_id
+from service.registry import Admission, Lease, adapter_id
 from service.registry.refs import resolve_stored
 from service.request_io import gather, in_pool
 from service.store import AdapterStore
@@ -85,39 +84,54 @@ async def run(
     engine: Jobs,
     registry: Adapters,
 ) -> Served:
-    """resolve -> featurize while acquiring -> submit -> gather, then cancel/release on every
+    """resolve -> refuse -> admit -> featurize -> submit -> gather, then cancel/release on every
     path.
 
     ``engine`` and ``registry`` are the route's declared dependencies (``EngineDep``,
     ``RegistryDep``); ``state`` gives the featurize pool and the metrics.
     """
     request_id = str(request.scope.get(SCOPE_KEY, "-"))
-    leases: list[Lease] = []
+    admitted: list[Admission] = []
     futures: list[Future[Tensor]] = []
     counts: list[int] = []
-    acquiring: list[asyncio.Task[Lease]] = []
     try:
-        await _admit(request, media, refs, deadline, state, registry, acquiring, leases)
-        for lease in leases:
-            jobs = media.inputs(lease.manifest)
+        manifests = [_stored_manifest(registry.store, ref) for ref in refs]
+        request.scope[ADAPTERS_KEY] = [m.name for m in manifests]
+        for manifest in manifests:
+            media.refuse(manifest)
+        for manifest in manifests:  # a lease now; a cold version's load starts (or 503 at once)
+            admitted.append(registry.admit(adapter_id(manifest.name, manifest.version)))
+        seconds = await in_pool(
+            state.featurize_pool, lambda: media.featurize(manifests), deadline=deadline
+        )
+        state.metrics.safe(lambda: state.metrics.featurize.observe(seconds))
+        for admission in admitted:
+            jobs = media.inputs(admission.lease.manifest)
             counts.append(len(jobs))
             for inputs in jobs:
                 futures.append(
                     engine.submit_task(
                         media.task,
                         inputs,
-                        lease.adapter_id,
+                        admission.lease.adapter_id,
                         request_id=request_id,
                         timeout_s=max(deadline - time.monotonic(), 0.0),
+                        ready=admission.ready,
                     )
                 )
-        outputs = await gather(futures, deadline - time.monotonic())
+        outputs = await _gather(futures, admitted, deadline)
     finally:
         for fut in futures:
             fut.cancel()  # no-op once running or done; drops rows of an abandoned request
-        _abandon(acquiring, leases)
-        for lease in leases:
-            lease.release()
+        for admission in admitted:
+            admission.lease.release()
+    leases = [admission.lease for admission in admitted]
+    request.scope[TIERS_KEY] = [lease.tier for lease in leases]
+    log.debug(
+        "request %s: %s",
+        request_id,
+        ", ".join(f"{lease.adapter_id} ({lease.tier})" for lease in leases),
+    )
     per_lease: list[list[Tensor]] = []
     start = 0
     for count in counts:
@@ -126,40 +140,21 @@ async def run(
     return Served(request_id, leases, per_lease)
 
 
-async def _admit(
-    request: Request,
-    media: Media,
-    refs: Sequence[str],
-    deadline: float,
-    state: AppState,
-    registry: Adapters,
-    acquiring: list[asyncio.Task[Lease]],
-    leases: list[Lease],
-) -> None:
-    """resolve -> refuse -> featurize while acquiring: fills ``acquiring`` (the acquisitions
-    started) and ``leases`` (those awaited), which the caller abandons or releases."""
-    manifests = [_stored_manifest(registry.store, ref) for ref in refs]
-    request.scope[ADAPTERS_KEY] = [m.name for m in manifests]
-    for manifest in manifests:
-        media.refuse(manifest)
-    for manifest in manifests:
-        # a load on demand counts against the request's timeout (504; the load goes on)
-        aid = adapter_id(manifest.name, manifest.version)
-        acquiring.append(
-            asyncio.ensure_future(registry.acquire(aid, timeout=deadline - time.monotonic()))
-        )
-    seconds = await in_pool(
-        state.featurize_pool, lambda: media.featurize(manifests), deadline=deadline
-    )
-    state.metrics.safe(lambda: state.metrics.featurize.observe(seconds))
-    for task in acquiring:
-        leases.append(await task)
-    request.scope[TIERS_KEY] = [lease.tier for lease in leases]
-    log.debug(
-        "request %s: %s",
-        request.scope.get(SCOPE_KEY, "-"),
-        ", ".join(f"{lease.adapter_id} ({lease.tier})" for lease in leases),
-    )
+async def _gather(
+    futures: list[Future[Tensor]], admitted: Sequence[Admission], deadline: float
+) -> list[Tensor]:
+    """Every job's output within the deadline; a 504 names an adapter still loading (its load
+    goes on for later requests)."""
+    try:
+        return await gather(futures, deadline - time.monotonic())
+    except RequestTimeout:
+        loading = [a.lease.adapter_id for a in admitted if a.ready and not a.ready.done()]
+        if loading:
+            raise RequestTimeout(
+                f"adapter {', '.join(loading)} was still loading when the request timed out; "
+                "retry shortly (the load goes on) or raise LOOKASIDE_REQUEST_TIMEOUT_S"
+            ) from None
+        raise
 
 
 def _stored_manifest(store: AdapterStore, ref: str) -> AdapterManifest:
@@ -172,20 +167,3 @@ def _stored_manifest(store: AdapterStore, ref: str) -> AdapterManifest:
         raise AdapterUnavailable(
             f"adapter {adapter_id(name, version)} could not be loaded: {exc}"
         ) from exc
-
-
-def _abandon(acquiring: Sequence[asyncio.Task[Lease]], taken: Sequence[Lease]) -> None:
-    """Cancel the acquisitions still waiting (each gives its lease back itself) and release the
-    leases acquired but not yet in ``taken`` (a failure or a timeout before they were awaited)."""
-    for task in acquiring:
-        if not task.done():
-            task.cancel()
-            task.add_done_callback(_retrieve)
-        elif not task.cancelled() and task.exception() is None and task.result() not in taken:
-            task.result().release()
-
-
-def _retrieve(task: asyncio.Task[Lease]) -> None:
-    """Consume a cancelled acquisition's outcome: a lease it got after all goes back at once."""
-    if not task.cancelled() and task.exception() is None:
-        task.result().release()

@@ -126,7 +126,10 @@ class DeviceTier:
             if room < 0:  # a free slot (or no slot at all): only the head is new
                 raise BankFull(self._full(allocated, method, head_bytes, "its head"))
             return
-        fits = room // slot if room >= 0 else 0  # new slots within the budget
+        # new slots within the budget, each with the head its adapter will bring (a slot whose
+        # head would not fit is padding: the registry, which counts slot + head, would never
+        # fill it)
+        fits = max(self.budget - allocated, 0) // (slot + head_bytes)
         if full:  # the old stack stays counted: it is freed once the new one holds its slots
             if fits < 1:
                 what = f"one more slot of its {capacity}-slot stack and its head"

@@ -12,17 +12,14 @@ read and no validation; below that, the store on disk.
 
 Rules:
 
-- A request holds a :class:`~service.registry.leases.Lease` on the version it was admitted with,
-  from before it is queued until its answer is built (``lease = await registry.acquire(ref)`` ...
-  ``lease.release()``); a leased version is never evicted or unloaded
-  (:mod:`service.registry.leases`).
-- Load on demand: a request for a non-resident version waits for its load, at most its remaining
-  request time (then 504; the load goes on for later requests); requests for other adapters keep
-  flowing (the request featurizes meanwhile: :mod:`service.pipeline`). Reading and validating the
-  checkpoint (disk, sha256, header, host tensors) runs on the registry's loader threads
-  (``max_loading_adapters``); the engine then copies the packed adapter into a free slot at the
-  next batch boundary (``engine.load_adapter``). At most ``max_pending_loads`` loads are in
-  progress; past that a request for another cold version gets 503 at once.
+- A request holds a :class:`~service.registry.leases.Lease` on the version it was admitted with
+  (:meth:`admit` or :meth:`acquire`) until its answer is built; a leased version is never
+  evicted or unloaded (:mod:`service.registry.leases`).
+- Load on demand: :meth:`admit` leases at once and hands back the load's future (the request's
+  rows wait for it in the engine's queue, parked, within the request's time; others flow);
+  :meth:`acquire` waits for the load. Loader threads (``max_loading_adapters``) read and validate
+  (or take the host copy); the engine copies it into a slot at the next batch boundary. Past
+  ``max_pending_loads`` loads in progress, another cold version gets 503 at once.
 - Validate once: an upload activated at once (``upload(..., activate=True)``) is loaded from the
   :class:`AdapterCheckpoint` the store validated in memory, not read back and validated again,
   and the bank skips its own finite scan for every checkpoint handed over here (each is a
@@ -34,18 +31,18 @@ Rules:
 - States per version (:mod:`service.registry.active`): ``unloaded`` | ``loading`` | ``ready`` |
   ``failed`` (with the reason). A failed load is retried by the next request for that version.
 
-The pieces: :mod:`service.registry.refs` (what a request names), :mod:`service.registry.active` (the
-in-memory map of versions, leases and counters), :mod:`service.registry.leases`,
-:mod:`service.residency`, :mod:`service.registry.loader` (one load, top to bottom, on a
-loader thread). This module is the facade the routes use; it re-exports their public names.
+The pieces: :mod:`~service.registry.refs`, :mod:`~service.registry.active` (versions, leases,
+counters), :mod:`~service.registry.leases`, :mod:`service.residency`,
+:mod:`~service.registry.loader` (one load), :mod:`~service.registry.packing`. This module is the
+facade the routes use; it re-exports their public names.
 
 Threads and ownership:
 
-- Event-loop thread: :meth:`acquire`, :meth:`activate`, :meth:`upload`, the deletes,
+- Event-loop thread: :meth:`admit`, :meth:`acquire`, :meth:`activate`, :meth:`upload`, deletes,
   :meth:`status`. Store writes are sent to worker threads (``asyncio.to_thread``).
-- Loader threads (``adapter-load``, a small pool owned by :mod:`service.registry.loader`):
-  :meth:`AdapterStore.load` and the wait on ``engine.load_adapter``'s future (given up once the
-  engine reports itself dead). They never touch the event loop.
+- Loader threads (``adapter-load``, :mod:`service.registry.loader`): the host tier or
+  :meth:`AdapterStore.load`, then ``engine.load_adapter`` (not waited on: its callback records
+  the outcome). They never touch the event loop.
 - Any thread: :meth:`Lease.release` (the engine thread may release a lease when it answers).
 - The engine thread only runs the bank changes it was handed; it never calls the registry.
 - The map's lock (:mod:`service.registry.active`) guards every entry, counter and the unload map; it
@@ -63,13 +60,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 
 from lookaside.backbone import VisionTransformer
 from lookaside.bank.packed import PackedAdapter
 from lookaside.checkpoint import AdapterCheckpoint, AdapterManifest
-from lookaside.errors import AdapterNotFound, ConfigError
+from lookaside.errors import AdapterNotFound, ConfigError, InvalidCheckpoint
 from service.backend import store_and_activate
 from service.errors import RequestTimeout
 from service.registry.active import (
@@ -81,7 +78,7 @@ from service.registry.active import (
     RegistryStats,
     VersionStatus,
 )
-from service.registry.leases import Lease
+from service.registry.leases import Admission, Lease
 from service.registry.loader import RegistryLoader
 from service.registry.packing import AdapterPacking
 from service.registry.refs import adapter_id, parse_ref, resolve_stored
@@ -93,6 +90,7 @@ from service.tiers.policy import make_policy
 __all__ = [
     "AdapterState",
     "AdapterUnavailable",
+    "Admission",
     "AdapterRegistry",
     "EngineAdapters",
     "Lease",
@@ -215,26 +213,59 @@ class AdapterRegistry:
         except TimeoutError:
             if waiter is not None:  # nobody awaits the load now: retrieve its outcome, quietly
                 waiter.add_done_callback(_retrieve)
-            self._release(adapter_id(name, version))
+            self._active.release(entry.id, entry)
             raise RequestTimeout(
                 f"adapter {adapter_id(name, version)} was still loading when the request "
                 "timed out; retry shortly (the load goes on) or raise LOOKASIDE_REQUEST_TIMEOUT_S"
             ) from None
         except BaseException:  # failed load, or the request was cancelled while waiting
-            self._release(adapter_id(name, version))
+            self._active.release(entry.id, entry)
             raise
-        return Lease(self._release, manifest, tier="device" if hit else entry.source)
+        return Lease(self._releaser(entry), manifest, tier="device" if hit else entry.source)
+
+    def admit(self, ref: str) -> Admission:
+        """Resolve ``ref`` and lease it now, without waiting for a load (event loop).
+
+        The lease's manifest comes from the store's index; ``ready`` is None for a resident
+        version, else the load's future (published, or its error): rows submitted with it wait
+        in the engine's queue without holding back other adapters' rows, so a cold request's
+        featurizing and queueing overlap its load. Refusals come at once: 404 (what exists),
+        503 (``cold_overload``, deleted, larger than the device tier).
+        """
+        name, version = self.resolve(ref)
+        try:
+            manifest = self.store.manifest(name, version)
+        except InvalidCheckpoint as exc:
+            raise AdapterUnavailable(
+                f"adapter {adapter_id(name, version)} could not be loaded: {exc}"
+            ) from exc
+        entry = self._lease(name, version, count=True)
+        done = entry.done
+        if done.done() and not done.cancelled() and done.exception() is None:
+            return Admission(Lease(self._releaser(entry), manifest), None)
+        lease = Lease(self._releaser(entry), manifest, tier="loading")
+
+        def landed(_: Future[AdapterManifest]) -> None:
+            lease.tier = entry.source
+
+        done.add_done_callback(landed)
+        return Admission(lease, done)
+
+    def _releaser(self, entry: Entry) -> Callable[[str], None]:
+        """What a lease on ``entry`` calls when released (bound to that entry, not to its id:
+        a failed entry replaced by a new load of the same version keeps its own count)."""
+        return lambda aid: self._active.release(aid, entry)
 
     def acquire_blocking(self, ref: str, *, timeout: float | None = None) -> Lease:
         """:meth:`acquire` for code on a plain thread (never call it on the event loop)."""
         name, version = self.resolve(ref)
-        done = self._lease(name, version, count=True).done
+        entry = self._lease(name, version, count=True)
         try:
-            manifest = done.result(timeout)
+            manifest = entry.done.result(timeout)
         except BaseException:
-            self._release(adapter_id(name, version))
+            self._active.release(entry.id, entry)
             raise
-        return Lease(self._release, manifest)
+        return Lease(self._releaser(entry), manifest)
 
     def _lease(
         self,
@@ -262,9 +293,6 @@ class AdapterRegistry:
             return self._packing.device_bytes(manifest)
         except Exception:  # an unreadable manifest: the load itself reports why
             return 0
-
-    def _release(self, aid: str) -> None:
-        self._active.release(aid)
 
     # -- management (event loop) -------------------------------------------------------------
     async def upload(

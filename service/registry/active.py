@@ -212,6 +212,12 @@ class ActiveMap:
                     done=Future(),
                     device_bytes=device_bytes(),
                 )
+                budget = self.residency.budget_bytes
+                if budget is not None and fresh.device_bytes > budget:  # evicting cannot help
+                    raise AdapterUnavailable(
+                        f"adapter {aid} needs {fresh.device_bytes} bytes on the device, more "
+                        f"than the whole device tier ({budget} bytes); raise device_cache_bytes"
+                    )
                 load(fresh)  # first: a refused load (too many waiting) changes nothing
                 if entry is not None:  # a failed version: keep its history visible until it works
                     fresh.reason = entry.reason
@@ -234,16 +240,20 @@ class ActiveMap:
                 self._requests[aid] += 1
             return entry
 
-    def release(self, aid: str) -> None:
-        """A lease given back (any thread): unload a retired version, or shrink to the limit."""
+    def release(self, aid: str, taken: Entry | None = None) -> None:
+        """A lease given back (any thread): unload a retired version, or shrink to the limit.
+
+        ``taken``: the entry the lease was taken on; a failed entry replaced by a new load of
+        the same version since then only loses its lease (the new entry's count is not its)."""
         with self.lock:
-            entry = self.entries.get(aid)
+            current = self.entries.get(aid)
+            entry = taken if taken is not None else current
             if entry is None or entry.leases <= 0:
                 log.error("lease of %s released more often than taken", aid)
                 return
             entry.leases -= 1
             entry.last_used = next(self._clock)
-            if entry.leases > 0:
+            if entry.leases > 0 or entry is not current:
                 return
             if entry.retired and entry.state == "ready":
                 self._unload_locked(entry, evicted=False)
@@ -309,6 +319,28 @@ class ActiveMap:
             if victim is None:
                 return None
             return self._unload_locked(self.entries[victim.id], evicted=True)
+
+    def evict_any(self, entry: Entry) -> Future[None] | None:
+        """Unload the residency policy's victim of any stack (none of ``entry``'s is idle: the
+        engine frees a stack's bytes only once it is empty); None when nothing is idle."""
+        with self.lock:
+            victim = self.residency.victim(self.entries, exclude=entry.id)
+            if victim is None:
+                return None
+            return self._unload_locked(self.entries[victim.id], evicted=True)
+
+    def drop_orphan(self, entry: Entry) -> None:
+        """The engine published ``entry`` after its load had been given up (failed): unload it,
+        unless a newer entry of that version is resident or loading (it then owns the slot's
+        fate: its own load reports that the id is already loaded, and is retried)."""
+        with self.lock:
+            current = self.entries.get(entry.id)
+            if current is not None and current.resident:
+                return
+            future = self.engine.unload_adapter(entry.id)
+            self._unloading[entry.id] = future
+            future.add_done_callback(lambda f: self._unloaded(entry.id, f))
+        log.warning("%s was published after its load was given up; unloading it", entry.id)
 
     def retire(self, aid: str) -> Future[None] | None:
         """Mark a deleted version; unload it now if idle (returns that unload)."""

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
 
 from lookaside.checkpoint import AdapterManifest
 
-__all__ = ["Lease"]
+__all__ = ["Admission", "Lease"]
 
 
 class Lease:
@@ -72,3 +74,12 @@ class Lease:
 
     def __repr__(self) -> str:
         return f"Lease({self.adapter_id!r}, released={self._released})"
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A lease taken at once (``AdapterRegistry.admit``) and, for a version not resident yet,
+    the future of its load (rows submitted with it wait for it in the engine's queue)."""
+
+    lease: Lease
+    ready: Future[AdapterManifest] | None

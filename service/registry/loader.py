@@ -141,17 +141,15 @@ class RegistryLoader:
             if not health.dead:
                 continue
             with self._lock:
-                stuck, self._handed = list(self._handed), set()
+                stuck = list(self._handed)
             for handed in stuck:
-                if handed.settle():
-                    self._release(handed.entry, handed.held)
-                    self._fail(
-                        handed.entry,
-                        AdapterUnavailable(
-                            f"adapter {handed.entry.id} could not be loaded: the engine is "
-                            f"stuck ({health.reason}); retry on another replica"
-                        ),
-                    )
+                self._settle(
+                    handed,
+                    AdapterUnavailable(
+                        f"adapter {handed.entry.id} could not be loaded: the engine is stuck "
+                        f"({health.reason}); retry on another replica"
+                    ),
+                )
 
     def _load(self, entry: Entry, given: AdapterCheckpoint | None) -> None:
         """Loader thread: steps 1-2, then hand over (step 3)."""
@@ -188,47 +186,72 @@ class RegistryLoader:
         return packed
 
     def _hand_over(self, entry: Entry, item: Loadable, start: float) -> None:
-        """Step 3: one engine load; its outcome is recorded by :meth:`_landed` (never waits)."""
+        """Step 3: one engine load; its outcome is recorded by :meth:`_landed` (never waits).
+        The load stays tracked (the watch thread may fail it) until it is settled."""
         host = self.host
         held = host is not None and isinstance(item, PackedAdapter) and host.hold(entry.id)
-        handed = _Handed(entry, held)
+        handed = _Handed(entry, held, item.manifest)
+        with self._lock:
+            self._handed.add(handed)
+        self._submit(handed, item, start)
+
+    def _submit(self, handed: _Handed, item: Loadable, start: float) -> None:
+        """Hand ``item`` to the engine (again, after an eviction made room) unless settled."""
+        if handed.settled:
+            return
         try:
             future = self._engine.load_adapter(item)
         except BaseException as exc:
-            self._release(entry, held)
-            self._fail(entry, exc)
+            self._settle(handed, exc)
             return
-        with self._lock:
-            self._handed.add(handed)
         future.add_done_callback(lambda f: self._landed(handed, item, start, f))
 
     def _landed(self, handed: _Handed, item: Loadable, start: float, future: Future[None]) -> None:
-        """Step 4 (the engine's thread): ready, or evict a same-stack victim and retry."""
-        with self._lock:
-            self._handed.discard(handed)
-        if not handed.settle():  # the watch thread failed it already
-            return
+        """Step 4 (the engine's thread): ready; or, on BankFull, evict a victim (of that stack,
+        else any idle one: only an emptied stack gives its bytes back) and hand over again."""
         entry = handed.entry
-        self._release(entry, handed.held)
+        exc = future.exception()
+        if exc is None:
+            if not self._settle(handed, None, seconds=time.perf_counter() - start):
+                # failed by the watch thread meanwhile: take back what the engine published
+                self._active.drop_orphan(entry)
+            return
+        if not isinstance(exc, BankFull):
+            self._settle(handed, exc)
+            return
         try:
-            exc = future.exception()
-            if exc is None:
-                self._finished()
-                self._active.loaded(entry, item.manifest, time.perf_counter() - start)
-                return
-            if not isinstance(exc, BankFull):
-                raise exc
             unloaded = self._active.evict_from_stack(entry)
             if unloaded is None:
-                raise AdapterUnavailable(
-                    f"no free slot for {entry.id} ({item.manifest.method}): every "
-                    "resident adapter of that method and config is in use or pinned; "
-                    f"retry shortly or raise device_cache_bytes ({exc})"
-                ) from exc
+                unloaded = self._active.evict_any(entry)
         except BaseException as failure:
-            self._fail(entry, failure)
+            self._settle(handed, failure)
             return
-        unloaded.add_done_callback(lambda _: self._hand_over(entry, item, start))
+        if unloaded is None:
+            self._settle(
+                handed,
+                AdapterUnavailable(
+                    f"no room on the device for {entry.id} ({item.manifest.method}): every "
+                    "resident adapter is in use or pinned; retry shortly or raise "
+                    f"device_cache_bytes ({exc})"
+                ),
+            )
+            return
+        unloaded.add_done_callback(lambda _: self._submit(handed, item, start))
+
+    def _settle(self, handed: _Handed, exc: BaseException | None, *, seconds: float = 0.0) -> bool:
+        """Record the load's outcome once (ready, or failed with ``exc``); False when it was
+        settled already (by the watch thread, or the other way round)."""
+        with self._lock:
+            self._handed.discard(handed)
+        if not handed.settle():
+            return False
+        self._release(handed.entry, handed.held)
+        self._finished()
+        if exc is None:
+            self._active.loaded(handed.entry, handed.item_manifest, seconds)
+        else:
+            self._active.failed(handed.entry, exc)
+        return True
 
     def _release(self, entry: Entry, held: bool) -> None:
         if held and self.host is not None:
@@ -267,11 +290,16 @@ class _Handed:
     """One load handed to the engine: settled once, by its future's callback or by the watch
     thread, whichever comes first."""
 
-    def __init__(self, entry: Entry, held: bool) -> None:
+    def __init__(self, entry: Entry, held: bool, manifest: AdapterManifest) -> None:
         self.entry = entry
         self.held = held
+        self.item_manifest = manifest
         self._settled = False
         self._lock = threading.Lock()
+
+    @property
+    def settled(self) -> bool:
+        return self._settled
 
     def settle(self) -> bool:
         """True for the first caller only."""

@@ -116,10 +116,13 @@ def test_a_new_stack_takes_only_the_slots_that_fit(
     backbone: VisionTransformer, ckpts: list[AdapterCheckpoint]
 ) -> None:
     s, h = _sizes(ckpts[0])
-    eng = _engine(backbone, 3 * s + h, capacity=8)
+    eng = _engine(backbone, 3 * (s + h), capacity=8)
     eng.load_adapter(ckpts[0]).result(timeout=10)
-    assert _capacity(eng) == 3  # not bank_capacity's 8
+    assert _capacity(eng) == 3  # not bank_capacity's 8: three adapters, heads included
     assert eng.bank.allocated_bytes() == 3 * s + h
+    padded = _engine(backbone, 3 * s + h, capacity=8)  # three slots, but heads for only one
+    padded.load_adapter(ckpts[0]).result(timeout=10)
+    assert _capacity(padded) == 2  # no slot whose adapter's head could never fit
     small = _engine(backbone, s + h - 1, capacity=8)  # not even one slot and a head
     with pytest.raises(BankFull, match=rf"device tier full: 0 of {s + h - 1} bytes .*new stack"):
         small.load_adapter(ckpts[0]).result(timeout=10)
