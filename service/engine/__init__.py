@@ -27,7 +27,8 @@ Threads and what they own (nothing else touches these objects):
   an orchestrator restarts the process). When the work ends the engine is ready again (logged).
 
 Batching (queue, batch formation, token budget, chunks, task kinds taking turns, deadlines) is
-:mod:`service.engine.batcher`; one batch's forward is :mod:`service.engine.forward`. A job whose
+:mod:`service.engine.batcher`, with jobs parked while their adapter loads
+(:mod:`service.engine.parked`); one batch's forward is :mod:`service.engine.forward`. A job whose
 single row is over ``max_batch_tokens`` is refused at submit (:class:`OverBudget`, 422); upload
 validation refuses such adapters before (``CheckpointLimits.max_window_tokens``). If a forward
 raises, every job of that batch is retried alone, so only the culprit fails
@@ -239,16 +240,18 @@ class Engine:
         *,
         request_id: str = "-",
         timeout_s: float = 30.0,
+        ready: Future[Any] | None = None,
     ) -> Future[Tensor]:
         """Queue one request's rows of ``task`` for one adapter.
 
         Returns a future of the per-row logits. Raises :class:`ValueError` for inputs of the
         wrong shape, :class:`OverBudget` (422) when one row needs more than ``max_batch_tokens``
         tokens, :class:`QueueFull` (429) when the queue is at capacity and :class:`NotReady`
-        (503) when the engine is stalled or stopping.
+        (503) when the engine is stalled or stopping. With a pending ``ready`` (the adapter's
+        load) the job is parked until it succeeds; if it fails, the job fails with its error.
         """
         tokens = row_tokens(task, inputs, self.backbone.cfg, adapter_id, self.max_batch_tokens)
-        job = Job(task, inputs, adapter_id, request_id, time.monotonic() + timeout_s)
+        job = Job(task, inputs, adapter_id, request_id, time.monotonic() + timeout_s, ready=ready)
         job.tokens_per_row = tokens
         health = self.watchdog.health()
         if health.stalled:
@@ -359,7 +362,7 @@ class Engine:
                             f"has the trace of request {part.job.request_id}"
                         ),
                     )
-        self._fail_remaining()
+        self.batcher.fail_remaining(NotReady("the server shut down before this request ran"))
         with self._cond:
             self._closed = True  # call() refuses from now on; what it accepted is applied below
         self._apply_commands()
@@ -442,7 +445,3 @@ class Engine:
             self.metrics.batch_tokens.observe(tokens)
 
         self.metrics.safe(record)
-
-    def _fail_remaining(self) -> None:
-        for job in self.batcher.take_all():
-            fail(job, NotReady("the server shut down before this request ran"))

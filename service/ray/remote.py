@@ -300,6 +300,7 @@ class RemoteRegistry:
                     loads=0,
                     evictions=0,
                     load_seconds=None,
+                    tier="device" if aid in resident else "disk",
                 )
             )
         return out

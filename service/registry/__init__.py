@@ -62,6 +62,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
+from dataclasses import replace
 
 from lookaside.backbone import VisionTransformer
 from lookaside.bank.packed import PackedAdapter
@@ -80,7 +81,7 @@ from service.registry.active import (
 )
 from service.registry.leases import Admission, Lease
 from service.registry.loader import RegistryLoader
-from service.registry.packing import AdapterPacking
+from service.registry.packing import AdapterPacking, device_bytes_of
 from service.registry.refs import adapter_id, parse_ref, resolve_stored
 from service.residency import AdapterState, Residency
 from service.store import AdapterStore, PutResult
@@ -281,18 +282,10 @@ class AdapterRegistry:
             version,
             count=count,
             load=lambda entry: self._loader.start(entry, checkpoint),
-            device_bytes=lambda: self._device_bytes(name, version, checkpoint),
+            device_bytes=lambda: device_bytes_of(
+                self._packing, checkpoint.manifest if checkpoint else self.store, name, version
+            ),
         )
-
-    def _device_bytes(self, name: str, version: int, given: AdapterCheckpoint | None) -> int:
-        """Device bytes of a version about to load (arithmetic from its manifest; 0 unknown)."""
-        if self._packing is None:
-            return 0
-        try:
-            manifest = given.manifest if given is not None else self.store.manifest(name, version)
-            return self._packing.device_bytes(manifest)
-        except Exception:  # an unreadable manifest: the load itself reports why
-            return 0
 
     # -- management (event loop) -------------------------------------------------------------
     async def upload(
@@ -388,7 +381,8 @@ class AdapterRegistry:
             if version is None:
                 continue
             count, nbytes = self._active.resident_bytes()
-            if not self.residency.fits(count + 1, nbytes + self._device_bytes(name, version, None)):
+            more = device_bytes_of(self._packing, self.store, name, version)
+            if not self.residency.fits(count + 1, nbytes + more):
                 break  # the next one would evict what was just preloaded
             try:
                 lease = await self.acquire(adapter_id(name, version), count=False)
@@ -411,7 +405,14 @@ class AdapterRegistry:
         if stored is None:
             return []
         pinned_version = stored.active if name in self.pinned else None
-        return self._active.status(name, list(stored.versions), pinned_version)
+        out = self._active.status(name, list(stored.versions), pinned_version)
+        host = self._loader.host
+        if host is None:
+            return out
+        return [
+            replace(s, tier="host") if s.tier == "disk" and f"{name}@{s.version}" in host else s
+            for s in out
+        ]
 
     def resident(self) -> list[str]:
         """Ids of the versions resident or loading, least recently used first."""

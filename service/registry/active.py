@@ -25,14 +25,12 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Protocol
 
-from lookaside.bank.packed import PackedAdapter
-from lookaside.checkpoint import AdapterCheckpoint, AdapterManifest
+from lookaside.checkpoint import AdapterManifest
 from lookaside.errors import AdapterNotFound
-from service.engine.watchdog import EngineHealth
 from service.errors import AdapterUnavailable
 from service.registry.refs import adapter_id
+from service.registry.types import EngineAdapters, RegistryEvents, RegistryStats, VersionStatus
 from service.residency import AdapterState, Residency
 from service.tiers.host_cache import TierStats
 
@@ -47,77 +45,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("service.registry")
-
-
-class EngineAdapters(Protocol):
-    """What the registry needs of the engine (``service.engine.Engine`` provides it)."""
-
-    def load_adapter(self, checkpoint: AdapterCheckpoint | PackedAdapter) -> Future[None]:
-        """Copy a checkpoint into a free bank slot between batches; id ``name@version``.
-
-        A :class:`~lookaside.checkpoint.ValidatedCheckpoint` skips the bank's finite scan (its
-        every value was already scanned); a :class:`~lookaside.bank.packed.PackedAdapter` (built
-        from one) is copied as it is. The future fails with :class:`BankFull` only from an
-        engine whose stacks cannot grow (``service.residency``).
-        """
-        ...
-
-    def unload_adapter(self, adapter_id: str) -> Future[None]:
-        """Remove an adapter from the bank between batches (its slot is zeroed and reused)."""
-        ...
-
-    def health(self) -> EngineHealth:
-        """Whether the engine is stalled or dead (bounds the registry's waits on it)."""
-        ...
-
-
-class RegistryEvents(Protocol):
-    """Observer of residency changes (metrics). Called on loader threads or the event loop."""
-
-    def adapter_loaded(self, name: str, version: int, seconds: float, tier: str = "disk") -> None:
-        """``name@version`` became resident after ``seconds``, read from ``tier`` (``host``:
-        the host tier, no disk read; ``disk``: read and validated)."""
-        ...
-
-    def adapter_load_failed(self, name: str, version: int, reason: str) -> None:
-        """A load of ``name@version`` failed."""
-        ...
-
-    def adapter_evicted(self, name: str, version: int) -> None:
-        """``name@version`` was unloaded to make room (not for a delete)."""
-        ...
-
-
-@dataclass(frozen=True)
-class VersionStatus:
-    """One stored version as the registry sees it (``GET /adapters/{name}``)."""
-
-    version: int
-    state: AdapterState
-    reason: str | None
-    resident: bool
-    pinned: bool
-    in_flight: int
-    """Leases held now: requests queued or running on this version."""
-    requests: int
-    """Requests admitted for this version since the server started."""
-    loads: int
-    evictions: int
-    load_seconds: float | None
-    """Duration of the last successful load."""
-
-
-@dataclass(frozen=True)
-class RegistryStats:
-    """Counters for metrics, all since the registry was created."""
-
-    resident: int
-    loads: dict[str, int]
-    """Successful loads by adapter name."""
-    load_failures: dict[str, int]
-    evictions: dict[str, int]
-    requests: dict[str, int]
-    """Requests admitted by adapter name."""
 
 
 @dataclass
@@ -414,6 +341,8 @@ class ActiveMap:
                         loads=self._loads[aid],
                         evictions=self._evictions[aid],
                         load_seconds=entry.load_seconds if entry is not None else None,
+                        tier="device" if entry is not None and entry.resident else "disk",
+                        device_bytes=entry.device_bytes if entry is not None else None,
                     )
                 )
             return out

@@ -13,8 +13,9 @@ from typing import Protocol
 from lookaside.bank import AdapterBank
 from lookaside.bank.packed import PackedAdapter
 from lookaside.checkpoint import AdapterManifest, ValidatedCheckpoint
+from service.store import AdapterStore
 
-__all__ = ["AdapterPacking", "BankPacking"]
+__all__ = ["AdapterPacking", "BankPacking", "device_bytes_of"]
 
 
 class AdapterPacking(Protocol):
@@ -44,3 +45,21 @@ class BankPacking:
         return PackedAdapter.of(
             ckpt, expected=expected, dtype=self._bank.dtype, pin=self._bank.device.type == "cuda"
         )
+
+
+def device_bytes_of(
+    packing: AdapterPacking | None,
+    source: AdapterManifest | AdapterStore,
+    name: str,
+    version: int,
+) -> int:
+    """Device bytes of ``name@version`` about to load, by arithmetic from its manifest (given,
+    or from the store's index); 0 when unknown (no packing, or a manifest that does not parse:
+    the load itself then reports why)."""
+    if packing is None:
+        return 0
+    try:
+        manifest = source if isinstance(source, AdapterManifest) else source.manifest(name, version)
+        return packing.device_bytes(manifest)
+    except Exception:
+        return 0

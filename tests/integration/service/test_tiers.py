@@ -564,3 +564,19 @@ def test_a_cold_burst_neither_refuses_nor_evicts_nor_holds_back_the_hot_adapters
     assert {"t00@1", "t01@1"} <= resident  # never evicted by the waves
     assert resident - {"t00@1", "t01@1"} == {f"{n}@1" for n in NAMES[14:18]}  # the last wave
     assert rig.reads["t00@1"] == rig.reads["t01@1"] == 1
+
+
+def test_each_versions_status_names_its_tier(make_rig: RigFactory) -> None:
+    """``GET /adapters/{name}``'s ``tier``: device (resident), host (evicted, packed copy kept)
+    or disk."""
+    rig = make_rig(3, device=1, host=2)
+
+    async def main() -> None:
+        assert await touch(rig.registry, "t00@1") == "disk"
+        assert await touch(rig.registry, "t01@1") == "disk"  # evicts t00 from the device
+
+    run(main)
+    rig.settle()
+    tiers = {n: rig.registry.status(n)[0].tier for n in ("t00", "t01", "t02")}
+    assert tiers == {"t00": "host", "t01": "device", "t02": "disk"}
+    assert rig.registry.status("t01")[0].device_bytes == rig.one_device
