@@ -258,11 +258,12 @@ class ActiveMap:
 
     def drop_orphan(self, entry: Entry) -> None:
         """The engine published ``entry`` after its load had been given up (failed): unload it,
-        unless a newer entry of that version is resident or loading (it then owns the slot's
-        fate: its own load reports that the id is already loaded, and is retried)."""
+        unless a newer entry of that version is ready (then it holds that slot). A newer load
+        in progress that finds the id still published is handed over again once this unload is
+        applied (:mod:`service.registry.loader`)."""
         with self.lock:
             current = self.entries.get(entry.id)
-            if current is not None and current.resident:
+            if current is not None and current.state == "ready":
                 return
             future = self.engine.unload_adapter(entry.id)
             self._unloading[entry.id] = future

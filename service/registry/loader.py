@@ -217,6 +217,11 @@ class RegistryLoader:
                 self._active.drop_orphan(entry)
             return
         if not isinstance(exc, BankFull):
+            pending = self._active.unloading(entry.id)
+            if pending is not None and not handed.retried:  # an orphan of an older load
+                handed.retried = True
+                pending.add_done_callback(lambda _: self._submit(handed, item, start))
+                return
             self._settle(handed, exc)
             return
         try:
@@ -294,6 +299,8 @@ class _Handed:
         self.entry = entry
         self.held = held
         self.item_manifest = manifest
+        self.retried = False
+        """Handed over again once after an older load's orphan was unloaded."""
         self._settled = False
         self._lock = threading.Lock()
 
