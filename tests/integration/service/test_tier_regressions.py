@@ -373,3 +373,54 @@ def test_a_budget_of_six_adapters_holds_six_heads_included(
     assert engine.resident() == want
     assert registry.tier_stats()["device"].evictions == 0
     assert engine.tier_stats().allocated <= budget
+
+
+def test_a_new_load_racing_an_orphans_publish_is_handed_over_again(
+    svc_backbone: VisionTransformer,
+    make_store: Callable[..., AdapterStore],
+    closing: list[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The given-up load's publish is held until a second request's load of the same version
+    is in progress: the orphan is unloaded and the second load handed over again, so it
+    succeeds and the version stays loadable (was: 'already loaded' for ever)."""
+    monkeypatch.setattr("service.engine.loads.copies_inline", lambda device, nbytes: False)
+    store = make_store("s0")
+    engine = _engine(svc_backbone, stall_s=0.2, dead_s=0.4)
+    registry = AdapterRegistry(
+        store, engine, backbone=svc_backbone, packing=BankPacking(engine.bank)
+    )
+    closing += [registry, engine]
+    real_load, real_publish = engine.bank.load, engine.bank.publish
+    slowed, at_publish, go = threading.Event(), threading.Event(), threading.Event()
+
+    def slow_load(*args: Any) -> Any:
+        if not slowed.is_set():
+            slowed.set()
+            time.sleep(1.0)  # past dead_s: the watch thread gives the load up
+        return real_load(*args)
+
+    def held_publish(*args: Any) -> Any:
+        if not at_publish.is_set():
+            at_publish.set()
+            assert go.wait(10)
+        return real_publish(*args)
+
+    monkeypatch.setattr(engine.bank, "load", slow_load)
+    monkeypatch.setattr(engine.bank, "publish", held_publish)
+
+    async def scenario() -> None:
+        with pytest.raises(AdapterUnavailable, match="engine is stuck"):
+            await registry.acquire("s0@1", timeout=10)
+        assert await asyncio.to_thread(at_publish.wait, 10)
+        second = asyncio.ensure_future(registry.acquire("s0@1", timeout=10))
+        await asyncio.sleep(0)  # its entry is loading before the orphan is published
+        assert registry.status("s0")[0].state == "loading"
+        go.set()
+        (await second).release()
+        for _ in range(2):
+            await _touch(registry, "s0@1", timeout=10)
+        assert registry.resident() == ["s0@1"]
+        assert engine.resident() == ["s0@1"]
+
+    asyncio.run(scenario())
