@@ -21,7 +21,8 @@ interleaved rounds, each of ``--requests`` requests kept ``--concurrency`` in fl
 Before the first round, a warm-up (round-robin over the 8, not measured) loads them. Per round:
 clips/s, p50/p99 latency, errors, distinct adapters; from ``GET /metrics`` before and after it:
 adapter loads (and loads/s), load seconds, evictions, the resident count, the device and host
-tiers' hit rates and loads from each (``lookaside_adapter_tier_*``); the server's RSS. Per round pair: zipf/uniform of clips/s and of p99.
+tiers' hit rates and loads from each (``lookaside_adapter_tier_*``), rows per batch, forward and
+queue-wait means; the server's RSS. Per round pair: zipf/uniform of clips/s and of p99.
 The first Zipf round is cold (about a third of its requests name an adapter for the first time:
 no cache helps there) and is reported apart; the median ratios are over the later rounds.
 """
@@ -68,6 +69,11 @@ COUNTERS = {
     "device_misses": 'lookaside_adapter_tier_misses_total{tier="device"}',
     "host_hits": 'lookaside_adapter_tier_hits_total{tier="host"}',
     "host_misses": 'lookaside_adapter_tier_misses_total{tier="host"}',
+    "batches": "lookaside_batch_rows_count ",
+    "batch_rows": "lookaside_batch_rows_sum ",
+    "forward_s": "lookaside_forward_seconds_sum ",
+    "queue_wait_s": "lookaside_queue_wait_seconds_sum ",
+    "queue_waits": "lookaside_queue_wait_seconds_count ",
 }
 
 
@@ -260,6 +266,9 @@ def run_rounds(server: Served, args: argparse.Namespace, clip: bytes) -> list[di
             row["loads_per_s"] = row["loads"] / stats["seconds"]
             row["device_hit"] = _rate(row["device_hits"], row["device_misses"])
             row["host_hit"] = _rate(row["host_hits"], row["host_misses"])
+            row["rows_per_batch"] = row["batch_rows"] / max(row["batches"], 1)
+            row["forward_ms"] = 1000 * row["forward_s"] / max(row["batches"], 1)
+            row["queue_wait_ms"] = 1000 * row["queue_wait_s"] / max(row["queue_waits"], 1)
             row["rss_mb"] = rss_mb(server.pid)
             rows.append(row)
             before = after
@@ -290,8 +299,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 HEADER = (
     "| round | traffic | clips/s | p50 ms | p99 ms | errors | distinct | device hit | host hit "
-    "| loads host/disk | ms/load host/disk | loads/s | evictions | RSS MB |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| loads host/disk | ms/load host/disk | loads/s | evictions | rows/batch | forward ms "
+    "| queue wait ms | RSS MB |\n" + "|---" * 17 + "|"
 )
 
 
@@ -315,7 +324,8 @@ def _row_line(r: dict[str, Any]) -> str:
         f"| {r['round']} | {r['traffic']} | {r['clips_per_s']:.1f} | {r['p50_ms']:.0f} "
         f"| {r['p99_ms']:.0f} | {r['errors']} | {r['distinct']} | {hits[0]} | {hits[1]} "
         f"| {r['host_loads']:.0f} / {r['disk_loads']:.0f} | {per_load} "
-        f"| {r['loads_per_s']:.1f} | {r['evictions']:.0f} | {rss} |"
+        f"| {r['loads_per_s']:.1f} | {r['evictions']:.0f} | {r['rows_per_batch']:.1f} "
+        f"| {r['forward_ms']:.0f} | {r['queue_wait_ms']:.0f} | {rss} |"
     )
 
 

@@ -206,7 +206,10 @@ class AdapterBank(BankSizes, AdapterViews, nn.Module):
         cfg = spec.parse_config(config)
         key = stack_key(method, cfg)
         with normal_tensors():
-            head_module = AdapterHead(head, self._dim, device=self.device, dtype=self.dtype)
+            # no init: load() writes every value, or initialises it from its seed
+            head_module = AdapterHead(
+                head, self._dim, device=self.device, dtype=self.dtype, init=False
+            )
         head_module.requires_grad_(self.trainable)
         with self._locked():
             self._head_ledger.built(head_module)  # counted until it is freed, whatever happens next

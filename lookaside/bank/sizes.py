@@ -77,14 +77,15 @@ class BankSizes:
             stacks = [s.stack for s in self._table.by_key.values()]
             stacks += list(self._dropped)  # never in the table again: new stacks are new
             heads = self._head_ledger.alive
-        return sum(_module_bytes(s) for s in stacks) + heads * self.dtype.itemsize
+        return sum(_stack_bytes(s, self.dtype) for s in stacks) + heads * self.dtype.itemsize
 
     def used_bytes(self) -> int:
         """Bytes of the published adapters: their slots' share of the stacks and their heads
         (the sum of :meth:`~lookaside.bank.views.AdapterViews.adapter_bytes` over them)."""
         with self._table.locked():
             slots = sum(
-                s.live * (_module_bytes(s.stack) // s.capacity) for s in self._table.by_key.values()
+                s.live * (_stack_bytes(s.stack, self.dtype) // s.capacity)
+                for s in self._table.by_key.values()
             )
             return slots + self._head_ledger.published * self.dtype.itemsize
 
@@ -138,6 +139,23 @@ def module_numel(module: nn.Module) -> int:
 
 def _module_bytes(module: nn.Module) -> int:
     return sum(t.nbytes for t in (*module.parameters(), *module.buffers()))
+
+
+_STACK_BYTES: weakref.WeakKeyDictionary[AdapterStack, tuple[int, torch.dtype, int]] = (
+    weakref.WeakKeyDictionary()
+)
+"""Bytes of a stack per its slot count: its tensors change only when it grows (walking its
+modules' parameters costs more than a whole load, and the engine asks after every command)."""
+
+
+def _stack_bytes(stack: AdapterStack, dtype: torch.dtype) -> int:
+    """Bytes of ``stack`` (its slots in the bank's ``dtype``), recomputed when either changed."""
+    cached = _STACK_BYTES.get(stack)
+    if cached is not None and cached[:2] == (stack.num_slots, dtype):
+        return cached[2]
+    nbytes = _module_bytes(stack)
+    _STACK_BYTES[stack] = (stack.num_slots, dtype, nbytes)
+    return nbytes
 
 
 def _stack_key(method: str, config: AdapterConfig | Mapping[str, object]) -> str | None:
