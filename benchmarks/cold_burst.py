@@ -10,11 +10,16 @@ open loop (each on its own, whatever the others' latency), to one adapter that i
 phases of ``--seconds`` each:
 
 - **alone**: the hot client only;
-- **burst**: the hot client, plus ``--burst-concurrency`` clients sending, as fast as they are
-  answered, one request to each of ``--burst`` adapters never used before (every one a disk
-  load).
+- **warm burst**: the hot client, plus ``--burst-concurrency`` clients sending ``--burst``
+  requests as fast as they are answered, all to the (resident) hot adapter: the same work as the
+  cold burst but for the loads, so what the server's saturation alone costs the hot client;
+- **cold burst**: the same, but one request to each of ``--burst`` adapters never used before
+  (every one a disk load).
 
-Reported per phase: the hot adapter's p50/p99 latency and answers by status; for the burst its
+The cold burst's cost to the hot adapter is its latency there over the warm burst's.
+
+Reported per phase: the hot adapter's p50/p99 latency and answers by status (during a burst: of
+the hot requests sent while it ran); for the burst its
 answers by status (a 503 ``cold_overload`` is the admission bound working), the loads it caused
 and the loads per second. The bound the tests assert by ordering (hot rows answered before the
 burst's loads complete, never refused) is what this measures in time.
@@ -40,7 +45,10 @@ from lookaside.backbones import load_backbone
 WAV = {"Content-Type": "audio/wav"}
 
 
-async def _post(client: httpx.AsyncClient, url: str, name: str, clip: bytes) -> tuple[str, float]:
+async def _post(
+    client: httpx.AsyncClient, url: str, name: str, clip: bytes
+) -> tuple[str, float, float]:
+    """(status, latency, sent at)."""
     start = time.perf_counter()
     try:
         r = await client.post(f"{url}/classify?adapter={name}", content=clip, headers=WAV)
@@ -49,11 +57,23 @@ async def _post(client: httpx.AsyncClient, url: str, name: str, clip: bytes) -> 
             status = "503 cold_overload"
     except httpx.HTTPError as exc:
         status = type(exc).__name__
-    return status, time.perf_counter() - start
+    return status, time.perf_counter() - start, start
 
 
-async def _hot(url: str, name: str, clip: bytes, rate: float, seconds: float) -> dict[str, Any]:
-    """Open loop: one request every 1/rate s for ``seconds``; latencies of the answered ones."""
+def _summary(answers: list[tuple[str, float, float]]) -> dict[str, Any]:
+    latencies = sorted(s for status, s, _ in answers if status == "200")
+    return {
+        "requests": len(answers),
+        "status": dict(Counter(status for status, _, _ in answers)),
+        "p50_ms": 1000 * latencies[len(latencies) // 2] if latencies else None,
+        "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))] if latencies else None,
+    }
+
+
+async def _hot(
+    url: str, name: str, clip: bytes, rate: float, seconds: float
+) -> list[tuple[str, float, float]]:
+    """Open loop: one request every 1/rate s for ``seconds``; (status, latency, sent at) each."""
     async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=256)) as c:
         tasks = []
         start = time.perf_counter()
@@ -62,14 +82,23 @@ async def _hot(url: str, name: str, clip: bytes, rate: float, seconds: float) ->
             await asyncio.sleep(max(due - time.perf_counter(), 0.0))
             tasks.append(asyncio.create_task(_post(c, url, name, clip)))
             k += 1
-        answers = await asyncio.gather(*tasks)
-    latencies = sorted(s for status, s in answers if status == "200")
-    return {
-        "requests": len(answers),
-        "status": dict(Counter(status for status, _ in answers)),
-        "p50_ms": 1000 * latencies[len(latencies) // 2] if latencies else None,
-        "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))] if latencies else None,
-    }
+        return list(await asyncio.gather(*tasks))
+
+
+async def _beside(
+    url: str, args: argparse.Namespace, hot: str, names: list[str], clip: bytes
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The hot client and a burst over ``names`` at once; (hot, burst) reports: the hot one for
+    the requests sent while the burst ran, the burst's with the loads it caused."""
+    before = scrape(url)
+    hot_task = asyncio.create_task(_hot(url, hot, clip, args.rate, args.seconds))
+    started = time.perf_counter()
+    burst = await _burst(url, names, clip, args.burst_concurrency)
+    ended = time.perf_counter()
+    beside = _summary([a for a in await hot_task if started <= a[2] <= ended])
+    burst["loads"] = scrape(url)["loads"] - before["loads"]
+    burst["loads_per_s"] = burst["loads"] / burst["seconds"]
+    return beside, burst
 
 
 async def _burst(url: str, names: list[str], clip: bytes, concurrency: int) -> dict[str, Any]:
@@ -78,7 +107,7 @@ async def _burst(url: str, names: list[str], clip: bytes, concurrency: int) -> d
 
     async def worker(c: httpx.AsyncClient) -> None:
         for name in queue:
-            status, _ = await _post(c, url, name, clip)
+            status, _, _ = await _post(c, url, name, clip)
             statuses[status] += 1
 
     start = time.perf_counter()
@@ -98,15 +127,9 @@ async def _phases(url: str, args: argparse.Namespace, clip: bytes) -> dict[str, 
     hot, cold = names[0], names[args.adapters - args.burst :]  # preload takes the first names
     await _hot(url, hot, clip, args.rate, 2.0)  # warm-up, not reported
     out: dict[str, Any] = {"hot": hot}
-    out["alone"] = await _hot(url, hot, clip, args.rate, args.seconds)
-    before = scrape(url)
-    hot_task = asyncio.create_task(_hot(url, hot, clip, args.rate, args.seconds))
-    burst = await _burst(url, cold, clip, args.burst_concurrency)
-    out["burst_hot"] = await hot_task
-    after = scrape(url)
-    burst["loads"] = after["loads"] - before["loads"]
-    burst["loads_per_s"] = burst["loads"] / burst["seconds"]
-    out["burst"] = burst
+    out["alone"] = _summary(await _hot(url, hot, clip, args.rate, args.seconds))
+    out["warm_hot"], out["warm"] = await _beside(url, args, hot, [hot] * len(cold), clip)
+    out["burst_hot"], out["burst"] = await _beside(url, args, hot, cold, clip)
     return out
 
 
@@ -138,14 +161,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with serve(store, args.backbone, env, 600.0) as server:
             report = asyncio.run(_phases(server.url, args, _clip(frames / 100)))
     report["args"] = vars(args)
-    for phase in ("alone", "burst_hot"):
+    for phase, label in (
+        ("alone", "alone"),
+        ("warm_hot", "warm burst"),
+        ("burst_hot", "cold burst"),
+    ):
         r = report[phase]
-        print(f"hot {phase:9}: p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, {r['status']}")
-    b = report["burst"]
-    print(
-        f"burst: {b['requests']} cold requests in {b['seconds']:.1f} s, {b['status']}, "
-        f"{b['loads']:.0f} loads ({b['loads_per_s']:.1f}/s)"
-    )
+        print(f"hot, {label:10}: p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, {r['status']}")
+    for phase in ("warm", "burst"):
+        b = report[phase]
+        print(
+            f"{phase} burst: {b['requests']} requests in {b['seconds']:.1f} s, {b['status']}, "
+            f"{b['loads']:.0f} loads ({b['loads_per_s']:.1f}/s)"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return report
