@@ -86,6 +86,27 @@ def _engine(backbone: VisionTransformer, **kwargs: Any) -> Engine:
     return engine
 
 
+def _serving(
+    backbone: VisionTransformer,
+    store: AdapterStore,
+    closing: list[Any],
+    device_budget_bytes: int | None = None,
+    **engine_kw: Any,
+) -> tuple[Engine, AdapterRegistry]:
+    """A started engine and a registry on ``store`` sharing one device budget (both closed at
+    the end of the test)."""
+    engine = _engine(backbone, device_budget_bytes=device_budget_bytes, **engine_kw)
+    registry = AdapterRegistry(
+        store,
+        engine,
+        backbone=backbone,
+        device_budget_bytes=device_budget_bytes,
+        packing=BankPacking(engine.bank),
+    )
+    closing += [registry, engine]
+    return engine, registry
+
+
 def _device_bytes(backbone: VisionTransformer, store: AdapterStore, name: str) -> int:
     """Device bytes of one adapter (slot + head), from a bank the test does not use."""
     return BankPacking(Engine(backbone, device=torch.device("cpu")).bank).device_bytes(
@@ -121,15 +142,9 @@ def test_an_idle_stack_filling_the_device_tier_gives_way_to_another_stack(
     one = _device_bytes(svc_backbone, store, "s0")
     budget = 3 * one
     assert one + _device_bytes(svc_backbone, store, "b0") <= budget  # b0 fits beside one s*
-    engine = _engine(svc_backbone, device_budget_bytes=budget, bank_capacity=8)
-    registry = AdapterRegistry(
-        store,
-        engine,
-        backbone=svc_backbone,
-        device_budget_bytes=budget,
-        packing=BankPacking(engine.bank),
+    engine, registry = _serving(
+        svc_backbone, store, closing, device_budget_bytes=budget, bank_capacity=8
     )
-    closing += [registry, engine]
 
     async def scenario() -> None:
         await _touch(registry, "s0")
@@ -159,7 +174,7 @@ def test_a_late_release_on_a_failed_entry_leaves_the_next_loads_lease_count(
     B's release logged 'released more often than taken')."""
     store = make_store("s0", "s1")
     one = _device_bytes(svc_backbone, store, "s0")
-    engine = _engine(svc_backbone)
+    engine = _engine(svc_backbone)  # no engine budget: the registry's target is what is tested
     registry = AdapterRegistry(
         store,
         engine,
@@ -265,11 +280,7 @@ def test_a_load_published_after_the_watch_thread_failed_it_is_unloaded(
     registry, and every later load failed with 'already loaded')."""
     monkeypatch.setattr("service.engine.loads.copies_inline", lambda device, nbytes: False)
     store = make_store("s0")
-    engine = _engine(svc_backbone, stall_s=0.2, dead_s=0.4)
-    registry = AdapterRegistry(
-        store, engine, backbone=svc_backbone, packing=BankPacking(engine.bank)
-    )
-    closing += [registry, engine]
+    engine, registry = _serving(svc_backbone, store, closing, stall_s=0.2, dead_s=0.4)
     real_load, real_publish = engine.bank.load, engine.bank.publish
     published = threading.Event()
 
@@ -313,15 +324,9 @@ def test_a_version_larger_than_the_device_tier_is_refused_without_evicting(
     one = _device_bytes(svc_backbone, store, "s0")
     budget = 6 * one
     assert _device_bytes(svc_backbone, store, "big") > budget
-    engine = _engine(svc_backbone, device_budget_bytes=budget, bank_capacity=3)
-    registry = AdapterRegistry(
-        store,
-        engine,
-        backbone=svc_backbone,
-        device_budget_bytes=budget,
-        packing=BankPacking(engine.bank),
+    engine, registry = _serving(
+        svc_backbone, store, closing, device_budget_bytes=budget, bank_capacity=3
     )
-    closing += [registry, engine]
     refused: list[BaseException] = []
 
     async def scenario() -> None:
@@ -352,15 +357,7 @@ def test_a_budget_of_six_adapters_holds_six_heads_included(
     names = [f"s{i}" for i in range(6)]
     store = make_store(*names)
     budget = 6 * _device_bytes(svc_backbone, store, "s0")
-    engine = _engine(svc_backbone, device_budget_bytes=budget)
-    registry = AdapterRegistry(
-        store,
-        engine,
-        backbone=svc_backbone,
-        device_budget_bytes=budget,
-        packing=BankPacking(engine.bank),
-    )
-    closing += [registry, engine]
+    engine, registry = _serving(svc_backbone, store, closing, device_budget_bytes=budget)
 
     async def scenario() -> None:
         for name in names:
@@ -386,11 +383,7 @@ def test_a_new_load_racing_an_orphans_publish_is_handed_over_again(
     succeeds and the version stays loadable (was: 'already loaded' for ever)."""
     monkeypatch.setattr("service.engine.loads.copies_inline", lambda device, nbytes: False)
     store = make_store("s0")
-    engine = _engine(svc_backbone, stall_s=0.2, dead_s=0.4)
-    registry = AdapterRegistry(
-        store, engine, backbone=svc_backbone, packing=BankPacking(engine.bank)
-    )
-    closing += [registry, engine]
+    engine, registry = _serving(svc_backbone, store, closing, stall_s=0.2, dead_s=0.4)
     real_load, real_publish = engine.bank.load, engine.bank.publish
     slowed, at_publish, go = threading.Event(), threading.Event(), threading.Event()
 
