@@ -50,7 +50,7 @@ from typing import Any
 import httpx
 
 from benchmarks.cache_policy import ZIPF_S, zipf_ids
-from benchmarks.serve_http import _checkpoint, _clip, metric_sum
+from benchmarks.serve_http import _checkpoint, _clip, metric_sum, wait_ready
 from lookaside.backbones import load_backbone
 from lookaside.checkpoint import MANIFEST_FILE, WEIGHTS_FILE
 
@@ -150,18 +150,7 @@ def serve(store: Path, backbone: str, env: dict[str, str], timeout: float) -> It
     proc = subprocess.Popen(cmd, env=full, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {proc.returncode}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server did not become ready")
-            time.sleep(0.1)
+        wait_ready(proc, url, timeout)
         yield Served(url, proc.pid)
     finally:
         proc.terminate()
