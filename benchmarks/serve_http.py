@@ -185,6 +185,21 @@ def metric_sum(text: str, prefix: str) -> float:
     )
 
 
+def wait_ready(proc: subprocess.Popen[bytes], url: str, timeout: float) -> None:
+    """Until ``GET /readyz`` at ``url`` answers 200; fails if ``proc`` exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("the server did not become ready")
+
+
 class Server:
     """``python -m service`` in its own process."""
 
@@ -226,17 +241,7 @@ class Server:
         )
 
     def wait_ready(self, timeout: float = 600) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.proc.returncode}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("the server did not become ready")
+        wait_ready(self.proc, self.url, timeout)
 
     def wait_graphs(self, timeout: float = 1800) -> None:
         """engine=onnxruntime: wait until the startup graph is built (batches run eager PyTorch

@@ -46,6 +46,7 @@ import httpx
 import numpy as np
 import soundfile as sf
 
+from benchmarks.serve_http import wait_ready
 from lookaside.adapters.head import HeadConfig
 from lookaside.backbone import VisionTransformer
 from lookaside.backbones import build_random
@@ -129,18 +130,7 @@ def _serve(store: Path) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {proc.returncode}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server did not become ready")
-            time.sleep(0.1)
+        wait_ready(proc, url, 180)
         yield url
     finally:
         proc.terminate()

@@ -2,8 +2,9 @@
 
 Nothing is built at import. Startup, in order (``GET /readyz`` answers 503 with the current step
 until the end): load the backbone once (or take the injected one) -> start the engine worker ->
-open the store (removing what a crash left) -> load every adapter's active version up to the
-resident limit (through the registry) -> one warm-up batch per token grid in use -> ready.
+open the store (removing what a crash left) -> load adapters' active versions while the device
+tier has room (through the registry; the tiers' byte budgets are logged first) -> one warm-up
+batch per token grid in use -> ready.
 
 Shutdown (uvicorn stops accepting connections, closes every WebSocket itself with 1001 -- our
 protocol subclass, :mod:`service.stream.ws_protocol` -- so each ``/stream`` session ends and
@@ -34,6 +35,7 @@ from lookaside.errors import LookasideError
 from lookaside.model import FeatureRunner
 from lookaside.tasks import CLIP, get_task, task_for
 from service import errors
+from service.adapter_tiers import TierSetup, tier_setup
 from service.deps import AppState
 from service.engine import Engine
 from service.errors import OverBudget, StartupFailed
@@ -43,6 +45,7 @@ from service.logging import RequestIdMiddleware
 from service.metrics import ServiceMetrics, route_label
 from service.pipeline import ADAPTERS_KEY
 from service.registry import AdapterRegistry
+from service.registry.packing import BankPacking
 from service.routes import install_routes
 from service.routes.docs import install_docs
 from service.routes.stream import live_sessions
@@ -93,7 +96,7 @@ def create_app(
     ``start``: what the lifespan builds instead of this process's own engine and registry (the
     Ray ingress's remote ones, :mod:`service.ray.ingress`); the routes are the same either way.
     """
-    metrics = ServiceMetrics()
+    metrics = ServiceMetrics(max_adapters=settings.metrics_max_adapters)
     state = AppState(
         settings=settings,
         metrics=metrics,
@@ -177,6 +180,7 @@ async def start_serving(state: AppState, backbone: VisionTransformer | None) -> 
         backbone = backbone.to(device)
     backbone.requires_grad_(False).eval()
     state.backbone = backbone
+    tiers = tier_setup(settings, device)
     engine = Engine(
         backbone,
         device=device,
@@ -191,6 +195,7 @@ async def start_serving(state: AppState, backbone: VisionTransformer | None) -> 
         stall_s=settings.engine_stall_s,
         dead_s=settings.engine_dead_s,
         runner=_runner_factory(settings),
+        device_budget_bytes=tiers.budgets.device,
     )
     engine.start()
     state.engine = engine
@@ -203,7 +208,7 @@ async def start_serving(state: AppState, backbone: VisionTransformer | None) -> 
     state.store = store
 
     state.reason = "loading the active adapters"
-    state.registry = await _start_registry(state, store, engine, backbone)
+    state.registry = await _start_registry(state, store, engine, backbone, tiers)
 
     if settings.warmup:
         state.reason = "warming up"
@@ -266,22 +271,33 @@ def open_store(settings: ServiceSettings) -> AdapterStore:
 
 
 async def _start_registry(
-    state: AppState, store: AdapterStore, engine: Engine, backbone: VisionTransformer
+    state: AppState,
+    store: AdapterStore,
+    engine: Engine,
+    backbone: VisionTransformer,
+    tiers: TierSetup,
 ) -> AdapterRegistry:
-    """The registry (residency: LRU, pins, load on demand), with every active version up to the
-    resident limit preloaded."""
+    """The registry (residency within the device budget, pins, the host tier, load on demand),
+    with active versions preloaded while the device tier has room."""
     settings = state.settings
     registry = AdapterRegistry(
         store,
         engine,
         backbone=backbone,
         resident_limit=settings.max_resident_adapters,
+        device_budget_bytes=tiers.budgets.device,
+        policy=settings.device_cache_policy,
+        host=tiers.host,
+        packing=BankPacking(engine.bank),
         pinned=settings.pinned,
         events=state.metrics,
+        loader_threads=settings.max_loading_adapters,
+        max_pending_loads=settings.max_pending_loads,
     )
+    state.metrics.watch_tiers(lambda: registry.tier_stats(engine.tier_stats().allocated))
     if settings.ray:  # a Ray model replica: the router decides what each replica holds
         return registry
-    loaded = await registry.preload()
+    loaded = await registry.preload(settings.preload_adapters)
     log.info("preloaded %d adapter versions: %s", len(loaded), ", ".join(loaded) or "none")
     return registry
 

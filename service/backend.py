@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from torch import Tensor
 
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from lookaside.checkpoint import AdapterCheckpoint
     from lookaside.tasks import Inputs, TaskKind
     from service.engine.watchdog import EngineHealth
-    from service.registry import Lease, VersionStatus
+    from service.registry import Admission, Lease, VersionStatus
     from service.store import AdapterStore, PutResult
 
 
@@ -59,8 +59,11 @@ class Jobs(Protocol):
         *,
         request_id: str = "-",
         timeout_s: float = 30.0,
+        ready: Future[Any] | None = None,
     ) -> Future[Tensor]:
-        """Queue one request's rows of ``task`` for one adapter; a future of the per-row logits."""
+        """Queue one request's rows of ``task`` for one adapter; a future of the per-row logits.
+        ``ready``: the adapter's load, not done yet (the rows wait for it without holding back
+        other adapters' rows, and fail with its error)."""
         ...
 
     def stop(self, *, drain: bool = True, timeout: float | None = None) -> None:
@@ -72,6 +75,10 @@ class Adapters(Protocol):
     """Resolves what a request names to a leased version; uploads, swaps and deletes."""
 
     store: AdapterStore
+
+    def admit(self, ref: str) -> Admission:
+        """``name`` / ``name@version`` -> a lease now, and the load's future if not resident."""
+        ...
 
     async def acquire(
         self,

@@ -6,7 +6,8 @@ Names (all prefixed ``lookaside_``):
 ==========================================  ======================================================
 ``requests_total{adapter,route,status}``    answers; ``adapter`` is the adapter's name (one
                                             sample per adapter of a multi-adapter request), or
-                                            ``""`` where no adapter was resolved
+                                            ``""`` where no adapter was resolved (every
+                                            ``adapter`` label is capped: see below)
 ``request_seconds{route}``                  total latency (histogram)
 ``adapter_request_seconds{adapter}``        total latency of the requests naming an adapter (a
                                             multi-adapter request counts under each of them)
@@ -16,7 +17,9 @@ Names (all prefixed ``lookaside_``):
 ``batch_rows`` / ``batch_adapters``         rows and distinct adapters per batch
 ``queue_depth``                             jobs waiting (gauge)
 ``adapters_resident`` / ``adapters_in_store``  gauges
-``adapter_load_seconds{adapter}``           load into the bank (histogram)
+``adapter_load_seconds{tier}``              load into the bank (histogram), by where it was
+                                            read from: ``host`` (the host tier: no disk read,
+                                            no validation) or ``disk``
 ``adapter_evictions_total{adapter}``        evictions by the residency policy
 ``adapter_load_failures_total{adapter}``    loads that failed
 ``batch_failures_total``                    forwards that raised (rows then retried alone)
@@ -50,6 +53,10 @@ Names (all prefixed ``lookaside_``):
 ``stream_audio_seconds_total``              seconds of audio received over every session
 ``build_info{version,backbone,fingerprint,  1, once the backbone is loaded (``GET /info``'s
 device,dtype,engine}``                      fields; join on it to label a panel by backbone)
+``adapter_tier_*{tier}``                    hits, misses, evictions, bypass, bytes, in-flight
+                                            bytes, budget and entries of the ``device`` and
+                                            ``host`` tiers, read at scrape time
+                                            (:mod:`service.metrics_tiers`)
 ==========================================  ======================================================
 
 Besides these, unprefixed: ``process_*`` (CPU seconds, resident memory, open files, start time;
@@ -57,8 +64,12 @@ on Linux) and ``python_*`` (version, garbage collections), as prometheus_client'
 has them. ``route`` is the route's template (``/adapters/{name}``), a mount's path for the files
 under it (``/static``, ``/docs/assets``), or ``unmatched`` for an unknown path: never the raw URL.
 
-Adapter names are real label values (``adapter="esc50"``), never joined strings. Recording never
-fails a request: :meth:`ServiceMetrics.safe` swallows and logs a metrics error.
+Adapter names are real label values (``adapter="esc50"``), never joined strings, and bounded:
+the first ``max_adapters`` distinct names seen (``metrics_max_adapters``, 1000) keep their own
+series in every metric with an ``adapter`` label, later names are counted under
+``adapter="_other"``, and ``""`` stays ``""`` (:class:`~service.metrics_tiers.AdapterLabels`), so
+the series and the render time stay flat however many adapters are served. Recording never fails
+a request: :meth:`ServiceMetrics.safe` swallows and logs a metrics error.
 """
 
 from __future__ import annotations
@@ -83,6 +94,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 from starlette.routing import Mount, Route
 from starlette.types import Scope
+
+from service.metrics_tiers import AdapterLabels, CappedByAdapter, TierCollector
+from service.tiers.host_cache import TierStats
 
 log = logging.getLogger("service.metrics")
 
@@ -193,31 +207,20 @@ class _OnnxRuntime(Collector):
 
 
 class ServiceMetrics:
-    """Every metric of one app, registered in ``self.registry``."""
+    """Every metric of one app, registered in ``self.registry``; ``max_adapters`` bounds the
+    ``adapter`` label's values (module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_adapters: int = 1000) -> None:
+        self.adapter_label = AdapterLabels(max_adapters)
+        """Maps an adapter name to its ``adapter`` label (every adapter-labelled metric uses it)."""
+        cap = self.adapter_label
         self._render_lock = threading.Lock()
         self._rendered: tuple[float, bytes] | None = None
         self.renders = 0
         """Renders done by :meth:`render_cached` (tests count them)."""
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter(
-            "lookaside_requests",
-            "Answers by adapter, route and HTTP status",
-            ["adapter", "route", "status"],
-            registry=r,
-        )
-        self.request_seconds = Histogram(
-            "lookaside_request_seconds", "Total latency", ["route"], buckets=_LATENCY, registry=r
-        )
-        self.adapter_request_seconds = Histogram(
-            "lookaside_adapter_request_seconds",
-            "Total latency of the requests naming this adapter (each adapter of a request)",
-            ["adapter"],
-            buckets=_LATENCY,
-            registry=r,
-        )
+        self._add_request_metrics(r, cap)
         self.queue_wait = Histogram(
             "lookaside_queue_wait_seconds", "Submit to batch start", buckets=_LATENCY, registry=r
         )
@@ -250,8 +253,8 @@ class ServiceMetrics:
         self.engine_stalls = Counter(
             "lookaside_engine_stalls", "Stalls detected by the engine watchdog", registry=r
         )
-        self._add_residency_metrics(r)
-        self._add_stream_metrics(r)
+        self._add_residency_metrics(r, cap)
+        self._add_stream_metrics(r, cap)
         r.register(_CudaMemory())
         # the process's CPU, memory, open files and start time; the interpreter's version and
         # garbage collections (what prometheus_client puts on its default registry)
@@ -260,8 +263,35 @@ class ServiceMetrics:
         GCCollector(registry=r)
         self._build = _BuildInfo()
         r.register(self._build)
+        self._tiers = TierCollector()
+        r.register(self._tiers)
 
-    def _add_residency_metrics(self, r: CollectorRegistry) -> None:
+    def _add_request_metrics(self, r: CollectorRegistry, cap: AdapterLabels) -> None:
+        """The per-request counters and latencies (part of ``__init__``)."""
+        self.requests = CappedByAdapter(
+            Counter(
+                "lookaside_requests",
+                "Answers by adapter, route and HTTP status",
+                ["adapter", "route", "status"],
+                registry=r,
+            ),
+            cap,
+        )
+        self.request_seconds = Histogram(
+            "lookaside_request_seconds", "Total latency", ["route"], buckets=_LATENCY, registry=r
+        )
+        self.adapter_request_seconds = CappedByAdapter(
+            Histogram(
+                "lookaside_adapter_request_seconds",
+                "Total latency of the requests naming this adapter (each adapter of a request)",
+                ["adapter"],
+                buckets=_LATENCY,
+                registry=r,
+            ),
+            cap,
+        )
+
+    def _add_residency_metrics(self, r: CollectorRegistry, cap: AdapterLabels) -> None:
         """The queue and adapter residency gauges and counters (part of ``__init__``)."""
         self.queue_depth = Gauge("lookaside_queue_depth", "Jobs waiting", registry=r)
         self.adapters_resident = Gauge(
@@ -272,22 +302,33 @@ class ServiceMetrics:
         )
         self.adapter_load_seconds = Histogram(
             "lookaside_adapter_load_seconds",
-            "Time to load an adapter version into the bank",
-            ["adapter"],
+            "Time to load an adapter version into the bank, by the tier it was read from",
+            ["tier"],
             buckets=_LATENCY,
             registry=r,
         )
-        self.adapter_evictions = Counter(
-            "lookaside_adapter_evictions",
-            "Evictions by the residency policy",
-            ["adapter"],
-            registry=r,
+        for tier in ("host", "disk"):  # both series from the start (rate() of a new one is empty)
+            self.adapter_load_seconds.labels(tier=tier)
+        self.adapter_evictions = CappedByAdapter(
+            Counter(
+                "lookaside_adapter_evictions",
+                "Evictions by the residency policy",
+                ["adapter"],
+                registry=r,
+            ),
+            cap,
         )
-        self.adapter_load_failures = Counter(
-            "lookaside_adapter_load_failures", "Adapter loads that failed", ["adapter"], registry=r
+        self.adapter_load_failures = CappedByAdapter(
+            Counter(
+                "lookaside_adapter_load_failures",
+                "Adapter loads that failed",
+                ["adapter"],
+                registry=r,
+            ),
+            cap,
         )
 
-    def _add_stream_metrics(self, r: CollectorRegistry) -> None:
+    def _add_stream_metrics(self, r: CollectorRegistry, cap: AdapterLabels) -> None:
         """The live-streaming (``GET /stream``) metrics (part of ``__init__``)."""
         self.stream_sessions = Gauge(
             "lookaside_stream_sessions", "Live stream sessions (opening ones included)", registry=r
@@ -298,11 +339,14 @@ class ServiceMetrics:
             ["code"],
             registry=r,
         )
-        self.stream_windows = Counter(
-            "lookaside_stream_windows",
-            "Streamed windows answered, per adapter",
-            ["adapter"],
-            registry=r,
+        self.stream_windows = CappedByAdapter(
+            Counter(
+                "lookaside_stream_windows",
+                "Streamed windows answered, per adapter",
+                ["adapter"],
+                registry=r,
+            ),
+            cap,
         )
         self.stream_dropped = Counter(
             "lookaside_stream_dropped_windows",
@@ -343,9 +387,17 @@ class ServiceMetrics:
         """Export the ONNX Runtime engine's counters (``OrtFeatures.stats``) at each scrape."""
         self.registry.register(_OnnxRuntime(stats))
 
-    def adapter_loaded(self, name: str, version: int, seconds: float) -> None:
-        """``name@version`` became resident after ``seconds`` (read + validate + copy)."""
-        self.safe(lambda: self.adapter_load_seconds.labels(adapter=name).observe(seconds))
+    def watch_tiers(self, stats: Callable[[], Mapping[str, TierStats]]) -> None:
+        """Export ``lookaside_adapter_tier_*{tier}`` from ``stats()`` (per tier name: ``device``,
+        ``host``) at each scrape; a later call replaces the source. A ``stats`` that raises
+        leaves those series out of that scrape (logged), never fails ``/metrics``."""
+        self._tiers.watch(stats)
+
+    def adapter_loaded(self, name: str, version: int, seconds: float, tier: str = "disk") -> None:
+        """``name@version`` became resident after ``seconds``, read from ``tier`` (``host``: the
+        host tier, a copy; ``disk``: read + validate + copy). Labelled by tier, not by name: a
+        histogram per adapter name was most of the metrics' memory."""
+        self.safe(lambda: self.adapter_load_seconds.labels(tier=tier).observe(seconds))
 
     def adapter_load_failed(self, name: str, version: int, reason: str) -> None:
         """A load of ``name@version`` failed."""

@@ -1,9 +1,13 @@
 """The one request pipeline behind ``POST /classify`` and ``POST /av-event``.
 
-:func:`run` does, for every media route, in this order: acquire a lease on each adapter named
-(a load on demand counts against the request's deadline) -> let the task kind refuse an adapter
-that does not serve it -> decode and featurise once in the featurize pool (a bad upload fails
-here, alone) -> submit one engine job per row group -> wait for every result within the deadline.
+:func:`run` does, for every media route, in this order: resolve each adapter named to a stored
+version (its manifest from the store's in-memory index) -> let the task kind refuse an adapter
+that does not serve it -> admit each (a lease now; a cold version's load starts, or a 503 comes
+at once) -> decode and featurise once in the featurize pool (a bad upload fails here, alone)
+*while* cold adapters load -> submit one engine job per row group (a cold adapter's jobs carry
+its load's future: they wait in the queue, parked, without holding back other adapters' rows,
+and join the first batch after the load is published) -> wait for every result within the
+deadline (a load on demand counts against it: 504, the load goes on).
 On every path out (answer, error, timeout, client gone) it cancels what is still queued and
 releases the leases. What differs per route is a :class:`Media` object: how its upload becomes
 the task kind's inputs, and what to answer.
@@ -15,6 +19,7 @@ nothing here touches the engine's objects (jobs are handed over through
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -25,15 +30,23 @@ from fastapi import Request
 from torch import Tensor
 
 from lookaside.checkpoint import AdapterManifest
+from lookaside.errors import InvalidCheckpoint
 from lookaside.tasks import Inputs, TaskKind
 from service.backend import Adapters, Jobs
 from service.deps import AppState
+from service.errors import AdapterUnavailable, RequestTimeout
 from service.logging import SCOPE_KEY
-from service.registry import Lease
+from service.registry import Admission, Lease, adapter_id
+from service.registry.refs import resolve_stored
 from service.request_io import gather, in_pool
+from service.store import AdapterStore
+
+log = logging.getLogger("service.pipeline")
 
 ADAPTERS_KEY = "lookaside.adapters"
 """Scope key of the adapter names a request resolved (the metrics middleware labels by them)."""
+TIERS_KEY = "lookaside.tiers"
+"""Scope key of where each adapter was found (``device``, ``host``, ``disk``), in order."""
 
 
 class Media(Protocol):
@@ -71,49 +84,86 @@ async def run(
     engine: Jobs,
     registry: Adapters,
 ) -> Served:
-    """acquire -> featurize -> submit -> gather, then cancel/release on every path.
+    """resolve -> refuse -> admit -> featurize -> submit -> gather, then cancel/release on every
+    path.
 
     ``engine`` and ``registry`` are the route's declared dependencies (``EngineDep``,
     ``RegistryDep``); ``state`` gives the featurize pool and the metrics.
     """
     request_id = str(request.scope.get(SCOPE_KEY, "-"))
-    leases: list[Lease] = []
+    admitted: list[Admission] = []
     futures: list[Future[Tensor]] = []
     counts: list[int] = []
     try:
-        for ref in refs:
-            # a load on demand counts against the request's timeout (504; the load goes on)
-            leases.append(await registry.acquire(ref, timeout=deadline - time.monotonic()))
-        request.scope[ADAPTERS_KEY] = [lease.manifest.name for lease in leases]
-        for lease in leases:
-            media.refuse(lease.manifest)
-        manifests = [lease.manifest for lease in leases]
+        manifests = [_stored_manifest(registry.store, ref) for ref in refs]
+        request.scope[ADAPTERS_KEY] = [m.name for m in manifests]
+        for manifest in manifests:
+            media.refuse(manifest)
+        for manifest in manifests:  # a lease now; a cold version's load starts (or 503 at once)
+            admitted.append(registry.admit(adapter_id(manifest.name, manifest.version)))
         seconds = await in_pool(
             state.featurize_pool, lambda: media.featurize(manifests), deadline=deadline
         )
         state.metrics.safe(lambda: state.metrics.featurize.observe(seconds))
-        for lease in leases:
-            jobs = media.inputs(lease.manifest)
+        for admission in admitted:
+            jobs = media.inputs(admission.lease.manifest)
             counts.append(len(jobs))
             for inputs in jobs:
                 futures.append(
                     engine.submit_task(
                         media.task,
                         inputs,
-                        lease.adapter_id,
+                        admission.lease.adapter_id,
                         request_id=request_id,
                         timeout_s=max(deadline - time.monotonic(), 0.0),
+                        ready=admission.ready,
                     )
                 )
-        outputs = await gather(futures, deadline - time.monotonic())
+        outputs = await _gather(futures, admitted, deadline)
     finally:
         for fut in futures:
             fut.cancel()  # no-op once running or done; drops rows of an abandoned request
-        for lease in leases:
-            lease.release()
+        for admission in admitted:
+            admission.lease.release()
+    leases = [admission.lease for admission in admitted]
+    request.scope[TIERS_KEY] = [lease.tier for lease in leases]
+    log.debug(
+        "request %s: %s",
+        request_id,
+        ", ".join(f"{lease.adapter_id} ({lease.tier})" for lease in leases),
+    )
     per_lease: list[list[Tensor]] = []
     start = 0
     for count in counts:
         per_lease.append(outputs[start : start + count])
         start += count
     return Served(request_id, leases, per_lease)
+
+
+async def _gather(
+    futures: list[Future[Tensor]], admitted: Sequence[Admission], deadline: float
+) -> list[Tensor]:
+    """Every job's output within the deadline; a 504 names an adapter still loading (its load
+    goes on for later requests)."""
+    try:
+        return await gather(futures, deadline - time.monotonic())
+    except RequestTimeout:
+        loading = [a.lease.adapter_id for a in admitted if a.ready and not a.ready.done()]
+        if loading:
+            raise RequestTimeout(
+                f"adapter {', '.join(loading)} was still loading when the request timed out; "
+                "retry shortly (the load goes on) or raise LOOKASIDE_REQUEST_TIMEOUT_S"
+            ) from None
+        raise
+
+
+def _stored_manifest(store: AdapterStore, ref: str) -> AdapterManifest:
+    """The manifest of the version ``ref`` names, from the store's index (O(1), no disk): 404
+    lists what exists; a manifest that does not parse is a 503, as its load would be."""
+    name, version = resolve_stored(store, ref)
+    try:
+        return store.manifest(name, version)
+    except InvalidCheckpoint as exc:
+        raise AdapterUnavailable(
+            f"adapter {adapter_id(name, version)} could not be loaded: {exc}"
+        ) from exc

@@ -130,12 +130,36 @@ class ServiceSettings(BaseSettings):
     max_inflight_body_bytes: int = Field(256 * 1024 * 1024, ge=1024)
     """Budget of request-body bytes being received or held at once, over all requests; a request
     that would pass it gets 503 + Retry-After before its body is read."""
+    metrics_max_adapters: int = Field(1000, ge=1)
+    """Adapter names with their own series in the per-adapter metrics; later names are counted
+    under ``adapter="_other"``, so a store of thousands of names cannot grow ``/metrics``
+    without bound."""
     metrics_max_age_s: float = Field(1.0, ge=0.0, le=60.0)
     """``GET /metrics`` reuses one rendering for this long (0: render every scrape), so a
     client scraping without pause costs one render a second, not half the process."""
-    max_resident_adapters: int = Field(64, ge=1)
-    """Most adapter versions held on the device; the least recently used one is evicted and
-    reloaded on demand."""
+    device_cache_bytes: int | None = Field(None, ge=0)
+    """Bytes of adapter weights held on the device (bank slots and heads); past it the policy's
+    idle victim is evicted and reloaded on demand. Unset: derived at startup (CUDA: half the
+    free device memory; CPU: 25 % of available memory, at most 8 GiB) and logged."""
+    host_cache_bytes: int | None = Field(None, ge=0)
+    """Bytes of validated, packed adapters kept in host memory (pinned on CUDA), so a reload
+    reads no disk and validates nothing again; 0 turns the tier off. Unset: derived at startup
+    (CPU: 12.5 % of available memory, at most 4 GiB; CUDA: 25 %, at most 16 GiB) and logged."""
+    device_cache_policy: Literal["2q", "lru"] = "2q"
+    """Which idle version leaves the device first: ``2q`` (a first touch waits in a short
+    probation queue, so a burst of one-off adapters cannot flush the hot ones) or ``lru``."""
+    max_resident_adapters: int | None = Field(None, ge=1)
+    """Optional cap on the number of adapter versions on the device, on top of
+    ``device_cache_bytes`` (unset: bytes only)."""
+    preload_adapters: int = Field(64, ge=0)
+    """Active versions loaded at startup (pinned names first) while the device tier has room;
+    the rest load on first use, so startup time does not grow with the store."""
+    max_loading_adapters: int = Field(4, ge=1, le=64)
+    """Adapter versions read and validated from disk at once (the registry's loader threads)."""
+    max_pending_loads: int = Field(256, ge=1)
+    """Most adapter loads in progress at once (queued for a loader, reading, or waiting for the
+    engine); past it a request for another non-resident version gets 503 + Retry-After at once
+    (``cold_overload``). Requests for resident versions are never refused for it."""
     pinned: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Adapter names that are never evicted (comma-separated in the environment)."""
     bank_capacity: int = Field(8, ge=1)

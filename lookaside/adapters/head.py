@@ -42,7 +42,8 @@ class AdapterHead(nn.Module):
 
     Built without touching the global random generator (the modules are created on the ``meta``
     device and then materialised): a fresh head's weights come from ``generator`` alone, so the
-    same seed gives the same head whatever else the process drew.
+    same seed gives the same head whatever else the process drew. A bank reserving a slot builds
+    it with ``init=False``: its load writes every value (or initialises it from a seed).
     """
 
     def __init__(
@@ -53,14 +54,21 @@ class AdapterHead(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
         generator: torch.Generator | None = None,
+        init: bool = True,
     ) -> None:
         super().__init__()
         self.cfg = cfg
-        with torch.device("meta"):
-            self.norm = nn.LayerNorm(embed_dim, dtype=dtype)
-            self.fc = nn.Linear(embed_dim, cfg.num_classes, dtype=dtype)
-        self.to_empty(device=device if device is not None else "cpu")
-        self.reset_parameters(generator if generator is not None else torch.Generator())
+        # built on ``meta`` by argument (not under a ``torch.device`` mode, which would dispatch
+        # every op of the modules' own init through Python: half the cost of a bank load)
+        self.norm = nn.LayerNorm(embed_dim, dtype=dtype, device="meta")
+        self.fc = nn.Linear(embed_dim, cfg.num_classes, dtype=dtype, device="meta")
+        where = torch.device(device if device is not None else "cpu")
+        for module in (self.norm, self.fc):  # what to_empty does, without its per-op dispatch
+            for name, param in list(module.named_parameters(recurse=False)):
+                fresh = torch.empty(param.shape, dtype=param.dtype, device=where)
+                setattr(module, name, nn.Parameter(fresh, requires_grad=param.requires_grad))
+        if init:  # ``init=False``: uninitialised memory, for a head about to be loaded
+            self.reset_parameters(generator if generator is not None else torch.Generator())
 
     def reset_parameters(self, generator: torch.Generator) -> None:
         """Fresh init: identity LayerNorm, truncated-normal weight (drawn on the CPU from

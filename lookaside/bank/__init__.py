@@ -7,7 +7,8 @@ fixed number of slots (its *capacity*), and one head per adapter. The slot lifec
 - ``reserve`` takes a free slot (or raises :class:`BankFull`: capacity never grows by itself);
   a reserved adapter is invisible to :meth:`AdapterBank.route`;
 - ``load`` validates the tensors, then copies them into the reserved slot (one packed host->device
-  copy; on CUDA on a side stream, from pinned memory, recording an event); any thread;
+  copy; on CUDA on a side stream, from pinned memory, recording an event); any thread; a
+  :class:`~lookaside.bank.packed.PackedAdapter` (checked and packed once) is copied as it is;
 - ``publish`` makes the current stream wait for that copy and makes the adapter routable;
 - a route *holds* the slots it reads; ``remove`` makes an id unroutable at once and retires its
   slot, which is zeroed and reused only when the last route holding it is released (a stack whose
@@ -20,7 +21,8 @@ on its worker thread and loads on its loader thread; a route is released, or gar
 on any thread.
 
 The parts live by concern: :mod:`~lookaside.bank.slots` (slot states, holds),
-:mod:`~lookaside.bank.transfer` (checks and packed, side-stream copies),
+:mod:`~lookaside.bank.packed` (checks, packing), :mod:`~lookaside.bank.transfer` (side-stream
+copies), :mod:`~lookaside.bank.sizes` (bytes, capacity),
 :mod:`~lookaside.bank.routing` (routes and per-row heads),
 :mod:`~lookaside.adapters.shapes` (names, shapes, stack keys), and
 :mod:`~lookaside.bank.reservation` (the records).
@@ -28,7 +30,7 @@ The parts live by concern: :mod:`~lookaside.bank.slots` (slot states, holds),
 
 from __future__ import annotations
 
-import sys
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
@@ -42,6 +44,7 @@ from lookaside.adapters.head import AdapterHead, HeadConfig
 from lookaside.adapters.shapes import HEAD_PREFIX, head_shapes, stack_key
 from lookaside.adapters.stack import AdapterStack
 from lookaside.backbone_config import BackboneConfig
+from lookaside.bank.packed import PackedAdapter, check_tensors
 from lookaside.bank.reservation import BankEntry, Reservation
 from lookaside.bank.route import RowRoute
 from lookaside.bank.routing import (
@@ -52,8 +55,9 @@ from lookaside.bank.routing import (
     partition_rows,
     prompt_key,
 )
+from lookaside.bank.sizes import BankSizes, HeadLedger, module_numel
 from lookaside.bank.slots import SlotTable, StackSlots, normal_tensors
-from lookaside.bank.transfer import Transfer, check_tensors, wait_for_copy
+from lookaside.bank.transfer import Transfer, wait_for_copy
 from lookaside.bank.views import AdapterViews
 from lookaside.checkpoint import AdapterCheckpoint, ValidatedCheckpoint
 from lookaside.errors import ConfigError
@@ -73,11 +77,12 @@ __all__ = [
     "HEAD_PREFIX",
     "AdapterBank",
     "BankEntry",
+    "PackedAdapter",
     "Reservation",
 ]
 
 
-class AdapterBank(AdapterViews, nn.Module):
+class AdapterBank(BankSizes, AdapterViews, nn.Module):
     """Adapters on one device, addressed by id (e.g. ``"esc50@3"``).
 
     Args:
@@ -117,7 +122,8 @@ class AdapterBank(AdapterViews, nn.Module):
         self.heads = nn.ModuleDict()
         self.entries: dict[str, BankEntry] = {}
         self._reservations: dict[str, Reservation] = {}
-        self._table = SlotTable(capacity, on_drop=self.stacks.__delitem__)
+        self._table = SlotTable(capacity, on_drop=self._drop_stack)
+        self._head_ledger, self._dropped = HeadLedger(), weakref.WeakSet()
         # the table's parts under the names tests' bookkeeping snapshots read
         self._slots, self._lock, self._collected = (
             self._table.by_key,
@@ -168,13 +174,13 @@ class AdapterBank(AdapterViews, nn.Module):
         method: str,
         config: AdapterConfig | Mapping[str, object],
         head: HeadConfig,
-        tensors: AdapterCheckpoint | Mapping[str, Tensor] | None = None,
+        tensors: AdapterCheckpoint | Mapping[str, Tensor] | PackedAdapter | None = None,
         *,
         seed: int = 0,
     ) -> BankEntry:
-        """Reserve, load and publish in one call: ``tensors`` from a checkpoint, or a fresh adapter
-        (``None``: the method's initialisation drawn from ``seed``). Nothing stays behind when
-        it fails."""
+        """Reserve, load and publish in one call: ``tensors`` from a checkpoint (or packed), or a
+        fresh adapter (``None``: the method's initialisation drawn from ``seed``). Nothing stays
+        behind when it fails."""
         reservation = self.reserve(adapter_id, method, config, head)
         try:
             self.load(reservation, tensors, seed=seed)
@@ -200,9 +206,13 @@ class AdapterBank(AdapterViews, nn.Module):
         cfg = spec.parse_config(config)
         key = stack_key(method, cfg)
         with normal_tensors():
-            head_module = AdapterHead(head, self._dim, device=self.device, dtype=self.dtype)
+            # no init: load() writes every value, or initialises it from its seed
+            head_module = AdapterHead(
+                head, self._dim, device=self.device, dtype=self.dtype, init=False
+            )
         head_module.requires_grad_(self.trainable)
         with self._locked():
+            self._head_ledger.built(head_module)  # counted until it is freed, whatever happens next
             if adapter_id in self.entries or adapter_id in self._reservations:
                 raise ConfigError(f"adapter {adapter_id!r} is already loaded; remove it first")
             slot = -1
@@ -218,7 +228,7 @@ class AdapterBank(AdapterViews, nn.Module):
     def load(
         self,
         reservation: Reservation,
-        checkpoint: AdapterCheckpoint | Mapping[str, Tensor] | None,
+        checkpoint: AdapterCheckpoint | Mapping[str, Tensor] | PackedAdapter | None,
         *,
         seed: int = 0,
     ) -> None:
@@ -227,8 +237,10 @@ class AdapterBank(AdapterViews, nn.Module):
         ``checkpoint`` (an :class:`~lookaside.checkpoint.AdapterCheckpoint` or its tensors,
         ``head.*`` included) is checked for names, shapes, dtype and finite values before anything
         is written; the finite scan is skipped only for a
-        :class:`~lookaside.checkpoint.ValidatedCheckpoint` (already scanned). ``None``: a fresh
-        adapter from ``seed`` (sites, then the head, from one CPU generator).
+        :class:`~lookaside.checkpoint.ValidatedCheckpoint` (already scanned). A
+        :class:`~lookaside.bank.packed.PackedAdapter` (built from a validated checkpoint) is only
+        compared by names and shapes, and its buffer copied as it is (no packing, no scan).
+        ``None``: a fresh adapter from ``seed`` (sites, then the head, from one CPU generator).
 
         Raises:
             InvalidCheckpoint: the tensors do not fit; the reservation stays (abort it).
@@ -250,8 +262,12 @@ class AdapterBank(AdapterViews, nn.Module):
             else:
                 expected = dict(stack.slot_shapes()) if stack is not None else {}
                 expected.update(head_shapes(reservation.head_config, self._dim))
-                check_tensors(expected, tensors, finite=not trusted)
-                copy = self._transfer.copy_in(reservation.slot, stack, head, tensors)
+                if isinstance(tensors, PackedAdapter):
+                    tensors.check_fits(expected)
+                    copy = self._transfer.copy_packed(reservation.slot, stack, head, tensors)
+                else:
+                    check_tensors(expected, tensors, finite=not trusted)
+                    copy = self._transfer.copy_in(reservation.slot, stack, head, tensors)
                 reservation._event, reservation._staging = copy
         except BaseException:
             reservation.state = "reserved"
@@ -268,6 +284,7 @@ class AdapterBank(AdapterViews, nn.Module):
             head_key = f"h{self._head_counter}"
             self._head_counter += 1
             self.heads[head_key] = head
+            self._head_ledger.published += module_numel(head)
             entry = BankEntry(
                 reservation.method,
                 reservation.config,
@@ -304,6 +321,7 @@ class AdapterBank(AdapterViews, nn.Module):
         with self._locked():
             entry = self._entry(adapter_id)
             del self.entries[adapter_id]
+            self._head_ledger.published -= module_numel(self.heads[entry.head_key])
             del self.heads[entry.head_key]
             if entry.stack_key is not None:
                 slots = self._slots[entry.stack_key]
@@ -330,33 +348,6 @@ class AdapterBank(AdapterViews, nn.Module):
             raise ConfigError(f"method {method!r} trains only a head: it has no stack to grow")
         with self._locked():
             self._table.set_capacity(key, method, capacity)
-
-    def stack_items(self) -> list[tuple[str, AdapterStack]]:
-        """A snapshot of ``(stack key, stack)`` pairs, taken under the bank's lock (a released
-        route may drop an empty stack from another thread)."""
-        with self._locked():
-            return [(k, s) for k, s in self.stacks.items() if isinstance(s, AdapterStack)]
-
-    def stack_capacity(self, method: str, config: AdapterConfig | Mapping[str, object]) -> int:
-        """Slots of the stack for (method, config), whatever their state (free, reserved, live,
-        or retired until their routes are released); what it will have if it does not exist yet.
-        ``sys.maxsize`` for a head-only method (it uses no slot)."""
-        cfg = get_method(method).parse_config(config)
-        key = stack_key(method, cfg)
-        if key is None:
-            return sys.maxsize
-        with self._locked():
-            return self._table.capacity_for(key)
-
-    def free_slots(self, method: str, config: AdapterConfig | Mapping[str, object]) -> int:
-        """Free slots of the stack for (method, config): its capacity if it does not exist yet;
-        ``sys.maxsize`` for a head-only method (it uses no slot)."""
-        cfg = get_method(method).parse_config(config)
-        key = stack_key(method, cfg)
-        if key is None:
-            return sys.maxsize
-        with self._locked():
-            return self._table.free_count(key)
 
     # -- routing ---------------------------------------------------------------------------
     def partition(self, adapter_ids: Sequence[str | None]) -> list[list[int]]:

@@ -221,9 +221,12 @@ class SlotTable:
             self._drop_hold(hold)
 
     def drop_if_unused(self, slots: StackSlots) -> None:
-        """Free a whole stack once no adapter, reservation or route uses it."""
+        """Free a whole stack once no adapter, reservation or route uses it; a stack made again
+        later starts at the table's capacity, not at what this one had grown to (its bytes may
+        no longer fit the engine's budget)."""
         if not slots.in_use() and self.by_key.get(slots.key) is slots:
             del self.by_key[slots.key]
+            self._capacity_of.pop(slots.key, None)
             self._on_drop(slots.key)
 
     def _drop_hold(self, hold: Hold) -> None:

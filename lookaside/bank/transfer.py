@@ -5,15 +5,18 @@ flattened into one host buffer, moved once and split into views on the device; t
 copies device-to-device. On CUDA the buffer is pinned and everything runs on a side stream that
 first waits for the current stream (which zeroed the slot); an event recorded after the copy is
 what ``publish`` makes the current stream wait on, and the pinned buffer is kept until then.
+A :class:`~lookaside.bank.packed.PackedAdapter` already is such a buffer (:meth:`copy_packed`:
+nothing is packed again).
 
-Threads: :meth:`Transfer.copy_in` runs on whichever thread loads (the engine's loader); the side
-stream is created lazily by the first copy and dropped when the bank moves (:meth:`reset`).
+Threads: :meth:`Transfer.copy_in` and :meth:`Transfer.copy_packed` run on whichever thread loads
+(the engine's loader); the side stream is created lazily by the first copy and dropped when the
+bank moves (:meth:`reset`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -21,14 +24,12 @@ from torch import Tensor
 from lookaside.adapters.head import AdapterHead
 from lookaside.adapters.shapes import HEAD_PREFIX
 from lookaside.adapters.stack import AdapterStack
-from lookaside.checkpoint.finite import nonfinite_names
-from lookaside.checkpoint.header import tensor_problems
-from lookaside.errors import InvalidCheckpoint
+from lookaside.bank.packed import pack
 
-__all__ = ["Transfer", "check_tensors", "is_on", "wait_for_copy", "write_slot"]
+if TYPE_CHECKING:
+    from lookaside.bank.packed import PackedAdapter
 
-_Packed = tuple[Tensor, list[str], list[int]]
-"""(flat host buffer, tensor names in buffer order, element count of each)."""
+__all__ = ["Transfer", "is_on", "wait_for_copy", "write_slot"]
 
 
 class Transfer:
@@ -57,16 +58,13 @@ class Transfer:
             (event, staging): on CUDA the event to wait on before the slot is read and the pinned
             buffer to keep alive until then; ``(None, None)`` when the copy is already done.
         """
-        if self.device.type != "cuda":
-            write_slot(slot, stack, head, self._packed(tensors))
-            return None, None
-        if self._stream is None:
-            self._stream = torch.cuda.Stream(device=self.device)  # type: ignore[no-untyped-call]
-        stream = self._stream
-        stream.wait_stream(torch.cuda.current_stream(self.device))
         if all(is_on(t, self.device) for t in tensors.values()):
+            if self.device.type != "cuda":
+                write_slot(slot, stack, head, dict(tensors))
+                return None, None
             # Already on the device: copy slot-wise on the side stream; the caller may free
             # its tensors as soon as we return, so the allocator must wait for this stream.
+            stream = self._side_stream()
             for t in tensors.values():
                 t.record_stream(stream)
             with torch.cuda.stream(stream):
@@ -74,29 +72,56 @@ class Transfer:
                 event = torch.cuda.Event()  # type: ignore[no-untyped-call]
                 event.record(stream)
             return event, None
-        host = self._packed_host(tensors, pin=True)
+        names = sorted(tensors)
+        numels = [tensors[n].numel() for n in names]
+        cuda = self.device.type == "cuda"
+        host = pack(tensors, names, numels, dtype=self.dtype, pin=cuda)
+
+        def split(flat: Tensor) -> dict[str, Tensor]:
+            views = torch.split(flat, numels)
+            return {n: v.view(tensors[n].shape) for n, v in zip(names, views, strict=True)}
+
+        return self._copy_flat(slot, stack, head, host, split)
+
+    def copy_packed(
+        self, slot: int, stack: AdapterStack | None, head: AdapterHead, packed: PackedAdapter
+    ) -> tuple[Any, Tensor | None]:
+        """Write a packed adapter into ``slot`` and ``head`` without packing it again: one copy
+        of its buffer (CUDA: on the side stream, asynchronous from pinned memory; the buffer is
+        the staging to keep until the event is waited on), or on the CPU the slot and head
+        copied from views of the buffer itself (converted first only if the dtype differs).
+
+        Returns:
+            (event, staging) as :meth:`copy_in`.
+        """
+        return self._copy_flat(slot, stack, head, packed.buffer, packed.split)
+
+    def _copy_flat(
+        self,
+        slot: int,
+        stack: AdapterStack | None,
+        head: AdapterHead,
+        host: Tensor,
+        split: Callable[[Tensor], dict[str, Tensor]],
+    ) -> tuple[Any, Tensor | None]:
+        """Move one flat host buffer to the device, split it by ``split`` and write the slot."""
+        if self.device.type != "cuda":
+            write_slot(slot, stack, head, split(host.to(self.device, self.dtype)))
+            return None, None
+        stream = self._side_stream()
         with torch.cuda.stream(stream):
-            moved = _split(host, tensors, host[0].to(self.device, non_blocking=True))
-            write_slot(slot, stack, head, moved)
+            moved = host.to(self.device, self.dtype, non_blocking=True)
+            write_slot(slot, stack, head, split(moved))
             event = torch.cuda.Event()  # type: ignore[no-untyped-call]
             event.record(stream)
-        return event, host[0]
+        return event, host
 
-    def _packed(self, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        if all(is_on(t, self.device) for t in tensors.values()):
-            return dict(tensors)
-        host = self._packed_host(tensors, pin=False)
-        return _split(host, tensors, host[0].to(self.device))
-
-    def _packed_host(self, tensors: Mapping[str, Tensor], *, pin: bool) -> _Packed:
-        names = sorted(tensors)
-        sizes = [tensors[n].numel() for n in names]
-        packed = torch.empty(sum(sizes), dtype=self.dtype, pin_memory=pin)
-        offset = 0
-        for n, size in zip(names, sizes, strict=True):
-            packed[offset : offset + size].copy_(tensors[n].detach().reshape(-1))
-            offset += size
-        return packed, names, sizes
+    def _side_stream(self) -> Any:
+        """The side stream, after it waited for the current stream (which zeroed the slot)."""
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(device=self.device)  # type: ignore[no-untyped-call]
+        self._stream.wait_stream(torch.cuda.current_stream(self.device))
+        return self._stream
 
 
 def wait_for_copy(device: torch.device, event: Any) -> None:
@@ -122,30 +147,3 @@ def is_on(tensor: Tensor, device: torch.device) -> bool:
     return tensor.device.type == device.type and (
         device.index is None or tensor.device.index == device.index
     )
-
-
-def _split(host: _Packed, tensors: Mapping[str, Tensor], moved: Tensor) -> dict[str, Tensor]:
-    _, names, sizes = host
-    views = torch.split(moved, sizes)
-    return {n: v.view(tensors[n].shape) for n, v in zip(names, views, strict=True)}
-
-
-def check_tensors(
-    expected: Mapping[str, tuple[int, ...]], tensors: Mapping[str, Tensor], *, finite: bool
-) -> None:
-    """Refuse tensors that do not fit a slot before anything is written: names, shapes and
-    dtypes against ``expected``, and (``finite``) every value of the expected tensors.
-
-    Raises:
-        InvalidCheckpoint: every problem found, in one message.
-    """
-    found = {
-        n: (tuple(t.shape), str(t.dtype).removeprefix("torch."), t.is_floating_point())
-        for n, t in tensors.items()
-    }
-    problems = tensor_problems(expected, found)
-    if finite:  # a sum per tensor first
-        known = {n: tensors[n] for n in expected if n in tensors}
-        problems += [f"{n} contains NaN or Inf" for n in nonfinite_names(known)]
-    if problems:
-        raise InvalidCheckpoint("adapter tensors do not fit: " + "; ".join(problems))

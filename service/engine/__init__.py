@@ -11,12 +11,13 @@ Threads and what they own (nothing else touches these objects):
   a checkpoint, then call :meth:`Engine.load_adapter` and wait on its future, bounded.
 - **engine worker** (this module, one thread named ``lookaside-engine``): the backbone, the
   :class:`~lookaside.bank.AdapterBank` and the :class:`~lookaside.model.MultiAdapterModel`.
-  It alternates between applying pending bank commands (:meth:`Engine.call`: reserve / publish /
-  abort / unload / grow) and running one batch that :mod:`service.engine.batcher` formed, so a slot
-  is never written while a batch reads it and a stack never grows under a batch.
-- **engine loader** (``lookaside-loader``, one thread, :mod:`service.engine.loads`): runs each
-  adapter load top to bottom, one at a time: reserve (worker) -> copy the tensors into the slot
-  while batches keep running -> publish (worker).
+  It alternates between applying pending bank commands (:meth:`Engine.call`: a whole load, or
+  reserve / publish / abort / unload / grow) and running one batch that
+  :mod:`service.engine.batcher` formed, so a slot is never written while a batch reads it and a
+  stack never grows under a batch.
+- **engine loader** (``lookaside-loader``, one thread, :mod:`service.engine.loads`): only loads
+  of large adapters on CUDA: reserve (worker) -> copy into the slot while batches keep running ->
+  publish (worker). Every other load is one worker command (:mod:`service.engine.loads`).
 - **watchdog** (:mod:`service.engine.watchdog`, a daemon thread named ``lookaside-watchdog``): owns
   nothing of the model; it watches every forward, bank command and adapter copy, and when one
   runs longer than ``stall_s`` it logs the batch (adapters, request ids, rows) at ERROR, sets the
@@ -26,7 +27,8 @@ Threads and what they own (nothing else touches these objects):
   an orchestrator restarts the process). When the work ends the engine is ready again (logged).
 
 Batching (queue, batch formation, token budget, chunks, task kinds taking turns, deadlines) is
-:mod:`service.engine.batcher`; one batch's forward is :mod:`service.engine.forward`. A job whose
+:mod:`service.engine.batcher`, with jobs parked while their adapter loads
+(:mod:`service.engine.parked`); one batch's forward is :mod:`service.engine.forward`. A job whose
 single row is over ``max_batch_tokens`` is refused at submit (:class:`OverBudget`, 422); upload
 validation refuses such adapters before (``CheckpointLimits.max_window_tokens``). If a forward
 raises, every job of that batch is retried alone, so only the culprit fails
@@ -52,15 +54,15 @@ from lookaside.errors import ConfigError
 from lookaside.model import FeatureRunner, MultiAdapterModel
 from lookaside.tasks import AV_EVENTS, CLIP, Inputs, TaskKind
 from service.engine.batcher import Batcher, Job, Slice, deliver, describe, fail, row_tokens
+from service.engine.device_tier import DeviceTier, DeviceTierStats
 from service.engine.forward import forward_batch
-from service.engine.loads import EngineLoads
+from service.engine.loads import EngineLoads, Loadable
 from service.engine.watchdog import Activity, EngineHealth, Watchdog
 from service.errors import EngineFailure, NotReady, OverBudget
 from service.metrics import ServiceMetrics
 
 if TYPE_CHECKING:
     from lookaside.backbone import VisionTransformer
-    from lookaside.checkpoint import AdapterCheckpoint
 
 __all__ = ["Engine", "EngineHealth", "OverBudget"]
 
@@ -93,6 +95,8 @@ class Engine:
             engine stalled (not ready; queued jobs fail with 503).
         dead_s: running longer than this, :meth:`health` says dead (liveness fails).
         runner: makes the model's feature runner (``OrtFeatures``); None: eager PyTorch.
+        device_budget_bytes: most bytes the bank's adapters may take (stacks at capacity and
+            heads; :mod:`service.engine.device_tier`); None: no byte limit.
     """
 
     def __init__(
@@ -111,6 +115,7 @@ class Engine:
         stall_s: float = 120.0,
         dead_s: float = 600.0,
         runner: Callable[[VisionTransformer, AdapterBank], FeatureRunner] | None = None,
+        device_budget_bytes: int | None = None,
     ) -> None:
         if max_batch_size < 1 or max_batch_tokens < 1:
             raise ConfigError(
@@ -122,7 +127,8 @@ class Engine:
         self.compute_dtype = compute_dtype
         self.max_batch_tokens = max_batch_tokens
         self.metrics = metrics or ServiceMetrics()
-        self.bank = AdapterBank.for_backbone(backbone, capacity=bank_capacity, device=device)
+        tier = self.tier = DeviceTier(device_budget_bytes, stack_slots=bank_capacity)
+        self.bank = AdapterBank.for_backbone(backbone, capacity=tier.bank_capacity, device=device)
         self.model = MultiAdapterModel(backbone, self.bank).eval()
         self.model.runner = runner(backbone, self.bank) if runner is not None else None
         self._commands: collections.deque[_Command] = collections.deque()
@@ -181,8 +187,12 @@ class Engine:
         return len(self.batcher)
 
     def health(self) -> EngineHealth:
-        """Stalled (not ready) or dead (liveness fails), and why (the watchdog's view)."""
-        return self.watchdog.health()
+        """Stalled (not ready) or dead (liveness fails), and why (the watchdog's view). Once dead,
+        loads not applied yet fail (callers waiting on them give up now: never applied later)."""
+        health = self.watchdog.health()
+        if health.dead:
+            self._loads.give_up(f"the engine is stuck ({health.reason})", "engine_stalled")
+        return health
 
     # -- requests -------------------------------------------------------------------------------
     def submit(
@@ -230,16 +240,18 @@ class Engine:
         *,
         request_id: str = "-",
         timeout_s: float = 30.0,
+        ready: Future[Any] | None = None,
     ) -> Future[Tensor]:
         """Queue one request's rows of ``task`` for one adapter.
 
         Returns a future of the per-row logits. Raises :class:`ValueError` for inputs of the
         wrong shape, :class:`OverBudget` (422) when one row needs more than ``max_batch_tokens``
         tokens, :class:`QueueFull` (429) when the queue is at capacity and :class:`NotReady`
-        (503) when the engine is stalled or stopping.
+        (503) when the engine is stalled or stopping. With a pending ``ready`` (the adapter's
+        load) the job is parked until it succeeds; if it fails, the job fails with its error.
         """
         tokens = row_tokens(task, inputs, self.backbone.cfg, adapter_id, self.max_batch_tokens)
-        job = Job(task, inputs, adapter_id, request_id, time.monotonic() + timeout_s)
+        job = Job(task, inputs, adapter_id, request_id, time.monotonic() + timeout_s, ready=ready)
         job.tokens_per_row = tokens
         health = self.watchdog.health()
         if health.stalled:
@@ -267,15 +279,14 @@ class Engine:
             self._apply_commands()
         return fut
 
-    def load_adapter(
-        self, checkpoint: AdapterCheckpoint, adapter_id: str | None = None
-    ) -> Future[None]:
-        """Load a checkpoint into the bank as ``adapter_id`` (default ``name@version``).
+    def load_adapter(self, checkpoint: Loadable, adapter_id: str | None = None) -> Future[None]:
+        """Load a checkpoint into the bank as ``adapter_id`` (default ``name@version``); the
+        future completes once it is published.
 
-        The load runs top to bottom on the engine's loader thread (:mod:`service.engine.loads`):
-        reserve a slot on the worker between batches (a full stack grows there) -> copy the
-        tensors on the loader thread while batches keep running -> publish on the worker between
-        batches. A :class:`~lookaside.checkpoint.ValidatedCheckpoint` (from ``load_checkpoint`` /
+        One worker command at the next batch boundary reserves a slot (a full stack grows there),
+        copies the tensors and publishes; on CUDA an adapter over ``INLINE_COPY_BYTES`` copies on
+        the loader thread between a reserve and a publish command (:mod:`service.engine.loads`).
+        A :class:`~lookaside.checkpoint.ValidatedCheckpoint` (from ``load_checkpoint`` /
         ``validate_checkpoint_bytes``) skips the bank's finite scan; names and shapes are always
         checked. A failure at any step gives the slot back and fails the returned future only.
         """
@@ -285,6 +296,10 @@ class Engine:
         """Remove an adapter between batches (unroutable at once; its slot is zeroed and reused
         after the last route holding it is released)."""
         return self.call(lambda: self.bank.remove(adapter_id), what=f"unload {adapter_id}")
+
+    def tier_stats(self) -> DeviceTierStats:
+        """The bank's bytes after the worker's last command (any thread, no lock)."""
+        return self.tier.stats()
 
     def resident(self) -> list[str]:
         """Adapter ids published in the bank."""
@@ -347,7 +362,7 @@ class Engine:
                             f"has the trace of request {part.job.request_id}"
                         ),
                     )
-        self._fail_remaining()
+        self.batcher.fail_remaining(NotReady("the server shut down before this request ran"))
         with self._cond:
             self._closed = True  # call() refuses from now on; what it accepted is applied below
         self._apply_commands()
@@ -366,7 +381,7 @@ class Engine:
                 continue
             try:
                 with self.watchdog.watch("bank command", cmd.what):
-                    result = cmd.fn()
+                    result = self.tier.apply(self.bank, cmd.fn)  # then a new snapshot
                 cmd.future.set_result(result)
             except BaseException as exc:  # handed to the caller, never kills the worker
                 cmd.future.set_exception(exc)
@@ -430,7 +445,3 @@ class Engine:
             self.metrics.batch_tokens.observe(tokens)
 
         self.metrics.safe(record)
-
-    def _fail_remaining(self) -> None:
-        for job in self.batcher.take_all():
-            fail(job, NotReady("the server shut down before this request ran"))

@@ -26,6 +26,14 @@ another kind goes first, so an AV stream never holds audio rows back for more th
 
 A job past its deadline when the batcher reaches it (including its later chunks) is answered 504
 without running.
+
+Parked jobs (:mod:`service.engine.parked`): a job queued with a pending ``ready`` (its adapter is
+loading) keeps its place and counts in the queue, but is skipped until ``ready`` succeeds: the
+oldest *takeable* job fixes the batch, and jobs behind a parked one are taken as usual. Each
+:meth:`Batcher.next_batch` sweeps parked jobs: past their deadline they are answered 504, with a
+failed ``ready`` they fail with its error (a cancelled ``ready`` cancels the job). With only parked
+jobs queued the worker sleeps until the earliest parked deadline, a put, a command, or a
+``ready`` completing (its done-callback notifies :attr:`Batcher.cond`).
 """
 
 from __future__ import annotations
@@ -35,14 +43,16 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import CancelledError, Future, InvalidStateError
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from lookaside.backbone_config import BackboneConfig
 from lookaside.tasks import Inputs, TaskKind
+from service.engine import parked
 from service.errors import NotReady, OverBudget, QueueFull, RequestTimeout
 from service.metrics import ServiceMetrics
 
@@ -91,6 +101,9 @@ class Job:
     """Rows before this one were taken by a batch (worker thread only)."""
     parts: list[Tensor] = field(default_factory=list)
     """Logits of the chunks run so far, in row order (worker thread only)."""
+    ready: Future[Any] | None = None
+    """While set and not succeeded, the job is parked (:mod:`service.engine.parked`); cleared
+    under :attr:`Batcher.cond` once it succeeded."""
 
     @property
     def rows(self) -> int:
@@ -169,7 +182,11 @@ class Batcher:
 
     def put(self, job: Job) -> None:
         """Queue a job (any thread); :class:`NotReady` once closed, :class:`QueueFull` at
-        capacity."""
+        capacity. A job with a pending ``ready`` is parked (module docstring): ``ready``
+        completing, or the job being answered or cancelled meanwhile, wakes the worker."""
+        ready = job.ready
+        if ready is not None and not parked.blocked(job):  # done before it queued: not parked
+            ready = None
         with self.cond:
             if not self.accepting:
                 raise NotReady("the server is shutting down; retry on another replica or later")
@@ -182,6 +199,15 @@ class Batcher:
             depth = len(self._queue)
             self.cond.notify_all()
         self.metrics.safe(lambda: self.metrics.queue_depth.set(depth))
+        if ready is not None:  # after the append: a callback that runs at once finds it queued
+            ready.add_done_callback(lambda _: self._wake())
+            job.future.add_done_callback(lambda _: self._wake() if job.ready is not None else None)
+
+    def _wake(self) -> None:
+        """Notify the worker (any thread, the worker's own included: the lock is reentrant and
+        held only briefly by everyone, so this never blocks for long)."""
+        with self.cond:
+            self.cond.notify_all()
 
     def close(self, *, drain: bool) -> None:
         """Refuse new jobs; the worker answers what is queued (``drain``) or stops at once."""
@@ -192,31 +218,43 @@ class Batcher:
             self.cond.notify_all()
 
     def finished(self) -> bool:
-        """Stopping with nothing left to run (lock held by the caller or not: a snapshot)."""
-        return self.stopping and (not self.drain or not self._queue)
+        """Stopping with nothing left to run (lock held by the caller or not: a snapshot). A
+        drain does not wait for parked jobs: once nothing else is left they fail with the rest
+        (:meth:`fail_remaining`)."""
+        with self.cond:
+            return self.stopping and (not self.drain or self._first_job() is None)
 
     def take_all(self) -> list[Job]:
-        """Empty the queue and return what it held (the watchdog on a stall; the worker at stop)."""
+        """Empty the queue, parked jobs included, and return what it held (the watchdog on a
+        stall; the worker at stop)."""
         with self.cond:
             left = list(self._queue)
             self._queue.clear()
+        self.metrics.safe(lambda: self.metrics.queue_depth.set(0))
         return left
 
-    def _first_job(self) -> Job:
-        """The job whose batch key the next batch takes: the oldest, except that right after a
-        batch of a kind that :attr:`~lookaside.tasks.TaskKind.yields` (audio-visual events), the
-        oldest job of another kind goes first, so its rows never wait behind more than one such
-        forward (and those rows, behind more than one other batch). Call with the lock held."""
-        oldest = self._queue[0]
+    def fail_remaining(self, exc: BaseException) -> None:
+        """Fail every job still queued, parked ones included, with ``exc`` (the worker at stop)."""
+        for job in self.take_all():
+            fail(job, exc)
+
+    def _first_job(self) -> Job | None:
+        """The job whose batch key the next batch takes: the oldest that is not parked, except
+        that right after a batch of a kind that :attr:`~lookaside.tasks.TaskKind.yields`
+        (audio-visual events), the oldest job of another kind goes first, so its rows never wait
+        behind more than one such forward (and those rows, behind more than one other batch).
+        None when every queued job is parked (or none is). Call with the lock held."""
+        takeable = (job for job in self._queue if not parked.blocked(job))
+        oldest = next(takeable, None)
         last = self._last_task
-        if last is not None and last.yields and oldest.task is last:
-            for job in self._queue:
+        if oldest is not None and last is not None and last.yields and oldest.task is last:
+            for job in takeable:
                 if job.task is not last:
                     return job
         return oldest
 
     def _matches(self, job: Job, first: Job) -> bool:
-        if job.batch_key != first.batch_key:
+        if job.batch_key != first.batch_key or parked.blocked(job):
             return False
         return self.mixing or job.adapter_id == first.adapter_id
 
@@ -227,27 +265,24 @@ class Batcher:
 
     def next_batch(self) -> list[Slice] | None:
         """Wait for work (worker thread); return the next batch ([] if every taken job was
-        stale), or None when there is a command to apply or the engine is stopping with nothing
-        left to run."""
+        stale), or None when there is a command to apply, the engine is stopping with nothing
+        left to run, or no job may run yet: only parked jobs are queued (after a sleep bounded
+        by the earliest parked deadline) or some were just answered (the caller loops)."""
+        batch: list[Slice] | None = None
+        waits: list[float] = []
         with self.cond:
             while not self._queue and not self._interrupted() and not self.stopping:
                 self.cond.wait()
             if self._interrupted():
                 return None
-            self._queue = collections.deque(j for j in self._queue if not j.future.done())
-            if not self._queue or (self.stopping and not self.drain):
-                return None
+            self._queue, expired, failed = parked.sweep(self._queue, time.monotonic())
             first = self._first_job()
-            cap = self._row_cap(first)
-            self._last_task = first.task
-            flush_at = first.enqueued + self.max_wait_s
-            while not self.stopping and not self._interrupted():
-                rows = sum(j.remaining for j in self._queue if self._matches(j, first))
-                remaining = flush_at - time.monotonic()
-                if rows >= cap or remaining <= 0:
-                    break
-                self.cond.wait(remaining)
-            batch, expired, waits = self._take(first, cap)
+            if first is None and self._queue and not self.stopping and not expired and not failed:
+                # only parked jobs: sleep until one's deadline or a wake (put, command, ready)
+                self.cond.wait(parked.wait_s(self._queue, time.monotonic()))
+            elif first is not None and not (self.stopping and not self.drain):
+                batch, taken_expired, waits = self._fill(first)
+                expired += taken_expired
             depth = len(self._queue)
         self.metrics.safe(lambda: self.metrics.queue_depth.set(depth))
         for wait in waits:
@@ -260,7 +295,26 @@ class Batcher:
                     f"the request waited past its timeout in the queue{ran}; retry later"
                 ),
             )
+        for job, exc in failed:  # the adapter's load failed: its error, unchanged
+            if isinstance(exc, CancelledError):
+                job.future.cancel()
+            else:
+                fail(job, exc)
         return batch
+
+    def _fill(self, first: Job) -> tuple[list[Slice], list[Job], list[float]]:
+        """Wait (lock held) until ``first``'s grid has a forward's rows or ``max_wait_ms`` after
+        it arrived, then take them (:meth:`_take`)."""
+        cap = self._row_cap(first)
+        self._last_task = first.task
+        flush_at = first.enqueued + self.max_wait_s
+        while not self.stopping and not self._interrupted():
+            rows = sum(j.remaining for j in self._queue if self._matches(j, first))
+            remaining = flush_at - time.monotonic()
+            if rows >= cap or remaining <= 0:
+                break
+            self.cond.wait(remaining)
+        return self._take(first, cap)
 
     def _take(self, first: Job, cap: int) -> tuple[list[Slice], list[Job], list[float]]:
         """Rows of the next forward (lock held): jobs of ``first``'s grid in queue order, each

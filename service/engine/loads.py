@@ -1,36 +1,42 @@
-"""Loading an adapter into the engine's bank: one sequence, top to bottom, on the engine's loader.
+"""Loading an adapter into the engine's bank: one worker command when the copy is cheap.
 
-Threads:
+Threads and what they own:
 
-- **engine loader** (``lookaside-loader``, one thread owned by :class:`EngineLoads`): runs
-  :meth:`EngineLoads._load` for one load at a time, start to end. It copies tensors into a
-  reserved slot (watched by the watchdog as an ``adapter load``) and waits, bounded, for the
-  worker to apply the steps that touch the bank's routing.
-- **engine worker** (``lookaside-engine``): applies the reserve, publish and abort steps between
-  two batches (``Engine.call``), so a slot is never written while a batch reads it. Before
-  ``Engine.start`` (tests, start-up) ``Engine.call`` applies them on the loader thread itself:
-  no batch runs yet.
-- Any thread (registry loader threads, the app's warm-up, tests) calls :meth:`EngineLoads.submit`
-  and gets a future; it never runs a step itself.
+- **engine worker** (``lookaside-engine``): owns the bank. It applies every bank step between two
+  batches (``Engine.call``), so a slot is never written while a batch reads it. Before
+  ``Engine.start`` (tests, start-up) ``Engine.call`` applies a step on the caller's thread: no
+  batch runs yet.
+- **any thread** (registry loader threads, the app's warm-up, tests) calls
+  :meth:`EngineLoads.submit` and gets a future that completes once the adapter is published (or
+  failed); it never runs a step itself and waits on the future bounded (the registry's loader
+  gives up once :meth:`Engine.health` says dead).
+- **engine loader** (``lookaside-loader``, one thread owned by :class:`EngineLoads`): only the
+  three-step path below, for one large CUDA copy at a time.
 
-The sequence (the bank's slot lifecycle, docs/design.md §4), so traffic never waits on the copy:
+The inline path (the CPU, and adapters of at most :data:`INLINE_COPY_BYTES` on CUDA): ``submit``
+enqueues ONE worker command (an :class:`_Install`) that reserves a slot (a full stack first grows
+to the size :func:`service.residency.grown_capacity` decides, capped by the device tier's byte
+budget, :mod:`service.engine.device_tier`: between batches, where no route holds it), copies the
+tensors into it (``bank.load``; on the CPU a memcpy, on CUDA an asynchronous copy on the side
+stream) and publishes it; a failure aborts the reservation in the
+same command. The worker drains every queued command at a batch boundary, so the N loads
+submitted during one forward are all published at the next boundary, back to back; the command
+is watched as a ``bank command``. The bank skips its finite scan iff the checkpoint is a
+:class:`~lookaside.checkpoint.ValidatedCheckpoint` (or a packed one).
 
-1. **reserve** (worker): a free slot of the adapter's stack. A full stack first grows to the
-   size :func:`service.residency.grown_capacity` decides; that happens between batches,
-   where no route holds the stack, and never while another load is pending: loads run one at a time
-   here, and the previous load's publish or abort was applied (the worker applies commands in order)
-   before this reserve.
-2. **copy** (loader thread): the tensors into the reserved slot while batches keep running (the
-   slot is not routable yet). The bank skips its finite scan iff the checkpoint is a
-   :class:`~lookaside.checkpoint.ValidatedCheckpoint`.
-3. **publish** (worker): the slot becomes routable.
+The three-step path (CUDA, adapters over :data:`INLINE_COPY_BYTES`), so traffic never waits on
+a long copy: **reserve** (worker) -> **copy** (loader thread, watched as an ``adapter load``,
+while batches run: the slot is not routable yet) -> **publish** (worker); the loader waits on the
+worker bounded, and a failure after the reserve gives the slot back (abort, on the worker).
 
-A failure after the reserve gives the slot back (abort, on the worker) and fails the returned
-future only. Every wait on the worker is bounded: it gives up once the engine reports itself
-dead, or once the engine has stopped and its worker will apply nothing more, and the step it
-gave up on never takes effect (cancelled, or taken back when it ends); at stop, loads
-still queued here run and fail at once with :class:`~service.errors.NotReady` (the worker
-refuses new steps), so none is left hanging.
+Giving up (nothing is left reserved or published by a load whose future failed): once
+:meth:`Engine.health` reports the engine dead (the registry's loader asks it while it waits), or
+once the engine has stopped with its worker still busy, :meth:`EngineLoads.give_up` fails every
+inline load not applied yet with :class:`~service.errors.NotReady`, and the worker skips it when
+it reaches it; one being applied at that moment (the stuck command itself) is taken back
+(removed) by the worker when it ends. The three-step path gives up the same way on its own
+bounded waits (the step given up on is cancelled, or taken back when it ends). After stop,
+``submit`` fails at once with :class:`~service.errors.NotReady` (the worker refuses commands).
 """
 
 from __future__ import annotations
@@ -41,31 +47,39 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 
-from lookaside.bank import AdapterBank, Reservation
+import torch
+
+from lookaside.bank import AdapterBank, PackedAdapter, Reservation
 from lookaside.checkpoint import AdapterCheckpoint
 from lookaside.checkpoint.compat import require_backbone
-from lookaside.errors import BankFull
+from service.engine.device_tier import DeviceTier
 from service.errors import NotReady
-from service.residency import grown_capacity
 
 if TYPE_CHECKING:
     from service.engine.watchdog import EngineHealth, Watchdog
 
-__all__ = ["EngineLoads"]
+__all__ = ["INLINE_COPY_BYTES", "EngineLoads", "Loadable", "copies_inline"]
 
 log = logging.getLogger("service.engine")
 T = TypeVar("T")
+Loadable = AdapterCheckpoint | PackedAdapter
+"""What a load takes: a checkpoint, or an adapter packed once from a validated one."""
 
 WAIT_SLICE_S = 0.5
 """How often the loader, waiting on the worker, checks whether the engine is dead or stopped."""
+INLINE_COPY_BYTES = 4 << 20
+"""On CUDA, adapters of at most this many tensor bytes load in one worker command; larger ones
+copy on the loader thread (three steps). On the CPU every load is one command."""
 
 
 class _Worker(Protocol):
     """What the loader needs of the engine (``service.engine.Engine`` provides it)."""
 
     bank: AdapterBank
+    tier: DeviceTier
     watchdog: Watchdog
 
     def call(self, fn: Callable[[], T], *, what: str = "a bank command") -> Future[T]:
@@ -77,34 +91,120 @@ class _Worker(Protocol):
         ...
 
 
+@dataclass(eq=False)
+class _Install:
+    """One inline load: queued -> running (worker) -> done; or abandoned (:meth:`give_up`).
+    Whoever moves it to ``done`` or ``abandoned`` (under the loads' lock) completes ``future``."""
+
+    checkpoint: Loadable
+    target: str
+    future: Future[None] = field(default_factory=Future)
+    state: Literal["queued", "running", "done", "abandoned"] = "queued"
+
+
+def tensor_bytes(checkpoint: Loadable) -> int:
+    """Bytes a load copies (the checkpoint's tensors, or the packed buffer)."""
+    if isinstance(checkpoint, PackedAdapter):
+        return checkpoint.nbytes
+    return sum(t.numel() * t.element_size() for t in checkpoint.tensors.values())
+
+
+def copies_inline(device: torch.device, nbytes: int) -> bool:
+    """Whether a load of ``nbytes`` tensor bytes is one worker command (module docstring)."""
+    return device.type != "cuda" or nbytes <= INLINE_COPY_BYTES
+
+
 class EngineLoads:
-    """The engine's loader thread and the load sequence it runs (module docstring)."""
+    """The engine's loads: inline worker commands, and the loader thread for big CUDA copies."""
 
     def __init__(self, engine: _Worker) -> None:
         self._engine = engine
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="lookaside-loader")
+        self._lock = threading.Lock()
+        self._pending: set[_Install] = set()
+        """Inline loads submitted and not finished (guarded by ``_lock``)."""
         self.stopped = threading.Event()
         """Set by the engine once its worker has exited (or its join gave up): waits end."""
+        self.commands = 0
+        """Inline load commands applied by the worker (tests count them)."""
 
-    def submit(self, checkpoint: AdapterCheckpoint, adapter_id: str) -> Future[None]:
+    def submit(self, checkpoint: Loadable, adapter_id: str) -> Future[None]:
         """Queue the load of ``checkpoint`` as ``adapter_id`` (any thread)."""
-        try:
-            return self._pool.submit(self._load, checkpoint, adapter_id)
-        except RuntimeError:  # the pool is shut down: the engine has stopped
-            refused: Future[None] = Future()
-            refused.set_exception(NotReady("the engine has stopped"))
-            return refused
+        if not copies_inline(self._engine.bank.device, tensor_bytes(checkpoint)):
+            try:
+                return self._pool.submit(self._load, checkpoint, adapter_id)
+            except RuntimeError:  # the pool is shut down: the engine has stopped
+                return _refused()
+        install = _Install(checkpoint, adapter_id)
+        with self._lock:
+            self._pending.add(install)
+        queued = self._engine.call(lambda: self._install(install), what=f"load {adapter_id}")
+        if queued.done() and queued.exception() is not None:  # refused: the engine has stopped
+            with self._lock:
+                self._pending.discard(install)
+            if not install.future.done():
+                return _refused()
+        return install.future
+
+    def give_up(self, why: str, reason: str | None = None) -> None:
+        """Fail every inline load not applied yet (the worker skips it) and mark a running one
+        to be taken back when it ends (module docstring). Any thread."""
+        with self._lock:
+            pending = [(i, i.state) for i in self._pending if i.state in ("queued", "running")]
+            for install, _ in pending:
+                install.state = "abandoned"
+        for install, state in pending:
+            error = NotReady(f"load {install.target} did not run: {why}", reason=reason)
+            if state == "running" or install.future.set_running_or_notify_cancel():
+                install.future.set_exception(error)
 
     def shutdown(self) -> None:
-        """Run what is queued (each fails at once once the worker refuses steps) and join."""
+        """Fail inline loads the worker will not apply; run what the loader has queued (each
+        fails at once once the worker refuses steps) and join."""
+        self.give_up("the engine has stopped")
         self._pool.shutdown(wait=True)
 
-    def _load(self, checkpoint: AdapterCheckpoint, target: str) -> None:
-        """Reserve (worker) -> copy (here) -> publish (worker); abort on a failed copy."""
+    def _install(self, install: _Install) -> None:
+        """Worker: reserve -> copy -> publish in one command; abort on failure."""
+        with self._lock:
+            if install.state == "abandoned" or not install.future.set_running_or_notify_cancel():
+                self._pending.discard(install)  # given up on, or cancelled by its caller
+                return
+            install.state = "running"
+        started, bank, target = time.perf_counter(), self._engine.bank, install.target
+        self.commands += 1
+        error: BaseException | None = None
+        try:
+            reservation = _reserve(bank, self._engine.tier, install.checkpoint, target)
+            try:
+                bank.load(reservation, install.checkpoint)  # the type decides the finite scan
+                bank.publish(reservation)
+            except BaseException:
+                bank.abort(reservation)
+                raise
+        except BaseException as exc:  # handed to the caller, never kills the worker
+            error = exc
+        self._engine.tier.refresh(bank)  # before its caller can see the future complete
+        with self._lock:
+            self._pending.discard(install)
+            abandoned = install.state != "running"  # give_up marked it meanwhile
+            install.state = "abandoned" if abandoned else "done"
+        if abandoned:  # its caller gave up while it ran: take the publish back
+            if error is None:
+                bank.remove(target)
+            return
+        if error is not None:
+            install.future.set_exception(error)
+            return
+        install.future.set_result(None)
+        log.info("loaded adapter %s in %.1f ms", target, (time.perf_counter() - started) * 1e3)
+
+    def _load(self, checkpoint: Loadable, target: str) -> None:
+        """Three steps (loader thread): reserve (worker) -> copy (here) -> publish (worker)."""
         started = time.perf_counter()
         engine, bank = self._engine, self._engine.bank
         reservation = self._on_worker(
-            lambda: _reserve(bank, checkpoint, target),
+            lambda: _reserve(bank, engine.tier, checkpoint, target),
             f"reserve a slot for {target}",
             undo=lambda r: engine.call(lambda: bank.abort(r), what=f"abort the load of {target}"),
         )
@@ -143,23 +243,27 @@ class EngineLoads:
             raise NotReady(f"{what} did not run: {why}", reason=reason)
 
 
+def _refused() -> Future[None]:
+    refused: Future[None] = Future()
+    refused.set_exception(NotReady("the engine has stopped"))
+    return refused
+
+
 def _undo(future: Future[T], undo: Callable[[T], object]) -> None:
     """Apply ``undo`` to a step's result, if it succeeded (it failed: nothing to take back)."""
     if not future.cancelled() and future.exception() is None:
         undo(future.result())
 
 
-def _reserve(bank: AdapterBank, checkpoint: AdapterCheckpoint, adapter_id: str) -> Reservation:
-    """A slot for ``checkpoint`` (worker thread); a full stack grows first (module docstring)."""
+def _reserve(
+    bank: AdapterBank, tier: DeviceTier, checkpoint: Loadable, adapter_id: str
+) -> Reservation:
+    """A slot for ``checkpoint`` (worker thread) within the device tier's budget; a full stack
+    grows first (module docstring, :mod:`service.engine.device_tier`)."""
     manifest = checkpoint.manifest
     if bank.fingerprint is not None:
         require_backbone(manifest, name=bank.backbone_cfg.name, fingerprint=bank.fingerprint)
-    head = manifest.head_config()
-    try:
-        return bank.reserve(adapter_id, manifest.method, manifest.config, head)
-    except BankFull:
-        config = manifest.adapter_config()
-        capacity = grown_capacity(bank.stack_capacity(manifest.method, config))
-        bank.grow(manifest.method, config, capacity)  # between batches: no route holds it
-        log.info("grew the %s stack to %d slots", manifest.method, capacity)
-        return bank.reserve(adapter_id, manifest.method, manifest.config, head)
+    head, config = manifest.head_config(), manifest.adapter_config()
+    if adapter_id not in bank:  # else reserve refuses it, and nothing should grow first
+        tier.make_room(bank, manifest.method, config, head)
+    return bank.reserve(adapter_id, manifest.method, manifest.config, head)

@@ -46,7 +46,7 @@ from service.errors import (
 )
 from service.ray.metrics import ReplicaMetrics
 from service.ray.wire import ReplicaAnswer
-from service.registry import Lease, VersionStatus, adapter_id
+from service.registry import Admission, Lease, VersionStatus, adapter_id
 from service.registry.refs import resolve_stored
 from service.settings import ServiceSettings
 from service.store import AdapterStore, PutResult
@@ -99,8 +99,13 @@ class RemoteEngine:
         *,
         request_id: str = "-",
         timeout_s: float = 30.0,
+        ready: Future[Any] | None = None,
     ) -> Future[Tensor]:
-        """Check the rows here (the same 422s as one process), then send them (event loop)."""
+        """Check the rows here (the same 422s as one process), then send them (event loop).
+        ``ready`` is never given here (:meth:`RemoteRegistry.admit` loads nothing: the replica
+        that runs the rows loads their adapter)."""
+        if ready is not None and not ready.done():
+            raise ConfigError("a Ray ingress does not wait for loads; the replica loads")
         if self._closed:
             raise NotReady("the server is shutting down; retry shortly", reason="shutting_down")
         if adapter_id is None:
@@ -203,6 +208,13 @@ class RemoteRegistry:
         self.watcher = StoreWatcher(store, interval_s=settings.ray_sync_s).start()
         self._requests: dict[str, int] = {}
 
+    def admit(self, ref: str) -> Admission:
+        """Resolve ``ref`` to a stored version (the replica that runs the rows loads it)."""
+        name, version = resolve_stored(self.store, ref)
+        aid = adapter_id(name, version)
+        self._requests[aid] = self._requests.get(aid, 0) + 1
+        return Admission(Lease(lambda _aid: None, self.store.manifest(name, version)), None)
+
     async def acquire(
         self,
         ref: str,
@@ -288,6 +300,7 @@ class RemoteRegistry:
                     loads=0,
                     evictions=0,
                     load_seconds=None,
+                    tier="device" if aid in resident else "disk",
                 )
             )
         return out

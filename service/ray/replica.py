@@ -76,7 +76,7 @@ class ModelReplica:
         self.settings = settings
         self.state = AppState(
             settings=settings,
-            metrics=ServiceMetrics(),
+            metrics=ServiceMetrics(max_adapters=settings.metrics_max_adapters),
             featurize_pool=ThreadPoolExecutor(1, thread_name_prefix="lookaside-unused"),
             body_budget=InflightBytes(settings.max_inflight_body_bytes),
         )
@@ -96,6 +96,7 @@ class ModelReplica:
 
         self._resident = serve.multiplexed(
             max_num_models_per_replica=settings.max_resident_adapters
+            or settings.ray_adapters_per_replica
         )(hold)
         loop = asyncio.get_running_loop()
         self._watcher = StoreWatcher(

@@ -25,14 +25,14 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Protocol
 
-from lookaside.checkpoint import AdapterCheckpoint, AdapterManifest
+from lookaside.checkpoint import AdapterManifest
 from lookaside.errors import AdapterNotFound
-from service.engine.watchdog import EngineHealth
 from service.errors import AdapterUnavailable
 from service.registry.refs import adapter_id
+from service.registry.types import EngineAdapters, RegistryEvents, RegistryStats, VersionStatus
 from service.residency import AdapterState, Residency
+from service.tiers.host_cache import TierStats
 
 __all__ = [
     "ActiveMap",
@@ -45,75 +45,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("service.registry")
-
-
-class EngineAdapters(Protocol):
-    """What the registry needs of the engine (``service.engine.Engine`` provides it)."""
-
-    def load_adapter(self, checkpoint: AdapterCheckpoint) -> Future[None]:
-        """Copy a checkpoint into a free bank slot between batches; id ``name@version``.
-
-        A :class:`~lookaside.checkpoint.ValidatedCheckpoint` skips the bank's finite scan (its
-        every value was already scanned). The future fails with :class:`BankFull` only from an
-        engine whose stacks cannot grow (``service.residency``).
-        """
-        ...
-
-    def unload_adapter(self, adapter_id: str) -> Future[None]:
-        """Remove an adapter from the bank between batches (its slot is zeroed and reused)."""
-        ...
-
-    def health(self) -> EngineHealth:
-        """Whether the engine is stalled or dead (bounds the registry's waits on it)."""
-        ...
-
-
-class RegistryEvents(Protocol):
-    """Observer of residency changes (metrics). Called on loader threads or the event loop."""
-
-    def adapter_loaded(self, name: str, version: int, seconds: float) -> None:
-        """``name@version`` became resident after ``seconds`` (read + validate + copy)."""
-        ...
-
-    def adapter_load_failed(self, name: str, version: int, reason: str) -> None:
-        """A load of ``name@version`` failed."""
-        ...
-
-    def adapter_evicted(self, name: str, version: int) -> None:
-        """``name@version`` was unloaded to make room (not for a delete)."""
-        ...
-
-
-@dataclass(frozen=True)
-class VersionStatus:
-    """One stored version as the registry sees it (``GET /adapters/{name}``)."""
-
-    version: int
-    state: AdapterState
-    reason: str | None
-    resident: bool
-    pinned: bool
-    in_flight: int
-    """Leases held now: requests queued or running on this version."""
-    requests: int
-    """Requests admitted for this version since the server started."""
-    loads: int
-    evictions: int
-    load_seconds: float | None
-    """Duration of the last successful load."""
-
-
-@dataclass(frozen=True)
-class RegistryStats:
-    """Counters for metrics, all since the registry was created."""
-
-    resident: int
-    loads: dict[str, int]
-    """Successful loads by adapter name."""
-    load_failures: dict[str, int]
-    evictions: dict[str, int]
-    requests: dict[str, int]
-    """Requests admitted by adapter name."""
 
 
 @dataclass
@@ -132,6 +63,10 @@ class Entry:
     retired: bool = False
     """Deleted from the store: unloaded as soon as its last lease is released."""
     stack: str | None = field(default=None)
+    device_bytes: int = 0
+    """Device bytes once loaded (by arithmetic from the manifest, before the load)."""
+    source: str = "disk"
+    """Where its last load read it from: ``host`` (the host tier) or ``disk``."""
 
     @property
     def id(self) -> str:
@@ -159,6 +94,15 @@ class ActiveMap:
         self._loads: Counter[str] = Counter()
         self._failures: Counter[str] = Counter()
         self._evictions: Counter[str] = Counter()
+        self._count = 0
+        """Resident (loading or ready) entries, and their device bytes (``_bytes``)."""
+        self._bytes = 0
+        self._loading_bytes = 0
+        self.hits = 0
+        """Leases that found their version ready on the device (the device tier's hits)."""
+        self.misses = 0
+        """Leases that did not find their version ready: they started or joined a load."""
+        self.evicted = 0
 
     def ready(self, aid: str) -> bool:
         """Resident and not deleted (resolution then needs no store lookup)."""
@@ -166,10 +110,20 @@ class ActiveMap:
         return entry is not None and entry.state == "ready" and not entry.retired
 
     def lease(
-        self, name: str, version: int, *, count: bool, load: Callable[[Entry], None]
-    ) -> Future[AdapterManifest]:
-        """Take a lease on ``name@version``, starting its load (``load``, which only enqueues)
-        when it is unloaded or failed; returns its readiness."""
+        self,
+        name: str,
+        version: int,
+        *,
+        count: bool,
+        load: Callable[[Entry], None],
+        device_bytes: Callable[[], int] = lambda: 0,
+    ) -> Entry:
+        """Take a lease on ``name@version``, starting its load (``load``, which only enqueues,
+        or raises :class:`AdapterUnavailable` when too many loads wait) when it is unloaded or
+        failed; returns its entry (``entry.done``: its readiness).
+
+        ``device_bytes``: the version's device bytes (arithmetic from its manifest), asked only
+        when a load starts: idle versions are evicted first until it fits the device budget."""
         aid = adapter_id(name, version)
         with self.lock:
             entry = self.entries.get(aid)
@@ -178,29 +132,55 @@ class ActiveMap:
                     f"{aid} was deleted and is being unloaded; retry in a moment"
                 )
             if entry is None or entry.state == "failed":
-                fresh = Entry(name=name, version=version, state="loading", done=Future())
+                fresh = Entry(
+                    name=name,
+                    version=version,
+                    state="loading",
+                    done=Future(),
+                    device_bytes=device_bytes(),
+                )
+                budget = self.residency.budget_bytes
+                if budget is not None and fresh.device_bytes > budget:  # evicting cannot help
+                    raise AdapterUnavailable(
+                        f"adapter {aid} needs {fresh.device_bytes} bytes on the device, more "
+                        f"than the whole device tier ({budget} bytes); raise device_cache_bytes"
+                    )
+                load(fresh)  # first: a refused load (too many waiting) changes nothing
                 if entry is not None:  # a failed version: keep its history visible until it works
                     fresh.reason = entry.reason
                     del self.entries[aid]
-                self._shrink_locked(room_for=1)
+                self._shrink_locked(room_for=1, room_bytes=fresh.device_bytes)
                 self.entries[aid] = entry = fresh
-                load(entry)
+                self._count += 1
+                self._bytes += fresh.device_bytes
+                self._loading_bytes += fresh.device_bytes
+                self.residency.policy.admit(aid, fresh.device_bytes)
+                self.misses += 1
+            elif entry.state == "ready":
+                self.residency.policy.touch(aid)
+                self.hits += 1
+            else:  # joins a load in progress: not found resident either
+                self.misses += 1
             entry.leases += 1
             entry.last_used = next(self._clock)
             if count:
                 self._requests[aid] += 1
-            return entry.done
+            return entry
 
-    def release(self, aid: str) -> None:
-        """A lease given back (any thread): unload a retired version, or shrink to the limit."""
+    def release(self, aid: str, taken: Entry | None = None) -> None:
+        """A lease given back (any thread): unload a retired version, or shrink to the limit.
+
+        ``taken``: the entry the lease was taken on; a failed entry replaced by a new load of
+        the same version since then only loses its lease (the new entry's count is not its)."""
         with self.lock:
-            entry = self.entries.get(aid)
+            current = self.entries.get(aid)
+            entry = taken if taken is not None else current
             if entry is None or entry.leases <= 0:
                 log.error("lease of %s released more often than taken", aid)
                 return
             entry.leases -= 1
             entry.last_used = next(self._clock)
-            if entry.leases > 0:
+            if entry.leases > 0 or entry is not current:
                 return
             if entry.retired and entry.state == "ready":
                 self._unload_locked(entry, evicted=False)
@@ -212,6 +192,8 @@ class ActiveMap:
     def loaded(self, entry: Entry, manifest: AdapterManifest, seconds: float) -> None:
         """The loader made ``entry`` resident: ready, counted, its waiters answered."""
         with self.lock:
+            if entry.state == "loading":
+                self._loading_bytes -= entry.device_bytes
             entry.state = "ready"
             entry.reason = None
             entry.manifest = manifest
@@ -219,7 +201,7 @@ class ActiveMap:
             self._loads[entry.id] += 1
             if entry.retired and entry.leases == 0:
                 self._unload_locked(entry, evicted=False)
-        self._notify("adapter_loaded", entry.name, entry.version, seconds)
+        self._notify("adapter_loaded", entry.name, entry.version, seconds, tier=entry.source)
         log.info("loaded %s in %.3f s", entry.id, seconds)
         if not entry.done.done():
             entry.done.set_result(manifest)
@@ -229,6 +211,12 @@ class ActiveMap:
         the 404 / 503 it raised)."""
         reason = str(exc) or type(exc).__name__
         with self.lock:
+            if entry.state == "loading":
+                self._loading_bytes -= entry.device_bytes
+            if entry.resident and self.entries.get(entry.id) is entry:
+                self._count -= 1
+                self._bytes -= entry.device_bytes
+                self.residency.policy.discard(entry.id)
             entry.state = "failed"
             entry.reason = reason
             self._failures[entry.id] += 1
@@ -254,12 +242,33 @@ class ActiveMap:
         """Unload the residency policy's victim of ``entry``'s stack (the engine reported the
         stack full); None when every version of it is leased or pinned."""
         with self.lock:
-            victim = self.residency.victim(
-                self.entries.values(), stack=entry.stack, exclude=entry.id
-            )
+            victim = self.residency.victim(self.entries, stack=entry.stack, exclude=entry.id)
             if victim is None:
                 return None
             return self._unload_locked(self.entries[victim.id], evicted=True)
+
+    def evict_any(self, entry: Entry) -> Future[None] | None:
+        """Unload the residency policy's victim of any stack (none of ``entry``'s is idle: the
+        engine frees a stack's bytes only once it is empty); None when nothing is idle."""
+        with self.lock:
+            victim = self.residency.victim(self.entries, exclude=entry.id)
+            if victim is None:
+                return None
+            return self._unload_locked(self.entries[victim.id], evicted=True)
+
+    def drop_orphan(self, entry: Entry) -> None:
+        """The engine published ``entry`` after its load had been given up (failed): unload it,
+        unless a newer entry of that version is ready (then it holds that slot). A newer load
+        in progress that finds the id still published is handed over again once this unload is
+        applied (:mod:`service.registry.loader`)."""
+        with self.lock:
+            current = self.entries.get(entry.id)
+            if current is not None and current.state == "ready":
+                return
+            future = self.engine.unload_adapter(entry.id)
+            self._unloading[entry.id] = future
+            future.add_done_callback(lambda f: self._unloaded(entry.id, f))
+        log.warning("%s was published after its load was given up; unloading it", entry.id)
 
     def retire(self, aid: str) -> Future[None] | None:
         """Mark a deleted version; unload it now if idle (returns that unload)."""
@@ -275,16 +284,27 @@ class ActiveMap:
                     del self.entries[aid]
         return None
 
-    def _shrink_locked(self, room_for: int = 0) -> None:
-        """Evict what the residency policy names until ``room_for`` more fit under the limit."""
-        while (victim := self.residency.over_limit(self.entries.values(), room_for)) is not None:
+    def _shrink_locked(self, room_for: int = 0, room_bytes: int = 0) -> None:
+        """Evict what the residency policy names until ``room_for`` more versions of
+        ``room_bytes`` fit the device tier's targets."""
+        while True:
+            victim = self.residency.over_limit(
+                self.entries, self._count, self._bytes, room_for=room_for, room_bytes=room_bytes
+            )
+            if victim is None:
+                return
             self._unload_locked(self.entries[victim.id], evicted=True)
 
     def _unload_locked(self, entry: Entry, *, evicted: bool) -> Future[None]:
         """Forget ``entry`` and ask the engine to unload it (enqueue only; never blocks)."""
         del self.entries[entry.id]
+        if entry.resident:
+            self._count -= 1
+            self._bytes -= entry.device_bytes
+        self.residency.policy.discard(entry.id, evicted=evicted)
         if evicted:
             self._evictions[entry.id] += 1
+            self.evicted += 1
         future = self.engine.unload_adapter(entry.id)
         self._unloading[entry.id] = future
         aid = entry.id
@@ -322,6 +342,8 @@ class ActiveMap:
                         loads=self._loads[aid],
                         evictions=self._evictions[aid],
                         load_seconds=entry.load_seconds if entry is not None else None,
+                        tier="device" if entry is not None and entry.resident else "disk",
+                        device_bytes=entry.device_bytes if entry is not None else None,
                     )
                 )
             return out
@@ -331,6 +353,27 @@ class ActiveMap:
         with self.lock:
             entries = sorted(self.entries.values(), key=lambda e: e.last_used)
             return [e.id for e in entries if e.resident]
+
+    def device_tier(self, allocated: int | None = None) -> TierStats:
+        """The device tier as the registry sees it: hits and misses of leases, evictions, the
+        bytes of resident versions (``allocated``: the bank's own count when given), and the
+        bytes of versions still loading as in flight."""
+        with self.lock:
+            return TierStats(
+                hits=self.hits,
+                misses=self.misses,
+                bypass=0,
+                evictions=self.evicted,
+                bytes=self._bytes if allocated is None else allocated,
+                inflight=self._loading_bytes,
+                budget=self.residency.budget_bytes or 0,
+                entries=self._count,
+            )
+
+    def resident_bytes(self) -> tuple[int, int]:
+        """(versions, device bytes) resident or loading."""
+        with self.lock:
+            return self._count, self._bytes
 
     def stats(self) -> RegistryStats:
         """Counters for metrics (a consistent snapshot)."""
@@ -343,11 +386,11 @@ class ActiveMap:
                 requests=_by_name(self._requests),
             )
 
-    def _notify(self, event: str, *args: object) -> None:
+    def _notify(self, event: str, *args: object, **kwargs: object) -> None:
         if self._events is None:
             return
         try:
-            getattr(self._events, event)(*args)
+            getattr(self._events, event)(*args, **kwargs)
         except Exception:  # a metrics hook must never fail a load
             log.exception("registry event hook %s failed", event)
 

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
 
 from lookaside.checkpoint import AdapterManifest
 
-__all__ = ["Lease"]
+__all__ = ["Admission", "Lease"]
 
 
 class Lease:
@@ -26,12 +28,18 @@ class Lease:
     Args:
         release: gives the version back to the registry (called once, with the adapter id).
         manifest: the version's manifest as stored.
+        tier: where the version was found (:attr:`tier`).
     """
 
-    def __init__(self, release: Callable[[str], None], manifest: AdapterManifest) -> None:
+    def __init__(
+        self, release: Callable[[str], None], manifest: AdapterManifest, *, tier: str = "device"
+    ) -> None:
         self._give_back = release
         self.manifest = manifest
         """The version's manifest (labels, features, head) as stored."""
+        self.tier = tier
+        """Where the version was when this request asked for it: ``device`` (resident), else
+        the tier its load read it from (``host`` or ``disk``)."""
         self._released = False
         self._lock = threading.Lock()
 
@@ -66,3 +74,12 @@ class Lease:
 
     def __repr__(self) -> str:
         return f"Lease({self.adapter_id!r}, released={self._released})"
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A lease taken at once (``AdapterRegistry.admit``) and, for a version not resident yet,
+    the future of its load (rows submitted with it wait for it in the engine's queue)."""
+
+    lease: Lease
+    ready: Future[AdapterManifest] | None

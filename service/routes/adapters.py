@@ -262,6 +262,7 @@ def _version_info(status: VersionStatus, m: AdapterManifest, active: int | None)
         loads=status.loads,
         evictions=status.evictions,
         load_seconds=status.load_seconds,
+        tier=status.tier,
         task=m.task,
         task_type=m.task_type,
         method=m.method,

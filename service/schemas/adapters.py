@@ -19,6 +19,7 @@ _VERSION_EXAMPLE: dict[str, Any] = {
     "loads": 1,
     "evictions": 0,
     "load_seconds": 0.041,
+    "tier": "device",
     "task": "environmental sounds",
     "task_type": "multiclass",
     "method": "loaa",
@@ -52,6 +53,11 @@ class VersionInfo(BaseModel):
     loads: int = Field(description="times it was loaded since startup")
     evictions: int = Field(description="times it was evicted to make room since startup")
     load_seconds: float | None = Field(None, description="duration of the last load")
+    tier: Literal["device", "host", "disk"] = Field(
+        "disk",
+        description="where it is now: `device` (resident or loading), `host` (packed in host "
+        "memory: a reload reads no disk) or `disk` (the store only)",
+    )
     task: str
     task_type: Literal["multiclass", "multilabel"]
     method: str

@@ -395,7 +395,7 @@ def test_metrics_and_openapi(
             "lookaside_queue_depth 0.0",
             "lookaside_adapters_resident 2.0",
             "lookaside_adapters_in_store 2.0",
-            'lookaside_adapter_load_seconds_count{adapter="esc50"}',
+            'lookaside_adapter_load_seconds_count{tier="disk"} 2.0',
         ):
             assert needle in text, needle
         assert "esc50,speech" not in text  # real labels, never joined strings

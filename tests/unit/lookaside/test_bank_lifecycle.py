@@ -300,6 +300,20 @@ def test_remove_of_the_last_adapter_frees_the_stack_after_release(
     assert sum(p.numel() for p in bank.parameters()) == 0
 
 
+def test_a_stack_made_again_starts_at_the_bank_capacity(tiny_backbone: VisionTransformer) -> None:
+    """A freed stack's grown size is forgotten: made again, it starts at the bank's capacity
+    (an engine with a byte budget may no longer have room for the grown size)."""
+    bank = _bank(tiny_backbone, capacity=2)
+    bank.grow("loaa", LOAA, 6)
+    _add(bank, "a", 1)
+    assert bank.stack_capacity("loaa", LOAA) == 6
+    bank.remove("a")
+    assert len(bank.stacks) == 0
+    assert bank.stack_capacity("loaa", LOAA) == 2
+    _add(bank, "b", 2)
+    assert bank.stack_capacity("loaa", LOAA) == 2
+
+
 def test_a_dropped_route_is_released_by_the_garbage_collector(
     tiny_backbone: VisionTransformer,
 ) -> None:

@@ -17,7 +17,7 @@ from lookaside.backbone import VisionTransformer
 from lookaside.bank import AdapterBank
 from lookaside.checkpoint import AdapterCheckpoint
 from lookaside.model import MultiAdapterModel
-from service.engine import Engine
+from service.engine import Engine, loads
 from service.errors import EngineFailure, NotReady, QueueFull, RequestTimeout
 from tests.integration.service.svc_support import SHORT_FEATURES, make_checkpoint, tiny
 
@@ -235,11 +235,13 @@ def test_loads_grow_a_full_stack_and_unloads_free_it(
         eng.stop()
 
 
+@pytest.mark.parametrize("inline", [True, False], ids=["one-command", "three-step"])
 def test_concurrent_loads_into_a_full_stack_wait_for_the_pending_one(
-    backbone: VisionTransformer, monkeypatch: pytest.MonkeyPatch
+    backbone: VisionTransformer, monkeypatch: pytest.MonkeyPatch, inline: bool
 ) -> None:
     """A stack cannot grow while a load into it is pending; the second load must wait for that
     load's publish and then grow, not fail (it did: 'a load into the lora stack is pending')."""
+    monkeypatch.setattr(loads, "copies_inline", lambda device, nbytes: inline)
     eng = _engine(backbone, bank_capacity=1)
     copy = eng.bank.load
     copying = threading.Event()
@@ -273,6 +275,8 @@ def test_concurrent_loads_into_a_full_stack_wait_for_the_pending_one(
 def test_a_load_parked_behind_a_pending_one_fails_at_stop_instead_of_hanging(
     backbone: VisionTransformer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # the three-step path (large adapters on CUDA): the copy runs on the engine's loader thread
+    monkeypatch.setattr(loads, "copies_inline", lambda device, nbytes: False)
     eng = _engine(backbone, bank_capacity=1)
     copy = eng.bank.load
     copying = threading.Event()

@@ -114,8 +114,9 @@ class Events:
     def __init__(self) -> None:
         self.seen: list[tuple[str, str, int]] = []
 
-    def adapter_loaded(self, name: str, version: int, seconds: float) -> None:
+    def adapter_loaded(self, name: str, version: int, seconds: float, tier: str = "disk") -> None:
         assert seconds >= 0
+        assert tier in ("host", "disk")
         self.seen.append(("loaded", name, version))
 
     def adapter_load_failed(self, name: str, version: int, reason: str) -> None:
@@ -377,7 +378,7 @@ def test_a_full_bank_stack_evicts_an_idle_adapter_of_that_stack(
         await touch(registry, "b", "c")  # BankFull -> b (idle) makes room
         assert sorted(engine.bank) == ["a@1", "c@1"]
         other = await registry.acquire("c")
-        with pytest.raises(AdapterUnavailable, match="no free slot for d@1.*bank_capacity"):
+        with pytest.raises(AdapterUnavailable, match="no room on the device for d@1.*device_cache_bytes"):
             await registry.acquire("d")  # a and c are both leased
         held.release()
         other.release()
