@@ -378,7 +378,7 @@ def test_a_full_bank_stack_evicts_an_idle_adapter_of_that_stack(
         await touch(registry, "b", "c")  # BankFull -> b (idle) makes room
         assert sorted(engine.bank) == ["a@1", "c@1"]
         other = await registry.acquire("c")
-        with pytest.raises(AdapterUnavailable, match="no room on the device for d@1.*device_cache_bytes"):
+        with pytest.raises(AdapterUnavailable, match="no room on the device for d@1.*device_cache"):
             await registry.acquire("d")  # a and c are both leased
         held.release()
         other.release()
