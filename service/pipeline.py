@@ -45,8 +45,6 @@ log = logging.getLogger("service.pipeline")
 
 ADAPTERS_KEY = "lookaside.adapters"
 """Scope key of the adapter names a request resolved (the metrics middleware labels by them)."""
-TIERS_KEY = "lookaside.tiers"
-"""Scope key of where each adapter was found (``device``, ``host``, ``disk``), in order."""
 
 
 class Media(Protocol):
@@ -126,7 +124,6 @@ async def run(
         for admission in admitted:
             admission.lease.release()
     leases = [admission.lease for admission in admitted]
-    request.scope[TIERS_KEY] = [lease.tier for lease in leases]
     log.debug(
         "request %s: %s",
         request_id,

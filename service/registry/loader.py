@@ -134,12 +134,19 @@ class RegistryLoader:
     def _watch_engine(self) -> None:
         """Watch thread: fail every handed-over load once the engine reports itself dead."""
         while not self._closed.wait(WAIT_SLICE_S):
-            with self._lock:
-                if not self._handed:
-                    continue
-            health = self._engine.health()
-            if not health.dead:
-                continue
+            try:
+                self._fail_if_dead()
+            except Exception:  # keep watching: a missed round only delays the failure
+                log.exception("the adapter-load watch failed a round")
+
+    def _fail_if_dead(self) -> None:
+        """One round of the watch: settle every handed-over load as failed if the engine is
+        dead."""
+        with self._lock:
+            if not self._handed:
+                return
+        health = self._engine.health()
+        if health.dead:
             with self._lock:
                 stuck = list(self._handed)
             for handed in stuck:
