@@ -50,7 +50,7 @@ from typing import Any
 import httpx
 
 from benchmarks.cache_policy import ZIPF_S, zipf_ids
-from benchmarks.serve_http import _checkpoint, _clip, metric_sum, wait_ready
+from benchmarks.serve_http import _checkpoint, _clip, metric_sum, stop_server, wait_ready
 from lookaside.backbones import load_backbone
 from lookaside.checkpoint import MANIFEST_FILE, WEIGHTS_FILE
 
@@ -153,12 +153,7 @@ def serve(store: Path, backbone: str, env: dict[str, str], timeout: float) -> It
         wait_ready(proc, url, timeout)
         yield Served(url, proc.pid)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(30)
+        stop_server(proc)
 
 
 def rss_mb(pid: int) -> float | None:

@@ -200,6 +200,16 @@ def wait_ready(proc: subprocess.Popen[bytes], url: str, timeout: float) -> None:
     raise RuntimeError("the server did not become ready")
 
 
+def stop_server(proc: subprocess.Popen[bytes], kill_wait: float = 30) -> None:
+    """SIGTERM (the server drains), then SIGKILL if it has not exited within 60 s."""
+    proc.terminate()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(kill_wait)
+
+
 class Server:
     """``python -m service`` in its own process."""
 
@@ -256,12 +266,7 @@ class Server:
         raise RuntimeError("the ONNX Runtime graph was not built in time")
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(30)
+        stop_server(self.proc)
 
 
 async def _stream(

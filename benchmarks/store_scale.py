@@ -46,7 +46,7 @@ import httpx
 import numpy as np
 import soundfile as sf
 
-from benchmarks.serve_http import wait_ready
+from benchmarks.serve_http import stop_server, wait_ready
 from lookaside.adapters.head import HeadConfig
 from lookaside.backbone import VisionTransformer
 from lookaside.backbones import build_random
@@ -133,12 +133,7 @@ def _serve(store: Path) -> Iterator[str]:
         wait_ready(proc, url, 180)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_server(proc, kill_wait=10)
 
 
 def _ms(samples: list[float]) -> str:
