@@ -5,7 +5,10 @@ from __future__ import annotations
 import torch
 from transformers import ASTConfig, ASTModel
 
+from lookaside.backbone import VisionTransformer
 from lookaside.bank import AdapterBank
+from lookaside.checkpoint import AdapterCheckpoint
+from lookaside.model import MultiAdapterModel
 
 
 def randomise(bank: AdapterBank, adapter_id: str, seed: int) -> None:
@@ -64,3 +67,16 @@ def bank_bookkeeping(bank: AdapterBank) -> dict[str, object]:
             "collected": len(bank._collected),
             "params": sum(p.numel() for p in bank.parameters()),
         }
+
+
+def alone_logits(
+    backbone: VisionTransformer, ckpt: AdapterCheckpoint, row: torch.Tensor
+) -> torch.Tensor:
+    """The plain reference: ``ckpt`` alone on one row, in a bank of its own (no engine or
+    service code)."""
+    bank = AdapterBank.for_backbone(backbone, capacity=1)
+    ckpt.load_into(bank, "ref")
+    with torch.inference_mode():
+        (logits,) = MultiAdapterModel(backbone, bank).eval()(row[None], ["ref"])
+    assert logits is not None
+    return logits

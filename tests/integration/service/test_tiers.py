@@ -22,10 +22,8 @@ import torch
 from torch import Tensor
 
 from lookaside.backbone import VisionTransformer
-from lookaside.bank import AdapterBank
 from lookaside.checkpoint import AdapterCheckpoint, ValidatedCheckpoint
 from lookaside.errors import AdapterNotFound
-from lookaside.model import MultiAdapterModel
 from service.engine import Engine
 from service.errors import AdapterUnavailable
 from service.registry import AdapterRegistry, Lease
@@ -33,6 +31,7 @@ from service.registry.packing import BankPacking
 from service.store import AdapterStore
 from service.tiers.host_cache import HostCache
 from tests.integration.service.svc_support import checkpoint_bytes, make_checkpoint
+from tests.support import alone_logits
 
 T = TypeVar("T")
 RANK1 = {"rank": 1, "alpha": 2.0}
@@ -294,16 +293,7 @@ def test_churn_stays_within_each_tier_budget(make_rig: RigFactory, policy: str) 
 def _reference(backbone: VisionTransformer, ckpt: AdapterCheckpoint, rows: Tensor) -> Tensor:
     """Each row through ``ckpt`` alone, in a bank of its own, one row per forward (no service
     code)."""
-    bank = AdapterBank.for_backbone(backbone, capacity=1)
-    ckpt.load_into(bank, "ref")
-    model = MultiAdapterModel(backbone, bank).eval()
-    out = []
-    with torch.inference_mode():
-        for row in rows:
-            (logits,) = model(row[None], ["ref"])
-            assert logits is not None
-            out.append(logits.reshape(-1))
-    return torch.stack(out)
+    return torch.stack([alone_logits(backbone, ckpt, row).reshape(-1) for row in rows])
 
 
 def _named(aid: str) -> Callable[[str], str]:

@@ -14,12 +14,11 @@ import torch
 from torch import Tensor
 
 from lookaside.backbone import VisionTransformer
-from lookaside.bank import AdapterBank
 from lookaside.checkpoint import AdapterCheckpoint
-from lookaside.model import MultiAdapterModel
 from service.engine import Engine, loads
 from service.errors import EngineFailure, NotReady, QueueFull, RequestTimeout
 from tests.integration.service.svc_support import SHORT_FEATURES, make_checkpoint, tiny
+from tests.support import alone_logits
 
 METHODS = ["bottleneck", "lora", "loaa", "linear", "soft_moa", "prompt"]
 
@@ -58,16 +57,6 @@ def engine(
     eng.stop(drain=False)
 
 
-def _reference(backbone: VisionTransformer, ckpt: AdapterCheckpoint, row: Tensor) -> Tensor:
-    """The adapter alone on one row, in a bank of its own (no engine code)."""
-    bank = AdapterBank.for_backbone(backbone, capacity=1)
-    ckpt.load_into(bank, "ref")
-    with torch.inference_mode():
-        (logits,) = MultiAdapterModel(backbone, bank).eval()(row[None], ["ref"])
-    assert logits is not None
-    return logits
-
-
 def _feats(rows: int, frames: int = 128, seed: int = 0) -> Tensor:
     return torch.randn(rows, frames, 128, generator=torch.Generator().manual_seed(seed))
 
@@ -89,7 +78,7 @@ def test_mixed_batch_rows_equal_each_adapter_alone(
     for (m, feats), out in zip(jobs, outs, strict=True):
         assert out.shape == (feats.shape[0], len(checkpoints[m].manifest.labels))
         for r in range(feats.shape[0]):
-            ref = _reference(backbone, checkpoints[m], feats[r])
+            ref = alone_logits(backbone, checkpoints[m], feats[r])
             torch.testing.assert_close(out[r], ref, atol=2e-5, rtol=1e-4)
     # adapters really differ, so a routing mix-up would show
     assert not torch.allclose(outs[1][0], outs[2][0][: outs[1].shape[1]])
@@ -110,7 +99,7 @@ def test_rows_are_grouped_by_token_grid(
         outs = _results([a, b, c])
         assert eng.batches_run == 2  # {a, c} on the 128-frame grid, {b} on the 64-frame grid
         assert [o.shape[0] for o in outs] == [2, 3, 1]
-        ref = _reference(backbone, short, _feats(3, 64, 2)[2])
+        ref = alone_logits(backbone, short, _feats(3, 64, 2)[2])
         torch.testing.assert_close(outs[1][2], ref, atol=2e-5, rtol=1e-4)
     finally:
         eng.stop(drain=False)
@@ -145,7 +134,7 @@ def test_batch_size_cap_and_oversized_job_in_chunks(
         out_big, out_small = _results(futures)
         assert out_big.shape[0] == 10
         assert out_small.shape[0] == 3
-        ref = _reference(backbone, checkpoints["bottleneck"], big[9])
+        ref = alone_logits(backbone, checkpoints["bottleneck"], big[9])
         torch.testing.assert_close(out_big[9], ref, atol=2e-5, rtol=1e-4)
         # 4 rows of the big job; the 3-row job with 1 more big row; 4 big rows; the last big row
         assert eng.batches_run == 4
@@ -225,7 +214,7 @@ def test_loads_grow_a_full_stack_and_unloads_free_it(
         assert sorted(eng.resident()) == ["a@1", "b@1"]
         out = eng.submit(_feats(1, seed=3), "b@1").result(timeout=60)
         torch.testing.assert_close(
-            out[0], _reference(backbone, b, _feats(1, seed=3)[0]), atol=2e-5, rtol=1e-4
+            out[0], alone_logits(backbone, b, _feats(1, seed=3)[0]), atol=2e-5, rtol=1e-4
         )
         eng.unload_adapter("a@1").result(timeout=30)
         assert eng.resident() == ["b@1"]
@@ -266,7 +255,10 @@ def test_concurrent_loads_into_a_full_stack_wait_for_the_pending_one(
         for i, ckpt in enumerate(ckpts):
             out = eng.submit(_feats(1, seed=40 + i), ckpt.manifest.id).result(timeout=60)
             torch.testing.assert_close(
-                out[0], _reference(backbone, ckpt, _feats(1, seed=40 + i)[0]), atol=2e-5, rtol=1e-4
+                out[0],
+                alone_logits(backbone, ckpt, _feats(1, seed=40 + i)[0]),
+                atol=2e-5,
+                rtol=1e-4,
             )
     finally:
         eng.stop()

@@ -15,17 +15,15 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from torch import Tensor
 
 from lookaside.adapters.shapes import HEAD_PREFIX
 from lookaside.backbone import VisionTransformer
-from lookaside.bank import AdapterBank
 from lookaside.checkpoint import AdapterCheckpoint
 from lookaside.errors import BankFull
-from lookaside.model import MultiAdapterModel
 from service.engine import Engine
 from service.engine.device_tier import DeviceTierStats
 from tests.integration.service.svc_support import make_checkpoint, tiny
+from tests.support import alone_logits
 
 CONFIG = {"rank": 1, "alpha": 1.0}
 WIDER = {"rank": 2, "alpha": 1.0}
@@ -213,7 +211,7 @@ def test_tier_stats_read_from_another_thread_match_the_bank(
         eng.stop()
 
 
-def test_answers_after_a_capped_growth_equal_the_plain_reference(
+def test_answers_after_a_capped_growth_equal_the_plainalone_logits(
     backbone: VisionTransformer, ckpts: list[AdapterCheckpoint]
 ) -> None:
     s, h = _sizes(ckpts[0])
@@ -227,20 +225,10 @@ def test_answers_after_a_capped_growth_equal_the_plain_reference(
         futures = [eng.submit(features[i : i + 1], c.manifest.id) for i, c in enumerate(ckpts[:5])]
         for i, (ckpt, future) in enumerate(zip(ckpts, futures, strict=False)):
             out = future.result(timeout=60)
-            ref = _reference(backbone, ckpt, features[i])
+            ref = alone_logits(backbone, ckpt, features[i])
             torch.testing.assert_close(out[0], ref, atol=2e-5, rtol=1e-4)
     finally:
         eng.stop()
-
-
-def _reference(backbone: VisionTransformer, ckpt: AdapterCheckpoint, row: Tensor) -> Tensor:
-    """The adapter alone on one row, in a bank of its own (no engine code)."""
-    bank = AdapterBank.for_backbone(backbone, capacity=1)
-    ckpt.load_into(bank, "ref")
-    with torch.inference_mode():
-        (logits,) = MultiAdapterModel(backbone, bank).eval()(row[None], ["ref"])
-    assert logits is not None
-    return logits
 
 
 def _reader(eng: Engine) -> Callable[[], DeviceTierStats]:
